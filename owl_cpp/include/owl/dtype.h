@@ -1,0 +1,97 @@
+// Tensor element types and ggml's block layouts (bit-compatible with ggml and the `gguf` package).
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+
+namespace owl {
+
+// Values are ggml's type ids as stored in GGUF tensor infos.
+enum class DType : uint32_t {
+    F32 = 0,
+    F16 = 1,
+    Q4_0 = 2,
+    Q8_0 = 8,
+    BF16 = 30,
+};
+
+constexpr int QK = 32;  // elements per Q4_0 / Q8_0 block
+
+struct BlockQ8_0 {
+    uint16_t d;       // fp16 scale
+    int8_t qs[QK];    // x = d * q
+};
+static_assert(sizeof(BlockQ8_0) == 34, "Q8_0 block must be 34 bytes");
+
+struct BlockQ4_0 {
+    uint16_t d;            // fp16 scale
+    uint8_t qs[QK / 2];    // low nibbles: elements 0..15, high nibbles: 16..31; x = d * (q - 8)
+};
+static_assert(sizeof(BlockQ4_0) == 18, "Q4_0 block must be 18 bytes");
+
+// True when `id` is one of the types above.
+bool dtype_supported(uint32_t id);
+const char* dtype_name(DType t);
+// Elements per block and bytes per block (1 and the element size for plain types).
+int64_t dtype_block_elems(DType t);
+int64_t dtype_block_bytes(DType t);
+// Bytes of one row of `n` elements; n must be a multiple of the block size.
+inline int64_t dtype_row_bytes(DType t, int64_t n) { return n / dtype_block_elems(t) * dtype_block_bytes(t); }
+
+inline float fp16_to_fp32(uint16_t h) {
+    const uint32_t sign = uint32_t(h & 0x8000) << 16;
+    uint32_t exp = (h >> 10) & 0x1f;
+    uint32_t mant = h & 0x3ff;
+    uint32_t bits;
+    if (exp == 0) {
+        if (mant == 0) {
+            bits = sign;
+        } else {  // subnormal: normalise
+            exp = 127 - 15 + 1;
+            while (!(mant & 0x400)) { mant <<= 1; --exp; }
+            mant &= 0x3ff;
+            bits = sign | (exp << 23) | (mant << 13);
+        }
+    } else if (exp == 0x1f) {
+        bits = sign | 0x7f800000u | (mant << 13);
+    } else {
+        bits = sign | ((exp + 127 - 15) << 23) | (mant << 13);
+    }
+    float f;
+    std::memcpy(&f, &bits, 4);
+    return f;
+}
+
+// Round-to-nearest-even, as numpy's float16 cast.
+inline uint16_t fp32_to_fp16(float f) {
+    uint32_t x;
+    std::memcpy(&x, &f, 4);
+    const uint32_t sign = (x >> 16) & 0x8000;
+    const uint32_t absx = x & 0x7fffffff;
+    if (absx >= 0x7f800000) return uint16_t(sign | 0x7c00 | (absx > 0x7f800000 ? 0x200 : 0));  // inf/nan
+    if (absx >= 0x477ff000) return uint16_t(sign | 0x7c00);  // overflow to inf (>= 65520)
+    if (absx < 0x38800000) {  // subnormal half or zero
+        if (absx < 0x33000000) return uint16_t(sign);  // < 2^-25 rounds to zero
+        const uint32_t e = absx >> 23;
+        const uint32_t m = (absx & 0x7fffff) | 0x800000;
+        const uint32_t shift = 126 - e;  // value / 2^-24 == m >> shift
+        uint32_t r = m >> shift;
+        const uint32_t rem = m & ((1u << shift) - 1);
+        const uint32_t half = 1u << (shift - 1);
+        if (rem > half || (rem == half && (r & 1))) ++r;
+        return uint16_t(sign | r);
+    }
+    uint32_t h = ((absx >> 13) - ((127 - 15) << 10));
+    const uint32_t rem = absx & 0x1fff;
+    if (rem > 0x1000 || (rem == 0x1000 && (h & 1))) ++h;
+    return uint16_t(sign | h);
+}
+
+inline float bf16_to_fp32(uint16_t h) {
+    uint32_t bits = uint32_t(h) << 16;
+    float f;
+    std::memcpy(&f, &bits, 4);
+    return f;
+}
+
+}  // namespace owl

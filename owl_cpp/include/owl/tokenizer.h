@@ -1,0 +1,75 @@
+// Tokenizers built from GGUF `tokenizer.ggml.*` metadata:
+//   model "gpt2"  -> byte-level BPE (Qwen2: NFC, Qwen2 pre-tokenizer regex, special tokens matched first, no BOS)
+//   model "llama" -> SentencePiece-style BPE over scores with byte fallback (<0xXX> tokens)
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace owl {
+
+// ggml / llama.cpp token types (tokenizer.ggml.token_type).
+enum class TokenType : int32_t {
+    Undefined = 0,
+    Normal = 1,
+    Unknown = 2,
+    Control = 3,
+    UserDefined = 4,
+    Unused = 5,
+    Byte = 6,
+};
+
+// Everything a tokenizer is built from; mirrors the GGUF keys one to one.
+struct VocabData {
+    std::string model;                 // tokenizer.ggml.model: "gpt2" | "llama"
+    std::string pre;                   // tokenizer.ggml.pre: "qwen2", "default", ... (gpt2 only)
+    std::vector<std::string> tokens;   // tokenizer.ggml.tokens
+    std::vector<float> scores;         // tokenizer.ggml.scores (may be empty for gpt2)
+    std::vector<int32_t> types;        // tokenizer.ggml.token_type (empty -> all Normal)
+    std::vector<std::string> merges;   // tokenizer.ggml.merges, "left right" (gpt2 only)
+    int32_t bos_id = -1, eos_id = -1, unk_id = -1, pad_id = -1;
+    bool add_bos = false;              // tokenizer.ggml.add_bos_token
+    bool add_eos = false;              // tokenizer.ggml.add_eos_token
+    bool add_space_prefix = true;      // tokenizer.ggml.add_space_prefix (llama only)
+};
+
+class Tokenizer {
+public:
+    // Validates the vocabulary (throws owl::FormatError naming what is wrong) and builds the tokenizer.
+    static std::unique_ptr<Tokenizer> create(const VocabData& vocab);
+    virtual ~Tokenizer() = default;
+
+    // add_special: prepend BOS / append EOS as the vocabulary asks.
+    // parse_special: match control/user-defined token texts (e.g. "<|im_start|>") in `text` as single tokens.
+    virtual std::vector<int32_t> encode(std::string_view text, bool add_special, bool parse_special) const = 0;
+
+    // The raw bytes a token stands for (byte-level decoding / "▁" -> " " / <0xXX> -> byte).
+    // Control tokens give their text only when `render_special`; otherwise "".
+    virtual std::string token_to_bytes(int32_t id, bool render_special) const = 0;
+
+    // Concatenated bytes of the ids (may be invalid UTF-8 only if the ids are); for "llama" models the
+    // leading space added by the dummy prefix is removed, as sentencepiece does.
+    virtual std::string decode(const std::vector<int32_t>& ids, bool render_special) const = 0;
+
+    virtual int32_t n_vocab() const = 0;
+    virtual const VocabData& vocab() const = 0;
+    bool is_control(int32_t id) const;  // control token (BOS/EOS/<|im_end|>...)
+};
+
+// Streaming detokenizer: feeds token ids, returns only complete UTF-8 characters, holding back a
+// character split across tokens until its last byte arrives.
+class StreamDecoder {
+public:
+    explicit StreamDecoder(const Tokenizer& tok, bool render_special = false);
+    std::string push(int32_t id);
+    std::string flush();  // whatever is held back (invalid bytes become U+FFFD)
+private:
+    const Tokenizer& tok_;
+    bool render_special_;
+    bool first_ = true;
+    std::string pending_;
+};
+
+}  // namespace owl
