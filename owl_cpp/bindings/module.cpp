@@ -7,4 +7,8 @@ PYBIND11_MODULE(_core, m) {
     m.doc() = "owl_cpp C++ runtime";
     owl::bind_errors(m);
     owl::bind_tokenizer(m);
+    owl::bind_gguf(m);
+    owl::bind_model(m);
+    owl::bind_ops(m);
+    owl::bind_system(m);
 }

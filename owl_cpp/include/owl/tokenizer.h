@@ -35,6 +35,7 @@ struct VocabData {
     bool add_space_prefix = true;      // tokenizer.ggml.add_space_prefix (llama only)
 };
 
+// Immutable once built: encode/decode may run concurrently from several threads.
 class Tokenizer {
 public:
     // Validates the vocabulary (throws owl::FormatError naming what is wrong) and builds the tokenizer.
@@ -42,20 +43,25 @@ public:
     virtual ~Tokenizer() = default;
 
     // add_special: prepend BOS / append EOS as the vocabulary asks.
-    // parse_special: match control/user-defined token texts (e.g. "<|im_start|>") in `text` as single tokens.
+    // parse_special: match control token texts (e.g. "<|im_start|>") in `text` as single tokens.
+    // User-defined tokens are always matched (as HF `tokenizers`, sentencepiece and llama.cpp do).
+    // Invalid UTF-8 in `text` is kept byte for byte (see unicode.h), never rejected.
     virtual std::vector<int32_t> encode(std::string_view text, bool add_special, bool parse_special) const = 0;
 
     // The raw bytes a token stands for (byte-level decoding / "▁" -> " " / <0xXX> -> byte).
-    // Control tokens give their text only when `render_special`; otherwise "".
+    // Control, Unknown and Unused tokens give their text only when `render_special`; otherwise "".
+    // Throws std::out_of_range for an id outside [0, n_vocab()).
     virtual std::string token_to_bytes(int32_t id, bool render_special) const = 0;
 
-    // Concatenated bytes of the ids (may be invalid UTF-8 only if the ids are); for "llama" models the
-    // leading space added by the dummy prefix is removed, as sentencepiece does.
-    virtual std::string decode(const std::vector<int32_t>& ids, bool render_special) const = 0;
+    // Concatenated bytes of the ids (may be invalid UTF-8 only if the ids are); for "llama" models with
+    // add_space_prefix the leading space added by the dummy prefix is removed, as sentencepiece does
+    // (from the first non-byte token, if nothing was output before it). Throws std::out_of_range.
+    virtual std::string decode(const std::vector<int32_t>& ids, bool render_special) const;
 
     virtual int32_t n_vocab() const = 0;
     virtual const VocabData& vocab() const = 0;
-    bool is_control(int32_t id) const;  // control token (BOS/EOS/<|im_end|>...)
+    bool is_control(int32_t id) const;  // control token (BOS/EOS/<|im_end|>...); throws std::out_of_range
+    TokenType token_type(int32_t id) const;  // throws std::out_of_range
 };
 
 // Streaming detokenizer: feeds token ids, returns only complete UTF-8 characters, holding back a
@@ -66,10 +72,10 @@ public:
     std::string push(int32_t id);
     std::string flush();  // whatever is held back (invalid bytes become U+FFFD)
 private:
-    const Tokenizer& tok_;
+    const Tokenizer& tok_;  // must outlive the decoder
     bool render_special_;
-    bool first_ = true;
-    std::string pending_;
+    bool first_ = true;     // still at the start: the dummy-prefix space may need removing
+    std::string pending_;   // bytes of an unfinished UTF-8 character
 };
 
 }  // namespace owl

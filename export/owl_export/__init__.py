@@ -1,0 +1,12 @@
+"""owl_export: turn Hugging Face checkpoints into owl_cpp / llama.cpp GGUF files.
+
+Needs the `export` extra (torch, gguf, safetensors, tokenizers, sentencepiece). Submodules are imported
+on demand so that `import owl_export` stays cheap:
+
+  checkpoint    read config.json + safetensors / .bin weights exactly as published
+  reference     plain PyTorch reference models (the oracle the runtime is tested against)
+  quantize      per-tensor storage type rules (f32/f16/bf16/q8_0/q4_0)
+  convert_text  qwen2 / llama checkpoint -> one GGUF file in llama.cpp's conventions
+  fixtures      tiny random checkpoints in the official layouts, for tests
+  cli           the `owl-export` command
+"""

@@ -1,0 +1,69 @@
+"""Which storage type each tensor gets, and the quantization itself.
+
+Rules (they follow llama.cpp's converter and llama-quantize, so files compare like for like):
+  f32          everything F32
+  f16 / bf16   2-D weights in that type; 1-D tensors (norms, biases) F32
+  q8_0         2-D weights Q8_0; 1-D F32
+  q4_0         2-D weights Q4_0, except the output matrix (output.weight, or token_embd.weight when the
+               embeddings are tied, since it is then the output matrix) which gets Q8_0: the logits are the
+               most quantization-sensitive product in the model
+Block formats need the row length to be a multiple of 32; other rows fall back to F16.
+Quantization goes through gguf.quants.quantize so blocks are bit-identical to ggml's.
+"""
+from __future__ import annotations
+
+import numpy as np
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as QT, LlamaFileType
+from gguf.quants import quantize
+
+QUANT_TYPES: dict[str, QT] = {"f32": QT.F32, "f16": QT.F16, "bf16": QT.BF16, "q8_0": QT.Q8_0, "q4_0": QT.Q4_0}
+
+FILE_TYPES: dict[str, LlamaFileType] = {
+    "f32": LlamaFileType.ALL_F32,
+    "f16": LlamaFileType.MOSTLY_F16,
+    "bf16": LlamaFileType.MOSTLY_BF16,
+    "q8_0": LlamaFileType.MOSTLY_Q8_0,
+    "q4_0": LlamaFileType.MOSTLY_Q4_0,
+}
+
+QUANT_NAMES = tuple(QUANT_TYPES)
+
+
+def check_quant(quant: str) -> str:
+    if quant not in QUANT_TYPES:
+        raise ValueError(f"unknown quant {quant!r}; choose one of {', '.join(QUANT_NAMES)}")
+    return quant
+
+
+def is_output_matrix(name: str, tied_embeddings: bool) -> bool:
+    return name == "output.weight" or (tied_embeddings and name == "token_embd.weight")
+
+
+def tensor_qtype(name: str, shape: tuple[int, ...], quant: str, *, tied_embeddings: bool = False) -> QT:
+    """Storage type of GGUF tensor `name` with numpy shape `shape` (rows, cols) under `quant`."""
+    check_quant(quant)
+    if quant == "f32" or len(shape) < 2:
+        return QT.F32
+    want = QUANT_TYPES[quant]
+    if quant == "q4_0" and is_output_matrix(name, tied_embeddings):
+        want = QT.Q8_0
+    block = GGML_QUANT_SIZES[want][0]
+    if shape[-1] % block != 0:
+        return QT.F16
+    return want
+
+
+def tensor_nbytes(shape: tuple[int, ...], qtype: QT) -> int:
+    """Bytes the tensor occupies in the file (before alignment padding)."""
+    block, type_size = GGML_QUANT_SIZES[qtype]
+    n = int(np.prod(shape, dtype=np.int64))
+    return n // block * type_size
+
+
+def quantize_array(data: np.ndarray, qtype: QT) -> np.ndarray:
+    """float32 array -> the array GGUFWriter takes: float32/float16 as is, block types as uint8 rows."""
+    data = np.ascontiguousarray(data, dtype=np.float32)
+    out = quantize(data, qtype)
+    if qtype == QT.BF16:            # gguf returns BF16 as raw bytes; keep the element shape readable
+        out = out.view(np.uint16)
+    return out

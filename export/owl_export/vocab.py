@@ -1,0 +1,317 @@
+"""Tokenizer vocabularies: Hugging Face checkpoint files -> Vocab -> GGUF tokenizer.ggml.* keys (and back).
+
+`Vocab` mirrors owl::VocabData field for field. `load_hf_vocab` follows llama.cpp's convert_hf_to_gguf.py:
+  - Qwen2 style (tokenizer.json, or vocab.json + merges.txt): model "gpt2", pre "qwen2", a dense token
+    list (ids nobody uses become "[PAD{id}]" of type UNUSED), added special tokens CONTROL, other added
+    tokens USER_DEFINED, no BOS added.
+  - LLaMA style (tokenizer.model): model "llama", pieces/scores/types from sentencepiece, BOS added,
+    add_space_prefix from the model's normalizer spec.
+Special ids come from tokenizer_config.json (token contents), then config.json and
+generation_config.json (*_token_id), like gguf.SpecialVocab.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+# ggml token types (tokenizer.ggml.token_type); sentencepiece's piece types use the same numbers.
+NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
+
+QWEN2_PATTERN = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+GPT2_PATTERN = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
+SPECIAL_KINDS = ("bos", "eos", "unk", "pad")
+
+
+@dataclass
+class Vocab:
+    """Exactly owl::VocabData's fields; ids are None when absent."""
+    model: str
+    pre: str
+    tokens: list[str]
+    scores: list[float] = field(default_factory=list)
+    types: list[int] = field(default_factory=list)
+    merges: list[str] = field(default_factory=list)
+    bos_id: Optional[int] = None
+    eos_id: Optional[int] = None
+    unk_id: Optional[int] = None
+    pad_id: Optional[int] = None
+    add_bos: bool = False
+    add_eos: bool = False
+    add_space_prefix: bool = True
+
+
+def vocab_to_dict(vocab: Vocab) -> dict:
+    """The dict owl_cpp._core.Tokenizer(...) takes."""
+    return dataclasses.asdict(vocab)
+
+
+# ------------------------------------------------------------------------------------------- reading HF
+
+def _read_json(path: Path, required: bool = False):
+    if not path.is_file():
+        if required:
+            raise FileNotFoundError(f"{path}: file not found")
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: cannot read JSON: {e}") from e
+
+
+def load_hf_vocab(hf_dir) -> Vocab:
+    """Read the tokenizer of a Hugging Face checkpoint directory (Qwen2 or LLaMA style)."""
+    d = Path(hf_dir)
+    if not d.is_dir():
+        raise FileNotFoundError(f"{d}: checkpoint directory not found")
+    if (d / "tokenizer.model").is_file():
+        return _load_sentencepiece(d)
+    if (d / "tokenizer.json").is_file() or (d / "vocab.json").is_file():
+        return _load_bpe(d)
+    raise FileNotFoundError(f"{d}: no tokenizer.model, tokenizer.json or vocab.json")
+
+
+def _detect_pre(pre_tokenizer, where: Path) -> str:
+    """'qwen2' for Qwen2's Split regex, 'gpt2' for plain ByteLevel with its built-in regex."""
+    def walk(node):
+        if isinstance(node, dict):
+            yield node
+            for v in node.values():
+                yield from walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                yield from walk(v)
+
+    nodes = list(walk(pre_tokenizer))
+    patterns = [n["pattern"].get("Regex") for n in nodes if n.get("type") == "Split" and isinstance(n.get("pattern"), dict)]
+    if patterns == [QWEN2_PATTERN]:
+        return "qwen2"
+    if patterns == [GPT2_PATTERN] or (not patterns and any(n.get("type") == "ByteLevel" and n.get("use_regex", True)
+                                                           for n in nodes)):
+        return "gpt2"
+    raise ValueError(f"{where}: unsupported pre_tokenizer (only Qwen2's and GPT-2's byte-level splits are "
+                     f"supported): {json.dumps(pre_tokenizer)[:200]}")
+
+
+def _merge_text(m, where: Path) -> str:
+    if isinstance(m, str):
+        return m
+    if isinstance(m, (list, tuple)) and len(m) == 2 and all(isinstance(x, str) and " " not in x for x in m):
+        return f"{m[0]} {m[1]}"
+    raise ValueError(f"{where}: merge {m!r} cannot be written as 'left right'")
+
+
+def _load_bpe(d: Path) -> Vocab:
+    tj_path = d / "tokenizer.json"
+    tj = _read_json(tj_path)
+    tc = _read_json(d / "tokenizer_config.json") or {}
+    if tj is not None:
+        model = tj.get("model") or {}
+        if model.get("type") != "BPE":
+            raise ValueError(f"{tj_path}: tokenizer model type {model.get('type')!r} is not BPE")
+        vocab = model.get("vocab")
+        if not isinstance(vocab, dict):
+            raise ValueError(f"{tj_path}: model.vocab is missing")
+        merges = [_merge_text(m, tj_path) for m in model.get("merges", [])]
+        added = [(int(a["id"]), a["content"], bool(a.get("special"))) for a in tj.get("added_tokens", [])]
+        pre = _detect_pre(tj.get("pre_tokenizer"), tj_path)
+    else:  # the slow-tokenizer files
+        vocab = _read_json(d / "vocab.json", required=True)
+        merges_path = d / "merges.txt"
+        if not merges_path.is_file():
+            raise FileNotFoundError(f"{merges_path}: file not found (needed with vocab.json)")
+        lines = merges_path.read_text(encoding="utf-8").splitlines()
+        merges = [ln for ln in lines if ln and not ln.startswith("#version")]
+        added = [(int(i), a["content"], bool(a.get("special")))
+                 for i, a in (tc.get("added_tokens_decoder") or {}).items()]
+        pre = "qwen2"
+
+    id_to_token: dict[int, str] = {int(i): t for t, i in vocab.items()}
+    id_to_type = {i: NORMAL for i in id_to_token}
+    for i, content, special in added:
+        id_to_token[i] = content
+        id_to_type[i] = CONTROL if special else USER_DEFINED
+    cfg = _read_json(d / "config.json") or {}
+    n = max(id_to_token) + 1
+    if isinstance(cfg.get("vocab_size"), int) and cfg["vocab_size"] > n:
+        n = cfg["vocab_size"]  # the embedding is larger: llama.cpp lists every row
+    tokens = [id_to_token.get(i, f"[PAD{i}]") for i in range(n)]
+    types = [id_to_type.get(i, UNUSED) for i in range(n)]
+
+    v = Vocab(model="gpt2", pre=pre, tokens=tokens, types=types, merges=merges,
+              add_bos=False, add_eos=False, add_space_prefix=False)
+    _special_ids(d, v, tc, cfg)
+    if isinstance(tc.get("add_bos_token"), bool):
+        v.add_bos = tc["add_bos_token"]
+    if isinstance(tc.get("add_eos_token"), bool):
+        v.add_eos = tc["add_eos_token"]
+    return v
+
+
+def _special_ids(d: Path, v: Vocab, tc: dict, cfg: dict) -> None:
+    """bos/eos/unk/pad: tokenizer_config.json contents, then config.json / generation_config.json ids."""
+    first_id: dict[str, int] = {}
+    for i, t in enumerate(v.tokens):
+        first_id.setdefault(t, i)
+    found: dict[str, int] = {}
+    for kind in SPECIAL_KINDS:
+        entry = tc.get(f"{kind}_token")
+        content = entry.get("content") if isinstance(entry, dict) else entry
+        if isinstance(content, str) and content in first_id:
+            found[kind] = first_id[content]
+    gen = _read_json(d / "generation_config.json") or {}
+    for source in (cfg, gen):
+        for kind in SPECIAL_KINDS:
+            tid = source.get(f"{kind}_token_id")
+            if isinstance(tid, list) and tid:
+                tid = tid[0]
+            if kind not in found and isinstance(tid, int) and 0 <= tid < len(v.tokens):
+                found[kind] = tid
+    v.bos_id, v.eos_id, v.unk_id, v.pad_id = (found.get(k) for k in SPECIAL_KINDS)
+
+
+def _proto_fields(buf: bytes):
+    """(field number, wire type, value) of one protobuf message; enough to read sentencepiece models."""
+    i, n = 0, len(buf)
+
+    def varint():
+        nonlocal i
+        shift = result = 0
+        while True:
+            if i >= n:
+                raise ValueError("truncated varint")
+            b = buf[i]
+            i += 1
+            result |= (b & 0x7F) << shift
+            if b < 0x80:
+                return result
+            shift += 7
+
+    while i < n:
+        key = varint()
+        num, wt = key >> 3, key & 7
+        if wt == 0:
+            yield num, wt, varint()
+        elif wt == 1:
+            yield num, wt, buf[i:i + 8]
+            i += 8
+        elif wt == 2:
+            ln = varint()
+            yield num, wt, buf[i:i + ln]
+            i += ln
+        elif wt == 5:
+            yield num, wt, buf[i:i + 4]
+            i += 4
+        else:
+            raise ValueError(f"unsupported protobuf wire type {wt}")
+
+
+def _sentencepiece_proto(data: bytes):
+    """Piece types (ModelProto.pieces[].type, default NORMAL) and NormalizerSpec.add_dummy_prefix."""
+    types, add_dummy_prefix = [], True
+    for num, wt, val in _proto_fields(data):
+        if num == 1 and wt == 2:  # SentencePiece
+            t = NORMAL
+            for pnum, pwt, pval in _proto_fields(val):
+                if pnum == 3 and pwt == 0:
+                    t = pval
+            types.append(t)
+        elif num == 3 and wt == 2:  # NormalizerSpec
+            for snum, swt, sval in _proto_fields(val):
+                if snum == 3 and swt == 0:
+                    add_dummy_prefix = bool(sval)
+    return types, add_dummy_prefix
+
+
+def _load_sentencepiece(d: Path) -> Vocab:
+    import sentencepiece as spm
+
+    path = d / "tokenizer.model"
+    data = path.read_bytes()
+    sp = spm.SentencePieceProcessor()
+    try:
+        sp.LoadFromSerializedProto(data)
+        types, add_dummy_prefix = _sentencepiece_proto(data)
+    except Exception as e:  # sentencepiece raises RuntimeError/OSError with its own text
+        raise ValueError(f"{path}: not a readable sentencepiece model: {e}") from e
+    n_sp = sp.GetPieceSize()
+    if len(types) != n_sp:
+        raise ValueError(f"{path}: {len(types)} pieces in the proto but sentencepiece reports {n_sp}")
+    tokens = [sp.IdToPiece(i) for i in range(n_sp)]
+    scores = [float(sp.GetScore(i)) for i in range(n_sp)]
+
+    tc = _read_json(d / "tokenizer_config.json") or {}
+    # Tokens added on top of the sentencepiece model (added_tokens.json / added_tokens_decoder).
+    extra = {int(i): (a["content"], bool(a.get("special")))
+             for i, a in (tc.get("added_tokens_decoder") or {}).items()}
+    for content, i in (_read_json(d / "added_tokens.json") or {}).items():
+        extra.setdefault(int(i), (content, False))
+    cfg = _read_json(d / "config.json") or {}
+    n = max([n_sp, *[i + 1 for i in extra]])
+    if isinstance(cfg.get("vocab_size"), int) and cfg["vocab_size"] > n:
+        n = cfg["vocab_size"]
+    for i in range(n_sp, n):
+        content, special = extra.get(i, (f"[PAD{i}]", None))
+        tokens.append(content)
+        scores.append(-1000.0)
+        types.append(UNUSED if special is None else CONTROL if special else USER_DEFINED)
+
+    v = Vocab(model="llama", pre="default", tokens=tokens, scores=scores, types=types,
+              add_bos=True, add_eos=False, add_space_prefix=add_dummy_prefix)
+    _special_ids(d, v, tc, cfg)
+    # Ids the HF files do not name come from the sentencepiece model itself (<unk>=0, <s>=1, </s>=2 in LLaMA).
+    for kind, i in zip(SPECIAL_KINDS, (sp.bos_id(), sp.eos_id(), sp.unk_id(), sp.pad_id())):
+        if getattr(v, f"{kind}_id") is None and i >= 0:
+            setattr(v, f"{kind}_id", i)
+    if isinstance(tc.get("add_bos_token"), bool):
+        v.add_bos = tc["add_bos_token"]
+    if isinstance(tc.get("add_eos_token"), bool):
+        v.add_eos = tc["add_eos_token"]
+    return v
+
+
+# ------------------------------------------------------------------------------------------- GGUF
+
+def write_vocab(writer, vocab: Vocab) -> None:
+    """Write the tokenizer.ggml.* keys with a gguf.GGUFWriter."""
+    writer.add_tokenizer_model(vocab.model)
+    if vocab.pre:
+        writer.add_tokenizer_pre(vocab.pre)
+    writer.add_token_list(vocab.tokens)
+    if vocab.scores:
+        writer.add_token_scores(vocab.scores)
+    if vocab.types:
+        writer.add_token_types(vocab.types)
+    if vocab.merges:
+        writer.add_token_merges(vocab.merges)
+    for value, add in ((vocab.bos_id, writer.add_bos_token_id), (vocab.eos_id, writer.add_eos_token_id),
+                       (vocab.unk_id, writer.add_unk_token_id), (vocab.pad_id, writer.add_pad_token_id)):
+        if value is not None:
+            add(value)
+    writer.add_add_bos_token(vocab.add_bos)
+    writer.add_add_eos_token(vocab.add_eos)
+    writer.add_add_space_prefix(vocab.add_space_prefix)
+
+
+def read_gguf_vocab(reader) -> Vocab:
+    """The inverse of write_vocab, from a gguf.GGUFReader (absent keys take VocabData's defaults)."""
+    def get(key, default=None):
+        f = reader.fields.get(f"tokenizer.ggml.{key}")
+        return default if f is None else f.contents()
+
+    model = get("model")
+    if model is None:
+        raise ValueError("GGUF has no tokenizer.ggml.model key")
+    return Vocab(
+        model=model, pre=get("pre", ""), tokens=list(get("tokens", [])),
+        scores=[float(x) for x in get("scores", [])], types=[int(x) for x in get("token_type", [])],
+        merges=list(get("merges", [])),
+        bos_id=get("bos_token_id"), eos_id=get("eos_token_id"), unk_id=get("unknown_token_id"),
+        pad_id=get("padding_token_id"),
+        add_bos=bool(get("add_bos_token", False)), add_eos=bool(get("add_eos_token", False)),
+        add_space_prefix=bool(get("add_space_prefix", True)),
+    )

@@ -1,0 +1,149 @@
+// owl_cpp._core.ops: each CPU op and its reference, on numpy arrays, for the op tests.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <cstring>
+
+#include "bindings.h"
+#include "owl/ops.h"
+
+namespace py = pybind11;
+
+namespace owl {
+namespace {
+
+using F32 = py::array_t<float, py::array::c_style | py::array::forcecast>;
+using I32 = py::array_t<int32_t, py::array::c_style | py::array::forcecast>;
+using U8 = py::array_t<uint8_t, py::array::c_style | py::array::forcecast>;
+
+WeightView weight(const U8& data, int dtype, int64_t rows, int64_t cols) {
+    if (!dtype_supported(uint32_t(dtype))) throw py::value_error("unsupported dtype " + std::to_string(dtype));
+    WeightView w{DType(dtype), rows, cols, data.data()};
+    if (rows < 1 || cols < 1 || cols % dtype_block_elems(w.type) != 0) throw py::value_error("bad matrix shape");
+    if (data.size() != rows * w.row_bytes()) throw py::value_error("weight buffer has the wrong size for its shape and type");
+    return w;
+}
+
+F32 empty_like(const std::vector<py::ssize_t>& shape) { return F32(shape); }
+
+}  // namespace
+
+void bind_ops(py::module_& parent) {
+    py::module_ m = parent.def_submodule("ops", "CPU ops and their references (for tests)");
+
+    m.def("dequantize", [](const U8& data, int dtype, int64_t n) {
+        WeightView w = weight(data, dtype, 1, n);
+        F32 out = empty_like({py::ssize_t(n)});
+        ops::dequantize_row(w.type, w.data, out.mutable_data(), n);
+        return out;
+    });
+    m.def("quantize_q8_0", [](const F32& x) {
+        if (x.size() % QK) throw py::value_error("length must be a multiple of 32");
+        std::string out(size_t(x.size() / QK) * sizeof(BlockQ8_0), '\0');
+        ops::quantize_row_q8_0(x.data(), reinterpret_cast<BlockQ8_0*>(&out[0]), x.size());
+        return py::bytes(out);
+    });
+    m.def("quantize_q4_0", [](const F32& x) {
+        if (x.size() % QK) throw py::value_error("length must be a multiple of 32");
+        std::string out(size_t(x.size() / QK) * sizeof(BlockQ4_0), '\0');
+        ops::quantize_row_q4_0(x.data(), reinterpret_cast<BlockQ4_0*>(&out[0]), x.size());
+        return py::bytes(out);
+    });
+    m.def("matmul", [](const U8& wdata, int dtype, int64_t rows, int64_t cols, const F32& x, py::object bias, int threads, bool ref) {
+        WeightView w = weight(wdata, dtype, rows, cols);
+        if (x.ndim() != 2 || x.shape(1) != cols) throw py::value_error("x must be [T, cols]");
+        const int64_t T = x.shape(0);
+        F32 b;
+        if (!bias.is_none()) {
+            b = bias.cast<F32>();
+            if (b.size() != rows) throw py::value_error("bias must have `rows` elements");
+        }
+        const float* bp = bias.is_none() ? nullptr : b.data();
+        F32 y = empty_like({py::ssize_t(T), py::ssize_t(rows)});
+        float* yp = y.mutable_data();
+        {
+            py::gil_scoped_release release;
+            if (ref) {
+                ops::matmul_ref(w, x.data(), T, bp, yp);
+            } else {
+                ThreadPool pool(threads);
+                ops::matmul(pool, w, x.data(), T, bp, yp);
+            }
+        }
+        return y;
+    }, py::arg("w"), py::arg("dtype"), py::arg("rows"), py::arg("cols"), py::arg("x"), py::arg("bias") = py::none(),
+       py::arg("threads") = 1, py::arg("ref") = false);
+    m.def("get_rows", [](const U8& table, int dtype, int64_t rows, int64_t cols, const I32& ids) {
+        WeightView w = weight(table, dtype, rows, cols);
+        for (py::ssize_t i = 0; i < ids.size(); ++i)
+            if (ids.data()[i] < 0 || ids.data()[i] >= rows) throw py::index_error("row id out of range");
+        F32 out = empty_like({ids.size(), py::ssize_t(cols)});
+        ops::get_rows(w, ids.data(), ids.size(), out.mutable_data());
+        return out;
+    });
+    m.def("rms_norm", [](const F32& x, const F32& w, float eps, int threads, bool ref) {
+        if (x.ndim() != 2 || w.size() != x.shape(1)) throw py::value_error("x must be [T, n] and w [n]");
+        F32 y = empty_like({x.shape(0), x.shape(1)});
+        if (ref) {
+            ops::rms_norm_ref(x.data(), w.data(), x.shape(0), x.shape(1), eps, y.mutable_data());
+        } else {
+            ThreadPool pool(threads);
+            ops::rms_norm(pool, x.data(), w.data(), x.shape(0), x.shape(1), eps, y.mutable_data());
+        }
+        return y;
+    }, py::arg("x"), py::arg("w"), py::arg("eps"), py::arg("threads") = 1, py::arg("ref") = false);
+    m.def("rope", [](const F32& x, const I32& pos, float base, bool neox, int threads, bool ref) {
+        if (x.ndim() != 3 || pos.size() != x.shape(0) || x.shape(2) % 2) throw py::value_error("x must be [T, heads, even dim] and pos [T]");
+        F32 y = empty_like({x.shape(0), x.shape(1), x.shape(2)});
+        std::memcpy(y.mutable_data(), x.data(), size_t(x.size()) * 4);
+        const RopeMode mode = neox ? RopeMode::Neox : RopeMode::Norm;
+        if (ref) {
+            ops::rope_ref(y.mutable_data(), x.shape(0), x.shape(1), x.shape(2), pos.data(), base, mode);
+        } else {
+            ThreadPool pool(threads);
+            ops::rope(pool, y.mutable_data(), x.shape(0), x.shape(1), x.shape(2), pos.data(), base, mode);
+        }
+        return y;
+    }, py::arg("x"), py::arg("pos"), py::arg("base"), py::arg("neox"), py::arg("threads") = 1, py::arg("ref") = false);
+    m.def("swiglu", [](const F32& g, const F32& u, int threads, bool ref) {
+        if (g.size() != u.size()) throw py::value_error("gate and up differ in size");
+        F32 y = empty_like({g.size()});
+        if (ref) {
+            ops::swiglu_ref(g.data(), u.data(), y.mutable_data(), g.size());
+        } else {
+            ThreadPool pool(threads);
+            ops::swiglu(pool, g.data(), u.data(), y.mutable_data(), g.size());
+        }
+        return y;
+    }, py::arg("gate"), py::arg("up"), py::arg("threads") = 1, py::arg("ref") = false);
+    m.def("softmax", [](const F32& x, bool ref) {
+        if (x.size() < 1) throw py::value_error("empty input");
+        F32 y = empty_like({x.size()});
+        std::memcpy(y.mutable_data(), x.data(), size_t(x.size()) * 4);
+        (ref ? ops::softmax_ref : ops::softmax)(y.mutable_data(), x.size());
+        return y;
+    }, py::arg("x"), py::arg("ref") = false);
+    m.def("attention", [](const F32& q, const F32& k, const F32& v, int64_t n_past, float scale, int threads, bool ref) {
+        // q: [T, n_head, hd]; k, v: [n_head_kv, ctx, hd] holding at least n_past + T positions.
+        if (q.ndim() != 3 || k.ndim() != 3 || v.ndim() != 3) throw py::value_error("q, k, v must be 3-D");
+        ops::AttentionShape s;
+        s.T = q.shape(0); s.n_head = q.shape(1); s.head_dim = q.shape(2);
+        s.n_head_kv = k.shape(0); s.ctx_stride = k.shape(1); s.n_past = n_past; s.scale = scale;
+        if (k.shape(2) != s.head_dim || v.shape(0) != k.shape(0) || v.shape(1) != k.shape(1) || v.shape(2) != k.shape(2) ||
+            s.n_head % s.n_head_kv || n_past < 0 || n_past + s.T > s.ctx_stride)
+            throw py::value_error("inconsistent attention shapes");
+        F32 out = empty_like({q.shape(0), q.shape(1), q.shape(2)});
+        {
+            py::gil_scoped_release release;
+            if (ref) {
+                ops::attention_ref(s, q.data(), k.data(), v.data(), out.mutable_data());
+            } else {
+                ThreadPool pool(threads);
+                ops::attention(pool, s, q.data(), k.data(), v.data(), out.mutable_data());
+            }
+        }
+        return out;
+    }, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("n_past"), py::arg("scale"), py::arg("threads") = 1, py::arg("ref") = false);
+}
+
+}  // namespace owl

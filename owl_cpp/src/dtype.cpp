@@ -1,0 +1,37 @@
+#include "owl/dtype.h"
+
+namespace owl {
+
+bool dtype_supported(uint32_t id) {
+    switch (DType(id)) {
+        case DType::F32: case DType::F16: case DType::BF16: case DType::Q8_0: case DType::Q4_0: return true;
+    }
+    return false;
+}
+
+const char* dtype_name(DType t) {
+    switch (t) {
+        case DType::F32: return "F32";
+        case DType::F16: return "F16";
+        case DType::BF16: return "BF16";
+        case DType::Q8_0: return "Q8_0";
+        case DType::Q4_0: return "Q4_0";
+    }
+    return "?";
+}
+
+int64_t dtype_block_elems(DType t) {
+    return (t == DType::Q8_0 || t == DType::Q4_0) ? QK : 1;
+}
+
+int64_t dtype_block_bytes(DType t) {
+    switch (t) {
+        case DType::F32: return 4;
+        case DType::F16: case DType::BF16: return 2;
+        case DType::Q8_0: return sizeof(BlockQ8_0);
+        case DType::Q4_0: return sizeof(BlockQ4_0);
+    }
+    return 0;
+}
+
+}  // namespace owl

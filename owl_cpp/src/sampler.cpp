@@ -1,0 +1,78 @@
+#include "owl/sampler.h"
+
+#include <algorithm>
+#include <cmath>
+#include <unordered_set>
+
+#include "owl/error.h"
+
+namespace owl {
+
+Sampler::Sampler(const SamplerParams& p) : p_(p), rng_(p.seed) {
+    if (!(p.top_p > 0.0f)) throw Error("top_p must be > 0");
+    if (!(p.repeat_penalty > 0.0f)) throw Error("repeat_penalty must be > 0");
+    if (!std::isfinite(p.temperature)) throw Error("temperature must be finite");
+}
+
+int32_t Sampler::sample(const float* logits, int64_t n_vocab, const std::vector<int32_t>& history) {
+    if (n_vocab <= 0) throw Error("sampler: empty vocabulary");
+    cand_.resize(size_t(n_vocab));
+    for (int64_t i = 0; i < n_vocab; ++i) cand_[size_t(i)] = {logits[i], int32_t(i)};
+
+    // Repetition penalty (llama.cpp / CTRL rule): shrink positive logits, grow negative ones.
+    if (p_.repeat_penalty != 1.0f && p_.repeat_last_n != 0) {
+        const size_t n = p_.repeat_last_n < 0 ? history.size() : std::min(history.size(), size_t(p_.repeat_last_n));
+        std::unordered_set<int32_t> seen(history.end() - long(n), history.end());
+        for (int32_t id : seen) {
+            if (id < 0 || id >= n_vocab) continue;
+            float& l = cand_[size_t(id)].first;
+            l = l > 0.0f ? l / p_.repeat_penalty : l * p_.repeat_penalty;
+        }
+    }
+
+    auto by_logit = [](const std::pair<float, int32_t>& a, const std::pair<float, int32_t>& b) {
+        return a.first > b.first || (a.first == b.first && a.second < b.second);
+    };
+    if (p_.temperature <= 0.0f) return std::min_element(cand_.begin(), cand_.end(), by_logit)->second;
+
+    size_t n = cand_.size();
+    if (p_.top_k > 0 && size_t(p_.top_k) < n) {
+        std::partial_sort(cand_.begin(), cand_.begin() + p_.top_k, cand_.end(), by_logit);
+        n = size_t(p_.top_k);
+    } else {
+        std::sort(cand_.begin(), cand_.end(), by_logit);
+    }
+    // Softmax over the survivors (sorted, so cand_[0] holds the max).
+    std::vector<float> prob(n);
+    double sum = 0.0;
+    for (size_t i = 0; i < n; ++i) sum += prob[i] = std::exp(cand_[i].first - cand_[0].first);
+    for (auto& q : prob) q = float(q / sum);
+
+    if (p_.top_p < 1.0f) {  // smallest prefix whose mass reaches top_p
+        double cum = 0.0;
+        size_t keep = n;
+        for (size_t i = 0; i < n; ++i) {
+            cum += prob[i];
+            if (cum >= p_.top_p) { keep = i + 1; break; }
+        }
+        n = keep;
+    }
+    if (p_.min_p > 0.0f) {  // drop tokens less likely than min_p * the best one
+        size_t keep = 1;
+        while (keep < n && prob[keep] >= p_.min_p * prob[0]) ++keep;
+        n = keep;
+    }
+    // Temperature, then draw with our own uniform so results do not depend on the C++ library.
+    std::vector<double> w(n);
+    double total = 0.0;
+    for (size_t i = 0; i < n; ++i) total += w[i] = std::exp(double(cand_[i].first - cand_[0].first) / p_.temperature);
+    const double u = double(rng_() >> 11) * (1.0 / 9007199254740992.0) * total;
+    double cum = 0.0;
+    for (size_t i = 0; i < n; ++i) {
+        cum += w[i];
+        if (u < cum) return cand_[i].second;
+    }
+    return cand_[n - 1].second;
+}
+
+}  // namespace owl

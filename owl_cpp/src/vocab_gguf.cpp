@@ -1,0 +1,38 @@
+// GGUF tokenizer.ggml.* keys -> VocabData -> Tokenizer.
+#include "owl/error.h"
+#include "owl/model.h"
+
+namespace owl {
+
+std::unique_ptr<Tokenizer> tokenizer_from_gguf(const GGUFFile& f) {
+    VocabData v;
+    v.model = f.get_string("tokenizer.ggml.model");
+    v.pre = f.get_string("tokenizer.ggml.pre", "default");
+    v.tokens = f.get_string_array("tokenizer.ggml.tokens");
+    if (f.has("tokenizer.ggml.scores")) v.scores = f.get_float_array("tokenizer.ggml.scores");
+    if (f.has("tokenizer.ggml.token_type")) {
+        for (int64_t t : f.get_int_array("tokenizer.ggml.token_type")) v.types.push_back(int32_t(t));
+    }
+    if (f.has("tokenizer.ggml.merges")) v.merges = f.get_string_array("tokenizer.ggml.merges");
+    auto id = [&](const char* key) -> int32_t {
+        if (!f.has(key)) return -1;
+        const uint64_t value = f.get_uint(key);
+        if (value >= v.tokens.size()) throw FormatError("GGUF '" + f.path() + "': " + key + " = " + std::to_string(value) + " is not a token id");
+        return int32_t(value);
+    };
+    v.bos_id = id("tokenizer.ggml.bos_token_id");
+    v.eos_id = id("tokenizer.ggml.eos_token_id");
+    v.unk_id = id("tokenizer.ggml.unknown_token_id");
+    v.pad_id = id("tokenizer.ggml.padding_token_id");
+    const bool spm = v.model == "llama";
+    v.add_bos = f.get_bool("tokenizer.ggml.add_bos_token", spm);
+    v.add_eos = f.get_bool("tokenizer.ggml.add_eos_token", false);
+    v.add_space_prefix = f.get_bool("tokenizer.ggml.add_space_prefix", spm);
+    try {
+        return Tokenizer::create(v);
+    } catch (const FormatError& e) {
+        throw FormatError("GGUF '" + f.path() + "': " + e.what());
+    }
+}
+
+}  // namespace owl

@@ -1,0 +1,54 @@
+"""Shared pytest fixtures: tiny random HF checkpoints in the official layouts and their GGUF conversions.
+
+  tiny_qwen2_dir   Qwen2 checkpoint dir (tied embeddings, q/k/v biases, padded embedding rows)
+  tiny_llama_dir   LLaMA checkpoint dir (separate lm_head, SentencePiece tokenizer)
+  tiny_gguf        factory: tiny_gguf(arch, quant) -> Path of the converted GGUF, cached per (arch, quant)
+
+All are session-scoped: built once per test run, read-only for tests (copy before modifying).
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+_REPO = Path(__file__).resolve().parent.parent
+
+# Let the tests run from a source checkout without `pip install`: the export package lives in export/.
+try:
+    import owl_export  # noqa: F401
+except ImportError:
+    sys.path.insert(0, str(_REPO / "export"))
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen2_dir(tmp_path_factory) -> Path:
+    from owl_export.fixtures import make_tiny_checkpoint
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny-qwen2", "qwen2", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory) -> Path:
+    from owl_export.fixtures import make_tiny_checkpoint
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny-llama", "llama", seed=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf(tmp_path_factory, tiny_qwen2_dir, tiny_llama_dir):
+    """tiny_gguf(arch, quant) -> Path: the tiny checkpoint of `arch` converted with `quant`, built once."""
+    from owl_export.convert_text import convert_text_model
+
+    dirs = {"qwen2": tiny_qwen2_dir, "llama": tiny_llama_dir}
+    out_dir = tmp_path_factory.mktemp("gguf")
+    cache: dict[tuple[str, str], Path] = {}
+
+    def get(arch: str, quant: str = "f32") -> Path:
+        key = (arch, quant)
+        if key not in cache:
+            out = out_dir / f"tiny-{arch}-{quant}.gguf"
+            convert_text_model(dirs[arch], out, quant=quant, progress=False)
+            cache[key] = out
+        return cache[key]
+
+    return get
