@@ -1,0 +1,113 @@
+"""Model-level validation: a structurally valid GGUF that lacks a key or tensor, or has a tensor of the
+wrong shape, is a FormatError naming it; the API checks its own inputs."""
+import gguf
+import numpy as np
+import pytest
+
+import owl_cpp
+
+E, L, H, KV, F = 32, 1, 4, 2, 64
+HD = E // H
+
+
+def vocab_tokens():
+    toks = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)] + ["▁", "a", "b", "▁a", "ab"]
+    types = [2, 3, 3] + [6] * 256 + [1] * 5
+    return toks, types
+
+
+def write_model(path, drop_key=None, drop_tensor=None, reshape=None, extra_keys=None):
+    """A minimal llama GGUF with random weights; the keyword arguments break it in one way."""
+    rng = np.random.default_rng(0)
+    toks, types = vocab_tokens()
+    V = len(toks)
+    w = gguf.GGUFWriter(str(path), "llama")
+    keys = {
+        "llama.context_length": ("add_uint32", 128), "llama.embedding_length": ("add_uint32", E),
+        "llama.block_count": ("add_uint32", L), "llama.feed_forward_length": ("add_uint32", F),
+        "llama.attention.head_count": ("add_uint32", H), "llama.attention.head_count_kv": ("add_uint32", KV),
+        "llama.attention.layer_norm_rms_epsilon": ("add_float32", 1e-5), "llama.rope.freq_base": ("add_float32", 1e4),
+        "tokenizer.ggml.model": ("add_string", "llama"), "tokenizer.ggml.tokens": ("add_array", toks),
+        "tokenizer.ggml.scores": ("add_array", [0.0] * V), "tokenizer.ggml.token_type": ("add_array", types),
+        "tokenizer.ggml.bos_token_id": ("add_uint32", 1), "tokenizer.ggml.eos_token_id": ("add_uint32", 2),
+    }
+    keys.update(extra_keys or {})
+    for k, (method, v) in keys.items():
+        if k != drop_key:
+            getattr(w, method)(k, v)
+    shapes = {"token_embd.weight": (V, E), "output_norm.weight": (E,), "output.weight": (V, E)}
+    for i in range(L):
+        p = f"blk.{i}."
+        shapes.update({p + "attn_norm.weight": (E,), p + "attn_q.weight": (H * HD, E), p + "attn_k.weight": (KV * HD, E),
+                       p + "attn_v.weight": (KV * HD, E), p + "attn_output.weight": (E, H * HD),
+                       p + "ffn_norm.weight": (E,), p + "ffn_gate.weight": (F, E), p + "ffn_up.weight": (F, E),
+                       p + "ffn_down.weight": (E, F)})
+    for name, shape in shapes.items():
+        if name == drop_tensor:
+            continue
+        if reshape and name == reshape[0]:
+            shape = reshape[1]
+        w.add_tensor(name, rng.standard_normal(shape).astype(np.float32) * 0.3)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+def test_minimal_model_loads_and_runs(tmp_path):
+    m = owl_cpp.load(write_model(tmp_path / "ok.gguf"), threads=1)
+    assert m.hparams["n_layer"] == L and m.hparams["rope_mode"] == "norm"
+    ids = m.tokenize("ab a")
+    assert ids[0] == 1  # llama adds BOS
+    out = m.logits(ids)
+    assert out.shape == (len(ids), m.n_vocab) and np.isfinite(out).all()
+
+
+@pytest.mark.parametrize("key", ["llama.block_count", "llama.embedding_length", "llama.attention.head_count",
+                                 "llama.attention.layer_norm_rms_epsilon", "tokenizer.ggml.model",
+                                 "tokenizer.ggml.tokens", "llama.context_length"])
+def test_missing_key_is_named(tmp_path, key):
+    with pytest.raises(owl_cpp.FormatError, match=key.replace(".", r"\.")):
+        owl_cpp.load(write_model(tmp_path / "m.gguf", drop_key=key))
+
+
+@pytest.mark.parametrize("tensor", ["token_embd.weight", "blk.0.attn_q.weight", "blk.0.ffn_down.weight",
+                                    "output_norm.weight", "blk.0.attn_norm.weight"])
+def test_missing_tensor_is_named(tmp_path, tensor):
+    with pytest.raises(owl_cpp.FormatError, match=tensor.replace(".", r"\.")):
+        owl_cpp.load(write_model(tmp_path / "m.gguf", drop_tensor=tensor))
+
+
+@pytest.mark.parametrize("tensor,shape", [("blk.0.attn_k.weight", (H * HD, E)), ("blk.0.ffn_up.weight", (F, E + 1)),
+                                          ("output_norm.weight", (E + 1,)), ("output.weight", (10, E))])
+def test_wrong_tensor_shape_is_named(tmp_path, tensor, shape):
+    with pytest.raises(owl_cpp.FormatError, match=tensor.replace(".", r"\.")):
+        owl_cpp.load(write_model(tmp_path / "m.gguf", reshape=(tensor, shape)))
+
+
+def test_wrong_key_type_and_bad_values(tmp_path):
+    with pytest.raises(owl_cpp.FormatError, match="llama.block_count.*string"):
+        owl_cpp.load(write_model(tmp_path / "a.gguf", extra_keys={"llama.block_count": ("add_string", "x")}))
+    with pytest.raises(owl_cpp.FormatError, match="head_count"):
+        owl_cpp.load(write_model(tmp_path / "b.gguf", extra_keys={"llama.attention.head_count_kv": ("add_uint32", 3)}))
+    with pytest.raises(owl_cpp.FormatError, match="block_count"):
+        owl_cpp.load(write_model(tmp_path / "c.gguf", extra_keys={"llama.block_count": ("add_uint32", 0)}))
+    with pytest.raises(owl_cpp.FormatError, match="eos_token_id"):
+        owl_cpp.load(write_model(tmp_path / "d.gguf", extra_keys={"tokenizer.ggml.eos_token_id": ("add_uint32", 10**6)}))
+
+
+def test_unknown_architecture(tmp_path):
+    p = tmp_path / "x.gguf"
+    w = gguf.GGUFWriter(str(p), "mamba")
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    with pytest.raises(owl_cpp.FormatError, match="mamba"):
+        owl_cpp.load(p)
+
+
+def test_missing_file_is_file_not_found(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        owl_cpp.load(tmp_path / "nope.gguf")
