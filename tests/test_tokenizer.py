@@ -184,6 +184,10 @@ def test_invalid_utf8_and_bad_ids(which, request):
     assert dec.push(letter).endswith("\ufffdz")
     dec.push(lead)
     assert dec.flush() == "\ufffd" and dec.flush() == ""
+    # Raw bytes in (C++ callers, or bytes from Python): kept byte for byte, never rejected.
+    raw = b"ok \xff\xe4\xb8 \xed\xa0\x80 \xc0\xaf end"
+    ids = tok.encode(raw, add_special=False)
+    assert tok.decode(ids) == raw.decode("utf-8", "replace")
     n = tok.n_vocab
     for bad in (n, -1, 2**40, 10**30):
         with pytest.raises(IndexError):

@@ -9,4 +9,5 @@ void bind_gguf(pybind11::module_& m);
 void bind_model(pybind11::module_& m);
 void bind_ops(pybind11::module_& m);
 void bind_system(pybind11::module_& m);
+void bind_bench(pybind11::module_& m);
 }  // namespace owl

@@ -11,4 +11,5 @@ PYBIND11_MODULE(_core, m) {
     owl::bind_model(m);
     owl::bind_ops(m);
     owl::bind_system(m);
+    owl::bind_bench(m);
 }

@@ -9,10 +9,10 @@ from __future__ import annotations
 import os
 from typing import Optional, Union
 
-from ._core import FormatError, OwlError
+from ._core import FormatError, OwlError, StreamDecoder, Tokenizer
 from .text_model import TextModel
 
-__all__ = ["FormatError", "OwlError", "TextModel", "load", "system_info"]
+__all__ = ["FormatError", "OwlError", "StreamDecoder", "TextModel", "Tokenizer", "load", "system_info"]
 __version__ = "0.1.0"
 
 

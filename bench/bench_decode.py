@@ -1,0 +1,111 @@
+"""owl_cpp vs llama.cpp on the very same random-weight GGUFs at the real decoder sizes.
+
+Prints a table and writes JSON: prompt processing (t/s for 128 and 512 tokens), decode t/s (64 tokens
+after a 128-token prompt), load time and peak RSS, each the median of --reps runs with the engines
+interleaved; the memory read bandwidth measured in the same run and decode as a fraction of the roofline
+(bandwidth / bytes of weights read per token).
+
+    python bench/bench_decode.py --llama-python /path/to/llama-venv/bin/python
+    python bench/bench_decode.py --sizes qwen2-7b llama-7b --quants q4_0      # the big ones (slow to create)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from make_random_gguf import SIZES, ensure  # noqa: E402
+
+
+def run_engine(python: str, engine: str, model: Path, threads: int) -> dict:
+    cmd = [python, str(HERE / "engine_runner.py"), "--engine", engine, "--model", str(model), "--threads", str(threads)]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
+    if res.returncode != 0:
+        raise RuntimeError(f"{engine} failed on {model.name}:\n{res.stderr[-3000:]}")
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def bytes_per_token(model: Path) -> int:
+    """Weights a decode step reads: every matrix once; of the embedding table only one row (unless tied)."""
+    from owl_cpp import _core
+
+    tensors = {t["name"]: t["nbytes"] for t in _core.GGUFFile.open(str(model)).tensors()}
+    total = sum(tensors.values())
+    if "output.weight" in tensors:
+        total -= tensors["token_embd.weight"]
+    return total
+
+
+def median_of(runs: list[dict], key) -> float:
+    return statistics.median(key(r) for r in runs)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", nargs="+", default=["qwen2-0.5b", "qwen2-1.5b"], choices=list(SIZES))
+    ap.add_argument("--quants", nargs="+", default=["q4_0", "q8_0", "f16"], choices=["q4_0", "q8_0", "f16"])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--workdir", default=str(HERE / "models"), help="where the random GGUFs are cached")
+    ap.add_argument("--llama-python", default=os.environ.get("OWL_LLAMA_PYTHON"),
+                    help="python of an environment with llama-cpp-python (omit to time owl_cpp alone)")
+    ap.add_argument("--out", default=str(HERE / "results" / "decode.json"))
+    a = ap.parse_args()
+
+    from owl_cpp import _core, system_info
+
+    bandwidth = _core.measure_read_bandwidth(1 << 30, a.threads, 5)
+    engines = ["owl"] + (["llama"] if a.llama_python else [])
+    pythons = {"owl": sys.executable, "llama": a.llama_python}
+    rows = []
+    for size in a.sizes:
+        for quant in a.quants:
+            model = ensure(Path(a.workdir), size, quant)
+            runs = {e: [] for e in engines}
+            for _ in range(a.reps):
+                for e in engines:  # interleaved so slow drifts of a shared machine hit both alike
+                    runs[e].append(run_engine(pythons[e], e, model, a.threads))
+            bpt = bytes_per_token(model)
+            row = {"model": size, "quant": quant, "bytes_per_token": bpt, "roofline_tg": bandwidth * 1e9 / bpt}
+            for e in engines:
+                r = runs[e]
+                row[e] = {"pp128": median_of(r, lambda x: x["pp"]["128"]), "pp512": median_of(r, lambda x: x["pp"]["512"]),
+                          "tg": median_of(r, lambda x: x["tg"]), "load_s": median_of(r, lambda x: x["load_s"]),
+                          "peak_rss_mb": median_of(r, lambda x: x["peak_rss_mb"]), "runs": r}
+            rows.append(row)
+            print_row(row, engines, header=len(rows) == 1)
+    result = {"date": time.strftime("%Y-%m-%d %H:%M"), "threads": a.threads, "reps": a.reps,
+              "read_bandwidth_gbs": bandwidth, "system_info": dict(system_info()), "rows": rows,
+              "command": " ".join([Path(sys.executable).name] + sys.argv)}
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text(json.dumps(result, indent=1))
+    print(f"\nread bandwidth {bandwidth:.1f} GB/s ({a.threads} threads); JSON: {a.out}")
+
+
+def print_row(row: dict, engines: list[str], header: bool) -> None:
+    if header:
+        cols = ["model", "quant", "MB/tok", "owl pp128", "owl pp512", "owl tg", "%roof"]
+        if "llama" in engines:
+            cols += ["llama pp128", "llama pp512", "llama tg", "tg x", "pp512 x"]
+        cols += ["owl load s", "owl RSS MB"]
+        print(" | ".join(f"{c:>11}" for c in cols))
+    o = row["owl"]
+    vals = [row["model"], row["quant"], f"{row['bytes_per_token'] / 1e6:.0f}", f"{o['pp128']:.1f}", f"{o['pp512']:.1f}",
+            f"{o['tg']:.2f}", f"{100 * o['tg'] / row['roofline_tg']:.0f}%"]
+    if "llama" in engines:
+        l = row["llama"]
+        vals += [f"{l['pp128']:.1f}", f"{l['pp512']:.1f}", f"{l['tg']:.2f}", f"{o['tg'] / l['tg']:.2f}",
+                 f"{o['pp512'] / l['pp512']:.2f}"]
+    vals += [f"{o['load_s']:.2f}", f"{o['peak_rss_mb']:.0f}"]
+    print(" | ".join(f"{v:>11}" for v in vals), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,72 @@
+"""Times one engine on one GGUF in a fresh process (so peak RSS is its own) and prints JSON.
+
+Runs under either interpreter: ours (`--engine owl`) or the llama-cpp-python environment (`--engine llama`).
+Both are driven the same way: evaluate a prompt of random ids in one call (prompt processing), then
+decode one token at a time (each step a full forward of one token).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import time
+
+import numpy as np
+
+
+def load(engine: str, path: str, threads: int, n_ctx: int):
+    if engine == "owl":
+        import owl_cpp
+
+        m = owl_cpp.load(path, n_ctx=n_ctx, threads=threads)
+
+        def eval_tokens(ids, reset=False):
+            if reset:
+                m.reset()
+            m._ctx.eval(list(ids), return_logits=False)
+
+        return m.n_vocab, eval_tokens
+    from llama_cpp import Llama
+
+    llm = Llama(model_path=path, n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads, n_batch=512,
+                n_ubatch=512, verbose=False)
+
+    def eval_tokens(ids, reset=False):
+        if reset:
+            llm.reset()
+        llm.eval(list(ids))
+
+    return llm.n_vocab(), eval_tokens
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--engine", choices=["owl", "llama"], required=True)
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--pp", type=int, nargs="*", default=[128, 512])
+    ap.add_argument("--tg", type=int, default=64, help="decode steps after a 128-token prompt")
+    a = ap.parse_args()
+
+    t0 = time.perf_counter()
+    n_vocab, eval_tokens = load(a.engine, a.model, a.threads, n_ctx=1024)
+    load_s = time.perf_counter() - t0
+    rng = np.random.default_rng(0)
+    ids = rng.integers(300, min(n_vocab, 30000), 1024).tolist()
+    out = {"engine": a.engine, "load_s": load_s, "pp": {}}
+    eval_tokens(ids[:8], reset=True)  # warm-up: first touch of the mapped weights
+    for n in a.pp:
+        t = time.perf_counter()
+        eval_tokens(ids[:n], reset=True)
+        out["pp"][str(n)] = n / (time.perf_counter() - t)
+    eval_tokens(ids[:128], reset=True)
+    t = time.perf_counter()
+    for i in range(a.tg):
+        eval_tokens([ids[128 + i]])
+    out["tg"] = a.tg / (time.perf_counter() - t)
+    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,126 @@
+"""Random-weight GGUF decoders at the real model sizes, for benchmarks (the values do not affect speed).
+
+Quantized blocks are written directly as random bytes with small fixed scales (quantizing gigabytes of
+floats in numpy would take minutes); the files open in llama.cpp as well as in owl_cpp.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import gguf
+import numpy as np
+
+# name: (arch, hidden, layers, heads, kv_heads, ffn, vocab, tied)
+SIZES = {
+    "qwen2-0.5b": ("qwen2", 896, 24, 14, 2, 4864, 151936, True),     # Owl3-1B decoder
+    "qwen2-1.5b": ("qwen2", 1536, 28, 12, 2, 8960, 151936, True),    # Owl3-2B decoder
+    "qwen2-7b": ("qwen2", 3584, 28, 28, 4, 18944, 152064, False),    # Owl3-7B decoder
+    "llama-7b": ("llama", 4096, 32, 32, 32, 11008, 32000, False),    # Owl2 decoder
+}
+QTYPES = {"q4_0": gguf.GGMLQuantizationType.Q4_0, "q8_0": gguf.GGMLQuantizationType.Q8_0,
+          "f16": gguf.GGMLQuantizationType.F16}
+FILE_TYPE = {"q4_0": 2, "q8_0": 7, "f16": 1}
+
+
+def random_matrix(rng, rows: int, cols: int, quant: str) -> tuple[np.ndarray, gguf.GGMLQuantizationType]:
+    scale = 1.0 / np.sqrt(cols)
+    if quant == "f16":
+        return (rng.standard_normal((rows, cols), dtype=np.float32) * scale).astype(np.float16), QTYPES[quant]
+    nb = cols // 32
+    if quant == "q8_0":
+        blocks = np.empty((rows, nb, 34), np.uint8)
+        blocks[..., :2] = np.frombuffer(np.float16(scale / 64).tobytes(), np.uint8)
+        blocks[..., 2:] = rng.integers(-127, 128, (rows, nb, 32), dtype=np.int8).view(np.uint8)
+    else:
+        blocks = np.empty((rows, nb, 18), np.uint8)
+        blocks[..., :2] = np.frombuffer(np.float16(scale / 4).tobytes(), np.uint8)
+        blocks[..., 2:] = rng.integers(0, 256, (rows, nb, 16), dtype=np.uint8)
+    return blocks.reshape(rows, -1), QTYPES[quant]
+
+
+def vocab(n: int):
+    """A valid byte-level BPE vocabulary of n tokens (bytes, one merge, filler) for the tokenizer keys."""
+    byte_chars = [chr(c) for c in range(ord("!"), ord("~") + 1)] + [chr(c) for c in range(ord("¡"), ord("¬") + 1)] \
+        + [chr(c) for c in range(ord("®"), ord("ÿ") + 1)]
+    extra = [chr(256 + i) for i in range(256 - len(byte_chars))]
+    tokens = byte_chars + extra + ["Ġt"]
+    tokens += [f"tok{i}" for i in range(len(tokens), n - 3)] + ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    types = [1] * (n - 3) + [3, 3, 3]
+    return tokens, types
+
+
+def write(path: Path, size: str, quant: str, seed: int = 0) -> Path:
+    arch, E, L, H, KV, F, V, tied = SIZES[size]
+    hd = E // H
+    rng = np.random.default_rng(seed)
+    w = gguf.GGUFWriter(str(path), arch)
+    w.add_name(f"random {size} {quant}")
+    w.add_file_type(FILE_TYPE[quant])
+    w.add_context_length(32768 if arch == "qwen2" else 4096)
+    w.add_embedding_length(E)
+    w.add_block_count(L)
+    w.add_feed_forward_length(F)
+    w.add_head_count(H)
+    w.add_head_count_kv(KV)
+    w.add_layer_norm_rms_eps(1e-6)
+    w.add_rope_freq_base(1e6 if arch == "qwen2" else 1e4)
+    tokens, types = vocab(V)
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("qwen2")
+    w.add_token_list(tokens)
+    w.add_token_types(types)
+    w.add_token_merges(["Ġ t"])
+    w.add_bos_token_id(V - 3)
+    w.add_eos_token_id(V - 1)
+    w.add_add_bos_token(False)
+
+    def mat(name, rows, cols):
+        data, qt = random_matrix(rng, rows, cols, quant)
+        w.add_tensor(name, data, raw_dtype=qt)
+
+    def vec(name, n, scale=0.0):
+        w.add_tensor(name, (1.0 + scale * rng.standard_normal(n)).astype(np.float32))
+
+    mat("token_embd.weight", V, E)
+    for i in range(L):
+        p = f"blk.{i}."
+        vec(p + "attn_norm.weight", E)
+        mat(p + "attn_q.weight", H * hd, E)
+        mat(p + "attn_k.weight", KV * hd, E)
+        mat(p + "attn_v.weight", KV * hd, E)
+        if arch == "qwen2":
+            for n, rows in (("attn_q", H * hd), ("attn_k", KV * hd), ("attn_v", KV * hd)):
+                w.add_tensor(p + n + ".bias", (0.1 * rng.standard_normal(rows)).astype(np.float32))
+        mat(p + "attn_output.weight", E, H * hd)
+        vec(p + "ffn_norm.weight", E)
+        mat(p + "ffn_gate.weight", F, E)
+        mat(p + "ffn_up.weight", F, E)
+        mat(p + "ffn_down.weight", E, F)
+    vec("output_norm.weight", E)
+    if not tied:
+        mat("output.weight", V, E)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+def ensure(workdir: Path, size: str, quant: str) -> Path:
+    workdir.mkdir(parents=True, exist_ok=True)
+    path = workdir / f"{size}-{quant}.gguf"
+    if not path.exists():
+        tmp = path.with_suffix(".tmp")
+        write(tmp, size, quant)
+        tmp.rename(path)
+    return path
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("size", choices=list(SIZES))
+    ap.add_argument("quant", choices=list(QTYPES))
+    ap.add_argument("-o", "--workdir", default="bench/models")
+    a = ap.parse_args()
+    print(ensure(Path(a.workdir), a.size, a.quant))
