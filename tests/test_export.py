@@ -13,7 +13,7 @@ gguf = pytest.importorskip("gguf")
 from gguf import GGMLQuantizationType as QT  # noqa: E402
 
 from owl_export import cli  # noqa: E402
-from owl_export.checkpoint import (CheckpointError, TextConfig, UnsupportedModelError,  # noqa: E402
+from owl_export.checkpoint import (CheckpointError, PrefixView, TextConfig, UnsupportedModelError,  # noqa: E402
                                    load_checkpoint, open_weights)
 from owl_export.convert_text import llama_permute, llama_unpermute  # noqa: E402
 from owl_export.fixtures import make_tiny_checkpoint  # noqa: E402
@@ -84,6 +84,21 @@ def test_checkpoint_errors_name_the_file(tmp_path, tiny_qwen2_dir):
     (s / "model-00002-of-00002.safetensors").unlink()
     with pytest.raises(FileNotFoundError, match="model-00002-of-00002.safetensors"):
         open_weights(s)
+
+
+def test_corrupt_weights_and_prefix_view(tmp_path, tiny_qwen2_dir):
+    d = tmp_path / "c"
+    shutil.copytree(tiny_qwen2_dir, d)
+    store = open_weights(d)
+    name = "model.layers.0.mlp.down_proj.weight"
+    assert store.shape(name) == tuple(store[name].shape) == (64, 128)
+    view = PrefixView(store, "model.layers.0.")
+    assert "mlp.down_proj.weight" in view and view.shape("mlp.down_proj.weight") == (64, 128)
+    assert len(view) == sum(n.startswith("model.layers.0.") for n in store)
+
+    (d / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{broken")
+    with pytest.raises(CheckpointError, match="model.safetensors"):
+        open_weights(d)
 
 
 def test_text_config_defaults_and_errors():

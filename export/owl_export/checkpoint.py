@@ -58,6 +58,7 @@ class _Shard:
     def __init__(self, path: Path):
         self.path = path
         self._handle: Any = None      # safetensors safe_open object, or the dict torch.load returned
+        self._names: set[str] = set()
 
     def _open(self):
         if self._handle is not None:
@@ -70,6 +71,7 @@ class _Shard:
                 self._handle = safe_open(str(self.path), framework="pt", device="cpu")
             else:
                 self._handle = _torch_load(self.path)
+            self._names = set(self._handle.keys())
         except (FileNotFoundError, CheckpointError):
             raise
         except Exception as e:  # safetensors / pickle errors have many types; all mean "unreadable"
@@ -77,18 +79,23 @@ class _Shard:
         return self._handle
 
     def keys(self) -> list[str]:
+        return list(self._open().keys())
+
+    def _has(self, name: str):
         h = self._open()
-        return list(h.keys())
+        if name not in self._names:
+            raise KeyError(f"{name!r} not in {self.path}")
+        return h
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        h = self._has(name)
+        if self.path.suffix == ".safetensors":
+            return tuple(h.get_slice(name).get_shape())   # header only, no data read
+        return tuple(h[name].shape)
 
     def get(self, name: str) -> torch.Tensor:
-        h = self._open()
-        if self.path.suffix == ".safetensors":
-            if name not in h.keys():
-                raise KeyError(f"{name!r} not in {self.path}")
-            return h.get_tensor(name)
-        if name not in h:
-            raise KeyError(f"{name!r} not in {self.path}")
-        return h[name]
+        h = self._has(name)
+        return h.get_tensor(name) if self.path.suffix == ".safetensors" else h[name]
 
 
 def _torch_load(path: Path) -> dict:
@@ -118,6 +125,15 @@ class TensorStore(Mapping):
             raise KeyError(f"tensor {name!r} not in checkpoint ({', '.join(f.name for f in self.files)})")
         return shard.get(name)
 
+    def __contains__(self, name) -> bool:      # Mapping's default would load the tensor
+        return name in self._where
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        """Shape without reading the data."""
+        if name not in self._where:
+            raise KeyError(f"tensor {name!r} not in checkpoint")
+        return self._where[name].shape(name)
+
     def __iter__(self) -> Iterator[str]:
         return iter(self._where)
 
@@ -138,11 +154,24 @@ class PrefixView(Mapping):
     def __getitem__(self, name: str) -> torch.Tensor:
         return self._store[self._prefix + name]
 
+    def __contains__(self, name) -> bool:
+        return self._prefix + name in self._store
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tensor_shape(self._store, self._prefix + name)
+
     def __iter__(self) -> Iterator[str]:
         return iter(self._names)
 
     def __len__(self) -> int:
         return len(self._names)
+
+
+def tensor_shape(tensors: Mapping, name: str) -> tuple[int, ...]:
+    """Shape of tensors[name], without loading it when the mapping can tell (TensorStore, PrefixView)."""
+    if hasattr(tensors, "shape"):
+        return tuple(tensors.shape(name))
+    return tuple(tensors[name].shape)
 
 
 _LAYOUTS = [  # (single file, index file) in transformers' order of preference

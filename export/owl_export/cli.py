@@ -53,13 +53,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from .checkpoint import CheckpointError, UnsupportedModelError
     try:
         if not args.hf_dir.is_dir():
             raise ExportError(f"{args.hf_dir}: checkpoint directory not found")
         exporter = pick_exporter(args.hf_dir)
         exporter(args.hf_dir, args.out, args.quant, not args.quiet)   # prints its summary unless quiet
-    except (ExportError, CheckpointError, UnsupportedModelError, OSError) as e:
+    # ValueError covers CheckpointError, UnsupportedModelError and vocab.py's bad-tokenizer errors,
+    # all of which name the offending file
+    except (ExportError, ValueError, OSError) as e:
         print(f"owl-export: error: {e}", file=sys.stderr)
         return 2
     return 0

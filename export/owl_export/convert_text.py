@@ -19,7 +19,7 @@ import gguf
 import numpy as np
 import torch
 
-from .checkpoint import CheckpointError, TextConfig, load_checkpoint
+from .checkpoint import CheckpointError, TextConfig, load_checkpoint, tensor_shape
 from .quantize import FILE_TYPES, check_quant, quantize_array, tensor_nbytes, tensor_qtype
 
 # ------------------------------------------------------------------------------------------- tensors
@@ -71,7 +71,7 @@ def text_tensor_plan(cfg: TextConfig, tensors: Mapping[str, torch.Tensor]) -> li
     def add(gguf_name: str, hf_name: str, permute_heads: int = 0):
         if hf_name not in tensors:
             raise CheckpointError(f"checkpoint is missing tensor {hf_name!r} (needed for {gguf_name})")
-        shape = tuple(tensors[hf_name].shape)
+        shape = tensor_shape(tensors, hf_name)
 
         def load() -> np.ndarray:
             a = tensors[hf_name].to(torch.float32).numpy()

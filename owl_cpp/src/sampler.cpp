@@ -43,10 +43,11 @@ int32_t Sampler::sample(const float* logits, int64_t n_vocab, const std::vector<
         std::sort(cand_.begin(), cand_.end(), by_logit);
     }
     // Softmax over the survivors (sorted, so cand_[0] holds the max).
-    std::vector<float> prob(n);
+    std::vector<double>& prob = weight_;
+    prob.resize(n);
     double sum = 0.0;
-    for (size_t i = 0; i < n; ++i) sum += prob[i] = std::exp(cand_[i].first - cand_[0].first);
-    for (auto& q : prob) q = float(q / sum);
+    for (size_t i = 0; i < n; ++i) sum += prob[i] = std::exp(double(cand_[i].first - cand_[0].first));
+    for (auto& q : prob) q /= sum;
 
     if (p_.top_p < 1.0f) {  // smallest prefix whose mass reaches top_p
         double cum = 0.0;
@@ -63,7 +64,7 @@ int32_t Sampler::sample(const float* logits, int64_t n_vocab, const std::vector<
         n = keep;
     }
     // Temperature, then draw with our own uniform so results do not depend on the C++ library.
-    std::vector<double> w(n);
+    std::vector<double>& w = weight_;
     double total = 0.0;
     for (size_t i = 0; i < n; ++i) total += w[i] = std::exp(double(cand_[i].first - cand_[0].first) / p_.temperature);
     const double u = double(rng_() >> 11) * (1.0 / 9007199254740992.0) * total;

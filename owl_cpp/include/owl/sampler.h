@@ -27,7 +27,9 @@ public:
 private:
     SamplerParams p_;
     std::mt19937_64 rng_;
-    std::vector<std::pair<float, int32_t>> cand_;  // reused: no allocation per token
+    // Reused across calls: no allocation per token.
+    std::vector<std::pair<float, int32_t>> cand_;
+    std::vector<double> weight_;
 };
 
 }  // namespace owl
