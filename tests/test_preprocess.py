@@ -1,0 +1,259 @@
+"""Owl3 image preprocessing (python/owl_cpp/preprocess.py) against owl3.md §5 and §6.4.
+
+- grids: the worked examples of §5.2, and the official anchor_rank (re-written in torch from its published
+  arithmetic: int64 boxes, float32 IoU) over many sizes and aspect ratios;
+- pixels: identical to a straightforward PIL + numpy re-computation (resize, crop row-major, global view last,
+  x/255, (x-0.5)/0.5); byte-identical to Pillow 12's bicubic even when Pillow 13 is installed (pinned digests);
+- odd modes (RGBA, LA, P, L, 1, CMYK, I;16, numpy layouts), tiny images, huge images, bad input;
+- prompt templates v2_global / v3_global; no torch at run time.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import struct
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from owl_cpp import preprocess as pre
+
+BICUBIC = Image.Resampling.BICUBIC
+PILLOW_MAJOR = int(Image.__version__.split(".")[0])
+
+
+def synthetic(w: int, h: int) -> np.ndarray:
+    """Deterministic RGB test pattern with edges and texture (no RNG: identical on every numpy)."""
+    y, x = np.mgrid[0:h, 0:w]
+    return np.stack([(x * 7 + y * 3) % 256, (x * y) % 251, (x * 13 + y * 29 + (x ^ y)) % 256], -1).astype(np.uint8)
+
+
+def pil_resize(im: Image.Image, size) -> Image.Image:
+    """The resize the released models saw: Pillow <= 12's, which is a plain resize there; on Pillow 13 the
+    same passes in the same order (horizontal first), spelled out."""
+    if PILLOW_MAJOR <= 12:
+        return im.resize(size, BICUBIC)
+    return im.resize((size[0], im.size[1]), BICUBIC).resize(size, BICUBIC)
+
+
+def recompute(im: Image.Image, S: int, rows: int, cols: int) -> np.ndarray:
+    """Straightforward re-computation: resize, crop each tile, then the global view; ToTensor + Normalize."""
+    def norm(view):
+        return ((np.asarray(view, np.float32) / np.float32(255) - np.float32(0.5)) / np.float32(0.5)).transpose(2, 0, 1)
+
+    big = pil_resize(im, (cols * S, rows * S))
+    views = [big.crop((c * S, r * S, (c + 1) * S, (r + 1) * S)) for r in range(rows) for c in range(cols)]
+    views.append(pil_resize(im, (S, S)))
+    return np.stack([norm(v) for v in views])
+
+
+# ------------------------------------------------------------------------------------------- grids
+
+# owl3.md §5.2, S = 384, computed there with the official code: (W, H) -> (rows, cols)
+WORKED = [((500, 500), (2, 2)), ((1000, 500), (2, 3)), ((500, 1000), (3, 2)), ((1920, 1080), (2, 3)),
+          ((800, 600), (2, 3)), ((640, 480), (2, 3)), ((1024, 768), (2, 3)), ((2000, 500), (1, 4)),
+          ((500, 2000), (4, 1)), ((300, 100), (1, 3)), ((1200, 400), (1, 3))]
+
+
+@pytest.mark.parametrize("size,grid", WORKED)
+def test_worked_examples(size, grid):
+    assert pre.select_grid(*size, 384) == grid
+
+
+def _official_anchor_rank(w: int, h: int, S: int) -> tuple[int, int]:
+    """anchor_rank of image_processing_mplugowl3.py, restated in torch with its dtypes (owl3.md §5.2)."""
+    torch = pytest.importorskip("torch")
+    grid = pre.GRID_SQU_6
+    anchors = torch.tensor([[0, 0, c * S, r * S] for r, c in grid])                 # int64 xyxy
+
+    def area(b):
+        return (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+
+    def iou(b1, b2):
+        lt = torch.max(b1[:, None, :2], b2[:, :2])
+        rb = torch.min(b1[:, None, 2:], b2[:, 2:])
+        wh = (rb - lt).clamp(min=0)
+        inter = wh[:, :, 0] * wh[:, :, 1]
+        return inter / (area(b1)[:, None] + area(b2) - inter + 1e-5)
+
+    shape_box = anchors.clone()
+    shape_box[:, 3] = h / w * anchors[:, 2]                        # float32 product, truncated into int64
+    score = iou(anchors, shape_box).diag() * 100 + iou(anchors, torch.tensor([[0, 0, w, h]])).squeeze(1)
+    return grid[int(torch.argmax(score))]
+
+
+def test_grids_match_official_arithmetic():
+    rng = np.random.default_rng(0)
+    sizes = [(int(a), int(b)) for a, b in rng.integers(1, 6000, size=(300, 2))]
+    sizes += [(int(a), int(b)) for a, b in np.exp(rng.uniform(0, 9, size=(200, 2))).astype(int) + 1]
+    sizes += [(1, 1), (1, 5000), (5000, 1), (384, 384), (768, 768), (1152, 384), (384, 1536), (3, 1000)]
+    for S in (384, 378, 30):
+        for w, h in sizes:
+            assert pre.select_grid(w, h, S) == _official_anchor_rank(w, h, S), (w, h, S)
+
+
+# ------------------------------------------------------------------------------------------- pixels
+
+@pytest.mark.parametrize("w,h,S", [(500, 300, 384), (300, 500, 378), (1920, 1080, 384), (90, 40, 384),
+                                   (2000, 500, 378), (37, 700, 384), (64, 64, 30)])
+def test_pixels_match_recomputation(w, h, S):
+    im = Image.fromarray(synthetic(w, h))
+    out = pre.preprocess_image(im, image_size=S)
+    rows, cols = out.grid
+    assert (rows, cols) == pre.select_grid(w, h, S)
+    assert out.pixels.dtype == np.float32 and out.pixels.shape == (rows * cols + 1, 3, S, S)
+    assert np.array_equal(out.pixels, recompute(im, S, rows, cols))
+    assert out.pixels.min() >= -1 and out.pixels.max() <= 1
+
+
+# Pillow 12.0.0, im.resize((S, S), BICUBIC) of synthetic(w, h): width grows while height shrinks, the case
+# Pillow 13 computes differently (owl3.md §5.1). sha256 of the uint8 RGB bytes.
+PILLOW12_DIGESTS = {
+    (300, 500, 384): "4b079d552b3b2c2af76226aca9026978fa589661b8b4fb79f7b6f54453969051",
+    (50, 900, 384): "3bad4afb59f5ea331e363d586943d3d29463b9e3e564b3aa349e00d4d9b3e2b6",
+    (1000, 200, 378): "83467a0adfd7e5719e9cd2db1ff380e80fa8fefa9de4b031591a1debb77c8c84",
+}
+
+
+@pytest.mark.parametrize("key", sorted(PILLOW12_DIGESTS))
+def test_resize_is_pillow12_bicubic(key):
+    w, h, S = key
+    out = np.asarray(pre.resize_bicubic(Image.fromarray(synthetic(w, h)), (S, S)))
+    assert hashlib.sha256(out.tobytes()).hexdigest() == PILLOW12_DIGESTS[key]
+    global_view = pre.preprocess_image(synthetic(w, h), image_size=S).pixels[-1]
+    assert np.array_equal(global_view, pre.normalize(Image.fromarray(out)))
+
+
+def test_cut_disabled_and_variants():
+    a = synthetic(640, 480)
+    out = pre.preprocess_image(a, variant="241101", cut=False)
+    assert out.grid is None and out.prompt == "<|image|>" and out.pixels.shape == (1, 3, 378, 378)
+    assert np.array_equal(out.pixels, recompute(Image.fromarray(a), 378, 1, 1)[-1:])
+    assert pre.preprocess_image(a, variant="240728").pixels.shape == (7, 3, 384, 384)      # 2 x 3 + global
+    assert pre.preprocess_image(a, variant="241014").prompt.startswith("<|start_cut|>2*3\n")
+    with pytest.raises(ValueError, match="variant"):
+        pre.preprocess_image(a, variant="250101")
+    with pytest.raises(ValueError, match="image_size"):
+        pre.preprocess_image(a)
+
+
+def test_prompt_templates():
+    # owl3.md §6.4, verbatim
+    assert pre.cut_prompt(2, 2, "v2_global") == (
+        "Cut to 2 rows 2 columns with a global view\nsubimg(0,0)<|image|> subimg(0,1)<|image|>\n"
+        "subimg(1,0)<|image|> subimg(1,1)<|image|>\nglobal_view<|image|>")
+    assert pre.cut_prompt(2, 3, "v3_global") == (
+        "<|start_cut|>2*3\n<|image|> <|image|> <|image|>\n<|image|> <|image|> <|image|>\n<|image|><|end_cut|>")
+    for rows, cols in pre.GRID_SQU_6:
+        for t in ("v2_global", "v3_global"):
+            assert pre.cut_prompt(rows, cols, t).count("<|image|>") == rows * cols + 1
+    with pytest.raises(ValueError, match="template"):
+        pre.cut_prompt(2, 2, "v1")
+
+
+# ------------------------------------------------------------------------------------------- modes
+
+def _views(img, S=30):
+    return pre.preprocess_image(img, image_size=S).pixels
+
+
+def test_rgba_drops_alpha_like_convert_rgb():
+    rgb = synthetic(45, 30)
+    alpha = (np.arange(45 * 30).reshape(30, 45, 1) % 256).astype(np.uint8)
+    rgba = np.concatenate([rgb, alpha], axis=2)
+    assert np.array_equal(_views(Image.fromarray(rgba)), _views(rgb))      # the colour under alpha shows
+    assert np.array_equal(_views(rgba), _views(rgb))                        # (H, W, 4) arrays too
+    la = Image.fromarray(rgb[:, :, 0]).convert("LA")
+    assert np.array_equal(_views(la), _views(Image.fromarray(rgb[:, :, 0]).convert("RGB")))
+
+
+@pytest.mark.parametrize("mode", ["L", "P", "1", "CMYK", "YCbCr", "RGBX", "PA"])
+def test_modes_follow_pillow_convert(mode):
+    im = Image.fromarray(synthetic(40, 25)).convert(mode)
+    assert np.array_equal(_views(im), _views(im.convert("RGB")))
+
+
+def test_16_bit_images_scale_to_8_bits():
+    v16 = (np.arange(40 * 25).reshape(25, 40) * 65).astype(np.uint16)        # 0 .. 64935
+    expect8 = np.rint(v16 / 257.0).astype(np.uint8)
+    want = _views(np.stack([expect8] * 3, -1))
+    for mode in ("I;16", "I;16B"):
+        im = Image.frombytes(mode, (40, 25), v16.astype("<u2" if mode == "I;16" else ">u2").tobytes())
+        assert np.array_equal(_views(im), want), mode
+    assert np.array_equal(_views(v16), want)                                  # uint16 numpy array
+    assert np.array_equal(_views(np.stack([v16] * 3, -1)), want)
+
+
+def test_numpy_layouts_and_bad_arrays():
+    g = synthetic(40, 25)[:, :, 0]
+    assert np.array_equal(_views(g), _views(np.stack([g] * 3, -1)))
+    assert np.array_equal(_views(g[:, :, None]), _views(g))
+    assert np.array_equal(_views(g > 100), _views(((g > 100) * 255).astype(np.uint8)))
+    with pytest.raises(ValueError, match="uint8"):
+        _views(g.astype(np.float32) / 255)
+    with pytest.raises(ValueError, match="H, W"):
+        _views(np.zeros((4, 4, 2), np.uint8))
+
+
+def test_files_bytes_and_errors(tmp_path):
+    im = Image.fromarray(synthetic(50, 20))
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    path = tmp_path / "a.png"
+    path.write_bytes(buf.getvalue())
+    want = _views(im)
+    assert np.array_equal(_views(buf.getvalue()), want)
+    assert np.array_equal(_views(str(path)), want) and np.array_equal(_views(path), want)
+    with pytest.raises(FileNotFoundError):
+        _views(tmp_path / "missing.png")
+    with pytest.raises(ValueError, match="cannot read"):
+        _views(b"not an image at all")
+    with pytest.raises(TypeError):
+        _views(12345)
+
+
+# ------------------------------------------------------------------------------------------- sizes
+
+@pytest.mark.parametrize("w,h", [(1, 1), (2, 1), (1, 3), (3, 1000), (1000, 2)])
+def test_tiny_and_thin_images(w, h):
+    a = np.full((h, w, 3), 200, np.uint8)
+    out = pre.preprocess_image(a, image_size=30)
+    assert out.pixels.shape[0] == out.grid[0] * out.grid[1] + 1
+    assert np.allclose(out.pixels, 200 / 255 * 2 - 1, atol=1e-6)             # a flat image stays flat
+
+
+def test_empty_image_is_an_error():
+    with pytest.raises(ValueError, match="no pixels"):
+        pre.preprocess_image(Image.new("RGB", (0, 5)), image_size=30)
+
+
+def _png_header(w: int, h: int) -> bytes:
+    """A PNG whose header claims w x h pixels, with no pixel data: a decompression bomb in miniature."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)) + chunk(b"IEND", b"")
+
+
+def test_huge_images_are_refused_before_decoding():
+    with pytest.raises(ValueError):
+        pre.preprocess_image(_png_header(60000, 60000), image_size=384)         # 3.6 G pixels
+    with pytest.raises(ValueError, match="over the limit"):
+        pre.preprocess_image(_png_header(3000, 2000), image_size=384, max_pixels=5_000_000)
+    # a thin image under the limit whose horizontal resize pass would not be: refused, not allocated
+    with pytest.raises(ValueError, match="over the limit"):
+        pre.preprocess_image(np.zeros((9000, 1, 3), np.uint8), image_size=384, max_pixels=1_000_000)
+
+
+def test_no_torch_at_run_time():
+    code = ("import importlib.util, sys\n"
+            f"spec = importlib.util.spec_from_file_location('pp', {pre.__file__!r})\n"
+            "m = sys.modules['pp'] = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)\n"
+            "import numpy as np\n"
+            "m.preprocess_image(np.zeros((10, 20, 3), np.uint8), image_size=30)\n"
+            "assert 'torch' not in sys.modules, 'preprocess imported torch'\n")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
