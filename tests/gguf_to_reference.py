@@ -1,5 +1,6 @@
 """Builds the PyTorch reference from a GGUF's own (dequantized) weights, so quantized kernels can be checked
-exactly (against the weights they really use) apart from the quantization error itself."""
+exactly (against the weights they really use) apart from the quantization error itself. Matrix products with
+Q8_0 / Q4_0 weights round their input to int8 blocks first, as the runtime's kernels (and llama.cpp's) do."""
 from __future__ import annotations
 
 import re
@@ -10,7 +11,8 @@ import torch
 
 from owl_export.checkpoint import TextConfig, load_config
 from owl_export.convert_text import llama_unpermute
-from owl_export.reference.decoder import TextDecoder
+from owl_export.reference.decoder import TextDecoder, _linear
+from quant_reference import quantized_activations
 
 _NAMES = {
     "token_embd.weight": "model.embed_tokens.weight",
@@ -33,7 +35,7 @@ def reference_from_gguf(gguf_path, hf_dir, dtype=torch.float64) -> TextDecoder:
     cfg = TextConfig.from_dict(load_config(hf_dir))
     reader = gguf.GGUFReader(str(gguf_path))
     arch = str(bytes(reader.fields["general.architecture"].parts[-1]), "utf-8")
-    tensors = {}
+    tensors, int8_inputs = {}, set()
     for t in reader.tensors:
         shape = tuple(int(n) for n in reversed(t.shape.tolist()))  # ggml order -> row-major
         w = gguf.quants.dequantize(t.data, t.tensor_type).reshape(shape).astype(np.float32)
@@ -42,4 +44,24 @@ def reference_from_gguf(gguf_path, hf_dir, dtype=torch.float64) -> TextDecoder:
         if arch == "llama" and m and m.group(2) in ("attn_q.weight", "attn_k.weight"):
             w = llama_unpermute(w, cfg.num_heads if m.group(2) == "attn_q.weight" else cfg.num_kv_heads)
         tensors[name] = torch.from_numpy(np.ascontiguousarray(w))
-    return TextDecoder(cfg, tensors, dtype)
+        if t.tensor_type in (gguf.GGMLQuantizationType.Q8_0, gguf.GGMLQuantizationType.Q4_0):
+            int8_inputs.add(name)
+    ref = TextDecoder(cfg, tensors, dtype)
+    quantized = {id(ref.w[_ref_key(n)]) for n in int8_inputs}
+
+    def linear(x, w, b=None):
+        if id(w) in quantized:
+            x = torch.from_numpy(quantized_activations(x.numpy())).to(x.dtype)
+        return _linear(x, w, b)
+
+    ref.linear = linear
+    return ref
+
+
+def _ref_key(hf_name: str) -> str:
+    """HF tensor name -> TextDecoder.w key (e.g. model.layers.0.self_attn.q_proj.weight -> model.layers.0.q_proj)."""
+    if hf_name == "model.embed_tokens.weight":
+        return "embed"
+    if hf_name == "lm_head.weight":
+        return "lm_head"
+    return hf_name.removesuffix(".weight").replace("self_attn.", "").replace("mlp.", "")

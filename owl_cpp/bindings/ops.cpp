@@ -1,8 +1,11 @@
 // owl_cpp._core.ops: each CPU op and its reference, on numpy arrays, for the op tests.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 
+#include <chrono>
 #include <cstring>
+#include <vector>
 
 #include "bindings.h"
 #include "owl/ops.h"
@@ -73,6 +76,43 @@ void bind_ops(py::module_& parent) {
         return y;
     }, py::arg("w"), py::arg("dtype"), py::arg("rows"), py::arg("cols"), py::arg("x"), py::arg("bias") = py::none(),
        py::arg("threads") = 1, py::arg("ref") = false);
+    m.def("supported_isas", &ops::supported_isas, "matmul kernel variants this CPU and build can run");
+    m.def("active_isa", &ops::active_isa, "the matmul kernel variant in use");
+    m.def("set_isa", &ops::set_isa, py::arg("name"),
+          "use this matmul kernel variant from now on, process-wide ('auto' = the best supported)");
+    // Seconds per call of `reps` matmuls on one persistent pool (bench/bench_matmul.py). `w` holds `copies`
+    // identical-shape matrices back to back; calls cycle through them so that, with enough copies, the weights
+    // come from memory and not from the last-level cache.
+    m.def("bench_matmul", [](const U8& wdata, int dtype, int64_t rows, int64_t cols, int64_t copies, const F32& x,
+                             int threads, int reps) {
+        if (!dtype_supported(uint32_t(dtype))) throw py::value_error("unsupported dtype " + std::to_string(dtype));
+        WeightView w0{DType(dtype), rows, cols, wdata.data()};
+        if (rows < 1 || cols < 1 || cols % dtype_block_elems(w0.type) != 0) throw py::value_error("bad matrix shape");
+        if (copies < 1 || wdata.size() != copies * rows * w0.row_bytes())
+            throw py::value_error("weight buffer must hold `copies` matrices of the given shape and type");
+        if (x.ndim() != 2 || x.shape(1) != cols) throw py::value_error("x must be [T, cols]");
+        const int64_t T = x.shape(0);
+        std::vector<float> y(size_t(T * rows));
+        std::vector<double> secs(size_t(reps > 0 ? reps : 0));
+        {
+            py::gil_scoped_release release;
+            ThreadPool pool(threads);
+            for (int64_t c = 0; c < copies; ++c) {  // warm up: page in every copy, grow scratch buffers
+                WeightView w = w0;
+                w.data = wdata.data() + c * rows * w0.row_bytes();
+                ops::matmul(pool, w, x.data(), T, nullptr, y.data());
+            }
+            for (int i = 0; i < reps; ++i) {
+                WeightView w = w0;
+                w.data = wdata.data() + (i % copies) * rows * w0.row_bytes();
+                const auto t0 = std::chrono::steady_clock::now();
+                ops::matmul(pool, w, x.data(), T, nullptr, y.data());
+                secs[size_t(i)] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+            }
+        }
+        return py::array_t<double>(py::ssize_t(secs.size()), secs.data());
+    }, py::arg("w"), py::arg("dtype"), py::arg("rows"), py::arg("cols"), py::arg("copies"), py::arg("x"),
+       py::arg("threads") = 1, py::arg("reps") = 20);
     m.def("get_rows", [](const U8& table, int dtype, int64_t rows, int64_t cols, const I32& ids) {
         WeightView w = weight(table, dtype, rows, cols);
         for (py::ssize_t i = 0; i < ids.size(); ++i)

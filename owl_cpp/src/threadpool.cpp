@@ -12,9 +12,9 @@ ThreadPool::ThreadPool(int n_threads) : n_threads_(n_threads < 1 ? 1 : n_threads
 
 ThreadPool::~ThreadPool() {
     {
-        std::lock_guard<std::mutex> lock(mu_);
-        stop_ = true;
-        generation_.fetch_add(1);
+        std::lock_guard<std::mutex> lock(mu_);  // with the waiters' predicate check, so no wake-up is lost
+        stop_.store(true, std::memory_order_release);
+        generation_.fetch_add(1, std::memory_order_release);
     }
     cv_.notify_all();
     for (auto& t : workers_) t.join();
@@ -60,10 +60,8 @@ void ThreadPool::worker_loop(int index) {
             gen = generation_.load(std::memory_order_acquire);
         }
         seen = gen;
-        {
-            std::lock_guard<std::mutex> lock(mu_);
-            if (stop_) return;
-        }
+        // stop_ is stored before the generation bump that woke us (release), so this acquire load sees it.
+        if (stop_.load(std::memory_order_acquire)) return;
         run_chunk(index);
         pending_.fetch_sub(1, std::memory_order_acq_rel);
     }

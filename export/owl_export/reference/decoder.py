@@ -73,6 +73,9 @@ class TextDecoder:
     def __init__(self, config: TextConfig, tensors: Mapping[str, torch.Tensor], dtype=torch.float32):
         self.config = config
         self.dtype = dtype
+        # Every matrix product goes through self.linear(x, w, b): a test can swap in one that rounds x the way a
+        # runtime's quantized kernels do (int8 activations), to check those kernels exactly.
+        self.linear = _linear
         self.w: dict[str, torch.Tensor] = {}
         c = config
 
@@ -133,17 +136,17 @@ class TextDecoder:
         """Self-attention of layer i on normed input x [T, H]; returns o_proj output [T, H]."""
         c, w, p = self.config, self.w, f"model.layers.{i}."
         T = x.shape[0]
-        q = _linear(x, w[p + "q_proj"], w[p + "q_proj.bias"]).view(T, c.num_heads, c.head_dim).transpose(0, 1)
-        k = _linear(x, w[p + "k_proj"], w[p + "k_proj.bias"]).view(T, c.num_kv_heads, c.head_dim).transpose(0, 1)
-        v = _linear(x, w[p + "v_proj"], w[p + "v_proj.bias"]).view(T, c.num_kv_heads, c.head_dim).transpose(0, 1)
+        q = self.linear(x, w[p + "q_proj"], w[p + "q_proj.bias"]).view(T, c.num_heads, c.head_dim).transpose(0, 1)
+        k = self.linear(x, w[p + "k_proj"], w[p + "k_proj.bias"]).view(T, c.num_kv_heads, c.head_dim).transpose(0, 1)
+        v = self.linear(x, w[p + "v_proj"], w[p + "v_proj.bias"]).view(T, c.num_kv_heads, c.head_dim).transpose(0, 1)
         cos, sin = rope_cos_sin(positions, c.head_dim, c.rope_theta, x.dtype)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         o = causal_attention(q, k, v).transpose(0, 1).reshape(T, c.num_heads * c.head_dim)
-        return _linear(o, w[p + "o_proj"], w[p + "o_proj.bias"])
+        return self.linear(o, w[p + "o_proj"], w[p + "o_proj.bias"])
 
     def mlp(self, i: int, x: torch.Tensor) -> torch.Tensor:
         w, p = self.w, f"model.layers.{i}."
-        return _linear(F.silu(_linear(x, w[p + "gate_proj"])) * _linear(x, w[p + "up_proj"]), w[p + "down_proj"])
+        return self.linear(F.silu(self.linear(x, w[p + "gate_proj"])) * self.linear(x, w[p + "up_proj"]), w[p + "down_proj"])
 
     def layer(self, i: int, h: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         c, w, p = self.config, self.w, f"model.layers.{i}."
@@ -161,7 +164,7 @@ class TextDecoder:
         return out
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
-        return _linear(rms_norm(h, self.w["norm"], self.config.rms_norm_eps), self.w["lm_head"])
+        return self.linear(rms_norm(h, self.w["norm"], self.config.rms_norm_eps), self.w["lm_head"])
 
     # ---------------------------------------------------------------------------------------- API
 

@@ -3,6 +3,8 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <string>
+#include <vector>
 
 #include "owl/dtype.h"
 #include "owl/threadpool.h"
@@ -32,6 +34,14 @@ void quantize_row_q4_0(const float* src, BlockQ4_0* dst, int64_t n);
 void matmul(ThreadPool& pool, const WeightView& w, const float* x, int64_t T, const float* bias, float* y);
 void matmul_ref(const WeightView& w, const float* x, int64_t T, const float* bias, float* y);
 
+// matmul's instruction-set variants: "generic", "avx2", "avx2_vnni", "avx512", "avx512_vnni", "neon". By default
+// the best one this build has and this CPU supports runs; the environment variable OWL_CPU_ISA (read at the first
+// matmul) or set_isa() picks another ("auto" = the default). Asking for one the CPU or build lacks throws Error.
+// Q8_0 / Q4_0 kernels of every variant quantize the activations to int8 blocks (as llama.cpp does).
+std::vector<std::string> supported_isas();  // runnable here, least to most preferred
+std::string active_isa();                   // the variant in use (throws Error when OWL_CPU_ISA is invalid)
+void set_isa(const std::string& name);      // process-wide; a matmul already running finishes on the old one
+
 // out[i] = dequantized row ids[i] of the embedding table.
 void get_rows(const WeightView& table, const int32_t* ids, int64_t n, float* out);
 
@@ -60,8 +70,18 @@ struct AttentionShape {
     int64_t T = 1, n_past = 0, n_head = 1, n_head_kv = 1, head_dim = 1, ctx_stride = 1;
     float scale = 1.0f;
 };
-void attention(ThreadPool& pool, const AttentionShape& s, const float* q, const float* k, const float* v, float* out);
-void attention_ref(const AttentionShape& s, const float* q, const float* k, const float* v, float* out);
+// Keys/values attended before the text keys, in the same softmax (Owl3's visual tokens): layout
+// [rows][n_head_kv][head_dim]; query token t sees rows [0, visible[t]). With text == false only these are
+// attended (a query that sees none gets zeros).
+struct PrefixKV {
+    const float* k = nullptr;
+    const float* v = nullptr;
+    const int64_t* visible = nullptr;
+};
+void attention(ThreadPool& pool, const AttentionShape& s, const float* q, const float* k, const float* v, float* out,
+               const PrefixKV* prefix = nullptr, bool text = true);
+void attention_ref(const AttentionShape& s, const float* q, const float* k, const float* v, float* out,
+                   const PrefixKV* prefix = nullptr, bool text = true);
 
 }  // namespace ops
 }  // namespace owl

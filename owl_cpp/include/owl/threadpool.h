@@ -39,7 +39,7 @@ private:
     std::atomic<int> pending_{0};
     const RangeFn* fn_ = nullptr;
     int64_t n_ = 0;
-    bool stop_ = false;
+    std::atomic<bool> stop_{false};  // read by workers without the lock
 };
 
 }  // namespace owl

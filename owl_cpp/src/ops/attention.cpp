@@ -1,4 +1,5 @@
 // Grouped-query causal attention. Work is split over (token, head) pairs; each keeps one row of scores.
+// Optional prefix keys (Owl3's visual tokens) join the same softmax ahead of the text keys.
 #include <algorithm>
 #include <cmath>
 #include <vector>
@@ -8,59 +9,92 @@
 namespace owl::ops {
 namespace {
 
-void attend_one(const AttentionShape& s, int64_t t, int64_t h, const float* q, const float* k, const float* v, float* out, float* scores) {
+struct KeySpan {
+    const float* k;
+    const float* v;
+    int64_t n;       // keys in the span
+    int64_t stride;  // floats from one key to the next
+};
+
+// The (up to two) key spans query (t, h) attends: prefix rows, then the causal text keys.
+int spans_for(const AttentionShape& s, int64_t t, int64_t h, const float* k, const float* v, const PrefixKV* prefix,
+              bool text, KeySpan* out) {
     const int64_t hd = s.head_dim;
     const int64_t kvh = h / (s.n_head / s.n_head_kv);
-    const int64_t n_keys = s.n_past + t + 1;  // causal: keys up to and including this position
+    int n = 0;
+    if (prefix && prefix->visible[t] > 0)
+        out[n++] = {prefix->k + kvh * hd, prefix->v + kvh * hd, prefix->visible[t], s.n_head_kv * hd};
+    if (text) out[n++] = {k + kvh * s.ctx_stride * hd, v + kvh * s.ctx_stride * hd, s.n_past + t + 1, hd};
+    return n;
+}
+
+void attend_one(const AttentionShape& s, int64_t t, int64_t h, const float* q, const float* k, const float* v,
+                const PrefixKV* prefix, bool text, float* out, float* scores) {
+    const int64_t hd = s.head_dim;
     const float* qv = q + (t * s.n_head + h) * hd;
-    const float* kb = k + kvh * s.ctx_stride * hd;
-    const float* vb = v + kvh * s.ctx_stride * hd;
-    for (int64_t j = 0; j < n_keys; ++j) {
-        const float* kj = kb + j * hd;
-        float acc = 0.0f;
-        for (int64_t i = 0; i < hd; ++i) acc += qv[i] * kj[i];
-        scores[j] = acc * s.scale;
-    }
-    softmax(scores, n_keys);
     float* o = out + (t * s.n_head + h) * hd;
     for (int64_t i = 0; i < hd; ++i) o[i] = 0.0f;
-    for (int64_t j = 0; j < n_keys; ++j) {
-        const float p = scores[j];
-        const float* vj = vb + j * hd;
-        for (int64_t i = 0; i < hd; ++i) o[i] += p * vj[i];
-    }
+    KeySpan spans[2];
+    const int n_spans = spans_for(s, t, h, k, v, prefix, text, spans);
+    int64_t n = 0;
+    for (int sp = 0; sp < n_spans; ++sp)
+        for (int64_t j = 0; j < spans[sp].n; ++j) {
+            const float* kj = spans[sp].k + j * spans[sp].stride;
+            float acc = 0.0f;
+            for (int64_t i = 0; i < hd; ++i) acc += qv[i] * kj[i];
+            scores[n++] = acc * s.scale;
+        }
+    if (n == 0) return;
+    softmax(scores, n);
+    n = 0;
+    for (int sp = 0; sp < n_spans; ++sp)
+        for (int64_t j = 0; j < spans[sp].n; ++j) {
+            const float p = scores[n++];
+            const float* vj = spans[sp].v + j * spans[sp].stride;
+            for (int64_t i = 0; i < hd; ++i) o[i] += p * vj[i];
+        }
 }
 
 }  // namespace
 
-void attention(ThreadPool& pool, const AttentionShape& s, const float* q, const float* k, const float* v, float* out) {
+void attention(ThreadPool& pool, const AttentionShape& s, const float* q, const float* k, const float* v, float* out,
+               const PrefixKV* prefix, bool text) {
     thread_local std::vector<float> scores;
-    const int64_t max_keys = s.n_past + s.T;
+    int64_t max_prefix = 0;
+    if (prefix)
+        for (int64_t t = 0; t < s.T; ++t) max_prefix = std::max(max_prefix, prefix->visible[t]);
+    const int64_t max_keys = max_prefix + (text ? s.n_past + s.T : 0);
     pool.parallel_for(s.T * s.n_head, [&](int64_t i0, int64_t i1, int) {
         if (scores.size() < size_t(max_keys)) scores.resize(size_t(max_keys));
-        for (int64_t i = i0; i < i1; ++i) attend_one(s, i / s.n_head, i % s.n_head, q, k, v, out, scores.data());
+        for (int64_t i = i0; i < i1; ++i)
+            attend_one(s, i / s.n_head, i % s.n_head, q, k, v, prefix, text, out, scores.data());
     });
 }
 
-void attention_ref(const AttentionShape& s, const float* q, const float* k, const float* v, float* out) {
-    const int64_t hd = s.head_dim, group = s.n_head / s.n_head_kv;
+void attention_ref(const AttentionShape& s, const float* q, const float* k, const float* v, float* out,
+                   const PrefixKV* prefix, bool text) {
+    const int64_t hd = s.head_dim;
     std::vector<double> p;
     for (int64_t t = 0; t < s.T; ++t)
         for (int64_t h = 0; h < s.n_head; ++h) {
-            const int64_t kvh = h / group, n_keys = s.n_past + t + 1;
-            p.assign(size_t(n_keys), 0.0);
+            KeySpan spans[2];
+            const int n_spans = spans_for(s, t, h, k, v, prefix, text, spans);
+            p.clear();
             double m = -INFINITY, sum = 0.0;
-            for (int64_t j = 0; j < n_keys; ++j) {
-                double acc = 0.0;
-                for (int64_t i = 0; i < hd; ++i) acc += double(q[(t * s.n_head + h) * hd + i]) * k[(kvh * s.ctx_stride + j) * hd + i];
-                p[j] = acc * s.scale;
-                m = std::max(m, p[j]);
-            }
+            for (int sp = 0; sp < n_spans; ++sp)
+                for (int64_t j = 0; j < spans[sp].n; ++j) {
+                    double acc = 0.0;
+                    for (int64_t i = 0; i < hd; ++i) acc += double(q[(t * s.n_head + h) * hd + i]) * spans[sp].k[j * spans[sp].stride + i];
+                    p.push_back(acc * s.scale);
+                    m = std::max(m, p.back());
+                }
             for (auto& x : p) { x = std::exp(x - m); sum += x; }
             for (int64_t i = 0; i < hd; ++i) {
                 double acc = 0.0;
-                for (int64_t j = 0; j < n_keys; ++j) acc += p[j] / sum * v[(kvh * s.ctx_stride + j) * hd + i];
-                out[(t * s.n_head + h) * hd + i] = float(acc);
+                size_t n = 0;
+                for (int sp = 0; sp < n_spans; ++sp)
+                    for (int64_t j = 0; j < spans[sp].n; ++j) acc += p[n++] / sum * spans[sp].v[j * spans[sp].stride + i];
+                out[(t * s.n_head + h) * hd + i] = p.empty() ? 0.0f : float(acc);
             }
         }
 }

@@ -1,0 +1,122 @@
+"""Micro benchmark of ops.matmul per kernel variant (generic / avx2 / avx2_vnni / avx512 / avx512_vnni / neon).
+
+GEMV (decode, one token) on the matrices of a 1.5B-sized layer (ffn_up/gate 8960x1536 and ffn_down 1536x8960) in
+Q4_0, Q8_0 and F16, with 1 and 2 threads: time per call and GB/s of weights streamed. Calls cycle through enough
+copies of the matrix (>= --stream-mb in all) that the weights come from memory, not from the last-level cache.
+Optionally prefill (--prefill T tokens per call) in GFLOP/s. Each number is the median of --reps calls, timed in
+C++ on one persistent thread pool (ops.bench_matmul), taken in --rounds bursts interleaved across configurations.
+Prints a table and writes JSON (bench/results/matmul.json).
+
+    PYTHONPATH=python python bench/bench_matmul.py
+    PYTHONPATH=python python bench/bench_matmul.py --isas avx2 --threads 1 2 4 --prefill 64
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+
+from owl_cpp import _core, system_info
+
+HERE = Path(__file__).resolve().parent
+TYPES = {"F32": 0, "F16": 1, "Q4_0": 2, "Q8_0": 8}
+SHAPES = [(8960, 1536), (1536, 8960)]  # rows x cols (output x input features)
+
+
+def encode(w: np.ndarray, type_name: str) -> np.ndarray:
+    if type_name == "F32":
+        return w.astype(np.float32).view(np.uint8).reshape(-1)
+    if type_name == "F16":
+        return w.astype(np.float16).view(np.uint8).reshape(-1)
+    # Quantize with our own (ggml bit-compatible) quantizers: the gguf package is slow at these sizes.
+    q = getattr(_core.ops, f"quantize_{type_name.lower()}")(w.reshape(-1))
+    return np.frombuffer(q, dtype=np.uint8)
+
+
+def bench_one(raw: np.ndarray, type_name: str, rows: int, cols: int, copies: int, x: np.ndarray, threads: int,
+              reps: int) -> list[float]:
+    return list(_core.ops.bench_matmul(raw, TYPES[type_name], rows, cols, copies, x, threads, reps))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--isas", nargs="+", default=None, help="kernel variants (default: all this CPU supports)")
+    ap.add_argument("--types", nargs="+", default=["Q4_0", "Q8_0", "F16"], choices=list(TYPES))
+    ap.add_argument("--threads", nargs="+", type=int, default=[1, 2])
+    ap.add_argument("--reps", type=int, default=50, help="timed calls per configuration (GEMV)")
+    ap.add_argument("--prefill", type=int, default=0, help="also time T-token calls (0: GEMV only)")
+    ap.add_argument("--prefill-reps", type=int, default=5)
+    ap.add_argument("--stream-mb", type=float, default=128.0, help="total size of the copies cycled through")
+    ap.add_argument("--rounds", type=int, default=5, help="bursts per configuration, interleaved")
+    ap.add_argument("--out", default=str(HERE / "results" / "matmul.json"))
+    a = ap.parse_args()
+
+    supported = _core.ops.supported_isas()
+    isas = a.isas or supported
+    for isa in isas:
+        if isa not in supported:
+            raise SystemExit(f"{isa} is not supported here (supported: {', '.join(supported)})")
+    bandwidth = {}
+    if hasattr(_core, "measure_read_bandwidth"):
+        for th in a.threads:
+            bandwidth[th] = _core.measure_read_bandwidth(1 << 30, th, 5)
+
+    rng = np.random.default_rng(0)
+    before = _core.ops.active_isa()
+    # Every configuration runs in --rounds short bursts, round-robin, so a slow spell of a shared machine hits all
+    # of them alike; the reported figure is the median over all calls.
+    configs = []
+    for rows, cols in SHAPES:
+        w = rng.standard_normal((rows, cols)).astype(np.float32)
+        for type_name in a.types:
+            raw = encode(w, type_name)
+            copies = max(1, int(np.ceil(a.stream_mb * 1e6 / raw.size)))
+            big = np.tile(raw, copies)
+            for T, reps in [(1, a.reps)] + ([(a.prefill, a.prefill_reps)] if a.prefill > 1 else []):
+                x = rng.standard_normal((T, cols)).astype(np.float32)
+                for isa in isas:
+                    for th in a.threads:
+                        configs.append({"rows": rows, "cols": cols, "type": type_name, "isa": isa, "threads": th,
+                                        "T": T, "reps": reps, "weight_bytes": int(raw.size), "copies": copies,
+                                        "_w": big, "_x": x, "_secs": []})
+    try:
+        for rnd in range(a.rounds):
+            for c in configs:
+                n = c["reps"] // a.rounds + (1 if rnd < c["reps"] % a.rounds else 0)
+                if n:
+                    _core.ops.set_isa(c["isa"])
+                    c["_secs"] += bench_one(c["_w"], c["type"], c["rows"], c["cols"], c["copies"], c["_x"],
+                                            c["threads"], n)
+    finally:
+        _core.ops.set_isa(before)
+    rows_out = []
+    header = f"{'matrix':>10} {'type':>5} {'isa':>11} {'thr':>3} {'T':>3} {'median ms':>10} {'GB/s':>7} {'GFLOP/s':>8}"
+    print(header)
+    print("-" * len(header))
+    for c in configs:
+        secs = c.pop("_secs")
+        del c["_w"], c["_x"]
+        med = statistics.median(secs)
+        row = dict(c, median_s=med, min_s=min(secs), gbps=c["weight_bytes"] / med / 1e9,
+                   gflops=2.0 * c["rows"] * c["cols"] * c["T"] / med / 1e9)
+        rows_out.append(row)
+        print(f"{c['rows']:>5}x{c['cols']:<4} {c['type']:>5} {c['isa']:>11} {c['threads']:>3} {c['T']:>3} "
+              f"{med * 1e3:>10.3f} {row['gbps']:>7.2f} {row['gflops']:>8.1f}")
+    if bandwidth:
+        print("\nread bandwidth (ops roofline): " + ", ".join(f"{th} thr {bw:.1f} GB/s" for th, bw in bandwidth.items()))
+    result = {"date": time.strftime("%Y-%m-%d %H:%M"), "system_info": dict(system_info()),
+              "read_bandwidth_gbs": {str(k): v for k, v in bandwidth.items()}, "rows": rows_out,
+              "command": "python bench/bench_matmul.py " + " ".join(
+                  f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
+                  for k, v in vars(a).items() if k != "out" and v is not None)}
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text(json.dumps(result, indent=1))
+    print(f"JSON: {a.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,65 @@
+// Internal interface between matmul's dispatcher (matmul.cpp, isa.cpp) and the per-instruction-set kernel files
+// (matmul_generic.cpp, matmul_avx2*.cpp, matmul_avx512*.cpp, matmul_neon.cpp).
+//
+// Each kernel file is compiled with its own target flags (CMakeLists.txt), so it must not instantiate any inline
+// or template function that another file also instantiates: the linker keeps one copy of such a function, and it
+// could be the AVX-512 one called from generic code. Kernel files therefore include only this header, dtype.h's
+// block structs (no calls to its inline helpers), <cstdint>/<cstring> and intrinsics headers, and keep everything
+// they define in an unnamed namespace, apart from their one kernels_*() entry point.
+#pragma once
+#include <cstdint>
+
+#include "owl/dtype.h"
+
+namespace owl::ops::isa {
+
+// One call of a kernel: rows [r0, r1) of W against all T tokens, columns [k0, k1) of every row.
+// Plain data only (see above).
+struct GemmArgs {
+    const uint8_t* w = nullptr;   // weight rows, row r at w + r * row_bytes
+    int64_t row_bytes = 0;
+    int64_t K = 0;                // columns (elements)
+    int64_t T = 0;                // tokens
+    int64_t N = 0;                // rows of W = row stride of y
+    const float* x = nullptr;     // [T][K] float activations (F32 / F16 / BF16 weights)
+    const int8_t* xq = nullptr;   // [T][K] activations quantized to int8 (Q8_0 / Q4_0 weights), token stride K
+    const float* xd = nullptr;    // [T][K / 32] their per-block scales (fp32, not rounded to fp16)
+    const float* f16 = nullptr;   // fp16 -> fp32 table (65536 entries) for the block scales
+    const float* bias = nullptr;  // [N] or null
+    float* y = nullptr;           // [T][N]
+    // Cache blocking: tokens in blocks of tb, and within a block columns in chunks of kc (a multiple of 256), so
+    // the activations of one (token block, column chunk) stay in cache while every row of a thread's range
+    // passes over them. tb >= T: one token block; kc >= K: one chunk.
+    int64_t tb = 0;
+    int64_t kc = 0;
+};
+
+// Rows [r0, r1) of y = W x (+ bias). The result of one (row, token) pair never depends on r0, r1 or on which
+// other rows and tokens share its register tile, so any split over threads gives bit-identical output.
+using GemmFn = void (*)(const GemmArgs& a, int64_t r0, int64_t r1);
+
+// Quantizes one token's activations: for each block of 32, d = amax / 127, q = roundf(x / d) (ggml's Q8_0 rule,
+// bit-identical q to quantize_row_q8_0; d is kept in fp32). A kernel may ask for the bytes of each pair of blocks
+// in another order (quantize_q4 below); the scales are always one per block, in order.
+using QuantizeFn = void (*)(const float* x, int64_t K, int8_t* qs, float* d);
+
+struct Kernels {
+    const char* name;
+    QuantizeFn quantize_q8;  // activations for Q8_0 weights
+    QuantizeFn quantize_q4;  // activations for Q4_0 weights: same values, possibly in a kernel-specific byte order
+    GemmFn f32, f16, bf16, q8_0, q4_0;
+};
+
+// Entry points of the kernel files. Those whose file was not compiled for this target return nullptr.
+const Kernels* kernels_generic();
+const Kernels* kernels_avx2();
+const Kernels* kernels_avx2_vnni();
+const Kernels* kernels_avx512();
+const Kernels* kernels_avx512_vnni();
+const Kernels* kernels_neon();
+
+// The kernels in use: the best the CPU supports, or the one named by OWL_CPU_ISA / set_isa(). Throws owl::Error
+// when OWL_CPU_ISA names an unknown variant or one this CPU (or this build) cannot run.
+const Kernels& active();
+
+}  // namespace owl::ops::isa

@@ -1,0 +1,14 @@
+"""What the runtime's Q8_0 / Q4_0 kernels compute, in float64: activations rounded to int8 blocks of 32 with
+ggml's rule (d = amax / 127, q = roundf(x / d), d kept in fp32), as llama.cpp does, then exact products."""
+import numpy as np
+
+
+def quantized_activations(x):
+    """ggml's Q8_0 rule in fp32 over the last axis (a multiple of 32): returns q * d in float64."""
+    shape = x.shape
+    xb = np.asarray(x, np.float32).reshape(-1, shape[-1] // 32, 32)
+    d = (np.abs(xb).max(-1, keepdims=True) / np.float32(127)).astype(np.float32)
+    inv = np.where(d != 0, np.float32(1) / np.where(d != 0, d, np.float32(1)), np.float32(0)).astype(np.float32)
+    v = (xb * inv).astype(np.float64)
+    q = np.sign(v) * np.floor(np.abs(v) + 0.5)  # roundf: half away from zero
+    return (q * d.astype(np.float64)).reshape(shape)
