@@ -1,10 +1,11 @@
-"""`owl-export`: Hugging Face checkpoint directory -> GGUF.
+"""`owl-export`: Hugging Face checkpoint directory -> GGUF file or model directory.
 
-  owl-export HF_DIR -o OUT.gguf --quant f32|f16|bf16|q8_0|q4_0
+  owl-export HF_DIR -o OUT.gguf --quant f32|f16|bf16|q8_0|q4_0                   (qwen2, llama)
+  owl-export HF_DIR -o MODEL_DIR --quant ... [--vision-dtype fp32|fp16] [--vision-quant none|int8]
+                                                                                 (mplugowl3)
 
 The checkpoint's config.json model_type picks the exporter from EXPORTERS. Text decoders (qwen2, llama)
-become one GGUF file; the Owl3/Owl2 exporters, added later, write a model directory (decoder.gguf +
-vision.onnx) and register themselves here the same way.
+become one GGUF file; vision-language models a model directory (decoder.gguf + vision.onnx).
 """
 from __future__ import annotations
 
@@ -16,15 +17,24 @@ from pathlib import Path
 from .quantize import QUANT_NAMES
 
 
-def _export_text(hf_dir: Path, out: Path, quant: str, progress: bool) -> dict:
+def _export_text(hf_dir: Path, out: Path, quant: str, progress: bool, **vision) -> dict:
+    if vision:
+        raise ExportError(f"{', '.join('--' + k.replace('_', '-') for k in vision)}: only for vision-language "
+                          f"models; {hf_dir} is a text model")
     from .convert_text import convert_text_model
     return convert_text_model(hf_dir, out, quant=quant, progress=progress)
 
 
-# model_type -> exporter(hf_dir, out, quant, progress) -> summary dict
-EXPORTERS: dict[str, Callable[[Path, Path, str, bool], dict]] = {
+def _export_owl3(hf_dir: Path, out: Path, quant: str, progress: bool, **vision) -> dict:
+    from .owl3.convert import export_owl3
+    return export_owl3(hf_dir, out, quant, progress=progress, **vision)
+
+
+# model_type -> exporter(hf_dir, out, quant, progress, **vision options given) -> summary dict
+EXPORTERS: dict[str, Callable[..., dict]] = {
     "qwen2": _export_text,
     "llama": _export_text,
+    "mplugowl3": _export_owl3,
 }
 
 
@@ -45,8 +55,14 @@ def pick_exporter(hf_dir: Path):
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="owl-export", description=__doc__.split("\n\n")[0])
     p.add_argument("hf_dir", type=Path, help="Hugging Face checkpoint directory (config.json + weights + tokenizer)")
-    p.add_argument("-o", "--out", type=Path, required=True, help="output path (.gguf for text models)")
+    p.add_argument("-o", "--out", type=Path, required=True,
+                   help="output path: a .gguf file for text models, a directory for vision-language models")
     p.add_argument("--quant", choices=QUANT_NAMES, default="f16", help="weight storage type (default f16)")
+    # None = not given, so text exporters can refuse them instead of ignoring them
+    p.add_argument("--vision-dtype", choices=("fp32", "fp16"), default=None,
+                   help="vision.onnx weights: fp32 (default) or fp16 (for GPUs)")
+    p.add_argument("--vision-quant", choices=("none", "int8"), default=None,
+                   help="int8: onnxruntime dynamic quantization of vision.onnx, the CPU-fast file (default none)")
     p.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
     return p
 
@@ -57,10 +73,12 @@ def main(argv: list[str] | None = None) -> int:
         if not args.hf_dir.is_dir():
             raise ExportError(f"{args.hf_dir}: checkpoint directory not found")
         exporter = pick_exporter(args.hf_dir)
-        exporter(args.hf_dir, args.out, args.quant, not args.quiet)   # prints its summary unless quiet
-    # ValueError covers CheckpointError, UnsupportedModelError and vocab.py's bad-tokenizer errors,
-    # all of which name the offending file
-    except (ExportError, ValueError, OSError) as e:
+        vision = {k: getattr(args, k) for k in ("vision_dtype", "vision_quant") if getattr(args, k) is not None}
+        exporter(args.hf_dir, args.out, args.quant, not args.quiet, **vision)   # prints its summary unless quiet
+    # ValueError covers CheckpointError, UnsupportedModelError, Owl3LayoutError, the vision export's check
+    # and vocab.py's bad-tokenizer errors, all of which name the offending file; ImportError a missing
+    # optional dependency (onnx, onnxruntime)
+    except (ExportError, ValueError, OSError, ImportError) as e:
         print(f"owl-export: error: {e}", file=sys.stderr)
         return 2
     return 0

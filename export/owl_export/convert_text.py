@@ -64,20 +64,26 @@ class PlannedTensor:
     load: Callable[[], np.ndarray]              # float32 data in GGUF layout (permuted if needed)
 
 
+def plan_tensor(tensors: Mapping[str, torch.Tensor], gguf_name: str, hf_name: str,
+                permute_heads: int = 0) -> PlannedTensor:
+    """One planned tensor: checkpoint tensor `hf_name` written as `gguf_name`, read only when written."""
+    if hf_name not in tensors:
+        raise CheckpointError(f"checkpoint is missing tensor {hf_name!r} (needed for {gguf_name})")
+    shape = tensor_shape(tensors, hf_name)
+
+    def load() -> np.ndarray:
+        a = tensors[hf_name].to(torch.float32).numpy()
+        return llama_permute(a, permute_heads) if permute_heads else a
+
+    return PlannedTensor(gguf_name, hf_name, shape, load)
+
+
 def text_tensor_plan(cfg: TextConfig, tensors: Mapping[str, torch.Tensor]) -> list[PlannedTensor]:
     """Every GGUF tensor of the decoder, in write order, with a loader that reads it on demand."""
     plan: list[PlannedTensor] = []
 
     def add(gguf_name: str, hf_name: str, permute_heads: int = 0):
-        if hf_name not in tensors:
-            raise CheckpointError(f"checkpoint is missing tensor {hf_name!r} (needed for {gguf_name})")
-        shape = tensor_shape(tensors, hf_name)
-
-        def load() -> np.ndarray:
-            a = tensors[hf_name].to(torch.float32).numpy()
-            return llama_permute(a, permute_heads) if permute_heads else a
-
-        plan.append(PlannedTensor(gguf_name, hf_name, shape, load))
+        plan.append(plan_tensor(tensors, gguf_name, hf_name, permute_heads))
 
     add("token_embd.weight", "model.embed_tokens.weight")
     for i in range(cfg.num_layers):
@@ -154,10 +160,13 @@ def pad_vocab(vocab, n_vocab: int):
 # ------------------------------------------------------------------------------------------- writing
 
 class _Progress:
-    """A one-line stderr progress bar (no tqdm dependency), redrawn at most ~10 times a second."""
+    """A one-line stderr progress bar (no tqdm dependency), redrawn at most ~10 times a second.
 
-    def __init__(self, total_bytes: int, enabled: bool, label: str = "writing"):
+    Counts bytes by default; unit="steps" counts whole steps (the vision export's trace/quantize/check)."""
+
+    def __init__(self, total_bytes: int, enabled: bool, label: str = "writing", unit: str = "MiB"):
         self.total, self.done, self.enabled, self.label = max(total_bytes, 1), 0, enabled, label
+        self.unit = unit
         self.t0 = self.last = time.time()
 
     def update(self, nbytes: int, name: str):
@@ -167,8 +176,10 @@ class _Progress:
             return
         self.last = now
         frac = self.done / self.total
+        amount = (f"{self.done / 2**20:.1f}/{self.total / 2**20:.1f} MiB" if self.unit == "MiB"
+                  else f"{self.done}/{self.total} {self.unit}")
         sys.stderr.write(f"\r{self.label} [{'#' * int(30 * frac):<30}] {100 * frac:5.1f}% "
-                         f"{self.done / 2**20:.1f}/{self.total / 2**20:.1f} MiB  {name[:40]:<40}")
+                         f"{amount}  {name[:40]:<40}")
         sys.stderr.flush()
 
     def close(self):

@@ -1,0 +1,203 @@
+"""mPLUG-Owl3 HF checkpoint directory -> model directory: decoder.gguf (here) + vision.onnx (onnx_export.py).
+
+decoder.gguf is a qwen2 GGUF in llama.cpp's conventions under general.architecture "owl3": the qwen2
+hyper-parameters as `owl3.*`, qwen2's tensor names from the `language_model.` sub-checkpoint, and only what
+Owl3 adds is new (owl3.md §2.2, §4, §5):
+
+  keys     owl3.variant "240728"|"241014"|"241101", owl3.hyper_layers INT32[] (0-based),
+           owl3.hyper_gate "proj"|"vector"|"none", owl3.fused BOOL, owl3.mi_rope_offset UINT32,
+           owl3.vision.{image_size, patch_size, num_patches} UINT32, owl3.vision.image_mean/image_std
+           FLOAT32[3], owl3.vision.cut_template STRING, owl3.vision.anchors INT32[] ((rows, cols) pairs),
+           tokenizer.chat_template (when the checkpoint has one)
+  tensors  blk.N.hyper_kv.{weight [2*nkv*d, H], bias}   self_attn.v_kv_proj, rows kept in the checkpoint's
+                                                        interleaved (kv head, K|V, dim) order
+           blk.N.hyper_gate_proj.{weight [d, d], bias}  self_attn.gate_proj.0   (240728)
+           blk.N.hyper_gate.weight [H]                  self_attn.gate          (241014)
+"""
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import gguf
+
+from ..checkpoint import CheckpointError, PrefixView, TextConfig, load_checkpoint, read_json
+from ..convert_text import PlannedTensor, add_text_hparams, pad_vocab, plan_tensor, text_tensor_plan, write_gguf
+from ..quantize import FILE_TYPES, check_quant
+from .variant import LM_PREFIX, Owl3Variant, detect_variant, text_config
+
+ARCH = "owl3"
+_SELF_ATTN = "model.layers.{}.self_attn."
+_PREPROCESS = "_owl_export_runtime_preprocess"   # private name: never shadows owl_cpp.preprocess
+
+
+# ------------------------------------------------------------------------------------------- tensors
+
+def owl3_tensor_plan(cfg: TextConfig, variant: Owl3Variant, lm_tensors) -> list[PlannedTensor]:
+    """qwen2's tensors, each hyper layer's extra tensors right after its block. lm_tensors: the checkpoint
+    seen without its `language_model.` prefix."""
+    plan = text_tensor_plan(cfg, lm_tensors)
+    d, H, kv_rows = cfg.head_dim, cfg.hidden_size, 2 * cfg.num_kv_heads * cfg.head_dim
+    for i in variant.hyper_layers:
+        p = _SELF_ATTN.format(i)
+        extra = [(f"blk.{i}.hyper_kv.weight", p + "v_kv_proj.weight", (kv_rows, H)),
+                 (f"blk.{i}.hyper_kv.bias", p + "v_kv_proj.bias", (kv_rows,))]
+        if variant.gate == "proj":
+            extra += [(f"blk.{i}.hyper_gate_proj.weight", p + "gate_proj.0.weight", (d, d)),
+                      (f"blk.{i}.hyper_gate_proj.bias", p + "gate_proj.0.bias", (d,))]
+        elif variant.gate == "vector":
+            extra += [(f"blk.{i}.hyper_gate.weight", p + "gate", (H,))]
+        planned = []
+        for gguf_name, hf_name, want in extra:
+            t = plan_tensor(lm_tensors, gguf_name, hf_name)
+            if t.shape != want:
+                raise CheckpointError(f"{LM_PREFIX}{hf_name}: shape {t.shape}, expected {want} from config.json "
+                                      f"(hidden {H}, {cfg.num_kv_heads} KV heads of {d})")
+            planned.append(t)
+        last = max(k for k, t in enumerate(plan) if t.name.startswith(f"blk.{i}."))
+        plan[last + 1:last + 1] = planned
+    return plan
+
+
+# ------------------------------------------------------------------------------------------- metadata
+
+def _preprocess_module():
+    """The runtime's preprocess.py: the single source of mean/std and the cut anchors. Loaded by path, since
+    importing the owl_cpp package would pull in its compiled extension, which the export does not need."""
+    for name in ("owl_cpp.preprocess", _PREPROCESS):
+        if name in sys.modules:
+            return sys.modules[name]
+    spec = importlib.util.find_spec("owl_cpp")          # locates the package without running its __init__
+    # find_spec may also return the C++ source dir owl_cpp/ as a namespace package; a source checkout keeps
+    # the Python package in python/owl_cpp beside export/
+    places = [Path(p) for p in (spec.submodule_search_locations or [])] if spec else []
+    places.append(Path(__file__).resolve().parents[3] / "python" / "owl_cpp")
+    path = next((p / "preprocess.py" for p in places if (p / "preprocess.py").is_file()), None)
+    if path is None:
+        raise FileNotFoundError(f"owl_cpp's preprocess.py not found in {', '.join(map(str, places))} "
+                                "(install owl_cpp)")
+    mod_spec = importlib.util.spec_from_file_location(_PREPROCESS, path)
+    module = importlib.util.module_from_spec(mod_spec)
+    sys.modules[_PREPROCESS] = module                   # dataclasses look their module up while it runs
+    try:
+        mod_spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[_PREPROCESS]
+        raise
+    return module
+
+
+def read_chat_template(hf_dir: Path):
+    """tokenizer_config.json's chat_template (a string, or transformers' list of named templates), or None.
+    Note the Owl3 processor builds its prompts in code (owl3.md §6.1); this is kept for generic tools."""
+    path = Path(hf_dir) / "tokenizer_config.json"
+    if not path.is_file():
+        return None
+    template = read_json(path).get("chat_template")
+    return template if isinstance(template, (str, list)) and template else None
+
+
+def add_owl3_keys(writer: gguf.GGUFWriter, variant: Owl3Variant, pre) -> None:
+    """The owl3.* keys that are not qwen2's: which hyper-attention to run, and how to preprocess images
+    (`pre`: the runtime's preprocess module, for MEAN, STD and GRID_SQU_6)."""
+    A, T = gguf.GGUFValueType.ARRAY, gguf.GGUFValueType
+    writer.add_string(f"{ARCH}.variant", variant.name)
+    writer.add_key_value(f"{ARCH}.hyper_layers", list(variant.hyper_layers), A, sub_type=T.INT32)
+    writer.add_string(f"{ARCH}.hyper_gate", variant.gate)
+    writer.add_bool(f"{ARCH}.fused", variant.fused)
+    writer.add_uint32(f"{ARCH}.mi_rope_offset", variant.mi_rope_offset)
+    writer.add_uint32(f"{ARCH}.vision.image_size", variant.image_size)
+    writer.add_uint32(f"{ARCH}.vision.patch_size", variant.patch_size)
+    writer.add_uint32(f"{ARCH}.vision.num_patches", variant.num_patches)
+    writer.add_key_value(f"{ARCH}.vision.image_mean", [float(pre.MEAN)] * 3, A, sub_type=T.FLOAT32)
+    writer.add_key_value(f"{ARCH}.vision.image_std", [float(pre.STD)] * 3, A, sub_type=T.FLOAT32)
+    writer.add_string(f"{ARCH}.vision.cut_template", variant.cut_template)
+    anchors = [int(x) for rows_cols in pre.GRID_SQU_6 for x in rows_cols]
+    writer.add_key_value(f"{ARCH}.vision.anchors", anchors, A, sub_type=T.INT32)
+
+
+# ------------------------------------------------------------------------------------------- conversion
+
+class PreparedDecoder:
+    """Everything decoder.gguf needs, read and checked: a bad checkpoint fails here, before any file is
+    written (export_owl3 prepares the decoder before it exports the vision tower)."""
+
+    def __init__(self, hf_dir: str | Path, quant: str):
+        from ..vocab import load_hf_vocab
+
+        self.quant = check_quant(quant)
+        config, tensors, self.hf_path = load_checkpoint(hf_dir)
+        self.variant = detect_variant(config, tensors.keys())   # refuses unknown layouts with what is missing
+        self.cfg = text_config(config)
+        self.plan = owl3_tensor_plan(self.cfg, self.variant, PrefixView(tensors, LM_PREFIX))
+        self.vocab = pad_vocab(load_hf_vocab(self.hf_path), self.cfg.vocab_size)  # plan checked the rows
+        self.chat_template = read_chat_template(self.hf_path)
+        self.preprocess = _preprocess_module()
+
+    def setup(self, writer: gguf.GGUFWriter) -> None:
+        from ..vocab import write_vocab
+
+        writer.add_name(self.hf_path.resolve().name)
+        writer.add_file_type(int(FILE_TYPES[self.quant]))
+        writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+        add_text_hparams(writer, self.cfg)                  # writer.arch = "owl3" gives the owl3.* prefix
+        add_owl3_keys(writer, self.variant, self.preprocess)
+        write_vocab(writer, self.vocab)
+        if self.chat_template is not None:
+            writer.add_chat_template(self.chat_template)
+
+    def write(self, out_path: str | Path, progress: bool = True) -> dict:
+        summary = write_gguf(out_path, self.setup, ARCH, self.plan, self.quant,
+                             tied_embeddings=self.cfg.tie_word_embeddings, progress=progress)
+        summary["variant"] = self.variant.name
+        return summary
+
+
+def convert_owl3_decoder(hf_dir: str | Path, out_path: str | Path, quant: str = "f16",
+                         progress: bool = True) -> dict:
+    """Write decoder.gguf for an mPLUG-Owl3 checkpoint; returns write_gguf's summary plus the variant."""
+    return PreparedDecoder(hf_dir, quant).write(out_path, progress)
+
+
+def export_owl3(hf_dir: str | Path, out_dir: str | Path, quant: str = "f16", *, vision_dtype: str = "fp32",
+                vision_quant: str = "none", progress: bool = True) -> dict:
+    """HF checkpoint -> model directory out_dir/{decoder.gguf, vision.onnx}; prints a summary unless
+    progress is False; returns {"path", "variant", "gate", "hyper_layers", "decoder": {...}, "vision": {...}}."""
+    from .onnx_export import check_vision_options, export_vision_onnx
+
+    check_vision_options(vision_dtype, vision_quant)
+    decoder = PreparedDecoder(hf_dir, quant)                # all checks before the first file is written
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise NotADirectoryError(f"{out_dir}: exists and is not a directory (-o names the model directory)")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # vision first: its export-time check is the step left that can fail on a good checkpoint
+    vision = export_vision_onnx(hf_dir, out_dir / "vision.onnx", dtype=vision_dtype, quant=vision_quant,
+                                progress=progress)
+    written = decoder.write(out_dir / "decoder.gguf", progress)
+    v = decoder.variant
+    summary = {"path": str(out_dir), "variant": v.name, "gate": v.gate, "hyper_layers": list(v.hyper_layers),
+               "decoder": written, "vision": vision}
+    if progress:
+        print(format_owl3_summary(summary), file=sys.stderr)
+    return summary
+
+
+def format_owl3_summary(s: dict) -> str:
+    d, v = s["decoder"], s["vision"]
+    types = ", ".join(f"{k} x{n}" for k, n in sorted(d["types"].items()))
+    vision_type = v["quant"] if v["quant"] != "none" else v["dtype"]
+    return "\n".join([
+        f"{s['path']}: mPLUG-Owl3 {s['variant']} (gate {s['gate']}, hyper layers {s['hyper_layers']})",
+        f"  decoder.gguf  {d['quant']:<5} {_size(d['file_size']):>10}  {d['n_tensors']} tensors ({types})",
+        f"  vision.onnx   {vision_type:<5} {_size(v['file_size']):>10}  onnxruntime vs the fp32 PyTorch reference "
+        f"on {v['check_batch']} random images: rel err {v['rel_err']:.2e}, cosine {v['cosine']:.6f}",
+    ])
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.2f} {unit}"
+    return f"{n} B"
