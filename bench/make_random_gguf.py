@@ -17,7 +17,9 @@ SIZES = {
     "qwen2-1.5b": ("qwen2", 1536, 28, 12, 2, 8960, 151936, True),    # Owl3-2B decoder
     "qwen2-7b": ("qwen2", 3584, 28, 28, 4, 18944, 152064, False),    # Owl3-7B decoder
     "llama-7b": ("llama", 4096, 32, 32, 32, 11008, 32000, False),    # Owl2 decoder
+    "owl3-1b": ("owl3", 896, 24, 14, 2, 4864, 151851, True),         # mPLUG-Owl3-1B-241014 decoder
 }
+OWL3_HYPER = {"owl3-1b": [5, 12, 19, 21]}  # 0-based (owl3.md 1.1)
 QTYPES = {"q4_0": gguf.GGMLQuantizationType.Q4_0, "q8_0": gguf.GGMLQuantizationType.Q8_0,
           "f16": gguf.GGMLQuantizationType.F16}
 FILE_TYPE = {"q4_0": 2, "q8_0": 7, "f16": 1}
@@ -64,7 +66,13 @@ def write(path: Path, size: str, quant: str, seed: int = 0) -> Path:
     w.add_head_count(H)
     w.add_head_count_kv(KV)
     w.add_layer_norm_rms_eps(1e-6)
-    w.add_rope_freq_base(1e6 if arch == "qwen2" else 1e4)
+    w.add_rope_freq_base(1e4 if arch == "llama" else 1e6)
+    if arch == "owl3":  # 241014: static gate vector, separate visual softmax
+        w.add_string("owl3.variant", "241014")
+        w.add_array("owl3.hyper_layers", OWL3_HYPER[size])
+        w.add_string("owl3.hyper_gate", "vector")
+        w.add_bool("owl3.fused", False)
+        w.add_uint32("owl3.mi_rope_offset", 1)
     tokens, types = vocab(V)
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre("qwen2")
@@ -89,7 +97,7 @@ def write(path: Path, size: str, quant: str, seed: int = 0) -> Path:
         mat(p + "attn_q.weight", H * hd, E)
         mat(p + "attn_k.weight", KV * hd, E)
         mat(p + "attn_v.weight", KV * hd, E)
-        if arch == "qwen2":
+        if arch != "llama":
             for n, rows in (("attn_q", H * hd), ("attn_k", KV * hd), ("attn_v", KV * hd)):
                 w.add_tensor(p + n + ".bias", (0.1 * rng.standard_normal(rows)).astype(np.float32))
         mat(p + "attn_output.weight", E, H * hd)
@@ -97,6 +105,10 @@ def write(path: Path, size: str, quant: str, seed: int = 0) -> Path:
         mat(p + "ffn_gate.weight", F, E)
         mat(p + "ffn_up.weight", F, E)
         mat(p + "ffn_down.weight", E, F)
+        if i in OWL3_HYPER.get(size, ()):
+            mat(p + "hyper_kv.weight", 2 * KV * hd, E)
+            w.add_tensor(p + "hyper_kv.bias", (0.1 * rng.standard_normal(2 * KV * hd)).astype(np.float32))
+            w.add_tensor(p + "hyper_gate.weight", rng.standard_normal(H * hd).astype(np.float32))
     vec("output_norm.weight", E)
     if not tied:
         mat("output.weight", V, E)

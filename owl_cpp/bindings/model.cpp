@@ -23,7 +23,9 @@ void bind_model(py::module_& m) {
                             py::arg("n_layer") = h.n_layer, py::arg("n_head") = h.n_head, py::arg("n_head_kv") = h.n_head_kv,
                             py::arg("head_dim") = h.head_dim, py::arg("n_ff") = h.n_ff, py::arg("n_ctx_train") = h.n_ctx_train,
                             py::arg("rms_eps") = h.rms_eps, py::arg("rope_base") = h.rope_base,
-                            py::arg("rope_mode") = h.rope_mode == RopeMode::Neox ? "neox" : "norm");
+                            py::arg("rope_mode") = h.rope_mode == RopeMode::Neox ? "neox" : "norm",
+                            py::arg("hyper_variant") = h.hyper.variant, py::arg("hyper_layers") = h.hyper.layers,
+                            py::arg("hyper_fused") = h.hyper.fused);
         })
         .def_property_readonly("weight_type", [](const Model& mo) { return dtype_name(mo.weight_type()); })
         .def_property_readonly("weight_bytes", &Model::weight_bytes)
@@ -55,7 +57,18 @@ void bind_model(py::module_& m) {
         .def_property_readonly("n_past", &Context::n_past)
         .def_property_readonly("n_ctx", &Context::n_ctx)
         .def_property_readonly("n_threads", &Context::n_threads)
-        .def("truncate", &Context::truncate, py::arg("n"));
+        .def("truncate", &Context::truncate, py::arg("n"))
+        .def("add_image", [](Context& c, py::array_t<float, py::array::c_style | py::array::forcecast> embeds, int64_t start) {
+                 const int64_t E = c.model().hparams().n_embd;
+                 if (embeds.ndim() != 2 || embeds.shape(1) != E)
+                     throw py::value_error("image embeddings must be [n_tokens, " + std::to_string(E) + "]");
+                 py::gil_scoped_release release;
+                 c.add_image(embeds.data(), embeds.shape(0), start);
+             }, py::arg("embeds"), py::arg("start"),
+             "Attach an image's visual embeddings; its <|image|> placeholder starts at absolute position `start`")
+        .def_property_readonly("n_images", &Context::n_images)
+        .def_property_readonly("visual_bytes", &Context::visual_bytes)
+        .def_property_readonly("kv_bytes_per_token", &Context::kv_bytes_per_token);
 
     py::class_<SamplerParams>(m, "SamplerParams")
         .def(py::init<>())

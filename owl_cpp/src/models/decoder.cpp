@@ -26,6 +26,11 @@ Context::Context(std::shared_ptr<const Model> model, int64_t n_ctx, int n_thread
     gate_.resize(B * hp.n_ff);
     up_.resize(B * hp.n_ff);
     pos_.resize(B);
+    if (!hp.hyper.layers.empty()) {
+        vctx_.resize(B * hp.n_head * hp.head_dim);
+        hgate_.resize(B * hp.n_head * hp.head_dim);
+        visible_.resize(B);
+    }
 }
 
 const float* Context::last_logits() const {
@@ -37,6 +42,15 @@ const float* Context::last_logits() const {
 void Context::truncate(int64_t n) {
     if (n < 0 || n > n_past_) throw Error("cannot truncate the cache to " + std::to_string(n) + " positions (it holds " + std::to_string(n_past_) + ")");
     n_past_ = n;
+    // Images whose placeholder starts at or after n are forgotten with the text (their rows are the last ones).
+    while (!images_.empty() && images_.back().start >= n) images_.pop_back();
+    const int64_t rows = images_.empty() ? 0 : images_.back().rows_end;
+    const size_t row_floats = size_t(model_->hparams().n_head_kv * model_->hparams().head_dim);
+    for (size_t i = 0; i < vis_k_.size(); ++i) {
+        if (vis_k_[i].empty()) continue;
+        vis_k_[i].resize(size_t(rows) * row_floats);
+        vis_v_[i].resize(size_t(rows) * row_floats);
+    }
 }
 
 const std::vector<float>& Context::eval(const std::vector<int32_t>& tokens, bool all_logits) {
@@ -97,7 +111,11 @@ void Context::eval_batch(const int32_t* tokens, int64_t T, bool all_logits, floa
                 std::copy_n(k_.data() + (t * nkv + g) * hd, hd, kc + dst);
                 std::copy_n(v_.data() + (t * nkv + g) * hd, hd, vc + dst);
             }
-        ops::attention(pool_, shape, q_.data(), kc, vc, attn_.data());
+        if (l.hyper && !images_.empty()) {
+            hyper_attention(il, T, shape);
+        } else {
+            ops::attention(pool_, shape, q_.data(), kc, vc, attn_.data());
+        }
         ops::matmul(pool_, l.wo, attn_.data(), T, nullptr, h);
         for (int64_t i = 0; i < T * E; ++i) x[i] += h[i];
 

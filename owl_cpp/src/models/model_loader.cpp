@@ -1,4 +1,5 @@
 // Loads llama / qwen2 GGUF decoders: hyper-parameters from `<arch>.*` keys, tensors by llama.cpp's names.
+#include <algorithm>
 #include <set>
 
 #include "owl/error.h"
@@ -46,6 +47,27 @@ struct Loader {
     }
 };
 
+// owl3.* keys written by owl-export (export/owl_export/owl3/convert.py).
+void load_hyper_params(const Loader& L, HParams& hp) {
+    HyperParams& h = hp.hyper;
+    h.variant = L.f.get_string("owl3.variant");
+    const std::string gate = L.f.get_string("owl3.hyper_gate");
+    if (gate == "proj") h.gate = HyperGate::Proj;
+    else if (gate == "vector") h.gate = HyperGate::Vector;
+    else if (gate == "none") h.gate = HyperGate::None;
+    else L.fail("owl3.hyper_gate '" + gate + "' is not one of proj, vector, none");
+    h.fused = L.f.get_bool("owl3.fused", false);
+    if (h.fused != (h.gate == HyperGate::None)) L.fail("owl3.fused must be true exactly when owl3.hyper_gate is 'none'");
+    h.mi_rope_offset = int64_t(L.f.get_uint("owl3.mi_rope_offset"));
+    if (h.mi_rope_offset > 1) L.fail("owl3.mi_rope_offset must be 0 or 1");
+    for (int64_t layer : L.f.get_int_array("owl3.hyper_layers")) {
+        if (layer < 0 || layer >= hp.n_layer) L.fail("owl3.hyper_layers names layer " + std::to_string(layer) + " of " + std::to_string(hp.n_layer));
+        if (std::find(h.layers.begin(), h.layers.end(), layer) != h.layers.end()) L.fail("owl3.hyper_layers repeats layer " + std::to_string(layer));
+        h.layers.push_back(layer);
+    }
+    if (h.layers.empty()) L.fail("owl3.hyper_layers is empty");
+}
+
 }  // namespace
 
 uint64_t Model::weight_bytes() const {
@@ -64,10 +86,10 @@ std::shared_ptr<Model> Model::load(const std::string& path) {
     hp.arch = f.get_string("general.architecture");
     if (hp.arch == "llama") {
         hp.rope_mode = RopeMode::Norm;
-    } else if (hp.arch == "qwen2") {
+    } else if (hp.arch == "qwen2" || hp.arch == "owl3") {  // owl3: a qwen2 decoder plus hyper layers
         hp.rope_mode = RopeMode::Neox;
     } else {
-        L.fail("architecture '" + hp.arch + "' is not supported (supported: llama, qwen2)");
+        L.fail("architecture '" + hp.arch + "' is not supported (supported: llama, qwen2, owl3)");
     }
     const std::string a = hp.arch + ".";
     hp.n_embd = L.positive(a + "embedding_length");
@@ -94,6 +116,7 @@ std::shared_ptr<Model> Model::load(const std::string& path) {
     // Tied embeddings: no output.weight, the embedding table is the output matrix.
     m->output_ = f.find_tensor("output.weight") ? L.matrix("output.weight", E, hp.n_vocab) : m->token_embd_;
 
+    if (hp.arch == "owl3") load_hyper_params(L, hp);
     const bool qkv_bias = f.find_tensor("blk.0.attn_q.bias") != nullptr;
     m->layers_.resize(size_t(hp.n_layer));
     for (int64_t i = 0; i < hp.n_layer; ++i) {
@@ -113,6 +136,18 @@ std::shared_ptr<Model> Model::load(const std::string& path) {
         l.ffn_gate = L.matrix(p + "ffn_gate.weight", E, hp.n_ff);
         l.ffn_up = L.matrix(p + "ffn_up.weight", E, hp.n_ff);
         l.ffn_down = L.matrix(p + "ffn_down.weight", hp.n_ff, E);
+        const auto& hl = hp.hyper.layers;
+        if (std::find(hl.begin(), hl.end(), i) != hl.end()) {
+            l.hyper = true;
+            l.hyper_kv = L.matrix(p + "hyper_kv.weight", E, 2 * KV);
+            l.hyper_kv_bias = L.vec(p + "hyper_kv.bias", 2 * KV);
+            if (hp.hyper.gate == HyperGate::Proj) {
+                l.hyper_gate_proj = L.matrix(p + "hyper_gate_proj.weight", hp.head_dim, hp.head_dim);
+                l.hyper_gate_proj_bias = L.vec(p + "hyper_gate_proj.bias", hp.head_dim);
+            } else if (hp.hyper.gate == HyperGate::Vector) {
+                l.hyper_gate = L.vec(p + "hyper_gate.weight", Q);
+            }
+        }
     }
     m->tokenizer_ = tokenizer_from_gguf(f);
     if (m->tokenizer_->n_vocab() > hp.n_vocab)
