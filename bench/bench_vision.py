@@ -1,0 +1,115 @@
+"""Vision tower speed: vision.onnx with onnxruntime (fp32 and dynamic int8) against the PyTorch reference in
+eager mode, for one 384x384 crop at the SigLIP-so400m size (random weights; 26 of 27 layers, as Owl3 uses
+hidden_states[-2]) projected to the Owl3-1B decoder width. Also reports the int8 embedding error vs fp32.
+
+    python bench/bench_vision.py [--threads 2] [--reps 5]
+
+The ONNX files are built once (about 2-3 minutes each on 2 cores) and cached in --workdir.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+HERE = Path(__file__).resolve().parent
+
+
+def so400m_reference():
+    from owl_export.owl3.variant import VisionConfig
+    from owl_export.owl3.vision import Owl3VisionReference
+
+    cfg = VisionConfig.from_dict({"vision_config": {"image_size": 384}})  # so400m defaults (owl3.md 1.2)
+    g = torch.Generator().manual_seed(0)
+    Hv, I, H = cfg.hidden_size, cfg.intermediate_size, 896
+    t = {"vision_model.embeddings.patch_embedding.weight": torch.randn(Hv, 3, cfg.patch_size, cfg.patch_size, generator=g) * 0.02,
+         "vision_model.embeddings.patch_embedding.bias": torch.zeros(Hv),
+         "vision_model.embeddings.position_embedding.weight": torch.randn(cfg.num_patches, Hv, generator=g) * 0.02,
+         "vision2text_model.weight": torch.randn(H, Hv, generator=g) / Hv ** 0.5, "vision2text_model.bias": torch.zeros(H)}
+    for i in range(cfg.num_layers - 1):
+        p = f"vision_model.encoder.layers.{i}."
+        for n in ("layer_norm1", "layer_norm2"):
+            t[p + n + ".weight"], t[p + n + ".bias"] = torch.ones(Hv), torch.zeros(Hv)
+        for n in ("q_proj", "k_proj", "v_proj", "out_proj"):
+            t[p + f"self_attn.{n}.weight"] = torch.randn(Hv, Hv, generator=g) / Hv ** 0.5
+            t[p + f"self_attn.{n}.bias"] = torch.zeros(Hv)
+        t[p + "mlp.fc1.weight"], t[p + "mlp.fc1.bias"] = torch.randn(I, Hv, generator=g) / Hv ** 0.5, torch.zeros(I)
+        t[p + "mlp.fc2.weight"], t[p + "mlp.fc2.bias"] = torch.randn(Hv, I, generator=g) / I ** 0.5, torch.zeros(Hv)
+    return Owl3VisionReference(cfg, t, "linear", H)
+
+
+def ort_session(path: Path, threads: int):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.intra_op_num_threads = threads
+    opts.log_severity_level = 3
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+@torch.no_grad()
+def eager(ref, pixels):
+    return ref.project(ref.features(torch.from_numpy(pixels)))
+
+
+def timed(fn, reps: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return 1e3 * statistics.median(times)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--workdir", default=str(HERE / "models"))
+    ap.add_argument("--out", default=str(HERE / "results" / "vision.json"))
+    a = ap.parse_args()
+    from owl_export.owl3.onnx_export import compare, quantize_int8, trace_vision
+
+    torch.set_num_threads(a.threads)
+    ref = so400m_reference()
+    work = Path(a.workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    fp32, int8 = work / "siglip-so400m-384-fp32.onnx", work / "siglip-so400m-384-int8.onnx"
+    if not fp32.exists():
+        trace_vision(ref, fp32, {"note": "random weights, benchmark only"})
+    if not int8.exists():
+        quantize_int8(fp32, int8)
+    pixels = (np.random.default_rng(0).random((1, 3, 384, 384), dtype=np.float32) * 2 - 1)
+    s32, s8 = ort_session(fp32, a.threads), ort_session(int8, a.threads)
+    e32 = s32.run(None, {"pixel_values": pixels})[0]
+    e8 = s8.run(None, {"pixel_values": pixels})[0]
+    eref = eager(ref, pixels).numpy()
+    rows = {
+        "pytorch_eager_ms": timed(lambda: eager(ref, pixels), a.reps),
+        "onnx_fp32_ms": timed(lambda: s32.run(None, {"pixel_values": pixels}), a.reps),
+        "onnx_int8_ms": timed(lambda: s8.run(None, {"pixel_values": pixels}), a.reps),
+    }
+    result = {"threads": a.threads, "reps": a.reps, **rows,
+              "fp32_vs_pytorch": compare(e32, eref), "int8_vs_fp32": compare(e8, e32),
+              "fp32_mb": fp32.stat().st_size / 2**20, "int8_mb": int8.stat().st_size / 2**20,
+              "command": " ".join(["python"] + sys.argv)}
+    print(f"{'one 384x384 crop, SigLIP-so400m (26 layers) + projection':<60}{'ms':>10}{'x eager':>10}")
+    for k in ("pytorch_eager_ms", "onnx_fp32_ms", "onnx_int8_ms"):
+        print(f"{k:<60}{rows[k]:>10.0f}{rows['pytorch_eager_ms'] / rows[k]:>10.2f}")
+    print(f"int8 vs fp32 embeddings: rel err {result['int8_vs_fp32']['rel_err']:.2e}, "
+          f"cosine {result['int8_vs_fp32']['cosine']:.5f}; files {result['fp32_mb']:.0f} MB / {result['int8_mb']:.0f} MB")
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text(json.dumps(result, indent=1))
+    print(f"JSON: {a.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,194 @@
+"""`owl-run`: ask an exported mPLUG-Owl3 model about images or a video, streaming the answer.
+
+  owl-run --model owl3-7b --image photo.jpg -p "What is in this picture?"
+  owl-run --model owl3-7b --image a.jpg --image b.jpg -p "What changed?"
+  owl-run --model owl3-7b --video clip.mp4 -p "What happens?"          (needs PyAV or OpenCV)
+  owl-run --model owl3-7b --image photo.jpg                            (chat: one question per line on stdin;
+                                                                        /image PATH adds an image to the next
+                                                                        question, /reset starts over)
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Optional
+
+MAX_FRAMES = 16          # the README's MAX_NUM_FRAMES (owl3.md §6.5)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="owl-run", description=__doc__.split("\n\n")[0],
+                                epilog=__doc__.split("\n\n", 1)[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-m", "--model", default=os.environ.get("OWL_MODEL"),
+                   help="model directory written by owl-export (default: $OWL_MODEL)")
+    p.add_argument("-i", "--image", action="append", default=[], help="an image file (repeat for several)")
+    p.add_argument("--video", action="append", default=[], help="a video file, sampled at 1 frame/s, at most "
+                   "--max-frames frames")
+    p.add_argument("--max-frames", type=int, default=MAX_FRAMES, help=f"frames per video (default {MAX_FRAMES})")
+    p.add_argument("-p", "--prompt", help="the question; without it, read questions from stdin, one per line")
+    p.add_argument("-n", "--max-tokens", type=int, default=512, help="answer length limit (default 512)")
+    p.add_argument("--temp", type=float, default=0.0, help="temperature; 0 = greedy, as the official code (default)")
+    p.add_argument("--top-k", type=int, default=40)
+    p.add_argument("--top-p", type=float, default=0.95)
+    p.add_argument("--min-p", type=float, default=0.05)
+    p.add_argument("--repeat-penalty", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("-t", "--threads", type=int, default=None, help="CPU threads (default: physical cores)")
+    p.add_argument("-c", "--n-ctx", type=int, default=None, help="context length in tokens (default 4096)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--no-cut", action="store_true", help="do not cut images into tiles (global view only)")
+    p.add_argument("-v", "--verbose", action="store_true", help="print timings to stderr after each answer")
+    return p
+
+
+# ------------------------------------------------------------------------------------------- video
+
+def sample_frame_indices(n_frames: int, fps: float, max_frames: int = MAX_FRAMES) -> list[int]:
+    """The README's encode_video: every round(fps)-th frame (about 1 per second); if more than max_frames,
+    uniform_sample: gap = len / n, element int(i * gap + gap / 2) for i < n."""
+    step = max(1, round(fps or 1))
+    idx = list(range(0, n_frames, step))
+    if len(idx) > max_frames:
+        gap = len(idx) / max_frames
+        idx = [idx[int(i * gap + gap / 2)] for i in range(max_frames)]
+    return idx
+
+
+def read_video(path: str, max_frames: int = MAX_FRAMES) -> list:
+    """A video file -> sampled RGB frames as (H, W, 3) uint8 arrays, with PyAV or OpenCV. Only the frames
+    sampled are kept (the frame count from the header picks them; without one, every round(fps)-th frame
+    is kept and uniform_sample runs on those, which picks the same frames)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: video file not found")
+    fps, count, frames = _decode(path)
+    if count:
+        want = set(sample_frame_indices(count, fps, max_frames))
+        kept = [f for i, f in frames if i in want]
+    else:
+        step = max(1, round(fps or 1))
+        kept = [f for i, f in frames if i % step == 0]
+        kept = [kept[i] for i in sample_frame_indices(len(kept), 1, max_frames)]
+    if not kept:
+        raise ValueError(f"{path}: no video frames could be decoded")
+    return [to_rgb() for to_rgb in kept]
+
+
+def _decode(path: str):
+    """(fps, frame count or 0, lazy iterator of (index, () -> RGB array)): frames are converted only if kept."""
+    try:
+        import av
+    except ImportError:
+        av = None
+    if av is not None:
+        container = av.open(path)
+        stream = container.streams.video[0]
+
+        def frames():
+            with container:
+                for i, f in enumerate(container.decode(stream)):
+                    yield i, (lambda f=f: f.to_ndarray(format="rgb24"))
+        return float(stream.average_rate or 1), int(stream.frames or 0), frames()
+    try:
+        import cv2
+    except ImportError:
+        raise RuntimeError(f"{path}: reading videos needs PyAV or OpenCV (pip install av); or pass the "
+                           "frames as images") from None
+    cap = cv2.VideoCapture(path)
+    if not cap.isOpened():
+        raise ValueError(f"{path}: cannot open the video")
+
+    def frames():
+        i, ok = 0, True
+        try:
+            while ok:
+                ok, frame = cap.read()
+                if ok:
+                    yield i, (lambda fr=frame: cv2.cvtColor(fr, cv2.COLOR_BGR2RGB))
+                    i += 1
+        finally:
+            cap.release()
+    return float(cap.get(cv2.CAP_PROP_FPS) or 1), int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0), frames()
+
+
+# ------------------------------------------------------------------------------------------- run
+
+def _answer(ask, prompt: str, images, videos, args, out) -> None:
+    stream = ask(prompt, images, videos, stream=True, **_gen_options(args))
+    for piece in stream:
+        out.write(piece)
+        out.flush()
+    out.write("\n")
+    out.flush()
+    if args.verbose and stream.info:
+        print(timing_line(stream.info), file=sys.stderr)
+
+
+def _gen_options(args) -> dict:
+    return dict(max_tokens=args.max_tokens, temperature=args.temp, top_k=args.top_k, top_p=args.top_p,
+                min_p=args.min_p, repeat_penalty=args.repeat_penalty, seed=args.seed, cut=not args.no_cut)
+
+
+def timing_line(info: dict) -> str:
+    t = info["timings"]
+    return (f"vision {t['vision_ms']:.1f} ms ({info['images']} views, {info['views_encoded']} encoded) | "
+            f"prefill {info['prompt_tokens_evaluated']} tokens, {t['prefill_tokens_per_s']:.1f} t/s | "
+            f"decode {info['completion_tokens']} tokens, {t['decode_tokens_per_s']:.1f} t/s | "
+            f"{info['finish_reason']}")
+
+
+def _interactive(model, images, videos, args, stdin, out) -> None:
+    session = model.session()
+    tty = stdin.isatty()
+    while True:
+        if tty:
+            out.write("> ")
+            out.flush()
+        line = stdin.readline()
+        if not line:
+            break
+        line = line.strip()
+        if not line:
+            continue
+        if line.startswith("/image "):
+            images.append(line[len("/image "):].strip())
+            continue
+        if line == "/reset":
+            session.reset()
+            continue
+        try:
+            _answer(session.ask, line, images, videos, args, out)
+        except (ValueError, FileNotFoundError) as e:     # a bad image or a long prompt: say so, keep chatting
+            print(f"owl-run: error: {e}", file=sys.stderr)
+        images, videos = [], []
+
+
+def main(argv: Optional[list[str]] = None, stdin=None, stdout=None) -> int:
+    args = build_parser().parse_args(argv)
+    stdin, out = stdin or sys.stdin, stdout or sys.stdout
+    if not args.model:
+        print("owl-run: error: no model: pass --model MODEL_DIR or set OWL_MODEL (make one with "
+              "`owl-export HF_CHECKPOINT_DIR -o MODEL_DIR`)", file=sys.stderr)
+        return 2
+    try:
+        from . import load
+        model = load(args.model, n_ctx=args.n_ctx, threads=args.threads, device=args.device)
+        if not hasattr(model, "session"):
+            raise ValueError(f"{args.model}: a text model; owl-run needs a model directory from owl-export")
+        videos = [read_video(v, args.max_frames) for v in args.video]
+        if args.prompt is not None:
+            _answer(lambda p, i, v, **kw: model.chat(i, p, videos=v, **kw), args.prompt, args.image, videos,
+                    args, out)
+        else:
+            _interactive(model, list(args.image), videos, args, stdin, out)
+    except (ValueError, FileNotFoundError, RuntimeError, ImportError) as e:
+        print(f"owl-run: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

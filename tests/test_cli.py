@@ -1,0 +1,146 @@
+"""owl-run on a tiny exported mPLUG-Owl3 model: one question with -p, a chat on piped stdin, timings, errors."""
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import owl_cpp
+from owl_cpp.cli import main, read_video, sample_frame_indices
+from owl_export.cli import main as owl_export
+from owl_export.owl3.fixtures import make_tiny_owl3_checkpoint
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("owlrun")
+    hf = make_tiny_owl3_checkpoint(root / "hf", "1b", seed=3)
+    assert owl_export([str(hf), "-o", str(root / "model"), "--quant", "f32", "-q"]) == 0
+    return root / "model"
+
+
+@pytest.fixture(scope="module")
+def model(model_dir):
+    return owl_cpp.load(model_dir, n_ctx=512, threads=2)
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    d = tmp_path_factory.mktemp("img")
+    paths = []
+    for k, (w, h) in enumerate([(60, 40), (30, 30)]):
+        p = d / f"img{k}.png"
+        Image.fromarray(np.random.RandomState(k).randint(0, 256, (h, w, 3), dtype=np.uint8)).save(p)
+        paths.append(str(p))
+    return paths
+
+
+def run(argv, stdin=""):
+    out = io.StringIO()
+    rc = main(argv, stdin=io.StringIO(stdin), stdout=out)
+    return rc, out.getvalue()
+
+
+def test_prompt_streams_the_answer(model_dir, model, images, capsys):
+    rc, out = run(["--model", str(model_dir), "--image", images[0], "--image", images[1], "-p", "What changed?",
+                   "-n", "8", "-t", "2", "-c", "512", "--verbose"])
+    assert rc == 0
+    assert out == model.chat(images, "What changed?", max_tokens=8) + "\n"
+    err = capsys.readouterr().err
+    assert "vision" in err and "ms (12 views" in err and "prefill" in err and "decode" in err and "t/s" in err
+    rc, out = run(["--model", str(model_dir), "--image", images[0], "-p", "Hi", "-n", "6", "--no-cut"])
+    assert rc == 0 and out == model.chat(images[0], "Hi", max_tokens=6, cut=False) + "\n"
+
+
+def test_piped_stdin_is_a_multi_turn_chat(model_dir, model, images):
+    rc, out = run(["--model", str(model_dir), "--image", images[0], "-n", "5", "-c", "512"],
+                  stdin="Describe it.\n\nAnd the colours?\n/image " + images[1] + "\nAnd this one?\n")
+    assert rc == 0
+    s = model.session()
+    want = [s.ask("Describe it.", images=[images[0]], max_tokens=5), s.ask("And the colours?", max_tokens=5),
+            s.ask("And this one?", images=[images[1]], max_tokens=5)]
+    assert out == "".join(w + "\n" for w in want)
+
+
+def test_errors(model_dir, images, tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("OWL_MODEL", raising=False)
+    assert run(["-p", "Hi"])[0] == 2
+    assert "OWL_MODEL" in capsys.readouterr().err
+    assert run(["--model", str(tmp_path / "none"), "-p", "Hi"])[0] == 2
+    assert "owl-export" in capsys.readouterr().err
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not a jpeg")
+    assert run(["--model", str(model_dir), "--image", str(bad), "-p", "Hi"])[0] == 2
+    assert "bad.jpg" in capsys.readouterr().err
+    video = tmp_path / "v.mp4"
+    video.write_bytes(b"\x00" * 64)
+    rc, _ = run(["--model", str(model_dir), "--video", str(video), "-p", "Hi"])
+    err = capsys.readouterr().err
+    if not any(_importable(m) for m in ("av", "cv2")):
+        assert rc == 2 and "PyAV or OpenCV" in err
+    rc, out = run(["--model", str(model_dir), "-n", "3"], stdin=f"/image {bad}\nHi\nHello\n")   # chat goes on
+    assert rc == 0 and out.count("\n") == 1 and "bad.jpg" in capsys.readouterr().err
+
+
+def _importable(name: str) -> bool:
+    try:
+        __import__(name)
+        return True
+    except ImportError:
+        return False
+
+
+def test_frame_sampling_follows_the_readme():
+    assert sample_frame_indices(100, 30) == [0, 30, 60, 90]                       # ~1 frame per second
+    idx = sample_frame_indices(1000, 25, max_frames=16)                           # 40 candidates -> 16
+    assert len(idx) == 16 and idx[:3] == [25, 75, 150]                            # int(i*2.5 + 1.25) * 25
+
+
+def test_video_frames_are_decoded_and_sampled(tmp_path, monkeypatch):
+    """read_video through a stand-in for PyAV: 100 frames at 5 fps -> every 5th frame, uniform-sampled to 4."""
+    import types
+
+    class Frame:
+        def __init__(self, i):
+            self.i = i
+
+        def to_ndarray(self, format):
+            assert format == "rgb24"
+            return np.full((4, 6, 3), self.i, np.uint8)
+
+    class Container:
+        streams = types.SimpleNamespace(video=[types.SimpleNamespace(average_rate=5, frames=100)])
+
+        def decode(self, stream):
+            return (Frame(i) for i in range(100))
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setitem(sys.modules, "av", types.SimpleNamespace(open=lambda path: Container()))
+    video = tmp_path / "v.mp4"
+    video.write_bytes(b"")
+    frames = read_video(str(video), max_frames=4)
+    want = [5 * k for k in [int(i * 5 + 2.5) for i in range(4)]]             # 20 candidates, gap 5
+    assert [int(f[0, 0, 0]) for f in frames] == want == sample_frame_indices(100, 5, 4)
+    Container.streams.video[0].frames = 0                                      # no count in the header
+    assert [int(f[0, 0, 0]) for f in read_video(str(video), max_frames=4)] == want
+
+
+def test_console_script_runs(model_dir, images):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO / "python"), os.environ.get("PYTHONPATH", "")]),
+               OWL_MODEL=str(model_dir))
+    r = subprocess.run([sys.executable, "-m", "owl_cpp.cli", "--image", images[1], "-n", "4"], input="Hi\n",
+                       capture_output=True, text=True, env=env, timeout=60)
+    assert r.returncode == 0 and r.stdout.endswith("\n"), r.stderr
