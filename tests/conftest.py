@@ -52,3 +52,23 @@ def tiny_gguf(tmp_path_factory, tiny_qwen2_dir, tiny_llama_dir):
         return cache[key]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def tiny_owl3_model(tmp_path_factory):
+    """tiny_owl3_model(variant) -> (hf_dir, model_dir): a tiny mPLUG-Owl3 checkpoint ("1b", "7b-240728",
+    "7b-241101") and its f32 export by owl-export, built once per session."""
+    from owl_export.cli import main as owl_export
+    from owl_export.owl3.fixtures import make_tiny_owl3_checkpoint
+
+    cache: dict[str, tuple[Path, Path]] = {}
+
+    def get(variant: str) -> tuple[Path, Path]:
+        if variant not in cache:
+            root = tmp_path_factory.mktemp(f"owl3-{variant}")
+            hf = make_tiny_owl3_checkpoint(root / "hf", variant, seed=3)   # a seed whose greedy answers vary
+            assert owl_export([str(hf), "-o", str(root / "model"), "--quant", "f32", "-q"]) == 0
+            cache[variant] = (hf, root / "model")
+        return cache[variant]
+
+    return get

@@ -13,18 +13,14 @@ from PIL import Image
 
 import owl_cpp
 from owl_cpp.cli import main, read_video, sample_frame_indices
-from owl_export.cli import main as owl_export
-from owl_export.owl3.fixtures import make_tiny_owl3_checkpoint
 
-REPO = Path(__file__).resolve().parent.parent
+# The subprocess must import the same owl_cpp as this process: installed, or from a source tree.
+OWL_CPP_PARENT = str(Path(owl_cpp.__file__).resolve().parent.parent)
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("owlrun")
-    hf = make_tiny_owl3_checkpoint(root / "hf", "1b", seed=3)
-    assert owl_export([str(hf), "-o", str(root / "model"), "--quant", "f32", "-q"]) == 0
-    return root / "model"
+def model_dir(tiny_owl3_model):
+    return tiny_owl3_model("1b")[1]
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +135,7 @@ def test_video_frames_are_decoded_and_sampled(tmp_path, monkeypatch):
 
 
 def test_console_script_runs(model_dir, images):
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO / "python"), os.environ.get("PYTHONPATH", "")]),
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([OWL_CPP_PARENT, os.environ.get("PYTHONPATH", "")]),
                OWL_MODEL=str(model_dir))
     r = subprocess.run([sys.executable, "-m", "owl_cpp.cli", "--image", images[1], "-n", "4"], input="Hi\n",
                        capture_output=True, text=True, env=env, timeout=60)

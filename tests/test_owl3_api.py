@@ -14,9 +14,7 @@ import owl_cpp
 from owl_cpp import _core
 from owl_cpp.owl3_prompt import Settings, Video, build_prompt, expand_media, normalize_messages, user_message
 from owl_cpp.preprocess import select_grid
-from owl_export.cli import main as owl_export
 from owl_export.owl3 import Owl3Reference
-from owl_export.owl3.fixtures import make_tiny_owl3_checkpoint
 from owl_export.vocab import load_hf_vocab, vocab_to_dict
 
 I = "<|image|>"
@@ -29,19 +27,9 @@ def image(w, h, seed=0) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    """variant -> (hf_dir, model_dir), exported once with f32 weights."""
-    cache = {}
-
-    def get(variant):
-        if variant not in cache:
-            root = tmp_path_factory.mktemp(f"owl3api-{variant}")
-            hf = make_tiny_owl3_checkpoint(root / "hf", variant, seed=3)   # a seed whose answers vary
-            assert owl_export([str(hf), "-o", str(root / "model"), "--quant", "f32", "-q"]) == 0
-            cache[variant] = (hf, root / "model")
-        return cache[variant]
-
-    return get
+def exported(tiny_owl3_model):
+    """variant -> (hf_dir, model_dir), exported once with f32 weights (conftest)."""
+    return tiny_owl3_model
 
 
 @pytest.fixture(scope="module")

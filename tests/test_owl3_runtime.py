@@ -9,27 +9,22 @@ import pytest
 import torch
 
 from owl_cpp import _core
-from owl_export.cli import main as owl_export
 from owl_export.owl3 import Owl3Reference
-from owl_export.owl3.fixtures import make_tiny_owl3_checkpoint
 
 VARIANTS = ["1b", "7b-240728", "7b-241101"]
 TOL = 1e-4
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    """variant -> (hf_dir, model_dir, reference), built once."""
-    cache = {}
+def exported(tiny_owl3_model):
+    """variant -> (hf_dir, model_dir, float64 reference)."""
+    refs = {}
 
     def get(variant):
-        if variant not in cache:
-            root = tmp_path_factory.mktemp(f"owl3-{variant}")
-            hf = make_tiny_owl3_checkpoint(root / "hf", variant, seed=3)
-            out = root / "model"
-            assert owl_export([str(hf), "-o", str(out), "--quant", "f32"]) in (0, None)
-            cache[variant] = (hf, out, Owl3Reference.from_pretrained(hf, dtype=torch.float64))
-        return cache[variant]
+        hf, out = tiny_owl3_model(variant)
+        if variant not in refs:
+            refs[variant] = Owl3Reference.from_pretrained(hf, dtype=torch.float64)
+        return hf, out, refs[variant]
 
     return get
 
