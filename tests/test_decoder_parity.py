@@ -4,7 +4,10 @@ Tolerances, and what they measure:
 - F32 GGUF vs float64 reference on the original weights: max |dlogit| / max |logit| per position < 1e-4.
   Only fp32 rounding separates them.
 - F16/BF16/Q8_0/Q4_0 GGUF vs float64 reference on the *dequantized GGUF weights*: the same 1e-4. This checks
-  the quantized kernels exactly, apart from quantization.
+  the quantized kernels exactly, apart from quantization. For Q8_0/Q4_0 the reference also rounds activations
+  to int8 as the kernels do; an fp32-vs-fp64 difference of 1e-7 can still move one activation across a
+  rounding boundary, a discrete step of ~1e-3 at that position. So there: >= 90% of positions < 1e-4 and
+  every position < 5e-3 (a wrong kernel is off by 1e-2 or more everywhere).
 - The same files vs the original fp32 weights: the quantization error itself, bounded per type (relative
   logit error, KL of the next-token distributions, top-1 agreement), a ceiling that catches a broken
   quantizer or a wrong block layout, not a claim about real-model quality.
@@ -37,14 +40,23 @@ def prompt_ids(model) -> list[int]:
     return ids
 
 
-def check_prefill_and_decode(model, ref, tol):
+def check_prefill_and_decode(model, ref, tol, int8_activations=False):
     """Prefill logits at every position, then DECODE_STEPS greedy steps each checked against the reference."""
+    errs = prefill_and_decode_errors(model, ref)
+    if int8_activations:
+        within = float(np.mean(np.array(errs) < tol))
+        assert within >= 0.9 and max(errs) < 5e-3, f"{within:.0%} of positions within {tol}, max {max(errs):.2e}"
+    else:
+        assert max(errs) < tol, f"max relative error {max(errs):.2e} at position {int(np.argmax(errs))}"
+
+
+def prefill_and_decode_errors(model, ref) -> list[float]:
+    """Relative logit errors at each prompt position and each of DECODE_STEPS greedy steps (tokens must agree)."""
     n_tok = len(model.tokenizer)
     ids = prompt_ids(model)
     got = model.logits(ids)
     want = ref.forward(ids).numpy()
     errs = [rel_err(got[t], want[t]) for t in range(len(ids))]
-    assert max(errs) < tol, f"prefill max relative error {max(errs):.2e}"
     seq, last = list(ids), got[-1]
     for step in range(DECODE_STEPS):
         tok = int(np.argmax(last[:n_tok]))
@@ -52,10 +64,8 @@ def check_prefill_and_decode(model, ref, tol):
         seq.append(tok)
         last = model.eval([tok])
         want = ref.forward(seq).numpy()
-        err = rel_err(last, want[-1])
-        assert err < tol, f"decode step {step}: relative error {err:.2e}"
-        errs.append(err)
-    return max(errs)
+        errs.append(rel_err(last, want[-1]))
+    return errs
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -70,7 +80,8 @@ def test_f32_logits_match_reference(arch, tiny_gguf, hf_dirs):
 def test_quantized_kernels_match_reference_on_dequantized_weights(arch, quant, tiny_gguf, hf_dirs):
     path = tiny_gguf(arch, quant)
     model = owl_cpp.load(path, threads=2)
-    check_prefill_and_decode(model, reference_from_gguf(path, hf_dirs[arch]), 1e-4)
+    check_prefill_and_decode(model, reference_from_gguf(path, hf_dirs[arch]), 1e-4,
+                             int8_activations=quant in ("q8_0", "q4_0"))
 
 
 # Ceilings on the quantization error of the tiny random models, about 2-3x what was measured

@@ -167,3 +167,33 @@ def test_image_errors(exported):
         ctx.add_image(np.zeros((P, H), np.float32), 4)
     with pytest.raises(RuntimeError, match="outside the context"):
         ctx.add_image(np.zeros((P, H), np.float32), 64)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_single_hyper_layer_model(variant, tmp_path):
+    """A one-layer model whose only layer is a hyper layer: the logits are that layer's output through the final
+    norm and lm_head, so this isolates one hyper layer (component test) from everything else."""
+    from owl_export.cli import main as owl_export
+    from owl_export.owl3.fixtures import make_tiny_owl3_checkpoint
+
+    hf = make_tiny_owl3_checkpoint(tmp_path / "hf", variant, seed=5, num_layers=1, hyper_layers=[1])
+    out = tmp_path / "model"
+    assert owl_export([str(hf), "-o", str(out), "--quant", "f32", "-q"]) == 0
+    ref = Owl3Reference.from_pretrained(hf, dtype=torch.float64)
+    tok = _core.Model.load(str(out / "decoder.gguf")).tokenizer
+    ids, starts = chunks_to_ids(tok, ["<|im_start|>user\nLook: ", "<|image|>", " and ", "<|image|>", " now?"])
+    run(out, ids, image_embeds(ref, 2, 6), starts, steps=4, ref=ref)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_video_frames_and_32_greedy_tokens(variant, exported):
+    """A video is a run of frame placeholders (owl3.md 6.5: bare for 240728, framed for 241014/241101);
+    the greedy continuation is checked for 32 tokens."""
+    hf, out, ref = exported(variant)
+    tok = _core.Model.load(str(out / "decoder.gguf")).tokenizer
+    frames = ["<|image|>"] * 6
+    if variant != "7b-240728":
+        frames = ["<|start_video_frame|>"] + frames + ["<|end_video_frame|>"]
+    ids, starts = chunks_to_ids(tok, ["<|im_start|>user\n"] + frames + ["What happens?<|im_end|>\n<|im_start|>assistant\n"])
+    assert len(starts) == 6
+    run(out, ids, image_embeds(ref, 6, 7), starts, steps=32, ref=ref)

@@ -28,6 +28,18 @@ int spans_for(const AttentionShape& s, int64_t t, int64_t h, const float* k, con
     return n;
 }
 
+// Eight independent partial sums: a single running sum is a chain of dependent adds the compiler may not
+// reorder, which made long-prompt attention latency-bound.
+inline float dot(const float* a, const float* b, int64_t n) {
+    float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int j = 0; j < 8; ++j) acc[j] += a[i + j] * b[i + j];
+    float s = 0.0f;
+    for (; i < n; ++i) s += a[i] * b[i];
+    return s + ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+}
+
 void attend_one(const AttentionShape& s, int64_t t, int64_t h, const float* q, const float* k, const float* v,
                 const PrefixKV* prefix, bool text, float* out, float* scores) {
     const int64_t hd = s.head_dim;
@@ -39,10 +51,7 @@ void attend_one(const AttentionShape& s, int64_t t, int64_t h, const float* q, c
     int64_t n = 0;
     for (int sp = 0; sp < n_spans; ++sp)
         for (int64_t j = 0; j < spans[sp].n; ++j) {
-            const float* kj = spans[sp].k + j * spans[sp].stride;
-            float acc = 0.0f;
-            for (int64_t i = 0; i < hd; ++i) acc += qv[i] * kj[i];
-            scores[n++] = acc * s.scale;
+            scores[n++] = dot(qv, spans[sp].k + j * spans[sp].stride, hd) * s.scale;
         }
     if (n == 0) return;
     softmax(scores, n);
