@@ -2,8 +2,6 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
-#include <cstring>
-
 #include "bindings.h"
 #include "owl/gguf.h"
 
@@ -26,26 +24,7 @@ py::object to_python(const GGUFValue& v) {
             } else if (v.elem_type == GGUFType::ARRAY) {
                 for (const auto& item : v.items) out.append(to_python(item));
             } else {
-                for (uint64_t k = 0; k < v.count; ++k) {
-                    const size_t es = v.elem_type == GGUFType::UINT8 || v.elem_type == GGUFType::INT8 || v.elem_type == GGUFType::BOOL ? 1
-                                    : v.elem_type == GGUFType::UINT16 || v.elem_type == GGUFType::INT16 ? 2
-                                    : v.elem_type == GGUFType::UINT64 || v.elem_type == GGUFType::INT64 || v.elem_type == GGUFType::FLOAT64 ? 8 : 4;
-                    const uint8_t* p = v.data + k * es;
-                    switch (v.elem_type) {
-                        case GGUFType::UINT8: out.append(py::int_(*p)); break;
-                        case GGUFType::INT8: out.append(py::int_(int8_t(*p))); break;
-                        case GGUFType::BOOL: out.append(py::bool_(*p != 0)); break;
-                        case GGUFType::UINT16: { uint16_t x; std::memcpy(&x, p, 2); out.append(py::int_(x)); break; }
-                        case GGUFType::INT16: { int16_t x; std::memcpy(&x, p, 2); out.append(py::int_(x)); break; }
-                        case GGUFType::UINT32: { uint32_t x; std::memcpy(&x, p, 4); out.append(py::int_(x)); break; }
-                        case GGUFType::INT32: { int32_t x; std::memcpy(&x, p, 4); out.append(py::int_(x)); break; }
-                        case GGUFType::FLOAT32: { float x; std::memcpy(&x, p, 4); out.append(py::float_(x)); break; }
-                        case GGUFType::UINT64: { uint64_t x; std::memcpy(&x, p, 8); out.append(py::int_(x)); break; }
-                        case GGUFType::INT64: { int64_t x; std::memcpy(&x, p, 8); out.append(py::int_(x)); break; }
-                        case GGUFType::FLOAT64: { double x; std::memcpy(&x, p, 8); out.append(py::float_(x)); break; }
-                        default: break;
-                    }
-                }
+                for (uint64_t k = 0; k < v.count; ++k) out.append(to_python(v.element(k)));
             }
             return out;
         }

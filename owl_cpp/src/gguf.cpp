@@ -14,6 +14,7 @@
 #include <set>
 
 #include "owl/error.h"
+#include "unicode.h"
 
 namespace owl {
 namespace {
@@ -76,20 +77,10 @@ private:
 
 // Keys and tensor names are identifiers: they must be valid UTF-8 so they can be named in messages and APIs.
 bool valid_utf8(const std::string& s) {
-    size_t i = 0;
-    while (i < s.size()) {
-        const uint8_t c = uint8_t(s[i]);
-        size_t n;  // continuation bytes that follow
-        if (c < 0x80) n = 0;
-        else if ((c >> 5) == 0x6) n = 1;
-        else if ((c >> 4) == 0xe) n = 2;
-        else if ((c >> 3) == 0x1e) n = 3;
-        else return false;
-        if (i + n >= s.size()) return false;
-        for (size_t k = 1; k <= n; ++k)
-            if ((uint8_t(s[i + k]) & 0xc0) != 0x80) return false;
-        i += n + 1;
-    }
+    size_t len;
+    uint32_t cp;
+    for (size_t i = 0; i < s.size(); i += len)
+        if (unicode::utf8_check(s.data() + i, s.size() - i, len, cp) != unicode::Utf8Status::Valid) return false;
     return true;
 }
 
@@ -143,31 +134,6 @@ void read_value(Cursor& c, GGUFType type, GGUFValue& v, const std::string& key, 
     }
 }
 
-template <typename T>
-T load_le(const uint8_t* p) {
-    T v;
-    std::memcpy(&v, p, sizeof(T));
-    return v;
-}
-
-double numeric_element(const GGUFValue& v, uint64_t k) {
-    const uint8_t* p = v.data + k * scalar_size(v.elem_type);
-    switch (v.elem_type) {
-        case GGUFType::UINT8: return load_le<uint8_t>(p);
-        case GGUFType::INT8: return load_le<int8_t>(p);
-        case GGUFType::UINT16: return load_le<uint16_t>(p);
-        case GGUFType::INT16: return load_le<int16_t>(p);
-        case GGUFType::UINT32: return load_le<uint32_t>(p);
-        case GGUFType::INT32: return load_le<int32_t>(p);
-        case GGUFType::FLOAT32: return load_le<float>(p);
-        case GGUFType::BOOL: return load_le<uint8_t>(p);
-        case GGUFType::UINT64: return double(load_le<uint64_t>(p));
-        case GGUFType::INT64: return double(load_le<int64_t>(p));
-        case GGUFType::FLOAT64: return load_le<double>(p);
-        default: return 0;
-    }
-}
-
 bool is_integer_type(GGUFType t) {
     switch (t) {
         case GGUFType::UINT8: case GGUFType::INT8: case GGUFType::UINT16: case GGUFType::INT16:
@@ -180,6 +146,15 @@ bool is_signed(GGUFType t) {
 }
 
 }  // namespace
+
+GGUFValue GGUFValue::element(uint64_t k) const {
+    if (!data || k >= count) throw Error("GGUF array element " + std::to_string(k) + " does not exist");
+    const size_t es = scalar_size(elem_type);
+    Cursor c(data + k * es, es, "array element");
+    GGUFValue out;
+    read_value(c, elem_type, out, "array element", 0);
+    return out;
+}
 
 const char* gguf_type_name(GGUFType t) {
     static const char* names[] = {"uint8", "int8", "uint16", "int16", "uint32", "int32", "float32",
@@ -374,7 +349,7 @@ std::vector<float> GGUFFile::get_float_array(const std::string& key) const {
     if (!v) key_error(path_, key, "is missing");
     if (v->type != GGUFType::ARRAY || !v->data) key_error(path_, key, "is not a numeric array");
     std::vector<float> out(size_t(v->count));
-    for (uint64_t k = 0; k < v->count; ++k) out[k] = float(numeric_element(*v, k));
+    for (uint64_t k = 0; k < v->count; ++k) out[k] = float(v->element(k).f);
     return out;
 }
 std::vector<int64_t> GGUFFile::get_int_array(const std::string& key) const {
@@ -382,10 +357,7 @@ std::vector<int64_t> GGUFFile::get_int_array(const std::string& key) const {
     if (!v) key_error(path_, key, "is missing");
     if (v->type != GGUFType::ARRAY || !v->data || !is_integer_type(v->elem_type)) key_error(path_, key, "is not an integer array");
     std::vector<int64_t> out(size_t(v->count));
-    for (uint64_t k = 0; k < v->count; ++k) {
-        const uint8_t* p = v->data + k * scalar_size(v->elem_type);
-        out[k] = v->elem_type == GGUFType::UINT64 ? int64_t(load_le<uint64_t>(p)) : int64_t(numeric_element(*v, k));
-    }
+    for (uint64_t k = 0; k < v->count; ++k) out[k] = v->element(k).i;
     return out;
 }
 

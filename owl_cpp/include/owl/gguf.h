@@ -30,6 +30,9 @@ struct GGUFValue {
     const uint8_t* data = nullptr;      // numeric elements (little-endian, unaligned)
     std::vector<std::string> strs;      // string elements
     std::vector<GGUFValue> items;       // array elements that are themselves arrays
+
+    // Element k of a numeric array, decoded exactly like a scalar of elem_type.
+    GGUFValue element(uint64_t k) const;
 };
 
 struct GGUFTensorInfo {
