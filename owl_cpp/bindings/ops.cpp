@@ -5,6 +5,7 @@
 
 #include <chrono>
 #include <cstring>
+#include <optional>
 #include <vector>
 
 #include "bindings.h"
@@ -163,27 +164,46 @@ void bind_ops(py::module_& parent) {
         (ref ? ops::softmax_ref : ops::softmax)(y.mutable_data(), x.size());
         return y;
     }, py::arg("x"), py::arg("ref") = false);
-    m.def("attention", [](const F32& q, const F32& k, const F32& v, int64_t n_past, float scale, int threads, bool ref) {
-        // q: [T, n_head, hd]; k, v: [n_head_kv, ctx, hd] holding at least n_past + T positions.
+    m.def("attention", [](const F32& q, const F32& k, const F32& v, int64_t n_past, float scale, int threads, bool ref,
+                          std::optional<F32> prefix_k, std::optional<F32> prefix_v,
+                          std::optional<py::array_t<int64_t, py::array::c_style | py::array::forcecast>> visible, bool text) {
+        // q: [T, n_head, hd]; k, v: [n_head_kv, ctx, hd] holding at least n_past + T positions;
+        // prefix_k, prefix_v: [rows, n_head_kv, hd] with visible: [T] (each in [0, rows]).
         if (q.ndim() != 3 || k.ndim() != 3 || v.ndim() != 3) throw py::value_error("q, k, v must be 3-D");
         ops::AttentionShape s;
         s.T = q.shape(0); s.n_head = q.shape(1); s.head_dim = q.shape(2);
         s.n_head_kv = k.shape(0); s.ctx_stride = k.shape(1); s.n_past = n_past; s.scale = scale;
-        if (k.shape(2) != s.head_dim || v.shape(0) != k.shape(0) || v.shape(1) != k.shape(1) || v.shape(2) != k.shape(2) ||
-            s.n_head % s.n_head_kv || n_past < 0 || n_past + s.T > s.ctx_stride)
+        if (s.T < 1 || s.n_head_kv < 1 || k.shape(2) != s.head_dim || v.shape(0) != k.shape(0) || v.shape(1) != k.shape(1) ||
+            v.shape(2) != k.shape(2) || s.n_head % s.n_head_kv || n_past < 0 || n_past + s.T > s.ctx_stride)
             throw py::value_error("inconsistent attention shapes");
+        ops::PrefixKV prefix;
+        if (prefix_k || prefix_v || visible) {
+            if (!prefix_k || !prefix_v || !visible) throw py::value_error("prefix_k, prefix_v and visible go together");
+            const F32& pk = *prefix_k;
+            const F32& pv = *prefix_v;
+            if (pk.ndim() != 3 || pk.shape(1) != s.n_head_kv || pk.shape(2) != s.head_dim || pv.ndim() != 3 ||
+                pv.shape(0) != pk.shape(0) || pv.shape(1) != pk.shape(1) || pv.shape(2) != pk.shape(2))
+                throw py::value_error("prefix_k / prefix_v must be [rows, n_head_kv, head_dim]");
+            if (visible->ndim() != 1 || visible->shape(0) != s.T) throw py::value_error("visible must hold one count per token");
+            for (int64_t t = 0; t < s.T; ++t)
+                if (visible->data()[t] < 0 || visible->data()[t] > pk.shape(0)) throw py::value_error("visible count out of range");
+            prefix = {pk.data(), pv.data(), visible->data()};
+        }
+        const ops::PrefixKV* pre = prefix.k ? &prefix : nullptr;
+        if (!pre && !text) throw py::value_error("text=False needs prefix keys");
         F32 out = empty_like({q.shape(0), q.shape(1), q.shape(2)});
         {
             py::gil_scoped_release release;
             if (ref) {
-                ops::attention_ref(s, q.data(), k.data(), v.data(), out.mutable_data());
+                ops::attention_ref(s, q.data(), k.data(), v.data(), out.mutable_data(), pre, text);
             } else {
                 ThreadPool pool(threads);
-                ops::attention(pool, s, q.data(), k.data(), v.data(), out.mutable_data());
+                ops::attention(pool, s, q.data(), k.data(), v.data(), out.mutable_data(), pre, text);
             }
         }
         return out;
-    }, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("n_past"), py::arg("scale"), py::arg("threads") = 1, py::arg("ref") = false);
+    }, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("n_past"), py::arg("scale"), py::arg("threads") = 1, py::arg("ref") = false,
+       py::arg("prefix_k") = py::none(), py::arg("prefix_v") = py::none(), py::arg("visible") = py::none(), py::arg("text") = true);
 }
 
 }  // namespace owl

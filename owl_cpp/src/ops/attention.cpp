@@ -1,9 +1,12 @@
-// Grouped-query causal attention. Work is split over (token, head) pairs; each keeps one row of scores.
-// Optional prefix keys (Owl3's visual tokens) join the same softmax ahead of the text keys.
+// Grouped-query causal attention: the driver. Work is split into units of one KV head's query rows for a run of
+// tokens (so each K/V block read from the cache serves all of them); the kernel for one unit lives in
+// attention_kernel.h, compiled per instruction set. Optional prefix keys (Owl3's visual tokens) join the same
+// softmax ahead of the text keys.
 #include <algorithm>
 #include <cmath>
 #include <vector>
 
+#include "isa.h"
 #include "owl/ops.h"
 
 namespace owl::ops {
@@ -28,55 +31,69 @@ int spans_for(const AttentionShape& s, int64_t t, int64_t h, const float* k, con
     return n;
 }
 
-// Eight independent partial sums: a single running sum is a chain of dependent adds the compiler may not
-// reorder, which made long-prompt attention latency-bound.
-inline float dot(const float* a, const float* b, int64_t n) {
-    float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-    int64_t i = 0;
-    for (; i + 8 <= n; i += 8)
-        for (int j = 0; j < 8; ++j) acc[j] += a[i + j] * b[i + j];
-    float s = 0.0f;
-    for (; i < n; ++i) s += a[i] * b[i];
-    return s + ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
-}
+// Rows (query vectors) per unit of work: enough for each K/V block copied out of the cache to be reused many
+// times, few enough that the unit's Q, O and scores stay in L1/L2.
+constexpr int64_t kUnitRows = 64;
 
-void attend_one(const AttentionShape& s, int64_t t, int64_t h, const float* q, const float* k, const float* v,
-                const PrefixKV* prefix, bool text, float* out, float* scores) {
+struct AttnJob {
+    const AttentionShape* s;
+    const float *q, *k, *v;
+    float* out;
+    const PrefixKV* prefix;
+    bool text;
+    isa::AttnFn fn;
+    int64_t group, tokens_per_unit, tiles, heads_per_unit, head_parts;
+};
+
+// Unit u -> (token tile, KV head, part of its query heads). Tiles are visited in the order 0, n-1, 1, n-2, ...
+// so that the contiguous ranges the pool hands to threads hold as many early (short) causal rows as late ones.
+void run_unit(const AttnJob& j, int64_t u, float* work) {
+    const AttentionShape& s = *j.s;
+    const int64_t part = u % j.head_parts;
+    const int64_t g = (u / j.head_parts) % s.n_head_kv;
+    const int64_t zig = u / (j.head_parts * s.n_head_kv);
+    const int64_t tile = zig % 2 == 0 ? zig / 2 : j.tiles - 1 - zig / 2;
     const int64_t hd = s.head_dim;
-    const float* qv = q + (t * s.n_head + h) * hd;
-    float* o = out + (t * s.n_head + h) * hd;
-    for (int64_t i = 0; i < hd; ++i) o[i] = 0.0f;
-    KeySpan spans[2];
-    const int n_spans = spans_for(s, t, h, k, v, prefix, text, spans);
-    int64_t n = 0;
-    for (int sp = 0; sp < n_spans; ++sp)
-        for (int64_t j = 0; j < spans[sp].n; ++j) {
-            scores[n++] = dot(qv, spans[sp].k + j * spans[sp].stride, hd) * s.scale;
-        }
-    if (n == 0) return;
-    softmax(scores, n);
-    n = 0;
-    for (int sp = 0; sp < n_spans; ++sp)
-        for (int64_t j = 0; j < spans[sp].n; ++j) {
-            const float p = scores[n++];
-            const float* vj = spans[sp].v + j * spans[sp].stride;
-            for (int64_t i = 0; i < hd; ++i) o[i] += p * vj[i];
-        }
+    isa::AttnArgs a;
+    a.q = j.q;
+    a.out = j.out;
+    a.n_head = s.n_head;
+    a.head_dim = hd;
+    a.t0 = tile * j.tokens_per_unit;
+    a.t1 = std::min(s.T, a.t0 + j.tokens_per_unit);
+    a.h0 = g * j.group + part * j.heads_per_unit;
+    a.h1 = std::min((g + 1) * j.group, a.h0 + j.heads_per_unit);
+    if (a.h0 >= a.h1) return;
+    a.scale = s.scale;
+    if (j.prefix) a.spans[a.n_spans++] = {j.prefix->k + g * hd, j.prefix->v + g * hd, s.n_head_kv * hd, j.prefix->visible, 0};
+    if (j.text) a.spans[a.n_spans++] = {j.k + g * s.ctx_stride * hd, j.v + g * s.ctx_stride * hd, hd, nullptr, s.n_past};
+    a.work = work;
+    j.fn(a);
 }
 
 }  // namespace
 
+namespace isa {
+int64_t attention_work_floats(int64_t rows, int64_t head_dim) {
+    const int64_t hd8 = (head_dim + 7) / 8 * 8;
+    return 2 * rows * hd8 + 2 * kAttnKeyBlock * hd8 + rows * kAttnKeyBlock + 2 * rows;
+}
+}  // namespace isa
+
 void attention(ThreadPool& pool, const AttentionShape& s, const float* q, const float* k, const float* v, float* out,
                const PrefixKV* prefix, bool text) {
-    thread_local std::vector<float> scores;
-    int64_t max_prefix = 0;
-    if (prefix)
-        for (int64_t t = 0; t < s.T; ++t) max_prefix = std::max(max_prefix, prefix->visible[t]);
-    const int64_t max_keys = max_prefix + (text ? s.n_past + s.T : 0);
-    pool.parallel_for(s.T * s.n_head, [&](int64_t i0, int64_t i1, int) {
-        if (scores.size() < size_t(max_keys)) scores.resize(size_t(max_keys));
-        for (int64_t i = i0; i < i1; ++i)
-            attend_one(s, i / s.n_head, i % s.n_head, q, k, v, prefix, text, out, scores.data());
+    AttnJob j{&s, q, k, v, out, prefix, text, isa::active().attention, s.n_head / s.n_head_kv, 1, 1, 1, 1};
+    j.tokens_per_unit = std::max<int64_t>(1, std::min(s.T, kUnitRows / j.group));
+    j.tiles = (s.T + j.tokens_per_unit - 1) / j.tokens_per_unit;
+    // Few tokens (decode): split each group's query heads so every thread has a unit.
+    const int64_t units_per_part = j.tiles * s.n_head_kv;
+    j.head_parts = std::min<int64_t>(j.group, (pool.size() + units_per_part - 1) / units_per_part);
+    j.heads_per_unit = (j.group + j.head_parts - 1) / j.head_parts;
+    const int64_t work_floats = isa::attention_work_floats(j.tokens_per_unit * j.heads_per_unit, s.head_dim);
+    pool.parallel_for(units_per_part * j.head_parts, [p = &j, work_floats](int64_t u0, int64_t u1, int) {
+        thread_local std::vector<float> work;  // grows only: no allocation once decode has warmed up
+        if (work.size() < size_t(work_floats)) work.resize(size_t(work_floats));
+        for (int64_t u = u0; u < u1; ++u) run_unit(*p, u, work.data());
     });
 }
 

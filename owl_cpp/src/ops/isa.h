@@ -43,11 +43,39 @@ using GemmFn = void (*)(const GemmArgs& a, int64_t r0, int64_t r1);
 // in another order (quantize_q4 below); the scales are always one per block, in order.
 using QuantizeFn = void (*)(const float* x, int64_t K, int8_t* qs, float* d);
 
+// One unit of attention work (ops::attention splits the work into these): query heads [h0, h1), all of one KV
+// head's group, for batch tokens [t0, t1), against up to two key spans in order (Owl3's visual prefix, then the
+// causal text keys), in one softmax. Rows of the unit are (token, head) pairs, token-major.
+constexpr int kAttnKeyBlock = 16;  // keys per step of the online softmax
+struct AttnSpan {
+    const float* k = nullptr;  // key j at k + j * stride, head_dim floats; values likewise
+    const float* v = nullptr;
+    int64_t stride = 0;
+    const int64_t* visible = nullptr;  // token t sees keys [0, visible[t]); null: [0, causal_base + t + 1)
+    int64_t causal_base = 0;
+};
+struct AttnArgs {
+    const float* q = nullptr;  // [T][n_head][head_dim]
+    float* out = nullptr;      // [T][n_head][head_dim]
+    int64_t n_head = 0, head_dim = 0;
+    int64_t t0 = 0, t1 = 0, h0 = 0, h1 = 0;
+    float scale = 1.0f;
+    AttnSpan spans[2];
+    int n_spans = 0;
+    // Scratch of attention_work_floats(rows, head_dim) floats, rows = (t1 - t0) * (h1 - h0), hd8 = head_dim
+    // rounded up to a multiple of 8: Q [rows][hd8], O [rows][hd8], K^T [hd8][16], V [16][hd8], S [rows][16],
+    // m [rows], l [rows].
+    float* work = nullptr;
+};
+using AttnFn = void (*)(const AttnArgs& a);
+int64_t attention_work_floats(int64_t rows, int64_t head_dim);  // defined in attention.cpp
+
 struct Kernels {
     const char* name;
     QuantizeFn quantize_q8;  // activations for Q8_0 weights
     QuantizeFn quantize_q4;  // activations for Q4_0 weights: same values, possibly in a kernel-specific byte order
     GemmFn f32, f16, bf16, q8_0, q4_0;
+    AttnFn attention;
 };
 
 // Entry points of the kernel files. Those whose file was not compiled for this target return nullptr.

@@ -6,6 +6,7 @@
 #include <cstring>
 
 #include "fp16_table.h"
+#include "attention_kernel.h"
 #include "gemm_driver.h"
 #include "isa.h"
 
@@ -138,6 +139,7 @@ const Kernels kGeneric = {
     drive<FloatTiles<LoadBF16>>,
     drive<QuantTiles<Q8Weights>>,
     drive<QuantTiles<Q4Weights>>,
+    attend_unit,
 };
 
 }  // namespace

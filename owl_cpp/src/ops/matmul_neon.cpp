@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <cstring>
 
+#include "attention_kernel.h"
 #include "gemm_driver.h"
 
 namespace owl::ops::isa {
@@ -171,6 +172,7 @@ const Kernels kKernels = {
     drive<FloatTiles<LoadBF16>>,
     drive<QuantTiles<Q8Weights>>,
     drive<QuantTiles<Q4Weights>>,
+    attend_unit,
 };
 
 }  // namespace

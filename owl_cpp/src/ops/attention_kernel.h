@@ -1,0 +1,187 @@
+// The attention kernel shared by every kernel file: one AttnArgs unit (a KV head's query rows for a run of
+// tokens) with an online softmax over blocks of kAttnKeyBlock keys, flash-attention style, so no score row longer
+// than one block ever exists. Written once with GCC/Clang vector extensions: each kernel file compiles its own
+// copy with its own target flags (AVX2 + FMA, AVX-512, NEON, or baseline SSE2), see isa.h.
+//
+// Per unit, in the caller's scratch (layout in isa.h):
+//   Q rows are copied once, pre-multiplied by scale * log2(e), so the softmax runs on exp2;
+//   for each key block: K^T (head_dim x 16) and V (16 x head_dim) are copied out of the cache (zero-padded to a
+//   multiple of 8 dimensions), S = Q K^T, each row is masked to the keys its token sees, and
+//   m = max(m, max S), l = l * 2^(m_old - m) + sum 2^(S - m), O = O * 2^(m_old - m) + 2^(S - m) V;
+//   finally out = O / l.
+// A row's arithmetic never depends on which other rows share its unit or tile, and a block whose keys a row
+// cannot see leaves that row untouched, so results do not depend on the thread count or the batch split.
+#pragma once
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+
+#include "isa.h"
+
+// 32-byte vectors passed between internal functions of the baseline build: no ABI is involved (internal linkage).
+// Not popped: GCC reports it where templates are instantiated, at the end of the including file.
+#pragma GCC diagnostic ignored "-Wpsabi"
+
+namespace owl::ops::isa {
+namespace {
+
+typedef float v8f __attribute__((vector_size(32)));
+typedef int32_t v8i __attribute__((vector_size(32)));
+
+constexpr int kKB = kAttnKeyBlock;
+
+inline v8f splat(float x) { return v8f{} + x; }
+inline v8f load8(const float* p) { v8f v; std::memcpy(&v, p, sizeof v); return v; }
+inline void store8(float* p, v8f v) { std::memcpy(p, &v, sizeof v); }
+inline v8f vmax(v8f a, v8f b) { return a > b ? a : b; }
+inline float hmax8(v8f v) {
+    float m = v[0];
+    for (int i = 1; i < 8; ++i) m = v[i] > m ? v[i] : m;
+    return m;
+}
+inline float hsum8(v8f v) { return ((v[0] + v[4]) + (v[1] + v[5])) + ((v[2] + v[6]) + (v[3] + v[7])); }
+
+// 2^x for x <= 0: round-to-nearest split x = n + f, |f| <= 1/2, 2^f by its Taylor polynomial of degree 6
+// (relative error < 2e-7), n added to the exponent. x < -126 (including -inf, a masked key) gives exactly 0.
+inline v8f exp2_nonpos(v8f x) {
+    const v8f lo = splat(-126.0f);
+    const v8f xc = x < lo ? lo : x;
+    const v8f magic = splat(12582912.0f);  // 1.5 * 2^23: adding it rounds to an integer held in the low bits
+    const v8f t = xc + magic;
+    const v8f n = t - magic;
+    const v8f f = xc - n;
+    v8f p = splat(1.5403530393381606e-4f);
+    p = p * f + splat(1.3333558146428443e-3f);
+    p = p * f + splat(9.6181291076284772e-3f);
+    p = p * f + splat(5.5504108664821580e-2f);
+    p = p * f + splat(2.4022650695910071e-1f);
+    p = p * f + splat(6.9314718055994531e-1f);
+    p = p * f + splat(1.0f);
+    const v8i e = ((v8i)t - (v8i)magic) << 23;
+    const v8f r = (v8f)((v8i)p + e);
+    return x < lo ? v8f{} : r;
+}
+
+// s[r][0..16) = sum_d q[r][d] * kt[d][0..16) for R rows; dims hd8 (a multiple of 8).
+template <int R>
+inline void scores_tile(const float* q, int64_t hd8, const float* kt, float* s) {
+    v8f acc[R][2];
+    for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = v8f{};
+    for (int64_t d = 0; d < hd8; ++d) {
+        const v8f k0 = load8(kt + d * kKB), k1 = load8(kt + d * kKB + 8);
+        for (int r = 0; r < R; ++r) {
+            const v8f b = splat(q[r * hd8 + d]);
+            acc[r][0] += b * k0;
+            acc[r][1] += b * k1;
+        }
+    }
+    for (int r = 0; r < R; ++r) {
+        store8(s + r * kKB, acc[r][0]);
+        store8(s + r * kKB + 8, acc[r][1]);
+    }
+}
+
+// o[r][:] += sum_j p[r][j] * v[j][:] over nk keys, for R rows, 8 dimensions at a time.
+template <int R>
+inline void pv_tile(const float* p, const float* v, int nk, float* o, int64_t hd8) {
+    for (int64_t d = 0; d < hd8; d += 8) {
+        v8f acc[R];
+        for (int r = 0; r < R; ++r) acc[r] = load8(o + r * hd8 + d);
+        for (int j = 0; j < nk; ++j) {
+            const v8f vj = load8(v + j * hd8 + d);
+            for (int r = 0; r < R; ++r) acc[r] += splat(p[r * kKB + j]) * vj;
+        }
+        for (int r = 0; r < R; ++r) store8(o + r * hd8 + d, acc[r]);
+    }
+}
+
+template <int R, class Fn>
+inline void for_row_tiles(int64_t rows, Fn&& fn) {
+    int64_t r = 0;
+    for (; r + R <= rows; r += R) fn(std::integral_constant<int, R>{}, r);
+    if constexpr (R > 1) {
+        if (r < rows) {
+            const int64_t rest = rows - r;
+            if (rest >= R / 2 && R / 2 >= 1) {
+                fn(std::integral_constant<int, R / 2>{}, r);
+                r += R / 2;
+            }
+            for (; r < rows; ++r) fn(std::integral_constant<int, 1>{}, r);
+        }
+    }
+}
+
+void attend_unit(const AttnArgs& a) {
+    const int64_t hd = a.head_dim, hd8 = (hd + 7) / 8 * 8;
+    const int64_t nh = a.h1 - a.h0, M = (a.t1 - a.t0) * nh;
+    float* qs = a.work;
+    float* o = qs + M * hd8;
+    float* kt = o + M * hd8;
+    float* vs = kt + hd8 * kKB;
+    float* s = vs + kKB * hd8;
+    float* m = s + M * kKB;
+    float* l = m + M;
+
+    const float qscale = a.scale * 1.4426950408889634f;  // log2(e): softmax via exp2
+    for (int64_t r = 0; r < M; ++r) {
+        const float* src = a.q + ((a.t0 + r / nh) * a.n_head + a.h0 + r % nh) * hd;
+        for (int64_t d = 0; d < hd8; ++d) qs[r * hd8 + d] = d < hd ? src[d] * qscale : 0.0f;
+        for (int64_t d = 0; d < hd8; ++d) o[r * hd8 + d] = 0.0f;
+        m[r] = -INFINITY;
+        l[r] = 0.0f;
+    }
+    const v8f lane_lo = {0, 1, 2, 3, 4, 5, 6, 7}, lane_hi = lane_lo + 8.0f;
+
+    for (int sp = 0; sp < a.n_spans; ++sp) {
+        const AttnSpan& span = a.spans[sp];
+        auto visible = [&](int64_t t) { return span.visible ? span.visible[t] : span.causal_base + t + 1; };
+        int64_t n_keys = 0;
+        for (int64_t t = a.t0; t < a.t1; ++t) n_keys = visible(t) > n_keys ? visible(t) : n_keys;
+
+        for (int64_t j0 = 0; j0 < n_keys; j0 += kKB) {
+            const int nk = int(n_keys - j0 < kKB ? n_keys - j0 : kKB);
+            for (int64_t d = 0; d < hd8; ++d)
+                for (int j = 0; j < kKB; ++j)
+                    kt[d * kKB + j] = (j < nk && d < hd) ? span.k[(j0 + j) * span.stride + d] : 0.0f;
+            for (int j = 0; j < nk; ++j) {
+                const float* vj = span.v + (j0 + j) * span.stride;
+                for (int64_t d = 0; d < hd8; ++d) vs[j * hd8 + d] = d < hd ? vj[d] : 0.0f;
+            }
+            for_row_tiles<4>(M, [&](auto R, int64_t r) { scores_tile<decltype(R)::value>(qs + r * hd8, hd8, kt, s + r * kKB); });
+
+            for (int64_t r = 0; r < M; ++r) {
+                float* sr = s + r * kKB;
+                const int64_t seen = visible(a.t0 + r / nh) - j0;  // keys of this block row r may see
+                if (seen <= 0) {  // none: p = 0 adds exactly nothing to o
+                    std::memset(sr, 0, sizeof(float) * kKB);
+                    continue;
+                }
+                const v8f limit = splat(float(seen < kKB ? seen : kKB));
+                const v8f s0 = lane_lo < limit ? load8(sr) : splat(-INFINITY);
+                const v8f s1 = lane_hi < limit ? load8(sr + 8) : splat(-INFINITY);
+                const float mx = hmax8(vmax(s0, s1));
+                if (mx > m[r]) {
+                    const float alpha = exp2_nonpos(splat(m[r] - mx))[0];
+                    for (int64_t d = 0; d < hd8; d += 8) store8(o + r * hd8 + d, load8(o + r * hd8 + d) * alpha);
+                    l[r] *= alpha;
+                    m[r] = mx;
+                }
+                const v8f p0 = exp2_nonpos(s0 - m[r]), p1 = exp2_nonpos(s1 - m[r]);
+                l[r] += hsum8(p0 + p1);
+                store8(sr, p0);
+                store8(sr + 8, p1);
+            }
+            for_row_tiles<4>(M, [&](auto R, int64_t r) { pv_tile<decltype(R)::value>(s + r * kKB, vs, nk, o + r * hd8, hd8); });
+        }
+    }
+
+    for (int64_t r = 0; r < M; ++r) {
+        float* dst = a.out + ((a.t0 + r / nh) * a.n_head + a.h0 + r % nh) * hd;
+        const float inv = l[r] > 0.0f ? 1.0f / l[r] : 0.0f;  // a row that saw no key gets zeros
+        for (int64_t d = 0; d < hd; ++d) dst[d] = o[r * hd8 + d] * inv;
+    }
+}
+
+}  // namespace
+}  // namespace owl::ops::isa
