@@ -156,3 +156,19 @@ def test_chunked_prefill_equals_single_batch(tiny_gguf):
     ids = prompt_ids(one)
     a, b = one.logits(ids), small.logits(ids)
     assert rel_err(b, a) < 1e-5
+
+
+def test_repacked_q4_0_equals_file_layout(tiny_gguf, monkeypatch):
+    """Q4_0 matrices repacked at load (BlockQ4_0x8, where the kernels have that path) give the logits of the
+    file's layout: both sum exact integer block products; only the fp32 accumulation order differs."""
+    from owl_cpp import _core
+
+    path = tiny_gguf("qwen2", "q4_0")
+    packed = owl_cpp.load(path, threads=2)
+    if _core.ops.kernels_use_q4x8():
+        assert packed._model.packed_bytes > 0
+    monkeypatch.setenv("OWL_REPACK", "0")
+    plain = owl_cpp.load(path, threads=2)
+    assert plain._model.packed_bytes == 0
+    ids = prompt_ids(packed)
+    assert rel_err(packed.logits(ids), plain.logits(ids)) < 1e-5

@@ -89,13 +89,16 @@ def test_supported_list_is_sane():
 
 
 @pytest.mark.parametrize("isa", ALL_ISAS)
-@pytest.mark.parametrize("type_name", list(TYPES))
+@pytest.mark.parametrize("type_name", list(TYPES) + ["Q4_0x8"])
 def test_every_isa_matches_reference(isa, type_name, isa_restore):
+    """Q4_0x8: Q4_0 weights repacked as at model load (the kernel set's lane-per-row path where it has one)."""
     if isa not in SUPPORTED:
         pytest.skip(f"this CPU / build cannot run {isa}")
     ops.set_isa(isa)
     assert ops.active_isa() == isa
     rng = np.random.default_rng(zlib.crc32(f"{isa} {type_name}".encode()))
+    packed = type_name == "Q4_0x8"
+    type_name = "Q4_0" if packed else type_name
     for rows, cols in SHAPES:
         raw = make_weights(type_name, rows, cols, rng)
         bias = rng.standard_normal(rows).astype(np.float32)
@@ -106,7 +109,7 @@ def test_every_isa_matches_reference(isa, type_name, isa_restore):
             exact = emulate(raw, type_name, rows, cols, x, b)
             first = None
             for threads in (1, 2, 3):
-                got = ops.matmul(raw, TYPES[type_name], rows, cols, x, b, threads=threads)
+                got = ops.matmul(raw, TYPES[type_name], rows, cols, x, b, threads=threads, packed=packed)
                 assert rel_err(got, exact) < 1e-5, (isa, type_name, rows, cols, T, threads, rel_err(got, exact))
                 if TOL[type_name] < 1e-4 or rows * T >= 32:
                     bound = TOL[type_name] if rows * T >= 256 or TOL[type_name] < 1e-4 else 2 * TOL[type_name]
@@ -136,25 +139,27 @@ def test_float_weights_any_column_count(isa, type_name, isa_restore):
                 assert rel_err(got, ref) < 1e-5, (isa, type_name, rows, cols, T, threads)
 
 
-@pytest.mark.parametrize("type_name", list(TYPES))
+@pytest.mark.parametrize("type_name", list(TYPES) + ["Q4_0x8"])
 def test_token_does_not_depend_on_batch(type_name, isa_restore):
     """A token's result does not depend on which other tokens share its register tile (T = 1 vs inside T = 7)."""
     rng = np.random.default_rng(7)
     rows, cols = 29, 224
+    packed = type_name == "Q4_0x8"
+    type_name = "Q4_0" if packed else type_name
     raw = make_weights(type_name, rows, cols, rng)
     x = rng.standard_normal((7, cols)).astype(np.float32)
     for isa in SUPPORTED:
         ops.set_isa(isa)
-        batch = ops.matmul(raw, TYPES[type_name], rows, cols, x, threads=2)
+        batch = ops.matmul(raw, TYPES[type_name], rows, cols, x, threads=2, packed=packed)
         for t in range(7):
-            one = ops.matmul(raw, TYPES[type_name], rows, cols, x[t:t + 1], threads=2)
+            one = ops.matmul(raw, TYPES[type_name], rows, cols, x[t:t + 1], threads=2, packed=packed)
             np.testing.assert_array_equal(one[0], batch[t], err_msg=f"{isa} {type_name} token {t}")
 
 
 @pytest.mark.parametrize("type_name", ["Q8_0", "Q4_0"])
 def test_quantized_paths_agree_across_isas(type_name, isa_restore):
-    """All variants quantize the activations identically and sum exact integer block products; only the fp32
-    accumulation order differs."""
+    """All variants, Q4_0 repacked or not, quantize the activations identically and sum exact integer block
+    products; only the fp32 accumulation order differs."""
     rng = np.random.default_rng(11)
     rows, cols, T = 45, 1024, 5
     raw = make_weights(type_name, rows, cols, rng)
@@ -164,7 +169,9 @@ def test_quantized_paths_agree_across_isas(type_name, isa_restore):
     want = ops.matmul(raw, TYPES[type_name], rows, cols, x)
     for isa in SUPPORTED:
         ops.set_isa(isa)
-        assert rel_err(ops.matmul(raw, TYPES[type_name], rows, cols, x), want) < 1e-6, isa
+        for packed in ([False, True] if type_name == "Q4_0" else [False]):
+            got = ops.matmul(raw, TYPES[type_name], rows, cols, x, packed=packed)
+            assert rel_err(got, want) < 1e-6, (isa, packed)
 
 
 def test_extreme_weights_do_not_saturate(isa_restore):
@@ -181,6 +188,24 @@ def test_extreme_weights_do_not_saturate(isa_restore):
         ops.set_isa(isa)
         got = ops.matmul(raw, TYPES["Q8_0"], rows, cols, x)
         assert rel_err(got, ref) < 1e-6, isa
+
+
+def test_extreme_q4_weights_do_not_saturate(isa_restore):
+    """Q4_0 nibbles of 15 / 0 against activations at +-127: the lane-per-row kernels add eight byte-pair sums in
+    int16 (at most 16 * 15 * 127 = 30480 per lane)."""
+    rows, cols = 11, 96
+    blocks = np.zeros((rows, cols // 32), dtype=[("d", "<f2"), ("qs", "u1", 16)])
+    blocks["d"] = 0.25
+    blocks["qs"][0::2] = 0xff  # every element 15 - 8 = +7
+    blocks["qs"][1::2] = 0x00  # every element 0 - 8 = -8
+    raw = blocks.view(np.uint8).reshape(-1)
+    x = np.stack([np.ones(cols), -np.ones(cols), np.where(np.arange(cols) % 3, 1.0, -1.0)]).astype(np.float32)
+    ref = ops.matmul(raw, TYPES["Q4_0"], rows, cols, x, ref=True)
+    for isa in SUPPORTED:
+        ops.set_isa(isa)
+        for packed in (False, True):
+            got = ops.matmul(raw, TYPES["Q4_0"], rows, cols, x, packed=packed)
+            assert rel_err(got, ref) < 1e-6, (isa, packed)
 
 
 def test_set_isa_rejects_unknown_and_unsupported(isa_restore):

@@ -29,6 +29,7 @@ void bind_model(py::module_& m) {
         })
         .def_property_readonly("weight_type", [](const Model& mo) { return dtype_name(mo.weight_type()); })
         .def_property_readonly("weight_bytes", &Model::weight_bytes)
+        .def_property_readonly("packed_bytes", &Model::packed_bytes)
         .def_property_readonly("tokenizer", [](const std::shared_ptr<Model>& mo) {
             // The tokenizer lives inside the model: an aliasing pointer keeps the model alive.
             return std::shared_ptr<Tokenizer>(mo, const_cast<Tokenizer*>(&mo->tokenizer()));

@@ -53,8 +53,16 @@ void bind_ops(py::module_& parent) {
         ops::quantize_row_q4_0(x.data(), reinterpret_cast<BlockQ4_0*>(&out[0]), x.size());
         return py::bytes(out);
     });
-    m.def("matmul", [](const U8& wdata, int dtype, int64_t rows, int64_t cols, const F32& x, py::object bias, int threads, bool ref) {
+    m.def("matmul", [](const U8& wdata, int dtype, int64_t rows, int64_t cols, const F32& x, py::object bias, int threads, bool ref,
+                       bool packed) {
         WeightView w = weight(wdata, dtype, rows, cols);
+        std::vector<uint8_t> q4x8;  // the load-time BlockQ4_0x8 copy, as Model::load makes it
+        if (packed) {
+            if (w.type != DType::Q4_0) throw py::value_error("packed=True needs Q4_0 weights");
+            q4x8.resize(size_t(ops::q4x8_bytes(rows, cols)));
+            ops::repack_q4x8(w, q4x8.data(), 0, rows);
+            w.packed_q4x8 = q4x8.data();
+        }
         if (x.ndim() != 2 || x.shape(1) != cols) throw py::value_error("x must be [T, cols]");
         const int64_t T = x.shape(0);
         F32 b;
@@ -76,7 +84,8 @@ void bind_ops(py::module_& parent) {
         }
         return y;
     }, py::arg("w"), py::arg("dtype"), py::arg("rows"), py::arg("cols"), py::arg("x"), py::arg("bias") = py::none(),
-       py::arg("threads") = 1, py::arg("ref") = false);
+       py::arg("threads") = 1, py::arg("ref") = false, py::arg("packed") = false);
+    m.def("kernels_use_q4x8", &ops::kernels_use_q4x8, "whether the active kernels have a repacked Q4_0 path");
     m.def("supported_isas", &ops::supported_isas, "matmul kernel variants this CPU and build can run");
     m.def("active_isa", &ops::active_isa, "the matmul kernel variant in use");
     m.def("set_isa", &ops::set_isa, py::arg("name"),

@@ -194,6 +194,17 @@ std::unique_ptr<GGUFFile> GGUFFile::from_buffer(const uint8_t* data, size_t size
     return f;
 }
 
+void GGUFFile::release_pages(const void* p, size_t n) const {
+    if (!map_) return;
+    const uintptr_t lo = reinterpret_cast<uintptr_t>(map_), hi = lo + map_size_;
+    const uintptr_t page = uintptr_t(sysconf(_SC_PAGESIZE));
+    uintptr_t b = reinterpret_cast<uintptr_t>(p), e = b + n;
+    if (b < lo || e > hi || b >= e) return;
+    b = (b + page - 1) / page * page;
+    e = e / page * page;
+    if (b < e) madvise(reinterpret_cast<void*>(b), e - b, MADV_DONTNEED);
+}
+
 GGUFFile::~GGUFFile() {
     if (map_) munmap(map_, map_size_);
 }

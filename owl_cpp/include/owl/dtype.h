@@ -29,6 +29,17 @@ struct BlockQ4_0 {
 };
 static_assert(sizeof(BlockQ4_0) == 18, "Q4_0 block must be 18 bytes");
 
+// Q4_0 repacked at load time (not a file format): one block of 8 consecutive rows, so a kernel can hold one row
+// per 32-bit vector lane. qs[32 * p + 4 * i + m] = row i's qs[4 * p + m] (p = 0..3, m = 0..3): each 32-byte
+// quarter holds four bytes of every row, its low nibbles elements 4p..4p+3 and high nibbles 16+4p..16+4p+3.
+// The blocks of one 8-row group are consecutive, so group g starts where row 8g would in plain Q4_0.
+constexpr int kQ4x8Rows = 8;
+struct BlockQ4_0x8 {
+    uint16_t d[kQ4x8Rows];
+    uint8_t qs[kQ4x8Rows * QK / 2];
+};
+static_assert(sizeof(BlockQ4_0x8) == kQ4x8Rows * sizeof(BlockQ4_0), "Q4_0x8 block must hold 8 Q4_0 blocks");
+
 // True when `id` is one of the types above.
 bool dtype_supported(uint32_t id);
 const char* dtype_name(DType t);

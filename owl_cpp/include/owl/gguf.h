@@ -80,6 +80,10 @@ public:
     const std::vector<GGUFTensorInfo>& tensors() const { return tensors_; }
     const GGUFTensorInfo* find_tensor(const std::string& name) const;
 
+    // Drops the resident pages of [p, p + n) inside the mapping (whole pages only; a later read faults them back
+    // in from the file). For tensors whose data now lives elsewhere (a repacked copy). No-op for buffers.
+    void release_pages(const void* p, size_t n) const;
+
 private:
     GGUFFile() = default;
     void parse(const uint8_t* base, size_t size);

@@ -68,15 +68,20 @@ public:
     // The dominant storage type of the layer matrices (what "Q4_0 model" means), for reports.
     DType weight_type() const { return layers_.empty() ? token_embd_.type : layers_[0].wq.type; }
     uint64_t weight_bytes() const;  // bytes of all tensors in the file
+    uint64_t packed_bytes() const { return packed_bytes_; }  // load-time repacked copies (weight_packing.cpp)
 
 private:
     Model() = default;
+    void pack_weights();  // Q4_0 matrices -> BlockQ4_0x8 when the active kernels use that layout
     std::unique_ptr<GGUFFile> file_;
     std::unique_ptr<Tokenizer> tokenizer_;
     HParams hp_;
     WeightView token_embd_, output_;
     std::vector<float> output_norm_;
     std::vector<LayerWeights> layers_;
+    struct FreeAligned { void operator()(uint8_t* p) const; };
+    std::unique_ptr<uint8_t, FreeAligned> packed_;
+    uint64_t packed_bytes_ = 0;
 };
 
 // Builds the tokenizer described by a GGUF file's tokenizer.ggml.* keys.

@@ -17,6 +17,9 @@ struct WeightView {
     int64_t rows = 0;
     int64_t cols = 0;
     const void* data = nullptr;
+    // Optional copy of a Q4_0 matrix in the BlockQ4_0x8 layout (rows padded to a multiple of 8 with zero
+    // blocks); matmul uses it when the active kernels can, and `data` otherwise.
+    const void* packed_q4x8 = nullptr;
     int64_t row_bytes() const { return dtype_row_bytes(type, cols); }
     const uint8_t* row(int64_t r) const { return static_cast<const uint8_t*>(data) + r * row_bytes(); }
 };
@@ -29,6 +32,12 @@ namespace ops {
 void dequantize_row(DType t, const void* src, float* dst, int64_t n);
 void quantize_row_q8_0(const float* src, BlockQ8_0* dst, int64_t n);
 void quantize_row_q4_0(const float* src, BlockQ4_0* dst, int64_t n);
+
+// Q4_0 -> BlockQ4_0x8 (see dtype.h): bytes needed, and the copy of rows [r0, r1) (multiples of 8, or r1 = rows).
+int64_t q4x8_bytes(int64_t rows, int64_t cols);
+void repack_q4x8(const WeightView& w, void* dst, int64_t r0, int64_t r1);
+// Whether the active kernels have a BlockQ4_0x8 path (a model repacks its Q4_0 matrices at load only then).
+bool kernels_use_q4x8();
 
 // y[t][r] = sum_k x[t][k] * W[r][k]  (+ bias[r] when bias != nullptr); x: [T][cols], y: [T][rows].
 void matmul(ThreadPool& pool, const WeightView& w, const float* x, int64_t T, const float* bias, float* y);

@@ -152,6 +152,7 @@ std::shared_ptr<Model> Model::load(const std::string& path) {
     m->tokenizer_ = tokenizer_from_gguf(f);
     if (m->tokenizer_->n_vocab() > hp.n_vocab)
         L.fail("tokenizer has " + std::to_string(m->tokenizer_->n_vocab()) + " tokens but token_embd has only " + std::to_string(hp.n_vocab) + " rows");
+    m->pack_weights();
     return m;
 }
 

@@ -51,6 +51,54 @@ void drive(const GemmArgs& a, int64_t r0, int64_t r1) {
     }
 }
 
+// The same loop nest for BlockQ4_0x8 weights, with 8-row groups for rows. Tiles::run<NG, NT>(a, g, t, b0, b1,
+// first) computes groups g..g+NG-1 (rows 8g.., those below N) x tokens t..t+NT-1 over blocks [b0, b1). A single
+// token (decode) takes Tiles::NG groups per tile, so each thread reads that many weight streams at once (one
+// stream left the memory system idle: 20% slower decode); more tokens take one group per tile.
+template <class Tiles, int NT>
+inline void q4x8_token_tail(const GemmArgs& a, int64_t g, int64_t t, int64_t rem, int64_t b0, int64_t b1, bool first) {
+    if constexpr (NT >= 1) {
+        if (rem == NT) {
+            Tiles::template run<1, NT>(a, g, t, b0, b1, first);
+            return;
+        }
+        q4x8_token_tail<Tiles, NT - 1>(a, g, t, rem, b0, b1, first);
+    }
+}
+
+template <class Tiles>
+void drive_q4x8(const GemmArgs& a, int64_t r0, int64_t r1) {
+    const int64_t tb = (a.tb <= 0 || a.tb >= a.T) ? a.T : a.tb;
+    const int64_t kc = (a.kc <= 0 || a.kc >= a.K) ? a.K : a.kc;
+    const int64_t g0 = r0 / kQ4x8Rows, g1 = (r1 + kQ4x8Rows - 1) / kQ4x8Rows;
+    for (int64_t t0 = 0; t0 < a.T; t0 += tb) {
+        const int64_t t1 = a.T - t0 > tb ? t0 + tb : a.T;
+        for (int64_t k0 = 0; k0 < a.K; k0 += kc) {
+            const int64_t k1 = a.K - k0 > kc ? k0 + kc : a.K;
+            const int64_t b0 = k0 / QK, b1 = k1 / QK;
+            if (a.T == 1) {
+                int64_t g = g0;
+                for (; g + Tiles::NG <= g1; g += Tiles::NG) Tiles::template run<Tiles::NG, 1>(a, g, 0, b0, b1, k0 == 0);
+                for (; g < g1; ++g) Tiles::template run<1, 1>(a, g, 0, b0, b1, k0 == 0);
+                continue;
+            }
+            for (int64_t g = g0; g < g1; ++g) {
+                int64_t t = t0;
+                for (; t + Tiles::TT <= t1; t += Tiles::TT) Tiles::template run<1, Tiles::TT>(a, g, t, b0, b1, k0 == 0);
+                if (t < t1) q4x8_token_tail<Tiles, Tiles::TT - 1>(a, g, t, t1 - t, b0, b1, k0 == 0);
+            }
+        }
+    }
+}
+
+// Store or accumulate one token's results for the rows of group g that exist.
+inline void put_group(const GemmArgs& a, int64_t g, int64_t t, const float* s, bool first) {
+    float* dst = a.y + t * a.N + g * kQ4x8Rows;
+    const int64_t n = a.N - g * kQ4x8Rows < kQ4x8Rows ? a.N - g * kQ4x8Rows : kQ4x8Rows;
+    const float* bias = a.bias ? a.bias + g * kQ4x8Rows : nullptr;
+    for (int64_t i = 0; i < n; ++i) dst[i] = first ? s[i] + (bias ? bias[i] : 0.0f) : dst[i] + s[i];
+}
+
 // Store (first chunk: y = s + bias) or accumulate (later chunks) one result.
 inline void put(const GemmArgs& a, int64_t r, int64_t t, float s, bool first) {
     float& dst = a.y[t * a.N + r];

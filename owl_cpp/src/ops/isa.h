@@ -24,6 +24,7 @@ struct GemmArgs {
     const float* x = nullptr;     // [T][K] float activations (F32 / F16 / BF16 weights)
     const int8_t* xq = nullptr;   // [T][K] activations quantized to int8 (Q8_0 / Q4_0 weights), token stride K
     const float* xd = nullptr;    // [T][K / 32] their per-block scales (fp32, not rounded to fp16)
+    const int32_t* xs = nullptr;  // [T][K / 32] per-block sums of xq (Q4_0x8 kernels only)
     const float* f16 = nullptr;   // fp16 -> fp32 table (65536 entries) for the block scales
     const float* bias = nullptr;  // [N] or null
     float* y = nullptr;           // [T][N]
@@ -75,6 +76,7 @@ struct Kernels {
     QuantizeFn quantize_q8;  // activations for Q8_0 weights
     QuantizeFn quantize_q4;  // activations for Q4_0 weights: same values, possibly in a kernel-specific byte order
     GemmFn f32, f16, bf16, q8_0, q4_0;
+    GemmFn q4_0x8;  // BlockQ4_0x8 weights (WeightView::packed_q4x8) against quantize_q8 activations + xs; may be null
     AttnFn attention;
 };
 

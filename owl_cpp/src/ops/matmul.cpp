@@ -49,7 +49,22 @@ struct QuantJob {
     int64_t K;
     int8_t* qs;
     float* d;
+    int32_t* sums;  // per-block sums of qs, for the BlockQ4_0x8 kernels; null when not needed
 };
+
+void quantize_tokens(const QuantJob& q, int64_t t0, int64_t t1) {
+    const int64_t nb = q.K / QK;
+    for (int64_t t = t0; t < t1; ++t) {
+        int8_t* qs = q.qs + t * q.K;
+        q.fn(q.x + t * q.K, q.K, qs, q.d + t * nb);
+        if (!q.sums) continue;
+        for (int64_t b = 0; b < nb; ++b) {
+            int32_t s = 0;
+            for (int i = 0; i < QK; ++i) s += qs[b * QK + i];
+            q.sums[t * nb + b] = s;
+        }
+    }
+}
 
 struct GemmJob {
     const isa::GemmArgs* a;
@@ -81,24 +96,29 @@ void matmul(ThreadPool& pool, const WeightView& w, const float* x, int64_t T, co
         case DType::Q8_0: fn = k.q8_0; break;
         case DType::Q4_0: fn = k.q4_0; break;
     }
+    const bool q4x8 = w.type == DType::Q4_0 && w.packed_q4x8 && k.q4_0x8;
+    if (q4x8) {
+        fn = k.q4_0x8;
+        a.w = static_cast<const uint8_t*>(w.packed_q4x8);
+    }
     if (!fn) throw Error(std::string("matmul: no kernel for weight type ") + dtype_name(w.type));
     if (w.type == DType::Q8_0 || w.type == DType::Q4_0) {
         if (K % QK) throw Error("matmul: quantized rows must have a multiple of 32 columns");
         thread_local ActScratch scratch;
         const int64_t nb = K / QK;
         const size_t q_bytes = size_t(T * K + 63) / 64 * 64;
-        uint8_t* buf = scratch.get(q_bytes + size_t(T * nb) * sizeof(float));
-        QuantJob q{w.type == DType::Q4_0 ? k.quantize_q4 : k.quantize_q8, x, K, reinterpret_cast<int8_t*>(buf), reinterpret_cast<float*>(buf + q_bytes)};
+        const size_t d_bytes = size_t(T * nb) * sizeof(float);
+        uint8_t* buf = scratch.get(q_bytes + d_bytes + (q4x8 ? d_bytes : 0));
+        QuantJob q{w.type == DType::Q4_0 && !q4x8 ? k.quantize_q4 : k.quantize_q8, x, K, reinterpret_cast<int8_t*>(buf),
+                   reinterpret_cast<float*>(buf + q_bytes), q4x8 ? reinterpret_cast<int32_t*>(buf + q_bytes + d_bytes) : nullptr};
         if (T < 8 || pool.size() == 1) {
-            for (int64_t t = 0; t < T; ++t) q.fn(x + t * K, K, q.qs + t * K, q.d + t * nb);
+            quantize_tokens(q, 0, T);
         } else {
-            pool.parallel_for(T, [p = &q](int64_t t0, int64_t t1, int) {
-                const int64_t nb = p->K / QK;
-                for (int64_t t = t0; t < t1; ++t) p->fn(p->x + t * p->K, p->K, p->qs + t * p->K, p->d + t * nb);
-            });
+            pool.parallel_for(T, [p = &q](int64_t t0, int64_t t1, int) { quantize_tokens(*p, t0, t1); });
         }
         a.xq = q.qs;
         a.xd = q.d;
+        a.xs = q.sums;
         act_bytes = 1;
     }
     a.tb = kTokenBlock;
@@ -116,6 +136,8 @@ void matmul(ThreadPool& pool, const WeightView& w, const float* x, int64_t T, co
         p->fn(*p->a, u0 * kRowAlign, r1);
     });
 }
+
+bool kernels_use_q4x8() { return isa::active().q4_0x8 != nullptr; }
 
 void matmul_ref(const WeightView& w, const float* x, int64_t T, const float* bias, float* y) {
     std::vector<float> row(size_t(w.cols));

@@ -130,6 +130,40 @@ struct QuantTiles {
     }
 };
 
+// BlockQ4_0x8 weights: the plain form of the lane-per-row kernels (see dtype.h for the layout). The nibble
+// products are summed unsigned and corrected by 8 * sum(x) (GemmArgs::xs), which is exactly the signed dot.
+struct Q4x8Tiles {
+    static constexpr int NG = 1, TT = 4;
+    template <int NG_, int NT>
+    static void run(const GemmArgs& a, int64_t g, int64_t t, int64_t b0, int64_t b1, bool first) {
+        for (int gi = 0; gi < NG_; ++gi) group<NT>(a, g + gi, t, b0, b1, first);
+    }
+    template <int NT>
+    static void group(const GemmArgs& a, int64_t g, int64_t t, int64_t b0, int64_t b1, bool first) {
+        const BlockQ4_0x8* w = reinterpret_cast<const BlockQ4_0x8*>(a.w + g * kQ4x8Rows * a.row_bytes);
+        const int64_t nb = a.K / QK;
+        float acc[NT][kQ4x8Rows] = {};
+        for (int64_t b = b0; b < b1; ++b) {
+            const BlockQ4_0x8& blk = w[b];
+            for (int j = 0; j < NT; ++j) {
+                const int8_t* xq = a.xq + (t + j) * a.K + b * QK;
+                const float dx = a.xd[(t + j) * nb + b];
+                const int32_t corr = 8 * a.xs[(t + j) * nb + b];
+                for (int i = 0; i < kQ4x8Rows; ++i) {
+                    int32_t sum = 0;
+                    for (int p = 0; p < 4; ++p)
+                        for (int m = 0; m < 4; ++m) {
+                            const int q = blk.qs[32 * p + 4 * i + m];
+                            sum += (q & 0x0f) * xq[4 * p + m] + (q >> 4) * xq[16 + 4 * p + m];
+                        }
+                    acc[j][i] += float(sum - corr) * (fp16_lookup(blk.d[i]) * dx);
+                }
+            }
+        }
+        for (int j = 0; j < NT; ++j) put_group(a, g, t + j, acc[j], first);
+    }
+};
+
 const Kernels kGeneric = {
     "generic",
     quantize_generic,
@@ -139,6 +173,7 @@ const Kernels kGeneric = {
     drive<FloatTiles<LoadBF16>>,
     drive<QuantTiles<Q8Weights>>,
     drive<QuantTiles<Q4Weights>>,
+    drive_q4x8<Q4x8Tiles>,
     attend_unit,
 };
 

@@ -172,6 +172,7 @@ const Kernels kKernels = {
     drive<FloatTiles<LoadBF16>>,
     drive<QuantTiles<Q8Weights>>,
     drive<QuantTiles<Q4Weights>>,
+    nullptr,  // no BlockQ4_0x8 kernel: Q4_0 stays in the file's layout
     attend_unit,
 };
 

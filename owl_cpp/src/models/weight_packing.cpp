@@ -1,0 +1,52 @@
+// Load-time repacking: Q4_0 matrices are copied into the BlockQ4_0x8 layout (dtype.h) when the active kernels
+// have a lane-per-row path for it (AVX2 and up: 1.5x the prefill throughput of the file's layout). The file stays
+// mapped (embedding lookups read it, and so would a kernel variant chosen later), but the pages of every
+// repacked tensor are released, so resident memory holds one copy of the weights.
+#include <cstdlib>
+#include <new>
+#include <string>
+
+#include "owl/model.h"
+
+namespace owl {
+
+void Model::FreeAligned::operator()(uint8_t* p) const { std::free(p); }
+
+void Model::pack_weights() {
+    const char* env = std::getenv("OWL_REPACK");  // OWL_REPACK=0 keeps the file's layout (A/B benchmarks)
+    if ((env && std::string(env) == "0") || !ops::kernels_use_q4x8()) return;
+    std::vector<WeightView*> views;
+    auto want = [&](WeightView& w) {
+        if (w.type == DType::Q4_0 && w.data && w.rows > 0) views.push_back(&w);
+    };
+    for (LayerWeights& l : layers_)
+        for (WeightView* w : {&l.wq, &l.wk, &l.wv, &l.wo, &l.ffn_gate, &l.ffn_up, &l.ffn_down, &l.hyper_kv, &l.hyper_gate_proj})
+            want(*w);
+    want(output_);
+    if (views.empty()) return;
+
+    constexpr size_t kAlign = 64;
+    std::vector<size_t> offset;
+    size_t total = 0;
+    for (const WeightView* w : views) {
+        offset.push_back(total);
+        total += (size_t(ops::q4x8_bytes(w->rows, w->cols)) + kAlign - 1) / kAlign * kAlign;
+    }
+    packed_.reset(static_cast<uint8_t*>(std::aligned_alloc(kAlign, total)));
+    if (!packed_) throw std::bad_alloc();
+    packed_bytes_ = total;
+
+    ThreadPool pool(ThreadPool::default_threads());
+    for (size_t i = 0; i < views.size(); ++i) {
+        WeightView& w = *views[i];
+        uint8_t* dst = packed_.get() + offset[i];
+        const int64_t groups = (w.rows + kQ4x8Rows - 1) / kQ4x8Rows;
+        pool.parallel_for(groups, [&](int64_t g0, int64_t g1, int) {
+            ops::repack_q4x8(w, dst, g0 * kQ4x8Rows, std::min(w.rows, g1 * kQ4x8Rows));
+        });
+        w.packed_q4x8 = dst;
+        file_->release_pages(w.data, size_t(w.rows * w.row_bytes()));
+    }
+}
+
+}  // namespace owl

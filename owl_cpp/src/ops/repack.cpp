@@ -1,0 +1,35 @@
+// Load-time weight layouts the kernels prefer over the file's: Q4_0 -> BlockQ4_0x8 (dtype.h).
+#include <cstring>
+
+#include "owl/error.h"
+#include "owl/ops.h"
+
+namespace owl::ops {
+
+int64_t q4x8_bytes(int64_t rows, int64_t cols) {
+    const int64_t groups = (rows + kQ4x8Rows - 1) / kQ4x8Rows;
+    return groups * (cols / QK) * int64_t(sizeof(BlockQ4_0x8));
+}
+
+void repack_q4x8(const WeightView& w, void* dst, int64_t r0, int64_t r1) {
+    if (w.type != DType::Q4_0 || w.cols % QK) throw Error("repack_q4x8: needs a Q4_0 matrix");
+    if (r0 % kQ4x8Rows || (r1 % kQ4x8Rows && r1 != w.rows) || r0 < 0 || r1 > w.rows)
+        throw Error("repack_q4x8: row range must be whole groups of 8");
+    const int64_t nb = w.cols / QK;
+    BlockQ4_0x8* out = static_cast<BlockQ4_0x8*>(dst);
+    for (int64_t g = r0 / kQ4x8Rows; g * kQ4x8Rows < r1; ++g) {
+        for (int64_t b = 0; b < nb; ++b) {
+            BlockQ4_0x8& o = out[g * nb + b];
+            std::memset(&o, 0, sizeof o);  // rows past the end: scale 0
+            for (int i = 0; i < kQ4x8Rows; ++i) {
+                const int64_t r = g * kQ4x8Rows + i;
+                if (r >= w.rows) break;
+                const BlockQ4_0& src = reinterpret_cast<const BlockQ4_0*>(w.row(r))[b];
+                o.d[i] = src.d;
+                for (int p = 0; p < 4; ++p) std::memcpy(o.qs + 32 * p + 4 * i, src.qs + 4 * p, 4);
+            }
+        }
+    }
+}
+
+}  // namespace owl::ops
