@@ -5,8 +5,8 @@
 //
 // Per unit, in the caller's scratch (layout in isa.h):
 //   Q rows are copied once, pre-multiplied by scale * log2(e), so the softmax runs on exp2;
-//   for each key block: K^T (head_dim x 16) and V (16 x head_dim) are copied out of the cache (zero-padded to a
-//   multiple of 8 dimensions), S = Q K^T, each row is masked to the keys its token sees, and
+//   for each key block: K^T (head_dim x 16) is copied out of the cache (zero-padded to a multiple of 8 dimensions;
+//   V too when head_dim is not one), S = Q K^T, each row is masked to the keys its token sees, and
 //   m = max(m, max S), l = l * 2^(m_old - m) + sum 2^(S - m), O = O * 2^(m_old - m) + 2^(S - m) V;
 //   finally out = O / l.
 // A row's arithmetic never depends on which other rows share its unit or tile, and a block whose keys a row
@@ -18,50 +18,12 @@
 #include <type_traits>
 
 #include "isa.h"
-
-// 32-byte vectors passed between internal functions of the baseline build: no ABI is involved (internal linkage).
-// Not popped: GCC reports it where templates are instantiated, at the end of the including file.
-#pragma GCC diagnostic ignored "-Wpsabi"
+#include "vec_math.h"
 
 namespace owl::ops::isa {
 namespace {
 
-typedef float v8f __attribute__((vector_size(32)));
-typedef int32_t v8i __attribute__((vector_size(32)));
-
 constexpr int kKB = kAttnKeyBlock;
-
-inline v8f splat(float x) { return v8f{} + x; }
-inline v8f load8(const float* p) { v8f v; std::memcpy(&v, p, sizeof v); return v; }
-inline void store8(float* p, v8f v) { std::memcpy(p, &v, sizeof v); }
-inline v8f vmax(v8f a, v8f b) { return a > b ? a : b; }
-inline float hmax8(v8f v) {
-    float m = v[0];
-    for (int i = 1; i < 8; ++i) m = v[i] > m ? v[i] : m;
-    return m;
-}
-inline float hsum8(v8f v) { return ((v[0] + v[4]) + (v[1] + v[5])) + ((v[2] + v[6]) + (v[3] + v[7])); }
-
-// 2^x for x <= 0: round-to-nearest split x = n + f, |f| <= 1/2, 2^f by its Taylor polynomial of degree 6
-// (relative error < 2e-7), n added to the exponent. x < -126 (including -inf, a masked key) gives exactly 0.
-inline v8f exp2_nonpos(v8f x) {
-    const v8f lo = splat(-126.0f);
-    const v8f xc = x < lo ? lo : x;
-    const v8f magic = splat(12582912.0f);  // 1.5 * 2^23: adding it rounds to an integer held in the low bits
-    const v8f t = xc + magic;
-    const v8f n = t - magic;
-    const v8f f = xc - n;
-    v8f p = splat(1.5403530393381606e-4f);
-    p = p * f + splat(1.3333558146428443e-3f);
-    p = p * f + splat(9.6181291076284772e-3f);
-    p = p * f + splat(5.5504108664821580e-2f);
-    p = p * f + splat(2.4022650695910071e-1f);
-    p = p * f + splat(6.9314718055994531e-1f);
-    p = p * f + splat(1.0f);
-    const v8i e = ((v8i)t - (v8i)magic) << 23;
-    const v8f r = (v8f)((v8i)p + e);
-    return x < lo ? v8f{} : r;
-}
 
 // s[r][0..16) = sum_d q[r][d] * kt[d][0..16) for R rows; dims hd8 (a multiple of 8).
 template <int R>
@@ -82,17 +44,26 @@ inline void scores_tile(const float* q, int64_t hd8, const float* kt, float* s) 
     }
 }
 
-// o[r][:] += sum_j p[r][j] * v[j][:] over nk keys, for R rows, 8 dimensions at a time.
+// o[r][:] += sum_j p[r][j] * v[j][:] over nk keys (v rows vstride floats apart), for R rows, 8 dimensions at a time.
 template <int R>
-inline void pv_tile(const float* p, const float* v, int nk, float* o, int64_t hd8) {
+inline void pv_tile(const float* p, const float* v, int64_t vstride, int nk, float* o, int64_t hd8) {
     for (int64_t d = 0; d < hd8; d += 8) {
         v8f acc[R];
         for (int r = 0; r < R; ++r) acc[r] = load8(o + r * hd8 + d);
         for (int j = 0; j < nk; ++j) {
-            const v8f vj = load8(v + j * hd8 + d);
+            const v8f vj = load8(v + j * vstride + d);
             for (int r = 0; r < R; ++r) acc[r] += splat(p[r * kKB + j]) * vj;
         }
         for (int r = 0; r < R; ++r) store8(o + r * hd8 + d, acc[r]);
+    }
+}
+
+// K^T of one block: kt[d][j] = k[j][d], zero where j >= nk or d >= hd.
+inline void transpose_keys(const float* k, int64_t stride, int nk, int64_t hd, int64_t hd8, float* kt) {
+    if (nk < kKB || hd < hd8) std::memset(kt, 0, sizeof(float) * size_t(hd8 * kKB));
+    for (int j = 0; j < nk; ++j) {
+        const float* kj = k + j * stride;
+        for (int64_t d = 0; d < hd; ++d) kt[d * kKB + j] = kj[d];
     }
 }
 
@@ -141,12 +112,15 @@ void attend_unit(const AttnArgs& a) {
 
         for (int64_t j0 = 0; j0 < n_keys; j0 += kKB) {
             const int nk = int(n_keys - j0 < kKB ? n_keys - j0 : kKB);
-            for (int64_t d = 0; d < hd8; ++d)
-                for (int j = 0; j < kKB; ++j)
-                    kt[d * kKB + j] = (j < nk && d < hd) ? span.k[(j0 + j) * span.stride + d] : 0.0f;
-            for (int j = 0; j < nk; ++j) {
-                const float* vj = span.v + (j0 + j) * span.stride;
-                for (int64_t d = 0; d < hd8; ++d) vs[j * hd8 + d] = d < hd ? vj[d] : 0.0f;
+            transpose_keys(span.k + j0 * span.stride, span.stride, nk, hd, hd8, kt);
+            // V rows are read in place when whole vectors; an odd head_dim copies them zero-padded.
+            const float* vb = span.v + j0 * span.stride;
+            int64_t vstride = span.stride;
+            if (hd < hd8) {
+                for (int j = 0; j < nk; ++j)
+                    for (int64_t d = 0; d < hd8; ++d) vs[j * hd8 + d] = d < hd ? vb[j * span.stride + d] : 0.0f;
+                vb = vs;
+                vstride = hd8;
             }
             for_row_tiles<4>(M, [&](auto R, int64_t r) { scores_tile<decltype(R)::value>(qs + r * hd8, hd8, kt, s + r * kKB); });
 
@@ -172,7 +146,7 @@ void attend_unit(const AttnArgs& a) {
                 store8(sr, p0);
                 store8(sr + 8, p1);
             }
-            for_row_tiles<4>(M, [&](auto R, int64_t r) { pv_tile<decltype(R)::value>(s + r * kKB, vs, nk, o + r * hd8, hd8); });
+            for_row_tiles<4>(M, [&](auto R, int64_t r) { pv_tile<decltype(R)::value>(s + r * kKB, vb, vstride, nk, o + r * hd8, hd8); });
         }
     }
 

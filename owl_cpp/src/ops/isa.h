@@ -78,6 +78,7 @@ struct Kernels {
     GemmFn f32, f16, bf16, q8_0, q4_0;
     GemmFn q4_0x8;  // BlockQ4_0x8 weights (WeightView::packed_q4x8) against quantize_q8 activations + xs; may be null
     AttnFn attention;
+    void (*swiglu)(const float* gate, const float* up, float* out, int64_t n);
 };
 
 // Entry points of the kernel files. Those whose file was not compiled for this target return nullptr.

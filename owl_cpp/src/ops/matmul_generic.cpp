@@ -175,6 +175,7 @@ const Kernels kGeneric = {
     drive<QuantTiles<Q4Weights>>,
     drive_q4x8<Q4x8Tiles>,
     attend_unit,
+    swiglu_v,
 };
 
 }  // namespace

@@ -174,6 +174,7 @@ const Kernels kKernels = {
     drive<QuantTiles<Q4Weights>>,
     nullptr,  // no BlockQ4_0x8 kernel: Q4_0 stays in the file's layout
     attend_unit,
+    swiglu_v,
 };
 
 }  // namespace
