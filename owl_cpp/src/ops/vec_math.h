@@ -46,23 +46,25 @@ inline v8f exp2_nonpos(v8f x) {
     return x < lo ? v8f{} : r;
 }
 
-// e^x for any x: 2^(x log2 e) with the exponent clamped to [-126, 126] (results below 2^-126 or above 2^126
-// saturate there instead of going to 0 / inf, which callers below do not mind).
+// e^x for any x, within 2 ulp: x = n ln2 + r with n = round(x / ln2) and r computed in two steps (ln2 split into
+// a part exact in float times n, plus the rest), e^r by its Taylor polynomial of degree 7 (|r| <= ln2 / 2: error
+// < 6e-9), n added to the exponent. Reducing through x * log2(e) instead would cost up to 20 ulp at |x| = 20.
+// x is clamped to +-87 (about 2^+-125.5): results past that saturate instead of reaching 0 / inf.
 inline v8f exp_v(v8f x) {
-    v8f y = x * 1.4426950408889634f;
-    y = y < -126.0f ? splat(-126.0f) : y;
-    y = y > 126.0f ? splat(126.0f) : y;
+    x = x < -87.0f ? splat(-87.0f) : x;
+    x = x > 87.0f ? splat(87.0f) : x;
     const v8f magic = splat(12582912.0f);
-    const v8f t = y + magic;
-    const v8f f = y - (t - magic);
-    v8f p = splat(1.5403530393381606e-4f);
-    p = p * f + splat(1.3333558146428443e-3f);
-    p = p * f + splat(9.6181291076284772e-3f);
-    p = p * f + splat(5.5504108664821580e-2f);
-    p = p * f + splat(2.4022650695910071e-1f);
-    p = p * f + splat(6.9314718055994531e-1f);
-    p = p * f + splat(1.0f);
-    return (v8f)((v8i)p + (((v8i)t - (v8i)magic) << 23));
+    const v8f n = x * 1.4426950408889634f + magic - magic;
+    const v8f r = (x - n * 0.693145751953125f) - n * 1.428606765330187e-6f;  // ln2 = 0.693145751953125 + 1.4286e-6
+    v8f p = splat(1.0f / 5040.0f);
+    p = p * r + splat(1.0f / 720.0f);
+    p = p * r + splat(1.0f / 120.0f);
+    p = p * r + splat(1.0f / 24.0f);
+    p = p * r + splat(1.0f / 6.0f);
+    p = p * r + splat(0.5f);
+    p = p * r + splat(1.0f);
+    p = p * r + splat(1.0f);
+    return (v8f)((v8i)p + (__builtin_convertvector(n, v8i) << 23));
 }
 
 // out[i] = silu(gate[i]) * up[i] = gate[i] / (1 + e^-gate[i]) * up[i]; out may alias gate.
