@@ -1,11 +1,14 @@
-// Internal interface between matmul's dispatcher (matmul.cpp, isa.cpp) and the per-instruction-set kernel files
-// (matmul_generic.cpp, matmul_avx2*.cpp, matmul_avx512*.cpp, matmul_neon.cpp).
+// Internal interface between the dispatchers (matmul.cpp, attention.cpp, activation.cpp; isa.cpp picks the set)
+// and the per-instruction-set kernel files (matmul_generic.cpp, matmul_avx2*.cpp, matmul_avx512*.cpp,
+// matmul_neon.cpp).
 //
 // Each kernel file is compiled with its own target flags (CMakeLists.txt), so it must not instantiate any inline
 // or template function that another file also instantiates: the linker keeps one copy of such a function, and it
 // could be the AVX-512 one called from generic code. Kernel files therefore include only this header, dtype.h's
-// block structs (no calls to its inline helpers), <cstdint>/<cstring> and intrinsics headers, and keep everything
-// they define in an unnamed namespace, apart from their one kernels_*() entry point.
+// block structs (no calls to its inline helpers), <cstdint>/<cstring> and intrinsics headers, and the shared
+// kernel headers that follow the same rule (gemm_driver.h, attention_kernel.h, vec_math.h, q4x8_avx2.h,
+// quant_act_avx2.h); and they keep everything they define in an unnamed namespace, apart from their one
+// kernels_*() entry point.
 #pragma once
 #include <cstdint>
 
