@@ -72,3 +72,13 @@ def tiny_owl3_model(tmp_path_factory):
         return cache[variant]
 
     return get
+
+
+@pytest.fixture
+def isa_restore():
+    """Puts back the kernel variant that was active before the test (tests switch it with ops.set_isa)."""
+    from owl_cpp import _core
+
+    before = _core.ops.active_isa()
+    yield
+    _core.ops.set_isa(before)

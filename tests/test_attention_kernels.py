@@ -19,13 +19,6 @@ ops = _core.ops
 SUPPORTED = ops.supported_isas()
 
 
-@pytest.fixture
-def isa_restore():
-    before = ops.active_isa()
-    yield
-    ops.set_isa(before)
-
-
 def rel_err(a, b):
     return float(np.abs(np.asarray(a, np.float64) - b).max() / max(np.abs(b).max(), 1e-30))
 

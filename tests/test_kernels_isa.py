@@ -72,13 +72,6 @@ def emulate(raw, type_name, rows, cols, x, bias):
     return xe @ w.T + (0 if bias is None else bias.astype(np.float64))
 
 
-@pytest.fixture
-def isa_restore():
-    before = ops.active_isa()
-    yield
-    ops.set_isa(before)
-
-
 def test_supported_list_is_sane():
     assert SUPPORTED[0] == "generic"
     assert set(SUPPORTED) <= set(ALL_ISAS)

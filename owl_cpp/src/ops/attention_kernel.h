@@ -67,20 +67,18 @@ inline void transpose_keys(const float* k, int64_t stride, int nk, int64_t hd, i
     }
 }
 
+// fn(integral_constant<R'>, r) over rows [0, rows): tiles of R, then one of R / 2 if it fits, then single rows.
 template <int R, class Fn>
 inline void for_row_tiles(int64_t rows, Fn&& fn) {
     int64_t r = 0;
     for (; r + R <= rows; r += R) fn(std::integral_constant<int, R>{}, r);
     if constexpr (R > 1) {
-        if (r < rows) {
-            const int64_t rest = rows - r;
-            if (rest >= R / 2 && R / 2 >= 1) {
-                fn(std::integral_constant<int, R / 2>{}, r);
-                r += R / 2;
-            }
-            for (; r < rows; ++r) fn(std::integral_constant<int, 1>{}, r);
+        if (r + R / 2 <= rows) {
+            fn(std::integral_constant<int, R / 2>{}, r);
+            r += R / 2;
         }
     }
+    for (; r < rows; ++r) fn(std::integral_constant<int, 1>{}, r);
 }
 
 void attend_unit(const AttnArgs& a) {
