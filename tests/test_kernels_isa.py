@@ -134,7 +134,8 @@ def test_float_weights_any_column_count(isa, type_name, isa_restore):
 
 @pytest.mark.parametrize("type_name", list(TYPES) + ["Q4_0x8"])
 def test_token_does_not_depend_on_batch(type_name, isa_restore):
-    """A token's result does not depend on which other tokens share its register tile (T = 1 vs inside T = 7)."""
+    """A token's result does not depend on which other tokens share its register tile (T = 1 vs inside T = 7).
+    Float weights switch to another summation order from 16 tokens on (see the next test)."""
     rng = np.random.default_rng(7)
     rows, cols = 29, 224
     packed = type_name == "Q4_0x8"
@@ -147,6 +148,25 @@ def test_token_does_not_depend_on_batch(type_name, isa_restore):
         for t in range(7):
             one = ops.matmul(raw, TYPES[type_name], rows, cols, x[t:t + 1], threads=2, packed=packed)
             np.testing.assert_array_equal(one[0], batch[t], err_msg=f"{isa} {type_name} token {t}")
+
+
+@pytest.mark.parametrize("type_name", ["F32", "F16", "BF16"])
+def test_long_batches_do_not_depend_on_batch(type_name, isa_restore):
+    """Float weights from 16 tokens on run packed fp32 panels (float_panels.h), whose lanes each sum one (row, token)
+    pair in column order: a token's result is the same inside any batch of 16 or more, whatever its position, the
+    thread split or the partial panels and column chunks (37 rows: 16 + 16 + 5; 803 columns: 3 chunks and a tail)."""
+    rng = np.random.default_rng(13)
+    rows, cols = 37, 803
+    raw = make_weights(type_name, rows, cols, rng)
+    bias = rng.standard_normal(rows).astype(np.float32)
+    x = rng.standard_normal((41, cols)).astype(np.float32)
+    for isa in SUPPORTED:
+        ops.set_isa(isa)
+        whole = ops.matmul(raw, TYPES[type_name], rows, cols, x, bias, threads=2)
+        for t0, t1, threads in ((0, 16, 1), (5, 22, 3), (20, 41, 2)):
+            part = ops.matmul(raw, TYPES[type_name], rows, cols, x[t0:t1], bias, threads=threads)
+            np.testing.assert_array_equal(part, whole[t0:t1], err_msg=f"{isa} {type_name} tokens {t0}:{t1}")
+        assert rel_err(whole, emulate(raw, type_name, rows, cols, x, bias)) < 1e-5, isa
 
 
 @pytest.mark.parametrize("type_name", ["Q8_0", "Q4_0"])

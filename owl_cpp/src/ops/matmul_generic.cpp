@@ -7,6 +7,7 @@
 
 #include "fp16_table.h"
 #include "attention_kernel.h"
+#include "float_panels.h"
 #include "gemm_driver.h"
 #include "isa.h"
 
@@ -76,6 +77,18 @@ struct FloatTiles {
             }
     }
 };
+
+// Conversion of a run of columns to fp32 for float_panels.h.
+template <class Load>
+struct PanelLoad {
+    static void to_f32(const uint8_t* row, int64_t k, int64_t n, float* out) {
+        int64_t i = 0;
+        for (; i + 8 <= n; i += 8) Load::load8(row, k + i, out + i);
+        for (; i < n; ++i) out[i] = Load::one(row, k + i);
+    }
+};
+template <class Load>
+constexpr GemmFn kFloatGemm = gemm_float<PanelLoad<Load>, FloatTiles<Load>>;
 
 // ---- quantized weights x int8 activations ----
 
@@ -168,9 +181,9 @@ const Kernels kGeneric = {
     "generic",
     quantize_generic,
     quantize_generic,
-    drive<FloatTiles<LoadF32>>,
-    drive<FloatTiles<LoadF16>>,
-    drive<FloatTiles<LoadBF16>>,
+    kFloatGemm<LoadF32>,
+    kFloatGemm<LoadF16>,
+    kFloatGemm<LoadBF16>,
     drive<QuantTiles<Q8Weights>>,
     drive<QuantTiles<Q4Weights>>,
     drive_q4x8<Q4x8Tiles>,

@@ -10,6 +10,7 @@
 #include <cstring>
 
 #include "attention_kernel.h"
+#include "float_panels.h"
 #include "gemm_driver.h"
 
 namespace owl::ops::isa {
@@ -96,6 +97,18 @@ struct FloatTiles {
     }
 };
 
+// Conversion of a run of columns to fp32 for float_panels.h.
+template <class Load>
+struct PanelLoad {
+    static void to_f32(const uint8_t* row, int64_t k, int64_t n, float* out) {
+        int64_t i = 0;
+        for (; i + 4 <= n; i += 4) vst1q_f32(out + i, Load::load(row, k + i));
+        for (; i < n; ++i) out[i] = Load::one(row, k + i);
+    }
+};
+template <class Load>
+constexpr GemmFn kFloatGemm = gemm_float<PanelLoad<Load>, FloatTiles<Load>>;
+
 // ---- quantized weights x int8 activations: one block of 32 per step ----
 
 // Sum of w[l] * x[l] over a block, as four int32 lanes (signed bytes; |products| <= 128 * 127).
@@ -167,9 +180,9 @@ const Kernels kKernels = {
     "neon",
     quantize_q8_neon,
     quantize_q8_neon,
-    drive<FloatTiles<LoadF32>>,
-    drive<FloatTiles<LoadF16>>,
-    drive<FloatTiles<LoadBF16>>,
+    kFloatGemm<LoadF32>,
+    kFloatGemm<LoadF16>,
+    kFloatGemm<LoadBF16>,
     drive<QuantTiles<Q8Weights>>,
     drive<QuantTiles<Q4Weights>>,
     nullptr,  // no BlockQ4_0x8 kernel: Q4_0 stays in the file's layout
