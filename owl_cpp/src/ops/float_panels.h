@@ -85,29 +85,42 @@ struct PanelPrefetch {
     }
 };
 
-// y rows [r, r + n) x tokens [t, t + NT) (+ bias when `first`, else added to y) over the panel's kn columns.
-template <int NT>
-inline void panel_tile(const GemmArgs& a, const float* panel, int64_t kn, int64_t r, int n, int64_t t, int64_t k0,
-                       bool first) {
-    const float* x[NT];
-    for (int j = 0; j < NT; ++j) x[j] = a.x + (t + j) * a.K + k0;
+// Activations of tokens [t0, t1), columns [k0, k0 + kn), interleaved by tiles of kPanelTokens: xp[m][k][j] =
+// x[t0 + 6m + j][k0 + k], zero past t1. The tile then reads one pointer: with six row pointers GCC ran out of
+// registers and reloaded them from the stack every step (15% slower).
+inline void pack_tokens(const GemmArgs& a, int64_t t0, int64_t t1, int64_t k0, int64_t kn, float* xp) {
+    for (int64_t t = t0; t < t1; t += kPanelTokens, xp += kn * kPanelTokens) {
+        for (int j = 0; j < kPanelTokens; ++j) {
+            if (t + j < t1) {
+                const float* x = a.x + (t + j) * a.K + k0;
+                for (int64_t k = 0; k < kn; ++k) xp[k * kPanelTokens + j] = x[k];
+            } else {
+                for (int64_t k = 0; k < kn; ++k) xp[k * kPanelTokens + j] = 0.0f;
+            }
+        }
+    }
+}
+
+// y rows [r, r + n) x tokens [t, t + nt) (+ bias when `first`, else added to y) over the panel's kn columns.
+inline void panel_tile(const GemmArgs& a, const float* panel, const float* xp, int64_t kn, int64_t r, int n, int64_t t,
+                       int nt, bool first) {
     // This tile's y lines (a long stride apart, re-read once per column chunk) are requested now and used after
     // the loop: without it their misses cost ~10% of the time on large matrices.
-    OWL_PANEL_UNROLL for (int j = 0; j < NT; ++j) {
+    for (int j = 0; j < nt; ++j) {
         __builtin_prefetch(a.y + (t + j) * a.N + r, 1);
         __builtin_prefetch(a.y + (t + j) * a.N + r + kPanelRows - 1, 1);
     }
-    v8f acc[NT][2];
-    OWL_PANEL_UNROLL for (int j = 0; j < NT; ++j) acc[j][0] = acc[j][1] = v8f{};
+    v8f acc[kPanelTokens][2];
+    OWL_PANEL_UNROLL for (int j = 0; j < kPanelTokens; ++j) acc[j][0] = acc[j][1] = v8f{};
     for (int64_t k = 0; k < kn; ++k) {  // 2 loads, 6 broadcasts, 12 FMAs
         const v8f w0 = load8(panel + k * kPanelRows), w1 = load8(panel + k * kPanelRows + 8);
-        OWL_PANEL_UNROLL for (int j = 0; j < NT; ++j) {
-            const v8f xb = splat(x[j][k]);
+        OWL_PANEL_UNROLL for (int j = 0; j < kPanelTokens; ++j) {
+            const v8f xb = splat(xp[k * kPanelTokens + j]);
             acc[j][0] += w0 * xb;
             acc[j][1] += w1 * xb;
         }
     }
-    for (int j = 0; j < NT; ++j) {
+    for (int j = 0; j < nt; ++j) {
         float* dst = a.y + (t + j) * a.N + r;
         if (n == kPanelRows) {
             v8f lo = acc[j][0], hi = acc[j][1];
@@ -131,44 +144,34 @@ inline void panel_tile(const GemmArgs& a, const float* panel, int64_t kn, int64_
     }
 }
 
-template <int NT>
-inline void panel_token_tail(const GemmArgs& a, const float* panel, int64_t kn, int64_t r, int n, int64_t t, int64_t rem,
-                             int64_t k0, bool first) {
-    if constexpr (NT >= 1) {
-        if (rem == NT) {
-            panel_tile<NT>(a, panel, kn, r, n, t, k0, first);
-            return;
-        }
-        panel_token_tail<NT - 1>(a, panel, kn, r, n, t, rem, k0, first);
-    }
-}
-
-// Rows [r0, r1) of y = W x for all tokens; a.tb / a.kc are not used (the blocking is the constants above).
+// Rows [r0, r1) of y = W x for all tokens, blocked by the constants above (a.tb / a.kc are not used).
 template <class Load>
 void drive_panels(const GemmArgs& a, int64_t r0, int64_t r1) {
-    alignas(64) float panel[kPanelCols * kPanelRows];
-    for (int64_t t0 = 0; t0 < a.T; t0 += kPanelTokenBlock) {
-        const int64_t t1 = a.T - t0 > kPanelTokenBlock ? t0 + kPanelTokenBlock : a.T;
-        for (int64_t k0 = 0; k0 < a.K; k0 += kPanelCols) {
-            const int64_t kn = a.K - k0 > kPanelCols ? kPanelCols : a.K - k0;
-            for (int64_t r = r0; r < r1; r += kPanelRows) {
-                const int n = r1 - r > kPanelRows ? kPanelRows : int(r1 - r);
-                pack_panel<Load>(a, r, n, k0, kn, panel);
-                PanelPrefetch next(a, r + kPanelRows, r1, k0, kn);
-                int64_t t = t0;
-                for (; t + kPanelTokens <= t1; t += kPanelTokens) {
-                    next.step(8);
-                    panel_tile<kPanelTokens>(a, panel, kn, r, n, t, k0, k0 == 0);
-                }
-                if (t < t1) panel_token_tail<kPanelTokens - 1>(a, panel, kn, r, n, t, t1 - t, k0, k0 == 0);
+    float* xp = a.scratch;  // [token block][columns], then the weight panel
+    float* panel = a.scratch + (kPanelTokenBlock + kPanelTokens) * kPanelCols;
+    GemmArgs blocks = a;
+    blocks.tb = kPanelTokenBlock;
+    blocks.kc = kPanelCols;
+    for_each_block(blocks, [&](int64_t t0, int64_t t1, int64_t k0, int64_t k1) {
+        const int64_t kn = k1 - k0;
+        pack_tokens(a, t0, t1, k0, kn, xp);
+        for (int64_t r = r0; r < r1; r += kPanelRows) {
+            const int n = r1 - r > kPanelRows ? kPanelRows : int(r1 - r);
+            pack_panel<Load>(a, r, n, k0, kn, panel);
+            PanelPrefetch next(a, r + kPanelRows, r1, k0, kn);
+            for (int64_t t = t0; t < t1; t += kPanelTokens) {
+                next.step(8);
+                const int nt = t1 - t < kPanelTokens ? int(t1 - t) : kPanelTokens;
+                panel_tile(a, panel, xp + (t - t0) * kn, kn, r, n, t, nt, k0 == 0);
             }
         }
-    }
+    });
 }
 
 // The float-weight entry point of a kernel set: panels for long batches, the set's dot-product tiles otherwise
 // (packing a panel for a few tokens costs more than it saves).
-constexpr int64_t kPanelMinTokens = 16;
+static_assert(kPanelScratchFloats >= (kPanelTokenBlock + kPanelTokens) * kPanelCols + kPanelRows * kPanelCols,
+              "isa.h's kPanelScratchFloats is too small for the blocking here");
 template <class Load, class DotTiles>
 void gemm_float(const GemmArgs& a, int64_t r0, int64_t r1) {
     if (a.T >= kPanelMinTokens) {

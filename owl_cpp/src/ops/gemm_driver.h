@@ -18,14 +18,31 @@ namespace {
 // run() computes rows r..r+R-1 x tokens t..t+TT-1 over columns [k0, k1) and stores y (+bias) when `first`,
 // else adds to y.
 
-template <class Tiles, int R, int TT>
-inline void token_tail(const GemmArgs& a, int64_t r, int64_t t, int64_t rem, int64_t k0, int64_t k1, bool first) {
-    if constexpr (TT >= 1) {
-        if (rem == TT) {
-            Tiles::template run<R, TT>(a, r, t, k0, k1, first);
+// Token blocks of a.tb tokens, and within each, column chunks of a.kc columns: body(t0, t1, k0, k1) for each.
+template <class Body>
+inline void for_each_block(const GemmArgs& a, Body&& body) {
+    const int64_t tb = (a.tb <= 0 || a.tb >= a.T) ? a.T : a.tb;
+    const int64_t kc = (a.kc <= 0 || a.kc >= a.K) ? a.K : a.kc;
+    for (int64_t t0 = 0; t0 < a.T; t0 += tb) {
+        const int64_t t1 = a.T - t0 > tb ? t0 + tb : a.T;
+        for (int64_t k0 = 0; k0 < a.K; k0 += kc) body(t0, t1, k0, a.K - k0 > kc ? k0 + kc : a.K);
+    }
+}
+
+// f(Count<n>{}) for a run-time n in [1, Max]: the partial tile after a run of full ones, with n a compile-time
+// constant inside f (decltype(c)::value).
+template <int N>
+struct Count {
+    static constexpr int value = N;
+};
+template <int Max, class F>
+inline void with_count(int64_t n, F&& f) {
+    if constexpr (Max >= 1) {
+        if (n == Max) {
+            f(Count<Max>{});
             return;
         }
-        token_tail<Tiles, R, TT - 1>(a, r, t, rem, k0, k1, first);
+        with_count<Max - 1>(n, f);
     }
 }
 
@@ -33,62 +50,42 @@ template <class Tiles, int R>
 inline void row_group(const GemmArgs& a, int64_t r, int64_t t0, int64_t t1, int64_t k0, int64_t k1, bool first) {
     int64_t t = t0;
     for (; t + Tiles::TT <= t1; t += Tiles::TT) Tiles::template run<R, Tiles::TT>(a, r, t, k0, k1, first);
-    if (t < t1) token_tail<Tiles, R, Tiles::TT - 1>(a, r, t, t1 - t, k0, k1, first);
+    if (t < t1)
+        with_count<Tiles::TT - 1>(t1 - t, [&](auto nt) { Tiles::template run<R, decltype(nt)::value>(a, r, t, k0, k1, first); });
 }
 
 template <class Tiles>
 void drive(const GemmArgs& a, int64_t r0, int64_t r1) {
-    const int64_t tb = (a.tb <= 0 || a.tb >= a.T) ? a.T : a.tb;
-    const int64_t kc = (a.kc <= 0 || a.kc >= a.K) ? a.K : a.kc;
-    for (int64_t t0 = 0; t0 < a.T; t0 += tb) {
-        const int64_t t1 = a.T - t0 > tb ? t0 + tb : a.T;
-        for (int64_t k0 = 0; k0 < a.K; k0 += kc) {
-            const int64_t k1 = a.K - k0 > kc ? k0 + kc : a.K;
-            int64_t r = r0;
-            for (; r + Tiles::R <= r1; r += Tiles::R) row_group<Tiles, Tiles::R>(a, r, t0, t1, k0, k1, k0 == 0);
-            for (; r < r1; ++r) row_group<Tiles, 1>(a, r, t0, t1, k0, k1, k0 == 0);
-        }
-    }
+    for_each_block(a, [&](int64_t t0, int64_t t1, int64_t k0, int64_t k1) {
+        int64_t r = r0;
+        for (; r + Tiles::R <= r1; r += Tiles::R) row_group<Tiles, Tiles::R>(a, r, t0, t1, k0, k1, k0 == 0);
+        for (; r < r1; ++r) row_group<Tiles, 1>(a, r, t0, t1, k0, k1, k0 == 0);
+    });
 }
 
 // The same loop nest for BlockQ4_0x8 weights, with 8-row groups for rows. Tiles::run<NG, NT>(a, g, t, b0, b1,
 // first) computes groups g..g+NG-1 (rows 8g.., those below N) x tokens t..t+NT-1 over blocks [b0, b1). A single
 // token (decode) takes Tiles::NG groups per tile, so each thread reads that many weight streams at once (one
 // stream left the memory system idle: 20% slower decode); more tokens take one group per tile.
-template <class Tiles, int NT>
-inline void q4x8_token_tail(const GemmArgs& a, int64_t g, int64_t t, int64_t rem, int64_t b0, int64_t b1, bool first) {
-    if constexpr (NT >= 1) {
-        if (rem == NT) {
-            Tiles::template run<1, NT>(a, g, t, b0, b1, first);
-            return;
-        }
-        q4x8_token_tail<Tiles, NT - 1>(a, g, t, rem, b0, b1, first);
-    }
-}
-
 template <class Tiles>
 void drive_q4x8(const GemmArgs& a, int64_t r0, int64_t r1) {
-    const int64_t tb = (a.tb <= 0 || a.tb >= a.T) ? a.T : a.tb;
-    const int64_t kc = (a.kc <= 0 || a.kc >= a.K) ? a.K : a.kc;
     const int64_t g0 = r0 / kQ4x8Rows, g1 = (r1 + kQ4x8Rows - 1) / kQ4x8Rows;
-    for (int64_t t0 = 0; t0 < a.T; t0 += tb) {
-        const int64_t t1 = a.T - t0 > tb ? t0 + tb : a.T;
-        for (int64_t k0 = 0; k0 < a.K; k0 += kc) {
-            const int64_t k1 = a.K - k0 > kc ? k0 + kc : a.K;
-            const int64_t b0 = k0 / QK, b1 = k1 / QK;
-            if (a.T == 1) {
-                int64_t g = g0;
-                for (; g + Tiles::NG <= g1; g += Tiles::NG) Tiles::template run<Tiles::NG, 1>(a, g, 0, b0, b1, k0 == 0);
-                for (; g < g1; ++g) Tiles::template run<1, 1>(a, g, 0, b0, b1, k0 == 0);
-                continue;
-            }
-            for (int64_t g = g0; g < g1; ++g) {
-                int64_t t = t0;
-                for (; t + Tiles::TT <= t1; t += Tiles::TT) Tiles::template run<1, Tiles::TT>(a, g, t, b0, b1, k0 == 0);
-                if (t < t1) q4x8_token_tail<Tiles, Tiles::TT - 1>(a, g, t, t1 - t, b0, b1, k0 == 0);
-            }
+    for_each_block(a, [&](int64_t t0, int64_t t1, int64_t k0, int64_t k1) {
+        const int64_t b0 = k0 / QK, b1 = k1 / QK;
+        const bool first = k0 == 0;
+        if (a.T == 1) {
+            int64_t g = g0;
+            for (; g + Tiles::NG <= g1; g += Tiles::NG) Tiles::template run<Tiles::NG, 1>(a, g, 0, b0, b1, first);
+            for (; g < g1; ++g) Tiles::template run<1, 1>(a, g, 0, b0, b1, first);
+            return;
         }
-    }
+        for (int64_t g = g0; g < g1; ++g) {
+            int64_t t = t0;
+            for (; t + Tiles::TT <= t1; t += Tiles::TT) Tiles::template run<1, Tiles::TT>(a, g, t, b0, b1, first);
+            if (t < t1)
+                with_count<Tiles::TT - 1>(t1 - t, [&](auto nt) { Tiles::template run<1, decltype(nt)::value>(a, g, t, b0, b1, first); });
+        }
+    });
 }
 
 // Store or accumulate one token's results for the rows of group g that exist.

@@ -36,7 +36,12 @@ struct GemmArgs {
     // passes over them. tb >= T: one token block; kc >= K: one chunk.
     int64_t tb = 0;
     int64_t kc = 0;
+    // Float weights with T >= kPanelMinTokens run on packed panels (float_panels.h) and need kPanelScratchFloats
+    // floats of work space, 64-byte aligned, of the calling thread's own.
+    float* scratch = nullptr;
 };
+constexpr int64_t kPanelMinTokens = 16;
+constexpr int64_t kPanelScratchFloats = (192 + 6) * 256 + 16 * 256;  // a token block's activations + a weight panel
 
 // Rows [r0, r1) of y = W x (+ bias). The result of one (row, token) pair never depends on r0, r1 or on which
 // other rows and tokens share its register tile, so any split over threads gives bit-identical output.

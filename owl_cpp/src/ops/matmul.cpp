@@ -66,9 +66,18 @@ void quantize_tokens(const QuantJob& q, int64_t t0, int64_t t1) {
     }
 }
 
+// The calling thread's work space for float-weight prefill (isa::GemmArgs::scratch); grows once.
+float* panel_scratch() {
+    thread_local std::vector<float> buf;
+    if (buf.empty()) buf.resize(size_t(isa::kPanelScratchFloats) + 16);
+    const uintptr_t p = reinterpret_cast<uintptr_t>(buf.data());
+    return buf.data() + ((64 - (p & 63)) & 63) / sizeof(float);
+}
+
 struct GemmJob {
     const isa::GemmArgs* a;
     isa::GemmFn fn;
+    bool panels;  // each thread passes its own GemmArgs::scratch
 };
 
 }  // namespace
@@ -124,16 +133,24 @@ void matmul(ThreadPool& pool, const WeightView& w, const float* x, int64_t T, co
     a.tb = kTokenBlock;
     a.kc = column_chunk(K, T, act_bytes);
 
+    const bool panels = act_bytes == 4 && T >= isa::kPanelMinTokens;
     const int64_t units = (N + kRowAlign - 1) / kRowAlign;
     if (units == 1 || pool.size() == 1) {
+        if (panels) a.scratch = panel_scratch();
         fn(a, 0, N);
         return;
     }
     // One pointer captured: std::function keeps it in place, no allocation.
-    GemmJob job{&a, fn};
+    GemmJob job{&a, fn, panels};
     pool.parallel_for(units, [p = &job](int64_t u0, int64_t u1, int) {
         const int64_t r1 = u1 * kRowAlign < p->a->N ? u1 * kRowAlign : p->a->N;
-        p->fn(*p->a, u0 * kRowAlign, r1);
+        if (!p->panels) {
+            p->fn(*p->a, u0 * kRowAlign, r1);
+            return;
+        }
+        isa::GemmArgs own = *p->a;
+        own.scratch = panel_scratch();
+        p->fn(own, u0 * kRowAlign, r1);
     });
 }
 
