@@ -111,21 +111,32 @@ void Context::eval_batch(const int32_t* tokens, int64_t T, bool all_logits, floa
                 std::copy_n(k_.data() + (t * nkv + g) * hd, hd, kc + dst);
                 std::copy_n(v_.data() + (t * nkv + g) * hd, hd, vc + dst);
             }
-        if (l.hyper && !images_.empty()) {
+        const bool hyper = l.hyper && !images_.empty();
+        // Past the K/V write, the last layer only matters for the rows whose logits are wanted: none for a middle
+        // chunk of a long prompt, the last row unless all logits are asked for (llama.cpp prunes the same way).
+        int64_t skip = 0;
+        if (il == hp.n_layer - 1 && !hyper) skip = !logits_out ? T : (all_logits ? 0 : T - 1);
+        if (skip == T) break;
+        const int64_t R = T - skip;  // rows carried on from here: tokens [skip, T)
+        if (hyper) {
             hyper_attention(il, T, shape);
         } else {
-            ops::attention(pool_, shape, q_.data(), kc, vc, attn_.data());
+            ops::AttentionShape kept = shape;
+            kept.T = R;
+            kept.n_past = n_past_ + skip;
+            ops::attention(pool_, kept, q_.data() + skip * nh * hd, kc, vc, attn_.data());
         }
-        ops::matmul(pool_, l.wo, attn_.data(), T, nullptr, h);
-        for (int64_t i = 0; i < T * E; ++i) x[i] += h[i];
+        float* xr = x + skip * E;
+        ops::matmul(pool_, l.wo, attn_.data(), R, nullptr, h);
+        for (int64_t i = 0; i < R * E; ++i) xr[i] += h[i];
 
         // Feed-forward block (SwiGLU).
-        ops::rms_norm(pool_, x, l.ffn_norm.data(), T, E, hp.rms_eps, h);
-        ops::matmul(pool_, l.ffn_gate, h, T, nullptr, gate_.data());
-        ops::matmul(pool_, l.ffn_up, h, T, nullptr, up_.data());
-        ops::swiglu(pool_, gate_.data(), up_.data(), gate_.data(), T * F);
-        ops::matmul(pool_, l.ffn_down, gate_.data(), T, nullptr, h);
-        for (int64_t i = 0; i < T * E; ++i) x[i] += h[i];
+        ops::rms_norm(pool_, xr, l.ffn_norm.data(), R, E, hp.rms_eps, h);
+        ops::matmul(pool_, l.ffn_gate, h, R, nullptr, gate_.data());
+        ops::matmul(pool_, l.ffn_up, h, R, nullptr, up_.data());
+        ops::swiglu(pool_, gate_.data(), up_.data(), gate_.data(), R * F);
+        ops::matmul(pool_, l.ffn_down, gate_.data(), R, nullptr, h);
+        for (int64_t i = 0; i < R * E; ++i) xr[i] += h[i];
     }
     n_past_ += T;
 
