@@ -174,7 +174,7 @@ static_assert(kPanelScratchFloats >= (kPanelTokenBlock + kPanelTokens) * kPanelC
               "isa.h's kPanelScratchFloats is too small for the blocking here");
 template <class Load, class DotTiles>
 void gemm_float(const GemmArgs& a, int64_t r0, int64_t r1) {
-    if (a.T >= kPanelMinTokens) {
+    if (a.T >= kPanelMinTokens && a.scratch) {
         drive_panels<Load>(a, r0, r1);
     } else {
         drive<DotTiles>(a, r0, r1);

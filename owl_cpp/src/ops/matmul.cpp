@@ -144,12 +144,8 @@ void matmul(ThreadPool& pool, const WeightView& w, const float* x, int64_t T, co
     GemmJob job{&a, fn, panels};
     pool.parallel_for(units, [p = &job](int64_t u0, int64_t u1, int) {
         const int64_t r1 = u1 * kRowAlign < p->a->N ? u1 * kRowAlign : p->a->N;
-        if (!p->panels) {
-            p->fn(*p->a, u0 * kRowAlign, r1);
-            return;
-        }
         isa::GemmArgs own = *p->a;
-        own.scratch = panel_scratch();
+        if (p->panels) own.scratch = panel_scratch();
         p->fn(own, u0 * kRowAlign, r1);
     });
 }
