@@ -1,0 +1,154 @@
+// Checks every kernel set of this build against the generic set and the float64 references, without Python:
+// tests/test_arm64_build.py cross-compiles it with the runtime for arm64 and runs it under qemu, so the NEON
+// kernels run somewhere even though no arm64 machine is at hand. Prints one line per failed check and a summary;
+// exits 1 when anything failed.
+//   matmul: F32 / F16 / BF16 against matmul_ref (1e-5), Q8_0 / Q4_0 against the generic set, which quantizes the
+//           activations the same way (1e-5); token counts on both sides of the float-panel threshold, 1-2 threads.
+//   attention and SwiGLU against their references (1e-5).
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "owl/dtype.h"
+#include "owl/ops.h"
+#include "owl/threadpool.h"
+
+using namespace owl;
+
+namespace {
+
+int g_failures = 0, g_checks = 0;
+
+double rel_err(const std::vector<float>& got, const std::vector<float>& want) {
+    double diff = 0, scale = 1e-30;
+    for (size_t i = 0; i < got.size(); ++i) {
+        diff = std::fmax(diff, std::fabs(double(got[i]) - double(want[i])));
+        scale = std::fmax(scale, std::fabs(double(want[i])));
+    }
+    return diff / scale;
+}
+
+void check(bool ok, const std::string& what, double err) {
+    ++g_checks;
+    if (!ok) {
+        ++g_failures;
+        std::printf("FAIL %s: relative error %.3g\n", what.c_str(), err);
+    }
+}
+
+std::vector<float> randn(std::mt19937& rng, size_t n) {
+    std::normal_distribution<float> d;
+    std::vector<float> v(n);
+    for (float& x : v) x = d(rng);
+    return v;
+}
+
+// Row-major weights of the given type from float values.
+std::vector<uint8_t> encode(DType t, const std::vector<float>& w, int64_t rows, int64_t cols) {
+    std::vector<uint8_t> out(size_t(rows * dtype_row_bytes(t, cols)));
+    for (int64_t r = 0; r < rows; ++r) {
+        const float* src = w.data() + r * cols;
+        uint8_t* dst = out.data() + r * dtype_row_bytes(t, cols);
+        for (int64_t c = 0; c < cols; ++c) {
+            if (t == DType::F32) std::memcpy(dst + c * 4, src + c, 4);
+            if (t == DType::F16) {
+                const uint16_t h = fp32_to_fp16(src[c]);
+                std::memcpy(dst + c * 2, &h, 2);
+            }
+            if (t == DType::BF16) {
+                uint32_t u;
+                std::memcpy(&u, src + c, 4);
+                const uint16_t h = uint16_t(u >> 16);
+                std::memcpy(dst + c * 2, &h, 2);
+            }
+        }
+        if (t == DType::Q8_0) ops::quantize_row_q8_0(src, reinterpret_cast<BlockQ8_0*>(dst), cols);
+        if (t == DType::Q4_0) ops::quantize_row_q4_0(src, reinterpret_cast<BlockQ4_0*>(dst), cols);
+    }
+    return out;
+}
+
+void check_matmul(const std::string& isa, std::mt19937& rng) {
+    const DType types[] = {DType::F32, DType::F16, DType::BF16, DType::Q8_0, DType::Q4_0};
+    const int64_t shapes[][2] = {{7, 64}, {33, 160}, {37, 800}, {67, 2080}};
+    for (DType t : types) {
+        const bool quant = t == DType::Q8_0 || t == DType::Q4_0;
+        for (const auto& sh : shapes) {
+            const int64_t rows = sh[0], cols = sh[1];
+            const std::vector<uint8_t> raw = encode(t, randn(rng, size_t(rows * cols)), rows, cols);
+            const WeightView w{t, rows, cols, raw.data()};
+            const std::vector<float> bias = randn(rng, size_t(rows));
+            for (int64_t T : {1, 3, 17, 40}) {
+                const std::vector<float> x = randn(rng, size_t(T * cols));
+                std::vector<float> want(size_t(T * rows)), got(want.size());
+                if (quant) {
+                    ops::set_isa("generic");
+                    ThreadPool one(1);
+                    ops::matmul(one, w, x.data(), T, bias.data(), want.data());
+                } else {
+                    ops::matmul_ref(w, x.data(), T, bias.data(), want.data());
+                }
+                ops::set_isa(isa);
+                for (int threads : {1, 2}) {
+                    ThreadPool pool(threads);
+                    ops::matmul(pool, w, x.data(), T, bias.data(), got.data());
+                    const double err = rel_err(got, want);
+                    check(err < 1e-5, isa + " matmul " + dtype_name(t) + " " + std::to_string(rows) + "x" +
+                          std::to_string(cols) + " T=" + std::to_string(T) + " threads=" + std::to_string(threads), err);
+                }
+            }
+        }
+    }
+}
+
+void check_attention(const std::string& isa, std::mt19937& rng) {
+    ops::set_isa(isa);
+    ops::AttentionShape s;
+    s.T = 21;
+    s.n_past = 6;
+    s.n_head = 6;
+    s.n_head_kv = 2;
+    s.head_dim = 40;
+    s.ctx_stride = 32;
+    s.scale = 1.0f / std::sqrt(40.0f);
+    const std::vector<float> q = randn(rng, size_t(s.T * s.n_head * s.head_dim));
+    const std::vector<float> k = randn(rng, size_t(s.n_head_kv * s.ctx_stride * s.head_dim));
+    const std::vector<float> v = randn(rng, k.size());
+    std::vector<float> want(q.size()), got(q.size());
+    ops::attention_ref(s, q.data(), k.data(), v.data(), want.data());
+    ThreadPool pool(2);
+    ops::attention(pool, s, q.data(), k.data(), v.data(), got.data());
+    const double err = rel_err(got, want);
+    check(err < 1e-5, isa + " attention", err);
+}
+
+void check_swiglu(const std::string& isa, std::mt19937& rng) {
+    ops::set_isa(isa);
+    std::vector<float> gate = randn(rng, 1003), up = randn(rng, 1003);
+    for (size_t i = 0; i < gate.size(); i += 50) gate[i] *= 30.0f;  // far into both tails of the exponential
+    std::vector<float> want(gate.size()), got(gate.size());
+    ops::swiglu_ref(gate.data(), up.data(), want.data(), int64_t(gate.size()));
+    ThreadPool pool(2);
+    ops::swiglu(pool, gate.data(), up.data(), got.data(), int64_t(gate.size()));
+    const double err = rel_err(got, want);
+    check(err < 1e-5, isa + " swiglu", err);
+}
+
+}  // namespace
+
+int main() {
+    std::mt19937 rng(1234);
+    std::string isas;
+    for (const std::string& isa : ops::supported_isas()) {
+        isas += " " + isa;
+        check_matmul(isa, rng);
+        check_attention(isa, rng);
+        check_swiglu(isa, rng);
+    }
+    std::printf("kernel sets:%s; %d checks, %d failed\n", isas.c_str(), g_checks, g_failures);
+    return g_failures ? 1 : 0;
+}
