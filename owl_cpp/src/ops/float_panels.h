@@ -48,22 +48,28 @@ inline void transpose8x8(const float* rows, int64_t stride, float* out) {
 }
 
 // Rows [r, r + n) (n <= 16) of W, columns [k0, k0 + kn), as fp32 in panel[k][16]; rows past n are zero.
-// Load::to_f32(row, k, n, out) converts n consecutive elements of a row starting at column k.
+// Load::to_f32(row, k, n, out) converts n consecutive elements of a row starting at column k. Eight columns of
+// eight rows at a time go through a 256-byte block (a whole-panel row buffer took another 16 KB of L1).
 template <class Load>
 inline void pack_panel(const GemmArgs& a, int64_t r, int n, int64_t k0, int64_t kn, float* panel) {
-    alignas(64) float rows[kPanelRows][kPanelCols];
-    for (int i = 0; i < kPanelRows; ++i) {
-        if (i < n) {
-            Load::to_f32(a.w + (r + i) * a.row_bytes, k0, kn, rows[i]);
-        } else {
-            std::memset(rows[i], 0, sizeof(float) * size_t(kn));
-        }
-    }
+    alignas(32) float block[8][8];
     int64_t k = 0;
     for (; k + 8 <= kn; k += 8)
-        for (int h = 0; h < kPanelRows; h += 8) transpose8x8(&rows[h][k], kPanelCols, panel + k * kPanelRows + h);
-    for (; k < kn; ++k)
-        for (int i = 0; i < kPanelRows; ++i) panel[k * kPanelRows + i] = rows[i][k];
+        for (int h = 0; h < kPanelRows; h += 8) {
+            for (int i = 0; i < 8; ++i) {
+                if (h + i < n) {
+                    Load::to_f32(a.w + (r + h + i) * a.row_bytes, k0 + k, 8, block[i]);
+                } else {
+                    std::memset(block[i], 0, sizeof block[i]);
+                }
+            }
+            transpose8x8(&block[0][0], 8, panel + k * kPanelRows + h);
+        }
+    for (int i = 0; i < kPanelRows && k < kn; ++i) {  // the last kn % 8 columns
+        float tail[16] = {};  // room for a 16-wide conversion step (AVX-512)
+        if (i < n) Load::to_f32(a.w + (r + i) * a.row_bytes, k0 + k, kn - k, tail);
+        for (int64_t c = k; c < kn; ++c) panel[c * kPanelRows + i] = tail[c - k];
+    }
 }
 
 // The bytes the next pack_panel reads, requested a few lines per tile while this panel's tiles run: each row
