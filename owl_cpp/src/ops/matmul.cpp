@@ -23,7 +23,7 @@ constexpr int64_t kRowAlign = 8;           // rows per unit of work handed to th
 constexpr int64_t kTokenBlock = 48;        // tokens per cache block (a multiple of every tile's TT: 1, 2, 3, 4)
 constexpr int64_t kActBudget = 192 << 10;  // bytes of activations one token block x column chunk may span (fits L2)
 
-// The calling thread's buffer for quantized activations; only grows.
+// A 64-byte-aligned per-thread buffer (quantized activations, float-panel scratch); only grows.
 struct ActScratch {
     std::vector<uint8_t> bytes;
     uint8_t* get(size_t n) {
@@ -68,10 +68,8 @@ void quantize_tokens(const QuantJob& q, int64_t t0, int64_t t1) {
 
 // The calling thread's work space for float-weight prefill (isa::GemmArgs::scratch); grows once.
 float* panel_scratch() {
-    thread_local std::vector<float> buf;
-    if (buf.empty()) buf.resize(size_t(isa::kPanelScratchFloats) + 16);
-    const uintptr_t p = reinterpret_cast<uintptr_t>(buf.data());
-    return buf.data() + ((64 - (p & 63)) & 63) / sizeof(float);
+    thread_local ActScratch scratch;
+    return reinterpret_cast<float*>(scratch.get(size_t(isa::kPanelScratchFloats) * sizeof(float)));
 }
 
 struct GemmJob {
