@@ -7,25 +7,42 @@
 
 #include "bindings.h"
 #include "owl/error.h"
-#include "owl/model.h"
+#include "owl/context.h"
 #include "owl/sampler.h"
 
 namespace py = pybind11;
 
 namespace owl {
 
+namespace {
+// Runs a decode without the GIL; returns the logits of the last token ([n_vocab]), of all ([T, n_vocab]) or None.
+py::object run_decode(Context& c, const Batch& b, bool all_logits, bool return_logits) {
+    const std::vector<float>* logits;
+    {
+        py::gil_scoped_release release;
+        logits = &c.decode(b, all_logits);
+    }
+    if (!return_logits) return py::none();
+    const int64_t V = c.model().hparams().n_vocab;
+    const int64_t rows = all_logits ? b.n : 1;
+    py::array_t<float> out({rows, V});
+    std::memcpy(out.mutable_data(), logits->data(), size_t(rows * V) * sizeof(float));
+    return all_logits ? py::object(out) : py::object(out[py::int_(0)]);
+}
+}  // namespace
+
 void bind_model(py::module_& m) {
     py::class_<Model, std::shared_ptr<Model>>(m, "Model")
         .def_static("load", &Model::load, py::arg("path"), py::call_guard<py::gil_scoped_release>())
         .def_property_readonly("hparams", [](const Model& mo) {
             const HParams& h = mo.hparams();
-            return py::dict(py::arg("arch") = h.arch, py::arg("n_vocab") = h.n_vocab, py::arg("n_embd") = h.n_embd,
+            py::dict d(py::arg("arch") = h.arch, py::arg("n_vocab") = h.n_vocab, py::arg("n_embd") = h.n_embd,
                             py::arg("n_layer") = h.n_layer, py::arg("n_head") = h.n_head, py::arg("n_head_kv") = h.n_head_kv,
                             py::arg("head_dim") = h.head_dim, py::arg("n_ff") = h.n_ff, py::arg("n_ctx_train") = h.n_ctx_train,
                             py::arg("rms_eps") = h.rms_eps, py::arg("rope_base") = h.rope_base,
-                            py::arg("rope_mode") = h.rope_mode == RopeMode::Neox ? "neox" : "norm",
-                            py::arg("hyper_variant") = h.hyper.variant, py::arg("hyper_layers") = h.hyper.layers,
-                            py::arg("hyper_fused") = h.hyper.fused);
+                            py::arg("rope_mode") = h.rope_mode == RopeMode::Neox ? "neox" : "norm");
+            for (const auto& [key, value] : mo.arch_info()) d[py::str(key)] = py::cast(value);  // e.g. owl3's hyper_*
+            return d;
         })
         .def_property_readonly("weight_type", [](const Model& mo) { return dtype_name(mo.weight_type()); })
         .def_property_readonly("weight_bytes", &Model::weight_bytes)
@@ -36,29 +53,76 @@ void bind_model(py::module_& m) {
         });
 
     py::class_<Context>(m, "Context")
-        .def(py::init([](std::shared_ptr<Model> model, int64_t n_ctx, int n_threads, int64_t n_batch) {
-                 return new Context(std::move(model), n_ctx, n_threads, n_batch);
+        .def(py::init([](std::shared_ptr<Model> model, int64_t n_ctx, int n_threads, int64_t n_batch, const std::string& kv_type) {
+                 ContextParams p;
+                 p.n_ctx = n_ctx;
+                 p.n_threads = n_threads;
+                 p.n_batch = n_batch;
+                 if (kv_type == "f16") p.kv_type = DType::F16;
+                 else if (kv_type == "f32") p.kv_type = DType::F32;
+                 else throw py::value_error("kv_type must be 'f16' or 'f32', got '" + kv_type + "'");
+                 py::gil_scoped_release release;
+                 return new Context(std::move(model), p);
              }),
-             py::arg("model"), py::arg("n_ctx"), py::arg("n_threads"), py::arg("n_batch") = 256)
-        .def("eval", [](Context& c, const std::vector<int32_t>& tokens, bool all_logits, bool return_logits) -> py::object {
-                 const std::vector<float>* logits;
-                 {
-                     py::gil_scoped_release release;
-                     logits = &c.eval(tokens, all_logits);
-                 }
-                 if (!return_logits) return py::none();
-                 const int64_t V = c.model().hparams().n_vocab;
-                 const int64_t rows = all_logits ? int64_t(tokens.size()) : 1;
-                 py::array_t<float> out({rows, V});
-                 std::memcpy(out.mutable_data(), logits->data(), size_t(rows * V) * sizeof(float));
-                 return all_logits ? py::object(out) : py::object(out[py::int_(0)]);
+             py::arg("model"), py::arg("n_ctx"), py::arg("n_threads"), py::arg("n_batch") = 256, py::arg("kv_type") = "f32")
+        .def("eval", [](Context& c, const std::vector<int32_t>& tokens, bool all_logits, bool return_logits) {
+                 const Batch b = Batch::of_ids(tokens.data(), int64_t(tokens.size()));
+                 return run_decode(c, b, all_logits, return_logits);
              },
              py::arg("tokens"), py::arg("all_logits") = false, py::arg("return_logits") = true,
              "Append tokens to the cache; logits of the last token ([n_vocab]) or of all ([T, n_vocab])")
+        .def("decode", [](Context& c, py::object ids, py::object embeds, py::object pos, py::object modality, bool all_logits,
+                          bool return_logits) {
+                 // A batch of ids or embeddings, with optional positions and per-token modality (0 text, 1 image).
+                 Batch b;
+                 std::vector<int32_t> ids_v, pos_v;
+                 std::vector<Modality> mod_v;
+                 py::array_t<float, py::array::c_style | py::array::forcecast> emb;
+                 if (!ids.is_none() && !embeds.is_none()) throw py::value_error("pass ids or embeds, not both");
+                 if (!ids.is_none()) {
+                     ids_v = ids.cast<std::vector<int32_t>>();
+                     b = Batch::of_ids(ids_v.data(), int64_t(ids_v.size()));
+                 } else if (!embeds.is_none()) {
+                     emb = embeds.cast<py::array_t<float, py::array::c_style | py::array::forcecast>>();
+                     const int64_t E = c.model().hparams().n_embd;
+                     if (emb.ndim() != 2 || emb.shape(1) != E) throw py::value_error("embeds must be [n_tokens, " + std::to_string(E) + "]");
+                     b = Batch::of_embeds(emb.data(), emb.shape(0));
+                 } else {
+                     throw py::value_error("pass ids or embeds");
+                 }
+                 if (!pos.is_none()) {
+                     pos_v = pos.cast<std::vector<int32_t>>();
+                     if (int64_t(pos_v.size()) != b.n) throw py::value_error("pos must have one entry per token");
+                     b.pos = pos_v.data();
+                 }
+                 if (!modality.is_none()) {
+                     for (int v : modality.cast<std::vector<int>>()) {
+                         if (v != 0 && v != 1) throw py::value_error("modality entries must be 0 (text) or 1 (image)");
+                         mod_v.push_back(Modality(v));
+                     }
+                     if (int64_t(mod_v.size()) != b.n) throw py::value_error("modality must have one entry per token");
+                     b.modality = mod_v.data();
+                 }
+                 return run_decode(c, b, all_logits, return_logits);
+             },
+             py::arg("ids") = py::none(), py::arg("embeds") = py::none(), py::arg("pos") = py::none(),
+             py::arg("modality") = py::none(), py::arg("all_logits") = false, py::arg("return_logits") = true,
+             "Append a batch (token ids or [T, n_embd] embeddings; optional positions and modality 0/1 per token)")
+        .def("hidden_states", [](const Context& c) {
+                 const int64_t E = c.model().hparams().n_embd;
+                 const auto& h = c.hidden_states();
+                 const int64_t rows = int64_t(h.size()) / E;
+                 py::array_t<float> out({rows, E});
+                 if (rows) std::memcpy(out.mutable_data(), h.data(), h.size() * sizeof(float));
+                 return out;
+             },
+             "Final hidden states (after the output norm) of the rows the last eval returned logits for: [rows, n_embd]")
         .def_property_readonly("n_past", &Context::n_past)
         .def_property_readonly("n_ctx", &Context::n_ctx)
         .def_property_readonly("n_threads", &Context::n_threads)
-        .def("truncate", &Context::truncate, py::arg("n"))
+        .def_property_readonly("kv_type", [](const Context& c) { return c.kv_type() == DType::F16 ? "f16" : "f32"; })
+        .def_property_readonly("backend", [](const Context& c) { return c.backend().name(); })
+        .def("truncate", &Context::truncate, py::arg("n"), py::call_guard<py::gil_scoped_release>())
         .def("add_image", [](Context& c, py::array_t<float, py::array::c_style | py::array::forcecast> embeds, int64_t start) {
                  const int64_t E = c.model().hparams().n_embd;
                  if (embeds.ndim() != 2 || embeds.shape(1) != E)

@@ -6,7 +6,8 @@
 #include <new>
 #include <string>
 
-#include "owl/model.h"
+#include "architecture.h"
+#include "owl/threadpool.h"
 
 namespace owl {
 
@@ -19,9 +20,13 @@ void Model::pack_weights() {
     auto want = [&](WeightView& w) {
         if (w.type == DType::Q4_0 && w.data && w.rows > 0) views.push_back(&w);
     };
-    for (LayerWeights& l : layers_)
-        for (WeightView* w : {&l.wq, &l.wk, &l.wv, &l.wo, &l.ffn_gate, &l.ffn_up, &l.ffn_down, &l.hyper_kv, &l.hyper_gate_proj})
-            want(*w);
+    for (DecoderLayer& l : layers_)
+        for (WeightView* w : {&l.wq, &l.wk, &l.wv, &l.wo, &l.ffn_gate, &l.ffn_up, &l.ffn_down}) want(*w);
+    if (arch_weights_) {
+        std::vector<WeightView*> extra;
+        arch_weights_->matrices(extra);
+        for (WeightView* w : extra) want(*w);
+    }
     want(output_);
     if (views.empty()) return;
 

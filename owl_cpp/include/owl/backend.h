@@ -1,0 +1,96 @@
+// Backends: where the forward pass runs. Model code is written once against `Backend` and its device-tagged
+// tensors; the CPU backend (ISA-dispatched kernels over a thread pool) is the one built today, and a CUDA
+// backend is a sibling implementing the same ops. Every op has a float64 reference the backend-equivalence
+// tests hold each backend to (tests/test_backend_equivalence.py).
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "owl/dtype.h"
+#include "owl/ops.h"
+
+namespace owl {
+
+enum class Device { CPU, CUDA };
+const char* device_name(Device d);
+
+// A 2-D view [rows][cols] (row-major) of memory on one device. Tensors do not own memory; DeviceBuffer does.
+struct Tensor {
+    void* data = nullptr;
+    DType type = DType::F32;
+    Device device = Device::CPU;
+    int64_t rows = 0, cols = 0;
+
+    size_t bytes() const { return size_t(rows) * size_t(dtype_row_bytes(type, cols)); }
+    // Rows [r0, r0 + n) of this tensor.
+    Tensor slice(int64_t r0, int64_t n) const;
+    // The same memory seen as [rows * cols / c][c] (c must divide cols).
+    Tensor reshape(int64_t rows2, int64_t cols2) const;
+    float* f32() const;  // data as float; throws Error unless the type is F32
+};
+
+// Memory owned by a backend, freed with it.
+class DeviceBuffer {
+public:
+    virtual ~DeviceBuffer() = default;
+    const Tensor& tensor() const { return t_; }
+    size_t bytes() const { return t_.bytes(); }
+
+protected:
+    Tensor t_;
+};
+
+// The ops the forward passes use. Tensors must be on this backend's device (checked: a mismatch throws Error).
+// Host arrays (positions, norm weights, biases, visibility counts) are small and passed as host pointers.
+class Backend {
+public:
+    virtual ~Backend() = default;
+    virtual Device device() const = 0;
+    virtual std::string name() const = 0;  // e.g. "cpu (avx2, 2 threads)"
+    virtual int n_threads() const = 0;
+
+    // A [rows][cols] buffer of `type` (F32 or F16). Sizes are checked for overflow.
+    virtual std::unique_ptr<DeviceBuffer> alloc(DType type, int64_t rows, int64_t cols) = 0;
+    virtual void upload(const void* host, const Tensor& dst) = 0;      // dst.bytes() from host
+    virtual void download(const Tensor& src, void* host) = 0;          // src.bytes() to host
+    virtual void fill(const Tensor& dst, float value) = 0;             // F32 tensors only
+    virtual void copy(const Tensor& src, const Tensor& dst) = 0;       // same type and shape
+
+    // out[i] = dequantized row ids[i] of the table (out: [n][table.cols]).
+    virtual void get_rows(const WeightView& w, const int32_t* ids, const Tensor& out) = 0;
+    // y[t] = W x[t] (+ bias); x: [T][w.cols], y: [T][w.rows].
+    virtual void matmul(const WeightView& w, const Tensor& x, const float* bias, const Tensor& y) = 0;
+    // y[t] = x[t] / rms(x[t]) * w; y may be x.
+    virtual void rms_norm(const Tensor& x, const float* w, float eps, const Tensor& y) = 0;
+    // In-place rotary embedding of x viewed as [T][n_heads][head_dim]; token t at position pos[t].
+    virtual void rope(const Tensor& x, int64_t n_heads, int64_t head_dim, const int32_t* pos, float base, RopeMode mode) = 0;
+    // x += y (residual connections).
+    virtual void add(const Tensor& x, const Tensor& y) = 0;
+    // out = silu(gate) * up; out may be gate.
+    virtual void swiglu(const Tensor& gate, const Tensor& up, const Tensor& out) = 0;
+    // Writes src [T][n_head_kv * head_dim] into cache [n_head_kv][ctx][head_dim] (F32 or F16) at positions
+    // pos0 .. pos0 + T - 1.
+    virtual void kv_store(const Tensor& src, int64_t n_head_kv, int64_t head_dim, const Tensor& cache, int64_t ctx,
+                          int64_t pos0) = 0;
+    // Causal grouped-query attention over a KV cache (see ops::attention); k/v are the cache tensors.
+    virtual void attention(const ops::AttentionShape& s, const Tensor& q, const Tensor& k, const Tensor& v,
+                           const Tensor& out, const ops::PrefixKV* prefix = nullptr, bool text = true) = 0;
+    // kv [T][n_head_kv][2][head_dim] (K then V per head, as a fused K|V projection writes them) -> k and v,
+    // each [T][n_head_kv * head_dim].
+    virtual void split_kv(const Tensor& kv, int64_t n_head_kv, int64_t head_dim, const Tensor& k, const Tensor& v) = 0;
+    // Gated mix of two attention outputs: for each row t with mask[t] != 0, x[t] = x[t] * (1 - s) + y[t] * s
+    // where s = sigmoid(gate[t]) (gate has x's shape) or sigmoid(gate[0]) (gate is one row, broadcast).
+    // Rows with mask[t] == 0 are left as they are; mask == nullptr means every row.
+    virtual void gate_mix(const Tensor& x, const Tensor& y, const Tensor& gate, const int64_t* mask) = 0;
+};
+
+// The CPU backend: the kernels of the active instruction set on a pool of n_threads threads.
+std::unique_ptr<Backend> make_cpu_backend(int n_threads);
+// Backends this build can create here ("cpu", and "cuda" when compiled in and a GPU is present).
+std::vector<std::string> available_backends();
+std::unique_ptr<Backend> make_backend(const std::string& name, int n_threads);
+
+}  // namespace owl

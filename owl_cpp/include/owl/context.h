@@ -1,0 +1,81 @@
+// One conversation over a shared Model: its KV cache, scratch buffers, backend (threads) and whatever state its
+// architecture keeps per conversation (owl3's attached images). Many contexts may run on one model at once, each
+// from its own thread; one context used from two threads at once throws Error instead of corrupting itself.
+#pragma once
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "owl/backend.h"
+#include "owl/batch.h"
+#include "owl/model.h"
+
+namespace owl {
+
+struct ArchState;  // src/models/architecture.h
+
+struct ContextParams {
+    int64_t n_ctx = 4096;
+    int n_threads = 1;
+    int64_t n_batch = 256;        // tokens per forward piece (longer batches are evaluated in pieces)
+    DType kv_type = DType::F16;   // KV cache storage: F16 (half the memory, as llama.cpp) or F32
+    std::string backend = "cpu";
+};
+
+class Context {
+public:
+    Context(std::shared_ptr<const Model> model, const ContextParams& params);
+    ~Context();
+    Context(const Context&) = delete;
+    Context& operator=(const Context&) = delete;
+
+    // Appends the batch after the n_past() positions already cached and returns logits: of the last token
+    // ([n_vocab]) or, with all_logits, of every token ([batch.n][n_vocab]). Throws Error when the batch is
+    // invalid (ids out of range, positions out of range, too long for the context); the cache is unchanged then.
+    const std::vector<float>& decode(const Batch& batch, bool all_logits = false);
+    const std::vector<float>& eval(const std::vector<int32_t>& tokens, bool all_logits = false) {
+        return decode(Batch::of_ids(tokens.data(), int64_t(tokens.size())), all_logits);
+    }
+    // Final hidden states (after the output norm) of the rows the last decode returned logits for:
+    // [rows][n_embd], rows = 1 or batch.n.
+    const std::vector<float>& hidden_states() const { return hidden_; }
+
+    // Logits of the last evaluated token ([n_vocab]); valid until the next decode.
+    const float* last_logits() const;
+    int64_t n_past() const { return n_past_; }
+    int64_t n_ctx() const { return n_ctx_; }
+    int n_threads() const { return backend_->n_threads(); }
+    DType kv_type() const { return kv_type_; }
+    const Backend& backend() const { return *backend_; }
+    // Forget cached positions from n onwards (prefix reuse across turns); images starting there go too.
+    void truncate(int64_t n);
+
+    // Owl3: attaches one image's visual embeddings ([n_tokens][n_embd]) whose <|image|> placeholder starts at
+    // absolute position `start` (>= n_past, after any earlier image); its visual K/V are computed once here and
+    // kept beside the text cache. Architectures without such a path throw Error.
+    void add_image(const float* embeds, int64_t n_tokens, int64_t start);
+    int64_t n_images() const;
+    size_t visual_bytes() const;        // memory held by attached images' state
+    size_t kv_bytes_per_token() const;  // text KV cache memory per position
+    const Model& model() const { return *model_; }
+
+    // What architectures' forward code reads and writes (src/models/forward.h). Not for callers.
+    struct Impl;
+
+private:
+    class Use;  // marks the context busy for one call (one thread at a time)
+    void forward(const Batch& piece, int64_t offset, int64_t T, bool all_logits, float* logits_out, float* hidden_out);
+
+    std::shared_ptr<const Model> model_;
+    int64_t n_ctx_, n_batch_;
+    DType kv_type_;
+    int64_t n_past_ = 0;
+    std::unique_ptr<Backend> backend_;
+    std::unique_ptr<Impl> impl_;
+    std::unique_ptr<ArchState> state_;
+    std::vector<float> logits_, hidden_;
+    std::atomic<bool> busy_{false};
+};
+
+}  // namespace owl

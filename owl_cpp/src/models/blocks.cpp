@@ -1,0 +1,73 @@
+// The shared decoder blocks (forward.h) and the defaults of Architecture (architecture.h).
+#include "forward.h"
+#include "owl/error.h"
+
+namespace owl {
+
+void ArchState::add_image(const float*, int64_t, int64_t, int64_t) {
+    throw Error("this model's architecture has no path for attached images");
+}
+
+std::unique_ptr<ArchWeights> Architecture::load_extra(TensorLoader&, const HParams&) const { return nullptr; }
+
+std::unique_ptr<ArchState> Architecture::new_state(const Model&, Backend&, int64_t, int64_t) const { return nullptr; }
+
+const DecoderLayer& Architecture::layer(const Model& m, int64_t il, Modality) const { return m.layers()[size_t(il)]; }
+
+void Architecture::attend(ForwardPass& p, int64_t il, int64_t skip) const { blocks::causal_attention(p, il, skip); }
+
+namespace blocks {
+namespace {
+const float* bias(const std::vector<float>& b) { return b.empty() ? nullptr : b.data(); }
+}  // namespace
+
+void attention_inputs(ForwardPass& p, const DecoderLayer& l, int64_t il) {
+    const HParams& hp = p.hp;
+    p.be.rms_norm(p.x, l.attn_norm.data(), hp.rms_eps, p.h);
+    p.be.matmul(l.wq, p.h, bias(l.bq), p.q);
+    p.be.matmul(l.wk, p.h, bias(l.bk), p.k);
+    p.be.matmul(l.wv, p.h, bias(l.bv), p.v);
+    p.be.rope(p.q, hp.n_head, hp.head_dim, p.pos, hp.rope_base, hp.rope_mode);
+    p.be.rope(p.k, hp.n_head_kv, hp.head_dim, p.pos, hp.rope_base, hp.rope_mode);
+    p.be.kv_store(p.k, hp.n_head_kv, hp.head_dim, p.k_cache(il), p.n_ctx, p.n_past);
+    p.be.kv_store(p.v, hp.n_head_kv, hp.head_dim, p.v_cache(il), p.n_ctx, p.n_past);
+}
+
+void causal_attention(ForwardPass& p, int64_t il, int64_t skip) {
+    ops::AttentionShape s = p.shape;
+    s.T = p.T - skip;
+    s.n_past = p.n_past + skip;
+    p.be.attention(s, p.q.slice(skip, s.T), p.k_cache(il), p.v_cache(il), p.attn.slice(0, s.T));
+}
+
+void attention_output(ForwardPass& p, const DecoderLayer& l, int64_t skip) {
+    const int64_t R = p.T - skip;
+    const Tensor h = p.h.slice(0, R);
+    p.be.matmul(l.wo, p.attn.slice(0, R), nullptr, h);
+    p.be.add(p.x.slice(skip, R), h);
+}
+
+void swiglu_ffn(ForwardPass& p, const DecoderLayer& l, int64_t skip) {
+    const int64_t R = p.T - skip;
+    const Tensor x = p.x.slice(skip, R), h = p.h.slice(0, R), gate = p.gate.slice(0, R), up = p.up.slice(0, R);
+    p.be.rms_norm(x, l.ffn_norm.data(), p.hp.rms_eps, h);
+    p.be.matmul(l.ffn_gate, h, nullptr, gate);
+    p.be.matmul(l.ffn_up, h, nullptr, up);
+    p.be.swiglu(gate, up, gate);
+    p.be.matmul(l.ffn_down, gate, nullptr, h);
+    p.be.add(x, h);
+}
+
+void decoder_layer(ForwardPass& p, const Architecture& arch, int64_t il, int64_t keep) {
+    const DecoderLayer& l = arch.layer(p.m, il, p.modality);
+    attention_inputs(p, l, il);
+    // Past the K/V write, rows nobody reads can be dropped (llama.cpp prunes the last layer the same way).
+    const int64_t skip = arch.prunable(p, il) ? keep : 0;
+    if (skip == p.T) return;
+    arch.attend(p, il, skip);
+    attention_output(p, l, skip);
+    swiglu_ffn(p, l, skip);
+}
+
+}  // namespace blocks
+}  // namespace owl

@@ -1,0 +1,168 @@
+// Context: a conversation's KV cache over a shared Model, and the loop that takes a batch through the layers in
+// pieces (split at modality boundaries and every n_batch tokens) and produces logits and hidden states.
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include "forward.h"
+#include "owl/error.h"
+
+namespace owl {
+
+// One call at a time: a second thread entering while the first is inside gets a clear error, not a corrupted cache.
+class Context::Use {
+public:
+    explicit Use(Context& c) : c_(c) {
+        if (c_.busy_.exchange(true, std::memory_order_acquire))
+            throw Error("this context is in use by another thread: give each thread its own context (a model can be shared)");
+    }
+    ~Use() { c_.busy_.store(false, std::memory_order_release); }
+
+private:
+    Context& c_;
+};
+
+Context::Context(std::shared_ptr<const Model> model, const ContextParams& params)
+    : model_(std::move(model)), n_ctx_(params.n_ctx), n_batch_(params.n_batch), kv_type_(params.kv_type) {
+    const HParams& hp = model_->hparams();
+    if (n_ctx_ < 1) throw Error("context length must be at least 1, got " + std::to_string(n_ctx_));
+    if (n_ctx_ > (int64_t(1) << 31)) throw Error("context length " + std::to_string(n_ctx_) + " is larger than 2^31 positions");
+    if (n_batch_ < 1 || n_batch_ > (int64_t(1) << 20)) throw Error("batch size must be in [1, 2^20], got " + std::to_string(n_batch_));
+    if (params.n_threads < 1 || params.n_threads > 1024) throw Error("thread count must be in [1, 1024], got " + std::to_string(params.n_threads));
+    if (kv_type_ != DType::F32 && kv_type_ != DType::F16) throw Error(std::string("KV cache type must be f16 or f32, not ") + dtype_name(kv_type_));
+    // The whole cache must be addressable before anything is allocated: n_layer * 2 * n_head_kv * n_ctx * head_dim.
+    const double kv_bytes = 2.0 * double(hp.n_layer) * double(hp.n_head_kv) * double(n_ctx_) * double(hp.head_dim) *
+                            double(dtype_row_bytes(kv_type_, 2)) / 2.0;
+    if (kv_bytes > double(std::numeric_limits<int64_t>::max() / 4))
+        throw Error("a KV cache of " + std::to_string(n_ctx_) + " positions does not fit in memory (" + std::to_string(kv_bytes / 1e9) + " GB)");
+    n_batch_ = std::min(n_batch_, n_ctx_);
+    backend_ = make_backend(params.backend, params.n_threads);
+    impl_ = std::make_unique<Impl>();
+    Backend& be = *backend_;
+    for (int64_t il = 0; il < hp.n_layer; ++il) {
+        impl_->k_cache.push_back(be.alloc(kv_type_, hp.n_head_kv * n_ctx_, hp.head_dim));
+        impl_->v_cache.push_back(be.alloc(kv_type_, hp.n_head_kv * n_ctx_, hp.head_dim));
+    }
+    const int64_t B = n_batch_, Q = hp.n_head * hp.head_dim, KV = hp.n_head_kv * hp.head_dim;
+    impl_->x = be.alloc(DType::F32, B, hp.n_embd);
+    impl_->h = be.alloc(DType::F32, B, hp.n_embd);
+    impl_->q = be.alloc(DType::F32, B, Q);
+    impl_->k = be.alloc(DType::F32, B, KV);
+    impl_->v = be.alloc(DType::F32, B, KV);
+    impl_->attn = be.alloc(DType::F32, B, Q);
+    impl_->gate = be.alloc(DType::F32, B, hp.n_ff);
+    impl_->up = be.alloc(DType::F32, B, hp.n_ff);
+    impl_->pos.resize(size_t(B));
+    state_ = model_->architecture().new_state(*model_, be, n_ctx_, n_batch_);
+}
+
+Context::~Context() = default;
+
+const float* Context::last_logits() const {
+    const size_t V = size_t(model_->hparams().n_vocab);
+    if (logits_.size() < V) throw Error("no logits yet: evaluate at least one token first");
+    return logits_.data() + (logits_.size() - V);
+}
+
+void Context::truncate(int64_t n) {
+    Use use(*this);
+    if (n < 0 || n > n_past_) throw Error("cannot truncate the cache to " + std::to_string(n) + " positions (it holds " + std::to_string(n_past_) + ")");
+    n_past_ = n;
+    if (state_) state_->truncate(n);
+}
+
+void Context::add_image(const float* embeds, int64_t n_tokens, int64_t start) {
+    Use use(*this);
+    if (!state_) throw Error("model '" + model_->hparams().arch + "' has no hyper-attention layers: it cannot take images");
+    state_->add_image(embeds, n_tokens, start, n_past_);
+}
+
+int64_t Context::n_images() const { return state_ ? state_->n_images() : 0; }
+size_t Context::visual_bytes() const { return state_ ? state_->bytes() : 0; }
+
+size_t Context::kv_bytes_per_token() const {
+    const HParams& hp = model_->hparams();
+    return size_t(2 * hp.n_layer) * size_t(dtype_row_bytes(kv_type_, hp.n_head_kv * hp.head_dim));
+}
+
+const std::vector<float>& Context::decode(const Batch& b, bool all_logits) {
+    Use use(*this);
+    const HParams& hp = model_->hparams();
+    const int64_t T = b.n;
+    if (T <= 0) throw Error("decode called with no tokens");
+    if ((b.ids == nullptr) == (b.embeds == nullptr)) throw Error("a batch holds either token ids or embeddings");
+    if (T > n_ctx_ - n_past_)
+        throw Error("context overflow: " + std::to_string(n_past_) + " cached + " + std::to_string(T) + " new tokens exceed the context length " + std::to_string(n_ctx_));
+    if (b.ids)
+        for (int64_t i = 0; i < T; ++i)
+            if (b.ids[i] < 0 || b.ids[i] >= hp.n_vocab)
+                throw Error("token id " + std::to_string(b.ids[i]) + " at index " + std::to_string(i) + " is outside the vocabulary [0, " + std::to_string(hp.n_vocab) + ")");
+    if (b.pos)
+        for (int64_t i = 0; i < T; ++i)
+            if (b.pos[i] < 0) throw Error("position " + std::to_string(b.pos[i]) + " at index " + std::to_string(i) + " is negative");
+    if (b.modality)
+        for (int64_t i = 0; i < T; ++i)
+            if (b.modality[i] != Modality::Text && b.modality[i] != Modality::Image)
+                throw Error("modality at index " + std::to_string(i) + " is neither text nor image");
+    const int64_t V = hp.n_vocab, E = hp.n_embd;
+    logits_.resize(size_t((all_logits ? T : 1) * V));
+    hidden_.resize(size_t((all_logits ? T : 1) * E));
+    for (int64_t start = 0; start < T;) {
+        // A piece: one modality, at most n_batch tokens.
+        const Modality mod = b.modality ? b.modality[start] : Modality::Text;
+        int64_t n = 1;
+        while (start + n < T && n < n_batch_ && (!b.modality || b.modality[start + n] == mod)) ++n;
+        const bool last = start + n == T;
+        float* logits = all_logits ? logits_.data() + start * V : (last ? logits_.data() : nullptr);
+        float* hidden = all_logits ? hidden_.data() + start * E : (last ? hidden_.data() : nullptr);
+        forward(b, start, n, all_logits, logits, hidden);
+        start += n;
+    }
+    return logits_;
+}
+
+void Context::forward(const Batch& b, int64_t offset, int64_t T, bool all_logits, float* logits_out, float* hidden_out) {
+    const Model& m = *model_;
+    const HParams& hp = m.hparams();
+    Backend& be = *backend_;
+    Impl& c = *impl_;
+    const Modality modality = b.modality ? b.modality[offset] : Modality::Text;
+    for (int64_t t = 0; t < T; ++t) c.pos[size_t(t)] = b.pos ? b.pos[offset + t] : int32_t(n_past_ + t);
+    ForwardPass p{m, hp, be, c, state_.get(), modality, T, n_past_, n_ctx_, c.pos.data(),
+                  c.x->tensor().slice(0, T), c.h->tensor().slice(0, T), c.q->tensor().slice(0, T),
+                  c.k->tensor().slice(0, T), c.v->tensor().slice(0, T), c.attn->tensor().slice(0, T),
+                  c.gate->tensor().slice(0, T), c.up->tensor().slice(0, T), {}};
+    p.shape.T = T;
+    p.shape.n_past = n_past_;
+    p.shape.n_head = hp.n_head;
+    p.shape.n_head_kv = hp.n_head_kv;
+    p.shape.head_dim = hp.head_dim;
+    p.shape.ctx_stride = n_ctx_;
+    p.shape.scale = 1.0f / std::sqrt(float(hp.head_dim));
+
+    if (b.ids) be.get_rows(m.token_embd(), b.ids + offset, p.x);
+    else be.upload(b.embeds + offset * hp.n_embd, p.x);
+    const Architecture& arch = m.architecture();
+    // The last layer only needs the rows whose logits are wanted: none for a middle piece, the last row unless
+    // all logits are asked for.
+    const int64_t keep_last = !logits_out ? T : (all_logits ? 0 : T - 1);
+    for (int64_t il = 0; il < hp.n_layer; ++il) blocks::decoder_layer(p, arch, il, il == hp.n_layer - 1 ? keep_last : 0);
+    n_past_ += T;
+    if (!logits_out) return;
+
+    // Only the rows whose logits are wanted go through the final norm and the (large) output matrix.
+    const int64_t first = all_logits ? 0 : T - 1, rows = T - first;
+    const Tensor h = p.h.slice(first, rows);
+    be.rms_norm(p.x.slice(first, rows), m.output_norm().data(), hp.rms_eps, h);
+    be.download(h, hidden_out);
+    if (be.device() == Device::CPU) {  // straight into the caller's array
+        be.matmul(m.output(), h, nullptr, Tensor{logits_out, DType::F32, Device::CPU, rows, hp.n_vocab});
+        return;
+    }
+    if (!c.out || c.out->tensor().rows < rows) c.out = be.alloc(DType::F32, rows, hp.n_vocab);
+    const Tensor out = c.out->tensor().slice(0, rows);
+    be.matmul(m.output(), h, nullptr, out);
+    be.download(out, logits_out);
+}
+
+}  // namespace owl

@@ -1,0 +1,114 @@
+// Model::load: the shared decoder (hyper-parameters from `<arch>.*` keys, tensors by llama.cpp's names), then
+// what the file's architecture adds, then a check that no tensor of the file was left unread.
+#include <algorithm>
+
+#include "architecture.h"
+#include "owl/error.h"
+#include "tensor_loader.h"
+
+namespace owl {
+
+Model::~Model() = default;
+
+uint64_t Model::weight_bytes() const {
+    uint64_t n = 0;
+    for (const auto& t : file_->tensors()) n += t.nbytes;
+    return n;
+}
+
+ArchInfo Model::arch_info() const {
+    ArchInfo info;
+    arch_->describe(*this, info);
+    return info;
+}
+
+namespace {
+
+void read_hparams(const TensorLoader& L, HParams& hp) {
+    const GGUFFile& f = L.file();
+    const std::string a = hp.arch + ".";
+    hp.n_embd = L.positive(a + "embedding_length");
+    hp.n_layer = L.positive(a + "block_count");
+    hp.n_head = L.positive(a + "attention.head_count");
+    hp.n_head_kv = f.has(a + "attention.head_count_kv") ? L.positive(a + "attention.head_count_kv") : hp.n_head;
+    hp.n_ff = L.positive(a + "feed_forward_length");
+    hp.n_ctx_train = L.positive(a + "context_length");
+    hp.rms_eps = float(f.get_float(a + "attention.layer_norm_rms_epsilon"));
+    hp.rope_base = float(f.get_float(a + "rope.freq_base", 10000.0));
+    if (hp.n_head % hp.n_head_kv != 0) L.fail("head_count " + std::to_string(hp.n_head) + " is not a multiple of head_count_kv " + std::to_string(hp.n_head_kv));
+    hp.head_dim = f.has(a + "attention.key_length") ? L.positive(a + "attention.key_length") : hp.n_embd / hp.n_head;
+    if (hp.head_dim % 2 != 0) L.fail("head dimension " + std::to_string(hp.head_dim) + " is odd");
+    if (f.has(a + "rope.dimension_count") && int64_t(f.get_uint(a + "rope.dimension_count")) != hp.head_dim)
+        L.fail("partial rotary embeddings (rope.dimension_count != head dim) are not supported");
+    // Written as !(x > 0) so NaN fails too; an infinite base or epsilon would give silent garbage.
+    if (!(hp.rms_eps > 0.0f) || !(hp.rope_base > 0.0f) || hp.rms_eps > 1.0f || hp.rope_base > 1e12f)
+        L.fail("rms epsilon and rope.freq_base must be positive and finite");
+    // Every layer has at least 9 tensors: a block count the file cannot hold is refused before any allocation.
+    if (uint64_t(hp.n_layer) > L.file().tensors().size() / 9)
+        L.fail("block_count " + std::to_string(hp.n_layer) + " is more than the file's " + std::to_string(L.file().tensors().size()) + " tensors can hold");
+}
+
+DecoderLayer read_layer(TensorLoader& L, const HParams& hp, int64_t i, bool qkv_bias) {
+    const std::string p = "blk." + std::to_string(i) + ".";
+    const int64_t E = hp.n_embd, Q = hp.n_head * hp.head_dim, KV = hp.n_head_kv * hp.head_dim;
+    DecoderLayer l;
+    l.attn_norm = L.vec(p + "attn_norm.weight", E);
+    l.wq = L.matrix(p + "attn_q.weight", E, Q);
+    l.wk = L.matrix(p + "attn_k.weight", E, KV);
+    l.wv = L.matrix(p + "attn_v.weight", E, KV);
+    l.wo = L.matrix(p + "attn_output.weight", Q, E);
+    if (qkv_bias) {
+        l.bq = L.vec(p + "attn_q.bias", Q);
+        l.bk = L.vec(p + "attn_k.bias", KV);
+        l.bv = L.vec(p + "attn_v.bias", KV);
+    }
+    l.ffn_norm = L.vec(p + "ffn_norm.weight", E);
+    l.ffn_gate = L.matrix(p + "ffn_gate.weight", E, hp.n_ff);
+    l.ffn_up = L.matrix(p + "ffn_up.weight", E, hp.n_ff);
+    l.ffn_down = L.matrix(p + "ffn_down.weight", hp.n_ff, E);
+    return l;
+}
+
+}  // namespace
+
+class ModelBuilder {
+public:
+    static std::shared_ptr<Model> load(const std::string& path) {
+        std::shared_ptr<Model> m(new Model());
+        m->file_ = GGUFFile::open(path);
+        TensorLoader L(*m->file_);
+        HParams& hp = m->hp_;
+        hp.arch = m->file_->get_string("general.architecture");
+        m->arch_ = find_architecture(hp.arch);
+        if (!m->arch_) {
+            std::string known;
+            for (const auto& n : architecture_names()) known += (known.empty() ? "" : ", ") + n;
+            L.fail("architecture '" + hp.arch + "' is not supported (supported: " + known + ")");
+        }
+        hp.rope_mode = m->arch_->rope_mode();
+        read_hparams(L, hp);
+
+        const GGUFTensorInfo* embd = m->file_->find_tensor("token_embd.weight");
+        if (!embd) L.fail("tensor 'token_embd.weight' is missing");
+        hp.n_vocab = embd->ne[1];
+        m->token_embd_ = L.matrix("token_embd.weight", hp.n_embd, hp.n_vocab);
+        m->output_norm_ = L.vec("output_norm.weight", hp.n_embd);
+        // Tied embeddings: no output.weight, the embedding table is the output matrix.
+        m->output_ = L.has("output.weight") ? L.matrix("output.weight", hp.n_embd, hp.n_vocab) : m->token_embd_;
+        const bool qkv_bias = L.has("blk.0.attn_q.bias");
+        m->layers_.reserve(size_t(hp.n_layer));
+        for (int64_t i = 0; i < hp.n_layer; ++i) m->layers_.push_back(read_layer(L, hp, i, qkv_bias));
+        m->arch_weights_ = m->arch_->load_extra(L, hp);
+        L.reject_unused();
+
+        m->tokenizer_ = tokenizer_from_gguf(*m->file_);
+        if (m->tokenizer_->n_vocab() > hp.n_vocab)
+            L.fail("tokenizer has " + std::to_string(m->tokenizer_->n_vocab()) + " tokens but token_embd has only " + std::to_string(hp.n_vocab) + " rows");
+        m->pack_weights();
+        return m;
+    }
+};
+
+std::shared_ptr<Model> Model::load(const std::string& path) { return ModelBuilder::load(path); }
+
+}  // namespace owl

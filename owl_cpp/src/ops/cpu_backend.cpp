@@ -1,0 +1,212 @@
+// The CPU backend: tensors in host memory, ops on the ISA-dispatched kernels (ops/*.cpp) over a thread pool.
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+
+#include "owl/backend.h"
+#include "owl/error.h"
+#include "owl/threadpool.h"
+
+namespace owl {
+
+const char* device_name(Device d) { return d == Device::CPU ? "cpu" : "cuda"; }
+
+Tensor Tensor::slice(int64_t r0, int64_t n) const {
+    if (r0 < 0 || n < 0 || r0 + n > rows) throw Error("tensor slice [" + std::to_string(r0) + ", +" + std::to_string(n) + ") outside " + std::to_string(rows) + " rows");
+    Tensor t = *this;
+    t.data = static_cast<uint8_t*>(data) + size_t(r0) * size_t(dtype_row_bytes(type, cols));
+    t.rows = n;
+    return t;
+}
+
+Tensor Tensor::reshape(int64_t rows2, int64_t cols2) const {
+    if (rows2 < 0 || cols2 <= 0 || rows2 * cols2 != rows * cols) throw Error("tensor reshape changes the element count");
+    Tensor t = *this;
+    t.rows = rows2;
+    t.cols = cols2;
+    return t;
+}
+
+float* Tensor::f32() const {
+    if (type != DType::F32) throw Error(std::string("expected an F32 tensor, got ") + dtype_name(type));
+    return static_cast<float*>(data);
+}
+
+namespace {
+
+class CpuBuffer : public DeviceBuffer {
+public:
+    CpuBuffer(DType type, int64_t rows, int64_t cols) {
+        if (type != DType::F32 && type != DType::F16) throw Error(std::string("buffers hold F32 or F16, not ") + dtype_name(type));
+        if (rows < 0 || cols < 1 || cols % dtype_block_elems(type)) throw Error("buffer shape [" + std::to_string(rows) + ", " + std::to_string(cols) + "] is invalid");
+        const uint64_t row_bytes = uint64_t(dtype_row_bytes(type, cols));
+        if (rows > 0 && row_bytes > std::numeric_limits<uint64_t>::max() / 2 / uint64_t(rows))
+            throw Error("buffer of " + std::to_string(rows) + " x " + std::to_string(cols) + " elements is too large");
+        const uint64_t bytes = uint64_t(rows) * row_bytes;
+        if (bytes > uint64_t(std::numeric_limits<size_t>::max() / 2)) throw Error("buffer too large for this machine");
+        constexpr size_t kAlign = 64;
+        const size_t padded = (size_t(bytes) + kAlign - 1) / kAlign * kAlign;
+        void* p = padded ? std::aligned_alloc(kAlign, padded) : nullptr;
+        if (padded && !p) throw Error("out of memory allocating a buffer of " + std::to_string(bytes) + " bytes");
+        t_ = Tensor{p, type, Device::CPU, rows, cols};
+    }
+    ~CpuBuffer() override { std::free(t_.data); }
+};
+
+class CpuBackend : public Backend {
+public:
+    explicit CpuBackend(int n_threads) : pool_(n_threads) {}
+    Device device() const override { return Device::CPU; }
+    std::string name() const override { return "cpu (" + ops::active_isa() + ", " + std::to_string(pool_.size()) + " threads)"; }
+    int n_threads() const override { return pool_.size(); }
+
+    std::unique_ptr<DeviceBuffer> alloc(DType type, int64_t rows, int64_t cols) override {
+        return std::make_unique<CpuBuffer>(type, rows, cols);
+    }
+    void upload(const void* host, const Tensor& dst) override {
+        here(dst);
+        if (dst.bytes()) std::memcpy(dst.data, host, dst.bytes());
+    }
+    void download(const Tensor& src, void* host) override {
+        here(src);
+        if (src.bytes()) std::memcpy(host, src.data, src.bytes());
+    }
+    void fill(const Tensor& dst, float value) override {
+        float* p = f32(dst);
+        std::fill(p, p + dst.rows * dst.cols, value);
+    }
+
+    void copy(const Tensor& src, const Tensor& dst) override {
+        here(src);
+        here(dst);
+        if (src.type != dst.type) throw Error("copy: tensor types differ");
+        same_shape(src, dst, "copy");
+        if (src.bytes()) std::memmove(dst.data, src.data, src.bytes());
+    }
+
+    void get_rows(const WeightView& w, const int32_t* ids, const Tensor& out) override {
+        expect_cols(out, w.cols, "get_rows output");
+        ops::get_rows(w, ids, out.rows, f32(out));
+    }
+    void matmul(const WeightView& w, const Tensor& x, const float* bias, const Tensor& y) override {
+        expect_cols(x, w.cols, "matmul input");
+        expect_cols(y, w.rows, "matmul output");
+        same_rows(x, y, "matmul");
+        ops::matmul(pool_, w, f32(x), x.rows, bias, f32(y));
+    }
+    void rms_norm(const Tensor& x, const float* w, float eps, const Tensor& y) override {
+        same_shape(x, y, "rms_norm");
+        ops::rms_norm(pool_, f32(x), w, x.rows, x.cols, eps, f32(y));
+    }
+    void rope(const Tensor& x, int64_t n_heads, int64_t head_dim, const int32_t* pos, float base, RopeMode mode) override {
+        expect_cols(x, n_heads * head_dim, "rope input");
+        ops::rope(pool_, f32(x), x.rows, n_heads, head_dim, pos, base, mode);
+    }
+    void add(const Tensor& x, const Tensor& y) override {
+        same_shape(x, y, "add");
+        float* a = f32(x);
+        const float* b = f32(y);
+        const int64_t n = x.rows * x.cols;
+        if (n < 4096) {  // a decode step's residual: threads would cost more than the adds
+            for (int64_t i = 0; i < n; ++i) a[i] += b[i];
+            return;
+        }
+        pool_.parallel_for(x.rows, [&](int64_t r0, int64_t r1, int) {
+            for (int64_t i = r0 * x.cols; i < r1 * x.cols; ++i) a[i] += b[i];
+        });
+    }
+    void swiglu(const Tensor& gate, const Tensor& up, const Tensor& out) override {
+        same_shape(gate, up, "swiglu");
+        same_shape(gate, out, "swiglu");
+        ops::swiglu(pool_, f32(gate), f32(up), f32(out), gate.rows * gate.cols);
+    }
+    void kv_store(const Tensor& src, int64_t n_head_kv, int64_t head_dim, const Tensor& cache, int64_t ctx, int64_t pos0) override {
+        expect_cols(src, n_head_kv * head_dim, "kv_store input");
+        here(cache);
+        if (cache.rows * cache.cols != n_head_kv * ctx * head_dim) throw Error("kv_store: cache is not [n_head_kv][ctx][head_dim]");
+        if (pos0 < 0 || pos0 + src.rows > ctx) throw Error("kv_store: positions outside the cache");
+        float* c = f32(cache);  // TEMP until the F16 kv_store op lands
+        const float* x = f32(src);
+        for (int64_t t = 0; t < src.rows; ++t)
+            for (int64_t g = 0; g < n_head_kv; ++g)
+                std::memcpy(c + (g * ctx + pos0 + t) * head_dim, x + (t * n_head_kv + g) * head_dim, size_t(head_dim) * sizeof(float));
+    }
+    void attention(const ops::AttentionShape& s, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
+                   const ops::PrefixKV* prefix, bool text) override {
+        expect_cols(q, s.n_head * s.head_dim, "attention queries");
+        same_shape(q, out, "attention");
+        if (q.rows != s.T) throw Error("attention: query rows differ from the shape's T");
+        here(k);
+        here(v);
+        if (k.type != v.type) throw Error("attention: K and V caches differ in type");
+        ops::attention(pool_, s, f32(q), f32(k), f32(v), f32(out), prefix, text);  // TEMP: F32 caches only
+    }
+    void split_kv(const Tensor& kv, int64_t n_head_kv, int64_t head_dim, const Tensor& k, const Tensor& v) override {
+        const int64_t w = n_head_kv * head_dim;
+        expect_cols(kv, 2 * w, "split_kv input");
+        expect_cols(k, w, "split_kv K");
+        same_shape(k, v, "split_kv");
+        same_rows(kv, k, "split_kv");
+        const float* src = f32(kv);
+        float* K = f32(k);
+        float* V = f32(v);
+        for (int64_t r = 0; r < kv.rows * n_head_kv; ++r) {
+            std::memcpy(K + r * head_dim, src + r * 2 * head_dim, size_t(head_dim) * sizeof(float));
+            std::memcpy(V + r * head_dim, src + r * 2 * head_dim + head_dim, size_t(head_dim) * sizeof(float));
+        }
+    }
+    void gate_mix(const Tensor& x, const Tensor& y, const Tensor& gate, const int64_t* mask) override {
+        same_shape(x, y, "gate_mix");
+        expect_cols(gate, x.cols, "gate_mix gate");
+        const bool broadcast = gate.rows == 1;
+        if (!broadcast) same_rows(x, gate, "gate_mix");
+        float* a = f32(x);
+        const float* b = f32(y);
+        const float* g = f32(gate);
+        const int64_t C = x.cols;
+        pool_.parallel_for(x.rows, [&](int64_t r0, int64_t r1, int) {
+            for (int64_t t = r0; t < r1; ++t) {
+                if (mask && mask[t] == 0) continue;
+                const float* gt = broadcast ? g : g + t * C;
+                for (int64_t c = 0; c < C; ++c) {
+                    const float s = 1.0f / (1.0f + std::exp(-gt[c]));
+                    a[t * C + c] = a[t * C + c] * (1.0f - s) + b[t * C + c] * s;
+                }
+            }
+        });
+    }
+
+private:
+    void here(const Tensor& t) const {
+        if (t.device != Device::CPU) throw Error(std::string("the cpu backend got a tensor on ") + device_name(t.device));
+    }
+    float* f32(const Tensor& t) const {
+        here(t);
+        return t.f32();
+    }
+    static void expect_cols(const Tensor& t, int64_t cols, const char* what) {
+        if (t.cols != cols) throw Error(std::string(what) + " has " + std::to_string(t.cols) + " columns, expected " + std::to_string(cols));
+    }
+    static void same_rows(const Tensor& a, const Tensor& b, const char* op) {
+        if (a.rows != b.rows) throw Error(std::string(op) + ": row counts differ (" + std::to_string(a.rows) + " vs " + std::to_string(b.rows) + ")");
+    }
+    static void same_shape(const Tensor& a, const Tensor& b, const char* op) {
+        if (a.rows != b.rows || a.cols != b.cols) throw Error(std::string(op) + ": tensor shapes differ");
+    }
+
+    ThreadPool pool_;
+};
+
+}  // namespace
+
+std::unique_ptr<Backend> make_cpu_backend(int n_threads) { return std::make_unique<CpuBackend>(n_threads); }
+
+std::vector<std::string> available_backends() { return {"cpu"}; }
+
+std::unique_ptr<Backend> make_backend(const std::string& name, int n_threads) {
+    if (name == "cpu") return make_cpu_backend(n_threads);
+    throw Error("backend '" + name + "' is not available in this build (available: cpu)");
+}
+
+}  // namespace owl
