@@ -111,3 +111,36 @@ def test_unknown_architecture(tmp_path):
 def test_missing_file_is_file_not_found(tmp_path):
     with pytest.raises(FileNotFoundError):
         owl_cpp.load(tmp_path / "nope.gguf")
+
+
+def test_unknown_tensor_is_rejected_by_name(tmp_path):
+    """A tensor no architecture reads (a layer the file's block_count does not cover, a stray name) is an error,
+    not silently ignored weights."""
+    p = write_model(tmp_path / "extra.gguf", extra_keys={})
+    r = gguf.GGUFReader(str(p))
+    w = gguf.GGUFWriter(str(tmp_path / "x.gguf"), "llama")
+    for field in r.fields.values():
+        if field.name.startswith("GGUF.") or field.name == "general.architecture":
+            continue
+        w.add_key_value(field.name, field.contents(), field.types[0], field.types[-1] if len(field.types) > 1 else None)
+    for t in r.tensors:
+        w.add_tensor(t.name, np.asarray(t.data))
+    w.add_tensor("blk.0.attn_qkv.weight", np.zeros((4, E), np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    with pytest.raises(owl_cpp.FormatError, match=r"does not use: 'blk\.0\.attn_qkv\.weight'"):
+        owl_cpp.load(tmp_path / "x.gguf")
+
+
+def test_block_count_beyond_the_file_fails_before_allocating(tmp_path):
+    with pytest.raises(owl_cpp.FormatError, match="block_count 8388608"):
+        owl_cpp.load(write_model(tmp_path / "b.gguf", extra_keys={"llama.block_count": ("add_uint32", 8388608)}))
+
+
+@pytest.mark.parametrize("key,value", [("llama.rope.freq_base", float("nan")), ("llama.rope.freq_base", float("inf")),
+                                       ("llama.attention.layer_norm_rms_epsilon", float("nan"))])
+def test_non_finite_rope_base_or_epsilon(tmp_path, key, value):
+    with pytest.raises(owl_cpp.FormatError, match="positive and finite"):
+        owl_cpp.load(write_model(tmp_path / "n.gguf", extra_keys={key: ("add_float32", value)}))
