@@ -1,4 +1,4 @@
-"""mPLUG-Owl3 with many images: time and memory on random weights at the 1B size (owl3.md 1.1).
+"""mPLUG-Owl3 with many images: time and memory on random weights at the 1B size (docs/owl3.md 1.1).
 
 For 1, 8, 32 and 128 images (729 visual tokens each) it measures: visual K/V preparation (v_kv_proj + MI-Rope
 in the 4 hyper layers, done once per image), prefill of the text prompt (one 5-token `<|image|>` placeholder

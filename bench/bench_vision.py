@@ -25,7 +25,7 @@ def so400m_reference():
     from owl_export.owl3.variant import VisionConfig
     from owl_export.owl3.vision import Owl3VisionReference
 
-    cfg = VisionConfig.from_dict({})  # no vision_config: the so400m / 384 px tower of owl3.md 1.2
+    cfg = VisionConfig.from_dict({})  # no vision_config: the so400m / 384 px tower of docs/owl3.md 1.2
     g = torch.Generator().manual_seed(0)
     Hv, I, H = cfg.hidden_size, cfg.intermediate_size, 896
     t = {"vision_model.embeddings.patch_embedding.weight": torch.randn(Hv, 3, cfg.patch_size, cfg.patch_size, generator=g) * 0.02,

@@ -19,7 +19,7 @@ SIZES = {
     "llama-7b": ("llama", 4096, 32, 32, 32, 11008, 32000, False),    # Owl2 decoder
     "owl3-1b": ("owl3", 896, 24, 14, 2, 4864, 151851, True),         # mPLUG-Owl3-1B-241014 decoder
 }
-OWL3_HYPER = {"owl3-1b": [5, 12, 19, 21]}  # 0-based (owl3.md 1.1)
+OWL3_HYPER = {"owl3-1b": [5, 12, 19, 21]}  # 0-based (docs/owl3.md 1.1)
 QTYPES = {"q4_0": gguf.GGMLQuantizationType.Q4_0, "q8_0": gguf.GGMLQuantizationType.Q8_0,
           "f16": gguf.GGMLQuantizationType.F16}
 FILE_TYPE = {"q4_0": 2, "q8_0": 7, "f16": 1}

@@ -1,4 +1,4 @@
-"""The mPLUG-Owl3 Python API on tiny exported checkpoints: prompt ids and image starts exactly as owl3.md §6,
+"""The mPLUG-Owl3 Python API on tiny exported checkpoints: prompt ids and image starts exactly as docs/owl3.md §6,
 chat() end to end against the PyTorch reference (preprocess -> vision.onnx -> runtime == Owl3VisionReference
 -> Owl3Reference greedy), streaming, sessions that reuse the KV and image caches, input forms and errors."""
 from __future__ import annotations
@@ -62,7 +62,7 @@ def tok(hf_dir):
 
 
 def expected(hf_tok, text_chunks):
-    """ids and starts of chunks written out from owl3.md §6.1: the user string split on <|image|>, each chunk
+    """ids and starts of chunks written out from docs/owl3.md §6.1: the user string split on <|image|>, each chunk
     tokenized alone by the reference tokenizer."""
     chunks = []
     for c in text_chunks:
@@ -108,7 +108,7 @@ def test_two_images_at_markers(tok):
 
 @pytest.mark.parametrize("variant, cut_text", [
     ("7b-240728", "Cut to 2 rows 2 columns with a global view\nsubimg(0,0)<|image|> subimg(0,1)<|image|>\n"
-                  "subimg(1,0)<|image|> subimg(1,1)<|image|>\nglobal_view<|image|>"),        # owl3.md §6.4 verbatim
+                  "subimg(1,0)<|image|> subimg(1,1)<|image|>\nglobal_view<|image|>"),  # docs/owl3.md §6.4 verbatim
     ("1b", "<|start_cut|>2*2\n<|image|> <|image|>\n<|image|> <|image|>\n<|image|><|end_cut|>"),
 ])
 def test_cut_templates(tok, variant, cut_text):

@@ -1,6 +1,6 @@
-"""The mPLUG-Owl3 PyTorch reference (export/owl_export/owl3) against owl3.md and independent computations.
+"""The mPLUG-Owl3 PyTorch reference (export/owl_export/owl3) against docs/owl3.md and independent computations.
 
-Tiny random checkpoints of the three LM-side variants (owl3.md headline table) are written in the published
+Tiny random checkpoints of the three LM-side variants (docs/owl3.md headline table) are written in the published
 layout; the checks:
 - variant detection (and clear errors for broken layouts), the checkpoint layout itself;
 - vision: hidden_states[-2] of SigLIP recomputed with torch.nn modules, vision2text, the unused last pixels;
@@ -81,7 +81,7 @@ def test_checkpoint_layout(dirs, variant):
     assert set(config["vision_config"]) == {"hidden_size", "image_size", "intermediate_size", "model_type",
                                             "num_attention_heads", "num_hidden_layers", "patch_size"}
     assert (LM + "lm_head.weight" in tensors) != config["tie_word_embeddings"]
-    # the unused parts of the published file are there too (owl3.md §2.3)
+    # the unused parts of the published file are there too (docs/owl3.md §2.3)
     assert "vision_model.post_layernorm.weight" in tensors and "vision_model.head.probe" in tensors
     assert "vision_model.encoder.layers.1.mlp.fc2.bias" in tensors
     kv = tensors[LM + f"model.layers.{EXPECTED[variant][1][0]}.self_attn.v_kv_proj.weight"]
@@ -236,7 +236,7 @@ def _rope_complex(t: torch.Tensor, pos: torch.Tensor, theta: float) -> torch.Ten
 
 
 def _independent_hyper_attention(t: dict, variant, layer: int, x: torch.Tensor, img: torch.Tensor, starts):
-    """owl3.md §4 re-implemented from the text: returns (o_proj output [T, H], pieces for further checks)."""
+    """docs/owl3.md §4 re-implemented from the text: returns (o_proj output [T, H], pieces for further checks)."""
     H, nh, nkv, d, theta = 64, 4, 2, 16, 1e6
     p = LM + f"model.layers.{layer}."
     T = x.shape[0]

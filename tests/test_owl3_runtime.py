@@ -1,5 +1,5 @@
 """The C++ Owl3 decoder (hyper-attention, visual K/V cached beside the text KV cache) against the PyTorch
-reference of owl3.md, for all three variants: logits at prefill and at each of 16 decode steps, fp32
+reference of docs/owl3.md, for all three variants: logits at prefill and at each of 16 decode steps, fp32
 relative error < 1e-4, with no image, one image, two images at different positions, a cut image (5 views),
 images added between turns, and prompts evaluated in small chunks across image boundaries."""
 from __future__ import annotations
@@ -35,7 +35,8 @@ def rel_err(a, b) -> float:
 
 
 def chunks_to_ids(tok, chunks):
-    """Each text chunk tokenized on its own, `<|image|>` included, as the official processor does (owl3.md §6.1)."""
+    """Each text chunk tokenized on its own, `<|image|>` included, as the official processor does
+    (docs/owl3.md §6.1)."""
     ids, starts = [], []
     for c in chunks:
         if c == "<|image|>":
@@ -187,7 +188,7 @@ def test_single_hyper_layer_model(variant, tmp_path):
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_video_frames_and_32_greedy_tokens(variant, exported):
-    """A video is a run of frame placeholders (owl3.md 6.5: bare for 240728, framed for 241014/241101);
+    """A video is a run of frame placeholders (docs/owl3.md 6.5: bare for 240728, framed for 241014/241101);
     the greedy continuation is checked for 32 tokens."""
     hf, out, ref = exported(variant)
     tok = _core.Model.load(str(out / "decoder.gguf")).tokenizer

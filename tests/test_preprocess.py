@@ -1,4 +1,4 @@
-"""Owl3 image preprocessing (python/owl_cpp/preprocess.py) against owl3.md §5 and §6.4.
+"""Owl3 image preprocessing (python/owl_cpp/preprocess.py) against docs/owl3.md §5 and §6.4.
 
 - grids: the worked examples of §5.2, and the official anchor_rank (re-written in torch from its published
   arithmetic: int64 boxes, float32 IoU) over many sizes and aspect ratios;
@@ -54,7 +54,7 @@ def recompute(im: Image.Image, S: int, rows: int, cols: int) -> np.ndarray:
 
 # ------------------------------------------------------------------------------------------- grids
 
-# owl3.md §5.2, S = 384, computed there with the official code: (W, H) -> (rows, cols)
+# docs/owl3.md §5.2, S = 384, computed there with the official code: (W, H) -> (rows, cols)
 WORKED = [((500, 500), (2, 2)), ((1000, 500), (2, 3)), ((500, 1000), (3, 2)), ((1920, 1080), (2, 3)),
           ((800, 600), (2, 3)), ((640, 480), (2, 3)), ((1024, 768), (2, 3)), ((2000, 500), (1, 4)),
           ((500, 2000), (4, 1)), ((300, 100), (1, 3)), ((1200, 400), (1, 3))]
@@ -66,7 +66,7 @@ def test_worked_examples(size, grid):
 
 
 def _official_anchor_rank(w: int, h: int, S: int) -> tuple[int, int]:
-    """anchor_rank of image_processing_mplugowl3.py, restated in torch with its dtypes (owl3.md §5.2)."""
+    """anchor_rank of image_processing_mplugowl3.py, restated in torch with its dtypes (docs/owl3.md §5.2)."""
     torch = pytest.importorskip("torch")
     grid = pre.GRID_SQU_6
     anchors = torch.tensor([[0, 0, c * S, r * S] for r, c in grid])                 # int64 xyxy
@@ -112,7 +112,7 @@ def test_pixels_match_recomputation(w, h, S):
 
 
 # Pillow 12.0.0, im.resize((S, S), BICUBIC) of synthetic(w, h): width grows while height shrinks, the case
-# Pillow 13 computes differently (owl3.md §5.1). sha256 of the uint8 RGB bytes.
+# Pillow 13 computes differently (docs/owl3.md §5.1). sha256 of the uint8 RGB bytes.
 PILLOW12_DIGESTS = {
     (300, 500, 384): "4b079d552b3b2c2af76226aca9026978fa589661b8b4fb79f7b6f54453969051",
     (50, 900, 384): "3bad4afb59f5ea331e363d586943d3d29463b9e3e564b3aa349e00d4d9b3e2b6",
@@ -143,7 +143,7 @@ def test_cut_disabled_and_variants():
 
 
 def test_prompt_templates():
-    # owl3.md §6.4, verbatim
+    # docs/owl3.md §6.4, verbatim
     assert pre.cut_prompt(2, 2, "v2_global") == (
         "Cut to 2 rows 2 columns with a global view\nsubimg(0,0)<|image|> subimg(0,1)<|image|>\n"
         "subimg(1,0)<|image|> subimg(1,1)<|image|>\nglobal_view<|image|>")

@@ -1,7 +1,7 @@
 """owl_export: turn Hugging Face checkpoints into owl_cpp / llama.cpp GGUF files.
 
-Needs the `export` extra (torch, gguf, safetensors, tokenizers, sentencepiece). Submodules are imported
-on demand so that `import owl_export` stays cheap:
+Needs the `export` extra (torch, gguf, safetensors, tokenizers, sentencepiece, onnx). Submodules are
+imported on demand so that `import owl_export` stays cheap, and `owl-export --help` works without the extra:
 
   checkpoint    read config.json + safetensors / .bin weights exactly as published
   reference     plain PyTorch reference models (the oracle the runtime is tested against)

@@ -6,6 +6,10 @@
 
 The checkpoint's config.json model_type picks the exporter from EXPORTERS. Text decoders (qwen2, llama)
 become one GGUF file; vision-language models a model directory (decoder.gguf + vision.onnx).
+
+This module imports only the standard library: the export's own dependencies (torch, gguf, ...: the `export`
+extra) are imported inside the exporters, so `owl-export --help` works in a runtime-only install and an export
+without them ends with a one-line error that says what to install.
 """
 from __future__ import annotations
 
@@ -14,7 +18,13 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from .quantize import QUANT_NAMES
+# quantize.QUANT_NAMES, written out here because quantize.py needs gguf (a test keeps the two equal)
+QUANT_NAMES = ("f32", "f16", "bf16", "q8_0", "q4_0")
+
+# The modules of pyproject.toml's `export` extra: a missing one gets the install hint, not a traceback.
+EXPORT_EXTRA_MODULES = frozenset({"torch", "gguf", "safetensors", "tokenizers", "sentencepiece", "onnx",
+                                  "onnxruntime"})
+INSTALL_HINT = 'pip install "owl_cpp[export]"'
 
 
 def _export_text(hf_dir: Path, out: Path, quant: str, progress: bool, **vision) -> dict:
@@ -67,6 +77,19 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def missing_extra_module(e: BaseException) -> str | None:
+    """The `export`-extra module whose absence caused e (searched along e's causes), or None."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, ModuleNotFoundError) and e.name:
+            top = e.name.partition(".")[0]
+            if top in EXPORT_EXTRA_MODULES:
+                return top
+        e = e.__cause__ or e.__context__
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -77,8 +100,16 @@ def main(argv: list[str] | None = None) -> int:
         exporter(args.hf_dir, args.out, args.quant, not args.quiet, **vision)   # prints its summary unless quiet
     # ValueError covers CheckpointError, UnsupportedModelError, Owl3LayoutError, the vision export's check
     # and vocab.py's bad-tokenizer errors, all of which name the offending file; ImportError a missing
-    # optional dependency (onnx, onnxruntime)
-    except (ExportError, ValueError, OSError, ImportError) as e:
+    # dependency, told with the install hint when it belongs to the export extra
+    except ImportError as e:
+        missing = missing_extra_module(e)
+        if missing is None:
+            print(f"owl-export: error: {e}", file=sys.stderr)
+        else:
+            print(f"owl-export: error: exporting needs the Python module {missing!r}, which is not installed; "
+                  f"install the export extra: {INSTALL_HINT}", file=sys.stderr)
+        return 2
+    except (ExportError, ValueError, OSError) as e:
         print(f"owl-export: error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -14,7 +14,7 @@ import os
 import sys
 from typing import Optional
 
-MAX_FRAMES = 16          # the README's MAX_NUM_FRAMES (owl3.md §6.5)
+MAX_FRAMES = 16          # the README's MAX_NUM_FRAMES (docs/owl3.md §6.5)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -8,7 +8,7 @@
 One KV cache per model, shared by its calls and sessions: each call evaluates only what differs from what is
 cached (text tokens and the images attached to them), so a session's next turn costs its new tokens. The
 generation loop, stop strings and sampling are TextModel's; this class adds images to the prefill.
-Defaults follow the official generate() path (owl3.md §6.6): greedy, stop at <|im_end|> / <|endoftext|>
+Defaults follow the official generate() path (docs/owl3.md §6.6): greedy, stop at <|im_end|> / <|endoftext|>
 (control tokens), the answer decoded and stripped. Unlike the official _decode_text, "!" (token 0) is kept:
 dropping it there removes padding of batched generation, which a single answer does not have.
 """

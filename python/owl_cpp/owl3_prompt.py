@@ -1,5 +1,5 @@
 """mPLUG-Owl3 prompts: messages + images/videos -> token ids, the start of each `<|image|>`, and the pixels of
-each view, exactly as the official processor builds them (owl3.md §6.1-6.5).
+each view, exactly as the official processor builds them (docs/owl3.md §6.1-6.5).
 
   1. normalize   prompt= or OpenAI-style messages= -> [{"role", "content": str with markers}] + media in
                  marker order (a plain prompt without markers gets them prepended, like the README's
@@ -46,7 +46,7 @@ class Settings:
 
 
 class Video:
-    """A video as its frames (paths, PIL images, arrays or bytes), already sampled (owl3.md §6.5)."""
+    """A video as its frames (paths, PIL images, arrays or bytes), already sampled (docs/owl3.md §6.5)."""
 
     def __init__(self, frames):
         if isinstance(frames, Video):
@@ -69,14 +69,14 @@ class Expanded:
 
 
 def video_text(n_frames: int, variant: str) -> str:
-    """`<|video|>` expanded (owl3.md §6.5): bare placeholders for 240728, framed by markers for later ones."""
+    """`<|video|>` expanded (docs/owl3.md §6.5): bare placeholders for 240728, framed by markers for later ones."""
     body = IMAGE_TOKEN * n_frames
     return body if variant == "240728" else f"<|start_video_frame|>{body}<|end_video_frame|>"
 
 
 def expand_media(media: Sequence[Any], settings: Settings, cut: bool = True) -> list[Expanded]:
     """Preprocess media in order. 240728 turns cutting off for a call with videos and refuses images beside
-    videos, as its processor does (owl3.md §5.4, §6.5)."""
+    videos, as its processor does (docs/owl3.md §5.4, §6.5)."""
     has_video = any(isinstance(m, Video) for m in media)
     if settings.variant == "240728" and has_video:
         if any(not isinstance(m, Video) for m in media):
@@ -254,7 +254,7 @@ class Owl3Prompt:
 
 
 def chat_chunks(messages: Sequence[dict]) -> list[str]:
-    """ChatML chunks of `build_text_qwen` in inference mode (owl3.md §6.1), media markers already expanded.
+    """ChatML chunks of `build_text_qwen` in inference mode (docs/owl3.md §6.1), media markers already expanded.
     A prompt always ends with the assistant header: a final user turn gets one, and a final empty assistant
     turn is just that header. An assistant message may carry "ids", the tokens the model generated for its
     content (a Session does so): a sampled answer need not be the tokenizer's own split of its text, and its

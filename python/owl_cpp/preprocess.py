@@ -1,4 +1,4 @@
-"""mPLUG-Owl3 image preprocessing (owl3.md §5, prompts §6.4), numpy + Pillow only (no torch at run time).
+"""mPLUG-Owl3 image preprocessing (docs/owl3.md §5, prompts §6.4), numpy + Pillow only (no torch at run time).
 
   image -> RGB -> adaptive cut: choose a (rows, cols) grid from grid_squ_6, bicubic-resize the whole image to
   (cols*S, rows*S), split into row-major S x S tiles, then append the global view (the whole image resized
@@ -14,7 +14,7 @@ Choices (the official processor leaves them to its caller or to library versions
   official code).
 - Resize: Pillow's bicubic with the pass order of Pillow <= 12 (horizontal, then vertical), done as two
   one-axis resizes so Pillow 13, which runs the vertical pass first when one axis grows and the other
-  shrinks, gives the same bytes as the Pillow the models were built with (owl3.md §5.1).
+  shrinks, gives the same bytes as the Pillow the models were built with (docs/owl3.md §5.1).
 - Size limits: an image of 0 pixels, or whose pixel count (or the horizontal pass's intermediate,
   new width x old height) exceeds `max_pixels`, raises ValueError instead of exhausting memory. Tiny images
   (1 x 1 upwards) are processed like any other: the output size does not depend on the input size.
@@ -30,10 +30,10 @@ import numpy as np
 from PIL import Image
 
 IMAGE_TOKEN = "<|image|>"
-MEAN = STD = 0.5                                    # per channel, all three (owl3.md §5.1)
-# grid_squ_6 anchors as (rows, cols); there is no (1, 1): a cut image always has 3..6 tiles (owl3.md §5.2)
+MEAN = STD = 0.5                                    # per channel, all three (docs/owl3.md §5.1)
+# grid_squ_6 anchors as (rows, cols); there is no (1, 1): a cut image always has 3..6 tiles (docs/owl3.md §5.2)
 GRID_SQU_6 = ((2, 2), (1, 3), (1, 4), (3, 1), (4, 1), (2, 3), (3, 2))
-# generation -> (image size S, cut template), owl3.md §5.1 and §5.4
+# generation -> (image size S, cut template), docs/owl3.md §5.1 and §5.4
 VARIANT_SETTINGS = {"240728": (384, "v2_global"), "241014": (384, "v3_global"), "241101": (378, "v3_global")}
 # Pillow's decompression-bomb error threshold (2 x Image.MAX_IMAGE_PIXELS): about 0.5 GB as RGB
 MAX_PIXELS = 2 * 89_478_485
@@ -130,7 +130,7 @@ def _check_size(size, max_pixels: int) -> None:
 # ------------------------------------------------------------------------------------------- cut
 
 def select_grid(width: int, height: int, image_size: int, anchors=GRID_SQU_6) -> Tuple[int, int]:
-    """(rows, cols) of the anchor the official "docowl" anchor_rank picks (owl3.md §5.2), arithmetic as
+    """(rows, cols) of the anchor the official "docowl" anchor_rank picks (docs/owl3.md §5.2), arithmetic as
     there: int64 boxes, IoU = inter / (union + 1e-5) in float32, the shape box's y2 = float32(H/W) *
     anchor width truncated to an integer, argmax(shape_iou * 100 + iou), first index on ties."""
     f32 = np.float32
@@ -186,7 +186,7 @@ def normalize(im: Image.Image) -> np.ndarray:
 def preprocess_image(image, *, image_size: Optional[int] = None, template: Optional[str] = None,
                      variant: Optional[str] = None, cut: bool = True,
                      max_pixels: int = MAX_PIXELS) -> PreprocessedImage:
-    """One image (path, bytes, PIL or numpy) -> pixels [N,3,S,S], grid and prompt text (owl3.md §5, §6.4).
+    """One image (path, bytes, PIL or numpy) -> pixels [N,3,S,S], grid and prompt text (docs/owl3.md §5, §6.4).
 
     variant ("240728" | "241014" | "241101") sets the defaults of image_size and template; cut=False gives
     the global view only (videos, or when the caller turns cutting off) and the prompt "<|image|>"."""

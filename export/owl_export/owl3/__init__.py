@@ -1,4 +1,4 @@
-"""mPLUG-Owl3 on the PyTorch side (owl3.md): variant detection, the reference vision path and language model
+"""mPLUG-Owl3 on the PyTorch side (docs/owl3.md): variant detection, the reference vision path and language model
 (the oracle the C++ runtime is tested against), and tiny random checkpoints in the published layout.
 
   variant    detect_variant(config, tensor_names) -> Owl3Variant (240728 / 241014 / 241101), VisionConfig

@@ -2,7 +2,7 @@
 
 decoder.gguf is a qwen2 GGUF in llama.cpp's conventions under general.architecture "owl3": the qwen2
 hyper-parameters as `owl3.*`, qwen2's tensor names from the `language_model.` sub-checkpoint, and only what
-Owl3 adds is new (owl3.md §2.2, §4, §5):
+Owl3 adds is new (docs/owl3.md §2.2, §4, §5):
 
   keys     owl3.variant "240728"|"241014"|"241101", owl3.hyper_layers INT32[] (0-based),
            owl3.hyper_gate "proj"|"vector"|"none", owl3.fused BOOL, owl3.mi_rope_offset UINT32,
@@ -90,7 +90,7 @@ def _preprocess_module():
 
 def read_chat_template(hf_dir: Path):
     """tokenizer_config.json's chat_template (a string, or transformers' list of named templates), or None.
-    Note the Owl3 processor builds its prompts in code (owl3.md §6.1); this is kept for generic tools."""
+    Note the Owl3 processor builds its prompts in code (docs/owl3.md §6.1); this is kept for generic tools."""
     path = Path(hf_dir) / "tokenizer_config.json"
     if not path.is_file():
         return None

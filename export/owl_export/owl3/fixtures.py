@@ -1,4 +1,4 @@
-"""Tiny random mPLUG-Owl3 checkpoints in the exact published layout (owl3.md §1-2), for tests.
+"""Tiny random mPLUG-Owl3 checkpoints in the exact published layout (docs/owl3.md §1-2), for tests.
 
 The directory looks like a real download: config.json with the published field set (model_type
 "mplugowl3", 1-based `hyper_layers`, `vision_config`), generation_config.json, one model.safetensors under
@@ -33,7 +33,7 @@ VARIANTS = {
     "7b-240728": ("240728", False, [1, 3], 30, 205, 131072),
     "7b-241101": ("241101", False, [2, 4], 28, 5, 131072),
 }
-# The strings the Owl3 processor writes into prompts: plain text, never special tokens (owl3.md §6.2).
+# The strings the Owl3 processor writes into prompts: plain text, never special tokens (docs/owl3.md §6.2).
 OWL3_MARKERS = ("<|image|>", "<|video|>", "<|start_cut|>", "<|end_cut|>", "<|start_video_frame|>",
                 "<|end_video_frame|>")
 
@@ -65,7 +65,7 @@ def make_tiny_owl3_checkpoint(out_dir, variant: str = "1b", *, seed: int = 0, hi
     tok = _write_tokenizer(out, tokenizer_vocab)
     n_rows = tok["size"] + extra_rows
 
-    config = {   # field set and order of the published config.json files (owl3.md §1, [S9])
+    config = {   # field set and order of the published config.json files (docs/owl3.md §1, [S9])
         "architectures": ["mPLUGOwl3Model"],
         "auto_map": {"AutoConfig": "configuration_mplugowl3.mPLUGOwl3Config",
                      "AutoModel": "modeling_mplugowl3.mPLUGOwl3Model",
@@ -99,7 +99,7 @@ def make_tiny_owl3_checkpoint(out_dir, variant: str = "1b", *, seed: int = 0, hi
                           "patch_size": patch_size},
     }
     _write_json(out / "config.json", config)
-    # Qwen2-Instruct-style sampling defaults; unused on the generate() path (owl3.md §6.6)
+    # Qwen2-Instruct-style sampling defaults; unused on the generate() path (docs/owl3.md §6.6)
     _write_json(out / "generation_config.json", {
         "bos_token_id": tok["endoftext"], "pad_token_id": tok["endoftext"], "do_sample": True,
         "eos_token_id": [tok["im_end"], tok["endoftext"]],
@@ -138,7 +138,7 @@ def _bias(g, n):
 
 
 def _hyper_weights(g, gen, hyper0, H, nh, nkv) -> dict[str, torch.Tensor]:
-    """owl3.md §2.2: v_kv_proj everywhere; gate_proj.0 (240728) or gate (241014); nothing for 241101."""
+    """docs/owl3.md §2.2: v_kv_proj everywhere; gate_proj.0 (240728) or gate (241014); nothing for 241101."""
     d, w = H // nh, {}
     for i in hyper0:
         p = f"language_model.model.layers.{i}.self_attn."
@@ -153,7 +153,7 @@ def _hyper_weights(g, gen, hyper0, H, nh, nkv) -> dict[str, torch.Tensor]:
 
 
 def _vision_weights(g, Hv, L, I, patch, n_pos) -> dict[str, torch.Tensor]:
-    """Every vision_model.* tensor of the published file (owl3.md §2.3), the unused ones included."""
+    """Every vision_model.* tensor of the published file (docs/owl3.md §2.3), the unused ones included."""
     w = {"vision_model.embeddings.patch_embedding.weight":
          torch.randn(Hv, 3, patch, patch, generator=g) / math.sqrt(3 * patch * patch),
          "vision_model.embeddings.patch_embedding.bias": _bias(g, Hv),
@@ -178,7 +178,7 @@ def _vision_weights(g, Hv, L, I, patch, n_pos) -> dict[str, torch.Tensor]:
 
 
 def _vision2text_weights(g, gen, Hv, H) -> dict[str, torch.Tensor]:
-    """owl3.md §1.3: Linear(Hv, H), or Sequential(Linear(Hv, H), GELU, Linear(H, H)) for 241101."""
+    """docs/owl3.md §1.3: Linear(Hv, H), or Sequential(Linear(Hv, H), GELU, Linear(H, H)) for 241101."""
     if gen == "241101":
         return {"vision2text_model.0.weight": _matrix(g, H, Hv), "vision2text_model.0.bias": _bias(g, H),
                 "vision2text_model.2.weight": _matrix(g, H, H), "vision2text_model.2.bias": _bias(g, H)}
@@ -188,7 +188,7 @@ def _vision2text_weights(g, gen, Hv, H) -> dict[str, torch.Tensor]:
 # ------------------------------------------------------------------------------------------- tokenizer
 
 def _write_tokenizer(out: Path, vocab_size: int) -> dict:
-    """The tiny Qwen2 tokenizer, checked for what owl3.md §6.2 says of the Owl3 marker strings."""
+    """The tiny Qwen2 tokenizer, checked for what docs/owl3.md §6.2 says of the Owl3 marker strings."""
     from tokenizers import Tokenizer
 
     from ..tiny_tokenizers import train_qwen2_tokenizer
@@ -204,7 +204,7 @@ def _write_tokenizer(out: Path, vocab_size: int) -> dict:
 
 
 def check_marker_tokenization(tok) -> None:
-    """owl3.md §6.2, the parts a tiny vocabulary can honour: each marker is plain text (no added/special
+    """docs/owl3.md §6.2, the parts a tiny vocabulary can honour: each marker is plain text (no added/special
     token), encodes on its own starting with "<", "|" and ending with "|", ">" (no `<|`/`|>` merges).
     The word inside may take several tokens here (the real vocabulary has `image` as one: 5 tokens)."""
     added = {t.content for t in tok.get_added_tokens_decoder().values()}

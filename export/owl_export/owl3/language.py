@@ -1,6 +1,6 @@
 """PyTorch reference of the mPLUG-Owl3 language model: Qwen2 with hyper-attention in the hyper layers.
 
-Written from owl3.md §3-4; plain code, full recompute, no cache: the oracle the C++ runtime is tested against.
+Written from docs/owl3.md §3-4; plain code, full recompute, no cache: the oracle the C++ runtime is tested against.
 Text-only layers (and hyper layers when there is no image) are exactly `reference.decoder.TextDecoder`.
 
 Hyper layer i, with x_n = RMSNorm(h; input_layernorm_i) and s_j the index of the first token of the j-th
@@ -33,7 +33,7 @@ from .vision import Owl3VisionReference
 # ------------------------------------------------------------------------------------------ media_offset
 
 def find_image_starts(ids: Sequence[int], placeholder_ids: Sequence[int]) -> list[int]:
-    """s_j: index of the first token of each occurrence of the `<|image|>` token sequence (owl3.md §6.3).
+    """s_j: index of the first token of each occurrence of the `<|image|>` token sequence (docs/owl3.md §6.3).
 
     placeholder_ids is the tokenization of "<|image|>" alone (5 ids for the real Qwen2 tokenizer: the
     processor tokenizes it as its own chunk, §6.1-6.2)."""
@@ -51,7 +51,7 @@ def find_image_starts(ids: Sequence[int], placeholder_ids: Sequence[int]) -> lis
 
 
 def starts_from_media_offset(media_offset) -> list[int]:
-    """Image starts s_j from either official media_offset format (owl3.md §6.3).
+    """Image starts s_j from either official media_offset format (docs/owl3.md §6.3).
 
     240728/241014: a [1, L, 2] (or [L, 2]) tensor with rows [0, n_i], n_i = #{j : s_j < i}, so image j's
     start is the token before the first row where n_i reaches j+1; rows [0, -1000000] mean "no image".
@@ -111,7 +111,7 @@ def masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: to
 
 def mi_rope(k: torch.Tensor, positions: torch.Tensor, theta: float) -> torch.Tensor:
     """Rotate visual keys k [nkv, N*P, d], row r at positions[r]. Computed in float32 and rounded once to
-    k's dtype, as the official RotaryEmbedding(use_fp32=True) does (owl3.md §4, §9)."""
+    k's dtype, as the official RotaryEmbedding(use_fp32=True) does (docs/owl3.md §4, §9)."""
     compute = torch.float64 if k.dtype == torch.float64 else torch.float32
     cos, sin = rope_cos_sin(positions, k.shape[-1], theta, compute)
     return apply_rope(k.to(compute), cos, sin).to(k.dtype)
@@ -156,7 +156,7 @@ class Owl3Reference:
     # ---------------------------------------------------------------------------------------- inputs
 
     def _visual_rows(self, image_embeds, n_images: int) -> torch.Tensor:
-        """image_embeds as [n_images * P, H] rows: image j = rows [j*P, (j+1)*P) (owl3.md §4)."""
+        """image_embeds as [n_images * P, H] rows: image j = rows [j*P, (j+1)*P) (docs/owl3.md §4)."""
         P, H = self.variant.num_patches, self.config.hidden_size
         if torch.is_tensor(image_embeds) or hasattr(image_embeds, "__array__"):
             parts = [torch.as_tensor(image_embeds)]

@@ -57,7 +57,7 @@ def _onnx_modules():
         import onnxruntime
     except ImportError as e:
         raise ImportError(f"exporting vision.onnx needs onnx and onnxruntime ({e}); "
-                          "pip install 'owl_cpp[export]'") from e
+                          'pip install "owl_cpp[export]"') from e
     return onnx, onnxruntime
 
 

@@ -1,7 +1,7 @@
-"""Which mPLUG-Owl3 checkpoint this is, from config.json and the tensor names (owl3.md §1, §2).
+"""Which mPLUG-Owl3 checkpoint this is, from config.json and the tensor names (docs/owl3.md §1, §2).
 
 Three LM-side architectures share one config schema (`model_type: "mplugowl3"`), so the config alone does not
-say which hyper-attention to run; the tensors of the hyper layers do (owl3.md §2.2):
+say which hyper-attention to run; the tensors of the hyper layers do (docs/owl3.md §2.2):
 
   generation  gate tensor (hyper layers)            vision2text                  cut template
   240728      self_attn.gate_proj.0.{weight,bias}   Linear   (`vision2text_model.weight`)    v2_global
@@ -20,9 +20,9 @@ from ..checkpoint import CheckpointError, TextConfig, UnsupportedModelError
 LM_PREFIX = "language_model."
 _LAYER = LM_PREFIX + "model.layers.{}.self_attn."
 
-# HyperQwen2Config's default when config.json has no hyper_layers (owl3.md §1.1); 1-based.
+# HyperQwen2Config's default when config.json has no hyper_layers (docs/owl3.md §1.1); 1-based.
 DEFAULT_HYPER_LAYERS = (1, 9, 17, 25)
-# mPLUGOwl3Config.default_vision_config: used when config.json has no vision_config (owl3.md §1.2).
+# mPLUGOwl3Config.default_vision_config: used when config.json has no vision_config (docs/owl3.md §1.2).
 DEFAULT_VISION_CONFIG = {"hidden_size": 1152, "image_size": 384, "intermediate_size": 4304,
                          "model_type": "siglip_vision_model", "num_attention_heads": 16,
                          "num_hidden_layers": 27, "patch_size": 14}
@@ -41,7 +41,7 @@ class Owl3LayoutError(UnsupportedModelError):
 
 @dataclass(frozen=True)
 class VisionConfig:
-    """SigLIP vision tower hyper-parameters (owl3.md §1.2), SiglipVisionConfig defaults applied."""
+    """SigLIP vision tower hyper-parameters (docs/owl3.md §1.2), SiglipVisionConfig defaults applied."""
     hidden_size: int
     intermediate_size: int
     num_layers: int
@@ -57,7 +57,7 @@ class VisionConfig:
 
     @property
     def patches_per_side(self) -> int:
-        # a stride-p conv over S px: floor(S/p) patches; 384/14 -> 27, the last 6 px unused (owl3.md §1.2)
+        # a stride-p conv over S px: floor(S/p) patches; 384/14 -> 27, the last 6 px unused (docs/owl3.md §1.2)
         return self.image_size // self.patch_size
 
     @property
@@ -87,7 +87,7 @@ class VisionConfig:
 
 @dataclass(frozen=True)
 class Owl3Variant:
-    """The facts a runtime needs to pick the right code paths (owl3.md headline table)."""
+    """The facts a runtime needs to pick the right code paths (docs/owl3.md headline table)."""
     name: str                        # "240728" | "241014" | "241101"
     hyper_layers: tuple[int, ...]    # 0-based decoder indices (config's hyper_layers are 1-based)
     image_size: int                  # S: pixels per side fed to the vision tower
@@ -109,7 +109,7 @@ class Owl3Variant:
 
 
 def text_config(config: dict) -> TextConfig:
-    """The Qwen2 backbone's hyper-parameters; mplugowl3 configs carry them at top level (owl3.md §1.1)."""
+    """The Qwen2 backbone's hyper-parameters; mplugowl3 configs carry them at top level (docs/owl3.md §1.1)."""
     return TextConfig.from_dict({**config, "model_type": "qwen2"})
 
 

@@ -1,8 +1,8 @@
 """PyTorch reference of the mPLUG-Owl3 vision path: SigLIP-so400m up to hidden_states[-2], then vision2text.
 
-owl3.md §1.2: the feature is `vision_model(pixels, output_hidden_states=True).hidden_states[-2]`, i.e. the
+docs/owl3.md §1.2: the feature is `vision_model(pixels, output_hidden_states=True).hidden_states[-2]`, i.e. the
 output of encoder layer L-2 (0-based) of L: the last encoder layer, post_layernorm and the MAP head are
-never used. owl3.md §1.3: vision2text is Linear(Hv, H) (240728, 241014) or Linear-GELU(erf)-Linear (241101).
+never used. docs/owl3.md §1.3: vision2text is Linear(Hv, H) (240728, 241014) or Linear-GELU(erf)-Linear (241101).
 
 SigLIP as in transformers 4.41 (SiglipVisionTransformer):
   x = conv_pxp_stride_p(pixels).flatten(2).T + position_embedding[0..P-1]
@@ -37,7 +37,7 @@ class Owl3VisionReference:
             "vision_model.embeddings.patch_embedding.bias": (Hv,),
             "vision_model.embeddings.position_embedding.weight": (c.num_patches, Hv),
         }
-        # Only the layers hidden_states[-2] needs: the last one is loaded by no-one (owl3.md §1.2).
+        # Only the layers hidden_states[-2] needs: the last one is loaded by no-one (docs/owl3.md §1.2).
         for i in range(c.num_layers - 1):
             p = f"vision_model.encoder.layers.{i}."
             for n in ("layer_norm1", "layer_norm2"):
@@ -107,7 +107,7 @@ class Owl3VisionReference:
         """Encoder layer i (pre-LN): [N, P, Hv] -> [N, P, Hv]."""
         c, w, p = self.config, self.w, f"vision_model.encoder.layers.{i}."
         if not 0 <= i < c.num_layers - 1:
-            raise IndexError(f"vision layer {i}: only layers 0..{c.num_layers - 2} are used (owl3.md §1.2)")
+            raise IndexError(f"vision layer {i}: only layers 0..{c.num_layers - 2} are used (docs/owl3.md §1.2)")
 
         def ln(t, n):
             return F.layer_norm(t, (c.hidden_size,), w[p + n + ".weight"], w[p + n + ".bias"], c.layer_norm_eps)
@@ -125,7 +125,7 @@ class Owl3VisionReference:
         return x
 
     def project(self, feats: torch.Tensor) -> torch.Tensor:
-        """vision2text: [N, P, Hv] -> [N, P, H] (owl3.md §1.3)."""
+        """vision2text: [N, P, Hv] -> [N, P, H] (docs/owl3.md §1.3)."""
         w = self.w
         if self.vision2text == "linear":
             return F.linear(feats, w["vision2text_model.weight"], w["vision2text_model.bias"])
