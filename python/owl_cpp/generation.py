@@ -8,7 +8,7 @@ from typing import Iterator, Optional
 
 from . import _core
 from .context_slot import ContextSlot, PreparedPrompt
-from .stops import StopMatcher, normalize_stop  # noqa: F401  (re-exported: owl_cpp.generation.StopMatcher)
+from .stops import StopMatcher
 
 
 @dataclass

@@ -54,8 +54,8 @@ class Session:
 
     @property
     def n_past(self) -> int:
-        """Tokens this session's context holds."""
-        return self._slot.ctx.n_past
+        """Tokens this session's context holds (read without touching the context, which may be busy)."""
+        return len(self._slot.tokens)
 
     @property
     def history(self) -> list[dict]:

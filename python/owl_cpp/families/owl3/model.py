@@ -26,6 +26,7 @@ from ...image_cache import content_key
 from ...messages import conversation
 from ...research import (ContinuationScore, PromptHiddenStates, PromptLogits, prompt_hidden_states,
                          prompt_logits)
+from ...session import Session
 from ...stops import special_token_ids
 from ...streaming import StrippedText
 from ...vision import VisionEncoder
@@ -123,7 +124,6 @@ class OwlModel(DecoderModel):
 
     def session(self, system: Optional[str] = None):
         """A multi-turn conversation with a context of its own (its KV cache) and this model's image cache."""
-        from ...session import Session
         return Session(self, system)
 
     def _answer(self, messages: Sequence[dict], expanded: Sequence[Expanded], *, slot: Optional[ContextSlot] = None,
