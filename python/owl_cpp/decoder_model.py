@@ -79,6 +79,12 @@ class DecoderModel:
     def eos_token_id(self) -> Optional[int]:
         return self.tokenizer.eos_id
 
+    @property
+    def _ctx(self):
+        """The default context's _core.Context, for benchmarks that drive it directly (bench/engine_runner.py).
+        Not while other threads use the model; reset() afterwards keeps the pool's bookkeeping right."""
+        return self._contexts.default.ctx
+
     def metadata(self, key: str):
         """A GGUF metadata value (KeyError when the file lacks it)."""
         return self._gguf[key]
