@@ -134,9 +134,10 @@ def test_video_frames_are_decoded_and_sampled(tmp_path, monkeypatch):
     assert [int(f[0, 0, 0]) for f in read_video(str(video), max_frames=4)] == want
 
 
-def test_console_script_runs(model_dir, images):
+def test_console_script_runs(model_dir, model, images):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([OWL_CPP_PARENT, os.environ.get("PYTHONPATH", "")]),
                OWL_MODEL=str(model_dir))
-    r = subprocess.run([sys.executable, "-m", "owl_cpp.cli", "--image", images[1], "-n", "4"], input="Hi\n",
-                       capture_output=True, text=True, env=env, timeout=60)
-    assert r.returncode == 0 and r.stdout.endswith("\n"), r.stderr
+    r = subprocess.run([sys.executable, "-m", "owl_cpp.cli", "--image", images[1], "-n", "4", "-t", "2", "-c", "512"],
+                       input="Hi\n", capture_output=True, text=True, env=env, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == model.chat(images[1], "Hi", max_tokens=4) + "\n"

@@ -23,7 +23,7 @@ def test_info_counts_and_timings(model):
     info = model.generate(PROMPT, max_tokens=10, return_info=True)
     assert info["prompt_tokens"] == len(model.tokenize(PROMPT))
     assert info["completion_tokens"] == len(info["tokens"]) <= 10
-    assert info["finish_reason"] in ("length", "stop")
+    assert info["finish_reason"] == ("length" if len(info["tokens"]) == 10 else "stop")
     assert info["timings"]["prefill_s"] > 0 and info["text"] == model.detokenize(info["tokens"])
 
 
@@ -61,8 +61,8 @@ def test_prompt_longer_than_context_is_a_clear_error(tiny_gguf):
         small.logits(list(range(20)))
     # Generation that runs into the end of the context stops cleanly.
     ids = small.tokenize("hello there")[:6]
-    info = small.generate(ids, max_tokens=50, return_info=True)
-    assert info["finish_reason"] in ("context", "stop") and len(ids) + info["completion_tokens"] <= 8
+    info = small.generate(ids, max_tokens=50, return_info=True, ignore_eos=True)
+    assert info["finish_reason"] == "context" and len(ids) + info["completion_tokens"] == 8
 
 
 def test_out_of_range_token_ids(model):
@@ -71,11 +71,18 @@ def test_out_of_range_token_ids(model):
 
 
 def test_prefix_reuse_gives_the_same_logits_as_a_fresh_cache(model, tiny_gguf):
+    from owl_cpp.context_slot import PreparedPrompt
+
     ids = model.tokenize(PROMPT)
-    model.generate(ids, max_tokens=4)              # cache now holds ids + generated tokens
-    model._prefill(ids + ids[:3])                  # shares the prompt prefix: only 3 (+1) tokens recomputed
-    assert model._ctx.n_past == len(ids) + 3
-    reused = model._ctx.eval([ids[3]])
+    info = model.generate(ids, max_tokens=4, return_info=True, ignore_eos=True)
+    assert info["prompt_tokens_evaluated"] >= 1
+    with model._contexts.borrow(wait=True) as slot:     # the default context: ids + 3 generated tokens cached
+        assert slot.tokens == ids + info["tokens"][:3]
+        n, _ = slot.prefill(PreparedPrompt(ids + ids[:3]))   # shares the prompt: only 3 tokens recomputed
+        assert n == 3 and slot.ctx.n_past == len(ids) + 3
+        reused = slot.ctx.eval([ids[3]])
+    again = model.generate(ids, max_tokens=2, return_info=True)
+    assert again["prompt_tokens_evaluated"] == 1                        # all but the last prompt token reused
     fresh = owl_cpp.load(tiny_gguf("qwen2", "q8_0"), n_ctx=256, threads=2)
     want = fresh.logits(ids + ids[:4])[-1]
     np.testing.assert_allclose(reused, want, rtol=0, atol=1e-5 * np.abs(want).max())

@@ -29,7 +29,7 @@ VARIANTS = ["1b", "2b", "7b-240728", "7b-241101"]
 # fixture variant -> (generation, gate kind, 0-based hyper layers of the tiny 4-layer model, tied)
 EXPECT = {"1b": ("241014", "vector", [1, 3], True), "2b": ("241014", "vector", [1, 3], True),
           "7b-240728": ("240728", "proj", [0, 2], False), "7b-241101": ("241101", "none", [1, 3], False)}
-GRID_SQU_6 = [(2, 2), (1, 3), (1, 4), (3, 1), (4, 1), (2, 3), (3, 2)]   # preprocess.py's order
+GRID_SQU_6 = [(2, 2), (1, 3), (1, 4), (3, 1), (4, 1), (2, 3), (3, 2)]   # docs/owl3.md §5.2's order
 LAYER_TENSORS = ["attn_norm.weight", "attn_q.weight", "attn_q.bias", "attn_k.weight", "attn_k.bias",
                  "attn_v.weight", "attn_v.bias", "attn_output.weight", "ffn_norm.weight", "ffn_gate.weight",
                  "ffn_up.weight", "ffn_down.weight"]
@@ -122,9 +122,9 @@ def test_decoder_keys(decoder, ckpt, variant):
     assert _field(r, "tokenizer.chat_template").contents() == tc["chat_template"]
 
 
-def test_anchors_match_runtime_preprocess():
-    from owl_export.owl3.convert import _preprocess_module
-    assert [tuple(a) for a in _preprocess_module().GRID_SQU_6] == GRID_SQU_6
+def test_anchors_are_grid_squ_6():
+    from owl_export.owl3.convert import GRID_SQU_6 as written
+    assert [tuple(a) for a in written] == GRID_SQU_6
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

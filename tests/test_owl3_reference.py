@@ -396,9 +396,13 @@ def test_media_offset_conversions():
 
 # ------------------------------------------------------------------------------------------- end to end
 
-def _preprocess_module():
-    from owl_cpp import preprocess
-    return preprocess
+def _preprocess(img, variant):
+    """The runtime's preprocessing with the settings owl-export writes into decoder.gguf."""
+    from owl_cpp.families.owl3.image_config import ImagePreprocessing
+    from owl_cpp.families.owl3.preprocess import preprocess_image
+    from owl_export.owl3.convert import preprocessing_metadata
+    meta = preprocessing_metadata(variant.image_size, variant.cut_template)
+    return preprocess_image(img, ImagePreprocessing.from_metadata(meta))
 
 
 @pytest.mark.parametrize("variant", ["7b-240728", "7b-241101"])
@@ -407,11 +411,10 @@ def test_end_to_end_cut_image(dirs, variant):
     import numpy as np
     from tokenizers import Tokenizer
 
-    pre = _preprocess_module()
     ref = Owl3Reference.from_pretrained(dirs[variant])                 # float32, as exported
     gen = ref.variant
     img = (np.arange(20 * 50 * 3).reshape(20, 50, 3) * 7 % 256).astype(np.uint8)  # wide: 1 x 3 or so
-    out = pre.preprocess_image(img, image_size=gen.image_size, template=gen.cut_template)
+    out = _preprocess(img, gen)
     assert out.pixels.shape == (out.num_views, 3, gen.image_size, gen.image_size)
     embeds = ref.encode_images(torch.from_numpy(out.pixels))
     assert embeds.shape == (out.num_views, P, 64)

@@ -1,4 +1,5 @@
-"""Owl3 image preprocessing (python/owl_cpp/preprocess.py) against docs/owl3.md §5 and §6.4.
+"""Owl3 image preprocessing (owl_cpp/images.py + families/owl3/preprocess.py) against docs/owl3.md §5 and §6.4,
+with the settings owl-export writes into decoder.gguf (tests/owl3_image_config.py).
 
 - grids: the worked examples of §5.2, and the official anchor_rank (re-written in torch from its published
   arithmetic: int64 boxes, float32 IoU) over many sizes and aspect ratios;
@@ -21,7 +22,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from owl_cpp import preprocess as pre
+from owl3_image_config import GRID_SQU_6, OFFICIAL_SIZE, image_config
+from owl_cpp import images
+from owl_cpp.families.owl3 import preprocess as pre
 
 BICUBIC = Image.Resampling.BICUBIC
 PILLOW_MAJOR = int(Image.__version__.split(".")[0])
@@ -62,13 +65,13 @@ WORKED = [((500, 500), (2, 2)), ((1000, 500), (2, 3)), ((500, 1000), (3, 2)), ((
 
 @pytest.mark.parametrize("size,grid", WORKED)
 def test_worked_examples(size, grid):
-    assert pre.select_grid(*size, 384) == grid
+    assert pre.select_grid(*size, 384, GRID_SQU_6) == grid
 
 
 def _official_anchor_rank(w: int, h: int, S: int) -> tuple[int, int]:
     """anchor_rank of image_processing_mplugowl3.py, restated in torch with its dtypes (docs/owl3.md §5.2)."""
     torch = pytest.importorskip("torch")
-    grid = pre.GRID_SQU_6
+    grid = GRID_SQU_6
     anchors = torch.tensor([[0, 0, c * S, r * S] for r, c in grid])                 # int64 xyxy
 
     def area(b):
@@ -94,7 +97,7 @@ def test_grids_match_official_arithmetic():
     sizes += [(1, 1), (1, 5000), (5000, 1), (384, 384), (768, 768), (1152, 384), (384, 1536), (3, 1000)]
     for S in (384, 378, 30):
         for w, h in sizes:
-            assert pre.select_grid(w, h, S) == _official_anchor_rank(w, h, S), (w, h, S)
+            assert pre.select_grid(w, h, S, GRID_SQU_6) == _official_anchor_rank(w, h, S), (w, h, S)
 
 
 # ------------------------------------------------------------------------------------------- pixels
@@ -103,9 +106,9 @@ def test_grids_match_official_arithmetic():
                                    (2000, 500, 378), (37, 700, 384), (64, 64, 30)])
 def test_pixels_match_recomputation(w, h, S):
     im = Image.fromarray(synthetic(w, h))
-    out = pre.preprocess_image(im, image_size=S)
+    out = pre.preprocess_image(im, image_config(S))
     rows, cols = out.grid
-    assert (rows, cols) == pre.select_grid(w, h, S)
+    assert (rows, cols) == pre.select_grid(w, h, S, GRID_SQU_6)
     assert out.pixels.dtype == np.float32 and out.pixels.shape == (rows * cols + 1, 3, S, S)
     assert np.array_equal(out.pixels, recompute(im, S, rows, cols))
     assert out.pixels.min() >= -1 and out.pixels.max() <= 1
@@ -123,23 +126,20 @@ PILLOW12_DIGESTS = {
 @pytest.mark.parametrize("key", sorted(PILLOW12_DIGESTS))
 def test_resize_is_pillow12_bicubic(key):
     w, h, S = key
-    out = np.asarray(pre.resize_bicubic(Image.fromarray(synthetic(w, h)), (S, S)))
+    out = np.asarray(images.resize(Image.fromarray(synthetic(w, h)), (S, S), "bicubic"))
     assert hashlib.sha256(out.tobytes()).hexdigest() == PILLOW12_DIGESTS[key]
-    global_view = pre.preprocess_image(synthetic(w, h), image_size=S).pixels[-1]
-    assert np.array_equal(global_view, pre.normalize(Image.fromarray(out)))
+    global_view = pre.preprocess_image(synthetic(w, h), image_config(S)).pixels[-1]
+    assert np.array_equal(global_view, images.normalize(Image.fromarray(out), (0.5,) * 3, (0.5,) * 3))
 
 
 def test_cut_disabled_and_variants():
     a = synthetic(640, 480)
-    out = pre.preprocess_image(a, variant="241101", cut=False)
+    out = pre.preprocess_image(a, image_config(OFFICIAL_SIZE["241101"], "241101"), cut=False)
     assert out.grid is None and out.prompt == "<|image|>" and out.pixels.shape == (1, 3, 378, 378)
     assert np.array_equal(out.pixels, recompute(Image.fromarray(a), 378, 1, 1)[-1:])
-    assert pre.preprocess_image(a, variant="240728").pixels.shape == (7, 3, 384, 384)      # 2 x 3 + global
-    assert pre.preprocess_image(a, variant="241014").prompt.startswith("<|start_cut|>2*3\n")
-    with pytest.raises(ValueError, match="variant"):
-        pre.preprocess_image(a, variant="250101")
-    with pytest.raises(ValueError, match="image_size"):
-        pre.preprocess_image(a)
+    v2 = pre.preprocess_image(a, image_config(OFFICIAL_SIZE["240728"], "240728"))
+    assert v2.pixels.shape == (7, 3, 384, 384) and v2.prompt.startswith("Cut to 2 rows 3 columns")   # 2 x 3 + global
+    assert pre.preprocess_image(a, image_config(384, "241014")).prompt.startswith("<|start_cut|>2*3\n")
 
 
 def test_prompt_templates():
@@ -149,7 +149,7 @@ def test_prompt_templates():
         "subimg(1,0)<|image|> subimg(1,1)<|image|>\nglobal_view<|image|>")
     assert pre.cut_prompt(2, 3, "v3_global") == (
         "<|start_cut|>2*3\n<|image|> <|image|> <|image|>\n<|image|> <|image|> <|image|>\n<|image|><|end_cut|>")
-    for rows, cols in pre.GRID_SQU_6:
+    for rows, cols in GRID_SQU_6:
         for t in ("v2_global", "v3_global"):
             assert pre.cut_prompt(rows, cols, t).count("<|image|>") == rows * cols + 1
     with pytest.raises(ValueError, match="template"):
@@ -159,7 +159,7 @@ def test_prompt_templates():
 # ------------------------------------------------------------------------------------------- modes
 
 def _views(img, S=30):
-    return pre.preprocess_image(img, image_size=S).pixels
+    return pre.preprocess_image(img, image_config(S)).pixels
 
 
 def test_rgba_drops_alpha_like_convert_rgb():
@@ -222,14 +222,14 @@ def test_files_bytes_and_errors(tmp_path):
 @pytest.mark.parametrize("w,h", [(1, 1), (2, 1), (1, 3), (3, 1000), (1000, 2)])
 def test_tiny_and_thin_images(w, h):
     a = np.full((h, w, 3), 200, np.uint8)
-    out = pre.preprocess_image(a, image_size=30)
+    out = pre.preprocess_image(a, image_config(30))
     assert out.pixels.shape[0] == out.grid[0] * out.grid[1] + 1
     assert np.allclose(out.pixels, 200 / 255 * 2 - 1, atol=1e-6)             # a flat image stays flat
 
 
 def test_empty_image_is_an_error():
     with pytest.raises(ValueError, match="no pixels"):
-        pre.preprocess_image(Image.new("RGB", (0, 5)), image_size=30)
+        pre.preprocess_image(Image.new("RGB", (0, 5)), image_config(30))
 
 
 def _png_header(w: int, h: int) -> bytes:
@@ -241,19 +241,21 @@ def _png_header(w: int, h: int) -> bytes:
 
 def test_huge_images_are_refused_before_decoding():
     with pytest.raises(ValueError):
-        pre.preprocess_image(_png_header(60000, 60000), image_size=384)         # 3.6 G pixels
+        pre.preprocess_image(_png_header(60000, 60000), image_config(384))         # 3.6 G pixels
     with pytest.raises(ValueError, match="over the limit"):
-        pre.preprocess_image(_png_header(3000, 2000), image_size=384, max_pixels=5_000_000)
+        pre.preprocess_image(_png_header(3000, 2000), image_config(384), max_pixels=5_000_000)
     # a thin image under the limit whose horizontal resize pass would not be: refused, not allocated
     with pytest.raises(ValueError, match="over the limit"):
-        pre.preprocess_image(np.zeros((9000, 1, 3), np.uint8), image_size=384, max_pixels=1_000_000)
+        pre.preprocess_image(np.zeros((9000, 1, 3), np.uint8), image_config(384), max_pixels=1_000_000)
 
 
 def test_no_torch_at_run_time():
-    code = ("import importlib.util, sys\n"
-            f"spec = importlib.util.spec_from_file_location('pp', {pre.__file__!r})\n"
-            "m = sys.modules['pp'] = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)\n"
+    code = ("import sys\n"
+            "from owl_cpp.families.owl3.image_config import ImagePreprocessing\n"
+            "from owl_cpp.families.owl3.preprocess import preprocess_image\n"
             "import numpy as np\n"
-            "m.preprocess_image(np.zeros((10, 20, 3), np.uint8), image_size=30)\n"
+            "c = ImagePreprocessing(30, (0.5,) * 3, (0.5,) * 3, 'bicubic', ((2, 2), (1, 3)), 'docowl', True, 'v3_global')\n"
+            "preprocess_image(np.zeros((10, 20, 3), np.uint8), c)\n"
             "assert 'torch' not in sys.modules, 'preprocess imported torch'\n")
-    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+    package_parent = str(Path(images.__file__).resolve().parent.parent)
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60, cwd=package_parent)

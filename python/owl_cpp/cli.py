@@ -38,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-t", "--threads", type=int, default=None, help="CPU threads (default: physical cores)")
     p.add_argument("-c", "--n-ctx", type=int, default=None, help="context length in tokens (default 4096)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--kv-type", choices=("f16", "f32"), default=None,
+                   help="KV cache storage (default: the runtime's)")
     p.add_argument("--no-cut", action="store_true", help="do not cut images into tiles (global view only)")
     p.add_argument("-v", "--verbose", action="store_true", help="print timings to stderr after each answer")
     return p
@@ -173,7 +175,7 @@ def main(argv: Optional[list[str]] = None, stdin=None, stdout=None) -> int:
         return 2
     try:
         from . import load
-        model = load(args.model, n_ctx=args.n_ctx, threads=args.threads, device=args.device)
+        model = load(args.model, n_ctx=args.n_ctx, threads=args.threads, device=args.device, kv_type=args.kv_type)
         if not hasattr(model, "session"):
             raise ValueError(f"{args.model}: a text model; owl-run needs a model directory from owl-export")
         videos = [read_video(v, args.max_frames) for v in args.video]

@@ -1,11 +1,14 @@
-"""Generation options and stop-string handling, independent of the model class."""
+"""Generation, for every family: sampling options, and the decode loop over one context slot."""
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
-from typing import Iterable, Optional, Sequence, Union
+from typing import Iterator, Optional
 
 from . import _core
+from .context_slot import ContextSlot, PreparedPrompt
+from .stops import StopMatcher
 
 
 @dataclass
@@ -44,45 +47,56 @@ class SamplingOptions:
         return _core.Sampler(p)
 
 
-def normalize_stop(stop: Union[None, str, Sequence[str]]) -> list[str]:
-    if stop is None:
-        return []
-    if isinstance(stop, str):
-        stop = [stop]
-    out = [s for s in stop if s]
-    if not all(isinstance(s, str) for s in out):
-        raise TypeError("stop must be a string or a list of strings")
-    return out
+def check_max_tokens(max_tokens: int) -> None:
+    if max_tokens < 0:
+        raise ValueError(f"max_tokens must be >= 0, got {max_tokens}")
 
 
-class StopMatcher:
-    """Feeds decoded text and releases only what cannot be the start of a stop string."""
-
-    def __init__(self, stops: Iterable[str]):
-        self.stops = list(stops)
-        self.held = ""
-        self.stopped = False
-
-    def push(self, text: str) -> str:
-        if self.stopped:
-            return ""
-        self.held += text
-        cut = min((self.held.find(s) for s in self.stops if s in self.held), default=-1)
-        if cut >= 0:
-            self.stopped = True
-            out, self.held = self.held[:cut], ""
-            return out
-        # Keep the longest tail that is a proper prefix of some stop string.
-        keep = 0
-        for s in self.stops:
-            for n in range(min(len(s) - 1, len(self.held)), keep, -1):
-                if self.held.endswith(s[:n]):
-                    keep = n
-                    break
-        out = self.held[: len(self.held) - keep]
-        self.held = self.held[len(self.held) - keep :]
-        return out
-
-    def flush(self) -> str:
-        out, self.held = ("" if self.stopped else self.held), ""
-        return out
+def generate_tokens(slot: ContextSlot, prompt: PreparedPrompt, tokenizer, *, max_tokens: int, sampler,
+                    stops: list, terminators: frozenset) -> Iterator[tuple[str, dict]]:
+    """Prefill (reusing the slot's cached prefix), then sample until a terminator (not added to the text),
+    a stop string, max_tokens or the end of the context. Yields (text piece, {}) and last ("", info)."""
+    t0 = time.perf_counter()
+    n_evaluated, _ = slot.prefill(prompt)
+    t1 = time.perf_counter()
+    decoder = _core.StreamDecoder(tokenizer, False)
+    matcher = StopMatcher(stops)
+    n_tok = len(tokenizer)
+    history = list(prompt.ids)
+    generated: list[int] = []
+    finish = "length"
+    while len(generated) < max_tokens:
+        if len(history) >= slot.n_ctx:
+            finish = "context"
+            break
+        tok = int(sampler.sample(slot.ctx, history, n_tok))
+        if tok in terminators:
+            finish = "stop"
+            break
+        generated.append(tok)
+        history.append(tok)
+        piece = matcher.push(decoder.push(tok))
+        if matcher.stopped:
+            finish = "stop"
+            if piece:
+                yield piece, {}
+            break
+        if piece:
+            yield piece, {}
+        if len(generated) < max_tokens:
+            slot.append([tok])
+    tail = matcher.push(decoder.flush()) + matcher.flush()
+    t2 = time.perf_counter()
+    yield tail, {
+        "tokens": generated,
+        "prompt_tokens": len(prompt.ids),
+        "prompt_tokens_evaluated": n_evaluated,
+        "completion_tokens": len(generated),
+        "finish_reason": finish,
+        "timings": {
+            "prefill_s": t1 - t0,
+            "decode_s": t2 - t1,
+            "prefill_tokens_per_s": n_evaluated / (t1 - t0) if t1 > t0 else float("inf"),
+            "decode_tokens_per_s": len(generated) / (t2 - t1) if generated and t2 > t1 else 0.0,
+        },
+    }

@@ -1,34 +1,26 @@
-"""The vision tower at run time: vision.onnx (pixels [N,3,S,S] -> image_embeds [N, P, n_embd]) on onnxruntime,
-with the embeddings of each view cached by a hash of its preprocessed pixels, so a conversation that keeps
-talking about the same image encodes it once (design.md "Cache what does not change")."""
+"""The vision tower at run time: vision.onnx (pixels [N,3,S,S] -> image_embeds [N, P, n_embd]) on
+onnxruntime, in front of an ImageEmbeddingCache: views seen before are not run again."""
 from __future__ import annotations
 
-import hashlib
 import os
+import threading
 import warnings
-from collections import OrderedDict
 from typing import Optional
 
 import numpy as np
 
+from .image_cache import DEFAULT_MAX_BYTES, ImageEmbeddingCache, content_key
+
 INPUT, OUTPUT = "pixel_values", "image_embeds"
 
 
-def view_key(pixels: np.ndarray) -> bytes:
-    """Content hash of one preprocessed view [3, S, S] (shape included: equal bytes of another size differ)."""
-    h = hashlib.blake2b(digest_size=16)
-    h.update(repr((pixels.shape, str(pixels.dtype))).encode())
-    h.update(np.ascontiguousarray(pixels).data)
-    return h.digest()
-
-
 class VisionEncoder:
-    """An onnxruntime session for vision.onnx plus an LRU cache of per-view embeddings.
+    """An onnxruntime session for vision.onnx plus the embedding cache. Thread-safe.
 
     n_encoded counts the views actually run through the network (cache misses), for tests and stats."""
 
     def __init__(self, path, *, threads: Optional[int] = None, device: str = "cpu", batch_size: int = 8,
-                 cache_bytes: int = 1 << 30):
+                 cache_bytes: int = DEFAULT_MAX_BYTES):
         path = os.fspath(path)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"{path}: vision model not found")
@@ -57,9 +49,8 @@ class VisionEncoder:
         self.path = path
         self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)   # owl-export writes owl3.*
         self.batch_size = max(1, int(batch_size))
-        self.cache_bytes = int(cache_bytes)
-        self._cache: OrderedDict[bytes, np.ndarray] = OrderedDict()
-        self._cached_bytes = 0
+        self.cache = ImageEmbeddingCache(cache_bytes)
+        self._count_lock = threading.Lock()
         self.n_encoded = 0
 
     @staticmethod
@@ -74,33 +65,30 @@ class VisionEncoder:
             return ["CPUExecutionProvider"]
         raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
 
-    def encode(self, views: np.ndarray, keys: Optional[list] = None) -> list[np.ndarray]:
-        """views [N, 3, S, S] -> N embeddings [P, n_embd] float32; cached views are not run again.
-        keys: view_key of each view, when the caller has them already."""
-        keys = [view_key(v) for v in views] if keys is None else list(keys)
-        found = {k: self._cache[k] for k in keys if k in self._cache}
+    def encode(self, views: np.ndarray, keys: Optional[list] = None, stats: Optional[dict] = None) -> list:
+        """views [N, 3, S, S] -> N embeddings [P, n_embd] float32 (read-only); cached views are not run again.
+        keys: content_key of each view, when the caller has them already. stats, when given, gets
+        "encoded" (views run through the network) and "reused" (views taken from the cache)."""
+        keys = [content_key(v) for v in views] if keys is None else list(keys)
+        found = {}
+        for k in dict.fromkeys(keys):
+            emb = self.cache.get(k)
+            if emb is not None:
+                found[k] = emb
         todo = {k: v for k, v in zip(keys, views) if k not in found}      # distinct misses, in order
         todo_keys, todo_views = list(todo), list(todo.values())
         for b in range(0, len(todo_keys), self.batch_size):
             batch = np.stack(todo_views[b:b + self.batch_size]).astype(self.input_dtype, copy=False)
             out = self.session.run([OUTPUT], {INPUT: batch})[0]
-            self.n_encoded += len(batch)
+            with self._count_lock:
+                self.n_encoded += len(batch)
             for k, e in zip(todo_keys[b:b + self.batch_size], out):
                 found[k] = np.ascontiguousarray(e, dtype=np.float32)
-        for k in dict.fromkeys(keys):                                       # most recent last
-            self._put(k, found[k])
+                self.cache.put(k, found[k])
+        if stats is not None:
+            stats["encoded"] = stats.get("encoded", 0) + len(todo_keys)
+            stats["reused"] = stats.get("reused", 0) + len(keys) - len(todo_keys)
         return [found[k] for k in keys]
 
-    def _put(self, key: bytes, emb: np.ndarray) -> None:
-        if key in self._cache:
-            self._cache.move_to_end(key)
-            return
-        self._cache[key] = emb
-        self._cached_bytes += emb.nbytes
-        while self._cached_bytes > self.cache_bytes and len(self._cache) > 1:
-            _, old = self._cache.popitem(last=False)
-            self._cached_bytes -= old.nbytes
-
     def clear_cache(self) -> None:
-        self._cache.clear()
-        self._cached_bytes = 0
+        self.cache.clear()

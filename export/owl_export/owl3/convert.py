@@ -6,9 +6,11 @@ Owl3 adds is new (docs/owl3.md §2.2, §4, §5):
 
   keys     owl3.variant "240728"|"241014"|"241101", owl3.hyper_layers INT32[] (0-based),
            owl3.hyper_gate "proj"|"vector"|"none", owl3.fused BOOL, owl3.mi_rope_offset UINT32,
-           owl3.vision.{image_size, patch_size, num_patches} UINT32, owl3.vision.image_mean/image_std
-           FLOAT32[3], owl3.vision.cut_template STRING, owl3.vision.anchors INT32[] ((rows, cols) pairs),
-           tokenizer.chat_template (when the checkpoint has one)
+           owl3.vision.{patch_size, num_patches} UINT32, tokenizer.chat_template (when the checkpoint has one)
+           and the image preprocessing the runtime reads (it keeps no copy of these constants):
+           owl3.vision.image_size UINT32, owl3.vision.image_mean/image_std FLOAT32[3], owl3.vision.resample
+           STRING, owl3.vision.anchors INT32[] ((rows, cols) pairs), owl3.vision.anchor_strategy STRING,
+           owl3.vision.cut_global_view BOOL, owl3.vision.cut_template STRING
   tensors  blk.N.hyper_kv.{weight [2*nkv*d, H], bias}   self_attn.v_kv_proj, rows kept in the checkpoint's
                                                         interleaved (kv head, K|V, dim) order
            blk.N.hyper_gate_proj.{weight [d, d], bias}  self_attn.gate_proj.0   (240728)
@@ -16,7 +18,6 @@ Owl3 adds is new (docs/owl3.md §2.2, §4, §5):
 """
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 
@@ -29,7 +30,16 @@ from .variant import LM_PREFIX, Owl3Variant, detect_variant, text_config
 
 ARCH = "owl3"
 _SELF_ATTN = "model.layers.{}.self_attn."
-_PREPROCESS = "_owl_export_runtime_preprocess"   # private name: never shadows owl_cpp.preprocess
+
+# The official image processor's constants (docs/owl3.md §5.1, §5.2): ToTensor then Normalize(0.5, 0.5);
+# torchvision's BICUBIC resize of a PIL image (= Pillow's bicubic); cut_cfg anchors grid_squ_6 as (rows, cols),
+# anchor_strategy docowl, add_global True. The image size and cut template depend on the variant (variant.py).
+IMAGE_MEAN = (0.5, 0.5, 0.5)
+IMAGE_STD = (0.5, 0.5, 0.5)
+RESAMPLE = "bicubic"
+GRID_SQU_6 = ((2, 2), (1, 3), (1, 4), (3, 1), (4, 1), (2, 3), (3, 2))      # no (1, 1): 3..6 tiles
+ANCHOR_STRATEGY = "docowl"
+CUT_GLOBAL_VIEW = True
 
 
 # ------------------------------------------------------------------------------------------- tensors
@@ -62,30 +72,13 @@ def owl3_tensor_plan(cfg: TextConfig, variant: Owl3Variant, lm_tensors) -> list[
 
 # ------------------------------------------------------------------------------------------- metadata
 
-def _preprocess_module():
-    """The runtime's preprocess.py: the single source of mean/std and the cut anchors. Loaded by path, since
-    importing the owl_cpp package would pull in its compiled extension, which the export does not need."""
-    for name in ("owl_cpp.preprocess", _PREPROCESS):
-        if name in sys.modules:
-            return sys.modules[name]
-    spec = importlib.util.find_spec("owl_cpp")          # locates the package without running its __init__
-    # find_spec may also return the C++ source dir owl_cpp/ as a namespace package; a source checkout keeps
-    # the Python package in python/owl_cpp beside export/
-    places = [Path(p) for p in (spec.submodule_search_locations or [])] if spec else []
-    places.append(Path(__file__).resolve().parents[3] / "python" / "owl_cpp")
-    path = next((p / "preprocess.py" for p in places if (p / "preprocess.py").is_file()), None)
-    if path is None:
-        raise FileNotFoundError(f"owl_cpp's preprocess.py not found in {', '.join(map(str, places))} "
-                                "(install owl_cpp)")
-    mod_spec = importlib.util.spec_from_file_location(_PREPROCESS, path)
-    module = importlib.util.module_from_spec(mod_spec)
-    sys.modules[_PREPROCESS] = module                   # dataclasses look their module up while it runs
-    try:
-        mod_spec.loader.exec_module(module)
-    except BaseException:
-        del sys.modules[_PREPROCESS]
-        raise
-    return module
+def preprocessing_metadata(image_size: int, cut_template: str) -> dict:
+    """The owl3.vision.* preprocessing keys and their values, as decoder.gguf carries them."""
+    v = f"{ARCH}.vision."
+    return {v + "image_size": int(image_size), v + "image_mean": list(IMAGE_MEAN), v + "image_std": list(IMAGE_STD),
+            v + "resample": RESAMPLE, v + "anchors": [int(x) for rows_cols in GRID_SQU_6 for x in rows_cols],
+            v + "anchor_strategy": ANCHOR_STRATEGY, v + "cut_global_view": CUT_GLOBAL_VIEW,
+            v + "cut_template": cut_template}
 
 
 def read_chat_template(hf_dir: Path):
@@ -98,23 +91,26 @@ def read_chat_template(hf_dir: Path):
     return template if isinstance(template, (str, list)) and template else None
 
 
-def add_owl3_keys(writer: gguf.GGUFWriter, variant: Owl3Variant, pre) -> None:
-    """The owl3.* keys that are not qwen2's: which hyper-attention to run, and how to preprocess images
-    (`pre`: the runtime's preprocess module, for MEAN, STD and GRID_SQU_6)."""
+def add_owl3_keys(writer: gguf.GGUFWriter, variant: Owl3Variant) -> None:
+    """The owl3.* keys that are not qwen2's: which hyper-attention to run, and how to preprocess images."""
     A, T = gguf.GGUFValueType.ARRAY, gguf.GGUFValueType
     writer.add_string(f"{ARCH}.variant", variant.name)
     writer.add_key_value(f"{ARCH}.hyper_layers", list(variant.hyper_layers), A, sub_type=T.INT32)
     writer.add_string(f"{ARCH}.hyper_gate", variant.gate)
     writer.add_bool(f"{ARCH}.fused", variant.fused)
     writer.add_uint32(f"{ARCH}.mi_rope_offset", variant.mi_rope_offset)
-    writer.add_uint32(f"{ARCH}.vision.image_size", variant.image_size)
     writer.add_uint32(f"{ARCH}.vision.patch_size", variant.patch_size)
     writer.add_uint32(f"{ARCH}.vision.num_patches", variant.num_patches)
-    writer.add_key_value(f"{ARCH}.vision.image_mean", [float(pre.MEAN)] * 3, A, sub_type=T.FLOAT32)
-    writer.add_key_value(f"{ARCH}.vision.image_std", [float(pre.STD)] * 3, A, sub_type=T.FLOAT32)
-    writer.add_string(f"{ARCH}.vision.cut_template", variant.cut_template)
-    anchors = [int(x) for rows_cols in pre.GRID_SQU_6 for x in rows_cols]
-    writer.add_key_value(f"{ARCH}.vision.anchors", anchors, A, sub_type=T.INT32)
+    for key, value in preprocessing_metadata(variant.image_size, variant.cut_template).items():
+        if isinstance(value, bool):
+            writer.add_bool(key, value)
+        elif isinstance(value, int):
+            writer.add_uint32(key, value)
+        elif isinstance(value, str):
+            writer.add_string(key, value)
+        else:
+            sub = T.FLOAT32 if isinstance(value[0], float) else T.INT32
+            writer.add_key_value(key, value, A, sub_type=sub)
 
 
 # ------------------------------------------------------------------------------------------- conversion
@@ -133,7 +129,6 @@ class PreparedDecoder:
         self.plan = owl3_tensor_plan(self.cfg, self.variant, PrefixView(tensors, LM_PREFIX))
         self.vocab = pad_vocab(load_hf_vocab(self.hf_path), self.cfg.vocab_size)  # plan checked the rows
         self.chat_template = read_chat_template(self.hf_path)
-        self.preprocess = _preprocess_module()
 
     def setup(self, writer: gguf.GGUFWriter) -> None:
         from ..vocab import write_vocab
@@ -142,7 +137,7 @@ class PreparedDecoder:
         writer.add_file_type(int(FILE_TYPES[self.quant]))
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
         add_text_hparams(writer, self.cfg)                  # writer.arch = "owl3" gives the owl3.* prefix
-        add_owl3_keys(writer, self.variant, self.preprocess)
+        add_owl3_keys(writer, self.variant)
         write_vocab(writer, self.vocab)
         if self.chat_template is not None:
             writer.add_chat_template(self.chat_template)

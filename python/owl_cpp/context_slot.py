@@ -1,0 +1,107 @@
+"""One conversation's state in the runtime: a _core.Context (KV cache, attached images, scratch) plus what
+it holds, so the next prompt evaluates only what differs (prefix_reuse.py). A slot is used by one caller
+at a time: callers acquire it first (ContextPool, Session); a _core.Context must never run in two threads."""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+
+from .prefix_reuse import reusable_prefix
+
+
+@dataclass(frozen=True)
+class ImageAt:
+    """An image's embeddings [n_tokens, n_embd] and where its placeholder starts in the prompt."""
+    start: int
+    key: bytes
+    embeds: np.ndarray
+
+
+@dataclass
+class PreparedPrompt:
+    """What the runtime evaluates: token ids and the images attached to them, in prompt order."""
+    ids: list
+    images: list = field(default_factory=list)       # [ImageAt]
+
+
+class BusyError(RuntimeError):
+    """The slot is in use (e.g. a session still streaming its previous answer)."""
+
+
+class ContextSlot:
+    def __init__(self, ctx):
+        self.ctx = ctx
+        self.tokens: list[int] = []                      # tokens whose K/V are cached, in order
+        self.images: list[tuple[int, bytes]] = []        # (start, key) of each attached image
+        self._lock = threading.Lock()
+        self._owner: Optional[int] = None               # thread that acquired it
+
+    # ----- ownership -----------------------------------------------------------------------------
+    def try_acquire(self) -> bool:
+        if not self._lock.acquire(blocking=False):
+            return False
+        self._owner = threading.get_ident()
+        return True
+
+    def acquire(self) -> None:
+        """Waits until the slot is free; a thread that holds it already (an unfinished stream of its own)
+        would wait forever, so that raises BusyError instead."""
+        if self._lock.locked() and self._owner == threading.get_ident():
+            raise BusyError("the context is held by an unfinished stream of this thread: exhaust or close "
+                            "the stream first")
+        self._lock.acquire()
+        self._owner = threading.get_ident()
+
+    def release(self) -> None:
+        self._owner = None
+        self._lock.release()
+
+    @property
+    def busy(self) -> bool:
+        return self._lock.locked()
+
+    # ----- state (call with the slot acquired) ---------------------------------------------------
+    @property
+    def n_ctx(self) -> int:
+        return self.ctx.n_ctx
+
+    def reset(self) -> None:
+        self.truncate(0)
+
+    def truncate(self, n: int) -> None:
+        self.ctx.truncate(n)
+        self.tokens = self.tokens[:n]
+        self.images = [im for im in self.images if im[0] < n]
+
+    def prefill(self, prompt: PreparedPrompt, *, reuse: bool = True, all_logits: bool = False,
+                return_logits: bool = False) -> tuple[int, Optional[np.ndarray]]:
+        """Evaluates the prompt, keeping the reusable cached prefix (reuse=False: from position 0). At least
+        the last token is evaluated, for its logits. Returns (tokens evaluated, logits or None): the last
+        token's [n_vocab], or with all_logits those of every evaluated token [n, n_vocab]."""
+        ids = [int(t) for t in prompt.ids]
+        if not ids:
+            raise ValueError("no tokens to evaluate")
+        if len(ids) > self.n_ctx:
+            raise ValueError(f"prompt of {len(ids)} tokens exceeds the context of {self.n_ctx} tokens "
+                             f"(load with a larger n_ctx)")
+        new_images = [(im.start, im.key) for im in prompt.images]
+        common = reusable_prefix(self.tokens, self.images, ids, new_images) if reuse else 0
+        common = min(common, len(ids) - 1)
+        self.truncate(common)
+        for im in prompt.images[len(self.images):]:
+            self.ctx.add_image(im.embeds, im.start)
+            self.images.append((im.start, im.key))
+        if self.ctx.n_images != len(self.images):
+            raise RuntimeError(f"internal: context holds {self.ctx.n_images} images, expected {len(self.images)}")
+        out = self.ctx.eval(ids[common:], all_logits=all_logits, return_logits=return_logits)
+        self.tokens = ids
+        return len(ids) - common, out
+
+    def append(self, ids: list, *, all_logits: bool = False, return_logits: bool = False):
+        """Evaluates ids after what is cached (raw evaluation, continuations, decode steps)."""
+        out = self.ctx.eval(ids, all_logits=all_logits, return_logits=return_logits)
+        self.tokens += ids
+        return out

@@ -1,0 +1,182 @@
+"""What every model family shares: the decoder weights (loaded once), its tokenizer, the contexts calls run
+on (context_pool.py), generation and research access over prepared prompts. Families add how a
+conversation becomes a prepared prompt (text_model.py; families/<family>/model.py)."""
+from __future__ import annotations
+
+import os
+from typing import Iterator, Optional, Sequence, Union
+
+import numpy as np
+
+from . import _core
+from .context_pool import ContextPool
+from .context_slot import ContextSlot, PreparedPrompt
+from .generation import SamplingOptions, check_max_tokens, generate_tokens
+from .research import ContinuationScore, score_continuations
+from .stops import normalize_stop, text_model_terminators
+from .streaming import TextStream
+
+KV_TYPES = ("f16", "f32")
+
+
+def context_takes_kv_type() -> bool:
+    """Whether this build's _core.Context has the kv_type keyword."""
+    return "kv_type" in (_core.Context.__init__.__doc__ or "")
+
+
+class DecoderModel:
+    """A GGUF decoder and its contexts. n_ctx: positions per context (default: the training context, at
+    most 4096); threads: CPU threads (default: physical cores); kv_type: KV cache storage "f16" | "f32"
+    (default: the runtime's); max_spare_contexts: idle extra contexts kept for concurrent calls."""
+
+    def __init__(self, path: Union[str, os.PathLike], *, n_ctx: Optional[int] = None, threads: Optional[int] = None,
+                 n_batch: int = 256, kv_type: Optional[str] = None, max_spare_contexts: int = 1):
+        path = os.fspath(path)
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"model file not found: {path}")
+        self.path = path
+        self._model = _core.Model.load(path)
+        self._gguf = _core.GGUFFile.open(path)
+        self.hparams = dict(self._model.hparams)
+        if n_ctx is None:
+            n_ctx = min(4096, self.hparams["n_ctx_train"])
+        if n_ctx < 1:
+            raise ValueError(f"n_ctx must be >= 1, got {n_ctx}")
+        self._context_args = (int(n_ctx), int(threads) if threads else _core.default_threads(), int(n_batch))
+        self._context_kwargs = {}
+        if kv_type is not None:
+            if kv_type not in KV_TYPES:
+                raise ValueError(f"kv_type must be one of {', '.join(KV_TYPES)}, got {kv_type!r}")
+            if not context_takes_kv_type():
+                raise ValueError(f"kv_type={kv_type!r}: this build of the owl_cpp runtime has no KV cache type "
+                                 "option (update owl_cpp)")
+            self._context_kwargs["kv_type"] = kv_type
+        self.kv_type = kv_type
+        self.tokenizer = self._model.tokenizer
+        self.terminators = self._terminators()
+        self._contexts = ContextPool(self._make_context, max_spare_contexts)
+
+    def _make_context(self):
+        return _core.Context(self._model, *self._context_args, **self._context_kwargs)
+
+    def _terminators(self) -> frozenset:
+        return text_model_terminators(self.tokenizer, self._gguf)
+
+    # ----- properties -------------------------------------------------------------------------
+    @property
+    def n_ctx(self) -> int:
+        return self._context_args[0]
+
+    @property
+    def threads(self) -> int:
+        return self._context_args[1]
+
+    @property
+    def n_vocab(self) -> int:
+        return self.hparams["n_vocab"]
+
+    @property
+    def eos_token_id(self) -> Optional[int]:
+        return self.tokenizer.eos_id
+
+    @property
+    def _ctx(self):
+        """The default context's _core.Context, for benchmarks that drive it directly (bench/engine_runner.py).
+        Not while other threads use the model; reset() afterwards keeps the pool's bookkeeping right."""
+        return self._contexts.default.ctx
+
+    def metadata(self, key: str):
+        """A GGUF metadata value (KeyError when the file lacks it)."""
+        return self._gguf[key]
+
+    # ----- text <-> ids -----------------------------------------------------------------------
+    def tokenize(self, text: Union[str, bytes], add_special: bool = True, special: bool = True) -> list[int]:
+        """Text -> ids. add_special adds BOS where the model wants it; special parses <|im_start|>-style tokens."""
+        if isinstance(text, bytes):
+            text = text.decode("utf-8")
+        return list(self.tokenizer.encode(text, add_special, special))
+
+    def detokenize(self, ids: Sequence[int], render_special: bool = False) -> str:
+        return self.tokenizer.decode(list(ids), render_special)
+
+    # ----- raw evaluation on the default context (tests, advanced use) ------------------------
+    def reset(self) -> None:
+        """Empties the default context and frees idle spare contexts (sessions keep theirs)."""
+        self._contexts.reset()
+
+    def eval(self, ids: Sequence[int]) -> np.ndarray:
+        """Appends ids to the default context and returns the last token's logits [n_vocab]. Waits while
+        another thread uses the default context."""
+        ids = self._check_ids(ids)
+        with self._contexts.borrow(wait=True) as slot:
+            self._check_room(slot, len(ids))
+            return slot.append(ids, return_logits=True)
+
+    def _check_ids(self, ids: Sequence[int]) -> list[int]:
+        ids = [int(i) for i in ids]
+        if not ids:
+            raise ValueError("no tokens to evaluate")
+        return ids
+
+    def _check_room(self, slot: ContextSlot, n: int) -> None:
+        n_past = slot.ctx.n_past
+        if n_past + n > self.n_ctx:
+            raise ValueError(f"prompt too long: {n_past} cached + {n} new tokens exceed the context "
+                             f"of {self.n_ctx} tokens (load with a larger n_ctx)")
+
+    # ----- generation --------------------------------------------------------------------------
+    def _stream(self, prompt: PreparedPrompt, *, slot: Optional[ContextSlot] = None, max_tokens: int, sampler,
+                stop=None, ignore_eos: bool = False) -> Iterator[tuple[str, dict]]:
+        """generate_tokens on a context of the pool (or `slot`), held until the generator ends."""
+        terminators = frozenset() if ignore_eos else self.terminators
+        stops = normalize_stop(stop)
+        with self._contexts.borrow(slot) as s:
+            yield from generate_tokens(s, prompt, self.tokenizer, max_tokens=max_tokens, sampler=sampler,
+                                       stops=stops, terminators=terminators)
+
+    def generate(self, prompt: Union[str, Sequence[int]], *, max_tokens: int = 256, temperature: float = 0.0,
+                 top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05, repeat_penalty: float = 1.0,
+                 seed: Optional[int] = None, stop: Union[None, str, Sequence[str]] = None, stream: bool = False,
+                 add_special: bool = True, return_info: bool = False, ignore_eos: bool = False):
+        """Continues `prompt` (text or token ids), no chat template.
+
+        Stops at the model's terminator tokens (ignore_eos=True: not), a stop string, max_tokens or the end of
+        the context. Returns the text; stream=True: a TextStream of text pieces (.info at the end);
+        return_info=True: a dict with the text, token ids, counts, finish_reason and timings.
+        Safe to call from several threads (context_pool.py says on which context each call runs)."""
+        sampler = SamplingOptions(temperature, top_k, top_p, min_p, repeat_penalty, seed=seed).make_sampler()
+        ids = self._prompt_ids(prompt, add_special)
+        check_max_tokens(max_tokens)
+        run = self._with_text(self._stream(PreparedPrompt(ids), max_tokens=max_tokens, sampler=sampler, stop=stop,
+                                           ignore_eos=ignore_eos))
+        return finish(run, stream, return_info)
+
+    def _prompt_ids(self, prompt, add_special: bool) -> list[int]:
+        ids = self.tokenize(prompt, add_special) if isinstance(prompt, (str, bytes)) else [int(i) for i in prompt]
+        if not ids:
+            raise ValueError("empty prompt: nothing to condition on")
+        return ids
+
+    @staticmethod
+    def _with_text(run: Iterator[tuple[str, dict]]) -> Iterator[tuple[str, dict]]:
+        pieces = []
+        for piece, info in run:
+            pieces.append(piece)
+            if info:
+                info["text"] = "".join(pieces)
+            yield piece, info
+
+    # ----- research ------------------------------------------------------------------------------
+    def _score(self, prompt: PreparedPrompt, continuations: Sequence[Sequence[int]]) -> list[ContinuationScore]:
+        with self._contexts.borrow() as slot:
+            return score_continuations(slot, prompt, continuations, self.n_vocab)
+
+
+def finish(run: Iterator[tuple[str, dict]], stream: bool, return_info: bool):
+    """A generation's result as the caller asked: a TextStream, the info dict, or the text."""
+    if stream:
+        return TextStream(run)
+    info = {}
+    for _, info in run:
+        pass
+    return info if return_info else info["text"]

@@ -1,0 +1,130 @@
+"""Images in, pixels out, for every family: read a path / bytes / PIL image / numpy array, convert to RGB,
+resize with Pillow's filters in a fixed pass order, normalize. numpy + Pillow only (no torch at run time).
+
+Choices (the official processors leave them to their callers or to library versions):
+- RGB: every mode goes through Pillow's `convert("RGB")`, as the official eval pipelines do; so alpha is
+  DROPPED, not composited (RGBA, LA, PA: the colour under a transparent pixel shows), CMYK/P/L/1 use Pillow's
+  conversions. Exception: 16-bit integer images ("I;16*" modes, uint16 arrays) are scaled to 8 bits
+  (v / 257, rounded): Pillow's conversion clips them at 255, which turns a normal 16-bit photo white.
+  Modes "I" and "F" keep Pillow's clip to 0..255. EXIF orientation is not applied (neither does the
+  official code).
+- Resize: Pillow's filter with the pass order of Pillow <= 12 (horizontal, then vertical), done as two
+  one-axis resizes so Pillow 13, which runs the vertical pass first when one axis grows and the other
+  shrinks, gives the same bytes as the Pillow the models were built with (docs/owl3.md §5.1).
+- Size limits: an image of 0 pixels, or whose pixel count (or the horizontal pass's intermediate,
+  new width x old height) exceeds `max_pixels`, raises ValueError instead of exhausting memory. Tiny images
+  (1 x 1 upwards) are processed like any other.
+"""
+from __future__ import annotations
+
+import io
+import os
+from typing import Sequence, Tuple
+
+import numpy as np
+from PIL import Image
+
+# Pillow's decompression-bomb error threshold (2 x Image.MAX_IMAGE_PIXELS): about 0.5 GB as RGB
+MAX_PIXELS = 2 * 89_478_485
+RESAMPLE_FILTERS = {"bicubic": Image.Resampling.BICUBIC}      # the filters the exporters write
+
+
+def load_image(src, *, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """A path, raw bytes, PIL image or numpy array -> PIL image (any mode; see to_rgb). Checks the size
+    from the header, before any pixel is decoded."""
+    if isinstance(src, Image.Image):
+        im = src
+    elif isinstance(src, np.ndarray):
+        im = _from_array(src)
+    elif isinstance(src, (bytes, bytearray, memoryview)):
+        im = _open(io.BytesIO(bytes(src)), "image bytes")
+    elif isinstance(src, (str, os.PathLike)):
+        if not os.path.isfile(src):
+            raise FileNotFoundError(f"{os.fspath(src)}: image file not found")
+        im = _open(os.fspath(src), os.fspath(src))
+    else:
+        raise TypeError(f"image must be a path, bytes, PIL.Image or numpy array, got {type(src).__name__}")
+    check_size(im.size, max_pixels)
+    try:
+        im.load()                       # decode now (first frame), so a corrupt file fails here, clearly
+    except (OSError, SyntaxError) as e:
+        raise ValueError(f"cannot decode the image ({e})") from e
+    return im
+
+
+def _open(fp, what: str) -> Image.Image:
+    try:
+        return Image.open(fp)           # reads the header only
+    except (Image.UnidentifiedImageError, OSError, Image.DecompressionBombError) as e:
+        raise ValueError(f"{what}: cannot read as an image ({e})") from e
+
+
+def _from_array(a: np.ndarray) -> Image.Image:
+    """(H, W), (H, W, 1|3|4) uint8/uint16/bool -> PIL (uint16 scaled to 8 bits, see module doc)."""
+    if a.ndim == 3 and a.shape[2] == 1:
+        a = a[:, :, 0]
+    if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[2] not in (3, 4)):
+        raise ValueError(f"image array must be (H, W), (H, W, 1), (H, W, 3) or (H, W, 4); got {a.shape}")
+    if a.dtype == np.bool_:
+        a = a.astype(np.uint8) * 255
+    elif a.dtype == np.uint16:
+        a = _u16_to_u8(a)
+    elif a.dtype != np.uint8:
+        raise ValueError(f"image array must be uint8 (or uint16/bool), got {a.dtype}; "
+                         "scale float images to 0..255 uint8 first")
+    return Image.fromarray(np.ascontiguousarray(a))           # (H,W) -> L, (H,W,3) -> RGB, (H,W,4) -> RGBA
+
+
+def _u16_to_u8(a: np.ndarray) -> np.ndarray:
+    return np.rint(a.astype(np.float64) / 257.0).astype(np.uint8)   # 0 -> 0, 65535 -> 255
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """Any Pillow mode -> "RGB" (alpha dropped; 16-bit scaled; see the module doc)."""
+    if im.mode == "RGB":
+        return im
+    if im.mode.startswith("I;16"):
+        return Image.fromarray(_u16_to_u8(np.asarray(im))).convert("RGB")
+    try:
+        return im.convert("RGB")
+    except ValueError:                  # e.g. "La"/"RGBa" (premultiplied): go through RGBA
+        try:
+            return im.convert("RGBA").convert("RGB")
+        except ValueError as e:
+            raise ValueError(f"cannot convert a {im.mode!r} image to RGB: {e}") from e
+
+
+def check_size(size, max_pixels: int) -> None:
+    w, h = size
+    if w < 1 or h < 1:
+        raise ValueError(f"image has no pixels ({w}x{h})")
+    if w * h > max_pixels:
+        raise ValueError(f"image of {w}x{h} = {w * h} pixels is over the limit of {max_pixels}; "
+                         "downscale it first (or raise max_pixels)")
+
+
+def resample_filter(name: str):
+    """A resample name as the exporters write it -> Pillow's filter."""
+    if name not in RESAMPLE_FILTERS:
+        raise ValueError(f"unsupported resample filter {name!r} (supported: {', '.join(sorted(RESAMPLE_FILTERS))})")
+    return RESAMPLE_FILTERS[name]
+
+
+def resize(im: Image.Image, size: Tuple[int, int], resample: str = "bicubic",
+           max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Pillow resize to size (w, h), horizontal pass first (Pillow <= 12 order, 8-bit rounding between)."""
+    flt = resample_filter(resample)
+    w, h = size
+    check_size((w, im.size[1]), max_pixels)            # the intermediate of the horizontal pass
+    if w != im.size[0]:
+        im = im.resize((w, im.size[1]), flt)
+    if h != im.size[1]:
+        im = im.resize((w, h), flt)
+    return im
+
+
+def normalize(im: Image.Image, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """RGB PIL -> [3, h, w] float32: ToTensor (x / 255) then Normalize(mean, std), both in float32."""
+    x = np.asarray(im, dtype=np.uint8).astype(np.float32) / np.float32(255)
+    x = (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    return np.ascontiguousarray(x.transpose(2, 0, 1))

@@ -1,0 +1,62 @@
+"""owl_cpp.load(): the model family from the GGUF's general.architecture.
+
+  a model directory (owl-export's output)  -> its decoder.gguf says the family: "owl3" -> OwlModel
+  a .gguf file                             -> "qwen2" / "llama" -> TextModel; an Owl3 decoder.gguf ->
+                                              OwlModel of its directory (vision.onnx beside it)
+anything else is a FormatError (a ValueError) naming the architecture and the supported ones.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional, Union
+
+from . import _core
+from .families import MEDIA_FAMILIES, SUPPORTED, TEXT_ARCHITECTURES, media_model_class
+
+DECODER_FILE = "decoder.gguf"
+ARCH_KEY = "general.architecture"
+EXPORT_HINT = "make one from a Hugging Face checkpoint with `owl-export HF_CHECKPOINT_DIR -o {path}`"
+DEVICES = ("cpu", "cuda")
+
+
+def architecture(gguf_path: Union[str, os.PathLike]) -> str:
+    f = _core.GGUFFile.open(os.fspath(gguf_path))
+    if ARCH_KEY not in f:
+        raise _core.FormatError(f"{os.fspath(gguf_path)}: no {ARCH_KEY} key: not a model file")
+    return str(f[ARCH_KEY])
+
+
+def load(path: Union[str, os.PathLike], *, n_ctx: Optional[int] = None, threads: Optional[int] = None,
+         device: str = "cpu", kv_type: Optional[str] = None):
+    """Loads a model: a model directory from owl-export or a .gguf file; the family comes from the file.
+    n_ctx: positions per context (default: the training context, at most 4096); threads: CPU threads
+    (default: physical cores); device "cuda" runs the vision tower on onnxruntime's CUDA provider where
+    installed (the decoder runs on the CPU); kv_type: KV cache storage, "f16" or "f32" (default: the runtime's)."""
+    path = os.fspath(path)
+    if device not in DEVICES:
+        raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+    if os.path.isdir(path):
+        gguf = Path(path) / DECODER_FILE
+        if not gguf.is_file():
+            raise FileNotFoundError(f"{path}: not a model directory (no {DECODER_FILE}); "
+                                    + EXPORT_HINT.format(path=path))
+    elif os.path.exists(path):
+        gguf = Path(path)
+    else:
+        raise FileNotFoundError(f"model not found: {path} (expected a model directory or a .gguf file; "
+                                + EXPORT_HINT.format(path=path) + ")")
+    arch = architecture(gguf)
+    opts = dict(n_ctx=n_ctx, threads=threads, kv_type=kv_type)
+    if arch in MEDIA_FAMILIES:
+        if gguf.name != DECODER_FILE:
+            raise ValueError(f"{gguf}: an {arch!r} decoder works inside its model directory (named "
+                             f"{DECODER_FILE}, beside vision.onnx); load that directory")
+        return media_model_class(arch)(gguf.parent, device=device, **opts)
+    if arch in TEXT_ARCHITECTURES:
+        if device != "cpu":
+            raise ValueError(f"device {device!r}: text models run on the CPU in this build (use device='cpu')")
+        from .text_model import TextModel
+        return TextModel(gguf, **opts)
+    raise _core.FormatError(f"{gguf}: model architecture {arch!r} is not supported "
+                            f"(supported: {', '.join(SUPPORTED)})")

@@ -1,0 +1,87 @@
+"""When generation ends: the model's terminator tokens, and the caller's stop strings.
+
+Terminators are the tokens that end an answer, not every control token (a model may well write one that
+is not an end, e.g. `<|im_start|>`):
+- text models (qwen2, llama GGUF): the tokenizer's EOS, the GGUF's end-of-turn / end-of-message tokens
+  (tokenizer.ggml.eot_token_id, tokenizer.ggml.eom_token_id) when present, and for ChatML vocabularies
+  `<|im_end|>` and `<|endoftext|>`;
+- families name their own (Owl3: `<|im_end|>` and `<|endoftext|>`, as the official generate() passes).
+`ignore_eos=True` turns terminators off: generation runs to max_tokens, a stop string or the context's end.
+"""
+from __future__ import annotations
+
+from typing import Iterable, Mapping, Optional, Sequence, Union
+
+GGUF_END_KEYS = ("tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id")
+CHATML_START = "<|im_start|>"
+CHATML_ENDS = ("<|im_end|>", "<|endoftext|>")
+
+
+def special_token_id(tokenizer, text: str) -> Optional[int]:
+    """The id of `text` when the vocabulary has it as one control token, else None."""
+    ids = list(tokenizer.encode(text, False, True))
+    return ids[0] if len(ids) == 1 and tokenizer.is_control(ids[0]) else None
+
+
+def special_token_ids(tokenizer, texts: Iterable[str]) -> frozenset:
+    return frozenset(i for i in (special_token_id(tokenizer, t) for t in texts) if i is not None)
+
+
+def text_model_terminators(tokenizer, meta: Mapping) -> frozenset:
+    """Terminators of a plain text model (module doc); meta: the GGUF's key -> value."""
+    n = len(tokenizer)
+    ids = set()
+    if tokenizer.eos_id is not None:
+        ids.add(int(tokenizer.eos_id))
+    for key in GGUF_END_KEYS:
+        if key in meta:
+            v = meta[key]
+            if isinstance(v, int) and 0 <= v < n:
+                ids.add(v)
+    if special_token_id(tokenizer, CHATML_START) is not None:
+        ids |= special_token_ids(tokenizer, CHATML_ENDS)
+    return frozenset(ids)
+
+
+def normalize_stop(stop: Union[None, str, Sequence[str]]) -> list[str]:
+    if stop is None:
+        return []
+    if isinstance(stop, str):
+        stop = [stop]
+    out = [s for s in stop if s]
+    if not all(isinstance(s, str) for s in out):
+        raise TypeError("stop must be a string or a list of strings")
+    return out
+
+
+class StopMatcher:
+    """Feeds decoded text and releases only what cannot be the start of a stop string."""
+
+    def __init__(self, stops: Iterable[str]):
+        self.stops = list(stops)
+        self.held = ""
+        self.stopped = False
+
+    def push(self, text: str) -> str:
+        if self.stopped:
+            return ""
+        self.held += text
+        cut = min((self.held.find(s) for s in self.stops if s in self.held), default=-1)
+        if cut >= 0:
+            self.stopped = True
+            out, self.held = self.held[:cut], ""
+            return out
+        # Keep the longest tail that is a proper prefix of some stop string.
+        keep = 0
+        for s in self.stops:
+            for n in range(min(len(s) - 1, len(self.held)), keep, -1):
+                if self.held.endswith(s[:n]):
+                    keep = n
+                    break
+        out = self.held[: len(self.held) - keep]
+        self.held = self.held[len(self.held) - keep :]
+        return out
+
+    def flush(self) -> str:
+        out, self.held = ("" if self.stopped else self.held), ""
+        return out

@@ -1,0 +1,95 @@
+"""Generation ends at the model's terminators, not at every control token: Owl3 at <|im_end|> and
+<|endoftext|> (the official generate()); text models at EOS, the GGUF's EOT/EOM tokens and, for ChatML
+vocabularies, <|im_end|>/<|endoftext|>. ignore_eos=True runs on to max_tokens. The sampler is scripted so
+each test knows which tokens come."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import owl_cpp
+from gguf_edit import UINT32, rewrite
+from owl_cpp.generation import SamplingOptions
+
+
+class Scripted:
+    """Stands in for _core.Sampler: returns the given tokens in order."""
+
+    def __init__(self, tokens):
+        self.tokens = list(tokens)
+
+    def sample(self, ctx, history, n_vocab):
+        return self.tokens.pop(0)
+
+
+@pytest.fixture
+def script(monkeypatch):
+    def use(tokens):
+        monkeypatch.setattr(SamplingOptions, "make_sampler", lambda self: Scripted(tokens))
+    return use
+
+
+def special(model, text):
+    ids = model.tokenize(text, add_special=False)
+    assert len(ids) == 1 and model.tokenizer.is_control(ids[0]), text
+    return ids[0]
+
+
+@pytest.fixture(scope="module")
+def qwen2(tiny_gguf):
+    return owl_cpp.load(tiny_gguf("qwen2", "f32"), n_ctx=128, threads=1)
+
+
+def test_chatml_text_model_terminators(qwen2):
+    im_start, im_end, eot = (special(qwen2, t) for t in ("<|im_start|>", "<|im_end|>", "<|endoftext|>"))
+    assert qwen2.eos_token_id == im_end
+    assert qwen2.terminators == {im_end, eot}                  # <|im_start|> is a control token, not an end
+
+
+def test_llama_terminators_are_its_eos(tiny_gguf):
+    m = owl_cpp.load(tiny_gguf("llama", "f32"), n_ctx=64, threads=1)
+    assert m.terminators == {m.eos_token_id} and m.eos_token_id is not None
+
+
+def test_gguf_end_of_turn_and_message_tokens(tiny_gguf, tmp_path):
+    path = rewrite(tiny_gguf("qwen2", "f32"), tmp_path / "m.gguf", set_keys={
+        "tokenizer.ggml.eot_token_id": (UINT32, 100), "tokenizer.ggml.eom_token_id": (UINT32, 101)})
+    m = owl_cpp.load(path, n_ctx=64, threads=1)
+    assert {100, 101} <= m.terminators
+
+
+def test_text_generation_stops_at_terminators_only(qwen2, script):
+    im_start, im_end = special(qwen2, "<|im_start|>"), special(qwen2, "<|im_end|>")
+    toks = [40, 41, im_start, 42, im_end, 43, 44]
+    script(toks)
+    info = qwen2.generate("Hello", max_tokens=10, return_info=True)
+    assert info["tokens"] == toks[:4] and info["finish_reason"] == "stop"
+    script(toks)
+    info = qwen2.generate("Hello", max_tokens=6, return_info=True, ignore_eos=True)
+    assert info["tokens"] == toks[:6] and info["finish_reason"] == "length"
+    script(toks)
+    assert "".join(qwen2.generate("Hello", max_tokens=6, stream=True, ignore_eos=True)) == info["text"]
+
+
+@pytest.fixture(scope="module")
+def owl(tiny_owl3_model):
+    return owl_cpp.load(tiny_owl3_model("1b")[1], n_ctx=256, threads=1)
+
+
+def test_owl3_terminators_are_the_official_ones(owl):
+    assert owl.terminators == {special(owl, "<|im_end|>"), special(owl, "<|endoftext|>")}
+
+
+@pytest.mark.parametrize("end", ["<|im_end|>", "<|endoftext|>"])
+def test_owl3_chat_stops_at_its_terminators_only(owl, script, end):
+    img = np.zeros((20, 20, 3), np.uint8)
+    toks = [40, special(owl, "<|im_start|>"), 41, special(owl, end), 42, 43]
+    script(toks)
+    info = owl.chat(img, "Hi", max_tokens=10, cut=False, return_info=True)
+    assert info["tokens"] == toks[:3] and info["finish_reason"] == "stop"
+    script(toks)
+    info = owl.chat(img, "Hi", max_tokens=5, cut=False, return_info=True, ignore_eos=True)
+    assert info["tokens"] == toks[:5] and info["finish_reason"] == "length"
+    script(toks)
+    s = owl.session()
+    assert s.ask("Hi", images=[img], max_tokens=5, cut=False, ignore_eos=True) == info["text"]
