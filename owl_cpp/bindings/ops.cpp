@@ -213,6 +213,38 @@ void bind_ops(py::module_& parent) {
         return out;
     }, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("n_past"), py::arg("scale"), py::arg("threads") = 1, py::arg("ref") = false,
        py::arg("prefix_k") = py::none(), py::arg("prefix_v") = py::none(), py::arg("visible") = py::none(), py::arg("text") = true);
+    // Seconds per call of `reps` text-only attention calls on one persistent pool (decode timing). k, v:
+    // [copies, n_head_kv, ctx, hd]; calls cycle through the copies so that, with enough of them, the cache comes from
+    // memory rather than the last-level cache, as it does across the layers of a model.
+    m.def("bench_attention", [](const F32& q, const F32& k, const F32& v, int64_t n_past, float scale, int threads, int reps) {
+        if (q.ndim() != 3 || k.ndim() != 4 || v.ndim() != 4) throw py::value_error("q must be 3-D, k and v 4-D");
+        for (int d = 0; d < 4; ++d)
+            if (k.shape(d) != v.shape(d)) throw py::value_error("k and v differ in shape");
+        ops::AttentionShape s;
+        s.T = q.shape(0); s.n_head = q.shape(1); s.head_dim = q.shape(2);
+        s.n_head_kv = k.shape(1); s.ctx_stride = k.shape(2); s.n_past = n_past; s.scale = scale;
+        const int64_t copies = k.shape(0);
+        if (copies < 1 || s.T < 1 || s.n_head_kv < 1 || k.shape(3) != s.head_dim || s.n_head % s.n_head_kv || n_past < 0 ||
+            n_past + s.T > s.ctx_stride)
+            throw py::value_error("inconsistent attention shapes");
+        const int64_t copy = s.n_head_kv * s.ctx_stride * s.head_dim;
+        std::vector<float> out(size_t(q.size()));
+        std::vector<double> secs(size_t(reps > 0 ? reps : 0));
+        {
+            py::gil_scoped_release release;
+            ThreadPool pool(threads);
+            for (int64_t c = 0; c < copies; ++c)  // warm up: page in every copy, grow the scratch
+                ops::attention(pool, s, q.data(), k.data() + c * copy, v.data() + c * copy, out.data());
+            for (int i = 0; i < reps; ++i) {
+                const int64_t c = i % copies;
+                const auto t0 = std::chrono::steady_clock::now();
+                ops::attention(pool, s, q.data(), k.data() + c * copy, v.data() + c * copy, out.data());
+                secs[size_t(i)] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+            }
+        }
+        return py::array_t<double>(py::ssize_t(secs.size()), secs.data());
+    }, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("n_past"), py::arg("scale"), py::arg("threads") = 1,
+       py::arg("reps") = 20);
 }
 
 }  // namespace owl
