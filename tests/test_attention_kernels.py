@@ -66,7 +66,8 @@ def case(rng, T, n_past, H, KV, D, prefix_rows=0):
 # (T, n_past, H, KV, D): decode with a long cache, odd head dims, one to seven heads per KV head, batches past a
 # unit of work (64 rows), key counts just below / at / above multiples of the 16-key block.
 SHAPES = [(1, 0, 2, 1, 8), (1, 47, 14, 2, 64), (1, 300, 7, 1, 128), (3, 13, 4, 4, 12), (13, 0, 6, 2, 20),
-          (17, 15, 7, 1, 64), (70, 5, 2, 1, 32), (33, 31, 12, 2, 128), (5, 0, 3, 3, 1)]
+          (17, 15, 7, 1, 64), (70, 5, 2, 1, 32), (33, 31, 12, 2, 128), (5, 0, 3, 3, 1), (1, 15, 8, 1, 72),
+          (4, 12, 10, 2, 65), (2, 6, 5, 5, 7)]
 
 
 @pytest.mark.parametrize("isa", SUPPORTED)

@@ -5,9 +5,10 @@
 //
 // Per unit, in the caller's scratch (layout in isa.h):
 //   Q rows are copied once, pre-multiplied by scale * log2(e), so the softmax runs on exp2;
-//   for each key block: K^T (head_dim x 16) is copied out of the cache (zero-padded to a multiple of 8 dimensions;
-//   V too when head_dim is not one), S = Q K^T, each row is masked to the keys its token sees, and
-//   m = max(m, max S), l = l * 2^(m_old - m) + sum 2^(S - m), O = O * 2^(m_old - m) + 2^(S - m) V;
+//   for each key block: K^T (head_dim x 16) is copied out of the cache (its rows in order into the V buffer, then
+//   transposed in 8 x 8 register blocks; zero-padded to a multiple of 8 dimensions; V is copied too when head_dim
+//   is not one), S = Q K^T, each row is masked to the keys its token sees,
+//   and m = max(m, max S), l = l * 2^(m_old - m) + sum 2^(S - m), O = O * 2^(m_old - m) + 2^(S - m) V;
 //   finally out = O / l.
 // A row's arithmetic never depends on which other rows share its unit or tile, and a block whose keys a row
 // cannot see leaves that row untouched, so results do not depend on the thread count or the batch split.
@@ -20,10 +21,62 @@
 #include "isa.h"
 #include "vec_math.h"
 
+#if defined(__AVX__)
+#include <immintrin.h>
+#elif defined(__aarch64__)
+#include <arm_neon.h>
+#endif
+
 namespace owl::ops::isa {
 namespace {
 
 constexpr int kKB = kAttnKeyBlock;
+
+// Elements [0, n) of p, n < 8, zero-padded to 8.
+inline v8f load_part(const float* p, int64_t n) {
+    float tmp[8] = {};
+    std::memcpy(tmp, p, sizeof(float) * size_t(n));
+    return load8(tmp);
+}
+
+// c[d][j] = r[j][d] for an 8 x 8 block.
+inline void transpose8(const v8f r[8], v8f c[8]) {
+#if defined(__AVX__)
+    const __m256 t0 = _mm256_unpacklo_ps((__m256)r[0], (__m256)r[1]), t1 = _mm256_unpackhi_ps((__m256)r[0], (__m256)r[1]);
+    const __m256 t2 = _mm256_unpacklo_ps((__m256)r[2], (__m256)r[3]), t3 = _mm256_unpackhi_ps((__m256)r[2], (__m256)r[3]);
+    const __m256 t4 = _mm256_unpacklo_ps((__m256)r[4], (__m256)r[5]), t5 = _mm256_unpackhi_ps((__m256)r[4], (__m256)r[5]);
+    const __m256 t6 = _mm256_unpacklo_ps((__m256)r[6], (__m256)r[7]), t7 = _mm256_unpackhi_ps((__m256)r[6], (__m256)r[7]);
+    const __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xee);
+    const __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xee);
+    const __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xee);
+    const __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xee);
+    c[0] = (v8f)_mm256_permute2f128_ps(u0, u4, 0x20);
+    c[1] = (v8f)_mm256_permute2f128_ps(u1, u5, 0x20);
+    c[2] = (v8f)_mm256_permute2f128_ps(u2, u6, 0x20);
+    c[3] = (v8f)_mm256_permute2f128_ps(u3, u7, 0x20);
+    c[4] = (v8f)_mm256_permute2f128_ps(u0, u4, 0x31);
+    c[5] = (v8f)_mm256_permute2f128_ps(u1, u5, 0x31);
+    c[6] = (v8f)_mm256_permute2f128_ps(u2, u6, 0x31);
+    c[7] = (v8f)_mm256_permute2f128_ps(u3, u7, 0x31);
+#elif defined(__aarch64__)
+    // Four 4 x 4 transposes: column d's low half (rows 0-3) comes from the rows' low (d < 4) or high halves.
+    float32x4_t in[8][2], out[8][2];
+    for (int j = 0; j < 8; ++j) std::memcpy(in[j], &r[j], 32);
+    for (int rh = 0; rh < 2; ++rh)      // rows 0-3 or 4-7: the low or high half of the columns
+        for (int dh = 0; dh < 2; ++dh) {  // dimensions 0-3 or 4-7: columns 0-3 or 4-7
+            const float32x4x2_t t0 = vtrnq_f32(in[4 * rh][dh], in[4 * rh + 1][dh]);
+            const float32x4x2_t t1 = vtrnq_f32(in[4 * rh + 2][dh], in[4 * rh + 3][dh]);
+            out[4 * dh][rh] = vcombine_f32(vget_low_f32(t0.val[0]), vget_low_f32(t1.val[0]));
+            out[4 * dh + 1][rh] = vcombine_f32(vget_low_f32(t0.val[1]), vget_low_f32(t1.val[1]));
+            out[4 * dh + 2][rh] = vcombine_f32(vget_high_f32(t0.val[0]), vget_high_f32(t1.val[0]));
+            out[4 * dh + 3][rh] = vcombine_f32(vget_high_f32(t0.val[1]), vget_high_f32(t1.val[1]));
+        }
+    for (int d = 0; d < 8; ++d) std::memcpy(&c[d], out[d], 32);
+#else
+    for (int d = 0; d < 8; ++d)
+        for (int j = 0; j < 8; ++j) c[d][j] = r[j][d];
+#endif
+}
 
 // s[r][0..16) = sum_d q[r][d] * kt[d][0..16) for R rows; dims hd8 (a multiple of 8).
 template <int R>
@@ -58,12 +111,29 @@ inline void pv_tile(const float* p, const float* v, int64_t vstride, int nk, flo
     }
 }
 
-// K^T of one block: kt[d][j] = k[j][d], zero where j >= nk or d >= hd.
-inline void transpose_keys(const float* k, int64_t stride, int nk, int64_t hd, int64_t hd8, float* kt) {
-    if (nk < kKB || hd < hd8) std::memset(kt, 0, sizeof(float) * size_t(hd8 * kKB));
+// V rows j < nk of one block, zero-padded to hd8: vs[j][d].
+inline void copy_values(const float* v, int64_t stride, int nk, int64_t hd, int64_t hd8, float* vs) {
     for (int j = 0; j < nk; ++j) {
-        const float* kj = k + j * stride;
-        for (int64_t d = 0; d < hd; ++d) kt[d * kKB + j] = kj[d];
+        const float* src = v + j * stride;
+        int64_t d = 0;
+        for (; d + 8 <= hd; d += 8) store8(vs + j * hd8 + d, load8(src + d));
+        if (d < hd8) store8(vs + j * hd8 + d, load_part(src + d, hd - d));
+    }
+}
+
+// K^T of one block: kt[d][j] = k[j][d], zero where j >= nk or d >= hd. The rows are first copied in order into
+// `rows` [16][hd8], one sequential stream out of the cache as the hardware prefetchers like it, then transposed
+// in 8 x 8 blocks in registers (zero rows past nk).
+inline void transpose_keys(const float* k, int64_t stride, int nk, int64_t hd, int64_t hd8, float* rows, float* kt) {
+    copy_values(k, stride, nk, hd, hd8, rows);
+    for (int j0 = 0; j0 < kKB; j0 += 8) {
+        const int nj = nk - j0 < 8 ? (nk - j0 > 0 ? nk - j0 : 0) : 8;
+        for (int64_t d0 = 0; d0 < hd8; d0 += 8) {
+            v8f r[8], c[8];
+            for (int j = 0; j < 8; ++j) r[j] = j < nj ? load8(rows + (j0 + j) * hd8 + d0) : v8f{};
+            transpose8(r, c);
+            for (int d = 0; d < 8; ++d) store8(kt + (d0 + d) * kKB + j0, c[d]);
+        }
     }
 }
 
@@ -110,13 +180,12 @@ void attend_unit(const AttnArgs& a) {
 
         for (int64_t j0 = 0; j0 < n_keys; j0 += kKB) {
             const int nk = int(n_keys - j0 < kKB ? n_keys - j0 : kKB);
-            transpose_keys(span.k + j0 * span.stride, span.stride, nk, hd, hd8, kt);
+            transpose_keys(span.k + j0 * span.stride, span.stride, nk, hd, hd8, vs, kt);
             // V rows are read in place when whole vectors; an odd head_dim copies them zero-padded.
             const float* vb = span.v + j0 * span.stride;
             int64_t vstride = span.stride;
             if (hd < hd8) {
-                for (int j = 0; j < nk; ++j)
-                    for (int64_t d = 0; d < hd8; ++d) vs[j * hd8 + d] = d < hd ? vb[j * span.stride + d] : 0.0f;
+                copy_values(vb, span.stride, nk, hd, hd8, vs);
                 vb = vs;
                 vstride = hd8;
             }

@@ -72,8 +72,8 @@ struct AttnArgs {
     AttnSpan spans[2];
     int n_spans = 0;
     // Scratch of attention_work_floats(rows, head_dim) floats, rows = (t1 - t0) * (h1 - h0), hd8 = head_dim
-    // rounded up to a multiple of 8: Q [rows][hd8], O [rows][hd8], K^T [hd8][16], V [16][hd8], S [rows][16],
-    // m [rows], l [rows].
+    // rounded up to a multiple of 8: Q [rows][hd8], O [rows][hd8], K^T [hd8][16], V [16][hd8] (a block's K rows
+    // pass through it on their way to K^T), S [rows][16], m [rows], l [rows].
     float* work = nullptr;
 };
 using AttnFn = void (*)(const AttnArgs& a);
