@@ -4,7 +4,9 @@
 // exits 1 when anything failed.
 //   matmul: F32 / F16 / BF16 against matmul_ref (1e-5), Q8_0 / Q4_0 against the generic set, which quantizes the
 //           activations the same way (1e-5); token counts on both sides of the float-panel threshold, 1-2 threads.
-//   attention and SwiGLU against their references (1e-5).
+//   attention (F32 and F16 KV caches) and SwiGLU against their references (1e-5); the F16 cache bit-identical to an
+//           F32 cache holding the same values.
+//   attention with a KV cache type other than F32 / F16 throws owl::Error.
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -14,6 +16,7 @@
 #include <vector>
 
 #include "owl/dtype.h"
+#include "owl/error.h"
 #include "owl/ops.h"
 #include "owl/threadpool.h"
 
@@ -105,25 +108,80 @@ void check_matmul(const std::string& isa, std::mt19937& rng) {
     }
 }
 
+std::vector<uint16_t> to_f16(const std::vector<float>& x) {
+    std::vector<uint16_t> h(x.size());
+    for (size_t i = 0; i < x.size(); ++i) h[i] = fp32_to_fp16(x[i]);
+    return h;
+}
+
+std::vector<float> from_f16(const std::vector<uint16_t>& h) {
+    std::vector<float> x(h.size());
+    for (size_t i = 0; i < h.size(); ++i) x[i] = fp16_to_fp32(h[i]);
+    return x;
+}
+
 void check_attention(const std::string& isa, std::mt19937& rng) {
     ops::set_isa(isa);
+    // (T, n_past, n_head, n_head_kv, head_dim): a batch with GQA, decode with an odd head_dim.
+    const int64_t shapes[][5] = {{21, 6, 6, 2, 40}, {1, 37, 4, 1, 13}};
+    for (const auto& sh : shapes) {
+        ops::AttentionShape s;
+        s.T = sh[0];
+        s.n_past = sh[1];
+        s.n_head = sh[2];
+        s.n_head_kv = sh[3];
+        s.head_dim = sh[4];
+        s.ctx_stride = s.n_past + s.T + 5;
+        s.scale = 1.0f / std::sqrt(float(s.head_dim));
+        const std::string name = isa + " attention T=" + std::to_string(s.T) + " hd=" + std::to_string(s.head_dim);
+        const std::vector<float> q = randn(rng, size_t(s.T * s.n_head * s.head_dim));
+        const std::vector<float> k = randn(rng, size_t(s.n_head_kv * s.ctx_stride * s.head_dim));
+        const std::vector<float> v = randn(rng, k.size());
+        std::vector<float> want(q.size()), got(q.size());
+        ops::attention_ref(s, q.data(), k.data(), v.data(), want.data());
+        ThreadPool pool(2);
+        ops::attention(pool, s, q.data(), k.data(), v.data(), got.data());
+        double err = rel_err(got, want);
+        check(err < 1e-5, name + " F32", err);
+
+        // F16 cache: against the reference on the rounded values, and bit-identical to an F32 cache holding them.
+        const std::vector<uint16_t> k16 = to_f16(k), v16 = to_f16(v);
+        const std::vector<float> kr = from_f16(k16), vr = from_f16(v16);
+        ops::attention_ref(s, q.data(), kr.data(), vr.data(), want.data());
+        std::vector<float> same(q.size());
+        ops::attention(pool, s, q.data(), kr.data(), vr.data(), same.data());
+        s.kv_type = DType::F16;
+        ops::attention(pool, s, q.data(), k16.data(), v16.data(), got.data());
+        err = rel_err(got, want);
+        check(err < 1e-5, name + " F16", err);
+        check(std::memcmp(got.data(), same.data(), sizeof(float) * got.size()) == 0, name + " F16 == F32 on rounded values",
+              rel_err(got, same));
+        std::vector<float> ref16(q.size());
+        ops::attention_ref(s, q.data(), k16.data(), v16.data(), ref16.data());
+        check(std::memcmp(ref16.data(), want.data(), sizeof(float) * want.size()) == 0, name + " F16 reference",
+              rel_err(ref16, want));
+    }
+}
+
+// Argument errors of the attention API that Python cannot reach.
+void check_errors() {
+    const auto throws = [](const std::string& what, auto&& fn) {
+        bool thrown = false;
+        try {
+            fn();
+        } catch (const Error&) {
+            thrown = true;
+        }
+        check(thrown, what + " throws owl::Error", 0.0);
+    };
+    ThreadPool pool(1);
+    float cache[64] = {};
     ops::AttentionShape s;
-    s.T = 21;
-    s.n_past = 6;
-    s.n_head = 6;
-    s.n_head_kv = 2;
-    s.head_dim = 40;
-    s.ctx_stride = 32;
-    s.scale = 1.0f / std::sqrt(40.0f);
-    const std::vector<float> q = randn(rng, size_t(s.T * s.n_head * s.head_dim));
-    const std::vector<float> k = randn(rng, size_t(s.n_head_kv * s.ctx_stride * s.head_dim));
-    const std::vector<float> v = randn(rng, k.size());
-    std::vector<float> want(q.size()), got(q.size());
-    ops::attention_ref(s, q.data(), k.data(), v.data(), want.data());
-    ThreadPool pool(2);
-    ops::attention(pool, s, q.data(), k.data(), v.data(), got.data());
-    const double err = rel_err(got, want);
-    check(err < 1e-5, isa + " attention", err);
+    s.head_dim = 8;
+    s.kv_type = DType::BF16;
+    float q[8] = {}, out[8];
+    throws("attention BF16 cache", [&] { ops::attention(pool, s, q, cache, cache, out); });
+    throws("attention_ref BF16 cache", [&] { ops::attention_ref(s, q, cache, cache, out); });
 }
 
 void check_swiglu(const std::string& isa, std::mt19937& rng) {
@@ -149,6 +207,7 @@ int main() {
         check_attention(isa, rng);
         check_swiglu(isa, rng);
     }
+    check_errors();
     std::printf("kernel sets:%s; %d checks, %d failed\n", isas.c_str(), g_checks, g_failures);
     return g_failures ? 1 : 0;
 }

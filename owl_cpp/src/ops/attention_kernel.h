@@ -7,9 +7,12 @@
 //   Q rows are copied once, pre-multiplied by scale * log2(e), so the softmax runs on exp2;
 //   for each key block: K^T (head_dim x 16) is copied out of the cache (its rows in order into the V buffer, then
 //   transposed in 8 x 8 register blocks; zero-padded to a multiple of 8 dimensions; V is copied too when head_dim
-//   is not one), S = Q K^T, each row is masked to the keys its token sees,
+//   is not one or the cache is F16), S = Q K^T, each row is masked to the keys its token sees,
 //   and m = max(m, max S), l = l * 2^(m_old - m) + sum 2^(S - m), O = O * 2^(m_old - m) + 2^(S - m) V;
 //   finally out = O / l.
+// An F16 cache is converted to fp32 as its blocks are copied (F16C vcvtph2ps, NEON fcvtl, or exact bit
+// arithmetic in the generic build); the conversion is exact and everything after it is the F32 path's code, so an
+// F16 cache gives bit for bit the result of an F32 cache holding the same values.
 // A row's arithmetic never depends on which other rows share its unit or tile, and a block whose keys a row
 // cannot see leaves that row untouched, so results do not depend on the thread count or the batch split.
 #pragma once
@@ -21,7 +24,7 @@
 #include "isa.h"
 #include "vec_math.h"
 
-#if defined(__AVX__)
+#if defined(__F16C__) || defined(__AVX__)
 #include <immintrin.h>
 #elif defined(__aarch64__)
 #include <arm_neon.h>
@@ -32,11 +35,51 @@ namespace {
 
 constexpr int kKB = kAttnKeyBlock;
 
+// ---- fp16 -> fp32 of 8 elements ----
+
+typedef uint16_t v8h __attribute__((vector_size(16)));
+typedef uint32_t v8u __attribute__((vector_size(32)));
+
+// Exact: every fp16 value (subnormals, inf, NaN with its payload) is a float.
+inline v8f load8_f16(const uint16_t* p) {
+#if defined(__F16C__)
+    return (v8f)_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+#elif defined(__aarch64__)
+    const uint16x8_t h = vld1q_u16(p);
+    const float32x4_t lo = vcvt_f32_f16(vreinterpret_f16_u16(vget_low_u16(h)));
+    const float32x4_t hi = vcvt_high_f32_f16(vreinterpretq_f16_u16(h));
+    v8f r;
+    std::memcpy(&r, &lo, 16);
+    std::memcpy(reinterpret_cast<char*>(&r) + 16, &hi, 16);
+    return r;
+#else
+    // Bit arithmetic (F. Giesen's half_to_float): exponent rebiased by 112; inf/NaN get the full float exponent;
+    // zero / subnormal h = m * 2^-24 is built as the float 2^-14 * (1 + m / 1024) minus 2^-14 (exact), so no
+    // float subnormal is ever an operand (flush-to-zero modes cannot change the result).
+    v8h h;
+    std::memcpy(&h, p, 16);
+    const v8u x = __builtin_convertvector(h, v8u);
+    const v8u em = (x & 0x7fffu) << 13;  // exponent and mantissa in float position
+    const v8u e = em & (0x7c00u << 13);
+    const v8u normal = em + ((127u - 15u) << 23);
+    const v8u infnan = em | (0xffu << 23);
+    const v8u small = (v8u)((v8f)(em + (113u << 23)) - splat(6.103515625e-05f));  // 2^-14
+    const v8u r = e == (0x7c00u << 13) ? infnan : e == 0u ? small : normal;
+    return (v8f)(r | ((x & 0x8000u) << 16));
+#endif
+}
+
+// ---- K/V cache elements (float or fp16 bits) as floats ----
+
+inline v8f load8_kv(const float* p) { return load8(p); }
+inline v8f load8_kv(const uint16_t* p) { return load8_f16(p); }
+
 // Elements [0, n) of p, n < 8, zero-padded to 8.
-inline v8f load_part(const float* p, int64_t n) {
-    float tmp[8] = {};
-    std::memcpy(tmp, p, sizeof(float) * size_t(n));
-    return load8(tmp);
+template <class E>
+inline v8f load_part_kv(const E* p, int64_t n) {
+    E tmp[8] = {};
+    std::memcpy(tmp, p, sizeof(E) * size_t(n));
+    return load8_kv(tmp);
 }
 
 // c[d][j] = r[j][d] for an 8 x 8 block.
@@ -111,20 +154,22 @@ inline void pv_tile(const float* p, const float* v, int64_t vstride, int nk, flo
     }
 }
 
-// V rows j < nk of one block, zero-padded to hd8: vs[j][d].
-inline void copy_values(const float* v, int64_t stride, int nk, int64_t hd, int64_t hd8, float* vs) {
+// V rows j < nk of one block as floats, zero-padded to hd8: vs[j][d].
+template <class E>
+inline void copy_values(const E* v, int64_t stride, int nk, int64_t hd, int64_t hd8, float* vs) {
     for (int j = 0; j < nk; ++j) {
-        const float* src = v + j * stride;
+        const E* src = v + j * stride;
         int64_t d = 0;
-        for (; d + 8 <= hd; d += 8) store8(vs + j * hd8 + d, load8(src + d));
-        if (d < hd8) store8(vs + j * hd8 + d, load_part(src + d, hd - d));
+        for (; d + 8 <= hd; d += 8) store8(vs + j * hd8 + d, load8_kv(src + d));
+        if (d < hd8) store8(vs + j * hd8 + d, load_part_kv(src + d, hd - d));
     }
 }
 
-// K^T of one block: kt[d][j] = k[j][d], zero where j >= nk or d >= hd. The rows are first copied in order into
-// `rows` [16][hd8], one sequential stream out of the cache as the hardware prefetchers like it, then transposed
-// in 8 x 8 blocks in registers (zero rows past nk).
-inline void transpose_keys(const float* k, int64_t stride, int nk, int64_t hd, int64_t hd8, float* rows, float* kt) {
+// K^T of one block: kt[d][j] = k[j][d] (as float), zero where j >= nk or d >= hd. The rows are first copied
+// (converted) in order into `rows` [16][hd8], one sequential stream out of the cache as the hardware prefetchers
+// like it, then transposed in 8 x 8 blocks in registers (zero rows past nk).
+template <class E>
+inline void transpose_keys(const E* k, int64_t stride, int nk, int64_t hd, int64_t hd8, float* rows, float* kt) {
     copy_values(k, stride, nk, hd, hd8, rows);
     for (int j0 = 0; j0 < kKB; j0 += 8) {
         const int nj = nk - j0 < 8 ? (nk - j0 > 0 ? nk - j0 : 0) : 8;
@@ -180,14 +225,20 @@ void attend_unit(const AttnArgs& a) {
 
         for (int64_t j0 = 0; j0 < n_keys; j0 += kKB) {
             const int nk = int(n_keys - j0 < kKB ? n_keys - j0 : kKB);
-            transpose_keys(span.k + j0 * span.stride, span.stride, nk, hd, hd8, vs, kt);
-            // V rows are read in place when whole vectors; an odd head_dim copies them zero-padded.
-            const float* vb = span.v + j0 * span.stride;
-            int64_t vstride = span.stride;
-            if (hd < hd8) {
-                copy_values(vb, span.stride, nk, hd, hd8, vs);
-                vb = vs;
-                vstride = hd8;
+            // Float V rows are read in place when whole vectors; an odd head_dim or fp16 copies them as floats.
+            const float* vb = vs;
+            int64_t vstride = hd8;
+            if (span.f16) {
+                transpose_keys(static_cast<const uint16_t*>(span.k) + j0 * span.stride, span.stride, nk, hd, hd8, vs, kt);
+                copy_values(static_cast<const uint16_t*>(span.v) + j0 * span.stride, span.stride, nk, hd, hd8, vs);
+            } else {
+                transpose_keys(static_cast<const float*>(span.k) + j0 * span.stride, span.stride, nk, hd, hd8, vs, kt);
+                if (hd < hd8) {
+                    copy_values(static_cast<const float*>(span.v) + j0 * span.stride, span.stride, nk, hd, hd8, vs);
+                } else {
+                    vb = static_cast<const float*>(span.v) + j0 * span.stride;
+                    vstride = span.stride;
+                }
             }
             for_row_tiles<4>(M, [&](auto R, int64_t r) { scores_tile<decltype(R)::value>(qs + r * hd8, hd8, kt, s + r * kKB); });
 

@@ -57,9 +57,10 @@ using QuantizeFn = void (*)(const float* x, int64_t K, int8_t* qs, float* d);
 // causal text keys), in one softmax. Rows of the unit are (token, head) pairs, token-major.
 constexpr int kAttnKeyBlock = 16;  // keys per step of the online softmax
 struct AttnSpan {
-    const float* k = nullptr;  // key j at k + j * stride, head_dim floats; values likewise
-    const float* v = nullptr;
-    int64_t stride = 0;
+    const void* k = nullptr;  // key j at element j * stride of k, head_dim elements; values likewise
+    const void* v = nullptr;
+    int64_t stride = 0;       // in elements
+    bool f16 = false;         // elements are fp16 (uint16_t bits), else float
     const int64_t* visible = nullptr;  // token t sees keys [0, visible[t]); null: [0, causal_base + t + 1)
     int64_t causal_base = 0;
 };
