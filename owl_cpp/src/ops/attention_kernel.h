@@ -56,16 +56,19 @@ inline v8f load8_f16(const uint16_t* p) {
     // Bit arithmetic (F. Giesen's half_to_float): exponent rebiased by 112; inf/NaN get the full float exponent;
     // zero / subnormal h = m * 2^-24 is built as the float 2^-14 * (1 + m / 1024) minus 2^-14 (exact), so no
     // float subnormal is ever an operand (flush-to-zero modes cannot change the result).
+    // Selections are masks made by arithmetic shifts of differences (GCC turns 32-byte vector comparisons into
+    // scalar code on SSE2), applied with and / or.
     v8h h;
     std::memcpy(&h, p, 16);
-    const v8u x = __builtin_convertvector(h, v8u);
-    const v8u em = (x & 0x7fffu) << 13;  // exponent and mantissa in float position
-    const v8u e = em & (0x7c00u << 13);
-    const v8u normal = em + ((127u - 15u) << 23);
-    const v8u infnan = em | (0xffu << 23);
-    const v8u small = (v8u)((v8f)(em + (113u << 23)) - splat(6.103515625e-05f));  // 2^-14
-    const v8u r = e == (0x7c00u << 13) ? infnan : e == 0u ? small : normal;
-    return (v8f)(r | ((x & 0x8000u) << 16));
+    const v8i x = __builtin_convertvector(h, v8i);
+    const v8i em = (x & 0x7fff) << 13;  // exponent and mantissa in float position
+    const v8i e = em & (0x7c00 << 13);
+    const v8i is_infnan = ~((e - (0x7c00 << 13)) >> 31), is_small = (e - 1) >> 31;
+    const v8i normal = em + ((127 - 15) << 23);
+    const v8i infnan = em | (0xff << 23);
+    const v8i small = (v8i)((v8f)(em + (113 << 23)) - splat(6.103515625e-05f));  // 2^-14
+    const v8i r = (infnan & is_infnan) | (small & is_small) | (normal & ~(is_infnan | is_small));
+    return (v8f)(r | ((x & 0x8000) << 16));
 #endif
 }
 
