@@ -271,6 +271,29 @@ void bind_ops(py::module_& parent) {
         return py::array_t<double>(py::ssize_t(secs.size()), secs.data());
     }, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("n_past"), py::arg("scale"), py::arg("threads") = 1,
        py::arg("reps") = 20);
+    m.def("kv_store", [](const F32& src, py::array cache, int64_t pos0, int threads, bool ref) {
+        // src: [T, n_head_kv, hd]; cache: [n_head_kv, ctx, hd], float32 or float16, C-contiguous and writeable:
+        // rows pos0 .. pos0+T-1 are written in place (pos0 itself is checked by the op).
+        const bool f16 = is_f16(cache);
+        if (!f16 && !(cache.dtype().kind() == 'f' && cache.dtype().itemsize() == 4))
+            throw py::value_error("the cache must be a float32 or float16 array");
+        if (!(cache.flags() & py::array::c_style) || !cache.writeable())
+            throw py::value_error("the cache must be C-contiguous and writeable (it is written in place)");
+        if (src.ndim() != 3 || cache.ndim() != 3 || src.shape(1) != cache.shape(0) || src.shape(2) != cache.shape(2))
+            throw py::value_error("src must be [T, n_head_kv, head_dim] and the cache [n_head_kv, ctx, head_dim]");
+        const DType type = f16 ? DType::F16 : DType::F32;
+        void* dst = cache.mutable_data();
+        {
+            py::gil_scoped_release release;
+            if (ref) {
+                ops::kv_store_ref(src.data(), src.shape(0), src.shape(1), src.shape(2), dst, type, cache.shape(1), pos0);
+            } else {
+                ThreadPool pool(threads);
+                ops::kv_store(pool, src.data(), src.shape(0), src.shape(1), src.shape(2), dst, type, cache.shape(1), pos0);
+            }
+        }
+    }, py::arg("src"), py::arg("cache"), py::arg("pos0"), py::arg("threads") = 1, py::arg("ref") = false,
+       "write src [T, n_head_kv, hd] into rows pos0.. of cache [n_head_kv, ctx, hd] (float32 or float16) in place");
 }
 
 }  // namespace owl

@@ -6,7 +6,8 @@
 //           activations the same way (1e-5); token counts on both sides of the float-panel threshold, 1-2 threads.
 //   attention (F32 and F16 KV caches) and SwiGLU against their references (1e-5); the F16 cache bit-identical to an
 //           F32 cache holding the same values.
-//   attention with a KV cache type other than F32 / F16 throws owl::Error.
+//   kv_store (F32 / F16) bit-identical to kv_store_ref (NaNs: both NaN), nothing written outside its rows.
+//   Argument errors of attention (a KV cache type other than F32 / F16) and kv_store throw owl::Error.
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -163,7 +164,48 @@ void check_attention(const std::string& isa, std::mt19937& rng) {
     }
 }
 
-// Argument errors of the attention API that Python cannot reach.
+// kv_store vs kv_store_ref over values that exercise fp16 rounding (subnormals, overflow, ties, NaN), with a
+// sentinel around the written rows.
+void check_kv_store(const std::string& isa, std::mt19937& rng) {
+    ops::set_isa(isa);
+    const int64_t T = 37, KV = 3, D = 45, ctx = 50, pos0 = 6;
+    std::vector<float> src = randn(rng, size_t(T * KV * D));
+    std::uniform_int_distribution<int> expo(-30, 20);
+    for (float& x : src) x = std::ldexp(x, expo(rng));
+    const float special[] = {65504.0f, 65520.0f, -65520.0f, 65519.996f, INFINITY, -INFINITY, NAN, -NAN,
+                             1.0f + 1.0f / 2048, 1.0f + 3.0f / 2048, std::ldexp(1.0f, -24), std::ldexp(1.0f, -25),
+                             std::ldexp(3.0f, -25), std::ldexp(1.0f, -14), 1e-40f, -0.0f};
+    for (size_t i = 0; i < sizeof special / sizeof *special; ++i) src[i * 7] = special[i];
+    for (DType t : {DType::F32, DType::F16}) {
+        const size_t es = t == DType::F16 ? 2 : 4;
+        std::vector<uint8_t> want(size_t(KV * ctx * D) * es, 0xa5), got(want.size(), 0xa5);
+        ops::kv_store_ref(src.data(), T, KV, D, want.data(), t, ctx, pos0);
+        for (int threads : {1, 2}) {
+            std::fill(got.begin(), got.end(), uint8_t(0xa5));
+            ThreadPool pool(threads);
+            ops::kv_store(pool, src.data(), T, KV, D, got.data(), t, ctx, pos0);
+            int64_t bad = 0;
+            for (size_t i = 0; i < want.size() / es; ++i) {
+                if (std::memcmp(got.data() + i * es, want.data() + i * es, es) == 0) continue;
+                float a, b;  // NaN payloads may differ (hardware conversions quiet them); both must be NaN
+                if (es == 2) {
+                    uint16_t ha, hb;
+                    std::memcpy(&ha, got.data() + i * es, 2);
+                    std::memcpy(&hb, want.data() + i * es, 2);
+                    a = fp16_to_fp32(ha);
+                    b = fp16_to_fp32(hb);
+                } else {
+                    std::memcpy(&a, got.data() + i * es, 4);
+                    std::memcpy(&b, want.data() + i * es, 4);
+                }
+                if (!(std::isnan(a) && std::isnan(b) && std::signbit(a) == std::signbit(b))) ++bad;
+            }
+            check(bad == 0, isa + " kv_store " + dtype_name(t) + " threads=" + std::to_string(threads), double(bad));
+        }
+    }
+}
+
+// Argument errors of the attention / kv_store API that Python cannot reach (the binding derives sizes from arrays).
 void check_errors() {
     const auto throws = [](const std::string& what, auto&& fn) {
         bool thrown = false;
@@ -175,7 +217,14 @@ void check_errors() {
         check(thrown, what + " throws owl::Error", 0.0);
     };
     ThreadPool pool(1);
-    float cache[64] = {};
+    float src[16] = {}, cache[64] = {};
+    throws("kv_store T < 0", [&] { ops::kv_store(pool, src, -1, 1, 8, cache, DType::F32, 8, 0); });
+    throws("kv_store head_dim < 0", [&] { ops::kv_store(pool, src, 1, 1, -8, cache, DType::F32, 8, 0); });
+    throws("kv_store null src", [&] { ops::kv_store(pool, nullptr, 1, 1, 8, cache, DType::F32, 8, 0); });
+    throws("kv_store null cache", [&] { ops::kv_store(pool, src, 1, 1, 8, nullptr, DType::F16, 8, 0); });
+    throws("kv_store past ctx", [&] { ops::kv_store(pool, src, 2, 1, 8, cache, DType::F16, 8, 7); });
+    throws("kv_store Q8_0", [&] { ops::kv_store(pool, src, 1, 1, 8, cache, DType::Q8_0, 8, 0); });
+    throws("kv_store_ref null src", [&] { ops::kv_store_ref(nullptr, 1, 1, 8, cache, DType::F32, 8, 0); });
     ops::AttentionShape s;
     s.head_dim = 8;
     s.kv_type = DType::BF16;
@@ -205,6 +254,7 @@ int main() {
         isas += " " + isa;
         check_matmul(isa, rng);
         check_attention(isa, rng);
+        check_kv_store(isa, rng);
         check_swiglu(isa, rng);
     }
     check_errors();

@@ -96,5 +96,14 @@ void attention(ThreadPool& pool, const AttentionShape& s, const float* q, const 
 void attention_ref(const AttentionShape& s, const float* q, const void* k, const void* v, float* out,
                    const PrefixKV* prefix = nullptr, bool text = true);
 
+// Writes src [T][n_head_kv][head_dim] into rows pos0 .. pos0+T-1 of a KV cache [n_head_kv][ctx_stride][head_dim]
+// of `type`: F32 (a copy) or F16 (round-to-nearest-even, as numpy's float32 -> float16: overflow to inf,
+// subnormals kept, NaN stays NaN). Nothing else in the cache is touched. Throws Error on a negative size or
+// position, a null pointer, pos0 + T > ctx_stride, or another type.
+void kv_store(ThreadPool& pool, const float* src, int64_t T, int64_t n_head_kv, int64_t head_dim, void* cache, DType type,
+              int64_t ctx_stride, int64_t pos0);
+void kv_store_ref(const float* src, int64_t T, int64_t n_head_kv, int64_t head_dim, void* cache, DType type,
+                  int64_t ctx_stride, int64_t pos0);
+
 }  // namespace ops
 }  // namespace owl

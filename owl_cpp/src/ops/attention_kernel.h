@@ -35,10 +35,9 @@ namespace {
 
 constexpr int kKB = kAttnKeyBlock;
 
-// ---- fp16 -> fp32 of 8 elements ----
+// ---- fp16 <-> fp32 of 8 elements ----
 
 typedef uint16_t v8h __attribute__((vector_size(16)));
-typedef uint32_t v8u __attribute__((vector_size(32)));
 
 // Exact: every fp16 value (subnormals, inf, NaN with its payload) is a float.
 inline v8f load8_f16(const uint16_t* p) {
@@ -70,6 +69,50 @@ inline v8f load8_f16(const uint16_t* p) {
     const v8i r = (infnan & is_infnan) | (small & is_small) | (normal & ~(is_infnan | is_small));
     return (v8f)(r | ((x & 0x8000) << 16));
 #endif
+}
+
+// Round-to-nearest-even, as numpy's float32 -> float16: overflow (|x| >= 65520) to inf, subnormal results
+// rounded at 2^-24, NaN stays NaN (F16C and NEON keep the top payload bits and quiet it; the generic build gives
+// the canonical 0x7e00 with the sign).
+inline void store8_f16(uint16_t* p, v8f x) {
+#if defined(__F16C__)
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_cvtps_ph((__m256)x, _MM_FROUND_TO_NEAREST_INT));
+#elif defined(__aarch64__)
+    float32x4_t lo, hi;
+    std::memcpy(&lo, &x, 16);
+    std::memcpy(&hi, reinterpret_cast<const char*>(&x) + 16, 16);
+    vst1q_u16(p, vreinterpretq_u16_f16(vcvt_high_f16_f32(vcvt_f16_f32(lo), hi)));
+#else
+    // F. Giesen's float_to_half_fast3_rtne: normal results round by adding 0xfff + the kept mantissa's lowest bit
+    // (a carry into the exponent gives the next binade, or inf past 65504); subnormal ones by a float addition of
+    // 0.5, whose ulp is 2^-24 (the addition rounds to nearest even).
+    // Selections are masks made by arithmetic shifts of differences (no overflow: the magnitude a < 2^31), applied
+    // with and / or (GCC turns 32-byte vector comparisons into scalar code on SSE2).
+    const v8i u = (v8i)x;
+    const v8i sign = u & int32_t(0x80000000u);
+    const v8i a = u ^ sign;
+    const v8i big = ((143 << 23) - 1 - a) >> 31, tiny = (a - (113 << 23)) >> 31;  // a >= 65536 / a < 2^-14
+    const v8i infnan = 0x7c00 | ((0x7f800000 - a) >> 31 & 0x200);                  // NaN: a quiet one
+    const v8i sub = (v8i)((v8f)a + splat(0.5f)) - (126 << 23);
+    const v8i norm = (a + (int32_t(15 - 127) * (1 << 23)) + 0xfff + ((a >> 13) & 1)) >> 13;
+    const v8i r = (infnan & big) | (sub & tiny) | (norm & ~(big | tiny));
+    uint16_t h[8];
+    const v8i hv = r | ((sign >> 16) & 0x8000);
+    for (int i = 0; i < 8; ++i) h[i] = uint16_t(hv[i]);
+    std::memcpy(p, h, 16);
+#endif
+}
+
+void store_f16_row(const float* src, uint16_t* dst, int64_t n) {
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) store8_f16(dst + i, load8(src + i));
+    if (i < n) {
+        float x[8] = {};
+        uint16_t h[8];
+        std::memcpy(x, src + i, sizeof(float) * size_t(n - i));
+        store8_f16(h, load8(x));
+        std::memcpy(dst + i, h, sizeof(uint16_t) * size_t(n - i));
+    }
 }
 
 // ---- K/V cache elements (float or fp16 bits) as floats ----

@@ -88,6 +88,8 @@ struct Kernels {
     GemmFn q4_0x8;  // BlockQ4_0x8 weights (WeightView::packed_q4x8) against quantize_q8 activations + xs; may be null
     AttnFn attention;
     void (*swiglu)(const float* gate, const float* up, float* out, int64_t n);
+    // dst[i] = fp16 bits of src[i], round-to-nearest-even (overflow to inf, subnormals kept; NaN stays NaN).
+    void (*store_f16)(const float* src, uint16_t* dst, int64_t n);
 };
 
 // Entry points of the kernel files. Those whose file was not compiled for this target return nullptr.
