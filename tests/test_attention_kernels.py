@@ -7,6 +7,10 @@ Tolerance: max |out - want| / max |want| < 2e-5 (fp32 dot products over <= 128 d
 < 2e-7 relative error; a wrong mask or a lost rescale is off by > 1e-2). Results must also be bit-identical for
 any thread count and for any split of the batch into calls, because a row's arithmetic never depends on which
 other rows share its unit.
+
+The KV cache may be float16 (the dtype of k / v decides): every kernel converts it exactly as it reads it, so the
+result must equal, bit for bit, that of a float32 cache holding the same (fp16-rounded) values; the float64
+reference runs on those values too.
 """
 import zlib
 
@@ -66,7 +70,8 @@ def case(rng, T, n_past, H, KV, D, prefix_rows=0):
 # (T, n_past, H, KV, D): decode with a long cache, odd head dims, one to seven heads per KV head, batches past a
 # unit of work (64 rows), key counts just below / at / above multiples of the 16-key block.
 SHAPES = [(1, 0, 2, 1, 8), (1, 47, 14, 2, 64), (1, 300, 7, 1, 128), (3, 13, 4, 4, 12), (13, 0, 6, 2, 20),
-          (17, 15, 7, 1, 64), (70, 5, 2, 1, 32), (33, 31, 12, 2, 128), (5, 0, 3, 3, 1)]
+          (17, 15, 7, 1, 64), (70, 5, 2, 1, 32), (33, 31, 12, 2, 128), (5, 0, 3, 3, 1), (1, 15, 8, 1, 72),
+          (4, 12, 10, 2, 65), (2, 6, 5, 5, 7)]
 
 
 @pytest.mark.parametrize("isa", SUPPORTED)
@@ -102,11 +107,69 @@ def test_prefix_attention_matches_numpy(isa, text, shape, isa_restore):
     assert rel_err(ops.attention(q, k, v, n_past, scale, ref=True, text=text, **extra), want) < 1e-6
 
 
-def test_batch_split_is_bit_identical():
+def f16_case(rng, T, n_past, H, KV, D, prefix_rows=0):
+    """case() with the text cache rounded to float16, and its float32 copy holding the same values."""
+    q, k, v, extra = case(rng, T, n_past, H, KV, D, prefix_rows)
+    k16, v16 = k.astype(np.float16), v.astype(np.float16)
+    return q, k16, v16, k16.astype(np.float32), v16.astype(np.float32), extra
+
+
+@pytest.mark.parametrize("isa", SUPPORTED)
+@pytest.mark.parametrize("shape", SHAPES, ids=[str(s) for s in SHAPES])
+def test_f16_cache_equals_f32_on_rounded_values(isa, shape, isa_restore):
+    rng = np.random.default_rng(zlib.crc32(repr(("f16", isa, shape)).encode()))
+    T, n_past, H, KV, D = shape
+    q, k16, v16, k32, v32, _ = f16_case(rng, T, n_past, H, KV, D)
+    scale = 1 / np.sqrt(D)
+    want = numpy_attention(q, k32, v32, n_past, scale)
+    ops.set_isa(isa)
+    first = ops.attention(q, k16, v16, n_past, scale, threads=1)
+    np.testing.assert_array_equal(first, ops.attention(q, k32, v32, n_past, scale, threads=1))
+    assert rel_err(first, want) < 2e-5, (isa, shape, rel_err(first, want))
+    for threads in (2, 3, 5):
+        np.testing.assert_array_equal(ops.attention(q, k16, v16, n_past, scale, threads=threads), first)
+    ref = ops.attention(q, k16, v16, n_past, scale, ref=True)
+    np.testing.assert_array_equal(ref, ops.attention(q, k32, v32, n_past, scale, ref=True))
+    assert rel_err(ref, want) < 1e-6
+
+
+@pytest.mark.parametrize("isa", SUPPORTED)
+@pytest.mark.parametrize("text", [True, False])
+@pytest.mark.parametrize("shape", [(1, 9, 4, 2, 16, 729), (9, 0, 7, 1, 64, 40), (20, 3, 2, 2, 12, 17)])
+def test_f16_cache_with_prefix(isa, text, shape, isa_restore):
+    """Float visual prefix keys + an fp16 text cache in one softmax."""
+    rng = np.random.default_rng(zlib.crc32(repr(("f16", isa, text, shape)).encode()))
+    T, n_past, H, KV, D, rows = shape
+    q, k16, v16, k32, v32, extra = f16_case(rng, T, n_past, H, KV, D, prefix_rows=rows)
+    scale = 1 / np.sqrt(D)
+    want = numpy_attention(q, k32, v32, n_past, scale, extra["prefix_k"], extra["prefix_v"], extra["visible"], text)
+    ops.set_isa(isa)
+    got = ops.attention(q, k16, v16, n_past, scale, threads=2, text=text, **extra)
+    np.testing.assert_array_equal(got, ops.attention(q, k32, v32, n_past, scale, threads=2, text=text, **extra))
+    assert rel_err(got, want) < 2e-5, (isa, shape, text, rel_err(got, want))
+    assert rel_err(ops.attention(q, k16, v16, n_past, scale, ref=True, text=text, **extra), want) < 1e-6
+
+
+@pytest.mark.parametrize("isa", SUPPORTED)
+def test_f16_conversion_is_exact_for_every_value(isa, isa_restore):
+    """All 65536 fp16 bit patterns as the values of a single key (weight exactly 1): out = v as float32, including
+    subnormals, infinities and NaNs (only -0 comes out +0: the accumulator starts at +0)."""
+    KV, D = 64, 1024
+    v = np.arange(65536, dtype=np.uint32).astype(np.uint16).view(np.float16).reshape(KV, 1, D)
+    k = np.zeros((KV, 1, D), np.float16)
+    q = np.ones((1, KV, D), np.float32)
+    ops.set_isa(isa)
+    got = ops.attention(q, k, v, 0, 1.0, threads=2)
+    np.testing.assert_array_equal(got, v.astype(np.float32).reshape(1, KV, D))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_batch_split_is_bit_identical(dtype):
     """Prefill in one call, in two calls, or token by token (decode) gives identical outputs."""
     rng = np.random.default_rng(5)
     T, H, KV, D = 40, 14, 2, 64
     q, k, v, _ = case(rng, T, 0, H, KV, D)
+    k, v = k.astype(dtype), v.astype(dtype)
     whole = ops.attention(q, k, v, 0, 0.125, threads=2)
     for split in (1, 17, 39):
         head = ops.attention(q[:split], k, v, 0, 0.125, threads=2)
@@ -138,6 +201,8 @@ def test_attention_argument_errors():
                       prefix_v=np.zeros((3, 1, 8), np.float32), visible=np.array([0, 4]))
     with pytest.raises(ValueError, match="prefix"):
         ops.attention(q, k, k, 0, 1.0, text=False)
+    with pytest.raises(ValueError, match="same dtype"):
+        ops.attention(q, k.astype(np.float16), k, 0, 1.0)
 
 
 @pytest.mark.parametrize("isa", SUPPORTED)

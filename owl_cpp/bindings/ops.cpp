@@ -30,6 +30,22 @@ WeightView weight(const U8& data, int dtype, int64_t rows, int64_t cols) {
 
 F32 empty_like(const std::vector<py::ssize_t>& shape) { return F32(shape); }
 
+bool is_f16(const py::array& a) { return a.dtype().kind() == 'f' && a.dtype().itemsize() == 2; }
+
+// A KV cache argument: float16 arrays are kept as they are (C order), anything else becomes float32.
+struct KVArray {
+    py::array a;
+    DType type = DType::F32;
+};
+KVArray kv_array(const py::handle& obj) {
+    py::array a = py::array::ensure(obj);
+    if (!a) throw py::value_error("k / v must be arrays");
+    if (is_f16(a)) return {py::array::ensure(a, py::array::c_style), DType::F16};
+    F32 f = F32::ensure(a);
+    if (!f) throw py::value_error("k / v must be float32 or float16 arrays");
+    return {f, DType::F32};
+}
+
 }  // namespace
 
 void bind_ops(py::module_& parent) {
@@ -173,17 +189,21 @@ void bind_ops(py::module_& parent) {
         (ref ? ops::softmax_ref : ops::softmax)(y.mutable_data(), x.size());
         return y;
     }, py::arg("x"), py::arg("ref") = false);
-    m.def("attention", [](const F32& q, const F32& k, const F32& v, int64_t n_past, float scale, int threads, bool ref,
-                          std::optional<F32> prefix_k, std::optional<F32> prefix_v,
+    m.def("attention", [](const F32& q, const py::object& k_obj, const py::object& v_obj, int64_t n_past, float scale, int threads,
+                          bool ref, std::optional<F32> prefix_k, std::optional<F32> prefix_v,
                           std::optional<py::array_t<int64_t, py::array::c_style | py::array::forcecast>> visible, bool text) {
-        // q: [T, n_head, hd]; k, v: [n_head_kv, ctx, hd] holding at least n_past + T positions;
-        // prefix_k, prefix_v: [rows, n_head_kv, hd] with visible: [T] (each in [0, rows]).
-        if (q.ndim() != 3 || k.ndim() != 3 || v.ndim() != 3) throw py::value_error("q, k, v must be 3-D");
+        // q: [T, n_head, hd]; k, v: [n_head_kv, ctx, hd] holding at least n_past + T positions, both float32 or both
+        // float16 (the cache type); prefix_k, prefix_v: [rows, n_head_kv, hd] with visible: [T] (each in [0, rows]).
+        const KVArray k = kv_array(k_obj), v = kv_array(v_obj);
+        if (k.type != v.type) throw py::value_error("k and v must have the same dtype (float32 or float16)");
+        if (q.ndim() != 3 || k.a.ndim() != 3 || v.a.ndim() != 3) throw py::value_error("q, k, v must be 3-D");
         ops::AttentionShape s;
         s.T = q.shape(0); s.n_head = q.shape(1); s.head_dim = q.shape(2);
-        s.n_head_kv = k.shape(0); s.ctx_stride = k.shape(1); s.n_past = n_past; s.scale = scale;
-        if (s.T < 1 || s.n_head_kv < 1 || k.shape(2) != s.head_dim || v.shape(0) != k.shape(0) || v.shape(1) != k.shape(1) ||
-            v.shape(2) != k.shape(2) || s.n_head % s.n_head_kv || n_past < 0 || n_past + s.T > s.ctx_stride)
+        s.n_head_kv = k.a.shape(0); s.ctx_stride = k.a.shape(1); s.n_past = n_past; s.scale = scale;
+        s.kv_type = k.type;
+        if (s.T < 1 || s.n_head_kv < 1 || k.a.shape(2) != s.head_dim || v.a.shape(0) != k.a.shape(0) ||
+            v.a.shape(1) != k.a.shape(1) || v.a.shape(2) != k.a.shape(2) || s.n_head % s.n_head_kv || n_past < 0 ||
+            n_past + s.T > s.ctx_stride)
             throw py::value_error("inconsistent attention shapes");
         ops::PrefixKV prefix;
         if (prefix_k || prefix_v || visible) {
@@ -204,15 +224,76 @@ void bind_ops(py::module_& parent) {
         {
             py::gil_scoped_release release;
             if (ref) {
-                ops::attention_ref(s, q.data(), k.data(), v.data(), out.mutable_data(), pre, text);
+                ops::attention_ref(s, q.data(), k.a.data(), v.a.data(), out.mutable_data(), pre, text);
             } else {
                 ThreadPool pool(threads);
-                ops::attention(pool, s, q.data(), k.data(), v.data(), out.mutable_data(), pre, text);
+                ops::attention(pool, s, q.data(), k.a.data(), v.a.data(), out.mutable_data(), pre, text);
             }
         }
         return out;
     }, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("n_past"), py::arg("scale"), py::arg("threads") = 1, py::arg("ref") = false,
-       py::arg("prefix_k") = py::none(), py::arg("prefix_v") = py::none(), py::arg("visible") = py::none(), py::arg("text") = true);
+       py::arg("prefix_k") = py::none(), py::arg("prefix_v") = py::none(), py::arg("visible") = py::none(), py::arg("text") = true,
+       "causal attention over a KV cache given as float32 or float16 arrays (their dtype is the cache type)");
+    // Seconds per call of `reps` text-only attention calls on one persistent pool (decode timing). k, v:
+    // [copies, n_head_kv, ctx, hd] (float32 or float16); calls cycle through the copies so that, with enough of them,
+    // the cache comes from memory rather than the last-level cache, as it does across the layers of a model.
+    m.def("bench_attention", [](const F32& q, const py::object& k_obj, const py::object& v_obj, int64_t n_past, float scale,
+                                int threads, int reps) {
+        const KVArray k = kv_array(k_obj), v = kv_array(v_obj);
+        if (k.type != v.type) throw py::value_error("k and v must have the same dtype (float32 or float16)");
+        if (q.ndim() != 3 || k.a.ndim() != 4 || v.a.ndim() != 4) throw py::value_error("q must be 3-D, k and v 4-D");
+        for (int d = 0; d < 4; ++d)
+            if (k.a.shape(d) != v.a.shape(d)) throw py::value_error("k and v differ in shape");
+        ops::AttentionShape s;
+        s.T = q.shape(0); s.n_head = q.shape(1); s.head_dim = q.shape(2);
+        s.n_head_kv = k.a.shape(1); s.ctx_stride = k.a.shape(2); s.n_past = n_past; s.scale = scale; s.kv_type = k.type;
+        const int64_t copies = k.a.shape(0);
+        if (copies < 1 || s.T < 1 || s.n_head_kv < 1 || k.a.shape(3) != s.head_dim || s.n_head % s.n_head_kv || n_past < 0 ||
+            n_past + s.T > s.ctx_stride)
+            throw py::value_error("inconsistent attention shapes");
+        const int64_t copy_bytes = s.n_head_kv * s.ctx_stride * s.head_dim * (k.type == DType::F16 ? 2 : 4);
+        const char* kp = static_cast<const char*>(k.a.data());
+        const char* vp = static_cast<const char*>(v.a.data());
+        std::vector<float> out(size_t(q.size()));
+        std::vector<double> secs(size_t(reps > 0 ? reps : 0));
+        {
+            py::gil_scoped_release release;
+            ThreadPool pool(threads);
+            for (int64_t c = 0; c < copies; ++c)  // warm up: page in every copy, grow the scratch
+                ops::attention(pool, s, q.data(), kp + c * copy_bytes, vp + c * copy_bytes, out.data());
+            for (int i = 0; i < reps; ++i) {
+                const int64_t c = i % copies;
+                const auto t0 = std::chrono::steady_clock::now();
+                ops::attention(pool, s, q.data(), kp + c * copy_bytes, vp + c * copy_bytes, out.data());
+                secs[size_t(i)] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+            }
+        }
+        return py::array_t<double>(py::ssize_t(secs.size()), secs.data());
+    }, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("n_past"), py::arg("scale"), py::arg("threads") = 1,
+       py::arg("reps") = 20);
+    m.def("kv_store", [](const F32& src, py::array cache, int64_t pos0, int threads, bool ref) {
+        // src: [T, n_head_kv, hd]; cache: [n_head_kv, ctx, hd], float32 or float16, C-contiguous and writeable:
+        // rows pos0 .. pos0+T-1 are written in place (pos0 itself is checked by the op).
+        const bool f16 = is_f16(cache);
+        if (!f16 && !(cache.dtype().kind() == 'f' && cache.dtype().itemsize() == 4))
+            throw py::value_error("the cache must be a float32 or float16 array");
+        if (!(cache.flags() & py::array::c_style) || !cache.writeable())
+            throw py::value_error("the cache must be C-contiguous and writeable (it is written in place)");
+        if (src.ndim() != 3 || cache.ndim() != 3 || src.shape(1) != cache.shape(0) || src.shape(2) != cache.shape(2))
+            throw py::value_error("src must be [T, n_head_kv, head_dim] and the cache [n_head_kv, ctx, head_dim]");
+        const DType type = f16 ? DType::F16 : DType::F32;
+        void* dst = cache.mutable_data();
+        {
+            py::gil_scoped_release release;
+            if (ref) {
+                ops::kv_store_ref(src.data(), src.shape(0), src.shape(1), src.shape(2), dst, type, cache.shape(1), pos0);
+            } else {
+                ThreadPool pool(threads);
+                ops::kv_store(pool, src.data(), src.shape(0), src.shape(1), src.shape(2), dst, type, cache.shape(1), pos0);
+            }
+        }
+    }, py::arg("src"), py::arg("cache"), py::arg("pos0"), py::arg("threads") = 1, py::arg("ref") = false,
+       "write src [T, n_head_kv, hd] into rows pos0.. of cache [n_head_kv, ctx, hd] (float32 or float16) in place");
 }
 
 }  // namespace owl

@@ -4,7 +4,10 @@
 // exits 1 when anything failed.
 //   matmul: F32 / F16 / BF16 against matmul_ref (1e-5), Q8_0 / Q4_0 against the generic set, which quantizes the
 //           activations the same way (1e-5); token counts on both sides of the float-panel threshold, 1-2 threads.
-//   attention and SwiGLU against their references (1e-5).
+//   attention (F32 and F16 KV caches) and SwiGLU against their references (1e-5); the F16 cache bit-identical to an
+//           F32 cache holding the same values.
+//   kv_store (F32 / F16) bit-identical to kv_store_ref (NaNs: both NaN), nothing written outside its rows.
+//   Argument errors of attention (a KV cache type other than F32 / F16) and kv_store throw owl::Error.
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -14,6 +17,7 @@
 #include <vector>
 
 #include "owl/dtype.h"
+#include "owl/error.h"
 #include "owl/ops.h"
 #include "owl/threadpool.h"
 
@@ -105,25 +109,128 @@ void check_matmul(const std::string& isa, std::mt19937& rng) {
     }
 }
 
+std::vector<uint16_t> to_f16(const std::vector<float>& x) {
+    std::vector<uint16_t> h(x.size());
+    for (size_t i = 0; i < x.size(); ++i) h[i] = fp32_to_fp16(x[i]);
+    return h;
+}
+
+std::vector<float> from_f16(const std::vector<uint16_t>& h) {
+    std::vector<float> x(h.size());
+    for (size_t i = 0; i < h.size(); ++i) x[i] = fp16_to_fp32(h[i]);
+    return x;
+}
+
 void check_attention(const std::string& isa, std::mt19937& rng) {
     ops::set_isa(isa);
+    // (T, n_past, n_head, n_head_kv, head_dim): a batch with GQA, decode with an odd head_dim.
+    const int64_t shapes[][5] = {{21, 6, 6, 2, 40}, {1, 37, 4, 1, 13}};
+    for (const auto& sh : shapes) {
+        ops::AttentionShape s;
+        s.T = sh[0];
+        s.n_past = sh[1];
+        s.n_head = sh[2];
+        s.n_head_kv = sh[3];
+        s.head_dim = sh[4];
+        s.ctx_stride = s.n_past + s.T + 5;
+        s.scale = 1.0f / std::sqrt(float(s.head_dim));
+        const std::string name = isa + " attention T=" + std::to_string(s.T) + " hd=" + std::to_string(s.head_dim);
+        const std::vector<float> q = randn(rng, size_t(s.T * s.n_head * s.head_dim));
+        const std::vector<float> k = randn(rng, size_t(s.n_head_kv * s.ctx_stride * s.head_dim));
+        const std::vector<float> v = randn(rng, k.size());
+        std::vector<float> want(q.size()), got(q.size());
+        ops::attention_ref(s, q.data(), k.data(), v.data(), want.data());
+        ThreadPool pool(2);
+        ops::attention(pool, s, q.data(), k.data(), v.data(), got.data());
+        double err = rel_err(got, want);
+        check(err < 1e-5, name + " F32", err);
+
+        // F16 cache: against the reference on the rounded values, and bit-identical to an F32 cache holding them.
+        const std::vector<uint16_t> k16 = to_f16(k), v16 = to_f16(v);
+        const std::vector<float> kr = from_f16(k16), vr = from_f16(v16);
+        ops::attention_ref(s, q.data(), kr.data(), vr.data(), want.data());
+        std::vector<float> same(q.size());
+        ops::attention(pool, s, q.data(), kr.data(), vr.data(), same.data());
+        s.kv_type = DType::F16;
+        ops::attention(pool, s, q.data(), k16.data(), v16.data(), got.data());
+        err = rel_err(got, want);
+        check(err < 1e-5, name + " F16", err);
+        check(std::memcmp(got.data(), same.data(), sizeof(float) * got.size()) == 0, name + " F16 == F32 on rounded values",
+              rel_err(got, same));
+        std::vector<float> ref16(q.size());
+        ops::attention_ref(s, q.data(), k16.data(), v16.data(), ref16.data());
+        check(std::memcmp(ref16.data(), want.data(), sizeof(float) * want.size()) == 0, name + " F16 reference",
+              rel_err(ref16, want));
+    }
+}
+
+// kv_store vs kv_store_ref over values that exercise fp16 rounding (subnormals, overflow, ties, NaN), with a
+// sentinel around the written rows.
+void check_kv_store(const std::string& isa, std::mt19937& rng) {
+    ops::set_isa(isa);
+    const int64_t T = 37, KV = 3, D = 45, ctx = 50, pos0 = 6;
+    std::vector<float> src = randn(rng, size_t(T * KV * D));
+    std::uniform_int_distribution<int> expo(-30, 20);
+    for (float& x : src) x = std::ldexp(x, expo(rng));
+    const float special[] = {65504.0f, 65520.0f, -65520.0f, 65519.996f, INFINITY, -INFINITY, NAN, -NAN,
+                             1.0f + 1.0f / 2048, 1.0f + 3.0f / 2048, std::ldexp(1.0f, -24), std::ldexp(1.0f, -25),
+                             std::ldexp(3.0f, -25), std::ldexp(1.0f, -14), 1e-40f, -0.0f};
+    for (size_t i = 0; i < sizeof special / sizeof *special; ++i) src[i * 7] = special[i];
+    for (DType t : {DType::F32, DType::F16}) {
+        const size_t es = t == DType::F16 ? 2 : 4;
+        std::vector<uint8_t> want(size_t(KV * ctx * D) * es, 0xa5), got(want.size(), 0xa5);
+        ops::kv_store_ref(src.data(), T, KV, D, want.data(), t, ctx, pos0);
+        for (int threads : {1, 2}) {
+            std::fill(got.begin(), got.end(), uint8_t(0xa5));
+            ThreadPool pool(threads);
+            ops::kv_store(pool, src.data(), T, KV, D, got.data(), t, ctx, pos0);
+            int64_t bad = 0;
+            for (size_t i = 0; i < want.size() / es; ++i) {
+                if (std::memcmp(got.data() + i * es, want.data() + i * es, es) == 0) continue;
+                float a, b;  // NaN payloads may differ (hardware conversions quiet them); both must be NaN
+                if (es == 2) {
+                    uint16_t ha, hb;
+                    std::memcpy(&ha, got.data() + i * es, 2);
+                    std::memcpy(&hb, want.data() + i * es, 2);
+                    a = fp16_to_fp32(ha);
+                    b = fp16_to_fp32(hb);
+                } else {
+                    std::memcpy(&a, got.data() + i * es, 4);
+                    std::memcpy(&b, want.data() + i * es, 4);
+                }
+                if (!(std::isnan(a) && std::isnan(b) && std::signbit(a) == std::signbit(b))) ++bad;
+            }
+            check(bad == 0, isa + " kv_store " + dtype_name(t) + " threads=" + std::to_string(threads), double(bad));
+        }
+    }
+}
+
+// Argument errors of the attention / kv_store API that Python cannot reach (the binding derives sizes from arrays).
+void check_errors() {
+    const auto throws = [](const std::string& what, auto&& fn) {
+        bool thrown = false;
+        try {
+            fn();
+        } catch (const Error&) {
+            thrown = true;
+        }
+        check(thrown, what + " throws owl::Error", 0.0);
+    };
+    ThreadPool pool(1);
+    float src[16] = {}, cache[64] = {};
+    throws("kv_store T < 0", [&] { ops::kv_store(pool, src, -1, 1, 8, cache, DType::F32, 8, 0); });
+    throws("kv_store head_dim < 0", [&] { ops::kv_store(pool, src, 1, 1, -8, cache, DType::F32, 8, 0); });
+    throws("kv_store null src", [&] { ops::kv_store(pool, nullptr, 1, 1, 8, cache, DType::F32, 8, 0); });
+    throws("kv_store null cache", [&] { ops::kv_store(pool, src, 1, 1, 8, nullptr, DType::F16, 8, 0); });
+    throws("kv_store past ctx", [&] { ops::kv_store(pool, src, 2, 1, 8, cache, DType::F16, 8, 7); });
+    throws("kv_store Q8_0", [&] { ops::kv_store(pool, src, 1, 1, 8, cache, DType::Q8_0, 8, 0); });
+    throws("kv_store_ref null src", [&] { ops::kv_store_ref(nullptr, 1, 1, 8, cache, DType::F32, 8, 0); });
     ops::AttentionShape s;
-    s.T = 21;
-    s.n_past = 6;
-    s.n_head = 6;
-    s.n_head_kv = 2;
-    s.head_dim = 40;
-    s.ctx_stride = 32;
-    s.scale = 1.0f / std::sqrt(40.0f);
-    const std::vector<float> q = randn(rng, size_t(s.T * s.n_head * s.head_dim));
-    const std::vector<float> k = randn(rng, size_t(s.n_head_kv * s.ctx_stride * s.head_dim));
-    const std::vector<float> v = randn(rng, k.size());
-    std::vector<float> want(q.size()), got(q.size());
-    ops::attention_ref(s, q.data(), k.data(), v.data(), want.data());
-    ThreadPool pool(2);
-    ops::attention(pool, s, q.data(), k.data(), v.data(), got.data());
-    const double err = rel_err(got, want);
-    check(err < 1e-5, isa + " attention", err);
+    s.head_dim = 8;
+    s.kv_type = DType::BF16;
+    float q[8] = {}, out[8];
+    throws("attention BF16 cache", [&] { ops::attention(pool, s, q, cache, cache, out); });
+    throws("attention_ref BF16 cache", [&] { ops::attention_ref(s, q, cache, cache, out); });
 }
 
 void check_swiglu(const std::string& isa, std::mt19937& rng) {
@@ -147,8 +254,10 @@ int main() {
         isas += " " + isa;
         check_matmul(isa, rng);
         check_attention(isa, rng);
+        check_kv_store(isa, rng);
         check_swiglu(isa, rng);
     }
+    check_errors();
     std::printf("kernel sets:%s; %d checks, %d failed\n", isas.c_str(), g_checks, g_failures);
     return g_failures ? 1 : 0;
 }

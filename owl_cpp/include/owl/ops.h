@@ -72,25 +72,38 @@ void softmax_ref(float* x, int64_t n);
 
 // Grouped-query causal attention over a KV cache.
 //   q:   [T][n_head][head_dim], queries for positions n_past .. n_past+T-1
-//   k,v: [n_head_kv][ctx_stride][head_dim], positions 0 .. n_past+T-1 already written
+//   k,v: [n_head_kv][ctx_stride][head_dim] in kv_type (F32, or F16 like llama.cpp's default cache),
+//        positions 0 .. n_past+T-1 already written
 //   out: [T][n_head][head_dim]
-// Query head h reads KV head h / (n_head / n_head_kv). Scores are never materialised beyond one row.
+// Query head h reads KV head h / (n_head / n_head_kv). Scores are never materialised beyond one row. An F16
+// cache is converted to float exactly as it is read: the result is bit-identical to that of an F32 cache holding
+// the same (F16-rounded) values.
 struct AttentionShape {
     int64_t T = 1, n_past = 0, n_head = 1, n_head_kv = 1, head_dim = 1, ctx_stride = 1;
     float scale = 1.0f;
+    DType kv_type = DType::F32;  // of k and v: F32 or F16 (anything else throws Error)
 };
 // Keys/values attended before the text keys, in the same softmax (Owl3's visual tokens): layout
-// [rows][n_head_kv][head_dim]; query token t sees rows [0, visible[t]). With text == false only these are
-// attended (a query that sees none gets zeros).
+// [rows][n_head_kv][head_dim], always float; query token t sees rows [0, visible[t]). With text == false only
+// these are attended (a query that sees none gets zeros).
 struct PrefixKV {
     const float* k = nullptr;
     const float* v = nullptr;
     const int64_t* visible = nullptr;
 };
-void attention(ThreadPool& pool, const AttentionShape& s, const float* q, const float* k, const float* v, float* out,
+void attention(ThreadPool& pool, const AttentionShape& s, const float* q, const void* k, const void* v, float* out,
                const PrefixKV* prefix = nullptr, bool text = true);
-void attention_ref(const AttentionShape& s, const float* q, const float* k, const float* v, float* out,
+void attention_ref(const AttentionShape& s, const float* q, const void* k, const void* v, float* out,
                    const PrefixKV* prefix = nullptr, bool text = true);
+
+// Writes src [T][n_head_kv][head_dim] into rows pos0 .. pos0+T-1 of a KV cache [n_head_kv][ctx_stride][head_dim]
+// of `type`: F32 (a copy) or F16 (round-to-nearest-even, as numpy's float32 -> float16: overflow to inf,
+// subnormals kept, NaN stays NaN). Nothing else in the cache is touched. Throws Error on a negative size or
+// position, a null pointer, pos0 + T > ctx_stride, or another type.
+void kv_store(ThreadPool& pool, const float* src, int64_t T, int64_t n_head_kv, int64_t head_dim, void* cache, DType type,
+              int64_t ctx_stride, int64_t pos0);
+void kv_store_ref(const float* src, int64_t T, int64_t n_head_kv, int64_t head_dim, void* cache, DType type,
+                  int64_t ctx_stride, int64_t pos0);
 
 }  // namespace ops
 }  // namespace owl

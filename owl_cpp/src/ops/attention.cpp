@@ -4,30 +4,48 @@
 // softmax ahead of the text keys.
 #include <algorithm>
 #include <cmath>
+#include <string>
 #include <vector>
 
 #include "isa.h"
+#include "owl/error.h"
 #include "owl/ops.h"
 
 namespace owl::ops {
 namespace {
 
+// Whether the text cache is fp16 (else float); throws on any other type.
+bool kv_is_f16(const AttentionShape& s) {
+    if (s.kv_type != DType::F32 && s.kv_type != DType::F16)
+        throw Error(std::string("attention: the KV cache must be F32 or F16, not ") + dtype_name(s.kv_type));
+    return s.kv_type == DType::F16;
+}
+
+// KV head g's rows of the text cache.
+const void* kv_head(const void* cache, bool f16, const AttentionShape& s, int64_t g) {
+    return static_cast<const char*>(cache) + g * s.ctx_stride * s.head_dim * (f16 ? 2 : 4);
+}
+
 struct KeySpan {
-    const float* k;
-    const float* v;
+    const void* k;
+    const void* v;
+    bool f16;
     int64_t n;       // keys in the span
-    int64_t stride;  // floats from one key to the next
+    int64_t stride;  // elements from one key to the next
+    double at(const void* p, int64_t i) const {
+        return f16 ? double(fp16_to_fp32(static_cast<const uint16_t*>(p)[i])) : double(static_cast<const float*>(p)[i]);
+    }
 };
 
 // The (up to two) key spans query (t, h) attends: prefix rows, then the causal text keys.
-int spans_for(const AttentionShape& s, int64_t t, int64_t h, const float* k, const float* v, const PrefixKV* prefix,
-              bool text, KeySpan* out) {
+int spans_for(const AttentionShape& s, int64_t t, int64_t h, const void* k, const void* v, bool f16,
+              const PrefixKV* prefix, bool text, KeySpan* out) {
     const int64_t hd = s.head_dim;
     const int64_t kvh = h / (s.n_head / s.n_head_kv);
     int n = 0;
     if (prefix && prefix->visible[t] > 0)
-        out[n++] = {prefix->k + kvh * hd, prefix->v + kvh * hd, prefix->visible[t], s.n_head_kv * hd};
-    if (text) out[n++] = {k + kvh * s.ctx_stride * hd, v + kvh * s.ctx_stride * hd, s.n_past + t + 1, hd};
+        out[n++] = {prefix->k + kvh * hd, prefix->v + kvh * hd, false, prefix->visible[t], s.n_head_kv * hd};
+    if (text) out[n++] = {kv_head(k, f16, s, kvh), kv_head(v, f16, s, kvh), f16, s.n_past + t + 1, hd};
     return n;
 }
 
@@ -37,7 +55,9 @@ constexpr int64_t kUnitRows = 64;
 
 struct AttnJob {
     const AttentionShape* s;
-    const float *q, *k, *v;
+    const float* q;
+    const void *k, *v;
+    bool f16;
     float* out;
     const PrefixKV* prefix;
     bool text;
@@ -65,8 +85,8 @@ void run_unit(const AttnJob& j, int64_t u, float* work) {
     a.h1 = std::min((g + 1) * j.group, a.h0 + j.heads_per_unit);
     if (a.h0 >= a.h1) return;
     a.scale = s.scale;
-    if (j.prefix) a.spans[a.n_spans++] = {j.prefix->k + g * hd, j.prefix->v + g * hd, s.n_head_kv * hd, j.prefix->visible, 0};
-    if (j.text) a.spans[a.n_spans++] = {j.k + g * s.ctx_stride * hd, j.v + g * s.ctx_stride * hd, hd, nullptr, s.n_past};
+    if (j.prefix) a.spans[a.n_spans++] = {j.prefix->k + g * hd, j.prefix->v + g * hd, s.n_head_kv * hd, false, j.prefix->visible, 0};
+    if (j.text) a.spans[a.n_spans++] = {kv_head(j.k, j.f16, s, g), kv_head(j.v, j.f16, s, g), hd, j.f16, nullptr, s.n_past};
     a.work = work;
     j.fn(a);
 }
@@ -80,9 +100,9 @@ int64_t attention_work_floats(int64_t rows, int64_t head_dim) {
 }
 }  // namespace isa
 
-void attention(ThreadPool& pool, const AttentionShape& s, const float* q, const float* k, const float* v, float* out,
+void attention(ThreadPool& pool, const AttentionShape& s, const float* q, const void* k, const void* v, float* out,
                const PrefixKV* prefix, bool text) {
-    AttnJob j{&s, q, k, v, out, prefix, text, isa::active().attention, s.n_head / s.n_head_kv, 1, 1, 1, 1};
+    AttnJob j{&s, q, k, v, kv_is_f16(s), out, prefix, text, isa::active().attention, s.n_head / s.n_head_kv, 1, 1, 1, 1};
     j.tokens_per_unit = std::max<int64_t>(1, std::min(s.T, kUnitRows / j.group));
     j.tiles = (s.T + j.tokens_per_unit - 1) / j.tokens_per_unit;
     // Few tokens (decode): split each group's query heads so every thread has a unit.
@@ -97,20 +117,22 @@ void attention(ThreadPool& pool, const AttentionShape& s, const float* q, const 
     });
 }
 
-void attention_ref(const AttentionShape& s, const float* q, const float* k, const float* v, float* out,
+void attention_ref(const AttentionShape& s, const float* q, const void* k, const void* v, float* out,
                    const PrefixKV* prefix, bool text) {
+    const bool f16 = kv_is_f16(s);
     const int64_t hd = s.head_dim;
     std::vector<double> p;
     for (int64_t t = 0; t < s.T; ++t)
         for (int64_t h = 0; h < s.n_head; ++h) {
             KeySpan spans[2];
-            const int n_spans = spans_for(s, t, h, k, v, prefix, text, spans);
+            const int n_spans = spans_for(s, t, h, k, v, f16, prefix, text, spans);
             p.clear();
             double m = -INFINITY, sum = 0.0;
             for (int sp = 0; sp < n_spans; ++sp)
                 for (int64_t j = 0; j < spans[sp].n; ++j) {
                     double acc = 0.0;
-                    for (int64_t i = 0; i < hd; ++i) acc += double(q[(t * s.n_head + h) * hd + i]) * spans[sp].k[j * spans[sp].stride + i];
+                    for (int64_t i = 0; i < hd; ++i)
+                        acc += double(q[(t * s.n_head + h) * hd + i]) * spans[sp].at(spans[sp].k, j * spans[sp].stride + i);
                     p.push_back(acc * s.scale);
                     m = std::max(m, p.back());
                 }
@@ -119,7 +141,8 @@ void attention_ref(const AttentionShape& s, const float* q, const float* k, cons
                 double acc = 0.0;
                 size_t n = 0;
                 for (int sp = 0; sp < n_spans; ++sp)
-                    for (int64_t j = 0; j < spans[sp].n; ++j) acc += p[n++] / sum * spans[sp].v[j * spans[sp].stride + i];
+                    for (int64_t j = 0; j < spans[sp].n; ++j)
+                        acc += p[n++] / sum * spans[sp].at(spans[sp].v, j * spans[sp].stride + i);
                 out[(t * s.n_head + h) * hd + i] = p.empty() ? 0.0f : float(acc);
             }
         }

@@ -57,9 +57,10 @@ using QuantizeFn = void (*)(const float* x, int64_t K, int8_t* qs, float* d);
 // causal text keys), in one softmax. Rows of the unit are (token, head) pairs, token-major.
 constexpr int kAttnKeyBlock = 16;  // keys per step of the online softmax
 struct AttnSpan {
-    const float* k = nullptr;  // key j at k + j * stride, head_dim floats; values likewise
-    const float* v = nullptr;
-    int64_t stride = 0;
+    const void* k = nullptr;  // key j at element j * stride of k, head_dim elements; values likewise
+    const void* v = nullptr;
+    int64_t stride = 0;       // in elements
+    bool f16 = false;         // elements are fp16 (uint16_t bits), else float
     const int64_t* visible = nullptr;  // token t sees keys [0, visible[t]); null: [0, causal_base + t + 1)
     int64_t causal_base = 0;
 };
@@ -72,8 +73,8 @@ struct AttnArgs {
     AttnSpan spans[2];
     int n_spans = 0;
     // Scratch of attention_work_floats(rows, head_dim) floats, rows = (t1 - t0) * (h1 - h0), hd8 = head_dim
-    // rounded up to a multiple of 8: Q [rows][hd8], O [rows][hd8], K^T [hd8][16], V [16][hd8], S [rows][16],
-    // m [rows], l [rows].
+    // rounded up to a multiple of 8: Q [rows][hd8], O [rows][hd8], K^T [hd8][16], V [16][hd8] (a block's K rows
+    // pass through it on their way to K^T), S [rows][16], m [rows], l [rows].
     float* work = nullptr;
 };
 using AttnFn = void (*)(const AttnArgs& a);
@@ -87,6 +88,8 @@ struct Kernels {
     GemmFn q4_0x8;  // BlockQ4_0x8 weights (WeightView::packed_q4x8) against quantize_q8 activations + xs; may be null
     AttnFn attention;
     void (*swiglu)(const float* gate, const float* up, float* out, int64_t n);
+    // dst[i] = fp16 bits of src[i], round-to-nearest-even (overflow to inf, subnormals kept; NaN stays NaN).
+    void (*store_f16)(const float* src, uint16_t* dst, int64_t n);
 };
 
 // Entry points of the kernel files. Those whose file was not compiled for this target return nullptr.

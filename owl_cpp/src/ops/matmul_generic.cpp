@@ -189,6 +189,7 @@ const Kernels kGeneric = {
     drive_q4x8<Q4x8Tiles>,
     attend_unit,
     swiglu_v,
+    store_f16_row,
 };
 
 }  // namespace

@@ -188,6 +188,7 @@ const Kernels kKernels = {
     nullptr,  // no BlockQ4_0x8 kernel: Q4_0 stays in the file's layout
     attend_unit,
     swiglu_v,
+    store_f16_row,
 };
 
 }  // namespace
