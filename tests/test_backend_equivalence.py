@@ -99,7 +99,7 @@ def test_gate_mix(be, broadcast, T, C):
     assert rel(be.gate_mix(x, y, gate), x * (1 - s) + y * s) < 1e-6
 
 
-@pytest.mark.parametrize("kv_type", ["f32", pytest.param("f16", marks=pytest.mark.xfail(strict=True, reason="F16 cache lands next"))])
+@pytest.mark.parametrize("kv_type", ["f32", "f16"])
 @pytest.mark.parametrize("T,KV,D,ctx,pos0", [(1, 1, 8, 4, 3), (5, 2, 64, 9, 2), (17, 3, 6, 17, 0)])
 def test_kv_store_writes_only_its_rows(be, kv_type, T, KV, D, ctx, pos0):
     src = rnd(T, KV * D, scale=3)

@@ -70,7 +70,7 @@ def prefill_and_decode_errors(model, ref) -> list[float]:
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_f32_logits_match_reference(arch, tiny_gguf, hf_dirs):
-    model = owl_cpp.load(tiny_gguf(arch, "f32"), threads=2)
+    model = owl_cpp.load(tiny_gguf(arch, "f32"), threads=2, kv_type="f32")
     ref = TextDecoder.from_pretrained(hf_dirs[arch], dtype=torch.float64)
     check_prefill_and_decode(model, ref, 1e-4)
 
@@ -79,7 +79,7 @@ def test_f32_logits_match_reference(arch, tiny_gguf, hf_dirs):
 @pytest.mark.parametrize("quant", ["f16", "bf16", "q8_0", "q4_0"])
 def test_quantized_kernels_match_reference_on_dequantized_weights(arch, quant, tiny_gguf, hf_dirs):
     path = tiny_gguf(arch, quant)
-    model = owl_cpp.load(path, threads=2)
+    model = owl_cpp.load(path, threads=2, kv_type="f32")
     check_prefill_and_decode(model, reference_from_gguf(path, hf_dirs[arch]), 1e-4,
                              int8_activations=quant in ("q8_0", "q4_0"))
 
@@ -106,7 +106,7 @@ def kl(p_logits, q_logits) -> np.ndarray:
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("quant", list(QUANT_BOUNDS))
 def test_quantization_error_is_bounded(arch, quant, tiny_gguf, hf_dirs):
-    model = owl_cpp.load(tiny_gguf(arch, quant), threads=2)
+    model = owl_cpp.load(tiny_gguf(arch, quant), threads=2, kv_type="f32")
     ref = TextDecoder.from_pretrained(hf_dirs[arch], dtype=torch.float64)
     ids = prompt_ids(model)
     got = model.logits(ids)
@@ -121,7 +121,7 @@ def test_quantization_error_is_bounded(arch, quant, tiny_gguf, hf_dirs):
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_generate_greedy_equals_reference(arch, tiny_gguf, hf_dirs):
-    model = owl_cpp.load(tiny_gguf(arch, "f32"), threads=2)
+    model = owl_cpp.load(tiny_gguf(arch, "f32"), threads=2, kv_type="f32")
     ref = TextDecoder.from_pretrained(hf_dirs[arch], dtype=torch.float64)
     ids = prompt_ids(model)
     out = model.generate(ids, max_tokens=32, return_info=True)
@@ -151,8 +151,8 @@ def test_thread_count_does_not_change_logits(threads, tiny_gguf):
 
 def test_chunked_prefill_equals_single_batch(tiny_gguf):
     path = tiny_gguf("llama", "f32")
-    one = owl_cpp.TextModel(path, threads=2, n_batch=512)
-    small = owl_cpp.TextModel(path, threads=2, n_batch=3)
+    one = owl_cpp.TextModel(path, threads=2, n_batch=512, kv_type="f32")
+    small = owl_cpp.TextModel(path, threads=2, n_batch=3, kv_type="f32")
     ids = prompt_ids(one)
     a, b = one.logits(ids), small.logits(ids)
     assert rel_err(b, a) < 1e-5

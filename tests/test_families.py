@@ -81,18 +81,17 @@ def test_a_bad_preprocessing_value_is_named(owl3_dir, tmp_path, key, value, mess
 
 
 def test_kv_type_option(tiny_gguf):
-    from owl_cpp.decoder_model import context_takes_kv_type
     path = tiny_gguf("qwen2", "f32")
     with pytest.raises(ValueError, match="kv_type must be"):
         owl_cpp.load(path, kv_type="q8_0")
-    if not context_takes_kv_type():
-        with pytest.raises(ValueError, match="no KV cache type option"):
-            owl_cpp.load(path, kv_type="f16")
-        return
     ids = list(range(1, 30))
     f32 = owl_cpp.load(path, n_ctx=64, threads=1, kv_type="f32")
     f16 = owl_cpp.load(path, n_ctx=64, threads=1, kv_type="f16")
     assert f16.kv_type == "f16" and f16._contexts.default.ctx.kv_bytes_per_token < \
         f32._contexts.default.ctx.kv_bytes_per_token
+    assert f16._contexts.default.ctx.kv_bytes_per_token * 2 == f32._contexts.default.ctx.kv_bytes_per_token
+    # The stated bound (README): with F32 weights, an F16 cache moves logits by < 2e-3 of their range (measured
+    # 3.5e-4 .. 6.4e-4 on the tiny models, as llama.cpp's ~5e-4), and the greedy choice nowhere.
     a, b = f32.logits(ids), f16.logits(ids)
-    assert np.abs(a - b).max() / np.abs(a).max() < 1e-2
+    assert np.abs(a - b).max() / np.abs(a).max() < 2e-3
+    assert (a.argmax(1) == b.argmax(1)).all()

@@ -54,7 +54,7 @@ def image_embeds(ref, n, seed):
 def run(model_dir, ids, embeds, starts, n_batch=256, steps=16, ref=None, n_ctx=512):
     """Runtime logits at every prompt position and greedy decode steps; checks each against `ref`."""
     model = _core.Model.load(str(model_dir / "decoder.gguf"))
-    ctx = _core.Context(model, n_ctx, 2, n_batch)
+    ctx = _core.Context(model, n_ctx, 2, n_batch, kv_type="f32")
     for e, s in zip(embeds, starts):
         ctx.add_image(e.numpy().astype(np.float32), s)
     got = ctx.eval(ids, all_logits=True)
@@ -129,7 +129,7 @@ def test_image_added_in_a_later_turn(variant, exported):
     turn2, s2 = chunks_to_ids(tok, ["<|im_start|>user\n", "<|image|>", "What is it?<|im_end|>\n<|im_start|>assistant\n"])
     starts = [len(turn1) + s for s in s2]
     emb = image_embeds(ref, 1, 4)
-    ctx = _core.Context(model, 512, 2, 256)
+    ctx = _core.Context(model, 512, 2, 256, kv_type="f32")
     ctx.eval(turn1, return_logits=False)
     ctx.add_image(emb[0].numpy().astype(np.float32), starts[0])
     got = ctx.eval(turn2, all_logits=True)
@@ -140,7 +140,7 @@ def test_image_added_in_a_later_turn(variant, exported):
 def test_visual_state_is_per_image_and_small(exported):
     hf, out, ref = exported("1b")
     model = _core.Model.load(str(out / "decoder.gguf"))
-    ctx = _core.Context(model, 512, 1)
+    ctx = _core.Context(model, 512, 1, kv_type="f32")
     P, H = ref.variant.num_patches, ref.config.hidden_size
     ctx.add_image(np.zeros((P, H), np.float32), 3)
     per_image = ctx.visual_bytes
@@ -156,7 +156,7 @@ def test_visual_state_is_per_image_and_small(exported):
 def test_image_errors(exported):
     hf, out, ref = exported("1b")
     model = _core.Model.load(str(out / "decoder.gguf"))
-    ctx = _core.Context(model, 64, 1)
+    ctx = _core.Context(model, 64, 1, kv_type="f32")
     P, H = ref.variant.num_patches, ref.config.hidden_size
     with pytest.raises(ValueError, match="must be"):
         ctx.add_image(np.zeros((P, H + 1), np.float32), 0)

@@ -11,12 +11,10 @@ import torch
 import owl_cpp
 from owl_cpp import _core
 from owl_cpp.context_pool import ContextPool
-from owl_cpp.research import has_hidden_states, log_softmax
+from owl_cpp.research import log_softmax
 from owl_export.owl3 import Owl3Reference
 
 TOL = 1e-4
-needs_hidden_states = pytest.mark.skipif(not has_hidden_states(),
-                                         reason="this runtime has no _core.Context.hidden_states yet")
 
 
 def rel_err(a, b) -> float:
@@ -49,7 +47,7 @@ def counting(model):
 @pytest.fixture(scope="module")
 def owl3(tiny_owl3_model):
     hf, out = tiny_owl3_model("1b")
-    return owl_cpp.load(out, n_ctx=512, threads=2), Owl3Reference.from_pretrained(hf, dtype=torch.float64)
+    return owl_cpp.load(out, n_ctx=512, threads=2, kv_type="f32"), Owl3Reference.from_pretrained(hf, dtype=torch.float64)
 
 
 IMG = image(60, 40, 31)                 # cut: 2 x 3 tiles + the global view
@@ -87,7 +85,7 @@ def test_score_is_log_softmax_of_the_logits_at_the_continuation(owl3):
     embeds = m.vision.encode(views)
     for text, s in zip(conts, scores):
         assert s.ids == m.tokenize(text, add_special=False)
-        full = _core.Context(m._model, 512, 2)          # a fresh context: prompt + continuation at once
+        full = _core.Context(m._model, 512, 2, kv_type="f32")        # a fresh context: prompt + continuation at once
         for st, e in zip(prompt.image_starts, embeds):
             full.add_image(e, st)
         rows = log_softmax(full.eval(prompt.ids + s.ids, all_logits=True)[n - 1:n - 1 + len(s.ids)])
@@ -136,7 +134,6 @@ def output_matrix(gguf_path) -> np.ndarray:
     return np.asarray(t.data, np.float64).reshape(-1, t.data.shape[-1])
 
 
-@needs_hidden_states
 def test_hidden_states_give_the_logits_through_the_output_head(owl3, tiny_gguf):
     m, _ = owl3
     out = m.hidden_states(QUESTION, images=[IMG])
@@ -144,13 +141,6 @@ def test_hidden_states_give_the_logits_through_the_output_head(owl3, tiny_gguf):
     logits = m.logits(QUESTION, images=[IMG])
     assert out.ids == logits.ids
     assert rel_err(out.hidden_states @ output_matrix(m.path).T, logits.logits) < TOL
-    t = owl_cpp.load(tiny_gguf("qwen2", "f32"), n_ctx=128, threads=2)
+    t = owl_cpp.load(tiny_gguf("qwen2", "f32"), n_ctx=128, threads=2, kv_type="f32")
     ids = t.tokenize("Hello there")
     assert rel_err(t.hidden_states(ids) @ output_matrix(t.path).T, t.logits(ids)) < TOL
-
-
-def test_hidden_states_without_the_runtime_support_is_a_clear_error(owl3, monkeypatch):
-    m, _ = owl3
-    monkeypatch.delattr(_core.Context, "hidden_states", raising=False)
-    with pytest.raises(NotImplementedError, match="hidden_states"):
-        m.hidden_states(QUESTION, images=[IMG])

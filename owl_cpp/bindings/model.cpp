@@ -64,7 +64,7 @@ void bind_model(py::module_& m) {
                  py::gil_scoped_release release;
                  return new Context(std::move(model), p);
              }),
-             py::arg("model"), py::arg("n_ctx"), py::arg("n_threads"), py::arg("n_batch") = 256, py::arg("kv_type") = "f32")
+             py::arg("model"), py::arg("n_ctx"), py::arg("n_threads"), py::arg("n_batch") = 256, py::arg("kv_type") = "f16")
         .def("eval", [](Context& c, const std::vector<int32_t>& tokens, bool all_logits, bool return_logits) {
                  const Batch b = Batch::of_ids(tokens.data(), int64_t(tokens.size()));
                  return run_decode(c, b, all_logits, return_logits);

@@ -19,15 +19,10 @@ from .streaming import TextStream
 KV_TYPES = ("f16", "f32")
 
 
-def context_takes_kv_type() -> bool:
-    """Whether this build's _core.Context has the kv_type keyword."""
-    return "kv_type" in (_core.Context.__init__.__doc__ or "")
-
-
 class DecoderModel:
     """A GGUF decoder and its contexts. n_ctx: positions per context (default: the training context, at
     most 4096); threads: CPU threads (default: physical cores); kv_type: KV cache storage "f16" | "f32"
-    (default: the runtime's); max_spare_contexts: idle extra contexts kept for concurrent calls."""
+    (default f16: half the memory of f32, as llama.cpp); max_spare_contexts: idle extra contexts kept for concurrent calls."""
 
     def __init__(self, path: Union[str, os.PathLike], *, n_ctx: Optional[int] = None, threads: Optional[int] = None,
                  n_batch: int = 256, kv_type: Optional[str] = None, max_spare_contexts: int = 1):
@@ -47,9 +42,6 @@ class DecoderModel:
         if kv_type is not None:
             if kv_type not in KV_TYPES:
                 raise ValueError(f"kv_type must be one of {', '.join(KV_TYPES)}, got {kv_type!r}")
-            if not context_takes_kv_type():
-                raise ValueError(f"kv_type={kv_type!r}: this build of the owl_cpp runtime has no KV cache type "
-                                 "option (update owl_cpp)")
             self._context_kwargs["kv_type"] = kv_type
         self.kv_type = kv_type
         self.tokenizer = self._model.tokenizer

@@ -8,7 +8,6 @@ from typing import Sequence
 
 import numpy as np
 
-from . import _core
 from .context_slot import ContextSlot, PreparedPrompt
 
 
@@ -40,10 +39,6 @@ def log_softmax(x: np.ndarray) -> np.ndarray:
     return x - m - np.log(np.exp(x - m).sum(axis=-1, keepdims=True))
 
 
-def has_hidden_states() -> bool:
-    return hasattr(_core.Context, "hidden_states")
-
-
 def prompt_logits(slot: ContextSlot, prompt: PreparedPrompt) -> np.ndarray:
     """Logits at every position, from an empty cache: [len(ids), n_vocab]."""
     return slot.prefill(prompt, reuse=False, all_logits=True, return_logits=True)[1]
@@ -51,9 +46,6 @@ def prompt_logits(slot: ContextSlot, prompt: PreparedPrompt) -> np.ndarray:
 
 def prompt_hidden_states(slot: ContextSlot, prompt: PreparedPrompt) -> np.ndarray:
     """Final-normed hidden states at every position, from an empty cache: [len(ids), n_embd]."""
-    if not has_hidden_states():
-        raise NotImplementedError("this build of the owl_cpp runtime has no Context.hidden_states(); "
-                                  "update owl_cpp (rebuild the C++ extension)")
     slot.prefill(prompt, reuse=False, all_logits=True, return_logits=False)
     return np.asarray(slot.ctx.hidden_states())
 

@@ -125,12 +125,8 @@ public:
         expect_cols(src, n_head_kv * head_dim, "kv_store input");
         here(cache);
         if (cache.rows * cache.cols != n_head_kv * ctx * head_dim) throw Error("kv_store: cache is not [n_head_kv][ctx][head_dim]");
-        if (pos0 < 0 || pos0 + src.rows > ctx) throw Error("kv_store: positions outside the cache");
-        float* c = f32(cache);  // TEMP until the F16 kv_store op lands
-        const float* x = f32(src);
-        for (int64_t t = 0; t < src.rows; ++t)
-            for (int64_t g = 0; g < n_head_kv; ++g)
-                std::memcpy(c + (g * ctx + pos0 + t) * head_dim, x + (t * n_head_kv + g) * head_dim, size_t(head_dim) * sizeof(float));
+        if (pos0 < 0 || pos0 > ctx - src.rows) throw Error("kv_store: positions outside the cache");
+        ops::kv_store(pool_, f32(src), src.rows, n_head_kv, head_dim, cache.data, cache.type, ctx, pos0);
     }
     void attention(const ops::AttentionShape& s, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
                    const ops::PrefixKV* prefix, bool text) override {
@@ -140,7 +136,9 @@ public:
         here(k);
         here(v);
         if (k.type != v.type) throw Error("attention: K and V caches differ in type");
-        ops::attention(pool_, s, f32(q), f32(k), f32(v), f32(out), prefix, text);  // TEMP: F32 caches only
+        ops::AttentionShape shape = s;
+        shape.kv_type = k.type;
+        ops::attention(pool_, shape, f32(q), k.data, v.data, f32(out), prefix, text);
     }
     void split_kv(const Tensor& kv, int64_t n_head_kv, int64_t head_dim, const Tensor& k, const Tensor& v) override {
         const int64_t w = n_head_kv * head_dim;
