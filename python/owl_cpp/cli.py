@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-c", "--n-ctx", type=int, default=None, help="context length in tokens (default 4096)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--kv-type", choices=("f16", "f32"), default=None,
-                   help="KV cache storage (default: the runtime's)")
+                   help="KV cache storage (default f16: half the memory of f32)")
     p.add_argument("--no-cut", action="store_true", help="do not cut images into tiles (global view only)")
     p.add_argument("-v", "--verbose", action="store_true", help="print timings to stderr after each answer")
     return p
