@@ -7,6 +7,8 @@ interleaved; the memory read bandwidth measured in the same run and decode as a 
 
     python bench/bench_decode.py --llama-python /path/to/llama-venv/bin/python
     python bench/bench_decode.py --sizes qwen2-7b llama-7b --quants q4_0      # the big ones (slow to create)
+    python bench/bench_decode.py --baseline /tmp/owl_old --kv-f32   # vs an older build (a copy of its python/
+                                                                    # owl_cpp package dir), and with an F32 KV cache
 """
 from __future__ import annotations
 
@@ -24,9 +26,13 @@ sys.path.insert(0, str(HERE))
 from make_random_gguf import SIZES, ensure  # noqa: E402
 
 
-def run_engine(python: str, engine: str, model: Path, threads: int) -> dict:
-    cmd = [python, str(HERE / "engine_runner.py"), "--engine", engine, "--model", str(model), "--threads", str(threads)]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
+def run_engine(python: str, engine: str, model: Path, threads: int, extra=(), pythonpath=None) -> dict:
+    cmd = [python, str(HERE / "engine_runner.py"), "--engine", engine, "--model", str(model), "--threads", str(threads),
+           *extra]
+    env = dict(os.environ)
+    if pythonpath:  # another build of owl_cpp first on the path
+        env["PYTHONPATH"] = os.pathsep.join([pythonpath] + [p for p in [env.get("PYTHONPATH")] if p])
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=3600, env=env)
     if res.returncode != 0:
         raise RuntimeError(f"{engine} failed on {model.name}:\n{res.stderr[-3000:]}")
     return json.loads(res.stdout.strip().splitlines()[-1])
@@ -56,14 +62,23 @@ def main() -> None:
     ap.add_argument("--workdir", default=str(HERE / "models"), help="where the random GGUFs are cached")
     ap.add_argument("--llama-python", default=os.environ.get("OWL_LLAMA_PYTHON"),
                     help="python of an environment with llama-cpp-python (omit to time owl_cpp alone)")
+    ap.add_argument("--baseline", help="a directory holding an older build's owl_cpp package, timed as 'base'")
+    ap.add_argument("--kv-f32", action="store_true", help="also time owl with an F32 KV cache ('owl-f32')")
     ap.add_argument("--out", default=str(HERE / "results" / "decode.json"))
     a = ap.parse_args()
 
     from owl_cpp import _core, system_info
 
     bandwidth = _core.measure_read_bandwidth(1 << 30, a.threads, 5)
-    engines = ["owl"] + (["llama"] if a.llama_python else [])
-    pythons = {"owl": sys.executable, "llama": a.llama_python}
+    # name -> (python, engine_runner engine, extra args, PYTHONPATH to put first)
+    spec = {"owl": (sys.executable, "owl", (), None)}
+    if a.kv_f32:
+        spec["owl-f32"] = (sys.executable, "owl", ("--kv-type", "f32"), None)
+    if a.baseline:
+        spec["base"] = (sys.executable, "owl", (), a.baseline)
+    if a.llama_python:
+        spec["llama"] = (a.llama_python, "llama", (), None)
+    engines = list(spec)
     rows = []
     for size in a.sizes:
         for quant in a.quants:
@@ -71,14 +86,16 @@ def main() -> None:
             runs = {e: [] for e in engines}
             for _ in range(a.reps):
                 for e in engines:  # interleaved so slow drifts of a shared machine hit both alike
-                    runs[e].append(run_engine(pythons[e], e, model, a.threads))
+                    python, engine, extra, path = spec[e]
+                    runs[e].append(run_engine(python, engine, model, a.threads, extra, path))
             bpt = bytes_per_token(model)
             row = {"model": size, "quant": quant, "bytes_per_token": bpt, "roofline_tg": bandwidth * 1e9 / bpt}
             for e in engines:
                 r = runs[e]
                 row[e] = {"pp128": median_of(r, lambda x: x["pp"]["128"]), "pp512": median_of(r, lambda x: x["pp"]["512"]),
                           "tg": median_of(r, lambda x: x["tg"]), "load_s": median_of(r, lambda x: x["load_s"]),
-                          "peak_rss_mb": median_of(r, lambda x: x["peak_rss_mb"]), "runs": r}
+                          "peak_rss_mb": median_of(r, lambda x: x["peak_rss_mb"]),
+                          "kv_bytes_per_token": r[0].get("kv_bytes_per_token"), "runs": r}
             rows.append(row)
             print_row(row, engines, header=len(rows) == 1)
     result = {"date": time.strftime("%Y-%m-%d %H:%M"), "threads": a.threads, "reps": a.reps,
@@ -94,6 +111,10 @@ def print_row(row: dict, engines: list[str], header: bool) -> None:
         cols = ["model", "quant", "MB/tok", "owl pp128", "owl pp512", "owl tg", "%roof"]
         if "llama" in engines:
             cols += ["llama pp128", "llama pp512", "llama tg", "tg x", "pp512 x"]
+        if "base" in engines:
+            cols += ["base pp512", "base tg", "tg x base", "pp512 x base"]
+        if "owl-f32" in engines:
+            cols += ["f32kv tg", "KV KB/tok", "f32 KB/tok"]
         cols += ["owl load s", "owl RSS MB"]
         print(" | ".join(f"{c:>11}" for c in cols))
     o = row["owl"]
@@ -103,6 +124,12 @@ def print_row(row: dict, engines: list[str], header: bool) -> None:
         l = row["llama"]
         vals += [f"{l['pp128']:.1f}", f"{l['pp512']:.1f}", f"{l['tg']:.2f}", f"{o['tg'] / l['tg']:.2f}",
                  f"{o['pp512'] / l['pp512']:.2f}"]
+    if "base" in engines:
+        b = row["base"]
+        vals += [f"{b['pp512']:.1f}", f"{b['tg']:.2f}", f"{o['tg'] / b['tg']:.2f}", f"{o['pp512'] / b['pp512']:.2f}"]
+    if "owl-f32" in engines:
+        f = row["owl-f32"]
+        vals += [f"{f['tg']:.2f}", f"{o['kv_bytes_per_token'] / 1024:.0f}", f"{f['kv_bytes_per_token'] / 1024:.0f}"]
     vals += [f"{o['load_s']:.2f}", f"{o['peak_rss_mb']:.0f}"]
     print(" | ".join(f"{v:>11}" for v in vals), flush=True)
 

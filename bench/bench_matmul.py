@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from owl_cpp import _core, system_info
+from owl_cpp import _core, _testing, system_info
 
 HERE = Path(__file__).resolve().parent
 TYPES = {"F32": 0, "F16": 1, "Q4_0": 2, "Q8_0": 8}
@@ -33,13 +33,13 @@ def encode(w: np.ndarray, type_name: str) -> np.ndarray:
     if type_name == "F16":
         return w.astype(np.float16).view(np.uint8).reshape(-1)
     # Quantize with our own (ggml bit-compatible) quantizers: the gguf package is slow at these sizes.
-    q = getattr(_core.ops, f"quantize_{type_name.lower()}")(w.reshape(-1))
+    q = getattr(_testing.ops, f"quantize_{type_name.lower()}")(w.reshape(-1))
     return np.frombuffer(q, dtype=np.uint8)
 
 
 def bench_one(raw: np.ndarray, type_name: str, rows: int, cols: int, copies: int, x: np.ndarray, threads: int,
               reps: int) -> list[float]:
-    return list(_core.ops.bench_matmul(raw, TYPES[type_name], rows, cols, copies, x, threads, reps))
+    return list(_testing.ops.bench_matmul(raw, TYPES[type_name], rows, cols, copies, x, threads, reps))
 
 
 def main() -> None:
@@ -55,7 +55,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(HERE / "results" / "matmul.json"))
     a = ap.parse_args()
 
-    supported = _core.ops.supported_isas()
+    supported = _testing.ops.supported_isas()
     isas = a.isas or supported
     for isa in isas:
         if isa not in supported:
@@ -66,7 +66,7 @@ def main() -> None:
             bandwidth[th] = _core.measure_read_bandwidth(1 << 30, th, 5)
 
     rng = np.random.default_rng(0)
-    before = _core.ops.active_isa()
+    before = _testing.ops.active_isa()
     # Every configuration runs in --rounds short bursts, round-robin, so a slow spell of a shared machine hits all
     # of them alike; the reported figure is the median over all calls.
     configs = []
@@ -88,11 +88,11 @@ def main() -> None:
             for c in configs:
                 n = c["reps"] // a.rounds + (1 if rnd < c["reps"] % a.rounds else 0)
                 if n:
-                    _core.ops.set_isa(c["isa"])
+                    _testing.ops.set_isa(c["isa"])
                     c["_secs"] += bench_one(c["_w"], c["type"], c["rows"], c["cols"], c["copies"], c["_x"],
                                             c["threads"], n)
     finally:
-        _core.ops.set_isa(before)
+        _testing.ops.set_isa(before)
     rows_out = []
     header = f"{'matrix':>10} {'type':>5} {'isa':>11} {'thr':>3} {'T':>3} {'median ms':>10} {'GB/s':>7} {'GFLOP/s':>8}"
     print(header)

@@ -14,17 +14,19 @@ import time
 import numpy as np
 
 
-def load(engine: str, path: str, threads: int, n_ctx: int):
+def load(engine: str, path: str, threads: int, n_ctx: int, kv_type=None):
     if engine == "owl":
         import owl_cpp
 
-        m = owl_cpp.load(path, n_ctx=n_ctx, threads=threads)
+        # kv_type only when asked: a baseline build from before the option existed runs with its own default.
+        m = owl_cpp.load(path, n_ctx=n_ctx, threads=threads, **({"kv_type": kv_type} if kv_type else {}))
 
         def eval_tokens(ids, reset=False):
             if reset:
                 m.reset()
             m._ctx.eval(list(ids), return_logits=False)
 
+        eval_tokens.kv_bytes_per_token = m._ctx.kv_bytes_per_token
         return m.n_vocab, eval_tokens
     from llama_cpp import Llama
 
@@ -59,10 +61,11 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--pp", type=int, nargs="*", default=[128, 512])
     ap.add_argument("--tg", type=int, default=64, help="decode steps after a 128-token prompt")
+    ap.add_argument("--kv-type", choices=["f16", "f32"], default=None, help="owl's KV cache type (default: its own)")
     a = ap.parse_args()
 
     t0 = time.perf_counter()
-    n_vocab, eval_tokens = load(a.engine, a.model, a.threads, n_ctx=1024)
+    n_vocab, eval_tokens = load(a.engine, a.model, a.threads, n_ctx=1024, kv_type=a.kv_type)
     load_s = time.perf_counter() - t0
     rng = np.random.default_rng(0)
     ids = rng.integers(300, min(n_vocab, 30000), 1024).tolist()
@@ -78,6 +81,7 @@ def main() -> None:
         eval_tokens([ids[128 + i]])
     out["tg"] = a.tg / (time.perf_counter() - t)
     out["peak_rss_mb"] = peak_rss_mb()
+    out["kv_bytes_per_token"] = getattr(eval_tokens, "kv_bytes_per_token", None)
     print(json.dumps(out))
 
 

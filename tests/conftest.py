@@ -77,8 +77,8 @@ def tiny_owl3_model(tmp_path_factory):
 @pytest.fixture
 def isa_restore():
     """Puts back the kernel variant that was active before the test (tests switch it with ops.set_isa)."""
-    from owl_cpp import _core
+    from owl_cpp import _testing
 
-    before = _core.ops.active_isa()
+    before = _testing.ops.active_isa()
     yield
-    _core.ops.set_isa(before)
+    _testing.ops.set_isa(before)

@@ -17,9 +17,9 @@ import zlib
 import numpy as np
 import pytest
 
-from owl_cpp import _core
+from owl_cpp import _testing
 
-ops = _core.ops
+ops = _testing.ops
 SUPPORTED = ops.supported_isas()
 
 

@@ -169,11 +169,11 @@ def test_repacked_q4_0_equals_file_layout(tiny_gguf, monkeypatch):
     """Q4_0 matrices repacked at load (BlockQ4_0x8, where the kernels have that path) give the logits of the
     file's layout: both sum exact integer block products; only the fp32 accumulation order differs, which can
     flip one int8 rounding of a later activation (a ~1e-3 step at an isolated position, as in the parity tests)."""
-    from owl_cpp import _core
+    from owl_cpp import _testing
 
     path = tiny_gguf("qwen2", "q4_0")
     packed = owl_cpp.load(path, threads=2)
-    if _core.ops.kernels_use_q4x8():
+    if _testing.ops.kernels_use_q4x8():
         assert packed._model.packed_bytes > 0
     monkeypatch.setenv("OWL_REPACK", "0")
     plain = owl_cpp.load(path, threads=2)

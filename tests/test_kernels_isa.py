@@ -21,10 +21,10 @@ import pytest
 from gguf import GGMLQuantizationType as QT
 from gguf import quants
 
-from owl_cpp import _core
+from owl_cpp import _core, _testing
 from quant_reference import quantized_activations
 
-ops = _core.ops
+ops = _testing.ops
 TYPES = {"F32": 0, "F16": 1, "Q4_0": 2, "Q8_0": 8, "BF16": 30}
 TOL = {"F32": 1e-5, "F16": 1e-5, "BF16": 1e-5, "Q8_0": 1e-2, "Q4_0": 1e-2}
 ALL_ISAS = ["generic", "avx2", "avx2_vnni", "avx512", "avx512_vnni", "neon"]
@@ -245,12 +245,12 @@ def run_python(code, isa):
 def test_env_var_forces_a_path(isa):
     code = (
         "import numpy as np, owl_cpp\n"
-        "from owl_cpp import _core\n"
+        "from owl_cpp import _testing\n"
         "info = owl_cpp.system_info()\n"
         "w = np.ones((4, 32), np.float32).view(np.uint8).reshape(-1)\n"
-        "y = _core.ops.matmul(w, 0, 4, 32, np.ones((1, 32), np.float32))\n"
+        "y = _testing.ops.matmul(w, 0, 4, 32, np.ones((1, 32), np.float32))\n"
         "assert float(y[0, 0]) == 32.0\n"
-        "print(info['kernels'], _core.ops.active_isa())\n"
+        "print(info['kernels'], _testing.ops.active_isa())\n"
     )
     out = run_python(code, isa)
     assert out.returncode == 0, out.stderr

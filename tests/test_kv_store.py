@@ -9,9 +9,9 @@ import zlib
 import numpy as np
 import pytest
 
-from owl_cpp import _core
+from owl_cpp import _core, _testing
 
-ops = _core.ops
+ops = _testing.ops
 SUPPORTED = ops.supported_isas()
 SENTINEL = {np.float16: np.uint16(0x7D5A), np.float32: np.uint32(0x7FA5A5A5)}  # NaNs no store writes
 UINT = {np.float16: np.uint16, np.float32: np.uint32}

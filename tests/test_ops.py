@@ -4,10 +4,10 @@ import pytest
 from gguf import GGMLQuantizationType as QT
 from gguf import quants
 
-from owl_cpp import _core
+from owl_cpp import _testing
 from quant_reference import quantized_activations
 
-ops = _core.ops
+ops = _testing.ops
 RNG = np.random.default_rng(1234)
 TYPES = {"F32": 0, "F16": 1, "Q4_0": 2, "Q8_0": 8, "BF16": 30}
 

@@ -9,7 +9,6 @@ PYBIND11_MODULE(_core, m) {
     owl::bind_tokenizer(m);
     owl::bind_gguf(m);
     owl::bind_model(m);
-    owl::bind_ops(m);
     owl::bind_system(m);
     owl::bind_bench(m);
 }

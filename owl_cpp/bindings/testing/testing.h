@@ -4,4 +4,5 @@
 
 namespace owl::testing {
 void bind_backend(pybind11::module_& m);
+void bind_ops(pybind11::module_& m);  // the submodule _testing.ops
 }  // namespace owl::testing

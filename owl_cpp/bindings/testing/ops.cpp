@@ -1,4 +1,4 @@
-// owl_cpp._core.ops: each CPU op and its reference, on numpy arrays, for the op tests.
+// owl_cpp._testing.ops: each CPU op and its reference, on numpy arrays, for the op tests.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -8,12 +8,12 @@
 #include <optional>
 #include <vector>
 
-#include "bindings.h"
+#include "testing.h"
 #include "owl/ops.h"
 
 namespace py = pybind11;
 
-namespace owl {
+namespace owl::testing {
 namespace {
 
 using F32 = py::array_t<float, py::array::c_style | py::array::forcecast>;
@@ -296,4 +296,4 @@ void bind_ops(py::module_& parent) {
        "write src [T, n_head_kv, hd] into rows pos0.. of cache [n_head_kv, ctx, hd] (float32 or float16) in place");
 }
 
-}  // namespace owl
+}  // namespace owl::testing
