@@ -1,69 +1,167 @@
 #include "owl/threadpool.h"
 
+#include <algorithm>
+#include <chrono>
 #include <fstream>
 #include <set>
 #include <string>
 
+#include "owl/error.h"
+
 namespace owl {
 
-ThreadPool::ThreadPool(int n_threads) : n_threads_(n_threads < 1 ? 1 : n_threads) {
-    for (int i = 1; i < n_threads_; ++i) workers_.emplace_back([this, i] { worker_loop(i); });
+namespace {
+
+// state_ layout: job id (16 bits, wraps; only compared for change) | chunk count (24) | next chunk (24).
+// The next-chunk field may run past the count by one failed claim per thread per job, so both stay below 2^23.
+constexpr int kFieldBits = 24;
+constexpr uint64_t kFieldMask = (uint64_t(1) << kFieldBits) - 1;
+constexpr uint64_t kJobMask = 0xffff;
+constexpr int64_t kMaxChunks = int64_t(1) << 22;
+constexpr int kMaxThreads = 1 << 22;
+
+inline uint64_t job_of(uint64_t s) { return s >> (2 * kFieldBits); }
+inline uint64_t chunks_of(uint64_t s) { return (s >> kFieldBits) & kFieldMask; }
+inline uint64_t next_of(uint64_t s) { return s & kFieldMask; }
+
+// Busy-wait budgets. A worker spins (pause) for the next kernel of a decode step, which usually follows within
+// microseconds; then it yields, so other processes of a busy machine get the core; then it sleeps, so an idle
+// model costs no CPU. The caller spins for the last chunks of others, then yields to them.
+constexpr int kWorkerSpins = 4000;  // roughly 50-100 us of pause instructions
+constexpr auto kWorkerYieldFor = std::chrono::milliseconds(2);
+constexpr int kCallerSpins = 2000;
+
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    asm volatile("yield" ::: "memory");
+#endif
 }
 
-ThreadPool::~ThreadPool() {
+}  // namespace
+
+ThreadPool::ThreadPool(int n_threads) : n_threads_(std::clamp(n_threads, 1, kMaxThreads)) {
+    try {
+        workers_.reserve(size_t(n_threads_ - 1));
+        for (int i = 1; i < n_threads_; ++i) workers_.emplace_back([this, i] { worker_loop(i); });
+    } catch (...) {
+        shutdown();  // a destructor will not run: stop and join the threads that did start
+        throw;
+    }
+}
+
+ThreadPool::~ThreadPool() { shutdown(); }
+
+void ThreadPool::shutdown() noexcept {
     {
-        std::lock_guard<std::mutex> lock(mu_);  // with the waiters' predicate check, so no wake-up is lost
-        stop_.store(true, std::memory_order_release);
-        generation_.fetch_add(1, std::memory_order_release);
+        std::lock_guard<std::mutex> lock(mu_);  // with the sleepers' predicate check, so no wake-up is lost
+        stop_.store(true, std::memory_order_seq_cst);
+        job_ = (job_ + 1) & kJobMask;
+        state_.store(job_ << (2 * kFieldBits), std::memory_order_seq_cst);  // a job of no chunks: wakes the spinners
     }
     cv_.notify_all();
-    for (auto& t : workers_) t.join();
+    for (auto& t : workers_)
+        if (t.joinable()) t.join();
+    workers_.clear();
 }
 
-void ThreadPool::run_chunk(int index) {
-    const int64_t per = (n_ + n_threads_ - 1) / n_threads_;
-    const int64_t begin = per * index;
-    const int64_t end = begin + per < n_ ? begin + per : n_;
-    if (begin < end) (*fn_)(begin, end, index);
+// Claims and runs chunks of the current job until none is left; returns how many it claimed.
+int64_t ThreadPool::run_chunks(int thread, uint64_t* last_job) {
+    int64_t ran = 0;
+    for (;;) {
+        // seq_cst like every other access to state_: a worker checking it before sleeping must see the newest job.
+        const uint64_t s = state_.fetch_add(1, std::memory_order_seq_cst);
+        if (last_job) *last_job = job_of(s);
+        const uint64_t chunks = chunks_of(s), c = next_of(s);
+        if (c >= chunks) return ran;
+        // A valid claim: the job cannot finish (nor fn_/n_ change) until this chunk is counted.
+        ++ran;
+        if (failed_.load(std::memory_order_relaxed)) continue;  // skip the rest once a chunk has thrown
+        const int64_t q = n_ / int64_t(chunks), r = n_ % int64_t(chunks), ci = int64_t(c);
+        const int64_t begin = ci * q + std::min(ci, r);
+        const int64_t end = begin + q + (ci < r ? 1 : 0);
+        try {
+            (*fn_)(begin, end, thread);
+        } catch (...) {
+            std::lock_guard<std::mutex> lock(error_mu_);
+            if (!error_) error_ = std::current_exception();
+            failed_.store(true, std::memory_order_relaxed);
+        }
+    }
 }
 
-void ThreadPool::parallel_for(int64_t n, const RangeFn& fn) {
+void ThreadPool::parallel_for(int64_t n, const RangeFn& fn, int chunks_per_thread) {
     if (n <= 0) return;
-    if (n_threads_ == 1 || n == 1) {
+    if (busy_.exchange(true, std::memory_order_acquire))
+        throw Error("thread pool is in use by another thread (or parallel_for was called from inside its own fn): "
+                    "a pool runs one parallel_for at a time");
+    struct Release {
+        std::atomic<bool>& busy;
+        ~Release() { busy.store(false, std::memory_order_release); }
+    } release{busy_};
+
+    const int64_t chunks = std::min({n, int64_t(std::max(chunks_per_thread, 1)) * n_threads_, kMaxChunks});
+    if (n_threads_ == 1 || chunks == 1) {
         fn(0, n, 0);
         return;
     }
     fn_ = &fn;
     n_ = n;
-    pending_.store(n_threads_ - 1, std::memory_order_relaxed);
-    {
-        std::lock_guard<std::mutex> lock(mu_);
-        generation_.fetch_add(1, std::memory_order_release);
+    done_.store(0, std::memory_order_relaxed);
+    failed_.store(false, std::memory_order_relaxed);
+    job_ = (job_ + 1) & kJobMask;
+    state_.store(job_ << (2 * kFieldBits) | uint64_t(chunks) << kFieldBits, std::memory_order_seq_cst);
+    if (sleepers_.load(std::memory_order_seq_cst) > 0) {
+        { std::lock_guard<std::mutex> lock(mu_); }  // a sleeper between its check and its wait gets the notify
+        cv_.notify_all();
     }
-    cv_.notify_all();
-    run_chunk(0);
-    while (pending_.load(std::memory_order_acquire) != 0) std::this_thread::yield();
+
+    const int64_t others = chunks - run_chunks(0, nullptr);
+    // Every chunk is claimed now: wait only for those still running on other threads. Workers that claimed
+    // nothing (descheduled, asleep, late) are not waited for.
+    for (int spin = 0; done_.load(std::memory_order_acquire) != others; ++spin) {
+        if (spin < kCallerSpins) cpu_relax();
+        else std::this_thread::yield();
+    }
+    fn_ = nullptr;
+    if (failed_.load(std::memory_order_relaxed)) {
+        std::exception_ptr e;
+        {
+            std::lock_guard<std::mutex> lock(error_mu_);
+            std::swap(e, error_);
+        }
+        std::rethrow_exception(e);
+    }
+}
+
+bool ThreadPool::wait_for_job(uint64_t& seen) {
+    auto ready = [&] {
+        return job_of(state_.load(std::memory_order_seq_cst)) != seen || stop_.load(std::memory_order_acquire);
+    };
+    for (int spin = 0; spin < kWorkerSpins; ++spin) {
+        if (ready()) return !stop_.load(std::memory_order_acquire);
+        cpu_relax();
+    }
+    const auto deadline = std::chrono::steady_clock::now() + kWorkerYieldFor;
+    while (std::chrono::steady_clock::now() < deadline) {
+        if (ready()) return !stop_.load(std::memory_order_acquire);
+        std::this_thread::yield();
+    }
+    std::unique_lock<std::mutex> lock(mu_);
+    // Announced before the last check (both seq_cst): either the caller sees a sleeper and notifies under mu_,
+    // or this check sees its job.
+    sleepers_.fetch_add(1, std::memory_order_seq_cst);
+    cv_.wait(lock, ready);
+    sleepers_.fetch_sub(1, std::memory_order_relaxed);
+    return !stop_.load(std::memory_order_acquire);
 }
 
 void ThreadPool::worker_loop(int index) {
-    uint64_t seen = 0;
-    for (;;) {
-        // Spin a little: the next kernel of a decode step usually follows within microseconds.
-        uint64_t gen = generation_.load(std::memory_order_acquire);
-        for (int spin = 0; gen == seen && spin < 20000; ++spin) {
-            std::this_thread::yield();
-            gen = generation_.load(std::memory_order_acquire);
-        }
-        if (gen == seen) {
-            std::unique_lock<std::mutex> lock(mu_);
-            cv_.wait(lock, [&] { return generation_.load(std::memory_order_acquire) != seen; });
-            gen = generation_.load(std::memory_order_acquire);
-        }
-        seen = gen;
-        // stop_ is stored before the generation bump that woke us (release), so this acquire load sees it.
-        if (stop_.load(std::memory_order_acquire)) return;
-        run_chunk(index);
-        pending_.fetch_sub(1, std::memory_order_acq_rel);
+    uint64_t seen = 0;  // the job id state_ starts with
+    while (wait_for_job(seen)) {
+        const int64_t ran = run_chunks(index, &seen);
+        if (ran) done_.fetch_add(ran, std::memory_order_release);
     }
 }
 
