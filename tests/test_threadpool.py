@@ -90,6 +90,23 @@ def test_stalled_worker_does_not_hold_up_the_caller():
     check_cover(pool.chunks(1000, work_us=20), 1000, 3)
 
 
+def test_stall_backs_off_then_recovers():
+    """A worker that stalls inside a chunk (preempted) makes the caller run the next ops alone, with the same
+    chunks; the workers are let back in after a while."""
+    pool = PoolProbe(2)
+    pool.stall_in_chunk(64, stall_ms=20)
+    after = pool.chunks(64, work_us=50)
+    check_cover(after, 64, 2)
+    assert {t for _, _, t in after} == {0}
+    for _ in range(2000):
+        chunks = pool.chunks(64, work_us=50)
+        check_cover(chunks, 64, 2)
+        if any(t != 0 for _, _, t in chunks):
+            break
+    else:
+        pytest.fail("the workers never came back after the stall")
+
+
 @pytest.mark.parametrize("kind, exc", [("owl", owl_cpp.OwlError), ("std", RuntimeError)])
 @pytest.mark.parametrize("threads", [1, 2, 4])
 def test_exception_reaches_the_caller(kind, exc, threads):

@@ -91,6 +91,21 @@ struct PoolProbe {
         return message;
     }
 
+    // Runs parallel_fors until a worker claims a chunk, and makes that chunk sleep for stall_ms (as if the worker
+    // were preempted in it). Returns how many calls that took.
+    int stall_in_chunk(int64_t n, double stall_ms) {
+        for (int call = 1; call <= 20000; ++call) {
+            std::atomic<bool> stalled{false};
+            pool.parallel_for(n, [&](int64_t, int64_t, int t) {
+                busy_us(20);
+                if (t != 0 && !stalled.exchange(true))
+                    std::this_thread::sleep_for(std::chrono::duration<double, std::milli>(stall_ms));
+            });
+            if (stalled.load()) return call;
+        }
+        throw std::runtime_error("no worker ever took a chunk");
+    }
+
     // Stalls worker `victim` in a signal handler while the pool is idle (a thread the OS does not run), then runs
     // `calls` parallel_fors. Returns (every call finished before the stall ended, threads that ran chunks meanwhile).
     // A pool that waited for the stalled worker would only get past it when the handler gives up (after 20 s).
@@ -165,6 +180,8 @@ void bind_bench(py::module_& m) {
         .def("reentrant", &PoolProbe::reentrant, py::arg("n"), G(), "parallel_for whose fn calls parallel_for")
         .def("concurrent", &PoolProbe::concurrent, py::arg("n"), G(),
              "the error a second thread's parallel_for gets while one is running")
+        .def("stall_in_chunk", &PoolProbe::stall_in_chunk, py::arg("n"), py::arg("stall_ms"), G(),
+             "make the first chunk a worker takes sleep (a preempted worker); returns the calls it took")
         .def("stalled_worker", &PoolProbe::stalled_worker, py::arg("victim"), py::arg("n"), py::arg("calls"), G(),
              "(calls finished while the worker was stalled, threads that ran chunks)");
     b.attr("CHUNKS_PER_THREAD") = ThreadPool::kChunksPerThread;

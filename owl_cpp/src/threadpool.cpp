@@ -31,6 +31,14 @@ constexpr int kWorkerSpins = 4000;  // roughly 50-100 us of pause instructions
 constexpr auto kWorkerYieldFor = std::chrono::milliseconds(2);
 constexpr int kCallerSpins = 2000;
 
+// Stall back-off. A worker preempted in the middle of a chunk holds the caller for a scheduler time slice
+// (milliseconds), far more than it ever saves on one op. When a wait for others' chunks is that long, the caller
+// runs the next ops alone (same chunks, no workers), kMinSolo of them, doubling while stalls keep coming soon
+// after it lets the workers back in, up to kMaxSolo (about a second of decode). An idle machine never stalls.
+constexpr auto kStallMin = std::chrono::microseconds(250);
+constexpr int kStallChunks = 4;  // and longer than this many of the caller's own chunks
+constexpr int64_t kMinSolo = 32, kMaxSolo = 8192;
+
 inline void cpu_relax() {
 #if defined(__x86_64__) || defined(__i386__)
     __builtin_ia32_pause();
@@ -66,6 +74,13 @@ void ThreadPool::shutdown() noexcept {
     workers_.clear();
 }
 
+// Chunk c of `chunks` near-equal contiguous pieces of [0, n).
+static inline void chunk_bounds(int64_t n, int64_t chunks, int64_t c, int64_t& begin, int64_t& end) {
+    const int64_t q = n / chunks, r = n % chunks;
+    begin = c * q + std::min(c, r);
+    end = begin + q + (c < r ? 1 : 0);
+}
+
 // Claims and runs chunks of the current job until none is left; returns how many it claimed.
 int64_t ThreadPool::run_chunks(int thread, uint64_t* last_job) {
     int64_t ran = 0;
@@ -78,9 +93,8 @@ int64_t ThreadPool::run_chunks(int thread, uint64_t* last_job) {
         // A valid claim: the job cannot finish (nor fn_/n_ change) until this chunk is counted.
         ++ran;
         if (failed_.load(std::memory_order_relaxed)) continue;  // skip the rest once a chunk has thrown
-        const int64_t q = n_ / int64_t(chunks), r = n_ % int64_t(chunks), ci = int64_t(c);
-        const int64_t begin = ci * q + std::min(ci, r);
-        const int64_t end = begin + q + (ci < r ? 1 : 0);
+        int64_t begin, end;
+        chunk_bounds(n_, int64_t(chunks), int64_t(c), begin, end);
         try {
             (*fn_)(begin, end, thread);
         } catch (...) {
@@ -106,6 +120,16 @@ void ThreadPool::parallel_for(int64_t n, const RangeFn& fn, int chunks_per_threa
         fn(0, n, 0);
         return;
     }
+    if (solo_left_ > 0) {  // backing off after a stall: the same chunks, all on the caller
+        --solo_left_;
+        for (int64_t c = 0; c < chunks; ++c) {
+            int64_t begin, end;
+            chunk_bounds(n, chunks, c, begin, end);
+            fn(begin, end, 0);
+        }
+        return;
+    }
+    ++ops_since_solo_;
     fn_ = &fn;
     n_ = n;
     done_.store(0, std::memory_order_relaxed);
@@ -117,12 +141,20 @@ void ThreadPool::parallel_for(int64_t n, const RangeFn& fn, int chunks_per_threa
         cv_.notify_all();
     }
 
-    const int64_t others = chunks - run_chunks(0, nullptr);
+    const auto start = std::chrono::steady_clock::now();
+    const int64_t mine = run_chunks(0, nullptr), others = chunks - mine;
     // Every chunk is claimed now: wait only for those still running on other threads. Workers that claimed
     // nothing (descheduled, asleep, late) are not waited for.
-    for (int spin = 0; done_.load(std::memory_order_acquire) != others; ++spin) {
-        if (spin < kCallerSpins) cpu_relax();
-        else std::this_thread::yield();
+    for (int spin = 0; done_.load(std::memory_order_acquire) != others && spin < kCallerSpins; ++spin) cpu_relax();
+    if (done_.load(std::memory_order_acquire) != others) {
+        const auto since = std::chrono::steady_clock::now();
+        while (done_.load(std::memory_order_acquire) != others) std::this_thread::yield();
+        const auto waited = std::chrono::steady_clock::now() - since;
+        if (waited > kStallMin && waited > (since - start) * kStallChunks / std::max<int64_t>(mine, 1)) {
+            solo_ = ops_since_solo_ < solo_ ? std::min(2 * solo_, kMaxSolo) : kMinSolo;
+            solo_left_ = solo_;
+            ops_since_solo_ = 0;
+        }
     }
     fn_ = nullptr;
     if (failed_.load(std::memory_order_relaxed)) {

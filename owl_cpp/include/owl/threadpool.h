@@ -5,6 +5,8 @@
 // claimed and running: on a busy machine, a worker the OS has descheduled simply takes no part in that op
 // instead of stalling it (with one fixed chunk per thread, every op waited for the slowest thread to be
 // scheduled again). Idle workers spin briefly for the next job, then yield, then sleep on a condition variable.
+// A worker preempted in the middle of a chunk still holds the caller up; when such a stall happens, the caller
+// runs the next few ops alone (see the back-off in threadpool.cpp).
 #pragma once
 #include <atomic>
 #include <condition_variable>
@@ -64,6 +66,11 @@ private:
     std::atomic<bool> failed_{false};  // skip the remaining chunks
     std::exception_ptr error_;         // the first exception of the job, under error_mu_
     std::mutex error_mu_;
+
+    // Stall back-off (threadpool.cpp), touched by the caller only.
+    int64_t solo_ = 0;            // length of the last solo stretch, in ops
+    int64_t solo_left_ = 0;       // ops the caller still runs alone
+    int64_t ops_since_solo_ = 0;  // parallel ops since the last solo stretch began
 
     alignas(64) std::atomic<bool> busy_{false};  // a parallel_for is running
     std::atomic<bool> stop_{false};
