@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -70,7 +71,8 @@ def test_workers_take_part():
     """The index contract with real parallelism: chunks that take a while are spread over the threads."""
     pool = PoolProbe(2)
     seen = set()
-    for _ in range(200):
+    deadline = time.monotonic() + 20  # on a loaded machine the worker may sit out a back-off pause (<= 2 s)
+    while time.monotonic() < deadline:
         chunks = pool.chunks(64, work_us=100)
         check_cover(chunks, 64, 2)
         seen |= {t for _, _, t in chunks}
@@ -91,14 +93,15 @@ def test_stalled_worker_does_not_hold_up_the_caller():
 
 
 def test_stall_backs_off_then_recovers():
-    """A worker that stalls inside a chunk (preempted) makes the caller run the next ops alone, with the same
-    chunks; the workers are let back in after a while."""
+    """A worker that stalls inside a chunk (preempted) is benched: the caller runs the next ops alone, with the
+    same chunks; the worker is let back in after a pause."""
     pool = PoolProbe(2)
     pool.stall_in_chunk(64, stall_ms=20)
     after = pool.chunks(64, work_us=50)
     check_cover(after, 64, 2)
     assert {t for _, _, t in after} == {0}
-    for _ in range(2000):
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
         chunks = pool.chunks(64, work_us=50)
         check_cover(chunks, 64, 2)
         if any(t != 0 for _, _, t in chunks):

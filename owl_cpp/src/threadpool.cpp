@@ -8,6 +8,10 @@
 
 #include "owl/error.h"
 
+#if defined(__linux__)
+#include <sys/resource.h>
+#endif
+
 namespace owl {
 
 namespace {
@@ -26,18 +30,38 @@ inline uint64_t next_of(uint64_t s) { return s & kFieldMask; }
 
 // Busy-wait budgets. A worker spins (pause) for the next kernel of a decode step, which usually follows within
 // microseconds; then it yields, so other processes of a busy machine get the core; then it sleeps, so an idle
-// model costs no CPU. The caller spins for the last chunks of others, then yields to them.
+// model costs no CPU. The caller spins for the last chunks of others, then yields, then sleeps: a core left idle
+// lets the scheduler move a preempted worker onto it to finish its chunk.
 constexpr int kWorkerSpins = 4000;  // roughly 50-100 us of pause instructions
 constexpr auto kWorkerYieldFor = std::chrono::milliseconds(2);
 constexpr int kCallerSpins = 2000;
+constexpr auto kCallerYieldFor = std::chrono::microseconds(100);
 
-// Stall back-off. A worker preempted in the middle of a chunk holds the caller for a scheduler time slice
-// (milliseconds), far more than it ever saves on one op. When a wait for others' chunks is that long, the caller
-// runs the next ops alone (same chunks, no workers), kMinSolo of them, doubling while stalls keep coming soon
-// after it lets the workers back in, up to kMaxSolo (about a second of decode). An idle machine never stalls.
+// Contention back-off, judged over windows of kWindow while workers take part. The caller benches one worker
+// when, within a window, it was preempted at least kPreemptMin times and kPreemptRate times a second (it shares
+// its core: a runnable worker takes its turn on it, or keeps it from moving to a free one), or it spent more
+// than kStallShare of the window waiting for chunks of workers preempted inside them (each wait longer than
+// kStallMin and kStallChunks of its own chunks). The worker stays out for pause_: kMinPause, doubled (up to
+// kMaxPause) when it happens again within kRecent (or pause_) of letting one back in. An idle machine sees a
+// preemption or a stall of a few ms once in a while, far from either threshold.
+constexpr auto kWindow = std::chrono::milliseconds(40);
+constexpr long kPreemptMin = 3;
+constexpr double kPreemptRate = 50.0;
 constexpr auto kStallMin = std::chrono::microseconds(250);
-constexpr int kStallChunks = 4;  // and longer than this many of the caller's own chunks
-constexpr int64_t kMinSolo = 32, kMaxSolo = 8192;
+constexpr int kStallChunks = 4;
+constexpr auto kStallShare = kWindow * 2 / 5;
+constexpr auto kMinPause = std::chrono::milliseconds(20);
+constexpr auto kMaxPause = std::chrono::seconds(2);
+constexpr auto kRecent = std::chrono::milliseconds(250);
+
+// Involuntary context switches of the calling thread so far, or -1 where the system does not say.
+long preemptions_of_this_thread() {
+#if defined(__linux__) && defined(RUSAGE_THREAD)
+    rusage ru;
+    if (getrusage(RUSAGE_THREAD, &ru) == 0) return ru.ru_nivcsw;
+#endif
+    return -1;
+}
 
 inline void cpu_relax() {
 #if defined(__x86_64__) || defined(__i386__)
@@ -49,7 +73,7 @@ inline void cpu_relax() {
 
 }  // namespace
 
-ThreadPool::ThreadPool(int n_threads) : n_threads_(std::clamp(n_threads, 1, kMaxThreads)) {
+ThreadPool::ThreadPool(int n_threads) : n_threads_(std::clamp(n_threads, 1, kMaxThreads)), active_(n_threads_) {
     try {
         workers_.reserve(size_t(n_threads_ - 1));
         for (int i = 1; i < n_threads_; ++i) workers_.emplace_back([this, i] { worker_loop(i); });
@@ -120,8 +144,8 @@ void ThreadPool::parallel_for(int64_t n, const RangeFn& fn, int chunks_per_threa
         fn(0, n, 0);
         return;
     }
-    if (solo_left_ > 0) {  // backing off after a stall: the same chunks, all on the caller
-        --solo_left_;
+    adapt(Clock::now());
+    if (active_.load(std::memory_order_relaxed) == 1) {  // every worker benched: the same chunks, on the caller
         for (int64_t c = 0; c < chunks; ++c) {
             int64_t begin, end;
             chunk_bounds(n, chunks, c, begin, end);
@@ -129,7 +153,6 @@ void ThreadPool::parallel_for(int64_t n, const RangeFn& fn, int chunks_per_threa
         }
         return;
     }
-    ++ops_since_solo_;
     fn_ = &fn;
     n_ = n;
     done_.store(0, std::memory_order_relaxed);
@@ -141,20 +164,29 @@ void ThreadPool::parallel_for(int64_t n, const RangeFn& fn, int chunks_per_threa
         cv_.notify_all();
     }
 
-    const auto start = std::chrono::steady_clock::now();
+    const auto start = Clock::now();
     const int64_t mine = run_chunks(0, nullptr), others = chunks - mine;
     // Every chunk is claimed now: wait only for those still running on other threads. Workers that claimed
     // nothing (descheduled, asleep, late) are not waited for.
     for (int spin = 0; done_.load(std::memory_order_acquire) != others && spin < kCallerSpins; ++spin) cpu_relax();
     if (done_.load(std::memory_order_acquire) != others) {
-        const auto since = std::chrono::steady_clock::now();
-        while (done_.load(std::memory_order_acquire) != others) std::this_thread::yield();
-        const auto waited = std::chrono::steady_clock::now() - since;
-        if (waited > kStallMin && waited > (since - start) * kStallChunks / std::max<int64_t>(mine, 1)) {
-            solo_ = ops_since_solo_ < solo_ ? std::min(2 * solo_, kMaxSolo) : kMinSolo;
-            solo_left_ = solo_;
-            ops_since_solo_ = 0;
+        const auto since = Clock::now();
+        auto finished = [&] { return done_.load(std::memory_order_seq_cst) == others; };
+        // Yield through waits as long as two of the caller's own chunks (normal on an idle machine), then sleep.
+        const auto own_chunk = (since - start) / std::max<int64_t>(mine, 1);
+        const auto yield_for = std::max<Clock::duration>(kCallerYieldFor, 2 * own_chunk);
+        while (!finished() && Clock::now() - since < yield_for) std::this_thread::yield();
+        if (!finished()) {
+            std::unique_lock<std::mutex> lock(mu_);
+            // Announced before the predicate's check (both seq_cst): a worker adding to done_ afterwards sees it.
+            caller_waiting_.store(true, std::memory_order_seq_cst);
+            done_cv_.wait(lock, finished);
+            caller_waiting_.store(false, std::memory_order_relaxed);
         }
+        const auto now = Clock::now();
+        const auto waited = now - since;
+        if (waited > kStallMin && waited > kStallChunks * own_chunk && (window_stalled_ += waited) > kStallShare)
+            bench_one(now);
     }
     fn_ = nullptr;
     if (failed_.load(std::memory_order_relaxed)) {
@@ -167,33 +199,85 @@ void ThreadPool::parallel_for(int64_t n, const RangeFn& fn, int chunks_per_threa
     }
 }
 
-bool ThreadPool::wait_for_job(uint64_t& seen) {
+// Before each parallel op: lets a benched worker back in when its pause is over, and counts how often the caller
+// was preempted while workers took part.
+void ThreadPool::adapt(Clock::time_point now) {
+    const int active = active_.load(std::memory_order_relaxed);
+    if (active < n_threads_ && now >= readmit_at_) {
+        active_.store(active + 1, std::memory_order_seq_cst);
+        readmitted_ = now;
+        readmit_at_ = now + pause_;  // the next one, if any, after the same pause
+        { std::lock_guard<std::mutex> lock(mu_); }  // a benched worker checks active_ under mu_
+        cv_.notify_all();
+        window_open_ = false;
+    }
+    if (active_.load(std::memory_order_relaxed) == 1) return;
+    if (!window_open_ || window_thread_ != std::this_thread::get_id()) {
+        window_open_ = true;
+        window_ = now;
+        window_preempted_ = preemptions_of_this_thread();
+        window_thread_ = std::this_thread::get_id();
+        window_stalled_ = Clock::duration(0);
+        return;
+    }
+    if (now - window_ < kWindow) return;
+    window_open_ = false;  // a new window from the next op
+    if (window_preempted_ < 0) return;  // no count on this system
+    const long preempted = preemptions_of_this_thread() - window_preempted_;
+    const double seconds = std::chrono::duration<double>(now - window_).count();
+    if (preempted >= kPreemptMin && preempted > kPreemptRate * seconds) bench_one(now);
+}
+
+void ThreadPool::bench_one(Clock::time_point now) {
+    const int active = active_.load(std::memory_order_relaxed);
+    if (active <= 1) return;
+    active_.store(active - 1, std::memory_order_seq_cst);
+    const bool again = now - readmitted_ < std::max<Clock::duration>(pause_, kRecent);
+    pause_ = again ? std::min<Clock::duration>(2 * pause_, kMaxPause) : Clock::duration(kMinPause);
+    readmit_at_ = now + pause_;
+    window_open_ = false;
+}
+
+bool ThreadPool::wait_for_job(int index, uint64_t& seen) {
+    auto benched = [&] { return index >= active_.load(std::memory_order_seq_cst); };
     auto ready = [&] {
-        return job_of(state_.load(std::memory_order_seq_cst)) != seen || stop_.load(std::memory_order_acquire);
+        return (job_of(state_.load(std::memory_order_seq_cst)) != seen && !benched()) ||
+               stop_.load(std::memory_order_acquire);
     };
-    for (int spin = 0; spin < kWorkerSpins; ++spin) {
+    for (int spin = 0; spin < kWorkerSpins && !benched(); ++spin) {
         if (ready()) return !stop_.load(std::memory_order_acquire);
         cpu_relax();
     }
-    const auto deadline = std::chrono::steady_clock::now() + kWorkerYieldFor;
-    while (std::chrono::steady_clock::now() < deadline) {
+    const auto deadline = Clock::now() + kWorkerYieldFor;
+    while (!benched() && Clock::now() < deadline) {
         if (ready()) return !stop_.load(std::memory_order_acquire);
         std::this_thread::yield();
     }
     std::unique_lock<std::mutex> lock(mu_);
-    // Announced before the last check (both seq_cst): either the caller sees a sleeper and notifies under mu_,
-    // or this check sees its job.
-    sleepers_.fetch_add(1, std::memory_order_seq_cst);
-    cv_.wait(lock, ready);
-    sleepers_.fetch_sub(1, std::memory_order_relaxed);
+    while (!ready()) {
+        if (benched()) {  // the caller notifies under mu_ when it lets workers back in
+            cv_.wait(lock);
+            continue;
+        }
+        // Announced before the last check (both seq_cst): either the caller sees a sleeper and notifies under
+        // mu_, or this check sees its job.
+        sleepers_.fetch_add(1, std::memory_order_seq_cst);
+        if (!ready()) cv_.wait(lock);
+        sleepers_.fetch_sub(1, std::memory_order_relaxed);
+    }
     return !stop_.load(std::memory_order_acquire);
 }
 
 void ThreadPool::worker_loop(int index) {
     uint64_t seen = 0;  // the job id state_ starts with
-    while (wait_for_job(seen)) {
+    while (wait_for_job(index, seen)) {
         const int64_t ran = run_chunks(index, &seen);
-        if (ran) done_.fetch_add(ran, std::memory_order_release);
+        if (!ran) continue;
+        done_.fetch_add(ran, std::memory_order_seq_cst);
+        if (caller_waiting_.load(std::memory_order_seq_cst)) {
+            { std::lock_guard<std::mutex> lock(mu_); }  // the caller is in its wait, or has not checked done_ yet
+            done_cv_.notify_one();
+        }
     }
 }
 

@@ -5,10 +5,16 @@
 // claimed and running: on a busy machine, a worker the OS has descheduled simply takes no part in that op
 // instead of stalling it (with one fixed chunk per thread, every op waited for the slowest thread to be
 // scheduled again). Idle workers spin briefly for the next job, then yield, then sleep on a condition variable.
-// A worker preempted in the middle of a chunk still holds the caller up; when such a stall happens, the caller
-// runs the next few ops alone (see the back-off in threadpool.cpp).
+//
+// Contention back-off: when the machine has fewer free cores than the pool has threads, extra threads cost the
+// caller (which drives the model, op after op) more than they save: a worker preempted inside a chunk holds it
+// up for a scheduler time slice, and runnable workers take the caller's share of a core. So when the caller is
+// itself preempted often, or spends much of its time waiting on such workers, one worker at a time is benched
+// (sleeps, takes no chunks) and let back in later, after a pause that doubles while it keeps failing. See
+// threadpool.cpp.
 #pragma once
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <exception>
@@ -21,9 +27,10 @@ namespace owl {
 
 class ThreadPool {
 public:
-    // Chunks per thread of a default parallel_for: enough that a late or preempted thread costs the others at
-    // most a fraction of an op, few enough that claiming them (one atomic add each) stays negligible.
-    static constexpr int kChunksPerThread = 4;
+    // Chunks per thread of a default parallel_for: enough that a thread arriving late leaves its share to the
+    // others, few enough that claiming them stays negligible on small ops (4 cost decode ~1-2% on an idle
+    // 2-core machine against 2, measured with bench/bench_contention.py).
+    static constexpr int kChunksPerThread = 2;
 
     // Throws what creating a thread throws (std::system_error), after stopping the threads already created.
     explicit ThreadPool(int n_threads);
@@ -47,7 +54,7 @@ public:
 
 private:
     void worker_loop(int index);
-    bool wait_for_job(uint64_t& seen_job);  // false: stop
+    bool wait_for_job(int index, uint64_t& seen_job);  // false: stop
     int64_t run_chunks(int thread, uint64_t* last_job);
     void shutdown() noexcept;
 
@@ -67,16 +74,28 @@ private:
     std::exception_ptr error_;         // the first exception of the job, under error_mu_
     std::mutex error_mu_;
 
-    // Stall back-off (threadpool.cpp), touched by the caller only.
-    int64_t solo_ = 0;            // length of the last solo stretch, in ops
-    int64_t solo_left_ = 0;       // ops the caller still runs alone
-    int64_t ops_since_solo_ = 0;  // parallel ops since the last solo stretch began
+    // Contention back-off (threadpool.cpp). active_: threads taking part, 1..size(); workers with an index at
+    // or past it are benched. The rest is touched by the caller only.
+    using Clock = std::chrono::steady_clock;
+    void adapt(Clock::time_point now);
+    void bench_one(Clock::time_point now);
+    std::atomic<int> active_{1};
+    Clock::duration pause_{0};      // how long the last benched worker stays out
+    Clock::time_point readmit_at_;  // when one more worker is let back in
+    Clock::time_point readmitted_;  // when the last one was
+    bool window_open_ = false;      // a window of observation (see threadpool.cpp) is running
+    Clock::time_point window_;      // since when
+    long window_preempted_ = -1;    // the caller's involuntary context switches then (-1: unknown)
+    std::thread::id window_thread_;  // the caller then
+    Clock::duration window_stalled_{0};  // the caller's waits on preempted workers in it
 
     alignas(64) std::atomic<bool> busy_{false};  // a parallel_for is running
     std::atomic<bool> stop_{false};
-    std::atomic<int> sleepers_{0};  // workers on cv_ (or about to be): the caller notifies only then
+    std::atomic<int> sleepers_{0};  // workers on cv_ waiting for a job (not benched): the caller notifies only then
+    std::atomic<bool> caller_waiting_{false};  // the caller is on done_cv_ (or about to be)
     std::mutex mu_;
-    std::condition_variable cv_;
+    std::condition_variable cv_;       // workers wait here for a job
+    std::condition_variable done_cv_;  // the caller waits here for the chunks of others
 };
 
 }  // namespace owl
