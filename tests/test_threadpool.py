@@ -110,6 +110,21 @@ def test_stall_backs_off_then_recovers():
         pytest.fail("the workers never came back after the stall")
 
 
+def test_idle_pool_sleeps():
+    """Workers spin and yield only for a couple of ms after the last job, then sleep: an idle pool costs ~0% CPU."""
+    import resource
+
+    pool = PoolProbe(4)
+    pool.chunks(1000, work_us=20)
+    time.sleep(0.05)  # past the spin and yield phases
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    time.sleep(0.5)
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    assert cpu < 0.05, f"{cpu:.3f} s of CPU in 0.5 s of idling"
+    check_cover(pool.chunks(100), 100, 4)  # and wakes up for the next job
+
+
 @pytest.mark.parametrize("kind, exc", [("owl", owl_cpp.OwlError), ("std", RuntimeError)])
 @pytest.mark.parametrize("threads", [1, 2, 4])
 def test_exception_reaches_the_caller(kind, exc, threads):
