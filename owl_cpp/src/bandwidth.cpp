@@ -20,8 +20,8 @@ double measure_read_bandwidth(ThreadPool& pool, size_t bytes, int reps) {
             for (; i + 4 <= e; i += 4)
                 for (int j = 0; j < 4; ++j) acc[j] += buf[size_t(i + j)];
             for (; i < e; ++i) acc[0] += buf[size_t(i)];
-            sums[size_t(thread) * 8] = acc[0] + acc[1] + acc[2] + acc[3];  // keep the loads alive
-        });
+            sums[size_t(thread) * 8] += acc[0] + acc[1] + acc[2] + acc[3];  // keep the loads alive
+        }, 1);  // one chunk per thread: every thread streams its own contiguous share at once
         const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
         if (s > 0 && double(n * sizeof(uint64_t)) / s / 1e9 > best) best = double(n * sizeof(uint64_t)) / s / 1e9;
     }
