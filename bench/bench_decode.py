@@ -67,9 +67,9 @@ def main() -> None:
     ap.add_argument("--out", default=str(HERE / "results" / "decode.json"))
     a = ap.parse_args()
 
-    from owl_cpp import _core, system_info
+    from owl_cpp import _testing, system_info
 
-    bandwidth = _core.measure_read_bandwidth(1 << 30, a.threads, 5)
+    bandwidth = _testing.measure_read_bandwidth(1 << 30, a.threads, 5)
     # name -> (python, engine_runner engine, extra args, PYTHONPATH to put first)
     spec = {"owl": (sys.executable, "owl", (), None)}
     if a.kv_f32:

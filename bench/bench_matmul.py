@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from owl_cpp import _core, _testing, system_info
+from owl_cpp import _testing, system_info
 
 HERE = Path(__file__).resolve().parent
 TYPES = {"F32": 0, "F16": 1, "Q4_0": 2, "Q8_0": 8}
@@ -61,9 +61,9 @@ def main() -> None:
         if isa not in supported:
             raise SystemExit(f"{isa} is not supported here (supported: {', '.join(supported)})")
     bandwidth = {}
-    if hasattr(_core, "measure_read_bandwidth"):
+    if hasattr(_testing, "measure_read_bandwidth"):
         for th in a.threads:
-            bandwidth[th] = _core.measure_read_bandwidth(1 << 30, th, 5)
+            bandwidth[th] = _testing.measure_read_bandwidth(1 << 30, th, 5)
 
     rng = np.random.default_rng(0)
     before = _testing.ops.active_isa()

@@ -1,4 +1,4 @@
-"""The thread pool (owl/threadpool.h) through _core.bench.PoolProbe: chunks claimed dynamically must cover [0, n)
+"""The thread pool (owl/threadpool.h) through _testing.bench.PoolProbe: chunks claimed dynamically must cover [0, n)
 exactly once with valid thread indices; a worker the OS does not run must not hold up the caller; exceptions
 in fn reach the caller; misuse (two callers at once, a call from inside fn) raises instead of deadlocking;
 a failed constructor raises instead of aborting; and the split never changes a model's logits."""
@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 
 import owl_cpp
-from owl_cpp import _core
+from owl_cpp import _testing
 
-PoolProbe = _core.bench.PoolProbe
-CPT = _core.bench.CHUNKS_PER_THREAD
+PoolProbe = _testing.bench.PoolProbe
+CPT = _testing.bench.CHUNKS_PER_THREAD
 
 
 def check_cover(chunks, n: int, threads: int, chunks_per_thread: int = CPT) -> None:
@@ -182,19 +182,19 @@ def test_constructor_failure_raises_and_cleans_up():
     it made and raises (it used to abort with 'terminate called without an active exception')."""
     code = textwrap.dedent("""
         import resource
-        from owl_cpp import _core
-        _core.bench.PoolProbe(2).chunks(10)  # load everything first
+        from owl_cpp import _testing
+        _testing.bench.PoolProbe(2).chunks(10)  # load everything first
         vm = int(next(l for l in open("/proc/self/status") if l.startswith("VmSize:")).split()[1]) * 1024
         soft, hard = resource.getrlimit(resource.RLIMIT_AS)
         resource.setrlimit(resource.RLIMIT_AS, (vm + (96 << 20), hard))
         try:
-            _core.bench.PoolProbe(300)
+            _testing.bench.PoolProbe(300)
         except (RuntimeError, MemoryError) as e:
             print("raised:", type(e).__name__, e)
         else:
             print("no error")
         resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
-        p = _core.bench.PoolProbe(4)
+        p = _testing.bench.PoolProbe(4)
         assert sorted(b for b, e, t in p.chunks(100)) == sorted(set(b for b, e, t in p.chunks(100)))
         print("pool ok")
     """)

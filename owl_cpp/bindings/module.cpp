@@ -10,5 +10,4 @@ PYBIND11_MODULE(_core, m) {
     owl::bind_gguf(m);
     owl::bind_model(m);
     owl::bind_system(m);
-    owl::bind_bench(m);
 }

@@ -1,5 +1,5 @@
-// owl_cpp._core.measure_read_bandwidth: the memory roofline the benchmarks compare decode speed with.
-// owl_cpp._core.bench: probes of the thread pool for tests/test_threadpool.py.
+// owl_cpp._testing.measure_read_bandwidth: the memory roofline the benchmarks compare decode speed with.
+// owl_cpp._testing.bench: probes of the thread pool for tests/test_threadpool.py.
 #include <pthread.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -15,13 +15,13 @@
 #include <tuple>
 #include <vector>
 
-#include "bindings.h"
+#include "testing.h"
 #include "owl/bandwidth.h"
 #include "owl/error.h"
 
 namespace py = pybind11;
 
-namespace owl {
+namespace owl::testing {
 namespace {
 
 using Chunks = std::vector<std::tuple<int64_t, int64_t, int>>;
@@ -186,4 +186,4 @@ void bind_bench(py::module_& m) {
              "(calls finished while the worker was stalled, threads that ran chunks)");
     b.attr("CHUNKS_PER_THREAD") = ThreadPool::kChunksPerThread;
 }
-}  // namespace owl
+}  // namespace owl::testing
