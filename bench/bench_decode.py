@@ -26,9 +26,9 @@ sys.path.insert(0, str(HERE))
 from make_random_gguf import SIZES, ensure  # noqa: E402
 
 
-def run_engine(python: str, engine: str, model: Path, threads: int, extra=(), pythonpath=None) -> dict:
+def run_engine(python: str, engine: str, model: Path, threads: int, extra=(), pythonpath=None, tg_after=128) -> dict:
     cmd = [python, str(HERE / "engine_runner.py"), "--engine", engine, "--model", str(model), "--threads", str(threads),
-           *extra]
+           "--tg-after", str(tg_after), *extra]
     env = dict(os.environ)
     if pythonpath:  # another build of owl_cpp first on the path
         env["PYTHONPATH"] = os.pathsep.join([pythonpath] + [p for p in [env.get("PYTHONPATH")] if p])
@@ -64,6 +64,7 @@ def main() -> None:
                     help="python of an environment with llama-cpp-python (omit to time owl_cpp alone)")
     ap.add_argument("--baseline", help="a directory holding an older build's owl_cpp package, timed as 'base'")
     ap.add_argument("--kv-f32", action="store_true", help="also time owl with an F32 KV cache ('owl-f32')")
+    ap.add_argument("--tg-after", type=int, default=128, help="decode after a prompt of this many tokens")
     ap.add_argument("--out", default=str(HERE / "results" / "decode.json"))
     a = ap.parse_args()
 
@@ -87,7 +88,7 @@ def main() -> None:
             for _ in range(a.reps):
                 for e in engines:  # interleaved so slow drifts of a shared machine hit both alike
                     python, engine, extra, path = spec[e]
-                    runs[e].append(run_engine(python, engine, model, a.threads, extra, path))
+                    runs[e].append(run_engine(python, engine, model, a.threads, extra, path, a.tg_after))
             bpt = bytes_per_token(model)
             row = {"model": size, "quant": quant, "bytes_per_token": bpt, "roofline_tg": bandwidth * 1e9 / bpt}
             for e in engines:
@@ -98,7 +99,7 @@ def main() -> None:
                           "kv_bytes_per_token": r[0].get("kv_bytes_per_token"), "runs": r}
             rows.append(row)
             print_row(row, engines, header=len(rows) == 1)
-    result = {"date": time.strftime("%Y-%m-%d %H:%M"), "threads": a.threads, "reps": a.reps,
+    result = {"date": time.strftime("%Y-%m-%d %H:%M"), "threads": a.threads, "reps": a.reps, "tg_after": a.tg_after,
               "read_bandwidth_gbs": bandwidth, "system_info": dict(system_info()), "rows": rows,
               "command": " ".join([Path(sys.executable).name] + sys.argv)}
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)

@@ -60,25 +60,27 @@ def main() -> None:
     ap.add_argument("--model", required=True)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--pp", type=int, nargs="*", default=[128, 512])
-    ap.add_argument("--tg", type=int, default=64, help="decode steps after a 128-token prompt")
+    ap.add_argument("--tg", type=int, default=64, help="decode steps after a --tg-after-token prompt")
+    ap.add_argument("--tg-after", type=int, default=128, help="prompt length before the decode steps")
     ap.add_argument("--kv-type", choices=["f16", "f32"], default=None, help="owl's KV cache type (default: its own)")
     a = ap.parse_args()
 
     t0 = time.perf_counter()
-    n_vocab, eval_tokens = load(a.engine, a.model, a.threads, n_ctx=1024, kv_type=a.kv_type)
+    n_ctx = max(1024, a.tg_after + a.tg + 8)
+    n_vocab, eval_tokens = load(a.engine, a.model, a.threads, n_ctx=n_ctx, kv_type=a.kv_type)
     load_s = time.perf_counter() - t0
     rng = np.random.default_rng(0)
-    ids = rng.integers(300, min(n_vocab, 30000), 1024).tolist()
+    ids = rng.integers(300, min(n_vocab, 30000), n_ctx).tolist()
     out = {"engine": a.engine, "load_s": load_s, "pp": {}}
     eval_tokens(ids[:8], reset=True)  # warm-up: first touch of the mapped weights
     for n in a.pp:
         t = time.perf_counter()
         eval_tokens(ids[:n], reset=True)
         out["pp"][str(n)] = n / (time.perf_counter() - t)
-    eval_tokens(ids[:128], reset=True)
+    eval_tokens(ids[:a.tg_after], reset=True)
     t = time.perf_counter()
     for i in range(a.tg):
-        eval_tokens([ids[128 + i]])
+        eval_tokens([ids[a.tg_after + i]])
     out["tg"] = a.tg / (time.perf_counter() - t)
     out["peak_rss_mb"] = peak_rss_mb()
     out["kv_bytes_per_token"] = getattr(eval_tokens, "kv_bytes_per_token", None)
