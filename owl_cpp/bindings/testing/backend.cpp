@@ -9,17 +9,13 @@
 
 #include "owl/backend.h"
 #include "owl/error.h"
+#include "arrays.h"
 #include "testing.h"
 
 namespace py = pybind11;
 
 namespace owl::testing {
 namespace {
-
-using F32 = py::array_t<float, py::array::c_style | py::array::forcecast>;
-using I32 = py::array_t<int32_t, py::array::c_style | py::array::forcecast>;
-using I64 = py::array_t<int64_t, py::array::c_style | py::array::forcecast>;
-using U8 = py::array_t<uint8_t, py::array::c_style | py::array::forcecast>;
 
 struct Harness {
     std::unique_ptr<Backend> be;
@@ -54,13 +50,6 @@ struct Harness {
         return out;
     }
 };
-
-WeightView weight(const U8& data, int dtype, int64_t rows, int64_t cols) {
-    if (!dtype_supported(uint32_t(dtype))) throw py::value_error("unsupported dtype id " + std::to_string(dtype));
-    const DType t = DType(dtype);
-    if (cols % dtype_block_elems(t) || data.size() != rows * dtype_row_bytes(t, cols)) throw py::value_error("weight data size mismatch");
-    return WeightView{t, rows, cols, data.data()};
-}
 
 }  // namespace
 

@@ -8,6 +8,7 @@
 #include <optional>
 #include <vector>
 
+#include "arrays.h"
 #include "testing.h"
 #include "owl/ops.h"
 
@@ -15,18 +16,6 @@ namespace py = pybind11;
 
 namespace owl::testing {
 namespace {
-
-using F32 = py::array_t<float, py::array::c_style | py::array::forcecast>;
-using I32 = py::array_t<int32_t, py::array::c_style | py::array::forcecast>;
-using U8 = py::array_t<uint8_t, py::array::c_style | py::array::forcecast>;
-
-WeightView weight(const U8& data, int dtype, int64_t rows, int64_t cols) {
-    if (!dtype_supported(uint32_t(dtype))) throw py::value_error("unsupported dtype " + std::to_string(dtype));
-    WeightView w{DType(dtype), rows, cols, data.data()};
-    if (rows < 1 || cols < 1 || cols % dtype_block_elems(w.type) != 0) throw py::value_error("bad matrix shape");
-    if (data.size() != rows * w.row_bytes()) throw py::value_error("weight buffer has the wrong size for its shape and type");
-    return w;
-}
 
 F32 empty_like(const std::vector<py::ssize_t>& shape) { return F32(shape); }
 
