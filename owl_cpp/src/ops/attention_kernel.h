@@ -94,7 +94,9 @@ inline void store8_f16(uint16_t* p, v8f x) {
     const v8i big = ((143 << 23) - 1 - a) >> 31, tiny = (a - (113 << 23)) >> 31;  // a >= 65536 / a < 2^-14
     const v8i infnan = 0x7c00 | ((0x7f800000 - a) >> 31 & 0x200);                  // NaN: a quiet one
     const v8i sub = (v8i)((v8f)a + splat(0.5f)) - (126 << 23);
-    const v8i norm = (a + (int32_t(15 - 127) * (1 << 23)) + 0xfff + ((a >> 13) & 1)) >> 13;
+    // Unsigned: in the lanes `big` discards (inf, NaN) the sum passes 2^31, which signed arithmetic may not do.
+    const v8u au = (v8u)a;
+    const v8i norm = (v8i)((au + uint32_t(int32_t(15 - 127) * (1 << 23)) + 0xfffu + ((au >> 13) & 1u)) >> 13);
     const v8i r = (infnan & big) | (sub & tiny) | (norm & ~(big | tiny));
     uint16_t h[8];
     const v8i hv = r | ((sign >> 16) & 0x8000);

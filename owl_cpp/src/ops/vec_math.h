@@ -13,6 +13,7 @@ namespace {
 
 typedef float v8f __attribute__((vector_size(32)));
 typedef int32_t v8i __attribute__((vector_size(32)));
+typedef uint32_t v8u __attribute__((vector_size(32)));  // wrapping arithmetic where lanes may overflow
 
 // Brace-initialised: `v8f{} + x` costs an add per call (0 + x is not x for x = -0).
 inline v8f splat(float x) { return v8f{x, x, x, x, x, x, x, x}; }
