@@ -53,8 +53,8 @@ public:
     Owl3State(const Model& m, Backend& be, int64_t n_ctx, int64_t n_batch) : m_(m), w_(weights_of(m)), be_(be), n_ctx_(n_ctx) {
         const HParams& hp = m.hparams();
         const int64_t Q = hp.n_head * hp.head_dim;
-        vctx = be.alloc(DType::F32, n_batch, Q);
-        gate = be.alloc(DType::F32, n_batch * hp.n_head, hp.head_dim);
+        if (!w_.fused) vctx = be.alloc(DType::F32, n_batch, Q);  // the separate visual softmax's output
+        if (w_.gate == HyperGate::Proj) gate = be.alloc(DType::F32, n_batch * hp.n_head, hp.head_dim);
         visible.resize(size_t(n_batch));
         k.resize(w_.hyper.size());
         v.resize(w_.hyper.size());
