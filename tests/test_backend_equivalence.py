@@ -28,7 +28,8 @@ def rnd(*shape, scale=1.0):
 
 
 @pytest.mark.parametrize("type_name", ["F32", "F16", "BF16", "Q8_0", "Q4_0"])
-@pytest.mark.parametrize("rows,cols,T", [(1, 32, 1), (13, 64, 3), (37, 96, 17), (64, 256, 40)])
+@pytest.mark.parametrize("rows,cols,T", [(1, 32, 1), (13, 64, 3), (37, 96, 17), (64, 256, 40), (8, 32, 8), (70, 160, 9),
+                                         (300, 896, 1), (130, 4864, 2), (200, 1024, 67)])
 def test_matmul(be, type_name, rows, cols, T):
     w = rnd(rows, cols)
     raw = encode(w, type_name)
@@ -136,13 +137,16 @@ def attention_ref(q, k, v, n_past, H, KV, D, scale, prefix=None, text=True):
     return out.reshape(T, H * D)
 
 
+@pytest.mark.parametrize("kv_type", ["f32", "f16"])
 @pytest.mark.parametrize("T,n_past,H,KV,D", [(1, 0, 2, 1, 8), (1, 37, 4, 2, 64), (13, 0, 4, 4, 32), (7, 20, 6, 2, 18),
-                                             (70, 3, 2, 1, 64)])
-def test_attention(be, T, n_past, H, KV, D):
+                                             (70, 3, 2, 1, 64), (1, 3000, 8, 2, 128), (3, 700, 4, 4, 96)])
+def test_attention(be, kv_type, T, n_past, H, KV, D):
     ctx = n_past + T + 5
     q, k, v = rnd(T, H * D), rnd(KV, ctx, D), rnd(KV, ctx, D)
+    if kv_type == "f16":  # the cache holds the values rounded; the reference reads the same ones
+        k, v = k.astype(np.float16).astype(np.float32), v.astype(np.float16).astype(np.float32)
     scale = 1 / np.sqrt(D)
-    got = be.attention(q, k.reshape(KV * ctx, D), v.reshape(KV * ctx, D), n_past, H, KV, D, ctx, scale)
+    got = be.attention(q, k.reshape(KV * ctx, D), v.reshape(KV * ctx, D), n_past, H, KV, D, ctx, scale, kv_type=kv_type)
     assert rel(got, attention_ref(q, k, v, n_past, H, KV, D, scale)) < 1e-5
 
 

@@ -158,6 +158,7 @@ def test_one_context_from_two_threads_is_an_error_not_corruption(qwen2):
 @pytest.mark.parametrize("kwargs,match", [
     ({"n_ctx": 2 ** 59}, "context length"), ({"n_ctx": 0}, "context length"),
     ({"n_batch": 2 ** 62}, "batch size"), ({"n_threads": 100000}, "thread count"), ({"kv_type": "q4"}, "kv_type"),
+    ({"backend": "tpu"}, "unknown backend"), ({"backend": "cuda:x"}, "cuda"),
 ])
 def test_context_options_are_checked(qwen2, kwargs, match):
     _, model = qwen2

@@ -53,18 +53,21 @@ void bind_model(py::module_& m) {
         });
 
     py::class_<Context>(m, "Context")
-        .def(py::init([](std::shared_ptr<Model> model, int64_t n_ctx, int n_threads, int64_t n_batch, const std::string& kv_type) {
+        .def(py::init([](std::shared_ptr<Model> model, int64_t n_ctx, int n_threads, int64_t n_batch, const std::string& kv_type,
+                         const std::string& backend) {
                  ContextParams p;
                  p.n_ctx = n_ctx;
                  p.n_threads = n_threads;
                  p.n_batch = n_batch;
+                 p.backend = backend;
                  if (kv_type == "f16") p.kv_type = DType::F16;
                  else if (kv_type == "f32") p.kv_type = DType::F32;
                  else throw py::value_error("kv_type must be 'f16' or 'f32', got '" + kv_type + "'");
                  py::gil_scoped_release release;
                  return new Context(std::move(model), p);
              }),
-             py::arg("model"), py::arg("n_ctx"), py::arg("n_threads"), py::arg("n_batch") = 256, py::arg("kv_type") = "f16")
+             py::arg("model"), py::arg("n_ctx"), py::arg("n_threads"), py::arg("n_batch") = 256, py::arg("kv_type") = "f16",
+             py::arg("backend") = "cpu")
         .def("eval", [](Context& c, const std::vector<int32_t>& tokens, bool all_logits, bool return_logits) {
                  const Batch b = Batch::of_ids(tokens.data(), int64_t(tokens.size()));
                  return run_decode(c, b, all_logits, return_logits);

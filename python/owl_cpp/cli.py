@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("-t", "--threads", type=int, default=None, help="CPU threads (default: physical cores)")
     p.add_argument("-c", "--n-ctx", type=int, default=None, help="context length in tokens (default 4096)")
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--device", default="cpu", help="where the model runs: cpu, cuda or cuda:N (default cpu)")
     p.add_argument("--kv-type", choices=("f16", "f32"), default=None,
                    help="KV cache storage (default f16: half the memory of f32)")
     p.add_argument("--no-cut", action="store_true", help="do not cut images into tiles (global view only)")

@@ -4,6 +4,7 @@ conversation becomes a prepared prompt (text_model.py; families/<family>/model.p
 from __future__ import annotations
 
 import os
+import re
 from typing import Iterator, Optional, Sequence, Union
 
 import numpy as np
@@ -19,14 +20,31 @@ from .streaming import TextStream
 KV_TYPES = ("f16", "f32")
 
 
+def check_device(device: str) -> str:
+    """'cpu', 'cuda' or 'cuda:N', available in this build and on this machine; else a ValueError saying why."""
+    if not isinstance(device, str) or not (device in ("cpu", "cuda") or re.fullmatch(r"cuda:\d{1,3}", device)):
+        raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+    if device == "cpu" or "cuda" in _core.available_backends():
+        return device
+    info = _core.system_info()["cuda"]
+    if not info["compiled"]:
+        raise ValueError(f"device {device!r}: this build of owl_cpp has no CUDA backend (reinstall on a machine "
+                         "with the CUDA toolkit, or with -C cmake.define.OWL_CUDA=ON)")
+    raise ValueError(f"device {device!r}: the CUDA backend is compiled in but no GPU is visible (driver version "
+                     f"{info['driver_version'] or 'none'})")
+
+
 class DecoderModel:
     """A GGUF decoder and its contexts. n_ctx: positions per context (default: the training context, at
     most 4096); threads: CPU threads (default: physical cores); kv_type: KV cache storage "f16" | "f32"
-    (default f16: half the memory of f32, as llama.cpp); max_spare_contexts: idle extra contexts kept for concurrent calls."""
+    (default f16: half the memory of f32, as llama.cpp); device: where the decoder runs, "cpu" or "cuda" (the
+    first GPU; "cuda:N" the N-th); max_spare_contexts: idle extra contexts kept for concurrent calls."""
 
     def __init__(self, path: Union[str, os.PathLike], *, n_ctx: Optional[int] = None, threads: Optional[int] = None,
-                 n_batch: int = 256, kv_type: Optional[str] = None, max_spare_contexts: int = 1):
+                 n_batch: int = 256, kv_type: Optional[str] = None, device: str = "cpu",
+                 max_spare_contexts: int = 1):
         path = os.fspath(path)
+        self.device = check_device(device)
         if not os.path.exists(path):
             raise FileNotFoundError(f"model file not found: {path}")
         self.path = path
@@ -44,9 +62,12 @@ class DecoderModel:
                 raise ValueError(f"kv_type must be one of {', '.join(KV_TYPES)}, got {kv_type!r}")
             self._context_kwargs["kv_type"] = kv_type
         self.kv_type = kv_type
+        self._context_kwargs["backend"] = self.device
         self.tokenizer = self._model.tokenizer
         self.terminators = self._terminators()
         self._contexts = ContextPool(self._make_context, max_spare_contexts)
+        if self.device != "cpu":
+            self._make_context()  # copies the weights to the GPU now: a model too large fails at load, not at use
 
     def _make_context(self):
         return _core.Context(self._model, *self._context_args, **self._context_kwargs)

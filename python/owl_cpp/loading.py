@@ -12,12 +12,12 @@ from pathlib import Path
 from typing import Optional, Union
 
 from . import _core
+from .decoder_model import check_device
 from .families import MEDIA_FAMILIES, SUPPORTED, TEXT_ARCHITECTURES, media_model_class
 
 DECODER_FILE = "decoder.gguf"
 ARCH_KEY = "general.architecture"
 EXPORT_HINT = "make one from a Hugging Face checkpoint with `owl-export HF_CHECKPOINT_DIR -o {path}`"
-DEVICES = ("cpu", "cuda")
 
 
 def architecture(gguf_path: Union[str, os.PathLike]) -> str:
@@ -31,11 +31,10 @@ def load(path: Union[str, os.PathLike], *, n_ctx: Optional[int] = None, threads:
          device: str = "cpu", kv_type: Optional[str] = None):
     """Loads a model: a model directory from owl-export or a .gguf file; the family comes from the file.
     n_ctx: positions per context (default: the training context, at most 4096); threads: CPU threads
-    (default: physical cores); device "cuda" runs the vision tower on onnxruntime's CUDA provider where
-    installed (the decoder runs on the CPU); kv_type: KV cache storage, "f16" or "f32" (default: the runtime's)."""
+    (default: physical cores); device "cuda" (or "cuda:N") runs the decoder on the GPU, and the vision tower on
+    onnxruntime's CUDA provider where installed; kv_type: KV cache storage, "f16" or "f32" (default: the runtime's)."""
     path = os.fspath(path)
-    if device not in DEVICES:
-        raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+    check_device(device)
     if os.path.isdir(path):
         gguf = Path(path) / DECODER_FILE
         if not gguf.is_file():
@@ -47,15 +46,13 @@ def load(path: Union[str, os.PathLike], *, n_ctx: Optional[int] = None, threads:
         raise FileNotFoundError(f"model not found: {path} (expected a model directory or a .gguf file; "
                                 + EXPORT_HINT.format(path=path) + ")")
     arch = architecture(gguf)
-    opts = dict(n_ctx=n_ctx, threads=threads, kv_type=kv_type)
+    opts = dict(n_ctx=n_ctx, threads=threads, kv_type=kv_type, device=device)
     if arch in MEDIA_FAMILIES:
         if gguf.name != DECODER_FILE:
             raise ValueError(f"{gguf}: an {arch!r} decoder works inside its model directory (named "
                              f"{DECODER_FILE}, beside vision.onnx); load that directory")
-        return media_model_class(arch)(gguf.parent, device=device, **opts)
+        return media_model_class(arch)(gguf.parent, **opts)
     if arch in TEXT_ARCHITECTURES:
-        if device != "cpu":
-            raise ValueError(f"device {device!r}: text models run on the CPU in this build (use device='cpu')")
         from .text_model import TextModel
         return TextModel(gguf, **opts)
     raise _core.FormatError(f"{gguf}: model architecture {arch!r} is not supported "

@@ -20,12 +20,18 @@ namespace {
 struct Harness {
     std::unique_ptr<Backend> be;
 
-    // A 2-D float32 array (or a 1-D one as one row) on the device.
-    std::unique_ptr<DeviceBuffer> put(const F32& a) {
+    // A 2-D float32 array (or a 1-D one as one row) on the device; as F16 (rounded to nearest even) when asked.
+    std::unique_ptr<DeviceBuffer> put(const F32& a, bool as_f16 = false) {
         if (a.ndim() != 1 && a.ndim() != 2) throw py::value_error("arrays must be 1-D or 2-D");
         const int64_t rows = a.ndim() == 2 ? a.shape(0) : 1, cols = a.ndim() == 2 ? a.shape(1) : a.shape(0);
-        auto b = be->alloc(DType::F32, rows, cols);
-        be->upload(a.data(), b->tensor());
+        auto b = be->alloc(as_f16 ? DType::F16 : DType::F32, rows, cols);
+        if (!as_f16) {
+            be->upload(a.data(), b->tensor());
+            return b;
+        }
+        std::vector<uint16_t> half(size_t(a.size()));
+        for (size_t i = 0; i < half.size(); ++i) half[i] = fp32_to_fp16(a.data()[i]);
+        be->upload(half.data(), b->tensor());
         return b;
     }
     std::unique_ptr<DeviceBuffer> poisoned(DType type, int64_t rows, int64_t cols) {
@@ -134,9 +140,11 @@ void bind_backend(py::module_& m) {
         })
         .def("attention", [](Harness& h, const F32& q, const F32& k, const F32& v, int64_t n_past, int64_t n_head,
                              int64_t n_head_kv, int64_t head_dim, int64_t ctx, float scale, py::object prefix_k,
-                             py::object prefix_v, py::object visible, bool text) {
-            // q [T][n_head * head_dim]; k, v: caches [n_head_kv * ctx][head_dim] (float32; see kv_store for F16).
-            auto qb = h.put(q), kb = h.put(k), vb = h.put(v);
+                             py::object prefix_v, py::object visible, bool text, const std::string& kv_type) {
+            // q [T][n_head * head_dim]; k, v: caches [n_head_kv * ctx][head_dim] given as float32, stored as kv_type
+            // (an F16 cache holds them rounded to nearest even, as kv_store would).
+            if (kv_type != "f32" && kv_type != "f16") throw py::value_error("kv_type must be 'f32' or 'f16'");
+            auto qb = h.put(q), kb = h.put(k, kv_type == "f16"), vb = h.put(v, kv_type == "f16");
             ops::AttentionShape s;
             s.T = qb->tensor().rows;
             s.n_past = n_past;
@@ -164,7 +172,8 @@ void bind_backend(py::module_& m) {
             return h.get(*out);
         }, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("n_past"), py::arg("n_head"), py::arg("n_head_kv"),
            py::arg("head_dim"), py::arg("ctx"), py::arg("scale"), py::arg("prefix_k") = py::none(),
-           py::arg("prefix_v") = py::none(), py::arg("visible") = py::none(), py::arg("text") = true);
+           py::arg("prefix_v") = py::none(), py::arg("visible") = py::none(), py::arg("text") = true,
+           py::arg("kv_type") = "f32");
 }
 
 }  // namespace owl::testing

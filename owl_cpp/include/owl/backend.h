@@ -14,6 +14,8 @@
 
 namespace owl {
 
+class Model;
+
 enum class Device { CPU, CUDA };
 const char* device_name(Device d);
 
@@ -44,13 +46,20 @@ protected:
 };
 
 // The ops the forward passes use. Tensors must be on this backend's device (checked: a mismatch throws Error).
-// Host arrays (positions, norm weights, biases, visibility counts) are small and passed as host pointers.
+// Host arrays (positions, ids, norm weights, biases, masks, visibility counts) are small and passed as host
+// pointers; a device backend finds the model's own among the copies attach() made and copies the rest per call.
+// Weight matrices (WeightView) are the model's host views in the same way.
 class Backend {
 public:
     virtual ~Backend() = default;
     virtual Device device() const = 0;
     virtual std::string name() const = 0;  // e.g. "cpu (avx2, 2 threads)"
     virtual int n_threads() const = 0;
+    // Called by each Context before its first op: a device backend makes the model's weights resident on the
+    // device (one copy per model and device, shared by its contexts). Throws Error when they do not fit.
+    virtual void attach(const Model& m) { (void)m; }
+    // Waits for queued work (a device backend runs ops asynchronously; download() already waits).
+    virtual void synchronize() {}
 
     // A [rows][cols] buffer of `type` (F32 or F16). Sizes are checked for overflow.
     virtual std::unique_ptr<DeviceBuffer> alloc(DType type, int64_t rows, int64_t cols) = 0;
@@ -75,7 +84,8 @@ public:
     // pos0 .. pos0 + T - 1.
     virtual void kv_store(const Tensor& src, int64_t n_head_kv, int64_t head_dim, const Tensor& cache, int64_t ctx,
                           int64_t pos0) = 0;
-    // Causal grouped-query attention over a KV cache (see ops::attention); k/v are the cache tensors.
+    // Causal grouped-query attention over a KV cache (see ops::attention); k/v are the cache tensors. The prefix's
+    // k/v are on this backend's device, its visible counts on the host.
     virtual void attention(const ops::AttentionShape& s, const Tensor& q, const Tensor& k, const Tensor& v,
                            const Tensor& out, const ops::PrefixKV* prefix = nullptr, bool text = true) = 0;
     // kv [T][n_head_kv][2][head_dim] (K then V per head, as a fused K|V projection writes them) -> k and v,
@@ -91,6 +101,23 @@ public:
 std::unique_ptr<Backend> make_cpu_backend(int n_threads);
 // Backends this build can create here ("cpu", and "cuda" when compiled in and a GPU is present).
 std::vector<std::string> available_backends();
+// "cpu" or "cuda" (the first GPU; "cuda:N" the N-th). n_threads: the CPU pool (a GPU backend ignores it).
 std::unique_ptr<Backend> make_backend(const std::string& name, int n_threads);
+// What this build and machine offer on the CUDA side (compiled is true also on a machine without a GPU).
+struct GpuInfo {
+    int index = 0;
+    std::string name;
+    int cc_major = 0, cc_minor = 0;  // compute capability
+    uint64_t total_bytes = 0, free_bytes = 0;
+    int multiprocessors = 0;
+};
+struct CudaInfo {
+    bool compiled = false;
+    std::string architectures;  // the SM versions compiled, e.g. "75,80,86,89,90"
+    int runtime_version = 0;    // e.g. 13000
+    int driver_version = 0;     // 0 without a driver
+    std::vector<GpuInfo> devices;
+};
+CudaInfo cuda_info();
 
 }  // namespace owl

@@ -3,7 +3,10 @@
 // immutable once loaded: any number of Contexts (context.h) run on one Model at once.
 #pragma once
 #include <cstdint>
+#include <functional>
+#include <map>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <utility>
 #include <variant>
@@ -68,6 +71,14 @@ public:
     uint64_t weight_bytes() const;  // bytes of all tensors in the file
     uint64_t packed_bytes() const { return packed_bytes_; }  // load-time repacked copies (weight_packing.cpp)
 
+    // Every weight matrix and float vector (norms, biases, gates) the forward pass reads, each once: what a
+    // device backend copies to its memory.
+    void for_each_weight(const std::function<void(const WeightView&)>& matrix,
+                         const std::function<void(const std::vector<float>&)>& vector) const;
+    // What a backend keeps per model (a GPU's copy of the weights), made by the first context that asks with
+    // `key` and shared by every later one; freed with the model. Thread-safe.
+    std::shared_ptr<void> backend_state(const std::string& key, const std::function<std::shared_ptr<void>()>& make) const;
+
 private:
     friend class ModelBuilder;  // model.cpp: fills the fields while loading
     Model() = default;
@@ -83,6 +94,8 @@ private:
     struct FreeAligned { void operator()(uint8_t* p) const; };
     std::unique_ptr<uint8_t, FreeAligned> packed_;
     uint64_t packed_bytes_ = 0;
+    mutable std::mutex backend_mu_;
+    mutable std::map<std::string, std::shared_ptr<void>> backend_state_;
 };
 
 // Builds the tokenizer described by a GGUF file's tokenizer.ggml.* keys.

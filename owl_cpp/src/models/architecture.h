@@ -19,6 +19,11 @@ struct ForwardPass;
 struct ArchWeights {
     virtual ~ArchWeights() = default;
     virtual void matrices(std::vector<WeightView*>& out) { (void)out; }  // for load-time repacking
+    // Every matrix and float vector, read-only (what a device backend uploads).
+    virtual void weights(std::vector<const WeightView*>& m, std::vector<const std::vector<float>*>& v) const {
+        (void)m;
+        (void)v;
+    }
 };
 
 // What an architecture keeps per context (owl3: the images attached to the conversation).

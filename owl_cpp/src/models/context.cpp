@@ -37,6 +37,7 @@ Context::Context(std::shared_ptr<const Model> model, const ContextParams& params
         throw Error("a KV cache of " + std::to_string(n_ctx_) + " positions does not fit in memory (" + std::to_string(kv_bytes / 1e9) + " GB)");
     n_batch_ = std::min(n_batch_, n_ctx_);
     backend_ = make_backend(params.backend, params.n_threads);
+    backend_->attach(*model_);
     impl_ = std::make_unique<Impl>();
     Backend& be = *backend_;
     for (int64_t il = 0; il < hp.n_layer; ++il) {

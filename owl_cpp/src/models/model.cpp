@@ -111,4 +111,31 @@ public:
 
 std::shared_ptr<Model> Model::load(const std::string& path) { return ModelBuilder::load(path); }
 
+void Model::for_each_weight(const std::function<void(const WeightView&)>& matrix,
+                            const std::function<void(const std::vector<float>&)>& vector) const {
+    std::vector<const WeightView*> ms{&token_embd_, &output_};
+    std::vector<const std::vector<float>*> vs{&output_norm_};
+    for (const DecoderLayer& l : layers_) {
+        for (const WeightView* w : {&l.wq, &l.wk, &l.wv, &l.wo, &l.ffn_gate, &l.ffn_up, &l.ffn_down}) ms.push_back(w);
+        for (const std::vector<float>* v : {&l.attn_norm, &l.ffn_norm, &l.bq, &l.bk, &l.bv}) vs.push_back(v);
+    }
+    if (arch_weights_) arch_weights_->weights(ms, vs);
+    // Tied embeddings (output == token_embd) and absent parts (null data, empty vectors) are visited once / never.
+    std::vector<const void*> seen;
+    for (const WeightView* w : ms) {
+        if (!w->data || w->rows == 0 || std::find(seen.begin(), seen.end(), w->data) != seen.end()) continue;
+        seen.push_back(w->data);
+        matrix(*w);
+    }
+    for (const std::vector<float>* v : vs)
+        if (!v->empty()) vector(*v);
+}
+
+std::shared_ptr<void> Model::backend_state(const std::string& key, const std::function<std::shared_ptr<void>()>& make) const {
+    std::lock_guard<std::mutex> lock(backend_mu_);
+    std::shared_ptr<void>& slot = backend_state_[key];
+    if (!slot) slot = make();
+    return slot;
+}
+
 }  // namespace owl

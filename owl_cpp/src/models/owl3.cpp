@@ -42,6 +42,12 @@ struct Owl3Weights : ArchWeights {
             out.push_back(&h.gate_proj);
         }
     }
+    void weights(std::vector<const WeightView*>& m, std::vector<const std::vector<float>*>& v) const override {
+        for (const HyperLayer& h : hyper) {
+            for (const WeightView* w : {&h.kv, &h.gate_proj}) m.push_back(w);
+            for (const std::vector<float>* b : {&h.kv_bias, &h.gate_proj_bias, &h.gate}) v.push_back(b);
+        }
+    }
     const HyperLayer* at(int64_t il) const { return slot[size_t(il)] < 0 ? nullptr : &hyper[size_t(slot[size_t(il)])]; }
 };
 

@@ -4,47 +4,22 @@
 #include <cstring>
 #include <limits>
 
+#include "../backend_checks.h"
 #include "owl/backend.h"
 #include "owl/error.h"
 #include "owl/threadpool.h"
 
 namespace owl {
-
-const char* device_name(Device d) { return d == Device::CPU ? "cpu" : "cuda"; }
-
-Tensor Tensor::slice(int64_t r0, int64_t n) const {
-    if (r0 < 0 || n < 0 || r0 + n > rows) throw Error("tensor slice [" + std::to_string(r0) + ", +" + std::to_string(n) + ") outside " + std::to_string(rows) + " rows");
-    Tensor t = *this;
-    t.data = static_cast<uint8_t*>(data) + size_t(r0) * size_t(dtype_row_bytes(type, cols));
-    t.rows = n;
-    return t;
-}
-
-Tensor Tensor::reshape(int64_t rows2, int64_t cols2) const {
-    if (rows2 < 0 || cols2 <= 0 || rows2 * cols2 != rows * cols) throw Error("tensor reshape changes the element count");
-    Tensor t = *this;
-    t.rows = rows2;
-    t.cols = cols2;
-    return t;
-}
-
-float* Tensor::f32() const {
-    if (type != DType::F32) throw Error(std::string("expected an F32 tensor, got ") + dtype_name(type));
-    return static_cast<float*>(data);
-}
-
 namespace {
+
+using checks::expect_cols;
+using checks::same_rows;
+using checks::same_shape;
 
 class CpuBuffer : public DeviceBuffer {
 public:
     CpuBuffer(DType type, int64_t rows, int64_t cols) {
-        if (type != DType::F32 && type != DType::F16) throw Error(std::string("buffers hold F32 or F16, not ") + dtype_name(type));
-        if (rows < 0 || cols < 1 || cols % dtype_block_elems(type)) throw Error("buffer shape [" + std::to_string(rows) + ", " + std::to_string(cols) + "] is invalid");
-        const uint64_t row_bytes = uint64_t(dtype_row_bytes(type, cols));
-        if (rows > 0 && row_bytes > std::numeric_limits<uint64_t>::max() / 2 / uint64_t(rows))
-            throw Error("buffer of " + std::to_string(rows) + " x " + std::to_string(cols) + " elements is too large");
-        const uint64_t bytes = uint64_t(rows) * row_bytes;
-        if (bytes > uint64_t(std::numeric_limits<size_t>::max() / 2)) throw Error("buffer too large for this machine");
+        const uint64_t bytes = checks::buffer_bytes(type, rows, cols);
         constexpr size_t kAlign = 64;
         const size_t padded = (size_t(bytes) + kAlign - 1) / kAlign * kAlign;
         void* p = padded ? std::aligned_alloc(kAlign, padded) : nullptr;
@@ -122,30 +97,21 @@ public:
         ops::swiglu(pool_, f32(gate), f32(up), f32(out), gate.rows * gate.cols);
     }
     void kv_store(const Tensor& src, int64_t n_head_kv, int64_t head_dim, const Tensor& cache, int64_t ctx, int64_t pos0) override {
-        expect_cols(src, n_head_kv * head_dim, "kv_store input");
         here(cache);
-        if (cache.rows * cache.cols != n_head_kv * ctx * head_dim) throw Error("kv_store: cache is not [n_head_kv][ctx][head_dim]");
-        if (pos0 < 0 || pos0 > ctx - src.rows) throw Error("kv_store: positions outside the cache");
+        checks::kv_store_args(src, n_head_kv, head_dim, cache, ctx, pos0);
         ops::kv_store(pool_, f32(src), src.rows, n_head_kv, head_dim, cache.data, cache.type, ctx, pos0);
     }
     void attention(const ops::AttentionShape& s, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
                    const ops::PrefixKV* prefix, bool text) override {
-        expect_cols(q, s.n_head * s.head_dim, "attention queries");
-        same_shape(q, out, "attention");
-        if (q.rows != s.T) throw Error("attention: query rows differ from the shape's T");
         here(k);
         here(v);
-        if (k.type != v.type) throw Error("attention: K and V caches differ in type");
+        checks::attention_args(s, q, k, v, out);
         ops::AttentionShape shape = s;
         shape.kv_type = k.type;
         ops::attention(pool_, shape, f32(q), k.data, v.data, f32(out), prefix, text);
     }
     void split_kv(const Tensor& kv, int64_t n_head_kv, int64_t head_dim, const Tensor& k, const Tensor& v) override {
-        const int64_t w = n_head_kv * head_dim;
-        expect_cols(kv, 2 * w, "split_kv input");
-        expect_cols(k, w, "split_kv K");
-        same_shape(k, v, "split_kv");
-        same_rows(kv, k, "split_kv");
+        checks::split_kv_args(kv, n_head_kv, head_dim, k, v);
         const float* src = f32(kv);
         float* K = f32(k);
         float* V = f32(v);
@@ -155,10 +121,8 @@ public:
         }
     }
     void gate_mix(const Tensor& x, const Tensor& y, const Tensor& gate, const int64_t* mask) override {
-        same_shape(x, y, "gate_mix");
-        expect_cols(gate, x.cols, "gate_mix gate");
+        checks::gate_mix_args(x, y, gate);
         const bool broadcast = gate.rows == 1;
-        if (!broadcast) same_rows(x, gate, "gate_mix");
         float* a = f32(x);
         const float* b = f32(y);
         const float* g = f32(gate);
@@ -176,21 +140,10 @@ public:
     }
 
 private:
-    void here(const Tensor& t) const {
-        if (t.device != Device::CPU) throw Error(std::string("the cpu backend got a tensor on ") + device_name(t.device));
-    }
-    float* f32(const Tensor& t) const {
+    static void here(const Tensor& t) { checks::on(Device::CPU, t); }
+    static float* f32(const Tensor& t) {
         here(t);
         return t.f32();
-    }
-    static void expect_cols(const Tensor& t, int64_t cols, const char* what) {
-        if (t.cols != cols) throw Error(std::string(what) + " has " + std::to_string(t.cols) + " columns, expected " + std::to_string(cols));
-    }
-    static void same_rows(const Tensor& a, const Tensor& b, const char* op) {
-        if (a.rows != b.rows) throw Error(std::string(op) + ": row counts differ (" + std::to_string(a.rows) + " vs " + std::to_string(b.rows) + ")");
-    }
-    static void same_shape(const Tensor& a, const Tensor& b, const char* op) {
-        if (a.rows != b.rows || a.cols != b.cols) throw Error(std::string(op) + ": tensor shapes differ");
     }
 
     ThreadPool pool_;
@@ -199,12 +152,5 @@ private:
 }  // namespace
 
 std::unique_ptr<Backend> make_cpu_backend(int n_threads) { return std::make_unique<CpuBackend>(n_threads); }
-
-std::vector<std::string> available_backends() { return {"cpu"}; }
-
-std::unique_ptr<Backend> make_backend(const std::string& name, int n_threads) {
-    if (name == "cpu") return make_cpu_backend(n_threads);
-    throw Error("backend '" + name + "' is not available in this build (available: cpu)");
-}
 
 }  // namespace owl

@@ -40,7 +40,7 @@ EXPORT_HINT = "create one with `owl-export HF_CHECKPOINT_DIR -o MODEL_DIR`"
 
 class OwlModel(DecoderModel):
     """An exported mPLUG-Owl3 model directory: decoder.gguf + vision.onnx. Options as DecoderModel, plus
-    device ("cpu" | "cuda": where onnxruntime runs the vision tower)."""
+    device ("cpu" | "cuda" | "cuda:N": where the decoder and onnxruntime's vision tower run)."""
 
     def __init__(self, model_dir, *, n_ctx: Optional[int] = None, threads: Optional[int] = None,
                  device: str = "cpu", vision_file: str = "vision.onnx", kv_type: Optional[str] = None,
@@ -51,14 +51,14 @@ class OwlModel(DecoderModel):
         for name in ("decoder.gguf", vision_file):
             if not (d / name).is_file():
                 raise FileNotFoundError(f"{d}: no {name} in the model directory ({EXPORT_HINT})")
-        super().__init__(d / "decoder.gguf", n_ctx=n_ctx, threads=threads, kv_type=kv_type,
+        super().__init__(d / "decoder.gguf", n_ctx=n_ctx, threads=threads, kv_type=kv_type, device=device,
                          max_spare_contexts=max_spare_contexts)
         if self.hparams["arch"] != ARCH:
             raise ValueError(f"{d / 'decoder.gguf'}: architecture {self.hparams['arch']!r} is not an mPLUG-Owl3 "
                              f"decoder ({ARCH!r}); load a plain .gguf text model by its file path")
         self.model_dir = d
         self.image_config = ImagePreprocessing.from_metadata(self._gguf, str(d / "decoder.gguf"))
-        self.vision = VisionEncoder(d / vision_file, threads=self.threads, device=device)
+        self.vision = VisionEncoder(d / vision_file, threads=self.threads, device=device.split(":")[0])
         self._check_vision_matches()
 
     def _terminators(self) -> frozenset:

@@ -1,0 +1,393 @@
+// The CUDA backend: tensors in device memory, every op a kernel on one stream per context (so contexts on one
+// GPU run independently), weights resident once per model and device. Host arrays the ops take (positions, ids,
+// masks, small vectors the model does not own) travel through a pinned staging ring.
+#include <cstring>
+#include <string>
+#include <unordered_map>
+
+#include "../backend_checks.h"
+#include "attention.cuh"
+#include "cuda_backend.cuh"
+#include "elementwise.cuh"
+#include "matmul.cuh"
+#include "owl/model.h"
+
+#ifndef OWL_CUDA_ARCHS
+#define OWL_CUDA_ARCHS "unknown"
+#endif
+
+namespace owl {
+namespace cuda {
+namespace {
+
+std::string mib(size_t bytes) { return std::to_string((bytes + (1 << 20) - 1) >> 20) + " MiB"; }
+
+size_t aligned(size_t n) { return (n + 255) / 256 * 256; }
+
+class DeviceScope {  // the calling thread works on `device` for the scope (contexts may move between threads)
+public:
+    explicit DeviceScope(int device) { check(cudaSetDevice(device), "cudaSetDevice"); }
+};
+
+// One model's weights on one device: one allocation, host pointer -> device copy.
+struct Resident {
+    int device = 0;
+    void* base = nullptr;
+    size_t bytes = 0;
+    std::unordered_map<const void*, const void*> where;
+    ~Resident() {
+        if (!base) return;
+        cudaSetDevice(device);
+        cudaFree(base);
+    }
+};
+
+std::shared_ptr<Resident> make_resident(const Model& m, int device) {
+    struct Item {
+        const WeightView* w;
+        const std::vector<float>* v;
+        size_t offset;
+    };
+    std::vector<Item> items;
+    size_t total = 0;
+    m.for_each_weight(
+        [&](const WeightView& w) {
+            items.push_back({&w, nullptr, total});
+            total += aligned(weight_device_bytes(w.type, w.rows, w.cols));
+        },
+        [&](const std::vector<float>& v) {
+            items.push_back({nullptr, &v, total});
+            total += aligned(v.size() * sizeof(float));
+        });
+    DeviceScope scope(device);
+    size_t free_bytes = 0, total_bytes = 0;
+    check(cudaMemGetInfo(&free_bytes, &total_bytes), "cudaMemGetInfo");
+    if (total > free_bytes)
+        throw Error("the model's weights need " + mib(total) + " of GPU memory, but GPU " + std::to_string(device) + " has " +
+                    mib(free_bytes) + " free of " + mib(total_bytes));
+    auto r = std::make_shared<Resident>();
+    r->device = device;
+    r->bytes = total;
+    if (cudaMalloc(&r->base, total) != cudaSuccess) {
+        cudaGetLastError();
+        r->base = nullptr;
+        throw Error("out of GPU memory: the model's weights need " + mib(total) + " on GPU " + std::to_string(device));
+    }
+    for (const Item& it : items) {
+        void* dst = static_cast<uint8_t*>(r->base) + it.offset;
+        if (it.w) {
+            upload_weight(it.w->type, it.w->data, it.w->rows, it.w->cols, dst);
+            r->where[it.w->data] = dst;
+        } else {
+            check(cudaMemcpy(dst, it.v->data(), it.v->size() * sizeof(float), cudaMemcpyHostToDevice), "cudaMemcpy (weights)");
+            r->where[it.v->data()] = dst;
+        }
+    }
+    return r;
+}
+
+class CudaBuffer : public DeviceBuffer {
+public:
+    CudaBuffer(DType type, int64_t rows, int64_t cols, int device) : device_(device) {
+        const uint64_t bytes = checks::buffer_bytes(type, rows, cols);
+        void* p = nullptr;
+        if (bytes && cudaMalloc(&p, size_t(bytes)) != cudaSuccess) {
+            cudaGetLastError();
+            throw Error("out of GPU memory allocating a buffer of " + mib(size_t(bytes)) + " (" + std::to_string(rows) + " x " +
+                        std::to_string(cols) + " " + dtype_name(type) + ")");
+        }
+        t_ = Tensor{p, type, Device::CUDA, rows, cols};
+    }
+    ~CudaBuffer() override {
+        if (!t_.data) return;
+        cudaSetDevice(device_);
+        cudaFree(t_.data);
+    }
+
+private:
+    int device_;
+};
+
+// Host arrays on their way to the device: copied into pinned memory, then queued on the stream. A region is
+// reused only after a stream synchronisation, so a queued copy never reads memory that changed under it.
+class Staging {
+public:
+    ~Staging() { release(); }
+    const void* put(const void* src, size_t bytes, cudaStream_t s) {
+        const size_t need = aligned(bytes ? bytes : 1);
+        if (used_ + need > cap_) {
+            check(cudaStreamSynchronize(s), "cudaStreamSynchronize (staging)");
+            used_ = 0;
+            if (need > cap_) {
+                release();
+                cap_ = need > (size_t(1) << 20) ? need : (size_t(1) << 20);
+                check(cudaMallocHost(&host_, cap_), "cudaMallocHost (staging)");
+                check(cudaMalloc(&dev_, cap_), "cudaMalloc (staging)");
+            }
+        }
+        uint8_t* h = static_cast<uint8_t*>(host_) + used_;
+        uint8_t* d = static_cast<uint8_t*>(dev_) + used_;
+        if (bytes) {
+            std::memcpy(h, src, bytes);
+            check(cudaMemcpyAsync(d, h, bytes, cudaMemcpyHostToDevice, s), "cudaMemcpyAsync (staging)");
+        }
+        used_ += need;
+        return d;
+    }
+    void synchronized() { used_ = 0; }  // the stream is idle: every region is free again
+
+private:
+    void release() {
+        if (host_) cudaFreeHost(host_);
+        if (dev_) cudaFree(dev_);
+        host_ = dev_ = nullptr;
+        cap_ = used_ = 0;
+    }
+    void* host_ = nullptr;
+    void* dev_ = nullptr;
+    size_t cap_ = 0, used_ = 0;
+};
+
+class CudaBackend : public Backend {
+public:
+    explicit CudaBackend(int device) : device_(device) {
+        DeviceScope scope(device_);
+        cudaDeviceProp prop{};
+        check(cudaGetDeviceProperties(&prop, device_), "cudaGetDeviceProperties");
+        gpu_name_ = prop.name;
+        check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate");
+    }
+    ~CudaBackend() override {
+        cudaSetDevice(device_);
+        cudaStreamSynchronize(stream_);
+        cudaStreamDestroy(stream_);
+    }
+
+    Device device() const override { return Device::CUDA; }
+    std::string name() const override { return "cuda:" + std::to_string(device_) + " (" + gpu_name_ + ")"; }
+    int n_threads() const override { return 1; }
+
+    void attach(const Model& m) override {
+        DeviceScope scope(device_);
+        resident_ = std::static_pointer_cast<Resident>(
+            m.backend_state("cuda:" + std::to_string(device_), [&] { return std::shared_ptr<void>(make_resident(m, device_)); }));
+    }
+    void synchronize() override {
+        check(cudaStreamSynchronize(stream_), "cudaStreamSynchronize");
+        staging_.synchronized();
+    }
+
+    std::unique_ptr<DeviceBuffer> alloc(DType type, int64_t rows, int64_t cols) override {
+        DeviceScope scope(device_);
+        return std::make_unique<CudaBuffer>(type, rows, cols, device_);
+    }
+    void upload(const void* host, const Tensor& dst) override {
+        here(dst);
+        if (!dst.bytes()) return;
+        DeviceScope scope(device_);
+        // From pageable memory the call returns once `host` has been read, so the caller may reuse it.
+        check(cudaMemcpyAsync(dst.data, host, dst.bytes(), cudaMemcpyHostToDevice, stream_), "upload");
+    }
+    void download(const Tensor& src, void* host) override {
+        here(src);
+        DeviceScope scope(device_);
+        if (src.bytes()) check(cudaMemcpyAsync(host, src.data, src.bytes(), cudaMemcpyDeviceToHost, stream_), "download");
+        synchronize();
+    }
+    void fill(const Tensor& dst, float value) override {
+        DeviceScope scope(device_);
+        cuda::fill(f32(dst), dst.rows * dst.cols, value, stream_);
+    }
+    void copy(const Tensor& src, const Tensor& dst) override {
+        here(src);
+        here(dst);
+        if (src.type != dst.type) throw Error("copy: tensor types differ");
+        checks::same_shape(src, dst, "copy");
+        DeviceScope scope(device_);
+        if (src.bytes()) check(cudaMemcpyAsync(dst.data, src.data, src.bytes(), cudaMemcpyDeviceToDevice, stream_), "copy");
+    }
+
+    void get_rows(const WeightView& w, const int32_t* ids, const Tensor& out) override {
+        checks::expect_cols(out, w.cols, "get_rows output");
+        float* o = f32(out);
+        DeviceScope scope(device_);
+        const auto* dev_ids = static_cast<const int32_t*>(stage(ids, size_t(out.rows) * sizeof(int32_t)));
+        WeightOnDevice table(*this, w);
+        cuda::get_rows(w.type, table.data, w.cols, dev_ids, out.rows, o, stream_);
+    }
+    void matmul(const WeightView& w, const Tensor& x, const float* bias, const Tensor& y) override {
+        checks::expect_cols(x, w.cols, "matmul input");
+        checks::expect_cols(y, w.rows, "matmul output");
+        checks::same_rows(x, y, "matmul");
+        float* xo = f32(x);
+        float* yo = f32(y);
+        DeviceScope scope(device_);
+        const float* b = bias ? vec(bias, w.rows) : nullptr;
+        WeightOnDevice wd(*this, w);
+        cuda::matmul(w.type, wd.data, w.rows, w.cols, xo, x.rows, b, yo, ws_, stream_);
+    }
+    void rms_norm(const Tensor& x, const float* w, float eps, const Tensor& y) override {
+        checks::same_shape(x, y, "rms_norm");
+        float* xo = f32(x);
+        float* yo = f32(y);
+        DeviceScope scope(device_);
+        cuda::rms_norm(xo, vec(w, x.cols), x.rows, x.cols, eps, yo, stream_);
+    }
+    void rope(const Tensor& x, int64_t n_heads, int64_t head_dim, const int32_t* pos, float base, RopeMode mode) override {
+        checks::expect_cols(x, n_heads * head_dim, "rope input");
+        float* xo = f32(x);
+        DeviceScope scope(device_);
+        const auto* p = static_cast<const int32_t*>(stage(pos, size_t(x.rows) * sizeof(int32_t)));
+        cuda::rope(xo, x.rows, n_heads, head_dim, p, base, mode, stream_);
+    }
+    void add(const Tensor& x, const Tensor& y) override {
+        checks::same_shape(x, y, "add");
+        float* a = f32(x);
+        const float* b = f32(y);
+        DeviceScope scope(device_);
+        cuda::add(a, b, x.rows * x.cols, stream_);
+    }
+    void swiglu(const Tensor& gate, const Tensor& up, const Tensor& out) override {
+        checks::same_shape(gate, up, "swiglu");
+        checks::same_shape(gate, out, "swiglu");
+        float* g = f32(gate);
+        float* u = f32(up);
+        float* o = f32(out);
+        DeviceScope scope(device_);
+        cuda::swiglu(g, u, o, gate.rows * gate.cols, stream_);
+    }
+    void kv_store(const Tensor& src, int64_t n_head_kv, int64_t head_dim, const Tensor& cache, int64_t ctx, int64_t pos0) override {
+        here(cache);
+        checks::kv_store_args(src, n_head_kv, head_dim, cache, ctx, pos0);
+        float* s = f32(src);
+        DeviceScope scope(device_);
+        cuda::kv_store(s, src.rows, n_head_kv, head_dim, cache.data, cache.type, ctx, pos0, stream_);
+    }
+    void attention(const ops::AttentionShape& s, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
+                   const ops::PrefixKV* prefix, bool text) override {
+        here(k);
+        here(v);
+        checks::attention_args(s, q, k, v, out);
+        if (!prefix && !text) throw Error("attention: no keys to attend (no prefix and text == false)");
+        float* qo = f32(q);
+        float* oo = f32(out);
+        DeviceScope scope(device_);
+        ops::AttentionShape shape = s;
+        shape.kv_type = k.type;
+        const int64_t* visible = prefix ? static_cast<const int64_t*>(stage(prefix->visible, size_t(s.T) * sizeof(int64_t))) : nullptr;
+        cuda::attention(shape, qo, k.data, v.data, oo, prefix ? prefix->k : nullptr, prefix ? prefix->v : nullptr, visible,
+                        text, ws_, stream_);
+    }
+    void split_kv(const Tensor& kv, int64_t n_head_kv, int64_t head_dim, const Tensor& k, const Tensor& v) override {
+        checks::split_kv_args(kv, n_head_kv, head_dim, k, v);
+        float* src = f32(kv);
+        float* ko = f32(k);
+        float* vo = f32(v);
+        DeviceScope scope(device_);
+        cuda::split_kv(src, kv.rows, n_head_kv, head_dim, ko, vo, stream_);
+    }
+    void gate_mix(const Tensor& x, const Tensor& y, const Tensor& gate, const int64_t* mask) override {
+        checks::gate_mix_args(x, y, gate);
+        float* a = f32(x);
+        const float* b = f32(y);
+        const float* g = f32(gate);
+        DeviceScope scope(device_);
+        const int64_t* m = mask ? static_cast<const int64_t*>(stage(mask, size_t(x.rows) * sizeof(int64_t))) : nullptr;
+        cuda::gate_mix(a, b, g, gate.rows == 1, m, x.rows, x.cols, stream_);
+    }
+
+private:
+    // A weight matrix on the device: the model's resident copy, or (a matrix the model does not own, as the
+    // test harness passes) a temporary upload freed after the op has run.
+    struct WeightOnDevice {
+        WeightOnDevice(CudaBackend& be, const WeightView& w) : be_(be) {
+            if (const void* r = be.resident(w.data)) {
+                data = r;
+                return;
+            }
+            if (!w.data) throw Error("matmul: weight matrix has no data");
+            check(cudaMalloc(&temp_, aligned(weight_device_bytes(w.type, w.rows, w.cols))), "cudaMalloc (weight)");
+            upload_weight(w.type, w.data, w.rows, w.cols, temp_);
+            data = temp_;
+        }
+        ~WeightOnDevice() {
+            if (!temp_) return;
+            cudaStreamSynchronize(be_.stream_);
+            cudaFree(temp_);
+        }
+        const void* data = nullptr;
+
+    private:
+        CudaBackend& be_;
+        void* temp_ = nullptr;
+    };
+
+    const void* resident(const void* host) const {
+        if (!resident_) return nullptr;
+        auto it = resident_->where.find(host);
+        return it == resident_->where.end() ? nullptr : it->second;
+    }
+    const float* vec(const float* host, int64_t n) {
+        if (const void* r = resident(host)) return static_cast<const float*>(r);
+        return static_cast<const float*>(stage(host, size_t(n) * sizeof(float)));
+    }
+    const void* stage(const void* host, size_t bytes) {
+        if (!host) throw Error("cuda backend: a host array argument is null");
+        return staging_.put(host, bytes, stream_);
+    }
+    static void here(const Tensor& t) { checks::on(Device::CUDA, t); }
+    static float* f32(const Tensor& t) {
+        here(t);
+        return t.f32();
+    }
+
+    int device_;
+    std::string gpu_name_;
+    cudaStream_t stream_ = nullptr;
+    std::shared_ptr<Resident> resident_;
+    Staging staging_;
+    Workspace ws_;
+};
+
+}  // namespace
+
+int device_count() {
+    int n = 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess) {
+        cudaGetLastError();
+        return 0;
+    }
+    return n;
+}
+
+std::unique_ptr<Backend> make_backend(int device) { return std::make_unique<CudaBackend>(device); }
+
+CudaInfo info() {
+    CudaInfo out;
+    out.compiled = true;
+    out.architectures = OWL_CUDA_ARCHS;
+    cudaRuntimeGetVersion(&out.runtime_version);
+    if (cudaDriverGetVersion(&out.driver_version) != cudaSuccess) cudaGetLastError();
+    for (int i = 0, n = device_count(); i < n; ++i) {
+        cudaDeviceProp prop{};
+        if (cudaGetDeviceProperties(&prop, i) != cudaSuccess) {
+            cudaGetLastError();
+            continue;
+        }
+        GpuInfo d;
+        d.index = i;
+        d.name = prop.name;
+        d.cc_major = prop.major;
+        d.cc_minor = prop.minor;
+        d.multiprocessors = prop.multiProcessorCount;
+        d.total_bytes = prop.totalGlobalMem;
+        size_t free_b = 0, total_b = 0;
+        if (cudaSetDevice(i) == cudaSuccess && cudaMemGetInfo(&free_b, &total_b) == cudaSuccess) d.free_bytes = free_b;
+        cudaGetLastError();
+        out.devices.push_back(d);
+    }
+    return out;
+}
+
+}  // namespace cuda
+}  // namespace owl

@@ -1,0 +1,169 @@
+// The small ops of the CUDA backend. They move little data next to the matrix products, so they are written
+// plainly: one thread per element (or per row for reductions), grid-stride loops for any size.
+#include <cmath>
+
+#include "elementwise.cuh"
+#include "owl/error.h"
+
+namespace owl {
+namespace cuda {
+namespace {
+
+constexpr int kThreads = 256;
+
+unsigned grid_for(int64_t n) {
+    const int64_t b = (n + kThreads - 1) / kThreads;
+    return unsigned(b < 65535 * 16 ? (b < 1 ? 1 : b) : 65535 * 16);  // grid-stride loops cover the rest
+}
+
+__global__ void fill_kernel(float* x, int64_t n, float value) {
+    for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) x[i] = value;
+}
+
+__global__ void add_kernel(float* x, const float* y, int64_t n) {
+    for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) x[i] += y[i];
+}
+
+__global__ void swiglu_kernel(const float* gate, const float* up, float* out, int64_t n) {
+    for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+        const float g = gate[i];
+        out[i] = g / (1.0f + expf(-g)) * up[i];
+    }
+}
+
+// One block per row: the sum of squares in double (as the CPU kernel), reduced across the block.
+__global__ void rms_norm_kernel(const float* x, const float* w, int64_t n, float eps, float* y) {
+    const float* xr = x + blockIdx.x * n;
+    float* yr = y + blockIdx.x * n;
+    double ss = 0.0;
+    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) ss += double(xr[i]) * double(xr[i]);
+    for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+    __shared__ double part[kThreads / 32];
+    if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = ss;
+    __syncthreads();
+    double total = 0.0;
+    for (int i = 0; i < int(blockDim.x >> 5); ++i) total += part[i];
+    const float inv = float(1.0 / sqrt(total / double(n) + double(eps)));
+    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) yr[i] = xr[i] * inv * w[i];
+}
+
+// One thread per (token, rotation pair); the angle in double, then the same rotation for every head.
+__global__ void rope_kernel(float* x, int64_t T, int64_t n_heads, int64_t head_dim, const int32_t* pos, double base,
+                            bool neox) {
+    const int64_t half = head_dim / 2;
+    for (int64_t j = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; j < T * half; j += int64_t(gridDim.x) * blockDim.x) {
+        const int64_t t = j / half, i = j % half;
+        const double a = double(pos[t]) * pow(base, -2.0 * double(i) / double(head_dim));
+        double s, c;
+        sincos(a, &s, &c);
+        const float cf = float(c), sf = float(s);
+        const int64_t i0 = neox ? i : 2 * i, i1 = neox ? i + half : 2 * i + 1;
+        for (int64_t h = 0; h < n_heads; ++h) {
+            float* v = x + (t * n_heads + h) * head_dim;
+            const float p = v[i0], q = v[i1];
+            v[i0] = p * cf - q * sf;
+            v[i1] = p * sf + q * cf;
+        }
+    }
+}
+
+template <typename Out>
+__device__ __forceinline__ Out from_float(float f);
+template <>
+__device__ __forceinline__ float from_float<float>(float f) { return f; }
+template <>
+__device__ __forceinline__ __half from_float<__half>(float f) { return __float2half_rn(f); }  // RNE, inf on overflow
+
+template <typename Out>
+__global__ void kv_store_kernel(const float* src, int64_t T, int64_t n_head_kv, int64_t head_dim, Out* cache,
+                                int64_t ctx, int64_t pos0) {
+    const int64_t n = T * n_head_kv * head_dim;
+    for (int64_t j = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; j < n; j += int64_t(gridDim.x) * blockDim.x) {
+        const int64_t d = j % head_dim, h = (j / head_dim) % n_head_kv, t = j / (head_dim * n_head_kv);
+        cache[(h * ctx + pos0 + t) * head_dim + d] = from_float<Out>(src[j]);
+    }
+}
+
+__global__ void split_kv_kernel(const float* kv, int64_t n, int64_t head_dim, float* k, float* v) {
+    // n = T * n_head_kv * head_dim outputs per side; row r of (T * n_head_kv) holds K then V.
+    for (int64_t j = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; j < n; j += int64_t(gridDim.x) * blockDim.x) {
+        const int64_t r = j / head_dim, d = j % head_dim;
+        k[j] = kv[r * 2 * head_dim + d];
+        v[j] = kv[r * 2 * head_dim + head_dim + d];
+    }
+}
+
+__global__ void gate_mix_kernel(float* x, const float* y, const float* gate, bool broadcast, const int64_t* mask,
+                                int64_t T, int64_t C) {
+    for (int64_t j = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; j < T * C; j += int64_t(gridDim.x) * blockDim.x) {
+        const int64_t t = j / C, c = j % C;
+        if (mask && mask[t] == 0) continue;
+        const float s = 1.0f / (1.0f + expf(-(broadcast ? gate[c] : gate[j])));
+        x[j] = x[j] * (1.0f - s) + y[j] * s;
+    }
+}
+
+}  // namespace
+
+void fill(float* x, int64_t n, float value, cudaStream_t stream) {
+    if (n <= 0) return;
+    fill_kernel<<<grid_for(n), kThreads, 0, stream>>>(x, n, value);
+    OWL_CUDA_LAUNCHED("fill");
+}
+
+void add(float* x, const float* y, int64_t n, cudaStream_t stream) {
+    if (n <= 0) return;
+    add_kernel<<<grid_for(n), kThreads, 0, stream>>>(x, y, n);
+    OWL_CUDA_LAUNCHED("add");
+}
+
+void swiglu(const float* gate, const float* up, float* out, int64_t n, cudaStream_t stream) {
+    if (n <= 0) return;
+    swiglu_kernel<<<grid_for(n), kThreads, 0, stream>>>(gate, up, out, n);
+    OWL_CUDA_LAUNCHED("swiglu");
+}
+
+void rms_norm(const float* x, const float* w, int64_t T, int64_t n, float eps, float* y, cudaStream_t stream) {
+    if (T <= 0) return;
+    if (T > 0x7fffffff) throw Error("rms_norm: too many rows");
+    rms_norm_kernel<<<unsigned(T), kThreads, 0, stream>>>(x, w, n, eps, y);
+    OWL_CUDA_LAUNCHED("rms_norm");
+}
+
+void rope(float* x, int64_t T, int64_t n_heads, int64_t head_dim, const int32_t* pos, float base, RopeMode mode,
+          cudaStream_t stream) {
+    if (T <= 0 || head_dim < 2) return;
+    rope_kernel<<<grid_for(T * (head_dim / 2)), kThreads, 0, stream>>>(x, T, n_heads, head_dim, pos, double(base),
+                                                                      mode == RopeMode::Neox);
+    OWL_CUDA_LAUNCHED("rope");
+}
+
+void kv_store(const float* src, int64_t T, int64_t n_head_kv, int64_t head_dim, void* cache, DType type, int64_t ctx,
+              int64_t pos0, cudaStream_t stream) {
+    const int64_t n = T * n_head_kv * head_dim;
+    if (n <= 0) return;
+    if (type == DType::F32)
+        kv_store_kernel<<<grid_for(n), kThreads, 0, stream>>>(src, T, n_head_kv, head_dim, static_cast<float*>(cache), ctx, pos0);
+    else if (type == DType::F16)
+        kv_store_kernel<<<grid_for(n), kThreads, 0, stream>>>(src, T, n_head_kv, head_dim, static_cast<__half*>(cache), ctx, pos0);
+    else
+        throw Error(std::string("kv_store: a KV cache of ") + dtype_name(type) + " is not supported");
+    OWL_CUDA_LAUNCHED("kv_store");
+}
+
+void split_kv(const float* kv, int64_t T, int64_t n_head_kv, int64_t head_dim, float* k, float* v, cudaStream_t stream) {
+    const int64_t n = T * n_head_kv * head_dim;
+    if (n <= 0) return;
+    split_kv_kernel<<<grid_for(n), kThreads, 0, stream>>>(kv, n, head_dim, k, v);
+    OWL_CUDA_LAUNCHED("split_kv");
+}
+
+void gate_mix(float* x, const float* y, const float* gate, bool broadcast, const int64_t* mask, int64_t T, int64_t C,
+              cudaStream_t stream) {
+    if (T * C <= 0) return;
+    gate_mix_kernel<<<grid_for(T * C), kThreads, 0, stream>>>(x, y, gate, broadcast, mask, T, C);
+    OWL_CUDA_LAUNCHED("gate_mix");
+}
+
+}  // namespace cuda
+}  // namespace owl

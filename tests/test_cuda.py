@@ -1,0 +1,118 @@
+"""The CUDA backend end to end: the same GGUF on the CPU and on the GPU gives the same logits, prompt and decode,
+for every weight type, both KV cache types and Owl3's image paths. The op-level checks are in
+test_backend_equivalence.py (it covers every backend available here). Without a GPU only the build report and
+the errors for an unavailable device run; on the GPU machine: `python -m pytest -q tests/test_cuda.py
+tests/test_backend_equivalence.py`."""
+import numpy as np
+import pytest
+
+import owl_cpp
+from owl_cpp import _core
+
+HAS_GPU = "cuda" in _core.available_backends()
+gpu = pytest.mark.skipif(not HAS_GPU, reason="no CUDA GPU visible")
+
+
+def rel(a, b):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    assert np.isfinite(a).all(), "non-finite logits"
+    return float(np.abs(a - b).max() / np.abs(b).max())
+
+
+def test_system_info_reports_the_cuda_build():
+    info = owl_cpp.system_info()
+    cuda = info["cuda"]
+    assert isinstance(cuda["compiled"], bool)
+    if cuda["compiled"]:
+        assert cuda["architectures"] and cuda["runtime_version"] > 0
+    assert ("cuda" in info["backends"]) == bool(cuda["devices"])
+    for d in cuda["devices"]:
+        assert d["name"] and d["total_bytes"] > 0 and d["compute_capability"]
+
+
+@pytest.mark.skipif(HAS_GPU, reason="checks the message without a GPU")
+def test_cuda_without_a_gpu_is_a_clear_error(tiny_gguf):
+    with pytest.raises(ValueError, match="CUDA"):
+        owl_cpp.load(tiny_gguf("qwen2"), device="cuda")
+    with pytest.raises((_core.OwlError, ValueError), match="cuda"):
+        _core.Context(_core.Model.load(str(tiny_gguf("qwen2"))), 64, 1, backend="cuda")
+
+
+def test_unknown_devices_are_refused(tiny_gguf):
+    for bad in ("gpu", "cuda:", "cuda:1x", "CUDA"):
+        with pytest.raises(ValueError, match="device must be"):
+            owl_cpp.load(tiny_gguf("qwen2"), device=bad)
+
+
+def teacher_forced(model, backend, ids, steps, kv_type, n_batch=256, images=()):
+    """Logits of every prompt position, then of `steps` decode steps fed the tokens in ids[len(prompt):]."""
+    c = _core.Context(model, 256, 2, n_batch, kv_type=kv_type, backend=backend)
+    for emb, start in images:
+        c.add_image(emb, start)
+    prompt, rest = ids[: len(ids) - steps], ids[len(ids) - steps:]
+    out = [c.eval(prompt, all_logits=True)]
+    for t in rest:
+        out.append(c.eval([t])[None])
+    return np.concatenate(out)
+
+
+# Same activation rounding on both (int8 blocks for Q8_0 / Q4_0), different summation order: the logits agree to
+# float rounding, amplified a little through the layers; a wrong kernel is off by O(1).
+TOL = {"f32": 1e-4, "f16": 1e-4, "q8_0": 2e-3, "q4_0": 2e-3}
+
+
+@gpu
+@pytest.mark.parametrize("arch", ["qwen2", "llama"])
+@pytest.mark.parametrize("quant", ["f32", "f16", "q8_0", "q4_0"])
+@pytest.mark.parametrize("kv_type", ["f32", "f16"])
+def test_text_model_logits_match_the_cpu(tiny_gguf, arch, quant, kv_type):
+    model = _core.Model.load(str(tiny_gguf(arch, quant)))
+    rng = np.random.default_rng(5)
+    ids = rng.integers(0, model.hparams["n_vocab"], 40).tolist()
+    cpu = teacher_forced(model, "cpu", ids, 12, kv_type)
+    for n_batch in (256, 7):  # one prompt piece (GEMM path) and small pieces (matrix-vector path)
+        got = teacher_forced(model, "cuda", ids, 12, kv_type, n_batch=n_batch)
+        errs = [rel(got[i], cpu[i]) for i in range(len(ids))]
+        assert max(errs) < TOL[quant], f"n_batch {n_batch}: worst position {int(np.argmax(errs))}: {max(errs):.2e}"
+        assert (got.argmax(-1) == cpu.argmax(-1)).mean() > 0.95
+
+
+@gpu
+@pytest.mark.parametrize("variant", ["1b", "7b-240728", "7b-241101"])
+def test_owl3_with_images_matches_the_cpu(tiny_owl3_model, variant):
+    _, model_dir = tiny_owl3_model(variant)
+    model = _core.Model.load(str(model_dir / "decoder.gguf"))
+    H = model.hparams["n_embd"]
+    rng = np.random.default_rng(9)
+    images = [(rng.standard_normal((10, H)).astype(np.float32), 3), (rng.standard_normal((10, H)).astype(np.float32), 20)]
+    ids = rng.integers(0, model.hparams["n_vocab"], 48).tolist()
+    cpu = teacher_forced(model, "cpu", ids, 10, "f32", images=images)
+    got = teacher_forced(model, "cuda", ids, 10, "f32", images=images)
+    assert rel(got, cpu) < 1e-4
+
+
+@gpu
+def test_contexts_share_the_model_weights_on_the_gpu(tiny_gguf):
+    model = _core.Model.load(str(tiny_gguf("qwen2", "q8_0")))
+    ids = list(range(1, 30))
+    a = _core.Context(model, 128, 1, backend="cuda")
+    b = _core.Context(model, 128, 1, backend="cuda")
+    np.testing.assert_array_equal(a.eval(ids), b.eval(ids))
+    assert a.backend.startswith("cuda:0")
+
+
+@gpu
+def test_out_of_gpu_memory_is_an_error_naming_the_size(tiny_gguf):
+    model = _core.Model.load(str(tiny_gguf("qwen2")))
+    with pytest.raises(_core.OwlError, match="GPU memory"):
+        _core.Context(model, 2 ** 31, 1, backend="cuda")  # a KV cache of terabytes
+
+
+@gpu
+def test_load_on_cuda_generates_what_the_cpu_generates(tiny_gguf):
+    path = tiny_gguf("qwen2", "q8_0")
+    cpu = owl_cpp.load(path, n_ctx=128, threads=2)
+    dev = owl_cpp.load(path, n_ctx=128, device="cuda")
+    prompt = list(range(3, 15))
+    want = cpu.generate(prompt, max_tokens=16)
+    assert dev.generate(prompt, max_tokens=16) == want
