@@ -56,14 +56,16 @@ def teacher_forced(model, backend, ids, steps, kv_type, n_batch=256, images=()):
     return np.concatenate(out)
 
 
-# Same activation rounding on both (int8 blocks for Q8_0 / Q4_0), different summation order: the logits agree to
-# float rounding, amplified a little through the layers; a wrong kernel is off by O(1).
-TOL = {"f32": 1e-4, "f16": 1e-4, "q8_0": 2e-3, "q4_0": 2e-3}
+# Float weights: the same sums in another order, so the logits agree to float rounding (amplified a little through
+# the layers). Q8_0 / Q4_0 round activations to int8 on both, and an activation a rounding step away from a .5
+# boundary can land on the other integer: most positions agree as closely, a few by up to a few percent. A wrong
+# kernel is off by O(1) everywhere.
+TOL = {"f32": (1e-4, 1e-4), "f16": (1e-4, 1e-4), "bf16": (1e-4, 1e-4), "q8_0": (2e-3, 5e-2), "q4_0": (2e-3, 5e-2)}  # (median, worst)
 
 
 @gpu
 @pytest.mark.parametrize("arch", ["qwen2", "llama"])
-@pytest.mark.parametrize("quant", ["f32", "f16", "q8_0", "q4_0"])
+@pytest.mark.parametrize("quant", ["f32", "f16", "bf16", "q8_0", "q4_0"])
 @pytest.mark.parametrize("kv_type", ["f32", "f16"])
 def test_text_model_logits_match_the_cpu(tiny_gguf, arch, quant, kv_type):
     model = _core.Model.load(str(tiny_gguf(arch, quant)))
@@ -73,7 +75,9 @@ def test_text_model_logits_match_the_cpu(tiny_gguf, arch, quant, kv_type):
     for n_batch in (256, 7):  # one prompt piece (GEMM path) and small pieces (matrix-vector path)
         got = teacher_forced(model, "cuda", ids, 12, kv_type, n_batch=n_batch)
         errs = [rel(got[i], cpu[i]) for i in range(len(ids))]
-        assert max(errs) < TOL[quant], f"n_batch {n_batch}: worst position {int(np.argmax(errs))}: {max(errs):.2e}"
+        median, worst = TOL[quant]
+        assert np.median(errs) < median and max(errs) < worst, \
+            f"n_batch {n_batch}: median {np.median(errs):.2e}, worst {max(errs):.2e} at position {int(np.argmax(errs))}"
         assert (got.argmax(-1) == cpu.argmax(-1)).mean() > 0.95
 
 
@@ -116,3 +120,13 @@ def test_load_on_cuda_generates_what_the_cpu_generates(tiny_gguf):
     prompt = list(range(3, 15))
     want = cpu.generate(prompt, max_tokens=16)
     assert dev.generate(prompt, max_tokens=16) == want
+
+
+@gpu
+def test_decode_graphs_give_the_logits_of_single_launches(tiny_gguf, monkeypatch):
+    # 60 prompt tokens + 20 steps: the attention's split count changes on the way (the graph is re-instantiated).
+    model = _core.Model.load(str(tiny_gguf("qwen2", "q4_0")))
+    ids = np.random.default_rng(2).integers(0, model.hparams["n_vocab"], 80).tolist()
+    graphs = teacher_forced(model, "cuda", ids, 20, "f16")
+    monkeypatch.setenv("OWL_CUDA_GRAPHS", "0")
+    np.testing.assert_array_equal(teacher_forced(model, "cuda", ids, 20, "f16"), graphs)

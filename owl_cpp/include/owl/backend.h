@@ -60,6 +60,12 @@ public:
     virtual void attach(const Model& m) { (void)m; }
     // Waits for queued work (a device backend runs ops asynchronously; download() already waits).
     virtual void synchronize() {}
+    // Graphs: the ops issued between begin_graph() and end_graph() are recorded and then run as one graph (a
+    // decode step's hundreds of small kernels without a launch each). begin_graph() returns false when the
+    // backend does not record (the ops then run as they come); abort_graph() drops a recording after an error.
+    virtual bool begin_graph() { return false; }
+    virtual void end_graph() {}
+    virtual void abort_graph() {}
 
     // A [rows][cols] buffer of `type` (F32 or F16). Sizes are checked for overflow.
     virtual std::unique_ptr<DeviceBuffer> alloc(DType type, int64_t rows, int64_t cols) = 0;

@@ -1,6 +1,7 @@
 // The CUDA backend: tensors in device memory, every op a kernel on one stream per context (so contexts on one
 // GPU run independently), weights resident once per model and device. Host arrays the ops take (positions, ids,
 // masks, small vectors the model does not own) travel through a pinned staging ring.
+#include <cstdlib>
 #include <cstring>
 #include <string>
 #include <unordered_map>
@@ -23,6 +24,11 @@ namespace {
 std::string mib(size_t bytes) { return std::to_string((bytes + (1 << 20) - 1) >> 20) + " MiB"; }
 
 size_t aligned(size_t n) { return (n + 255) / 256 * 256; }
+
+bool graphs_enabled() {  // OWL_CUDA_GRAPHS=0 launches every kernel on its own (A/B timing, debugging)
+    const char* env = std::getenv("OWL_CUDA_GRAPHS");
+    return !(env && std::string(env) == "0");
+}
 
 class DeviceScope {  // the calling thread works on `device` for the scope (contexts may move between threads)
 public:
@@ -83,6 +89,8 @@ std::shared_ptr<Resident> make_resident(const Model& m, int device) {
             r->where[it.v->data()] = dst;
         }
     }
+    // Pageable copies may return before their DMA lands, and contexts' streams do not wait for the legacy one.
+    check(cudaDeviceSynchronize(), "cudaDeviceSynchronize (weights)");
     return r;
 }
 
@@ -135,6 +143,18 @@ public:
         return d;
     }
     void synchronized() { used_ = 0; }  // the stream is idle: every region is free again
+    // Room for `bytes` more without a synchronisation (which a graph capture forbids); syncs now if needed.
+    void reserve(size_t bytes, cudaStream_t s) {
+        if (used_ + bytes <= cap_) return;
+        check(cudaStreamSynchronize(s), "cudaStreamSynchronize (staging)");
+        used_ = 0;
+        if (bytes > cap_) {
+            release();
+            cap_ = bytes;
+            check(cudaMallocHost(&host_, cap_), "cudaMallocHost (staging)");
+            check(cudaMalloc(&dev_, cap_), "cudaMalloc (staging)");
+        }
+    }
 
 private:
     void release() {
@@ -159,6 +179,8 @@ public:
     }
     ~CudaBackend() override {
         cudaSetDevice(device_);
+        abort_graph();
+        if (exec_) cudaGraphExecDestroy(exec_);
         cudaStreamSynchronize(stream_);
         cudaStreamDestroy(stream_);
     }
@@ -175,6 +197,46 @@ public:
     void synchronize() override {
         check(cudaStreamSynchronize(stream_), "cudaStreamSynchronize");
         staging_.synchronized();
+    }
+
+    // A decode step is recorded and replayed as one graph. Each step is recorded again (positions, cache length
+    // and split counts change) and patched into the executable graph, which is cheap next to launching every
+    // kernel; a change of shape re-instantiates it. Anything that cannot be recorded (a buffer to grow) throws,
+    // and the caller runs that step without a graph.
+    bool begin_graph() override {
+        if (!graphs_) return false;
+        DeviceScope scope(device_);
+        ws_.reserve(size_t(8) << 20);
+        staging_.reserve(size_t(1) << 20, stream_);
+        check(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal), "cudaStreamBeginCapture");
+        capturing_ = true;
+        return true;
+    }
+    void end_graph() override {
+        DeviceScope scope(device_);
+        capturing_ = false;
+        cudaGraph_t graph = nullptr;
+        check(cudaStreamEndCapture(stream_, &graph), "cudaStreamEndCapture");
+        if (exec_) {
+            cudaGraphExecUpdateResultInfo info{};
+            if (cudaGraphExecUpdate(exec_, graph, &info) != cudaSuccess) {
+                cudaGetLastError();
+                cudaGraphExecDestroy(exec_);
+                exec_ = nullptr;
+            }
+        }
+        cudaError_t e = exec_ ? cudaSuccess : cudaGraphInstantiate(&exec_, graph, 0);
+        cudaGraphDestroy(graph);
+        check(e, "cudaGraphInstantiate");
+        check(cudaGraphLaunch(exec_, stream_), "cudaGraphLaunch");
+    }
+    void abort_graph() override {
+        if (!capturing_) return;
+        capturing_ = false;
+        cudaGraph_t graph = nullptr;
+        cudaStreamEndCapture(stream_, &graph);
+        if (graph) cudaGraphDestroy(graph);
+        cudaGetLastError();
     }
 
     std::unique_ptr<DeviceBuffer> alloc(DType type, int64_t rows, int64_t cols) override {
@@ -344,6 +406,9 @@ private:
     int device_;
     std::string gpu_name_;
     cudaStream_t stream_ = nullptr;
+    bool graphs_ = graphs_enabled();
+    bool capturing_ = false;
+    cudaGraphExec_t exec_ = nullptr;
     std::shared_ptr<Resident> resident_;
     Staging staging_;
     Workspace ws_;

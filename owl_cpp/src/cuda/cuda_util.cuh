@@ -25,6 +25,7 @@ public:
     Workspace& operator=(const Workspace&) = delete;
     ~Workspace();
     void* get(size_t bytes);
+    void reserve(size_t bytes) { get(bytes); }  // before a graph capture, where get() may not reallocate
 
 private:
     void* p_ = nullptr;

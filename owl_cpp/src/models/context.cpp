@@ -141,29 +141,42 @@ void Context::forward(const Batch& b, int64_t offset, int64_t T, bool all_logits
     p.shape.ctx_stride = n_ctx_;
     p.shape.scale = 1.0f / std::sqrt(float(hp.head_dim));
 
-    if (b.ids) be.get_rows(m.token_embd(), b.ids + offset, p.x);
-    else be.upload(b.embeds + offset * hp.n_embd, p.x);
     const Architecture& arch = m.architecture();
     // The last layer only needs the rows whose logits are wanted: none for a middle piece, the last row unless
-    // all logits are asked for.
+    // all logits are asked for. Only those go through the final norm and the (large) output matrix.
     const int64_t keep_last = !logits_out ? T : (all_logits ? 0 : T - 1);
-    for (int64_t il = 0; il < hp.n_layer; ++il) blocks::decoder_layer(p, arch, il, il == hp.n_layer - 1 ? keep_last : 0);
-    n_past_ += T;
-    if (!logits_out) return;
-
-    // Only the rows whose logits are wanted go through the final norm and the (large) output matrix.
     const int64_t first = all_logits ? 0 : T - 1, rows = T - first;
     const Tensor h = p.h.slice(first, rows);
-    be.rms_norm(p.x.slice(first, rows), m.output_norm().data(), hp.rms_eps, h);
-    be.download(h, hidden_out);
-    if (be.device() == Device::CPU) {  // straight into the caller's array
-        be.matmul(m.output(), h, nullptr, Tensor{logits_out, DType::F32, Device::CPU, rows, hp.n_vocab});
-        return;
+    const bool on_host = be.device() == Device::CPU;
+    if (logits_out && !on_host && (!c.out || c.out->tensor().rows < rows)) c.out = be.alloc(DType::F32, rows, hp.n_vocab);
+    auto run = [&] {
+        if (b.ids) be.get_rows(m.token_embd(), b.ids + offset, p.x);
+        else be.upload(b.embeds + offset * hp.n_embd, p.x);
+        for (int64_t il = 0; il < hp.n_layer; ++il) blocks::decoder_layer(p, arch, il, il == hp.n_layer - 1 ? keep_last : 0);
+        if (!logits_out) return;
+        be.rms_norm(p.x.slice(first, rows), m.output_norm().data(), hp.rms_eps, h);
+        if (!on_host) be.matmul(m.output(), h, nullptr, c.out->tensor().slice(0, rows));
+    };
+    // A device backend runs a decode step (one token) as one recorded graph; a step that cannot be recorded
+    // (a scratch buffer had to grow, say) runs op by op, which also surfaces any real error.
+    if (T == 1 && b.ids && logits_out && !on_host && be.begin_graph()) {
+        try {
+            run();
+            be.end_graph();
+        } catch (const std::exception&) {
+            be.abort_graph();
+            run();
+        }
+    } else {
+        run();
     }
-    if (!c.out || c.out->tensor().rows < rows) c.out = be.alloc(DType::F32, rows, hp.n_vocab);
-    const Tensor out = c.out->tensor().slice(0, rows);
-    be.matmul(m.output(), h, nullptr, out);
-    be.download(out, logits_out);
+    n_past_ += T;
+    if (!logits_out) return;
+    be.download(h, hidden_out);
+    if (on_host)  // straight into the caller's array
+        be.matmul(m.output(), h, nullptr, Tensor{logits_out, DType::F32, Device::CPU, rows, hp.n_vocab});
+    else
+        be.download(c.out->tensor().slice(0, rows), logits_out);
 }
 
 }  // namespace owl
