@@ -140,7 +140,15 @@ public:
             check(cudaMemcpyAsync(d, h, bytes, cudaMemcpyHostToDevice, s), "cudaMemcpyAsync (staging)");
         }
         used_ += need;
+        last_host_ = h;
+        last_dev_ = d;
+        last_bytes_ = bytes;
         return d;
+    }
+    // The same array as the previous put (a layer's positions go to rope twice): its device copy, not a new one.
+    const void* repeat(const void* src, size_t bytes) const {
+        if (!last_dev_ || bytes != last_bytes_ || std::memcmp(src, last_host_, bytes) != 0) return nullptr;
+        return last_dev_;
     }
     void synchronized() { used_ = 0; }  // the stream is idle: every region is free again
     // Room for `bytes` more without a synchronisation (which a graph capture forbids); syncs now if needed.
@@ -162,10 +170,14 @@ private:
         if (dev_) cudaFree(dev_);
         host_ = dev_ = nullptr;
         cap_ = used_ = 0;
+        last_host_ = last_dev_ = nullptr;
     }
     void* host_ = nullptr;
     void* dev_ = nullptr;
     size_t cap_ = 0, used_ = 0;
+    const void* last_host_ = nullptr;
+    const void* last_dev_ = nullptr;
+    size_t last_bytes_ = 0;
 };
 
 class CudaBackend : public Backend {
@@ -395,6 +407,7 @@ private:
     }
     const void* stage(const void* host, size_t bytes) {
         if (!host) throw Error("cuda backend: a host array argument is null");
+        if (const void* d = staging_.repeat(host, bytes)) return d;
         return staging_.put(host, bytes, stream_);
     }
     static void here(const Tensor& t) { checks::on(Device::CUDA, t); }
