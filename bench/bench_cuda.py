@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -136,10 +137,13 @@ def main() -> None:
     ap.add_argument("--gen", type=int, default=64)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--no-torch", action="store_true", help="skip the PyTorch bf16 reference")
+    ap.add_argument("--no-graphs", action="store_true", help="launch every kernel on its own (OWL_CUDA_GRAPHS=0)")
     ap.add_argument("--workdir", default=str(HERE / "models"))
     ap.add_argument("--out", default=str(HERE / "results" / "cuda.json"))
     a = ap.parse_args()
 
+    if a.no_graphs:
+        os.environ["OWL_CUDA_GRAPHS"] = "0"
     from owl_cpp import _core
     info = _core.system_info()["cuda"]
     if "cuda" not in _core.available_backends():

@@ -229,15 +229,22 @@ public:
         capturing_ = false;
         cudaGraph_t graph = nullptr;
         check(cudaStreamEndCapture(stream_, &graph), "cudaStreamEndCapture");
-        if (exec_) {
+        size_t nodes = 0;
+        cudaGraphGetNodes(graph, nullptr, &nodes);
+        bool updated = false;
+        if (exec_ && nodes == exec_nodes_) {  // same shape: patch the parameters in place
             cudaGraphExecUpdateResultInfo info{};
-            if (cudaGraphExecUpdate(exec_, graph, &info) != cudaSuccess) {
-                cudaGetLastError();
-                cudaGraphExecDestroy(exec_);
-                exec_ = nullptr;
-            }
+            updated = cudaGraphExecUpdate(exec_, graph, &info) == cudaSuccess;
+            if (!updated) cudaGetLastError();
         }
-        cudaError_t e = exec_ ? cudaSuccess : cudaGraphInstantiate(&exec_, graph, 0);
+        cudaError_t e = cudaSuccess;
+        if (!updated) {  // new or changed shape (a split attention's merge appearing, say): instantiate again
+            if (exec_) cudaGraphExecDestroy(exec_);
+            exec_ = nullptr;
+            exec_nodes_ = nodes;
+            e = cudaGraphInstantiate(&exec_, graph, 0);
+            if (e != cudaSuccess) exec_ = nullptr;
+        }
         cudaGraphDestroy(graph);
         check(e, "cudaGraphInstantiate");
         check(cudaGraphLaunch(exec_, stream_), "cudaGraphLaunch");
@@ -422,6 +429,7 @@ private:
     bool graphs_ = graphs_enabled();
     bool capturing_ = false;
     cudaGraphExec_t exec_ = nullptr;
+    size_t exec_nodes_ = 0;
     std::shared_ptr<Resident> resident_;
     Staging staging_;
     Workspace ws_;
