@@ -1,9 +1,11 @@
 // The CUDA backend: tensors in device memory, every op a kernel on one stream per context (so contexts on one
 // GPU run independently), weights resident once per model and device. Host arrays the ops take (positions, ids,
 // masks, small vectors the model does not own) travel through a pinned staging ring.
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <map>
 #include <unordered_map>
 
 #include "../backend_checks.h"
@@ -183,7 +185,7 @@ private:
 class CudaBackend : public Backend {
 public:
     explicit CudaBackend(int device) : device_(device) {
-        DeviceScope scope(device_);
+        OpScope scope(*this);
         cudaDeviceProp prop{};
         check(cudaGetDeviceProperties(&prop, device_), "cudaGetDeviceProperties");
         gpu_name_ = prop.name;
@@ -202,7 +204,7 @@ public:
     int n_threads() const override { return 1; }
 
     void attach(const Model& m) override {
-        DeviceScope scope(device_);
+        OpScope scope(*this);
         resident_ = std::static_pointer_cast<Resident>(
             m.backend_state("cuda:" + std::to_string(device_), [&] { return std::shared_ptr<void>(make_resident(m, device_)); }));
     }
@@ -217,7 +219,7 @@ public:
     // and the caller runs that step without a graph.
     bool begin_graph() override {
         if (!graphs_) return false;
-        DeviceScope scope(device_);
+        OpScope scope(*this);
         ws_.reserve(size_t(8) << 20);
         staging_.reserve(size_t(1) << 20, stream_);
         check(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal), "cudaStreamBeginCapture");
@@ -225,7 +227,7 @@ public:
         return true;
     }
     void end_graph() override {
-        DeviceScope scope(device_);
+        OpScope scope(*this);
         capturing_ = false;
         cudaGraph_t graph = nullptr;
         check(cudaStreamEndCapture(stream_, &graph), "cudaStreamEndCapture");
@@ -259,24 +261,24 @@ public:
     }
 
     std::unique_ptr<DeviceBuffer> alloc(DType type, int64_t rows, int64_t cols) override {
-        DeviceScope scope(device_);
+        OpScope scope(*this);
         return std::make_unique<CudaBuffer>(type, rows, cols, device_);
     }
     void upload(const void* host, const Tensor& dst) override {
         here(dst);
         if (!dst.bytes()) return;
-        DeviceScope scope(device_);
+        OpScope scope(*this);
         // From pageable memory the call returns once `host` has been read, so the caller may reuse it.
         check(cudaMemcpyAsync(dst.data, host, dst.bytes(), cudaMemcpyHostToDevice, stream_), "upload");
     }
     void download(const Tensor& src, void* host) override {
         here(src);
-        DeviceScope scope(device_);
+        OpScope scope(*this);
         if (src.bytes()) check(cudaMemcpyAsync(host, src.data, src.bytes(), cudaMemcpyDeviceToHost, stream_), "download");
         synchronize();
     }
     void fill(const Tensor& dst, float value) override {
-        DeviceScope scope(device_);
+        OpScope scope(*this);
         cuda::fill(f32(dst), dst.rows * dst.cols, value, stream_);
     }
     void copy(const Tensor& src, const Tensor& dst) override {
@@ -284,14 +286,14 @@ public:
         here(dst);
         if (src.type != dst.type) throw Error("copy: tensor types differ");
         checks::same_shape(src, dst, "copy");
-        DeviceScope scope(device_);
+        OpScope scope(*this);
         if (src.bytes()) check(cudaMemcpyAsync(dst.data, src.data, src.bytes(), cudaMemcpyDeviceToDevice, stream_), "copy");
     }
 
     void get_rows(const WeightView& w, const int32_t* ids, const Tensor& out) override {
         checks::expect_cols(out, w.cols, "get_rows output");
         float* o = f32(out);
-        DeviceScope scope(device_);
+        OpScope scope(*this);
         const auto* dev_ids = static_cast<const int32_t*>(stage(ids, size_t(out.rows) * sizeof(int32_t)));
         WeightOnDevice table(*this, w);
         cuda::get_rows(w.type, table.data, w.cols, dev_ids, out.rows, o, stream_);
@@ -302,30 +304,36 @@ public:
         checks::same_rows(x, y, "matmul");
         float* xo = f32(x);
         float* yo = f32(y);
-        DeviceScope scope(device_);
+        // The op right before was a quantized matmul of this very input (Q then K then V): reuse its rounding.
+        const bool quant = w.type == DType::Q4_0 || w.type == DType::Q8_0;
+        const bool reuse = quant && ops_ == quantized_.op && quantized_.x == xo && quantized_.rows == x.rows &&
+                           quantized_.cols == x.cols;
+        OpScope scope(*this);
         const float* b = bias ? vec(bias, w.rows) : nullptr;
         WeightOnDevice wd(*this, w);
-        cuda::matmul(w.type, wd.data, w.rows, w.cols, xo, x.rows, b, yo, ws_, stream_);
+        cuda::matmul(w.type, wd.data, w.rows, w.cols, xo, x.rows, b, yo, ws_, reuse, stream_);
+        const bool overwrote = yo < xo + x.rows * x.cols && xo < yo + y.rows * y.cols;
+        quantized_ = quant && !overwrote && !wd.temporary() ? Quantized{ops_, xo, x.rows, x.cols} : Quantized{};
     }
     void rms_norm(const Tensor& x, const float* w, float eps, const Tensor& y) override {
         checks::same_shape(x, y, "rms_norm");
         float* xo = f32(x);
         float* yo = f32(y);
-        DeviceScope scope(device_);
+        OpScope scope(*this);
         cuda::rms_norm(xo, vec(w, x.cols), x.rows, x.cols, eps, yo, stream_);
     }
     void rope(const Tensor& x, int64_t n_heads, int64_t head_dim, const int32_t* pos, float base, RopeMode mode) override {
         checks::expect_cols(x, n_heads * head_dim, "rope input");
         float* xo = f32(x);
-        DeviceScope scope(device_);
+        OpScope scope(*this);
         const auto* p = static_cast<const int32_t*>(stage(pos, size_t(x.rows) * sizeof(int32_t)));
-        cuda::rope(xo, x.rows, n_heads, head_dim, p, base, mode, stream_);
+        cuda::rope(xo, x.rows, n_heads, head_dim, p, inv_freq(head_dim, base), mode, stream_);
     }
     void add(const Tensor& x, const Tensor& y) override {
         checks::same_shape(x, y, "add");
         float* a = f32(x);
         const float* b = f32(y);
-        DeviceScope scope(device_);
+        OpScope scope(*this);
         cuda::add(a, b, x.rows * x.cols, stream_);
     }
     void swiglu(const Tensor& gate, const Tensor& up, const Tensor& out) override {
@@ -334,14 +342,14 @@ public:
         float* g = f32(gate);
         float* u = f32(up);
         float* o = f32(out);
-        DeviceScope scope(device_);
+        OpScope scope(*this);
         cuda::swiglu(g, u, o, gate.rows * gate.cols, stream_);
     }
     void kv_store(const Tensor& src, int64_t n_head_kv, int64_t head_dim, const Tensor& cache, int64_t ctx, int64_t pos0) override {
         here(cache);
         checks::kv_store_args(src, n_head_kv, head_dim, cache, ctx, pos0);
         float* s = f32(src);
-        DeviceScope scope(device_);
+        OpScope scope(*this);
         cuda::kv_store(s, src.rows, n_head_kv, head_dim, cache.data, cache.type, ctx, pos0, stream_);
     }
     void attention(const ops::AttentionShape& s, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
@@ -352,7 +360,7 @@ public:
         if (!prefix && !text) throw Error("attention: no keys to attend (no prefix and text == false)");
         float* qo = f32(q);
         float* oo = f32(out);
-        DeviceScope scope(device_);
+        OpScope scope(*this);
         ops::AttentionShape shape = s;
         shape.kv_type = k.type;
         const int64_t* visible = prefix ? static_cast<const int64_t*>(stage(prefix->visible, size_t(s.T) * sizeof(int64_t))) : nullptr;
@@ -364,7 +372,7 @@ public:
         float* src = f32(kv);
         float* ko = f32(k);
         float* vo = f32(v);
-        DeviceScope scope(device_);
+        OpScope scope(*this);
         cuda::split_kv(src, kv.rows, n_head_kv, head_dim, ko, vo, stream_);
     }
     void gate_mix(const Tensor& x, const Tensor& y, const Tensor& gate, const int64_t* mask) override {
@@ -372,12 +380,24 @@ public:
         float* a = f32(x);
         const float* b = f32(y);
         const float* g = f32(gate);
-        DeviceScope scope(device_);
+        OpScope scope(*this);
         const int64_t* m = mask ? static_cast<const int64_t*>(stage(mask, size_t(x.rows) * sizeof(int64_t))) : nullptr;
         cuda::gate_mix(a, b, g, gate.rows == 1, m, x.rows, x.cols, stream_);
     }
 
 private:
+    // Every op: the device made current, and counted (matmul's reuse of quantized activations needs "the op right
+    // before"). Non-op calls count too, which only makes reuse rarer.
+    struct OpScope {
+        explicit OpScope(CudaBackend& be) : device(be.device_) { ++be.ops_; }
+        DeviceScope device;
+    };
+    struct Quantized {  // what the workspace holds after a quantized matmul: x's int8 blocks
+        uint64_t op = 0;
+        const float* x = nullptr;
+        int64_t rows = 0, cols = 0;
+    };
+
     // A weight matrix on the device: the model's resident copy, or (a matrix the model does not own, as the
     // test harness passes) a temporary upload freed after the op has run.
     struct WeightOnDevice {
@@ -397,12 +417,29 @@ private:
             cudaFree(temp_);
         }
         const void* data = nullptr;
+        bool temporary() const { return temp_ != nullptr; }  // its upload synchronised, and used the staging
 
     private:
         CudaBackend& be_;
         void* temp_ = nullptr;
     };
 
+    // base^(-2i / head_dim) for i < head_dim / 2, in double as the CPU computes it; one table per (head_dim, base),
+    // made on first use (the prompt, before any decode step is recorded into a graph).
+    const double* inv_freq(int64_t head_dim, float base) {
+        const std::pair<int64_t, float> key{head_dim, base};
+        auto it = rope_tables_.find(key);
+        if (it != rope_tables_.end()) return static_cast<const double*>(it->second->tensor().data);
+        const int64_t half = head_dim / 2;
+        std::vector<double> table(size_t(half > 0 ? half : 1));
+        for (int64_t i = 0; i < half; ++i) table[size_t(i)] = std::pow(double(base), -2.0 * double(i) / double(head_dim));
+        auto buf = std::make_unique<CudaBuffer>(DType::F32, 1, int64_t(2 * table.size()), device_);
+        check(cudaMemcpy(buf->tensor().data, table.data(), table.size() * sizeof(double), cudaMemcpyHostToDevice), "rope table");
+        check(cudaDeviceSynchronize(), "rope table");
+        const double* d = static_cast<const double*>(buf->tensor().data);
+        rope_tables_.emplace(key, std::move(buf));
+        return d;
+    }
     const void* resident(const void* host) const {
         if (!resident_) return nullptr;
         auto it = resident_->where.find(host);
@@ -430,7 +467,10 @@ private:
     bool capturing_ = false;
     cudaGraphExec_t exec_ = nullptr;
     size_t exec_nodes_ = 0;
+    uint64_t ops_ = 0;
+    Quantized quantized_;
     std::shared_ptr<Resident> resident_;
+    std::map<std::pair<int64_t, float>, std::unique_ptr<CudaBuffer>> rope_tables_;
     Staging staging_;
     Workspace ws_;
 };

@@ -11,11 +11,12 @@ namespace cuda {
 void fill(float* x, int64_t n, float value, cudaStream_t stream);
 void add(float* x, const float* y, int64_t n, cudaStream_t stream);
 void swiglu(const float* gate, const float* up, float* out, int64_t n, cudaStream_t stream);
-// y[t] = x[t] / sqrt(mean(x[t]^2) + eps) * w (sum of squares in double, as the CPU kernel); y may be x.
+// y[t] = x[t] / sqrt(mean(x[t]^2) + eps) * w; y may be x.
 void rms_norm(const float* x, const float* w, int64_t T, int64_t n, float eps, float* y, cudaStream_t stream);
-// In place over x [T][n_heads][head_dim]; angles in double (float angles lose digits at 32K positions).
-void rope(float* x, int64_t T, int64_t n_heads, int64_t head_dim, const int32_t* pos, float base, RopeMode mode,
-          cudaStream_t stream);
+// In place over x [T][n_heads][head_dim]; inv_freq[i] = base^(-2i / head_dim) in double (rope_inv_freq), angles
+// in double (float angles lose digits at 32K positions).
+void rope(float* x, int64_t T, int64_t n_heads, int64_t head_dim, const int32_t* pos, const double* inv_freq,
+          RopeMode mode, cudaStream_t stream);
 // src [T][n_head_kv][head_dim] -> cache [n_head_kv][ctx][head_dim] rows pos0.. (F32 copy or F16 round-to-nearest-even).
 void kv_store(const float* src, int64_t T, int64_t n_head_kv, int64_t head_dim, void* cache, DType type, int64_t ctx,
               int64_t pos0, cudaStream_t stream);

@@ -643,7 +643,7 @@ unsigned gemm_blocks(int64_t rows, int64_t T) {
 bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
 
 void matmul_quant(DType type, const uint8_t* w, int64_t rows, int64_t cols, const float* x, int64_t T,
-                  const float* bias, float* y, Workspace& ws, cudaStream_t stream) {
+                  const float* bias, float* y, Workspace& ws, bool x_quantized, cudaStream_t stream) {
     const int64_t nb = cols / QK;
     const size_t xq_bytes = align_up(size_t(T) * size_t(cols), kScratchAlign);
     uint8_t* scratch = static_cast<uint8_t*>(ws.get(xq_bytes + size_t(T) * size_t(nb) * sizeof(int2)));
@@ -651,9 +651,11 @@ void matmul_quant(DType type, const uint8_t* w, int64_t rows, int64_t cols, cons
     auto* xs = reinterpret_cast<int2*>(scratch + xq_bytes);
     const int64_t n4 = T * cols / 4;
     if (!aligned16(x)) throw Error("matmul: activations must be 16-byte aligned");
-    quantize_x_kernel<<<blocks_for(n4, 256), 256, 0, stream>>>(reinterpret_cast<const float4*>(x), n4,
-                                                              reinterpret_cast<uint32_t*>(xq), xs);
-    OWL_CUDA_LAUNCHED("quantize_x_kernel");
+    if (!x_quantized) {  // else the scratch still holds these activations, quantized by the previous call
+        quantize_x_kernel<<<blocks_for(n4, 256), 256, 0, stream>>>(reinterpret_cast<const float4*>(x), n4,
+                                                                  reinterpret_cast<uint32_t*>(xq), xs);
+        OWL_CUDA_LAUNCHED("quantize_x_kernel");
+    }
 
     if (T <= kDecodeT) {
         MvArgs a{};
@@ -766,7 +768,7 @@ void upload_weight_rows(DType type, const void* host, int64_t rows, int64_t cols
 }  // namespace
 
 void matmul(DType type, const void* w, int64_t rows, int64_t cols, const float* x, int64_t T, const float* bias,
-            float* y, Workspace& ws, cudaStream_t stream) {
+            float* y, Workspace& ws, bool x_quantized, cudaStream_t stream) {
     if (rows <= 0 || T <= 0) return;
     if (rows > INT32_MAX || T > INT32_MAX || cols > INT32_MAX) throw Error("matmul: dimensions past 2^31");
     const auto* wb = static_cast<const uint8_t*>(w);
@@ -775,7 +777,7 @@ void matmul(DType type, const void* w, int64_t rows, int64_t cols, const float* 
         case DType::Q8_0:
             if (cols % QK != 0) throw Error("matmul: quantized rows must be a multiple of 32 columns");
             if (cols == 0) break;
-            return matmul_quant(type, wb, rows, cols, x, T, bias, y, ws, stream);
+            return matmul_quant(type, wb, rows, cols, x, T, bias, y, ws, x_quantized, stream);
         case DType::F32: return matmul_float<DType::F32>(wb, rows, cols, x, T, bias, y, stream);
         case DType::F16: return matmul_float<DType::F16>(wb, rows, cols, x, T, bias, y, stream);
         case DType::BF16: return matmul_float<DType::BF16>(wb, rows, cols, x, T, bias, y, stream);

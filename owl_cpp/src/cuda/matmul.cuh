@@ -19,12 +19,13 @@ void upload_weight(DType type, const void* host, int64_t rows, int64_t cols, voi
 // kept in fp32, q = roundf(x * (1 / d))), exactly as the CPU kernels do (tests/quant_reference.py), and block
 // products are exact integer sums scaled by d_w * d_x. F32 / F16 / BF16 accumulate in fp32 from fp32 activations.
 // Few tokens (decode) take a matrix-vector path reading each weight once per call; many tokens a tiled GEMM.
+// `w` is in the device layout written by upload_weight. x_quantized: the workspace still holds x as the previous
+// quantized matmul (same T and cols, nothing else using `ws` since) rounded it, so Q/K/V (or gate/up) round their
+// shared input once.
 void matmul(DType type, const void* w, int64_t rows, int64_t cols, const float* x, int64_t T, const float* bias,
-            float* y, Workspace& ws, cudaStream_t stream);
+            float* y, Workspace& ws, bool x_quantized, cudaStream_t stream);
 
-// `w` / `table` below are in the device layout written by upload_weight.
-
-// out[i][0..cols) = dequantized row ids[i] of the table (ids on the device, already range-checked).
+// out[i][0..cols) = dequantized row ids[i] of the table (device layout; ids on the device, already range-checked).
 void get_rows(DType type, const void* table, int64_t cols, const int32_t* ids, int64_t n, float* out,
               cudaStream_t stream);
 
