@@ -75,6 +75,30 @@ def test_invalid_options_raise(bad):
         SamplingOptions(**bad).make_sampler()
 
 
+@pytest.mark.parametrize("field,value", [("temperature", float("nan")), ("temperature", 1e39),  # inf as float32
+                                         ("top_p", float("nan")), ("min_p", 1.5), ("repeat_penalty", float("inf"))])
+def test_core_sampler_refuses_bad_options_with_value_error(field, value):
+    p = _core.SamplerParams()
+    setattr(p, field, value)
+    with pytest.raises(ValueError, match=field):
+        _core.Sampler(p)
+
+
+def test_sample_checks_n_vocab_against_the_context(tiny_gguf):
+    """n_vocab past the model's logits used to read past the buffer; NaN logits broke the sort."""
+    model = _core.Model.load(str(tiny_gguf("qwen2")))
+    ctx = _core.Context(model, 16, 1)
+    ctx.eval([1, 2])
+    s = sampler()
+    V = model.hparams["n_vocab"]
+    for n in (V + 1, 2 ** 40, 0, -1):
+        with pytest.raises(ValueError, match="n_vocab must be in"):
+            s.sample(ctx, [], n)
+    assert 0 <= s.sample(ctx, [], V) < V and 0 <= s.sample(ctx, [5], 7) < 7
+    with pytest.raises(_core.OwlError, match="token 2 is NaN"):
+        s.sample_logits(np.array([0, 1, np.nan], np.float32), [])
+
+
 def test_stop_matcher_holds_back_partial_stop_strings():
     m = StopMatcher(["</s>", "STOP"])
     out = [m.push(p) for p in ["Hello ", "wor", "ld <", "/", "s> tail"]]

@@ -149,9 +149,18 @@ void bind_model(py::module_& m) {
         .def_readwrite("seed", &SamplerParams::seed);
 
     py::class_<Sampler>(m, "Sampler")
-        .def(py::init<const SamplerParams&>(), py::arg("params"))
+        .def(py::init([](const SamplerParams& p) {
+                 try {
+                     return new Sampler(p);
+                 } catch (const Error& e) {  // a bad option is a bad argument
+                     throw py::value_error(e.what());
+                 }
+             }), py::arg("params"))
         .def("sample", [](Sampler& s, const Context& c, const std::vector<int32_t>& history, int64_t n_vocab) {
-                 // Samples from the context's last logits without copying them to Python.
+                 // Samples from the context's last logits without copying them to Python; they hold the model's n_vocab.
+                 const int64_t V = c.model().hparams().n_vocab;
+                 if (n_vocab < 1 || n_vocab > V)
+                     throw py::value_error("n_vocab must be in [1, " + std::to_string(V) + "] (the model's vocabulary), got " + std::to_string(n_vocab));
                  return s.sample(c.last_logits(), n_vocab, history);
              }, py::arg("context"), py::arg("history"), py::arg("n_vocab"))
         .def("sample_logits", [](Sampler& s, py::array_t<float, py::array::c_style | py::array::forcecast> logits, const std::vector<int32_t>& history) {

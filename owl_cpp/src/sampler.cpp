@@ -9,15 +9,21 @@
 namespace owl {
 
 Sampler::Sampler(const SamplerParams& p) : p_(p), rng_(p.seed) {
-    if (!(p.top_p > 0.0f)) throw Error("top_p must be > 0");
-    if (!(p.repeat_penalty > 0.0f)) throw Error("repeat_penalty must be > 0");
+    // Written as !(ok) so that NaN fails too.
     if (!std::isfinite(p.temperature)) throw Error("temperature must be finite");
+    if (!(p.top_p > 0.0f)) throw Error("top_p must be > 0");
+    if (!(p.min_p <= 1.0f)) throw Error("min_p must be <= 1 (<= 0: off)");
+    if (!(p.repeat_penalty > 0.0f) || !std::isfinite(p.repeat_penalty)) throw Error("repeat_penalty must be finite and > 0");
 }
 
 int32_t Sampler::sample(const float* logits, int64_t n_vocab, const std::vector<int32_t>& history) {
     if (n_vocab <= 0) throw Error("sampler: empty vocabulary");
     cand_.resize(size_t(n_vocab));
-    for (int64_t i = 0; i < n_vocab; ++i) cand_[size_t(i)] = {logits[i], int32_t(i)};
+    for (int64_t i = 0; i < n_vocab; ++i) {
+        // A NaN would break the sort's ordering (undefined behaviour) and every probability after it.
+        if (std::isnan(logits[i])) throw Error("sampler: the logit of token " + std::to_string(i) + " is NaN (non-finite model output)");
+        cand_[size_t(i)] = {logits[i], int32_t(i)};
+    }
 
     // Repetition penalty (llama.cpp / CTRL rule): shrink positive logits, grow negative ones.
     if (p_.repeat_penalty != 1.0f && p_.repeat_last_n != 0) {

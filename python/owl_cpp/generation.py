@@ -1,6 +1,7 @@
 """Generation, for every family: sampling options, and the decode loop over one context slot."""
 from __future__ import annotations
 
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -24,14 +25,17 @@ class SamplingOptions:
     seed: Optional[int] = None
 
     def validate(self) -> None:
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not (math.isfinite(self.temperature) and self.temperature >= 0):
+            raise ValueError(f"temperature must be finite and >= 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if not 0 <= self.min_p <= 1:
             raise ValueError(f"min_p must be in [0, 1], got {self.min_p}")
-        if self.repeat_penalty <= 0:
-            raise ValueError(f"repeat_penalty must be > 0, got {self.repeat_penalty}")
+        if not (math.isfinite(self.repeat_penalty) and self.repeat_penalty > 0):
+            raise ValueError(f"repeat_penalty must be finite and > 0, got {self.repeat_penalty}")
+        for name in ("top_k", "repeat_last_n"):          # int32 in the runtime
+            if not -2 ** 31 <= getattr(self, name) < 2 ** 31:
+                raise ValueError(f"{name} must fit in 32 bits, got {getattr(self, name)}")
 
     def make_sampler(self) -> "_core.Sampler":
         self.validate()
