@@ -184,7 +184,25 @@ def test_batch_inputs_are_checked(qwen2):
         c.decode(ids=[1, 2], pos=[0, -1])
     with pytest.raises(_core.OwlError, match="context overflow"):
         c.decode(embeds=np.zeros((N_CTX + 1, E), np.float32))
+    # int64 / Python ints past int32 name the argument and entry (not pybind11's "Unable to cast ... '?'")
+    with pytest.raises(ValueError, match=r"pos\[1\] = 2147483648 is not a 32-bit integer"):
+        c.decode(ids=[1, 2], pos=[0, 2 ** 31])
+    with pytest.raises(ValueError, match=r"ids\[0\]"):
+        c.decode(ids=[2 ** 63])
+    with pytest.raises(ValueError, match=r"tokens\[1\] = 'a'"):
+        c.eval([1, "a"])
+    with pytest.raises(ValueError, match="sequence of integers"):
+        c.eval("abc")
+    bad = np.zeros((2, E), np.float32)
+    bad[1, 3] = np.inf
+    with pytest.raises(_core.OwlError, match="token 1 holds a non-finite value"):
+        c.decode(embeds=bad)
+    for n in (2 ** 63 - 1, -2 ** 63, 1):
+        with pytest.raises(_core.OwlError, match="cannot truncate"):
+            c.truncate(n)
     assert c.n_past == 0  # nothing was evaluated by the failed calls
+    c.eval(np.array([1, 2, 3], np.int64))  # numpy ids still work
+    assert c.n_past == 3
 
 
 def test_text_model_cannot_take_attached_images(qwen2):

@@ -168,6 +168,16 @@ def test_image_errors(exported):
         ctx.add_image(np.zeros((P, H), np.float32), 4)
     with pytest.raises(RuntimeError, match="outside the context"):
         ctx.add_image(np.zeros((P, H), np.float32), 64)
+    with pytest.raises(RuntimeError, match="outside the context"):      # start + offset must not overflow
+        ctx.add_image(np.zeros((P, H), np.float32), 2 ** 63 - 1)
+    with pytest.raises(RuntimeError, match="before the 3 tokens"):
+        ctx.add_image(np.zeros((P, H), np.float32), -2 ** 63)
+    for bad in (np.nan, np.inf, -np.inf):                                 # a broken vision tower, not garbage
+        e = np.zeros((P, H), np.float32)
+        e[P - 1, 0] = bad
+        with pytest.raises(RuntimeError, match=f"non-finite value .* at visual token {P - 1}"):
+            ctx.add_image(e, 20)
+    assert ctx.n_images == 1
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

@@ -4,6 +4,7 @@
 #include <pybind11/stl.h>
 
 #include <cstring>
+#include <limits>
 
 #include "bindings.h"
 #include "owl/error.h"
@@ -15,6 +16,25 @@ namespace py = pybind11;
 namespace owl {
 
 namespace {
+// A sequence of Python ints (token ids, positions) -> int32; a ValueError naming the argument and the index of an
+// entry that is not an integer or does not fit (pybind11's own cast error names neither).
+std::vector<int32_t> int32_list(const py::handle& seq, const char* name) {
+    if (!py::isinstance<py::sequence>(seq) || py::isinstance<py::str>(seq)) throw py::value_error(std::string(name) + " must be a sequence of integers");
+    std::vector<int32_t> out;
+    out.reserve(py::len(seq));
+    for (py::handle h : seq) {
+        py::object idx = py::reinterpret_steal<py::object>(PyNumber_Index(h.ptr()));
+        int overflow = 0;
+        const long long v = idx ? PyLong_AsLongLongAndOverflow(idx.ptr(), &overflow) : 0;
+        if (!idx) PyErr_Clear();
+        if (!idx || overflow || v < std::numeric_limits<int32_t>::min() || v > std::numeric_limits<int32_t>::max())
+            throw py::value_error(std::string(name) + "[" + std::to_string(out.size()) + "] = " + py::repr(h).cast<std::string>() +
+                                  " is not a 32-bit integer");
+        out.push_back(int32_t(v));
+    }
+    return out;
+}
+
 // Runs a decode without the GIL; returns the logits of the last token ([n_vocab]), of all ([T, n_vocab]) or None.
 py::object run_decode(Context& c, const Batch& b, bool all_logits, bool return_logits) {
     const std::vector<float>* logits;
@@ -68,7 +88,8 @@ void bind_model(py::module_& m) {
              }),
              py::arg("model"), py::arg("n_ctx"), py::arg("n_threads"), py::arg("n_batch") = 256, py::arg("kv_type") = "f16",
              py::arg("backend") = "cpu")
-        .def("eval", [](Context& c, const std::vector<int32_t>& tokens, bool all_logits, bool return_logits) {
+        .def("eval", [](Context& c, py::object tokens_obj, bool all_logits, bool return_logits) {
+                 const std::vector<int32_t> tokens = int32_list(tokens_obj, "tokens");
                  const Batch b = Batch::of_ids(tokens.data(), int64_t(tokens.size()));
                  return run_decode(c, b, all_logits, return_logits);
              },
@@ -83,7 +104,7 @@ void bind_model(py::module_& m) {
                  py::array_t<float, py::array::c_style | py::array::forcecast> emb;
                  if (!ids.is_none() && !embeds.is_none()) throw py::value_error("pass ids or embeds, not both");
                  if (!ids.is_none()) {
-                     ids_v = ids.cast<std::vector<int32_t>>();
+                     ids_v = int32_list(ids, "ids");
                      b = Batch::of_ids(ids_v.data(), int64_t(ids_v.size()));
                  } else if (!embeds.is_none()) {
                      emb = embeds.cast<py::array_t<float, py::array::c_style | py::array::forcecast>>();
@@ -94,12 +115,12 @@ void bind_model(py::module_& m) {
                      throw py::value_error("pass ids or embeds");
                  }
                  if (!pos.is_none()) {
-                     pos_v = pos.cast<std::vector<int32_t>>();
+                     pos_v = int32_list(pos, "pos");
                      if (int64_t(pos_v.size()) != b.n) throw py::value_error("pos must have one entry per token");
                      b.pos = pos_v.data();
                  }
                  if (!modality.is_none()) {
-                     for (int v : modality.cast<std::vector<int>>()) {
+                     for (int v : int32_list(modality, "modality")) {
                          if (v != 0 && v != 1) throw py::value_error("modality entries must be 0 (text) or 1 (image)");
                          mod_v.push_back(Modality(v));
                      }

@@ -75,6 +75,12 @@ void Context::truncate(int64_t n) {
 void Context::add_image(const float* embeds, int64_t n_tokens, int64_t start) {
     Use use(*this);
     if (!state_) throw Error("model '" + model_->hparams().arch + "' has no hyper-attention layers: it cannot take images");
+    // A NaN/inf from the vision tower would spread through every later token's attention: refuse it here.
+    const int64_t E = model_->hparams().n_embd;
+    for (int64_t i = 0; i < n_tokens * E; ++i)
+        if (!std::isfinite(embeds[i]))
+            throw Error("image embeddings hold a non-finite value (" + std::to_string(embeds[i]) + ") at visual token " + std::to_string(i / E) +
+                        ": the vision tower's output is broken");
     state_->add_image(embeds, n_tokens, start, n_past_);
 }
 
@@ -98,6 +104,10 @@ const std::vector<float>& Context::decode(const Batch& b, bool all_logits) {
         for (int64_t i = 0; i < T; ++i)
             if (b.ids[i] < 0 || b.ids[i] >= hp.n_vocab)
                 throw Error("token id " + std::to_string(b.ids[i]) + " at index " + std::to_string(i) + " is outside the vocabulary [0, " + std::to_string(hp.n_vocab) + ")");
+    if (b.embeds)
+        for (int64_t i = 0; i < T * hp.n_embd; ++i)
+            if (!std::isfinite(b.embeds[i]))
+                throw Error("embedding of token " + std::to_string(i / hp.n_embd) + " holds a non-finite value (" + std::to_string(b.embeds[i]) + ")");
     if (b.pos)
         for (int64_t i = 0; i < T; ++i)
             if (b.pos[i] < 0) throw Error("position " + std::to_string(b.pos[i]) + " at index " + std::to_string(i) + " is negative");
