@@ -349,3 +349,21 @@ def test_top_level_chat_uses_owl_model(model, model_dir, monkeypatch):
     loaded = dict(owl_cpp._loaded)
     assert owl_cpp.chat(img, "Hi", max_tokens=4, threads=2, n_ctx=512) == text       # cached model
     assert owl_cpp._loaded == loaded and any(m.model_dir == model_dir for m in loaded.values())
+
+
+def test_non_finite_vision_output_is_an_error(tmp_path):
+    """A broken vision.onnx (NaN/inf out) must fail naming the file, not feed garbage to the decoder."""
+    import onnx
+    from onnx import TensorProto, helper
+    from owl_cpp.vision import VisionEncoder
+    graph = helper.make_graph([helper.make_node("Sqrt", ["pixel_values"], ["image_embeds"])], "sqrt",   # NaN below 0
+                              [helper.make_tensor_value_info("pixel_values", TensorProto.FLOAT, ["n", 3, 4, 4])],
+                              [helper.make_tensor_value_info("image_embeds", TensorProto.FLOAT, ["n", 3, 4, 4])])
+    path = tmp_path / "vision.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    enc = VisionEncoder(path, batch_size=2)
+    views = np.ones((3, 3, 4, 4), np.float32)
+    assert len(enc.encode(views[:1])) == 1
+    views[2, 1, 0, 0] = -1.0
+    with pytest.raises(ValueError, match=r"vision.onnx: the vision model produced non-finite values .* view\(s\) \[2\]"):
+        enc.encode(views)

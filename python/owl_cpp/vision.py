@@ -80,6 +80,11 @@ class VisionEncoder:
         for b in range(0, len(todo_keys), self.batch_size):
             batch = np.stack(todo_views[b:b + self.batch_size]).astype(self.input_dtype, copy=False)
             out = self.session.run([OUTPUT], {INPUT: batch})[0]
+            if not np.isfinite(out).all():        # NaN/inf would spread through the decoder: a broken export
+                rows = np.nonzero(~np.isfinite(out.reshape(len(out), -1)).all(1))[0]
+                bad = [keys.index(todo_keys[b + int(i)]) for i in rows]          # index in `views`
+                raise ValueError(f"{self.path}: the vision model produced non-finite values (NaN/inf) for view(s) "
+                                 f"{bad}; the model file (or its fp16 export) is broken")
             with self._count_lock:
                 self.n_encoded += len(batch)
             for k, e in zip(todo_keys[b:b + self.batch_size], out):
