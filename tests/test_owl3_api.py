@@ -326,6 +326,8 @@ def test_errors_are_clear(model, model_dir, tmp_path, monkeypatch):
     bad.write_bytes(b"\xff\xd8\xff\xe0 truncated")
     with pytest.raises(ValueError, match="broken.jpg"):
         model.chat([image(20, 20), str(bad)], "Hi", max_tokens=2)
+    with pytest.raises(IsADirectoryError, match=r"image 0 .*: is a directory"):
+        model.chat(tmp_path, "Hi", max_tokens=2)
     with pytest.raises(FileNotFoundError, match="owl-export"):
         owl_cpp.load(tmp_path / "nowhere")
     (tmp_path / "empty").mkdir()

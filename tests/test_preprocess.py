@@ -249,6 +249,58 @@ def test_huge_images_are_refused_before_decoding():
         pre.preprocess_image(np.zeros((9000, 1, 3), np.uint8), image_config(384), max_pixels=1_000_000)
 
 
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")     # Pillow's notice at open
+def test_huge_files_are_refused_from_the_header_naming_file_and_limit(tmp_path, monkeypatch):
+    big = tmp_path / "big.png"
+    big.write_bytes(_png_header(13000, 13000))    # under Pillow's bomb limit: it used to be decoded (7 s, 0.9 GB)
+    with pytest.raises(ValueError, match=r"big.png: image of 13000x13000 = 169000000 pixels is over the limit of "
+                                         r"67108864.*owl_cpp.images.MAX_PIXELS"):
+        pre.preprocess_image(big, image_config(378))
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(_png_header(60000, 60000))
+    with pytest.raises(ValueError, match=r"bomb.png: .*exceeds limit of \d+ pixels"):
+        pre.preprocess_image(bomb, image_config(378))
+    monkeypatch.setattr(images, "MAX_PIXELS", 300)          # read at call time: the documented knob
+    with pytest.raises(ValueError, match="over the limit of 300"):
+        pre.preprocess_image(np.zeros((20, 20, 3), np.uint8), image_config(30))
+
+
+def test_directories_and_corrupt_files_are_named(tmp_path):
+    with pytest.raises(IsADirectoryError, match=f"{tmp_path}: is a directory"):
+        pre.preprocess_image(tmp_path, image_config(30))
+    buf = io.BytesIO()
+    Image.fromarray(synthetic(64, 48)).save(buf, format="PNG")
+    for name, data in [("cut.png", buf.getvalue()[:200]), ("junk.png", buf.getvalue()[:60] + b"\0" * 500)]:
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(ValueError, match=f"{name}: cannot decode the image, the file is truncated or corrupt"):
+            pre.preprocess_image(tmp_path / name, image_config(30))
+
+
+def _smooth(w: int, h: int) -> np.ndarray:
+    y, x = np.mgrid[0:h, 0:w] / max(w, h)
+    return (np.stack([np.sin(6 * x), np.cos(5 * y), np.sin(4 * (x + y))], -1) * 120 + 128).astype(np.uint8)
+
+
+def test_large_jpegs_are_decoded_at_reduced_scale(tmp_path):
+    c = image_config(30)
+    path = tmp_path / "big.jpg"
+    Image.fromarray(_smooth(1200, 960)).save(path, quality=95)
+    full = pre.preprocess_image(Image.open(path), c)         # a caller's PIL image: decoded in full
+    drafted = pre.preprocess_image(path, c)                   # >= 4x the largest view: libjpeg at 1/4 here
+    assert drafted.grid == full.grid and drafted.pixels.shape == full.pixels.shape
+    assert not np.array_equal(drafted.pixels, full.pixels)
+    assert np.abs(drafted.pixels - full.pixels).mean() < 0.01       # of a [-1, 1] range
+    # the limit is on what is decoded: the drafted JPEG passes where the same PNG is refused
+    assert pre.preprocess_image(path, c, max_pixels=200_000).grid == full.grid
+    Image.fromarray(_smooth(1200, 960)).save(tmp_path / "big.png")
+    with pytest.raises(ValueError, match="over the limit"):
+        pre.preprocess_image(tmp_path / "big.png", c, max_pixels=200_000)
+    # a JPEG under 4x is decoded in full: the same bytes as from the caller's PIL image
+    Image.fromarray(_smooth(200, 160)).save(tmp_path / "small.jpg", quality=95)
+    assert np.array_equal(pre.preprocess_image(tmp_path / "small.jpg", c).pixels,
+                          pre.preprocess_image(Image.open(tmp_path / "small.jpg"), c).pixels)
+
+
 def test_no_torch_at_run_time():
     code = ("import sys\n"
             "from owl_cpp.families.owl3.image_config import ImagePreprocessing\n"

@@ -12,43 +12,69 @@ Choices (the official processors leave them to their callers or to library versi
   one-axis resizes so Pillow 13, which runs the vertical pass first when one axis grows and the other
   shrinks, gives the same bytes as the Pillow the models were built with (docs/owl3.md §5.1).
 - Size limits: an image of 0 pixels, or whose pixel count (or the horizontal pass's intermediate,
-  new width x old height) exceeds `max_pixels`, raises ValueError instead of exhausting memory. Tiny images
-  (1 x 1 upwards) are processed like any other.
+  new width x old height) exceeds `max_pixels` (default MAX_PIXELS = 8192 x 8192, read at call time, so
+  `owl_cpp.images.MAX_PIXELS = ...` raises it), raises ValueError naming the file and the limit. A file's
+  size comes from its header: one over the limit is refused before any pixel is decoded (a 13000 x 13000 PNG
+  would take 7 s and 0.9 GB), and Pillow's own decompression-bomb limit (2 x Image.MAX_IMAGE_PIXELS) still
+  applies when opening. Tiny images (1 x 1 upwards) are processed like any other.
+- Large JPEGs: when the caller says how large it will resize to (`reduce_to`), a JPEG file at least 4 times
+  larger in both dimensions is decoded at 1/2, 1/4 or 1/8 scale by libjpeg (Image.draft), keeping at least
+  twice the target size; the limit applies to the decoded size. Its pixels then differ slightly from a full
+  decode (the official processors decode fully); smaller JPEGs and other formats are decoded in full.
 """
 from __future__ import annotations
 
 import io
 import os
-from typing import Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image
 
-# Pillow's decompression-bomb error threshold (2 x Image.MAX_IMAGE_PIXELS): about 0.5 GB as RGB
-MAX_PIXELS = 2 * 89_478_485
+# Largest image decoded in full: 8192 x 8192 (192 MiB as RGB)
+MAX_PIXELS = 8192 * 8192
 RESAMPLE_FILTERS = {"bicubic": Image.Resampling.BICUBIC}      # the filters the exporters write
 
 
-def load_image(src, *, max_pixels: int = MAX_PIXELS) -> Image.Image:
+def load_image(src, *, max_pixels: Optional[int] = None, reduce_to: Optional[Tuple[int, int]] = None) -> Image.Image:
     """A path, raw bytes, PIL image or numpy array -> PIL image (any mode; see to_rgb). Checks the size
-    from the header, before any pixel is decoded."""
+    from the header, before any pixel is decoded; reduce_to: see the module doc (large JPEG files)."""
+    im, what = open_image(src)
+    return decode_image(im, what, max_pixels, reduce_to)
+
+
+def open_image(src) -> Tuple[Image.Image, str]:
+    """-> (image with only its header read, the file's name for messages; "" for in-memory images)."""
     if isinstance(src, Image.Image):
-        im = src
-    elif isinstance(src, np.ndarray):
-        im = _from_array(src)
-    elif isinstance(src, (bytes, bytearray, memoryview)):
-        im = _open(io.BytesIO(bytes(src)), "image bytes")
-    elif isinstance(src, (str, os.PathLike)):
-        if not os.path.isfile(src):
-            raise FileNotFoundError(f"{os.fspath(src)}: image file not found")
-        im = _open(os.fspath(src), os.fspath(src))
-    else:
-        raise TypeError(f"image must be a path, bytes, PIL.Image or numpy array, got {type(src).__name__}")
-    check_size(im.size, max_pixels)
+        return src, ""
+    if isinstance(src, np.ndarray):
+        return _from_array(src), ""
+    if isinstance(src, (bytes, bytearray, memoryview)):
+        return _open(io.BytesIO(bytes(src)), "image bytes"), "image bytes"
+    if isinstance(src, (str, os.PathLike)):
+        path = os.fspath(src)
+        if os.path.isdir(path):
+            raise IsADirectoryError(f"{path}: is a directory, not an image file")
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{path}: image file not found")
+        return _open(path, path), path
+    raise TypeError(f"image must be a path, bytes, PIL.Image or numpy array, got {type(src).__name__}")
+
+
+def decode_image(im: Image.Image, what: str = "", max_pixels: Optional[int] = None,
+                 reduce_to: Optional[Tuple[int, int]] = None) -> Image.Image:
+    """Decodes an opened image (first frame) after the size check; a corrupt or truncated file fails here,
+    naming it. Only files (what != "") are drafted: a caller's PIL image is not changed."""
+    if what and reduce_to and im.format == "JPEG" and im.size[0] >= 4 * reduce_to[0] and im.size[1] >= 4 * reduce_to[1]:
+        im.draft(None, (2 * reduce_to[0], 2 * reduce_to[1]))
     try:
-        im.load()                       # decode now (first frame), so a corrupt file fails here, clearly
-    except (OSError, SyntaxError) as e:
-        raise ValueError(f"cannot decode the image ({e})") from e
+        check_size(im.size, MAX_PIXELS if max_pixels is None else max_pixels)
+    except ValueError as e:
+        raise ValueError(f"{what}: {e}" if what else str(e)) from None
+    try:
+        im.load()
+    except (OSError, SyntaxError, EOFError, ValueError, Image.DecompressionBombError) as e:
+        raise ValueError(f"{what or 'image'}: cannot decode the image, the file is truncated or corrupt ({e})") from e
     return im
 
 
@@ -100,7 +126,7 @@ def check_size(size, max_pixels: int) -> None:
         raise ValueError(f"image has no pixels ({w}x{h})")
     if w * h > max_pixels:
         raise ValueError(f"image of {w}x{h} = {w * h} pixels is over the limit of {max_pixels}; "
-                         "downscale it first (or raise max_pixels)")
+                         "downscale it first (or raise owl_cpp.images.MAX_PIXELS)")
 
 
 def resample_filter(name: str):
@@ -111,11 +137,11 @@ def resample_filter(name: str):
 
 
 def resize(im: Image.Image, size: Tuple[int, int], resample: str = "bicubic",
-           max_pixels: int = MAX_PIXELS) -> Image.Image:
+           max_pixels: Optional[int] = None) -> Image.Image:
     """Pillow resize to size (w, h), horizontal pass first (Pillow <= 12 order, 8-bit rounding between)."""
     flt = resample_filter(resample)
     w, h = size
-    check_size((w, im.size[1]), max_pixels)            # the intermediate of the horizontal pass
+    check_size((w, im.size[1]), MAX_PIXELS if max_pixels is None else max_pixels)   # the horizontal pass's output
     if w != im.size[0]:
         im = im.resize((w, im.size[1]), flt)
     if h != im.size[1]:

@@ -51,5 +51,5 @@ def expand_media(media: Sequence[Any], variant: str, config: ImagePreprocessing,
 def _preprocess(src, config: ImagePreprocessing, cut: bool, what: str):
     try:
         return preprocess_image(src, config, cut=cut)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, IsADirectoryError) as e:
         raise type(e)(f"{what} ({describe(src)}): {e}") from e

@@ -14,7 +14,7 @@ from typing import Optional, Tuple
 
 import numpy as np
 
-from ...images import MAX_PIXELS, load_image, normalize, resize, to_rgb
+from ...images import decode_image, normalize, open_image, resize, to_rgb
 from ...messages import IMAGE_MARKER
 from .image_config import ImagePreprocessing
 
@@ -66,7 +66,7 @@ def cut_prompt(rows: int, cols: int, template: str) -> str:
 
 
 def preprocess_image(image, config: ImagePreprocessing, *, cut: bool = True,
-                     max_pixels: int = MAX_PIXELS) -> PreprocessedImage:
+                     max_pixels: Optional[int] = None) -> PreprocessedImage:
     """One image (path, bytes, PIL or numpy) -> pixels [N,3,S,S], grid and prompt text (docs/owl3.md §5, §6.4).
     cut=False gives the global view only (videos, or when the caller turns cutting off) and "<|image|>"."""
     S, c = config.image_size, config
@@ -74,11 +74,15 @@ def preprocess_image(image, config: ImagePreprocessing, *, cut: bool = True,
     def view(im, size):
         return normalize(resize(im, size, c.resample, max_pixels), c.mean, c.std)
 
-    im = to_rgb(load_image(image, max_pixels=max_pixels))
+    im, what = open_image(image)
+    # The grid from the full size in the header; the largest view it needs lets a large JPEG decode smaller.
+    grid = select_grid(im.size[0], im.size[1], S, c.anchors) if cut and min(im.size) > 0 else None
+    reduce_to = (grid[1] * S, grid[0] * S) if grid else (S, S)
+    im = to_rgb(decode_image(im, what, max_pixels, reduce_to))
     global_view = view(im, (S, S))
     if not cut:
         return PreprocessedImage(global_view[None], None, IMAGE_MARKER)
-    rows, cols = select_grid(im.size[0], im.size[1], S, c.anchors)
+    rows, cols = grid
     big = view(im, (cols * S, rows * S))                                           # [3, rows*S, cols*S]
     tiles = big.reshape(3, rows, S, cols, S).transpose(1, 3, 0, 2, 4).reshape(rows * cols, 3, S, S)
     pixels = np.concatenate([tiles, global_view[None]], axis=0) if c.cut_global_view else tiles
