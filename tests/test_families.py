@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import owl_cpp
-from gguf_edit import ARRAY, FLOAT32, STRING, rewrite
+from gguf_edit import ARRAY, FLOAT32, STRING, UINT32, rewrite
 from owl_cpp.families.owl3.image_config import ImagePreprocessing
 from owl_export.owl3.convert import preprocessing_metadata
 
@@ -73,6 +73,12 @@ def test_a_missing_preprocessing_key_is_named(owl3_dir, tmp_path, key):
     ("owl3.vision.resample", (STRING, "lanczos"), "resample"),
     ("owl3.vision.cut_template", (STRING, "v9"), "cut_template"),
     ("owl3.vision.image_std", (ARRAY, [0.5, 0.5], FLOAT32), "image_std"),
+    ("owl3.vision.image_size", (STRING, "abc"), r"decoder.gguf: owl3.vision.image_size is 'abc', expected a positive"),
+    ("owl3.vision.image_size", (STRING, "30"), r"owl3.vision.image_size is '30'"),         # a string, even of digits
+    ("owl3.vision.image_size", (UINT32, 0), r"owl3.vision.image_size is 0"),
+    ("owl3.vision.anchors", (ARRAY, ["2", "2"], STRING), r"owl3.vision.anchors is \['2', '2'\]"),
+    ("owl3.vision.cut_global_view", (UINT32, 1), "cut_global_view"),
+    ("owl3.vision.image_mean", (ARRAY, [float("nan")] * 3, FLOAT32), "image_mean"),
 ])
 def test_a_bad_preprocessing_value_is_named(owl3_dir, tmp_path, key, value, message):
     d = copy_dir(owl3_dir, tmp_path / "m", set_keys={key: value})

@@ -12,6 +12,7 @@ settings is preprocessed with its own.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Mapping
 
@@ -56,8 +57,9 @@ class ImagePreprocessing:
         per_channel = {}
         for name in ("image_mean", "image_std"):
             v = get(name)
-            if not isinstance(v, (list, tuple)) or len(v) != 3 or not all(isinstance(x, (int, float)) for x in v):
-                raise bad(name, v, "3 numbers (R, G, B)")
+            if (not isinstance(v, (list, tuple)) or len(v) != 3
+                    or not all(isinstance(x, (int, float)) and math.isfinite(x) for x in v)):
+                raise bad(name, v, "3 finite numbers (R, G, B)")
             per_channel[name] = tuple(float(x) for x in v)
         if any(s == 0 for s in per_channel["image_std"]):
             raise bad("image_std", per_channel["image_std"], "non-zero values")
