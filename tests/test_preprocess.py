@@ -178,6 +178,15 @@ def test_modes_follow_pillow_convert(mode):
     assert np.array_equal(_views(im), _views(im.convert("RGB")))
 
 
+@pytest.mark.parametrize("mode, straight", [("La", "LA"), ("RGBa", "RGBA")])
+def test_premultiplied_alpha_modes_convert(mode, straight):
+    """Pillow converts these only to their straight-alpha mode ("La" -> "RGB" used to raise; found by
+    test_properties.py)."""
+    a = np.concatenate([synthetic(40, 25), np.full((25, 40, 1), 128, np.uint8)], axis=2)
+    im = Image.fromarray(a).convert(straight).convert(mode)
+    assert np.array_equal(_views(im), _views(im.convert(straight).convert("RGB")))
+
+
 def test_16_bit_images_scale_to_8_bits():
     v16 = (np.arange(40 * 25).reshape(25, 40) * 65).astype(np.uint16)        # 0 .. 64935
     expect8 = np.rint(v16 / 257.0).astype(np.uint8)

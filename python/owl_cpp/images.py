@@ -113,9 +113,9 @@ def to_rgb(im: Image.Image) -> Image.Image:
         return Image.fromarray(_u16_to_u8(np.asarray(im))).convert("RGB")
     try:
         return im.convert("RGB")
-    except ValueError:                  # e.g. "La"/"RGBa" (premultiplied): go through RGBA
+    except ValueError:                  # premultiplied alpha ("La", "RGBa"): Pillow only un-premultiplies first
         try:
-            return im.convert("RGBA").convert("RGB")
+            return im.convert({"La": "LA"}.get(im.mode, "RGBA")).convert("RGB")
         except ValueError as e:
             raise ValueError(f"cannot convert a {im.mode!r} image to RGB: {e}") from e
 
