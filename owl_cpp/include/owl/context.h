@@ -32,7 +32,8 @@ public:
 
     // Appends the batch after the n_past() positions already cached and returns logits: of the last token
     // ([n_vocab]) or, with all_logits, of every token ([batch.n][n_vocab]). Throws Error when the batch is
-    // invalid (ids out of range, positions out of range, too long for the context); the cache is unchanged then.
+    // invalid (ids out of range, negative positions, NaN/inf embeddings, too long for the context); the cache is
+    // unchanged then.
     const std::vector<float>& decode(const Batch& batch, bool all_logits = false);
     const std::vector<float>& eval(const std::vector<int32_t>& tokens, bool all_logits = false) {
         return decode(Batch::of_ids(tokens.data(), int64_t(tokens.size())), all_logits);
@@ -53,7 +54,7 @@ public:
 
     // Owl3: attaches one image's visual embeddings ([n_tokens][n_embd]) whose <|image|> placeholder starts at
     // absolute position `start` (>= n_past, after any earlier image); its visual K/V are computed once here and
-    // kept beside the text cache. Architectures without such a path throw Error.
+    // kept beside the text cache. NaN/inf embeddings, and architectures without such a path, throw Error.
     void add_image(const float* embeds, int64_t n_tokens, int64_t start);
     int64_t n_images() const;
     size_t visual_bytes() const;        // memory held by attached images' state
