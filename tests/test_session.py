@@ -58,7 +58,7 @@ def test_a_question_too_long_for_the_context(text):
     for overflow in ("shift", "error"):
         s = text.session(system="Be brief.", overflow=overflow)
         s.ask("Hi", max_tokens=4)
-        with pytest.raises(ValueError, match=r"question takes \d+ tokens and the system prompt \d+.*larger n_ctx"):
+        with pytest.raises(ValueError, match=r"question \(\d+ tokens\) and the system prompt \(\d+\) leave no room.*larger n_ctx"):
             s.ask("word " * N_CTX, max_tokens=4)
         assert len(s.history) == 3 and s.ask("Hi again", max_tokens=4) is not None
 

@@ -95,9 +95,9 @@ class Session:
         """The turns to keep before a question of n_question tokens with `reserve` tokens for the answer."""
         n_ctx, fixed = self.model.n_ctx, len(self._start) + n_question
         if fixed >= n_ctx:
-            raise ValueError(f"this question takes {n_question} tokens and the system prompt {len(self._start)}: "
-                             f"with no room for an answer in the context of {n_ctx} tokens; shorten them, send "
-                             f"fewer images (or cut=False), or load the model with a larger n_ctx")
+            raise ValueError(f"this question ({n_question} tokens) and the system prompt ({len(self._start)}) leave "
+                             f"no room for an answer in the context of {n_ctx} tokens; shorten them, send fewer "
+                             f"images (or cut=False), or load the model with a larger n_ctx")
         turns, total = list(self._turns), fixed + sum(len(t.ids) for t in self._turns)
         if self.overflow == "error":
             if total >= n_ctx:
