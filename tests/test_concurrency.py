@@ -94,6 +94,28 @@ def test_text_generate_in_threads_equals_sequential(text_model):
     assert scores == [m.score(p, [" yes", " no"])[0].logprob for p in PROMPTS[:2]]
 
 
+def mixed_requests(m, k, n):
+    """n greedy requests of thread k on the shared model: generate, chat, and turns of a session of its own
+    (n_ctx 256: its history outgrows the context, so it shifts too)."""
+    s, out = m.session(system="Be brief."), []
+    for i in range(n):
+        j, kind = k * n + i, i % 3
+        if kind == 0:
+            out.append(m.generate(f"{PROMPTS[j % 4]} {j}", max_tokens=6, ignore_eos=True))
+        elif kind == 1:
+            out.append(m.chat(f"Question {j}?", max_tokens=6, ignore_eos=True))
+        else:
+            out.append(s.ask(f"Turn {j}?", max_tokens=6, ignore_eos=True))
+    assert s.turns_dropped > 0 or n < 100
+    return out
+
+
+def test_a_thousand_requests_in_two_threads_equal_one_thread(text_model):
+    m = text_model
+    want = [mixed_requests(m, k, 500) for k in range(2)]
+    assert in_threads(2, lambda k: mixed_requests(m, k, 500), range(2)) == want
+
+
 def test_an_unfinished_stream_holds_its_context_only(text_model):
     m = text_model
     want = m.generate(PROMPTS[0], max_tokens=12, ignore_eos=True)

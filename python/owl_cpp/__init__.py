@@ -54,8 +54,8 @@ def chat(image=None, prompt: Optional[str] = None, *, model=None, **opts):
             if key not in _loaded:
                 _loaded[key] = load(path, **load_opts)
             model = _loaded[key]
-    if not hasattr(model, "chat"):
-        raise TypeError(f"{type(model).__name__} is a text model without images; use its generate()")
+    if isinstance(model, TextModel):
+        raise TypeError(f"{type(model).__name__} is a text model without images; use its chat() or generate()")
     return model.chat(image, prompt, **opts)
 
 

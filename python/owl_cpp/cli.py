@@ -176,7 +176,7 @@ def main(argv: Optional[list[str]] = None, stdin=None, stdout=None) -> int:
     try:
         from . import load
         model = load(args.model, n_ctx=args.n_ctx, threads=args.threads, device=args.device, kv_type=args.kv_type)
-        if not hasattr(model, "session"):
+        if not hasattr(model, "vision"):
             raise ValueError(f"{args.model}: a text model; owl-run needs a model directory from owl-export")
         videos = [read_video(v, args.max_frames) for v in args.video]
         if args.prompt is not None:

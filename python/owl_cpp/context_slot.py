@@ -81,7 +81,7 @@ class ContextSlot:
         """Evaluates the prompt, keeping the reusable cached prefix (reuse=False: from position 0). At least
         the last token is evaluated, for its logits. Returns (tokens evaluated, logits or None): the last
         token's [n_vocab], or with all_logits those of every evaluated token [n, n_vocab]."""
-        ids = [int(t) for t in prompt.ids]
+        ids = list(map(int, prompt.ids))
         if not ids:
             raise ValueError("no tokens to evaluate")
         if len(ids) > self.n_ctx:

@@ -160,8 +160,8 @@ class DecoderModel:
         sampler = SamplingOptions(temperature, top_k, top_p, min_p, repeat_penalty, seed=seed).make_sampler()
         ids = self._prompt_ids(prompt, add_special)
         check_max_tokens(max_tokens)
-        run = self._with_text(self._stream(PreparedPrompt(ids), max_tokens=max_tokens, sampler=sampler, stop=stop,
-                                           ignore_eos=ignore_eos))
+        run = self._answer_stream(PreparedPrompt(ids), None, slot=None, max_tokens=max_tokens, sampler=sampler,
+                                  stop=stop, ignore_eos=ignore_eos)
         return finish(run, stream, return_info)
 
     def _prompt_ids(self, prompt, add_special: bool) -> list[int]:
@@ -170,14 +170,35 @@ class DecoderModel:
             raise ValueError("empty prompt: nothing to condition on")
         return ids
 
-    @staticmethod
-    def _with_text(run: Iterator[tuple[str, dict]]) -> Iterator[tuple[str, dict]]:
-        pieces = []
-        for piece, info in run:
-            pieces.append(piece)
-            if info:
-                info["text"] = "".join(pieces)
-            yield piece, info
+    def _run(self, prepared: PreparedPrompt, vision: Optional[dict] = None, *, slot: Optional[ContextSlot] = None,
+             stream: bool = False, return_info: bool = False, max_tokens: int = 512, temperature: float = 0.0,
+             top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05, repeat_penalty: float = 1.0,
+             seed: Optional[int] = None, stop=None, ignore_eos: bool = False, on_done=None):
+        """The answer to a prepared chat prompt (chat() and Session build these), as chat() returns it.
+        on_done(raw_text, tokens or None) is called when the answer ends (tokens None: stopped early)."""
+        sampler = SamplingOptions(temperature, top_k, top_p, min_p, repeat_penalty, seed=seed).make_sampler()
+        check_max_tokens(max_tokens)
+        run = self._answer_stream(prepared, vision, slot=slot, max_tokens=max_tokens, sampler=sampler, stop=stop,
+                                  ignore_eos=ignore_eos, on_done=on_done)
+        return finish(run, stream, return_info)
+
+    def _answer_stream(self, prepared: PreparedPrompt, vision: Optional[dict], *, slot, max_tokens, sampler, stop,
+                       ignore_eos, on_done=None) -> Iterator[tuple[str, dict]]:
+        """_stream's pieces, the text joined into the final info; on_done as _run's (families add vision)."""
+        pieces, ended = [], False
+        try:
+            for piece, info in self._stream(prepared, slot=slot, max_tokens=max_tokens, sampler=sampler, stop=stop,
+                                            ignore_eos=ignore_eos):
+                pieces.append(piece)
+                if info:
+                    info["text"], ended = "".join(pieces), True
+                    if on_done is not None:
+                        on_done(info["text"], info["tokens"])
+                yield piece, info
+        except GeneratorExit:                       # the caller stopped early: what was said still counts
+            if on_done is not None and pieces and not ended:
+                on_done("".join(pieces), None)
+            raise
 
     # ----- research ------------------------------------------------------------------------------
     def _score(self, prompt: PreparedPrompt, continuations: Sequence[Sequence[int]]) -> list[ContinuationScore]:

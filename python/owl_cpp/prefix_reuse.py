@@ -11,11 +11,15 @@ Image = Tuple[int, bytes]          # (start: absolute position of the placeholde
 def reusable_prefix(cached_ids: Sequence[int], cached_images: Sequence[Image], ids: Sequence[int],
                     images: Sequence[Image]) -> int:
     """Tokens of `ids` whose cached K/V (text and attached images) stay valid."""
-    common = 0
-    for a, b in zip(cached_ids, ids):
-        if a != b:
-            break
-        common += 1
+    n = min(len(cached_ids), len(ids))
+    if cached_ids[:n] == ids[:n]:      # the usual case (a session's next turn), compared in C, not token by token
+        common = n
+    else:
+        common = 0
+        for a, b in zip(cached_ids, ids):
+            if a != b:
+                break
+            common += 1
     same = 0
     while same < min(len(cached_images), len(images)) and tuple(cached_images[same]) == tuple(images[same]):
         same += 1

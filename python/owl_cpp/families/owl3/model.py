@@ -19,9 +19,8 @@ import time
 from pathlib import Path
 from typing import Iterator, Optional, Sequence, Union
 
-from ...context_slot import ContextSlot, ImageAt, PreparedPrompt
+from ...context_slot import ImageAt, PreparedPrompt
 from ...decoder_model import DecoderModel, finish
-from ...generation import SamplingOptions, check_max_tokens
 from ...image_cache import content_key
 from ...messages import conversation
 from ...research import (ContinuationScore, PromptHiddenStates, PromptLogits, prompt_hidden_states,
@@ -32,7 +31,8 @@ from ...streaming import StrippedText
 from ...vision import VisionEncoder
 from .image_config import ImagePreprocessing
 from .media import Expanded, expand_media
-from .prompt import TERMINATORS, Owl3Prompt, answer_chunk_ids, build_prompt
+from .prompt import (ANSWER_END, TERMINATORS, Owl3Prompt, answer_chunk_ids, build_prompt, question_prompt,
+                     system_chunk, tokenize_chunks)
 
 ARCH = "owl3"
 EXPORT_HINT = "create one with `owl-export HF_CHECKPOINT_DIR -o MODEL_DIR`"
@@ -95,13 +95,17 @@ class OwlModel(DecoderModel):
         if len(p.ids) > self.n_ctx:    # before the vision tower spends any time
             raise ValueError(f"prompt of {len(p.ids)} tokens exceeds the context of {self.n_ctx} tokens "
                              f"(load with a larger n_ctx)")
+        images, vision = self._encode(p)
+        return p, PreparedPrompt(p.ids, images), vision
+
+    def _encode(self, p: Owl3Prompt) -> tuple[list[ImageAt], dict]:
+        """The prompt's views through the vision tower (or the image cache) -> [ImageAt] at p's image starts."""
         t0, stats = time.perf_counter(), {}
         keys = [content_key(v) for v in p.views]
         embeds = self.vision.encode(p.views, keys, stats) if keys else []
         vision = {"vision_s": time.perf_counter() - t0, "views": len(keys),
                   "views_encoded": stats.get("encoded", 0), "views_reused": stats.get("reused", 0)}
-        images = [ImageAt(s, k, e) for s, k, e in zip(p.image_starts, keys, embeds)]
-        return p, PreparedPrompt(p.ids, images), vision
+        return [ImageAt(s, k, e) for s, k, e in zip(p.image_starts, keys, embeds)], vision
 
     # ----- chat ----------------------------------------------------------------------------------
     def chat(self, images=None, prompt: Optional[str] = None, *, messages: Optional[Sequence[dict]] = None,
@@ -122,44 +126,46 @@ class OwlModel(DecoderModel):
                             max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                             repeat_penalty=repeat_penalty, seed=seed, stop=stop, ignore_eos=ignore_eos)
 
-    def session(self, system: Optional[str] = None):
-        """A multi-turn conversation with a context of its own (its KV cache) and this model's image cache."""
-        return Session(self, system)
+    def session(self, system: Optional[str] = None, overflow: str = "shift") -> Session:
+        """A multi-turn conversation with a context of its own (its KV cache) and this model's image cache.
+        overflow: what happens when the history outgrows n_ctx: "shift" drops the oldest whole turns (and
+        their images), keeping the system prompt and the new question; "error" raises ValueError (session.py)."""
+        return Session(self, system, overflow)
 
-    def _answer(self, messages: Sequence[dict], expanded: Sequence[Expanded], *, slot: Optional[ContextSlot] = None,
-                stream: bool = False, return_info: bool = False, max_tokens: int = 512, temperature: float = 0.0,
-                top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05, repeat_penalty: float = 1.0,
-                seed: Optional[int] = None, stop=None, ignore_eos: bool = False, on_done=None):
-        """Generation for normalized messages and their expanded media (chat and Session build these).
-        on_done(raw_text, tokens or None) is called when the answer ends (tokens None: stopped early)."""
-        sampler = SamplingOptions(temperature, top_k, top_p, min_p, repeat_penalty, seed=seed).make_sampler()
-        check_max_tokens(max_tokens)
+    def _answer(self, messages: Sequence[dict], expanded: Sequence[Expanded], **options):
+        """Generation for normalized messages and their expanded media; options as _run's."""
         _, prepared, vision = self._prepare(messages, expanded)
-        run = self._answer_stream(prepared, vision, slot=slot, max_tokens=max_tokens, sampler=sampler, stop=stop,
-                                  ignore_eos=ignore_eos, on_done=on_done)
-        return finish(run, stream, return_info)
+        return self._run(prepared, vision, **options)
 
-    def _answer_stream(self, prepared: PreparedPrompt, vision: dict, *, slot, max_tokens, sampler, stop, ignore_eos,
-                       on_done) -> Iterator[tuple[str, dict]]:
+    def _answer_stream(self, prepared: PreparedPrompt, vision: dict, **gen) -> Iterator[tuple[str, dict]]:
         """The decode loop's pieces with the text stripped as the official decode does, and the vision stats."""
-        strip, raw, info = StrippedText(), [], {}
+        strip, info = StrippedText(), {}
+        run = super()._answer_stream(prepared, vision, **gen)
         try:
-            for piece, info in self._stream(prepared, slot=slot, max_tokens=max_tokens, sampler=sampler, stop=stop,
-                                            ignore_eos=ignore_eos):
-                raw.append(piece)
+            for piece, info in run:
                 out = strip.push(piece)
                 if out:
                     yield out, {}
-        except GeneratorExit:                       # the caller stopped early: what was said still counts
-            if on_done is not None and raw:
-                on_done("".join(raw), None)
-            raise
-        if on_done is not None:
-            on_done("".join(raw), info.get("tokens"))
+        finally:
+            run.close()                             # stopped early: on_done hears it now
         info.update(text=strip.text, images=vision["views"], views_encoded=vision["views_encoded"],
                     views_reused=vision["views_reused"])
         info["timings"].update(vision_s=vision["vision_s"], vision_ms=1e3 * vision["vision_s"])
         yield "", info
+
+    # ----- session parts (session.py) -------------------------------------------------------------
+    def _session_start(self, system: Optional[str]) -> list[int]:
+        return tokenize_chunks(self.tokenizer, [system_chunk(system)])[0]
+
+    def _question(self, message: dict, media, cut: bool) -> Owl3Prompt:
+        return question_prompt(self.tokenizer, message, self._expand(media, cut))
+
+    def _answer_ids(self, text: str) -> list[int]:
+        return answer_chunk_ids(self.tokenizer, text)
+
+    @property
+    def _turn_end(self) -> list[int]:
+        return tokenize_chunks(self.tokenizer, ANSWER_END)[0]
 
     # ----- research ------------------------------------------------------------------------------
     def _research_prompt(self, prompt_or_messages, images, videos, cut) -> tuple[Owl3Prompt, PreparedPrompt]:

@@ -18,6 +18,7 @@ from .media import Expanded
 EMPTY_SYSTEM = "<|im_start|>system\n<|im_end|>"          # not Qwen's default "You are a helpful assistant."
 ASSISTANT_HEADER = "\n<|im_start|>assistant\n"
 TERMINATORS = ("<|im_end|>", "<|endoftext|>")            # the official generate()'s eos_token_id (docs/owl3.md §6.6)
+ANSWER_END = ("<|im_end|>", "<|endoftext|>")             # what follows an earlier answer (official quirk, §6.1)
 _SPLIT_IMAGE = re.compile(r"(<\|image\|>)")
 
 
@@ -45,21 +46,30 @@ def chat_chunks(messages: Sequence[dict]) -> list:
         raise ValueError("the messages have no user turn")
     chunks: list = []
     if msgs[0]["role"] != "system":
-        chunks.append(EMPTY_SYSTEM)
+        chunks.append(system_chunk(None))
     for k, m in enumerate(msgs):
         role, content = m["role"], m["content"]
         if role == "system":
             if k:
                 raise ValueError("a system message may only come first")
-            chunks.append(f"<|im_start|>system\n{content}<|im_end|>")
+            chunks.append(system_chunk(content))
         elif role == "user":
-            chunks += [c for c in _SPLIT_IMAGE.split(f"\n<|im_start|>user\n{content}<|im_end|>") if c]
+            chunks += user_chunks(content)
         elif m.get("ids") is not None:   # an answer of ours: its own tokens, as they sit in the KV cache
-            chunks += [ASSISTANT_HEADER, [int(t) for t in m["ids"]], "<|im_end|>", "<|endoftext|>"]
+            chunks += [ASSISTANT_HEADER, [int(t) for t in m["ids"]], *ANSWER_END]
         else:   # an earlier answer keeps <|im_end|><|endoftext|> (official quirk, §6.1)
             chunks += [ASSISTANT_HEADER, f"{content}<|im_end|>", "<|endoftext|>"]
     chunks.append(ASSISTANT_HEADER)
     return chunks
+
+
+def system_chunk(system) -> str:
+    return EMPTY_SYSTEM if system is None else f"<|im_start|>system\n{system}<|im_end|>"
+
+
+def user_chunks(content: str) -> list:
+    """A user turn (markers expanded), split at each `<|image|>`."""
+    return [c for c in _SPLIT_IMAGE.split(f"\n<|im_start|>user\n{content}<|im_end|>") if c]
 
 
 def expand_markers(messages: Sequence[dict], expanded: Sequence[Expanded]) -> list[dict]:
@@ -96,7 +106,17 @@ def tokenize_chunks(tokenizer, chunks: Sequence) -> tuple[list[int], list[int]]:
 
 def build_prompt(tokenizer, messages: Sequence[dict], expanded: Sequence[Expanded]) -> Owl3Prompt:
     """Normalized messages (string content, markers) + their expanded media -> ids, starts and views."""
-    chunks = chat_chunks(expand_markers(messages, expanded))
+    return _prompt(tokenizer, chat_chunks(expand_markers(messages, expanded)), expanded)
+
+
+def question_prompt(tokenizer, message: dict, expanded: Sequence[Expanded]) -> Owl3Prompt:
+    """One user message through the assistant header: what a Session appends to the turns before it (image
+    starts relative to its first token). Its ids are those build_prompt gives that turn."""
+    [m] = expand_markers([message], expanded)
+    return _prompt(tokenizer, user_chunks(m["content"]) + [ASSISTANT_HEADER], expanded)
+
+
+def _prompt(tokenizer, chunks: list, expanded: Sequence[Expanded]) -> Owl3Prompt:
     ids, starts = tokenize_chunks(tokenizer, chunks)
     views = np.concatenate([e.views for e in expanded]) if expanded else np.zeros((0, 3, 1, 1), np.float32)
     if len(starts) != len(views):
