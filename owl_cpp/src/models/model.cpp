@@ -73,9 +73,9 @@ DecoderLayer read_layer(TensorLoader& L, const HParams& hp, int64_t i, bool qkv_
 
 class ModelBuilder {
 public:
-    static std::shared_ptr<Model> load(const std::string& path) {
+    static std::shared_ptr<Model> load(std::unique_ptr<GGUFFile> file) {
         std::shared_ptr<Model> m(new Model());
-        m->file_ = GGUFFile::open(path);
+        m->file_ = std::move(file);
         TensorLoader L(*m->file_);
         HParams& hp = m->hp_;
         hp.arch = m->file_->get_string("general.architecture");
@@ -109,7 +109,8 @@ public:
     }
 };
 
-std::shared_ptr<Model> Model::load(const std::string& path) { return ModelBuilder::load(path); }
+std::shared_ptr<Model> Model::load(const std::string& path) { return ModelBuilder::load(GGUFFile::open(path)); }
+std::shared_ptr<Model> Model::load(std::unique_ptr<GGUFFile> file) { return ModelBuilder::load(std::move(file)); }
 
 void Model::for_each_weight(const std::function<void(const WeightView&)>& matrix,
                             const std::function<void(const std::vector<float>&)>& vector) const {
