@@ -1,5 +1,7 @@
 """Model-level validation: a structurally valid GGUF that lacks a key or tensor, or has a tensor of the
 wrong shape, is a FormatError naming it; the API checks its own inputs."""
+from pathlib import Path
+
 import gguf
 import numpy as np
 import pytest
@@ -144,3 +146,32 @@ def test_block_count_beyond_the_file_fails_before_allocating(tmp_path):
 def test_non_finite_rope_base_or_epsilon(tmp_path, key, value):
     with pytest.raises(owl_cpp.FormatError, match="positive and finite"):
         owl_cpp.load(write_model(tmp_path / "n.gguf", extra_keys={key: ("add_float32", value)}))
+
+
+# Findings of the GGUF fuzzer (tests/fuzz/).
+SEEDS = Path(__file__).resolve().parent / "fuzz" / "corpus"
+
+
+def test_alignment_1_gives_the_same_logits(tmp_path):
+    """general.alignment = 1 is legal and leaves Q4_0 blocks and floats at odd addresses (undefined behaviour for
+    the kernels and the Q4_0 repacking, found by UBSan): the reader copies such tensors to aligned memory."""
+    src = SEEDS / "llama_q4_0.gguf"
+    r = gguf.GGUFReader(str(src))
+    w = gguf.GGUFWriter(str(tmp_path / "a1.gguf"), "llama")
+    w.add_custom_alignment(1)
+    w.add_string("x.odd", "odd")  # the header, hence the data section, ends at an odd offset
+    for field in r.fields.values():
+        if not field.name.startswith("GGUF.") and field.name != "general.architecture":
+            w.add_key_value(field.name, field.contents(), field.types[0], field.types[-1] if len(field.types) > 1 else None)
+    for t in r.tensors:
+        w.add_tensor(t.name, np.asarray(t.data), raw_dtype=t.tensor_type)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    f = owl_cpp._core.GGUFFile.open(str(tmp_path / "a1.gguf"))
+    data_start = (tmp_path / "a1.gguf").stat().st_size - max(t["offset"] + t["nbytes"] for t in f.tensors())
+    assert f.alignment == 1 and data_start % 2 == 1
+    a, b = owl_cpp.load(src, threads=1), owl_cpp.load(tmp_path / "a1.gguf", threads=1)
+    ids = a.tokenize("ab a")
+    np.testing.assert_array_equal(a.logits(ids), b.logits(ids))

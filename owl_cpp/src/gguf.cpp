@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <set>
@@ -305,6 +306,29 @@ void GGUFFile::parse(const uint8_t* base, size_t size) {
         const auto& prev = tensors_[ranges[k - 1].second];
         if (prev.offset + prev.nbytes > ranges[k].first)
             c.fail("tensors '" + prev.name + "' and '" + tensors_[ranges[k].second].name + "' overlap");
+    }
+    align_tensor_data();
+}
+
+// Kernels read tensors as floats, halves and quant blocks, and a small general.alignment (1 is legal) or an
+// unaligned buffer can put those at odd addresses: undefined behaviour. Such tensors get one aligned copy.
+void GGUFFile::align_tensor_data() {
+    constexpr uintptr_t kAlign = 32;
+    auto misaligned = [](const GGUFTensorInfo& t) { return reinterpret_cast<uintptr_t>(t.data) % kAlign != 0; };
+    auto padded = [](uint64_t n) { return size_t((n + kAlign - 1) / kAlign * kAlign); };
+    size_t total = 0;  // at most the file's size plus padding: every range was checked against the file
+    for (const auto& t : tensors_)
+        if (misaligned(t)) total += padded(t.nbytes);
+    if (total == 0) return;
+    aligned_copy_.reset(static_cast<uint8_t*>(std::aligned_alloc(kAlign, total)));
+    if (!aligned_copy_) throw std::bad_alloc();
+    uint8_t* dst = aligned_copy_.get();
+    for (auto& t : tensors_) {
+        if (!misaligned(t)) continue;
+        std::memcpy(dst, t.data, size_t(t.nbytes));
+        release_pages(t.data, size_t(t.nbytes));  // resident memory keeps one copy
+        t.data = dst;
+        dst += padded(t.nbytes);
     }
 }
 
