@@ -7,6 +7,9 @@ import numpy as np
 import pytest
 
 import owl_cpp
+from gguf_edit import ARRAY, UINT32, UINT64, rewrite
+
+INT64 = 11
 
 E, L, H, KV, F = 32, 1, 4, 2, 64
 HD = E // H
@@ -148,8 +151,31 @@ def test_non_finite_rope_base_or_epsilon(tmp_path, key, value):
         owl_cpp.load(write_model(tmp_path / "n.gguf", extra_keys={key: ("add_float32", value)}))
 
 
-# Findings of the GGUF fuzzer (tests/fuzz/).
+# Findings of the GGUF fuzzer (tests/fuzz/): each message names the real fault, with the file's values as written.
 SEEDS = Path(__file__).resolve().parent / "fuzz" / "corpus"
+
+
+@pytest.mark.parametrize("keys,message", [
+    ({"llama.attention.head_count": (UINT32, 3)}, "embedding_length 8 is not a multiple of head_count 3"),
+    ({"llama.attention.key_length": (UINT32, 3)}, "head dimension 3 is odd"),
+    ({"llama.rope.dimension_count": (UINT32, 2)}, r"partial rotary embeddings \(rope.dimension_count 2 < head dimension 4\)"),
+    ({"llama.rope.dimension_count": (UINT64, 2**64 - 1)}, "rope.dimension_count 18446744073709551615 is larger"),
+    ({"tokenizer.ggml.token_type": (ARRAY, [1] * 13 + [2**32 + 1], INT64)}, r"token_type\[13\] = 4294967297 is not"),
+])
+def test_hparam_messages_name_the_fault(tmp_path, keys, message):
+    p = rewrite(SEEDS / "llama_spm_f32.gguf", tmp_path / "m.gguf", keys)
+    with pytest.raises(owl_cpp.FormatError, match=message):
+        owl_cpp.load(p)
+
+
+@pytest.mark.parametrize("keys,message", [
+    ({"owl3.mi_rope_offset": (UINT64, 2**64 - 1)}, "owl3.mi_rope_offset 18446744073709551615 must be 0 or 1"),
+    ({"owl3.hyper_layers": (ARRAY, [2**64 - 1], UINT64)}, "element 0 = 18446744073709551615 is out of range"),
+])
+def test_u64_max_is_not_minus_one(tmp_path, keys, message):
+    p = rewrite(SEEDS / "owl3_proj_bf16.gguf", tmp_path / "m.gguf", keys)
+    with pytest.raises(owl_cpp.FormatError, match=message):
+        owl_cpp._core.Model.load(str(p))  # a bare owl3 decoder: owl_cpp.load wants its model directory
 
 
 def test_alignment_1_gives_the_same_logits(tmp_path):
