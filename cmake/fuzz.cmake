@@ -9,6 +9,7 @@ function(owl_fuzz_harness)
   target_compile_options(owl PRIVATE ${san} -fsanitize=fuzzer-no-link)
   add_executable(fuzz_gguf ${CMAKE_CURRENT_SOURCE_DIR}/tests/fuzz/fuzz_gguf.cpp)
   target_link_libraries(fuzz_gguf PRIVATE owl)
+  target_include_directories(fuzz_gguf PRIVATE ${CMAKE_CURRENT_SOURCE_DIR}/owl_cpp/src)  # unicode.h
   target_compile_options(fuzz_gguf PRIVATE ${san} -fsanitize=fuzzer)
   target_link_options(fuzz_gguf PRIVATE ${san} -fsanitize=fuzzer)
 endfunction()

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import owl_cpp
-from gguf_edit import ARRAY, UINT32, UINT64, rewrite
+from gguf_edit import ARRAY, STRING, UINT32, UINT64, rewrite
 
 INT64 = 11
 
@@ -201,3 +201,16 @@ def test_alignment_1_gives_the_same_logits(tmp_path):
     a, b = owl_cpp.load(src, threads=1), owl_cpp.load(tmp_path / "a1.gguf", threads=1)
     ids = a.tokenize("ab a")
     np.testing.assert_array_equal(a.logits(ids), b.logits(ids))
+
+
+@pytest.mark.parametrize("seed,key,shown", [
+    ("llama_spm_f32.gguf", "general.architecture", "architecture 'll\ufffdama' is not supported"),
+    ("qwen2_bpe_f16.gguf", "tokenizer.ggml.pre", "unsupported pre-tokenizer 'll\ufffdama'"),
+    ("owl3_proj_bf16.gguf", "owl3.hyper_gate", "owl3.hyper_gate 'll\ufffdama' is not one of"),
+])
+def test_invalid_utf8_values_are_quoted_cleanly(tmp_path, seed, key, shown):
+    # Was a UnicodeDecodeError from Python instead of the FormatError (found by the fuzzer).
+    p = rewrite(SEEDS / seed, tmp_path / "m.gguf", {key: (STRING, b"ll\xffama")})
+    with pytest.raises(owl_cpp.FormatError) as e:
+        owl_cpp._core.Model.load(str(p))
+    assert shown in str(e.value)

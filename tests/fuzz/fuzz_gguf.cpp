@@ -1,6 +1,6 @@
 // libFuzzer harness: bytes -> GGUF reader -> Model loader -> tokenizer -> a two-token decode. Every input must
-// load or throw owl::Error (FormatError is one); a crash, a sanitizer report, a hang or any other exception is a
-// finding. Built by tests/fuzz/build.sh (clang, ASan + UBSan); the inputs it found live in tests/fuzz/crashes/.
+// load or throw owl::Error (FormatError is one) whose message is valid UTF-8 (Python cannot raise it otherwise); a
+// crash, a sanitizer report, a hang or any other exception is a finding. Built by tests/fuzz/build.sh (clang, ASan + UBSan); the inputs it found live in tests/fuzz/crashes/.
 #include <algorithm>
 #include <cstdint>
 #include <string>
@@ -10,6 +10,7 @@
 #include "owl/error.h"
 #include "owl/gguf.h"
 #include "owl/model.h"
+#include "unicode.h"
 
 namespace {
 
@@ -60,8 +61,9 @@ void run(const uint8_t* data, size_t size) {
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     try {
         run(data, size);
-    } catch (const owl::Error&) {
-        // a clean rejection
+    } catch (const owl::Error& e) {
+        const std::string what = e.what();
+        if (owl::unicode::sanitize_utf8(what) != what) __builtin_trap();
     }
     return 0;
 }

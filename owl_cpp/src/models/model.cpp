@@ -5,6 +5,7 @@
 #include "architecture.h"
 #include "owl/error.h"
 #include "tensor_loader.h"
+#include "unicode.h"
 
 namespace owl {
 
@@ -96,7 +97,7 @@ public:
         if (!m->arch_) {
             std::string known;
             for (const auto& n : architecture_names()) known += (known.empty() ? "" : ", ") + n;
-            L.fail("architecture '" + hp.arch + "' is not supported (supported: " + known + ")");
+            L.fail("architecture '" + unicode::sanitize_utf8(hp.arch) + "' is not supported (supported: " + known + ")");
         }
         hp.rope_mode = m->arch_->rope_mode();
         read_hparams(L, hp);

@@ -13,6 +13,7 @@
 #include "forward.h"
 #include "owl/error.h"
 #include "tensor_loader.h"
+#include "unicode.h"
 
 namespace owl {
 namespace {
@@ -163,7 +164,7 @@ public:
         if (gate == "proj") w->gate = HyperGate::Proj;
         else if (gate == "vector") w->gate = HyperGate::Vector;
         else if (gate == "none") w->gate = HyperGate::None;
-        else L.fail("owl3.hyper_gate '" + gate + "' is not one of proj, vector, none");
+        else L.fail("owl3.hyper_gate '" + unicode::sanitize_utf8(gate) + "' is not one of proj, vector, none");
         w->fused = f.get_bool("owl3.fused", false);
         if (w->fused != (w->gate == HyperGate::None)) L.fail("owl3.fused must be true exactly when owl3.hyper_gate is 'none'");
         const uint64_t mi_rope_offset = f.get_uint("owl3.mi_rope_offset");  // checked before narrowing: 2^64-1 is not -1
