@@ -30,6 +30,7 @@ def exercise(path) -> str:
         tok = m.tokenizer
         ids = tok.encode("Hello wörld <s></s><|im_start|> ab 日本\n\t  a")
         tok.decode(ids, render_special=True)
+        tok.decode(tok.encode(Path(path).read_bytes()[-64:], False, False))  # arbitrary bytes as text
         if ids:
             ctx = _core.Context(m, n_ctx=4, n_threads=1, n_batch=2, kv_type="f32")
             ctx.eval(ids[:2], all_logits=True)

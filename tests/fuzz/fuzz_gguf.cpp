@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "owl/context.h"
@@ -43,6 +44,9 @@ void run(const uint8_t* data, size_t size) {
     const std::string text = "Hello wörld <s></s><|im_start|> ab\xff\xfe 日本\n\t  a";
     std::vector<int32_t> ids = tok.encode(text, true, true);
     tok.decode(ids, true);
+    // The input's last bytes as text too: arbitrary bytes through the pre-tokenizer and the merges.
+    const size_t tail = std::min<size_t>(size, 64);
+    tok.decode(tok.encode(std::string_view(reinterpret_cast<const char*>(data + size - tail), tail), false, false), false);
     owl::StreamDecoder stream(tok);
     for (int32_t id : ids) stream.push(id);
     stream.flush();
