@@ -9,8 +9,8 @@ UINT32, INT32, FLOAT32, BOOL, STRING, ARRAY, UINT64 = 4, 5, 6, 7, 8, 9, 10
 _SCALAR = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
 
 
-def _string(s: str) -> bytes:
-    b = s.encode()
+def _string(s) -> bytes:
+    b = s if isinstance(s, bytes) else s.encode()  # bytes: any value, invalid UTF-8 included
     return struct.pack("<Q", len(b)) + b
 
 

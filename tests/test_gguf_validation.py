@@ -218,3 +218,34 @@ def test_missing_file_and_directory(tmp_path):
         _core.GGUFFile.open(str(tmp_path / "nope.gguf"))
     with pytest.raises(owl_cpp.OwlError, match="not a regular file"):
         _core.GGUFFile.open(str(tmp_path))
+
+
+def raw_gguf(kvs=(), tensors=(), data=b"", alignment=32) -> bytes:
+    """A GGUF v3 from parts: kvs (key, type id, value bytes), tensors (name, ne list, type id, offset)."""
+    def s(x):
+        return struct.pack("<Q", len(x.encode())) + x.encode()
+    out = struct.pack("<4sIQQ", b"GGUF", 3, len(tensors), len(kvs))
+    out += b"".join(s(k) + struct.pack("<I", t) + v for k, t, v in kvs)
+    for name, ne, t, off in tensors:
+        out += s(name) + struct.pack(f"<I{len(ne)}QIQ", len(ne), *ne, t, off)
+    return out + b"\0" * (-len(out) % alignment) + data
+
+
+def test_tensor_byte_size_cannot_wrap(tmp_path):
+    # 2^62 F32 elements are 2^64 bytes: computed naively that is 0, which "fits" in any file.
+    for ne, t in [([1 << 62], 0), ([1 << 31, 1 << 31], 0), ([1 << 61, 2], 1), ([32 << 57], 8)]:
+        with pytest.raises(owl_cpp.FormatError, match=r"m\.gguf': tensor 'huge': \d+ \w+ elements lie past the end"):
+            open_bytes(tmp_path, raw_gguf(tensors=[("huge", ne, t, 0)], data=b"\0" * 64))
+
+
+def test_bad_bool_in_an_array_names_file_and_key(tmp_path):
+    data = raw_gguf([("t.flags", 9, struct.pack("<IQ", 7, 3) + bytes([1, 0, 2]))])
+    with pytest.raises(owl_cpp.FormatError, match=r"GGUF '.*m\.gguf': key 't\.flags': bool element 2 is 2"):
+        open_bytes(tmp_path, data)
+
+
+def test_u64_max_reads_as_unsigned(tmp_path):
+    top = 2**64 - 1
+    f = open_bytes(tmp_path, raw_gguf([("t.u64", 10, struct.pack("<Q", top)),
+                                       ("t.arr", 9, struct.pack("<IQQ", 10, 1, top))]))
+    assert f["t.u64"] == top and f["t.arr"] == [top]

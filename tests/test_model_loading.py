@@ -1,10 +1,15 @@
 """Model-level validation: a structurally valid GGUF that lacks a key or tensor, or has a tensor of the
 wrong shape, is a FormatError naming it; the API checks its own inputs."""
+from pathlib import Path
+
 import gguf
 import numpy as np
 import pytest
 
 import owl_cpp
+from gguf_edit import ARRAY, STRING, UINT32, UINT64, rewrite
+
+INT64 = 11
 
 E, L, H, KV, F = 32, 1, 4, 2, 64
 HD = E // H
@@ -144,3 +149,68 @@ def test_block_count_beyond_the_file_fails_before_allocating(tmp_path):
 def test_non_finite_rope_base_or_epsilon(tmp_path, key, value):
     with pytest.raises(owl_cpp.FormatError, match="positive and finite"):
         owl_cpp.load(write_model(tmp_path / "n.gguf", extra_keys={key: ("add_float32", value)}))
+
+
+# Findings of the GGUF fuzzer (tests/fuzz/): each message names the real fault, with the file's values as written.
+SEEDS = Path(__file__).resolve().parent / "fuzz" / "corpus"
+
+
+@pytest.mark.parametrize("keys,message", [
+    ({"llama.attention.head_count": (UINT32, 3)}, "embedding_length 8 is not a multiple of head_count 3"),
+    ({"llama.attention.key_length": (UINT32, 3)}, "head dimension 3 is odd"),
+    ({"llama.rope.dimension_count": (UINT32, 2)}, r"partial rotary embeddings \(rope.dimension_count 2 < head dimension 4\)"),
+    ({"llama.rope.dimension_count": (UINT64, 2**64 - 1)}, "rope.dimension_count 18446744073709551615 is larger"),
+    ({"tokenizer.ggml.token_type": (ARRAY, [1] * 13 + [2**32 + 1], INT64)}, r"token_type\[13\] = 4294967297 is not"),
+])
+def test_hparam_messages_name_the_fault(tmp_path, keys, message):
+    p = rewrite(SEEDS / "llama_spm_f32.gguf", tmp_path / "m.gguf", keys)
+    with pytest.raises(owl_cpp.FormatError, match=message):
+        owl_cpp.load(p)
+
+
+@pytest.mark.parametrize("keys,message", [
+    ({"owl3.mi_rope_offset": (UINT64, 2**64 - 1)}, "owl3.mi_rope_offset 18446744073709551615 must be 0 or 1"),
+    ({"owl3.hyper_layers": (ARRAY, [2**64 - 1], UINT64)}, "element 0 = 18446744073709551615 is out of range"),
+])
+def test_u64_max_is_not_minus_one(tmp_path, keys, message):
+    p = rewrite(SEEDS / "owl3_proj_bf16.gguf", tmp_path / "m.gguf", keys)
+    with pytest.raises(owl_cpp.FormatError, match=message):
+        owl_cpp._core.Model.load(str(p))  # a bare owl3 decoder: owl_cpp.load wants its model directory
+
+
+def test_alignment_1_gives_the_same_logits(tmp_path):
+    """general.alignment = 1 is legal and leaves Q4_0 blocks and floats at odd addresses (undefined behaviour for
+    the kernels and the Q4_0 repacking, found by UBSan): the reader copies such tensors to aligned memory."""
+    src = SEEDS / "llama_q4_0.gguf"
+    r = gguf.GGUFReader(str(src))
+    w = gguf.GGUFWriter(str(tmp_path / "a1.gguf"), "llama")
+    w.add_custom_alignment(1)
+    w.add_string("x.odd", "odd")  # the header, hence the data section, ends at an odd offset
+    for field in r.fields.values():
+        if not field.name.startswith("GGUF.") and field.name != "general.architecture":
+            w.add_key_value(field.name, field.contents(), field.types[0], field.types[-1] if len(field.types) > 1 else None)
+    for t in r.tensors:
+        w.add_tensor(t.name, np.asarray(t.data), raw_dtype=t.tensor_type)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    f = owl_cpp._core.GGUFFile.open(str(tmp_path / "a1.gguf"))
+    data_start = (tmp_path / "a1.gguf").stat().st_size - max(t["offset"] + t["nbytes"] for t in f.tensors())
+    assert f.alignment == 1 and data_start % 2 == 1
+    a, b = owl_cpp.load(src, threads=1), owl_cpp.load(tmp_path / "a1.gguf", threads=1)
+    ids = a.tokenize("ab a")
+    np.testing.assert_array_equal(a.logits(ids), b.logits(ids))
+
+
+@pytest.mark.parametrize("seed,key,shown", [
+    ("llama_spm_f32.gguf", "general.architecture", "architecture 'll\ufffdama' is not supported"),
+    ("qwen2_bpe_f16.gguf", "tokenizer.ggml.pre", "unsupported pre-tokenizer 'll\ufffdama'"),
+    ("owl3_proj_bf16.gguf", "owl3.hyper_gate", "owl3.hyper_gate 'll\ufffdama' is not one of"),
+])
+def test_invalid_utf8_values_are_quoted_cleanly(tmp_path, seed, key, shown):
+    # Was a UnicodeDecodeError from Python instead of the FormatError (found by the fuzzer).
+    p = rewrite(SEEDS / seed, tmp_path / "m.gguf", {key: (STRING, b"ll\xffama")})
+    with pytest.raises(owl_cpp.FormatError) as e:
+        owl_cpp._core.Model.load(str(p))
+    assert shown in str(e.value)

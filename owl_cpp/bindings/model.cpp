@@ -53,7 +53,7 @@ py::object run_decode(Context& c, const Batch& b, bool all_logits, bool return_l
 
 void bind_model(py::module_& m) {
     py::class_<Model, std::shared_ptr<Model>>(m, "Model")
-        .def_static("load", &Model::load, py::arg("path"), py::call_guard<py::gil_scoped_release>())
+        .def_static("load", py::overload_cast<const std::string&>(&Model::load), py::arg("path"), py::call_guard<py::gil_scoped_release>())
         .def_property_readonly("hparams", [](const Model& mo) {
             const HParams& h = mo.hparams();
             py::dict d(py::arg("arch") = h.arch, py::arg("n_vocab") = h.n_vocab, py::arg("n_embd") = h.n_embd,

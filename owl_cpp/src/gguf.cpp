@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <set>
@@ -127,6 +128,11 @@ void read_value(Cursor& c, GGUFType type, GGUFValue& v, const std::string& key, 
                 const size_t es = scalar_size(v.elem_type);
                 if (v.count > c.remaining() / es) c.fail("key '" + key + "': array of " + std::to_string(v.count) + " elements exceeds the file");
                 v.data = c.here();
+                // element() decodes lazily, where the file and key are unknown: check bools now.
+                if (v.elem_type == GGUFType::BOOL)
+                    for (uint64_t k = 0; k < v.count; ++k)
+                        if (v.data[k] > 1)
+                            c.fail("key '" + key + "': bool element " + std::to_string(k) + " is " + std::to_string(v.data[k]) + ", neither 0 nor 1");
                 c.skip(v.count * es, "array data");
             }
             break;
@@ -269,7 +275,12 @@ void GGUFFile::parse(const uint8_t* base, size_t size) {
         const int64_t be = dtype_block_elems(ti.type);
         if (ti.ne[0] % be != 0)
             c.fail(where + ": row length " + std::to_string(ti.ne[0]) + " is not a multiple of the " + dtype_name(ti.type) + " block size " + std::to_string(be));
-        ti.nbytes = n / uint64_t(be) * uint64_t(dtype_block_bytes(ti.type));
+        // 2^62 elements of 4 bytes wrap to 0 bytes: bound the block count by the file before multiplying.
+        const uint64_t blocks = n / uint64_t(be), block_bytes = uint64_t(dtype_block_bytes(ti.type));
+        if (blocks > size / block_bytes)
+            c.fail(where + ": " + std::to_string(n) + " " + dtype_name(ti.type) + " elements lie past the end of the file (" +
+                   std::to_string(size) + " bytes)");
+        ti.nbytes = blocks * block_bytes;
         if (ti.offset % alignment_ != 0) c.fail(where + ": data offset " + std::to_string(ti.offset) + " is not aligned to " + std::to_string(alignment_));
         tensor_index_.emplace(ti.name, tensors_.size());
         tensors_.push_back(std::move(ti));
@@ -295,6 +306,29 @@ void GGUFFile::parse(const uint8_t* base, size_t size) {
         const auto& prev = tensors_[ranges[k - 1].second];
         if (prev.offset + prev.nbytes > ranges[k].first)
             c.fail("tensors '" + prev.name + "' and '" + tensors_[ranges[k].second].name + "' overlap");
+    }
+    align_tensor_data();
+}
+
+// Kernels read tensors as floats, halves and quant blocks, and a small general.alignment (1 is legal) or an
+// unaligned buffer can put those at odd addresses: undefined behaviour. Such tensors get one aligned copy.
+void GGUFFile::align_tensor_data() {
+    constexpr uintptr_t kAlign = 32;
+    auto misaligned = [](const GGUFTensorInfo& t) { return reinterpret_cast<uintptr_t>(t.data) % kAlign != 0; };
+    auto padded = [](uint64_t n) { return size_t((n + kAlign - 1) / kAlign * kAlign); };
+    size_t total = 0;  // at most the file's size plus padding: every range was checked against the file
+    for (const auto& t : tensors_)
+        if (misaligned(t)) total += padded(t.nbytes);
+    if (total == 0) return;
+    aligned_copy_.reset(static_cast<uint8_t*>(std::aligned_alloc(kAlign, total)));
+    if (!aligned_copy_) throw std::bad_alloc();
+    uint8_t* dst = aligned_copy_.get();
+    for (auto& t : tensors_) {
+        if (!misaligned(t)) continue;
+        std::memcpy(dst, t.data, size_t(t.nbytes));
+        release_pages(t.data, size_t(t.nbytes));  // resident memory keeps one copy
+        t.data = dst;
+        dst += padded(t.nbytes);
     }
 }
 
@@ -368,7 +402,12 @@ std::vector<int64_t> GGUFFile::get_int_array(const std::string& key) const {
     if (!v) key_error(path_, key, "is missing");
     if (v->type != GGUFType::ARRAY || !v->data || !is_integer_type(v->elem_type)) key_error(path_, key, "is not an integer array");
     std::vector<int64_t> out(size_t(v->count));
-    for (uint64_t k = 0; k < v->count; ++k) out[k] = v->element(k).i;
+    for (uint64_t k = 0; k < v->count; ++k) {
+        const GGUFValue e = v->element(k);
+        if (!is_signed(e.type) && e.u > uint64_t(std::numeric_limits<int64_t>::max()))
+            key_error(path_, key, "element " + std::to_string(k) + " = " + std::to_string(e.u) + " is out of range");
+        out[k] = e.i;
+    }
     return out;
 }
 

@@ -51,7 +51,7 @@ public:
         if (v_.pre == "qwen2") pre_ = Pre::Qwen2;
         else if (v_.pre == "default" || v_.pre == "gpt2" || v_.pre.empty()) pre_ = Pre::Gpt2;
         else
-            throw FormatError("tokenizer.ggml.pre: unsupported pre-tokenizer '" + v_.pre +
+            throw FormatError("tokenizer.ggml.pre: unsupported pre-tokenizer '" + unicode::sanitize_utf8(v_.pre) +
                               "' for tokenizer model 'gpt2' (supported: qwen2, default, gpt2)");
         build_lookup();
         build_pieces();

@@ -11,7 +11,13 @@ std::unique_ptr<Tokenizer> tokenizer_from_gguf(const GGUFFile& f) {
     v.tokens = f.get_string_array("tokenizer.ggml.tokens");
     if (f.has("tokenizer.ggml.scores")) v.scores = f.get_float_array("tokenizer.ggml.scores");
     if (f.has("tokenizer.ggml.token_type")) {
-        for (int64_t t : f.get_int_array("tokenizer.ggml.token_type")) v.types.push_back(int32_t(t));
+        for (int64_t t : f.get_int_array("tokenizer.ggml.token_type")) {
+            // Narrowed only when it fits: 2^32 + 1 must not pass the type check as 1.
+            if (t != int32_t(t))
+                throw FormatError("GGUF '" + f.path() + "': tokenizer.ggml.token_type[" + std::to_string(v.types.size()) + "] = " +
+                                  std::to_string(t) + " is not a valid token type (0..6)");
+            v.types.push_back(int32_t(t));
+        }
     }
     if (f.has("tokenizer.ggml.merges")) v.merges = f.get_string_array("tokenizer.ggml.merges");
     auto id = [&](const char* key) -> int32_t {

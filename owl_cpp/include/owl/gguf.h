@@ -2,6 +2,7 @@
 // size is checked against the file before it is used, so a truncated or hostile file is a FormatError.
 #pragma once
 #include <cstdint>
+#include <cstdlib>
 #include <map>
 #include <memory>
 #include <string>
@@ -42,7 +43,7 @@ struct GGUFTensorInfo {
     int64_t ne[4] = {1, 1, 1, 1};  // ne[0] is the contiguous (row) dimension, as in ggml
     uint64_t offset = 0;           // relative to the data section
     uint64_t nbytes = 0;
-    const uint8_t* data = nullptr;
+    const uint8_t* data = nullptr;  // 32-byte aligned (a copy when the file's layout is not)
     int64_t n_elements() const { return ne[0] * ne[1] * ne[2] * ne[3]; }
 };
 
@@ -87,6 +88,7 @@ public:
 private:
     GGUFFile() = default;
     void parse(const uint8_t* base, size_t size);
+    void align_tensor_data();
 
     std::string path_;
     void* map_ = nullptr;
@@ -97,6 +99,8 @@ private:
     std::vector<std::string> key_order_;
     std::vector<GGUFTensorInfo> tensors_;
     std::map<std::string, size_t> tensor_index_;
+    struct Free { void operator()(uint8_t* p) const { std::free(p); } };
+    std::unique_ptr<uint8_t, Free> aligned_copy_;  // tensors the file left misaligned (align_tensor_data)
 };
 
 }  // namespace owl

@@ -53,6 +53,8 @@ public:
     // Maps the GGUF, validates every tensor the architecture needs (name, type, shape), rejects tensors it does
     // not know and builds the tokenizer. Errors name the file and the tensor or key at fault.
     static std::shared_ptr<Model> load(const std::string& path);
+    // The same from a file already parsed (GGUFFile::from_buffer: the buffer must outlive the model).
+    static std::shared_ptr<Model> load(std::unique_ptr<GGUFFile> file);
     ~Model();
 
     const HParams& hparams() const { return hp_; }

@@ -5,6 +5,7 @@
 #include "architecture.h"
 #include "owl/error.h"
 #include "tensor_loader.h"
+#include "unicode.h"
 
 namespace owl {
 
@@ -36,10 +37,23 @@ void read_hparams(const TensorLoader& L, HParams& hp) {
     hp.rms_eps = float(f.get_float(a + "attention.layer_norm_rms_epsilon"));
     hp.rope_base = float(f.get_float(a + "rope.freq_base", 10000.0));
     if (hp.n_head % hp.n_head_kv != 0) L.fail("head_count " + std::to_string(hp.n_head) + " is not a multiple of head_count_kv " + std::to_string(hp.n_head_kv));
-    hp.head_dim = f.has(a + "attention.key_length") ? L.positive(a + "attention.key_length") : hp.n_embd / hp.n_head;
-    if (hp.head_dim % 2 != 0) L.fail("head dimension " + std::to_string(hp.head_dim) + " is odd");
-    if (f.has(a + "rope.dimension_count") && int64_t(f.get_uint(a + "rope.dimension_count")) != hp.head_dim)
-        L.fail("partial rotary embeddings (rope.dimension_count != head dim) are not supported");
+    if (f.has(a + "attention.key_length")) {
+        hp.head_dim = L.positive(a + "attention.key_length");
+    } else {
+        if (hp.n_embd % hp.n_head != 0)
+            L.fail("embedding_length " + std::to_string(hp.n_embd) + " is not a multiple of head_count " + std::to_string(hp.n_head) +
+                   " (and attention.key_length is not given)");
+        hp.head_dim = hp.n_embd / hp.n_head;
+    }
+    if (hp.head_dim % 2 != 0) L.fail("head dimension " + std::to_string(hp.head_dim) + " is odd (rope rotates pairs)");
+    if (f.has(a + "rope.dimension_count")) {
+        const uint64_t rot = f.get_uint(a + "rope.dimension_count");
+        if (rot < uint64_t(hp.head_dim))
+            L.fail("partial rotary embeddings (rope.dimension_count " + std::to_string(rot) + " < head dimension " +
+                   std::to_string(hp.head_dim) + ") are not supported");
+        if (rot > uint64_t(hp.head_dim))
+            L.fail("rope.dimension_count " + std::to_string(rot) + " is larger than the head dimension " + std::to_string(hp.head_dim));
+    }
     // Written as !(x > 0) so NaN fails too; an infinite base or epsilon would give silent garbage.
     if (!(hp.rms_eps > 0.0f) || !(hp.rope_base > 0.0f) || hp.rms_eps > 1.0f || hp.rope_base > 1e12f)
         L.fail("rms epsilon and rope.freq_base must be positive and finite");
@@ -73,9 +87,9 @@ DecoderLayer read_layer(TensorLoader& L, const HParams& hp, int64_t i, bool qkv_
 
 class ModelBuilder {
 public:
-    static std::shared_ptr<Model> load(const std::string& path) {
+    static std::shared_ptr<Model> load(std::unique_ptr<GGUFFile> file) {
         std::shared_ptr<Model> m(new Model());
-        m->file_ = GGUFFile::open(path);
+        m->file_ = std::move(file);
         TensorLoader L(*m->file_);
         HParams& hp = m->hp_;
         hp.arch = m->file_->get_string("general.architecture");
@@ -83,7 +97,7 @@ public:
         if (!m->arch_) {
             std::string known;
             for (const auto& n : architecture_names()) known += (known.empty() ? "" : ", ") + n;
-            L.fail("architecture '" + hp.arch + "' is not supported (supported: " + known + ")");
+            L.fail("architecture '" + unicode::sanitize_utf8(hp.arch) + "' is not supported (supported: " + known + ")");
         }
         hp.rope_mode = m->arch_->rope_mode();
         read_hparams(L, hp);
@@ -109,7 +123,8 @@ public:
     }
 };
 
-std::shared_ptr<Model> Model::load(const std::string& path) { return ModelBuilder::load(path); }
+std::shared_ptr<Model> Model::load(const std::string& path) { return ModelBuilder::load(GGUFFile::open(path)); }
+std::shared_ptr<Model> Model::load(std::unique_ptr<GGUFFile> file) { return ModelBuilder::load(std::move(file)); }
 
 void Model::for_each_weight(const std::function<void(const WeightView&)>& matrix,
                             const std::function<void(const std::vector<float>&)>& vector) const {

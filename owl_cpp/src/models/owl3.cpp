@@ -13,6 +13,7 @@
 #include "forward.h"
 #include "owl/error.h"
 #include "tensor_loader.h"
+#include "unicode.h"
 
 namespace owl {
 namespace {
@@ -163,11 +164,12 @@ public:
         if (gate == "proj") w->gate = HyperGate::Proj;
         else if (gate == "vector") w->gate = HyperGate::Vector;
         else if (gate == "none") w->gate = HyperGate::None;
-        else L.fail("owl3.hyper_gate '" + gate + "' is not one of proj, vector, none");
+        else L.fail("owl3.hyper_gate '" + unicode::sanitize_utf8(gate) + "' is not one of proj, vector, none");
         w->fused = f.get_bool("owl3.fused", false);
         if (w->fused != (w->gate == HyperGate::None)) L.fail("owl3.fused must be true exactly when owl3.hyper_gate is 'none'");
-        w->mi_rope_offset = int64_t(f.get_uint("owl3.mi_rope_offset"));
-        if (w->mi_rope_offset > 1) L.fail("owl3.mi_rope_offset must be 0 or 1");
+        const uint64_t mi_rope_offset = f.get_uint("owl3.mi_rope_offset");  // checked before narrowing: 2^64-1 is not -1
+        if (mi_rope_offset > 1) L.fail("owl3.mi_rope_offset " + std::to_string(mi_rope_offset) + " must be 0 or 1");
+        w->mi_rope_offset = int64_t(mi_rope_offset);
         w->slot.assign(size_t(hp.n_layer), -1);
         for (int64_t layer : f.get_int_array("owl3.hyper_layers")) {
             if (layer < 0 || layer >= hp.n_layer) L.fail("owl3.hyper_layers names layer " + std::to_string(layer) + " of " + std::to_string(hp.n_layer));

@@ -1,6 +1,7 @@
 #include "tensor_loader.h"
 
 #include "owl/error.h"
+#include "unicode.h"
 
 namespace owl {
 
@@ -49,7 +50,7 @@ void TensorLoader::reject_unused() const {
     std::string names;
     for (size_t i = 0; i < unknown.size() && i < 5; ++i) names += (i ? ", '" : "'") + unknown[i] + "'";
     if (unknown.size() > 5) names += " and " + std::to_string(unknown.size() - 5) + " more";
-    fail(std::to_string(unknown.size()) + " tensor(s) that architecture '" + f_.get_string("general.architecture") +
+    fail(std::to_string(unknown.size()) + " tensor(s) that architecture '" + unicode::sanitize_utf8(f_.get_string("general.architecture")) +
          "' does not use: " + names);
 }
 

@@ -24,9 +24,14 @@ namespace isa {
 namespace {
 
 #if defined(__x86_64__) || defined(__i386__)
+bool cpu_f16c() {
+    // CPUID.(EAX=1):ECX bit 29; asked directly because clang 14's __builtin_cpu_supports does not know "f16c".
+    unsigned a = 0, b = 0, c = 0, d = 0;
+    return __get_cpuid(1, &a, &b, &c, &d) && ((c >> 29) & 1u);
+}
 bool cpu_avx2() {
     __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && cpu_f16c();
 }
 bool cpu_avx2_vnni() {
     // CPUID.(EAX=7, ECX=1):EAX bit 4; asked directly because older compilers' __builtin_cpu_supports lacks it.

@@ -1,4 +1,5 @@
 // Load-time weight layouts the kernels prefer over the file's: Q4_0 -> BlockQ4_0x8 (dtype.h).
+#include <cstddef>
 #include <cstring>
 
 #include "owl/error.h"
@@ -24,9 +25,10 @@ void repack_q4x8(const WeightView& w, void* dst, int64_t r0, int64_t r1) {
             for (int i = 0; i < kQ4x8Rows; ++i) {
                 const int64_t r = g * kQ4x8Rows + i;
                 if (r >= w.rows) break;
-                const BlockQ4_0& src = reinterpret_cast<const BlockQ4_0*>(w.row(r))[b];
-                o.d[i] = src.d;
-                for (int p = 0; p < 4; ++p) std::memcpy(o.qs + 32 * p + 4 * i, src.qs + 4 * p, 4);
+                // Copied as bytes: a caller's buffer need not be 2-byte aligned (GGUFFile's tensors are).
+                const uint8_t* src = w.row(r) + b * int64_t(sizeof(BlockQ4_0));
+                std::memcpy(&o.d[i], src + offsetof(BlockQ4_0, d), sizeof o.d[i]);
+                for (int p = 0; p < 4; ++p) std::memcpy(o.qs + 32 * p + 4 * i, src + offsetof(BlockQ4_0, qs) + 4 * p, 4);
             }
         }
     }
