@@ -28,11 +28,12 @@ def architecture(gguf_path: Union[str, os.PathLike]) -> str:
 
 
 def load(path: Union[str, os.PathLike], *, n_ctx: Optional[int] = None, threads: Optional[int] = None,
-         device: str = "cpu", kv_type: Optional[str] = None):
+         device: str = "cpu", kv_type: Optional[str] = None, max_spare_contexts: int = 1):
     """Loads a model: a model directory from owl-export or a .gguf file; the family comes from the file.
     n_ctx: positions per context (default: the training context, at most 4096); threads: CPU threads
     (default: physical cores); device "cuda" (or "cuda:N") runs the decoder on the GPU, and the vision tower on
-    onnxruntime's CUDA provider where installed; kv_type: KV cache storage, "f16" or "f32" (default: the runtime's)."""
+    onnxruntime's CUDA provider where installed; kv_type: KV cache storage, "f16" or "f32" (default: the runtime's);
+    max_spare_contexts: idle contexts kept for concurrent calls (a server keeps one per slot)."""
     path = os.fspath(path)
     check_device(device)
     if os.path.isdir(path):
@@ -46,7 +47,7 @@ def load(path: Union[str, os.PathLike], *, n_ctx: Optional[int] = None, threads:
         raise FileNotFoundError(f"model not found: {path} (expected a model directory or a .gguf file; "
                                 + EXPORT_HINT.format(path=path) + ")")
     arch = architecture(gguf)
-    opts = dict(n_ctx=n_ctx, threads=threads, kv_type=kv_type, device=device)
+    opts = dict(n_ctx=n_ctx, threads=threads, kv_type=kv_type, device=device, max_spare_contexts=max_spare_contexts)
     if arch in MEDIA_FAMILIES:
         if gguf.name != DECODER_FILE:
             raise ValueError(f"{gguf}: an {arch!r} decoder works inside its model directory (named "

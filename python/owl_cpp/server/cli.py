@@ -1,0 +1,40 @@
+"""owl-server: an OpenAI-compatible server over one model. Binds to 127.0.0.1 unless --host says otherwise."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="owl-server", description=__doc__)
+    p.add_argument("--model", "-m", required=True, help="a model directory from owl-export or a .gguf text model")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--parallel", type=int, default=1, help="generations at once, each with its own context")
+    p.add_argument("--queue", type=int, default=16, help="requests that may wait for a free slot (503 beyond)")
+    p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1/*")
+    p.add_argument("-c", "--n-ctx", type=int, default=None)
+    p.add_argument("-t", "--threads", type=int, default=None)
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        import uvicorn
+    except ImportError:
+        print('owl-server needs the server extra: pip install "owl_cpp[server]" (FastAPI + uvicorn)', file=sys.stderr)
+        return 2
+    if args.parallel < 1 or args.queue < 0:
+        print("--parallel must be >= 1 and --queue >= 0", file=sys.stderr)
+        return 2
+    from .. import load
+    from .app import create_app
+
+    # Each concurrent generation needs a context: keep as many ready as there are slots.
+    model = load(args.model, n_ctx=args.n_ctx, threads=args.threads, device=args.device,
+                 max_spare_contexts=max(1, args.parallel - 1))
+    app = create_app(model, api_key=args.api_key, parallel=args.parallel, queue=args.queue)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    return 0

@@ -1,0 +1,162 @@
+"""owl-server's OpenAI API through the official `openai` client, against a server started here on loopback: the
+answers are the model's own (same options, greedy), streamed or not, with images as data: URLs; errors come
+in OpenAI's shape with the right status."""
+import base64
+import io
+import socket
+import threading
+import time
+
+import numpy as np
+import pytest
+
+openai = pytest.importorskip("openai")
+uvicorn = pytest.importorskip("uvicorn")
+pytest.importorskip("fastapi")
+
+import owl_cpp  # noqa: E402
+from owl_cpp.server import create_app  # noqa: E402
+
+
+def serve(model, **kw):
+    """Starts the app on a free loopback port in a thread; returns (base_url, server)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(model, **kw), host="127.0.0.1", port=port, log_level="error"))
+    threading.Thread(target=server.run, daemon=True).start()
+    deadline = time.time() + 20
+    while not server.started:
+        assert time.time() < deadline, "server did not start"
+        time.sleep(0.05)
+    return f"http://127.0.0.1:{port}/v1", server
+
+
+@pytest.fixture(scope="module")
+def text_server(tiny_gguf):
+    model = owl_cpp.load(tiny_gguf("qwen2", "q8_0"), n_ctx=256, threads=1)
+    url, server = serve(model, model_name="tiny-qwen2", api_key="sekret", parallel=2)
+    yield model, openai.OpenAI(base_url=url, api_key="sekret", max_retries=0, timeout=60), url
+    server.should_exit = True
+
+
+MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello there"}]
+
+
+def test_chat_completion_is_the_models_answer(text_server):
+    model, client, _ = text_server
+    want = model.chat(messages=MESSAGES, max_tokens=12, return_info=True)
+    r = client.chat.completions.create(model="anything", messages=MESSAGES, max_tokens=12)
+    assert r.choices[0].message.content == want["text"]
+    assert r.choices[0].finish_reason in ("stop", "length")
+    assert r.usage.prompt_tokens == want["prompt_tokens"] and r.usage.completion_tokens == want["completion_tokens"]
+    assert r.model == "tiny-qwen2"
+    assert [m.id for m in client.models.list().data] == ["tiny-qwen2"]
+
+
+def test_streaming_gives_the_same_text(text_server):
+    model, client, _ = text_server
+    want = model.chat(messages=MESSAGES, max_tokens=12)
+    chunks = list(client.chat.completions.create(model="x", messages=MESSAGES, max_tokens=12, stream=True,
+                                                 stream_options={"include_usage": True}))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == want
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] in ("stop", "length")
+    assert chunks[-1].usage.completion_tokens > 0
+
+
+def test_completions_for_text_models(text_server):
+    model, client, _ = text_server
+    want = model.generate("The sky is", max_tokens=8)
+    assert client.completions.create(model="x", prompt="The sky is", max_tokens=8).choices[0].text == want
+
+
+def test_errors_have_the_openai_shape(text_server):
+    _, client, url = text_server
+    with pytest.raises(openai.BadRequestError, match="max_tokens"):
+        client.chat.completions.create(model="x", messages=MESSAGES, max_tokens=0)
+    with pytest.raises(openai.BadRequestError, match="data: URL"):
+        client.chat.completions.create(model="x", messages=[{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": "/etc/passwd"}}]}])
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=url, api_key="wrong", max_retries=0).models.list()
+
+
+def test_concurrent_clients_get_their_own_answers(text_server):
+    model, client, _ = text_server
+    prompts = [f"Question number {i}" for i in range(6)]
+    want = [model.chat(prompt=p, max_tokens=10) for p in prompts]
+    got = [None] * len(prompts)
+
+    def ask(i):
+        got[i] = client.chat.completions.create(model="x", messages=[{"role": "user", "content": prompts[i]}],
+                                                max_tokens=10).choices[0].message.content
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(prompts))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert got == want
+
+
+def test_owl3_answers_about_a_data_url_image(tiny_owl3_model):
+    from PIL import Image
+
+    _, model_dir = tiny_owl3_model("1b")
+    model = owl_cpp.load(model_dir, n_ctx=1024, threads=1)
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 60, 3), dtype=np.uint8))
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    data_url = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    messages = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": data_url}},
+                                             {"type": "text", "text": "What is this?"}]}]
+    url, server = serve(model)
+    try:
+        client = openai.OpenAI(base_url=url, api_key="none", max_retries=0, timeout=120)
+        got = client.chat.completions.create(model="x", messages=messages, max_tokens=8).choices[0].message.content
+        assert got == model.chat(messages=messages, max_tokens=8)
+    finally:
+        server.should_exit = True
+
+
+class BlockingModel:
+    """Answers once `go` is set: holds the server's only slot for as long as a test needs."""
+    path = "blocking.gguf"
+
+    def __init__(self):
+        self.go, self.entered = threading.Event(), threading.Event()
+
+    def chat(self, messages, return_info=False, **opts):
+        self.entered.set()
+        self.go.wait(30)
+        return {"text": "done", "finish_reason": "stop", "prompt_tokens": 1, "completion_tokens": 1}
+
+
+def test_a_full_queue_answers_503_and_the_slot_comes_back():
+    model = BlockingModel()
+    url, server = serve(model, parallel=1, queue=0)
+    try:
+        client = openai.OpenAI(base_url=url, api_key="none", max_retries=0, timeout=60)
+        first = []
+        t = threading.Thread(target=lambda: first.append(
+            client.chat.completions.create(model="x", messages=MESSAGES).choices[0].message.content))
+        t.start()
+        assert model.entered.wait(20)
+        with pytest.raises(openai.InternalServerError) as e:  # the only slot is busy and no one may wait
+            client.chat.completions.create(model="x", messages=MESSAGES)
+        assert e.value.status_code == 503 and "busy" in str(e.value)
+        model.go.set()
+        t.join(30)
+        assert first == ["done"]
+        assert client.chat.completions.create(model="x", messages=MESSAGES).choices[0].message.content == "done"
+    finally:
+        server.should_exit = True
+
+
+def test_owl_server_cli_checks_its_arguments(capsys):
+    from owl_cpp.server.cli import main
+
+    assert main(["--model", "x", "--parallel", "0"]) == 2
+    with pytest.raises(SystemExit):
+        main([])
