@@ -75,7 +75,7 @@ def test_errors_have_the_openai_shape(text_server):
     _, client, url = text_server
     with pytest.raises(openai.BadRequestError, match="max_tokens"):
         client.chat.completions.create(model="x", messages=MESSAGES, max_tokens=0)
-    with pytest.raises(openai.BadRequestError, match="data: URL"):
+    with pytest.raises(openai.BadRequestError, match="allow-local-dir"):  # no local files unless allowed
         client.chat.completions.create(model="x", messages=[{"role": "user", "content": [
             {"type": "image_url", "image_url": {"url": "/etc/passwd"}}]}])
     with pytest.raises(openai.AuthenticationError):
@@ -100,24 +100,71 @@ def test_concurrent_clients_get_their_own_answers(text_server):
     assert got == want
 
 
-def test_owl3_answers_about_a_data_url_image(tiny_owl3_model):
+def png_bytes(seed=0):
     from PIL import Image
+
+    img = Image.fromarray(np.random.default_rng(seed).integers(0, 255, (40, 60, 3), dtype=np.uint8))
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def image_message(url):
+    return [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}},
+                                         {"type": "text", "text": "What is this?"}]}]
+
+
+def test_owl3_images_by_data_url_http_url_and_allowed_path(tiny_owl3_model, tmp_path):
+    import http.server
 
     _, model_dir = tiny_owl3_model("1b")
     model = owl_cpp.load(model_dir, n_ctx=1024, threads=1)
-    img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 60, 3), dtype=np.uint8))
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    data_url = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
-    messages = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": data_url}},
-                                             {"type": "text", "text": "What is this?"}]}]
-    url, server = serve(model)
+    png = png_bytes()
+    (tmp_path / "allowed").mkdir()
+    (tmp_path / "allowed" / "a.png").write_bytes(png)
+    (tmp_path / "secret.png").write_bytes(png)
+    (tmp_path / "allowed" / "big.png").write_bytes(png + bytes(60_000))
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(png)
+
+        def log_message(self, *args):
+            pass
+
+    web = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=web.serve_forever, daemon=True).start()
+    url, server = serve(model, local_image_dir=str(tmp_path / "allowed"), max_image_bytes=50_000)
     try:
         client = openai.OpenAI(base_url=url, api_key="none", max_retries=0, timeout=120)
-        got = client.chat.completions.create(model="x", messages=messages, max_tokens=8).choices[0].message.content
-        assert got == model.chat(messages=messages, max_tokens=8)
+
+        def ask(image_url):
+            return client.chat.completions.create(model="x", messages=image_message(image_url),
+                                                  max_tokens=8).choices[0].message.content
+
+        want = model.chat(messages=image_message("data:image/png;base64," + base64.b64encode(png).decode()),
+                          max_tokens=8)
+        assert ask("data:image/png;base64," + base64.b64encode(png).decode()) == want
+        assert ask(f"http://127.0.0.1:{web.server_address[1]}/a.png") == want
+        assert ask("a.png") == want
+        with pytest.raises(openai.BadRequestError, match="outside the allowed directory"):
+            ask("../secret.png")
+        with pytest.raises(openai.BadRequestError, match="larger than the limit"):
+            ask("big.png")
+        metrics = httpx_get(url.replace("/v1", "/metrics"))
+        assert 'owl_requests_total{endpoint="chat"} 5' in metrics and 'owl_errors_total{status="400"} 2' in metrics
+        assert "owl_tokens_total{kind=\"completion\"}" in metrics and "owl_slots_busy 0" in metrics
     finally:
         server.should_exit = True
+        web.shutdown()
+
+
+def httpx_get(url):
+    import httpx
+
+    return httpx.get(url, timeout=10).text
 
 
 class BlockingModel:

@@ -10,11 +10,13 @@ import time
 from typing import Optional
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from .openai_shapes import (RequestError, chat_chunk, chat_response, check_messages, completion_id, error_body,
-                            sampling_options, text_response, usage, FINISH)
+from .images import ImageFetcher
+from .metrics import Metrics
+from .openai_shapes import (FINISH, RequestError, chat_chunk, chat_response, check_messages, completion_id,
+                            error_body, sampling_options, text_response, usage)
 
 
 class Slots:
@@ -23,48 +25,59 @@ class Slots:
     def __init__(self, parallel: int, queue: int):
         self._free = threading.BoundedSemaphore(parallel)
         self._lock = threading.Lock()
-        self._waiting, self._queue = 0, queue
+        self.waiting, self.busy, self._queue = 0, 0, queue
 
     def acquire(self) -> None:
-        if self._free.acquire(blocking=False):
-            return
-        with self._lock:
-            if self._waiting >= self._queue:
-                raise RequestError("the server is busy: too many requests are waiting; retry later", status=503,
-                                   code="server_busy")
-            self._waiting += 1
-        try:
-            self._free.acquire()
-        finally:
+        if not self._free.acquire(blocking=False):
             with self._lock:
-                self._waiting -= 1
+                if self.waiting >= self._queue:
+                    raise RequestError("the server is busy: too many requests are waiting; retry later",
+                                       status=503, code="server_busy")
+                self.waiting += 1
+            try:
+                self._free.acquire()
+            finally:
+                with self._lock:
+                    self.waiting -= 1
+        with self._lock:
+            self.busy += 1
 
     def release(self) -> None:
+        with self._lock:
+            self.busy -= 1
         self._free.release()
 
 
 def create_app(model, *, model_name: Optional[str] = None, api_key: Optional[str] = None, parallel: int = 1,
-               queue: int = 16, max_tokens_limit: int = 4096) -> FastAPI:
+               queue: int = 16, max_tokens_limit: int = 4096, fetch_images: bool = True,
+               local_image_dir: Optional[str] = None, max_image_bytes: int = 20 << 20) -> FastAPI:
     """An app serving `model` (from owl_cpp.load). api_key: required as `Authorization: Bearer KEY` on /v1/*;
-    parallel: generations at once; queue: requests allowed to wait for one."""
+    parallel: generations at once; queue: requests allowed to wait for one; fetch_images: whether http(s) image
+    URLs are fetched; local_image_dir: the one directory image paths may name (none by default)."""
     name = model_name or os.path.basename(str(getattr(model, "model_dir", None) or model.path).rstrip("/"))
     slots = Slots(parallel, queue)
+    fetcher = ImageFetcher(allow_http=fetch_images, local_dir=local_image_dir, max_bytes=max_image_bytes)
+    metrics = Metrics()
     app = FastAPI(title="owl_cpp", docs_url=None, redoc_url=None)
+
+    def failed(status: int, body: dict) -> JSONResponse:
+        metrics.error(status)
+        return JSONResponse(body, status_code=status)
 
     @app.exception_handler(RequestError)
     async def request_error(_, e: RequestError):
         kind = "server_error" if e.status >= 500 else "invalid_request_error"
-        return JSONResponse(error_body(str(e), kind, e.param, e.code), status_code=e.status)
+        return failed(e.status, error_body(str(e), kind, e.param, e.code))
 
     @app.exception_handler(ValueError)  # the model's own checks (bad option, prompt past the context, bad image)
     async def value_error(_, e: ValueError):
-        return JSONResponse(error_body(str(e)), status_code=400)
+        return failed(400, error_body(str(e)))
 
     @app.middleware("http")
     async def check_key(request: Request, call_next):
         if api_key and request.url.path.startswith("/v1/") and request.headers.get("authorization") != f"Bearer {api_key}":
-            return JSONResponse(error_body("invalid or missing API key (Authorization: Bearer ...)",
-                                           code="invalid_api_key"), status_code=401)
+            return failed(401, error_body("invalid or missing API key (Authorization: Bearer ...)",
+                                          code="invalid_api_key"))
         return await call_next(request)
 
     async def json_body(request: Request) -> dict:
@@ -80,17 +93,24 @@ def create_app(model, *, model_name: Optional[str] = None, api_key: Optional[str
         """Runs a blocking generation in a slot (in a worker thread)."""
         slots.acquire()
         try:
-            return call()
+            t = time.perf_counter()
+            info = call()
+            metrics.generation(info, time.perf_counter() - t)
+            return info
         finally:
             slots.release()
 
     def sse(stream, cid: str, make_chunk, include_usage: bool):
         """Server-sent events over a TextStream; the slot is released (and generation stopped) when it ends,
         also when the client goes away."""
+        t, first = time.perf_counter(), None
         try:
             for piece in stream:
+                if first is None:
+                    first = time.perf_counter() - t
                 yield f"data: {json.dumps(make_chunk(piece, None))}\n\n"
             info = stream.info or {}
+            metrics.generation(info, time.perf_counter() - t, first)
             yield f"data: {json.dumps(make_chunk(None, FINISH.get(info.get('finish_reason'), 'stop')))}\n\n"
             if include_usage and info:
                 yield f"data: {json.dumps({**make_chunk(None, None), 'choices': [], 'usage': usage(info)})}\n\n"
@@ -103,6 +123,10 @@ def create_app(model, *, model_name: Optional[str] = None, api_key: Optional[str
     async def health():
         return {"status": "ok"}
 
+    @app.get("/metrics")
+    async def prometheus():
+        return PlainTextResponse(metrics.text(slots.busy, slots.waiting), media_type="text/plain; version=0.0.4")
+
     @app.get("/v1/models")
     async def models():
         return {"object": "list", "data": [{"id": name, "object": "model", "created": int(time.time()),
@@ -110,9 +134,10 @@ def create_app(model, *, model_name: Optional[str] = None, api_key: Optional[str
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
+        metrics.request("chat")
         body = await json_body(request)
-        messages = check_messages(body.get("messages"))
         opts = sampling_options(body, max_tokens_limit)
+        messages = await run_in_threadpool(fetcher.resolve, check_messages(body.get("messages")))
         cid = completion_id("chatcmpl")
         if not body.get("stream"):
             info = await run_in_threadpool(run, lambda: model.chat(messages=messages, return_info=True, **opts))
@@ -138,6 +163,7 @@ def create_app(model, *, model_name: Optional[str] = None, api_key: Optional[str
 
     @app.post("/v1/completions")
     async def completions(request: Request):
+        metrics.request("completions")
         body = await json_body(request)
         prompt = body.get("prompt")
         if not isinstance(prompt, str):

@@ -13,6 +13,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--parallel", type=int, default=1, help="generations at once, each with its own context")
     p.add_argument("--queue", type=int, default=16, help="requests that may wait for a free slot (503 beyond)")
     p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1/*")
+    p.add_argument("--allow-local-dir", default=None, help="image paths may name files in this directory (none by default)")
+    p.add_argument("--no-fetch", action="store_true", help="refuse http(s) image URLs (fetched by default, 10 s, 20 MB)")
     p.add_argument("-c", "--n-ctx", type=int, default=None)
     p.add_argument("-t", "--threads", type=int, default=None)
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
@@ -35,6 +37,7 @@ def main(argv=None) -> int:
     # Each concurrent generation needs a context: keep as many ready as there are slots.
     model = load(args.model, n_ctx=args.n_ctx, threads=args.threads, device=args.device,
                  max_spare_contexts=max(1, args.parallel - 1))
-    app = create_app(model, api_key=args.api_key, parallel=args.parallel, queue=args.queue)
+    app = create_app(model, api_key=args.api_key, parallel=args.parallel, queue=args.queue,
+                     fetch_images=not args.no_fetch, local_image_dir=args.allow_local_dir)
     uvicorn.run(app, host=args.host, port=args.port, log_level="info")
     return 0

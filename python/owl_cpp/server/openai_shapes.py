@@ -45,7 +45,7 @@ def sampling_options(body: dict, max_tokens_limit: int) -> dict:
 
 
 def check_messages(messages) -> list:
-    """OpenAI chat messages; images only as data: URLs (the server reads no local files and fetches nothing)."""
+    """OpenAI chat messages: roles and content parts (images.py resolves the image URLs)."""
     if not isinstance(messages, list) or not messages:
         raise RequestError("messages must be a non-empty list", "messages")
     for i, m in enumerate(messages):
@@ -53,13 +53,7 @@ def check_messages(messages) -> list:
             raise RequestError(f"messages[{i}] must be an object with role system, user or assistant", "messages")
         content = m.get("content")
         for part in content if isinstance(content, list) else []:
-            if isinstance(part, dict) and part.get("type") == "image_url":
-                url = part.get("image_url")
-                url = url.get("url") if isinstance(url, dict) else url
-                if not isinstance(url, str) or not url.startswith("data:"):
-                    raise RequestError(f"messages[{i}]: image_url must be a data: URL (this server reads no local "
-                                       "files and fetches no URLs)", "messages")
-            elif isinstance(part, dict) and part.get("type") not in ("text", "image_url"):
+            if not isinstance(part, dict) or part.get("type") not in ("text", "image_url"):
                 raise RequestError(f"messages[{i}]: content parts must be text or image_url", "messages")
     return messages
 
