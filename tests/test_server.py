@@ -69,6 +69,8 @@ def test_completions_for_text_models(text_server):
     model, client, _ = text_server
     want = model.generate("The sky is", max_tokens=8)
     assert client.completions.create(model="x", prompt="The sky is", max_tokens=8).choices[0].text == want
+    chunks = list(client.completions.create(model="x", prompt="The sky is", max_tokens=8, stream=True))
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == want
 
 
 def test_errors_have_the_openai_shape(text_server):

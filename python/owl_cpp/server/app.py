@@ -16,7 +16,7 @@ from starlette.concurrency import run_in_threadpool
 from .images import ImageFetcher
 from .metrics import Metrics
 from .openai_shapes import (FINISH, RequestError, chat_chunk, chat_response, check_messages, completion_id,
-                            error_body, sampling_options, text_response, usage)
+                            error_body, sampling_options, text_chunk, text_response, usage)
 
 
 class Slots:
@@ -100,7 +100,7 @@ def create_app(model, *, model_name: Optional[str] = None, api_key: Optional[str
         finally:
             slots.release()
 
-    def sse(stream, cid: str, make_chunk, include_usage: bool):
+    def sse(stream, make_chunk, include_usage: bool):
         """Server-sent events over a TextStream; the slot is released (and generation stopped) when it ends,
         also when the client goes away."""
         t, first = time.perf_counter(), None
@@ -142,22 +142,28 @@ def create_app(model, *, model_name: Optional[str] = None, api_key: Optional[str
         if not body.get("stream"):
             info = await run_in_threadpool(run, lambda: model.chat(messages=messages, return_info=True, **opts))
             return chat_response(cid, name, info)
-        await run_in_threadpool(slots.acquire)
-        try:
-            stream = await run_in_threadpool(lambda: model.chat(messages=messages, stream=True, **opts))
-        except BaseException:
-            slots.release()
-            raise
 
         def chunk(piece, finish):
             return chat_chunk(cid, name, {"content": piece} if piece is not None else {}, finish)
 
+        head = chat_chunk(cid, name, {"role": "assistant", "content": ""})
+        return await streamed(lambda: model.chat(messages=messages, stream=True, **opts), chunk, body, head)
+
+    async def streamed(start, make_chunk, body: dict, head: Optional[dict] = None) -> StreamingResponse:
+        """Takes a slot (503 while the queue is full, before any byte is sent), starts the stream, and answers
+        with its server-sent events."""
+        await run_in_threadpool(slots.acquire)
+        try:
+            stream = await run_in_threadpool(start)
+        except BaseException:
+            slots.release()
+            raise
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        head = f"data: {json.dumps(chat_chunk(cid, name, {'role': 'assistant', 'content': ''}))}\n\n"
 
         def events():
-            yield head
-            yield from sse(stream, cid, chunk, include_usage)
+            if head is not None:
+                yield f"data: {json.dumps(head)}\n\n"
+            yield from sse(stream, make_chunk, include_usage)
 
         return StreamingResponse(events(), media_type="text/event-stream")
 
@@ -169,10 +175,11 @@ def create_app(model, *, model_name: Optional[str] = None, api_key: Optional[str
         if not isinstance(prompt, str):
             raise RequestError("prompt must be a string", "prompt")
         opts = sampling_options(body, max_tokens_limit)
+        cid = completion_id("cmpl")
         if body.get("stream"):
-            raise RequestError("stream=true is not supported on /v1/completions yet; use /v1/chat/completions",
-                               "stream")
+            return await streamed(lambda: model.generate(prompt, stream=True, **opts),
+                                  lambda piece, finish: text_chunk(cid, name, piece or "", finish), body)
         info = await run_in_threadpool(run, lambda: model.generate(prompt, return_info=True, **opts))
-        return text_response(completion_id("cmpl"), name, info)
+        return text_response(cid, name, info)
 
     return app

@@ -87,3 +87,8 @@ def text_response(cid: str, model: str, info: dict) -> dict:
             "choices": [{"index": 0, "text": info["text"], "finish_reason": FINISH.get(info["finish_reason"], "stop"),
                          "logprobs": None}],
             "usage": usage(info)}
+
+
+def text_chunk(cid: str, model: str, text: str, finish: Optional[str] = None) -> dict:
+    return {"id": cid, "object": "text_completion", "created": int(time.time()), "model": model,
+            "choices": [{"index": 0, "text": text, "finish_reason": finish, "logprobs": None}]}
