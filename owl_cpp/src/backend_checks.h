@@ -26,6 +26,11 @@ inline uint64_t buffer_bytes(DType type, int64_t rows, int64_t cols) {
 inline void on(Device d, const Tensor& t) {
     if (t.device != d) throw Error(std::string("the ") + device_name(d) + " backend got a tensor on " + device_name(t.device));
 }
+// The tensor's floats, after checking it is an F32 tensor on device d.
+inline float* f32_on(Device d, const Tensor& t) {
+    on(d, t);
+    return t.f32();
+}
 inline void expect_cols(const Tensor& t, int64_t cols, const char* what) {
     if (t.cols != cols) throw Error(std::string(what) + " has " + std::to_string(t.cols) + " columns, expected " + std::to_string(cols));
 }

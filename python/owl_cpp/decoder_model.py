@@ -65,9 +65,9 @@ class DecoderModel:
         self._context_kwargs["backend"] = self.device
         self.tokenizer = self._model.tokenizer
         self.terminators = self._terminators()
+        # The pool makes its default context now, so on a GPU the weights are copied at load: a model too large
+        # fails here, not at first use.
         self._contexts = ContextPool(self._make_context, max_spare_contexts)
-        if self.device != "cpu":
-            self._make_context()  # copies the weights to the GPU now: a model too large fails at load, not at use
 
     def _make_context(self):
         return _core.Context(self._model, *self._context_args, **self._context_kwargs)

@@ -125,16 +125,7 @@ public:
     ~Staging() { release(); }
     const void* put(const void* src, size_t bytes, cudaStream_t s) {
         const size_t need = aligned(bytes ? bytes : 1);
-        if (used_ + need > cap_) {
-            check(cudaStreamSynchronize(s), "cudaStreamSynchronize (staging)");
-            used_ = 0;
-            if (need > cap_) {
-                release();
-                cap_ = need > (size_t(1) << 20) ? need : (size_t(1) << 20);
-                check(cudaMallocHost(&host_, cap_), "cudaMallocHost (staging)");
-                check(cudaMalloc(&dev_, cap_), "cudaMalloc (staging)");
-            }
-        }
+        reserve(need, s);
         uint8_t* h = static_cast<uint8_t*>(host_) + used_;
         uint8_t* d = static_cast<uint8_t*>(dev_) + used_;
         if (bytes) {
@@ -160,7 +151,7 @@ public:
         used_ = 0;
         if (bytes > cap_) {
             release();
-            cap_ = bytes;
+            cap_ = bytes > (size_t(1) << 20) ? bytes : (size_t(1) << 20);
             check(cudaMallocHost(&host_, cap_), "cudaMallocHost (staging)");
             check(cudaMalloc(&dev_, cap_), "cudaMalloc (staging)");
         }
@@ -455,10 +446,7 @@ private:
         return staging_.put(host, bytes, stream_);
     }
     static void here(const Tensor& t) { checks::on(Device::CUDA, t); }
-    static float* f32(const Tensor& t) {
-        here(t);
-        return t.f32();
-    }
+    static float* f32(const Tensor& t) { return checks::f32_on(Device::CUDA, t); }
 
     int device_;
     std::string gpu_name_;

@@ -723,17 +723,6 @@ size_t weight_device_bytes(DType type, int64_t rows, int64_t cols) {
 }
 
 namespace {
-void upload_weight_rows(DType type, const void* host, int64_t rows, int64_t cols, void* dev);
-}  // namespace
-
-// A copy from pageable memory may return before its DMA lands, and the backend's stream does not wait for the
-// legacy stream: the upload ends with a device synchronisation, so no kernel can read a half-written matrix.
-void upload_weight(DType type, const void* host, int64_t rows, int64_t cols, void* dev) {
-    upload_weight_rows(type, host, rows, cols, dev);
-    OWL_CUDA_CHECK(cudaDeviceSynchronize());
-}
-
-namespace {
 void upload_weight_rows(DType type, const void* host, int64_t rows, int64_t cols, void* dev) {
     if (!is_quant(type)) {
         const size_t bytes = weight_device_bytes(type, rows, cols);
@@ -766,6 +755,13 @@ void upload_weight_rows(DType type, const void* host, int64_t rows, int64_t cols
     }
 }
 }  // namespace
+
+// A copy from pageable memory may return before its DMA lands, and the backend's stream does not wait for the
+// legacy stream: the upload ends with a device synchronisation, so no kernel can read a half-written matrix.
+void upload_weight(DType type, const void* host, int64_t rows, int64_t cols, void* dev) {
+    upload_weight_rows(type, host, rows, cols, dev);
+    OWL_CUDA_CHECK(cudaDeviceSynchronize());
+}
 
 void matmul(DType type, const void* w, int64_t rows, int64_t cols, const float* x, int64_t T, const float* bias,
             float* y, Workspace& ws, bool x_quantized, cudaStream_t stream) {

@@ -141,10 +141,7 @@ public:
 
 private:
     static void here(const Tensor& t) { checks::on(Device::CPU, t); }
-    static float* f32(const Tensor& t) {
-        here(t);
-        return t.f32();
-    }
+    static float* f32(const Tensor& t) { return checks::f32_on(Device::CPU, t); }
 
     ThreadPool pool_;
 };
