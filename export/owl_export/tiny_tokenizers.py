@@ -33,10 +33,11 @@ def _write_json(path: Path, obj) -> None:
     path.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
-def train_qwen2_tokenizer(out_dir, vocab_size: int = 1000) -> None:
+def train_qwen2_tokenizer(out_dir, vocab_size: int = 1000, texts=None) -> None:
     """Byte-level BPE like Qwen2: tokenizer.json, vocab.json, merges.txt, tokenizer_config.json.
 
-    `vocab_size` is the size of the BPE vocabulary; the three special tokens follow it.
+    `vocab_size` is the size of the BPE vocabulary; the three special tokens follow it. `texts`: the
+    training text (default: data/corpus.txt in chunks of 8 lines).
     """
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
@@ -56,8 +57,11 @@ def train_qwen2_tokenizer(out_dir, vocab_size: int = 1000) -> None:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),  # all 256 byte characters, like Qwen2
     )
     # Chunks of several lines, newlines kept, so runs of "\n" and indentation after them are seen too.
-    lines = CORPUS.read_text(encoding="utf-8").splitlines(keepends=True)
-    chunks = ["".join(lines[i:i + 8]) for i in range(0, len(lines), 8)]
+    if texts is None:
+        lines = CORPUS.read_text(encoding="utf-8").splitlines(keepends=True)
+        chunks = ["".join(lines[i:i + 8]) for i in range(0, len(lines), 8)]
+    else:
+        chunks = list(texts)
     tok.train_from_iterator(chunks, trainer, length=len(chunks))
     # Specials come right after the base vocabulary, as in Qwen2 (151643..).
     tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in QWEN2_SPECIALS])
