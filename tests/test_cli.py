@@ -68,6 +68,7 @@ def test_piped_stdin_is_a_multi_turn_chat(model_dir, model, images):
 
 def test_errors(model_dir, images, tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("OWL_MODEL", raising=False)
+    monkeypatch.setenv("OWL_DEMO_DIR", str(tmp_path / "no-demo"))     # else the built-in demo model answers
     assert run(["-p", "Hi"])[0] == 2
     assert "OWL_MODEL" in capsys.readouterr().err
     assert run(["--model", str(tmp_path / "none"), "-p", "Hi"])[0] == 2

@@ -339,6 +339,7 @@ def test_errors_are_clear(model, model_dir, tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="prompt= or messages="):
         model.chat(image(20, 20))
     monkeypatch.delenv("OWL_MODEL", raising=False)
+    monkeypatch.setenv("OWL_DEMO_DIR", str(tmp_path / "no-demo"))     # else the built-in demo model answers
     with pytest.raises(RuntimeError, match="OWL_MODEL.*owl-export"):
         owl_cpp.chat(image(20, 20), "Hi")
 

@@ -203,9 +203,13 @@ def test_a_full_queue_answers_503_and_the_slot_comes_back():
         server.should_exit = True
 
 
-def test_owl_server_cli_checks_its_arguments(capsys):
+def test_owl_server_cli_checks_its_arguments(capsys, monkeypatch, tmp_path):
     from owl_cpp.server.cli import main
 
     assert main(["--model", "x", "--parallel", "0"]) == 2
     with pytest.raises(SystemExit):
-        main([])
+        main(["--port", "x"])
+    monkeypatch.delenv("OWL_MODEL", raising=False)
+    monkeypatch.setenv("OWL_DEMO_DIR", str(tmp_path / "no-demo"))     # no model, and no demo model to fall back on
+    assert main([]) == 2
+    assert "OWL_MODEL" in capsys.readouterr().err

@@ -1,8 +1,9 @@
 """owl_cpp: run mPLUG-Owl models (and plain qwen2/llama GGUF decoders) with a C++ runtime.
 
     import owl_cpp
-    print(owl_cpp.chat("photo.jpg", "Describe the image."))        # the model in $OWL_MODEL
+    print(owl_cpp.chat("photo.jpg", "Describe the image."))        # the model in $OWL_MODEL (else the demo model)
     m = owl_cpp.load("owl3-7b")                                     # a directory written by owl-export
+    d = owl_cpp.load("demo")                                        # the small demo model shipped inside
     for piece in m.chat(images=["a.jpg", "b.jpg"], prompt="What changed?", stream=True): print(piece, end="")
     s = m.session(); s.ask("Describe it.", images=["a.jpg"]); s.ask("And the colours?")
     m.score("What is it?", [" A cat.", " A dog."], images=["a.jpg"])   # log-probabilities of answers
@@ -20,6 +21,7 @@ from typing import Optional
 
 from ._core import FormatError, OwlError, StreamDecoder, Tokenizer
 from .context_slot import BusyError
+from .demo import model_dir as _demo
 from .loading import load
 from .research import ContinuationScore, PromptHiddenStates, PromptLogits
 from .streaming import TextStream
@@ -42,13 +44,22 @@ _loading = threading.Lock()
 
 def chat(image=None, prompt: Optional[str] = None, *, model=None, **opts):
     """One answer about `image` (a path, PIL image, array, bytes, or a list of them) from `model` (a loaded
-    model or a model directory) or, by default, the model directory in $OWL_MODEL.
+    model or a model directory) or, by default, the model directory in $OWL_MODEL, else the small demo model
+    shipped in the package (trained only on pictures of coloured shapes; a line on stderr says so, once).
     opts: load options (n_ctx, threads, device, kv_type) and the model's chat options (stream, max_tokens, ...)."""
     load_opts = {k: opts.pop(k) for k in LOAD_OPTIONS if k in opts}
     if model is None or isinstance(model, (str, os.PathLike)):
         path = model if model is not None else os.environ.get(MODEL_ENV)
         if not path:
-            raise RuntimeError(_NO_MODEL)
+            try:
+                path = _demo.demo_model_dir()
+            except FileNotFoundError as e:
+                raise RuntimeError(f"{_NO_MODEL}. ({e})") from None
+            _demo.note_demo_model()
+        path = _demo.resolve(path)
+        if _demo.is_demo_dir(path):
+            for k, v in _demo.chat_defaults(path).items():     # the options the demo model was trained for
+                opts.setdefault(k, v)
         key = (os.path.abspath(os.fspath(path)), tuple(sorted(load_opts.items())))
         with _loading:
             if key not in _loaded:

@@ -6,6 +6,11 @@
   owl-run --model owl3-7b --image photo.jpg                            (chat: one question per line on stdin;
                                                                         /image PATH adds an image to the next
                                                                         question, /reset starts over)
+  owl-run --demo [--seed N] [--save PATH]                              (a random picture of coloured shapes and
+                                                                        five questions about it, to the built-in
+                                                                        demo model; --image PATH: about a picture)
+
+Without --model and $OWL_MODEL, the built-in demo model answers (trained only on pictures of coloured shapes).
 """
 from __future__ import annotations
 
@@ -14,27 +19,32 @@ import os
 import sys
 from typing import Optional
 
+from .demo.cli_demo import MAX_TOKENS as DEMO_MAX_TOKENS, SAVE_DEFAULT as DEMO_SAVE
+
 MAX_FRAMES = 16          # the README's MAX_NUM_FRAMES (docs/owl3.md §6.5)
+MAX_TOKENS = 512
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="owl-run", description=__doc__.split("\n\n")[0],
                                 epilog=__doc__.split("\n\n", 1)[1],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("-m", "--model", default=os.environ.get("OWL_MODEL"),
-                   help="model directory written by owl-export (default: $OWL_MODEL)")
+    p.add_argument("-m", "--model", default=None,
+                   help="model directory written by owl-export (default: $OWL_MODEL, else the built-in demo model)")
     p.add_argument("-i", "--image", action="append", default=[], help="an image file (repeat for several)")
     p.add_argument("--video", action="append", default=[], help="a video file, sampled at 1 frame/s, at most "
                    "--max-frames frames")
     p.add_argument("--max-frames", type=int, default=MAX_FRAMES, help=f"frames per video (default {MAX_FRAMES})")
     p.add_argument("-p", "--prompt", help="the question; without it, read questions from stdin, one per line")
-    p.add_argument("-n", "--max-tokens", type=int, default=512, help="answer length limit (default 512)")
+    p.add_argument("-n", "--max-tokens", type=int, default=None,
+                   help=f"answer length limit (default {MAX_TOKENS}; --demo: {DEMO_MAX_TOKENS})")
     p.add_argument("--temp", type=float, default=0.0, help="temperature; 0 = greedy, as the official code (default)")
     p.add_argument("--top-k", type=int, default=40)
     p.add_argument("--top-p", type=float, default=0.95)
     p.add_argument("--min-p", type=float, default=0.05)
     p.add_argument("--repeat-penalty", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--seed", type=int, default=None, help="sampling seed; with --demo, also picks the picture "
+                   "and the questions (default: random)")
     p.add_argument("-t", "--threads", type=int, default=None, help="CPU threads (default: physical cores)")
     p.add_argument("-c", "--n-ctx", type=int, default=None, help="context length in tokens (default 4096)")
     p.add_argument("--device", default="cpu", help="where the model runs: cpu, cuda or cuda:N (default cpu)")
@@ -42,6 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="KV cache storage (default f16: half the memory of f32)")
     p.add_argument("--no-cut", action="store_true", help="do not cut images into tiles (global view only)")
     p.add_argument("-v", "--verbose", action="store_true", help="print timings to stderr after each answer")
+    p.add_argument("--demo", action="store_true", help="draw a random picture of coloured shapes, save it, show "
+                   "it (on a colour terminal) and ask the built-in demo model (or --model) five questions about it, "
+                   "with the right answers; with --image, ask about that picture")
+    p.add_argument("--save", metavar="PATH", help=f"with --demo: where to save the picture (default {DEMO_SAVE})")
     return p
 
 
@@ -166,25 +180,54 @@ def _interactive(model, images, videos, args, stdin, out) -> None:
         images, videos = [], []
 
 
+def model_path(args) -> str:
+    """--model, else $OWL_MODEL (not for --demo: its questions are for the demo model), else the demo model
+    (with a line on stderr saying so; FileNotFoundError where it is not installed). The demo model's
+    card.json may ask for options (demo/model_dir.py): they apply unless given on the command line."""
+    from .demo import model_dir as demo
+
+    path = args.model or (None if args.demo else os.environ.get("OWL_MODEL"))
+    if not path:
+        try:
+            path = os.fspath(demo.demo_model_dir())
+        except FileNotFoundError as e:
+            raise FileNotFoundError("no model: pass --model MODEL_DIR or set OWL_MODEL (make one with "
+                                    f"`owl-export HF_CHECKPOINT_DIR -o MODEL_DIR`); {e}") from None
+        if not args.demo:
+            demo.note_demo_model()
+    if demo.is_demo_dir(path):
+        wanted = demo.chat_defaults(demo.resolve(path))
+        if args.max_tokens is None and "max_tokens" in wanted:
+            args.max_tokens = wanted["max_tokens"]
+        if wanted.get("cut") is False:
+            args.no_cut = True
+    if args.max_tokens is None:
+        args.max_tokens = DEMO_MAX_TOKENS if args.demo else MAX_TOKENS
+    return path
+
+
 def main(argv: Optional[list[str]] = None, stdin=None, stdout=None) -> int:
     args = build_parser().parse_args(argv)
     stdin, out = stdin or sys.stdin, stdout or sys.stdout
-    if not args.model:
-        print("owl-run: error: no model: pass --model MODEL_DIR or set OWL_MODEL (make one with "
-              "`owl-export HF_CHECKPOINT_DIR -o MODEL_DIR`)", file=sys.stderr)
+    if args.save and not args.demo:
+        print("owl-run: error: --save goes with --demo", file=sys.stderr)
         return 2
     try:
+        path = model_path(args)
         from . import load
-        model = load(args.model, n_ctx=args.n_ctx, threads=args.threads, device=args.device, kv_type=args.kv_type)
+        model = load(path, n_ctx=args.n_ctx, threads=args.threads, device=args.device, kv_type=args.kv_type)
         if not hasattr(model, "vision"):
-            raise ValueError(f"{args.model}: a text model; owl-run needs a model directory from owl-export")
+            raise ValueError(f"{path}: a text model; owl-run needs a model directory from owl-export")
+        if args.demo:
+            from .demo.cli_demo import run_demo
+            return run_demo(model, args, _gen_options(args), out, sys.stderr)
         videos = [read_video(v, args.max_frames) for v in args.video]
         if args.prompt is not None:
             _answer(lambda p, i, v, **kw: model.chat(i, p, videos=v, **kw), args.prompt, args.image, videos,
                     args, out)
         else:
             _interactive(model, list(args.image), videos, args, stdin, out)
-    except (ValueError, FileNotFoundError, RuntimeError, ImportError) as e:
+    except (ValueError, OSError, RuntimeError, ImportError) as e:
         print(f"owl-run: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -3,6 +3,7 @@
   a model directory (owl-export's output)  -> its decoder.gguf says the family: "owl3" -> OwlModel
   a .gguf file                             -> "qwen2" / "llama" -> TextModel; an Owl3 decoder.gguf ->
                                               OwlModel of its directory (vision.onnx beside it)
+  "demo" (when nothing of that name is here) -> the demo model shipped in the package (demo/model_dir.py)
 anything else is a FormatError (a ValueError) naming the architecture and the supported ones.
 """
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Optional, Union
 
 from . import _core
 from .decoder_model import check_device
+from .demo import model_dir as demo
 from .families import MEDIA_FAMILIES, SUPPORTED, TEXT_ARCHITECTURES, media_model_class
 
 DECODER_FILE = "decoder.gguf"
@@ -30,11 +32,13 @@ def architecture(gguf_path: Union[str, os.PathLike]) -> str:
 def load(path: Union[str, os.PathLike], *, n_ctx: Optional[int] = None, threads: Optional[int] = None,
          device: str = "cpu", kv_type: Optional[str] = None, max_spare_contexts: int = 1):
     """Loads a model: a model directory from owl-export or a .gguf file; the family comes from the file.
+    "demo" loads the small demo model shipped in the package (pictures of coloured shapes only), unless a file
+    or directory named "demo" exists in the current directory.
     n_ctx: positions per context (default: the training context, at most 4096); threads: CPU threads
     (default: physical cores); device "cuda" (or "cuda:N") runs the decoder on the GPU, and the vision tower on
     onnxruntime's CUDA provider where installed; kv_type: KV cache storage, "f16" or "f32" (default: the runtime's);
     max_spare_contexts: idle contexts kept for concurrent calls (a server keeps one per slot)."""
-    path = os.fspath(path)
+    path = os.fspath(demo.resolve(path))
     check_device(device)
     if os.path.isdir(path):
         gguf = Path(path) / DECODER_FILE

@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="owl-server", description=__doc__)
-    p.add_argument("--model", "-m", required=True, help="a model directory from owl-export or a .gguf text model")
+    p.add_argument("--model", "-m", default=None, help="a model directory from owl-export or a .gguf text model "
+                   "(default: $OWL_MODEL, else the built-in demo model, trained only on pictures of coloured shapes)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8080)
     p.add_argument("--parallel", type=int, default=1, help="generations at once, each with its own context")
@@ -32,12 +34,24 @@ def main(argv=None) -> int:
         print("--parallel must be >= 1 and --queue >= 0", file=sys.stderr)
         return 2
     from .. import load
+    from ..demo import model_dir as demo
     from .app import create_app
 
+    path, name = args.model or os.environ.get("OWL_MODEL"), None
+    if not path:
+        try:
+            path = demo.demo_model_dir()
+        except FileNotFoundError as e:
+            print(f"owl-server: error: no model: pass --model MODEL_DIR or set OWL_MODEL (make one with "
+                  f"`owl-export HF_CHECKPOINT_DIR -o MODEL_DIR`); {e}", file=sys.stderr)
+            return 2
+        demo.note_demo_model()
+    if demo.is_demo_dir(path):
+        name = demo.DEMO_MODEL_NAME
     # Each concurrent generation needs a context: keep as many ready as there are slots.
-    model = load(args.model, n_ctx=args.n_ctx, threads=args.threads, device=args.device,
+    model = load(path, n_ctx=args.n_ctx, threads=args.threads, device=args.device,
                  max_spare_contexts=max(1, args.parallel - 1))
-    app = create_app(model, api_key=args.api_key, parallel=args.parallel, queue=args.queue,
+    app = create_app(model, model_name=name, api_key=args.api_key, parallel=args.parallel, queue=args.queue,
                      fetch_images=not args.no_fetch, local_image_dir=args.allow_local_dir)
     uvicorn.run(app, host=args.host, port=args.port, log_level="info")
     return 0
