@@ -1,14 +1,12 @@
 """The built-in demo model's plumbing, on a tiny random Owl3 model standing in for it through $OWL_DEMO_DIR:
 load("demo"), chat() / owl-run / owl-server without a model (and the one stderr line that says so),
-owl-run --demo (picture saved and shown, five questions streamed with the right answers), the options a
-model card asks for, and the errors where no demo model is installed. Random weights answer gibberish: these
+owl-run --demo (picture saved and shown, five questions streamed with the right answers), and the errors
+where no demo model is installed. Random weights answer gibberish: these
 tests check the wiring, not the answers' accuracy."""
 from __future__ import annotations
 
 import io
-import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -153,27 +151,6 @@ def test_owl_server_without_a_model_serves_the_demo_model(env, monkeypatch, caps
     assert served["host"] == "127.0.0.1"
     models = TestClient(served["app"]).get("/v1/models").json()
     assert [m["id"] for m in models["data"]] == [demo.DEMO_MODEL_NAME]
-
-
-def test_the_model_card_sets_the_chat_options_it_was_trained_for(env, demo_dir, model, picture, capsys,
-                                                                  monkeypatch):
-    carded = env / "carded"
-    shutil.copytree(demo_dir, carded)
-    (carded / demo.CARD_FILE).write_text(json.dumps({"chat_defaults": {"cut": False, "max_tokens": 3},
-                                                     "about": "ignored"}))
-    monkeypatch.setenv(demo.DEMO_ENV, str(carded))
-    assert demo.chat_defaults(carded) == {"cut": False, "max_tokens": 3}
-    info = owl_cpp.chat(picture, "Hi", return_info=True, threads=1, n_ctx=1024)
-    assert info["images"] == 1 and info["completion_tokens"] <= 3                   # one view: not cut
-    assert info["text"] == model.chat(picture, "Hi", cut=False, max_tokens=3)
-    assert owl_cpp.chat(picture, "Hi", max_tokens=5, cut=True, threads=1, n_ctx=1024) == \
-        model.chat(picture, "Hi", max_tokens=5)                                     # given options win
-    rc, out = run(["--image", picture, "-p", "Hi", *RUN])
-    assert rc == 0 and out == info["text"] + "\n"
-    (carded / demo.CARD_FILE).write_text(json.dumps({"chat_defaults": {"cut": "no"}}))
-    with pytest.raises(ValueError, match="chat_defaults.cut must be a bool"):
-        demo.chat_defaults(carded)
-    capsys.readouterr()
 
 
 # ------------------------------------------------------------------------------------------- owl-run --demo

@@ -57,9 +57,6 @@ def chat(image=None, prompt: Optional[str] = None, *, model=None, **opts):
                 raise RuntimeError(f"{_NO_MODEL}. ({e})") from None
             _demo.note_demo_model()
         path = _demo.resolve(path)
-        if _demo.is_demo_dir(path):
-            for k, v in _demo.chat_defaults(path).items():     # the options the demo model was trained for
-                opts.setdefault(k, v)
         key = (os.path.abspath(os.fspath(path)), tuple(sorted(load_opts.items())))
         with _loading:
             if key not in _loaded:

@@ -182,8 +182,7 @@ def _interactive(model, images, videos, args, stdin, out) -> None:
 
 def model_path(args) -> str:
     """--model, else $OWL_MODEL (not for --demo: its questions are for the demo model), else the demo model
-    (with a line on stderr saying so; FileNotFoundError where it is not installed). The demo model's
-    card.json may ask for options (demo/model_dir.py): they apply unless given on the command line."""
+    (with a line on stderr saying so; FileNotFoundError where it is not installed)."""
     from .demo import model_dir as demo
 
     path = args.model or (None if args.demo else os.environ.get("OWL_MODEL"))
@@ -195,12 +194,6 @@ def model_path(args) -> str:
                                     f"`owl-export HF_CHECKPOINT_DIR -o MODEL_DIR`); {e}") from None
         if not args.demo:
             demo.note_demo_model()
-    if demo.is_demo_dir(path):
-        wanted = demo.chat_defaults(demo.resolve(path))
-        if args.max_tokens is None and "max_tokens" in wanted:
-            args.max_tokens = wanted["max_tokens"]
-        if wanted.get("cut") is False:
-            args.no_cut = True
     if args.max_tokens is None:
         args.max_tokens = DEMO_MAX_TOKENS if args.demo else MAX_TOKENS
     return path

@@ -5,13 +5,12 @@
   load("demo")        the demo model, unless a file or directory named "demo" exists here (a real path wins)
   chat() / owl-run / owl-server without a model and without $OWL_MODEL: the demo model, with NOTICE on stderr
 
-The model may carry a card.json; its optional "chat_defaults" ({"cut": bool, "max_tokens": int}) are the
-chat options it was trained for, used where the demo model is picked for the user (chat(), owl-run).
+It is trained on the runtime's default chat options (images cut into tiles, greedy decoding), so nothing
+about it is special once loaded.
 Nothing here imports Pillow, numpy or the runtime.
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
 import threading
@@ -22,8 +21,6 @@ DEMO_ENV = "OWL_DEMO_DIR"
 DEMO_NAME = "demo"
 DEMO_DIR = Path(__file__).resolve().parent / "model"
 MODEL_FILES = ("decoder.gguf", "vision.onnx")
-CARD_FILE = "card.json"
-CHAT_DEFAULT_TYPES = {"cut": bool, "max_tokens": int}
 DEMO_MODEL_NAME = "owl-demo"          # what owl-server calls it
 
 NOTICE = ("owl_cpp: no model given, so using the built-in demo model, which was trained only on pictures of "
@@ -69,26 +66,6 @@ def is_demo_dir(path: Union[str, os.PathLike, None]) -> bool:
         return Path(path).resolve() == demo_model_dir().resolve()
     except FileNotFoundError:
         return False
-
-
-def chat_defaults(model_dir: Union[str, os.PathLike]) -> dict:
-    """The chat options card.json asks for ("chat_defaults"), only the known keys of the right types; {} if
-    there is no card."""
-    card = Path(model_dir) / CARD_FILE
-    if not card.is_file():
-        return {}
-    try:
-        wanted = json.loads(card.read_text(encoding="utf-8")).get("chat_defaults") or {}
-    except (ValueError, AttributeError) as e:
-        raise ValueError(f"{card}: not a JSON object with an optional \"chat_defaults\" object: {e}") from None
-    out = {}
-    for key, kind in CHAT_DEFAULT_TYPES.items():
-        if key in wanted:
-            value = wanted[key]
-            if type(value) is not kind:
-                raise ValueError(f"{card}: chat_defaults.{key} must be a {kind.__name__}, got {value!r}")
-            out[key] = value
-    return out
 
 
 def note_demo_model(stream=None) -> None:
