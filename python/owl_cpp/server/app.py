@@ -7,16 +7,29 @@ import json
 import os
 import threading
 import time
+from pathlib import Path
 from typing import Optional
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
+from starlette.staticfiles import StaticFiles
 
 from .images import ImageFetcher
 from .metrics import Metrics
 from .openai_shapes import (FINISH, RequestError, chat_chunk, chat_response, check_messages, completion_id,
                             error_body, sampling_options, text_chunk, text_response, usage)
+
+# The chat page (GET /) and its script and style (GET /static/...): package files, nothing from elsewhere.
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+# The page may load and call only this server: no other host can inject a script, or receive what is typed.
+PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+                               "connect-src 'self'; form-action 'none'; base-uri 'none'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-cache",
+}
 
 
 class Slots:
@@ -65,10 +78,12 @@ class ClosingStreamingResponse(StreamingResponse):
 
 def create_app(model, *, model_name: Optional[str] = None, api_key: Optional[str] = None, parallel: int = 1,
                queue: int = 16, max_tokens_limit: int = 4096, fetch_images: bool = True,
-               local_image_dir: Optional[str] = None, max_image_bytes: int = 20 << 20) -> FastAPI:
+               local_image_dir: Optional[str] = None, max_image_bytes: int = 20 << 20,
+               web_page: bool = True) -> FastAPI:
     """An app serving `model` (from owl_cpp.load). api_key: required as `Authorization: Bearer KEY` on /v1/*;
     parallel: generations at once; queue: requests allowed to wait for one; fetch_images: whether http(s) image
-    URLs are fetched; local_image_dir: the one directory image paths may name (none by default)."""
+    URLs are fetched; local_image_dir: the one directory image paths may name (none by default); web_page: serve
+    the chat page at / (public, like /health: it holds no data, and its API calls send the key)."""
     name = model_name or os.path.basename(str(getattr(model, "model_dir", None) or model.path).rstrip("/"))
     slots = Slots(parallel, queue)
     fetcher = ImageFetcher(allow_http=fetch_images, local_dir=local_image_dir, max_bytes=max_image_bytes)
@@ -128,6 +143,13 @@ def create_app(model, *, model_name: Optional[str] = None, api_key: Optional[str
         if include_usage and info:
             yield f"data: {json.dumps({**make_chunk(None, None), 'choices': [], 'usage': usage(info)})}\n\n"
         yield "data: [DONE]\n\n"
+
+    if web_page:
+        @app.get("/", include_in_schema=False)
+        async def page():
+            return FileResponse(STATIC_DIR / "index.html", media_type="text/html; charset=utf-8", headers=PAGE_HEADERS)
+
+        app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
     @app.get("/health")
     async def health():
