@@ -213,3 +213,50 @@ def test_owl_server_cli_checks_its_arguments(capsys, monkeypatch, tmp_path):
     monkeypatch.setenv("OWL_DEMO_DIR", str(tmp_path / "no-demo"))     # no model, and no demo model to fall back on
     assert main([]) == 2
     assert "OWL_MODEL" in capsys.readouterr().err
+
+
+class EndlessModel:
+    """Streams a word every 10 ms up to max_tokens; `closed` is set when its generation is stopped or ends."""
+    path = "endless.gguf"
+
+    def __init__(self):
+        self.closed = threading.Event()
+
+    def chat(self, messages, stream=False, return_info=False, max_tokens=512, **opts):
+        from owl_cpp.streaming import TextStream
+
+        def run():
+            try:
+                for i in range(max_tokens):
+                    time.sleep(0.01)
+                    yield f"w{i} ", None
+                yield "", {"finish_reason": "length", "prompt_tokens": 1, "completion_tokens": max_tokens}
+            finally:
+                self.closed.set()
+        return TextStream(run())
+
+
+def test_a_client_that_goes_away_mid_stream_frees_its_slot_at_once():
+    import httpx
+
+    model = EndlessModel()
+    url, server = serve(model, parallel=1, queue=0)
+    try:
+        body = {"messages": MESSAGES, "stream": True, "max_tokens": 4000}
+        with httpx.Client(timeout=10) as http:
+            with http.stream("POST", url + "/chat/completions", json=body) as r:
+                events = 0
+                for line in r.iter_lines():
+                    events += line.startswith("data:")
+                    if events == 4:
+                        break
+        # Nothing else reaches the server meanwhile: the generation must stop on the disconnect itself, not when
+        # a garbage collection happens to find the abandoned stream.
+        assert model.closed.wait(5), "the generation went on after the client left"
+        model.closed.clear()
+        client = openai.OpenAI(base_url=url, api_key="none", max_retries=0, timeout=30)
+        chunks = list(client.chat.completions.create(model="x", messages=MESSAGES, max_tokens=3, stream=True))
+        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "w0 w1 w2 "
+        assert "owl_slots_busy 0" in httpx_get(url.replace("/v1", "/metrics"))
+    finally:
+        server.should_exit = True

@@ -7,16 +7,29 @@ import json
 import os
 import threading
 import time
+from pathlib import Path
 from typing import Optional
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
+from starlette.staticfiles import StaticFiles
 
 from .images import ImageFetcher
 from .metrics import Metrics
 from .openai_shapes import (FINISH, RequestError, chat_chunk, chat_response, check_messages, completion_id,
                             error_body, sampling_options, text_chunk, text_response, usage)
+
+# The chat page (GET /) and its script and style (GET /static/...): package files, nothing from elsewhere.
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+# The page may load and call only this server: no other host can inject a script, or receive what is typed.
+PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+                               "connect-src 'self'; form-action 'none'; base-uri 'none'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-cache",
+}
 
 
 class Slots:
@@ -48,12 +61,29 @@ class Slots:
         self._free.release()
 
 
+class ClosingStreamingResponse(StreamingResponse):
+    """A StreamingResponse that closes its body when it ends, also when the client went away mid-stream.
+    Starlette stops reading the body then but leaves the generator suspended until the garbage collector finds
+    it, which on a quiet server can be never: the generation would stay stalled in its slot. Closing it stops
+    the generation and frees the slot at once."""
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            close = getattr(self.body_iterator, "aclose", None)
+            if close is not None:
+                await close()
+
+
 def create_app(model, *, model_name: Optional[str] = None, api_key: Optional[str] = None, parallel: int = 1,
                queue: int = 16, max_tokens_limit: int = 4096, fetch_images: bool = True,
-               local_image_dir: Optional[str] = None, max_image_bytes: int = 20 << 20) -> FastAPI:
+               local_image_dir: Optional[str] = None, max_image_bytes: int = 20 << 20,
+               web_page: bool = True) -> FastAPI:
     """An app serving `model` (from owl_cpp.load). api_key: required as `Authorization: Bearer KEY` on /v1/*;
     parallel: generations at once; queue: requests allowed to wait for one; fetch_images: whether http(s) image
-    URLs are fetched; local_image_dir: the one directory image paths may name (none by default)."""
+    URLs are fetched; local_image_dir: the one directory image paths may name (none by default); web_page: serve
+    the chat page at / (public, like /health: it holds no data, and its API calls send the key)."""
     name = model_name or os.path.basename(str(getattr(model, "model_dir", None) or model.path).rstrip("/"))
     slots = Slots(parallel, queue)
     fetcher = ImageFetcher(allow_http=fetch_images, local_dir=local_image_dir, max_bytes=max_image_bytes)
@@ -101,23 +131,25 @@ def create_app(model, *, model_name: Optional[str] = None, api_key: Optional[str
             slots.release()
 
     def sse(stream, make_chunk, include_usage: bool):
-        """Server-sent events over a TextStream; the slot is released (and generation stopped) when it ends,
-        also when the client goes away."""
+        """Server-sent events over a TextStream (`streamed` stops it and frees the slot)."""
         t, first = time.perf_counter(), None
-        try:
-            for piece in stream:
-                if first is None:
-                    first = time.perf_counter() - t
-                yield f"data: {json.dumps(make_chunk(piece, None))}\n\n"
-            info = stream.info or {}
-            metrics.generation(info, time.perf_counter() - t, first)
-            yield f"data: {json.dumps(make_chunk(None, FINISH.get(info.get('finish_reason'), 'stop')))}\n\n"
-            if include_usage and info:
-                yield f"data: {json.dumps({**make_chunk(None, None), 'choices': [], 'usage': usage(info)})}\n\n"
-            yield "data: [DONE]\n\n"
-        finally:
-            stream.close()
-            slots.release()
+        for piece in stream:
+            if first is None:
+                first = time.perf_counter() - t
+            yield f"data: {json.dumps(make_chunk(piece, None))}\n\n"
+        info = stream.info or {}
+        metrics.generation(info, time.perf_counter() - t, first)
+        yield f"data: {json.dumps(make_chunk(None, FINISH.get(info.get('finish_reason'), 'stop')))}\n\n"
+        if include_usage and info:
+            yield f"data: {json.dumps({**make_chunk(None, None), 'choices': [], 'usage': usage(info)})}\n\n"
+        yield "data: [DONE]\n\n"
+
+    if web_page:
+        @app.get("/", include_in_schema=False)
+        async def page():
+            return FileResponse(STATIC_DIR / "index.html", media_type="text/html; charset=utf-8", headers=PAGE_HEADERS)
+
+        app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
     @app.get("/health")
     async def health():
@@ -160,12 +192,23 @@ def create_app(model, *, model_name: Optional[str] = None, api_key: Optional[str
             raise
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
 
-        def events():
-            if head is not None:
-                yield f"data: {json.dumps(head)}\n\n"
-            yield from sse(stream, make_chunk, include_usage)
+        async def events():
+            """The events, each made in a worker thread; however the response ends (done, error, or the client
+            went away), the generation is stopped and the slot freed here, at once."""
+            pieces = sse(stream, make_chunk, include_usage)
+            try:
+                if head is not None:
+                    yield f"data: {json.dumps(head)}\n\n"
+                while (event := await run_in_threadpool(next, pieces, None)) is not None:
+                    yield event
+            finally:  # no worker is inside `pieces` now: a cancelled run_in_threadpool waits for its thread
+                try:
+                    pieces.close()
+                    stream.close()
+                finally:
+                    slots.release()
 
-        return StreamingResponse(events(), media_type="text/event-stream")
+        return ClosingStreamingResponse(events(), media_type="text/event-stream")
 
     @app.post("/v1/completions")
     async def completions(request: Request):

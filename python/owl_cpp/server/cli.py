@@ -17,6 +17,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1/*")
     p.add_argument("--allow-local-dir", default=None, help="image paths may name files in this directory (none by default)")
     p.add_argument("--no-fetch", action="store_true", help="refuse http(s) image URLs (fetched by default, 10 s, 20 MB)")
+    p.add_argument("--no-web-page", action="store_true", help="do not serve the chat page at / (the API is unaffected)")
     p.add_argument("-c", "--n-ctx", type=int, default=None)
     p.add_argument("-t", "--threads", type=int, default=None)
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
@@ -52,6 +53,10 @@ def main(argv=None) -> int:
     model = load(path, n_ctx=args.n_ctx, threads=args.threads, device=args.device,
                  max_spare_contexts=max(1, args.parallel - 1))
     app = create_app(model, model_name=name, api_key=args.api_key, parallel=args.parallel, queue=args.queue,
-                     fetch_images=not args.no_fetch, local_image_dir=args.allow_local_dir)
+                     fetch_images=not args.no_fetch, local_image_dir=args.allow_local_dir,
+                     web_page=not args.no_web_page)
+    if not args.no_web_page:
+        host = f"[{args.host}]" if ":" in args.host else args.host
+        print(f"owl-server: chat page at http://{host}:{args.port}/", file=sys.stderr)
     uvicorn.run(app, host=args.host, port=args.port, log_level="info")
     return 0
