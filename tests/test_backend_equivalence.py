@@ -52,7 +52,11 @@ def test_get_rows(be, type_name):
     assert rel(be.get_rows(raw.reshape(-1), TYPES[type_name], 11, 64, ids), want) == 0
 
 
-@pytest.mark.parametrize("T,n", [(1, 8), (5, 896), (17, 100)])
+# CUDA paths: float4 rows held in registers (n % 4 == 0, n <= 16384) with one thread per float4 (896: 224 threads;
+# 3584: 896), 1024 threads with 1-4 float4s each (4096, 8192, 16384), and the scalar kernel for odd widths (37,
+# 4098) and rows too long for the registers (16388).
+@pytest.mark.parametrize("T,n", [(1, 8), (5, 896), (17, 100), (1, 3584), (2, 4096), (3, 8192), (1, 16384), (2, 16388),
+                                 (3, 37), (1, 4098)])
 def test_rms_norm(be, T, n):
     x, w = rnd(T, n, scale=5), rnd(n)
     x64 = x.astype(np.float64)
@@ -61,7 +65,10 @@ def test_rms_norm(be, T, n):
 
 
 @pytest.mark.parametrize("neox", [True, False])
-@pytest.mark.parametrize("T,H,D", [(1, 1, 2), (3, 4, 64), (9, 2, 128)])
+# The decode shapes of a 7B's Q and K (one token, 28 and 4 heads), several tokens of many heads, and a pair count
+# that is no power of two.
+@pytest.mark.parametrize("T,H,D", [(1, 1, 2), (3, 4, 64), (9, 2, 128), (1, 28, 128), (1, 4, 128), (7, 28, 128),
+                                   (5, 3, 6)])
 def test_rope(be, neox, T, H, D):
     x = rnd(T, H * D)
     pos = np.array(RNG.integers(0, 40000, T), np.int32)
