@@ -31,11 +31,28 @@ class BusyError(RuntimeError):
     """The slot is in use (e.g. a session still streaming its previous answer)."""
 
 
+class PromptStats:
+    """Prompt tokens of a model's prefills (all its slots): `cached` reused from a context's KV cache,
+    `evaluated` computed. Thread-safe."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.cached = 0
+        self.evaluated = 0
+
+    def add(self, cached: int, evaluated: int) -> None:
+        with self._lock:
+            self.cached += cached
+            self.evaluated += evaluated
+
+
 class ContextSlot:
-    def __init__(self, ctx):
+    def __init__(self, ctx, stats: Optional[PromptStats] = None):
         self.ctx = ctx
         self.tokens: list[int] = []                      # tokens whose K/V are cached, in order
         self.images: list[tuple[int, bytes]] = []        # (start, key) of each attached image
+        self.stats = stats
+        self.last_used = 0                               # set by the pool on release (its choice, its trimming)
         self._lock = threading.Lock()
         self._owner: Optional[int] = None               # thread that acquired it
 
@@ -68,6 +85,10 @@ class ContextSlot:
     def n_ctx(self) -> int:
         return self.ctx.n_ctx
 
+    def reusable(self, prompt: PreparedPrompt) -> int:
+        """Tokens of `prompt` whose K/V this slot holds already (prefix_reuse.py)."""
+        return reusable_prefix(self.tokens, self.images, prompt.ids, [(im.start, im.key) for im in prompt.images])
+
     def reset(self) -> None:
         self.truncate(0)
 
@@ -87,9 +108,7 @@ class ContextSlot:
         if len(ids) > self.n_ctx:
             raise ValueError(f"prompt of {len(ids)} tokens exceeds the context of {self.n_ctx} tokens "
                              f"(load with a larger n_ctx)")
-        new_images = [(im.start, im.key) for im in prompt.images]
-        common = reusable_prefix(self.tokens, self.images, ids, new_images) if reuse else 0
-        common = min(common, len(ids) - 1)
+        common = min(self.reusable(PreparedPrompt(ids, prompt.images)) if reuse else 0, len(ids) - 1)
         self.truncate(common)
         for im in prompt.images[len(self.images):]:
             self.ctx.add_image(im.embeds, im.start)
@@ -98,6 +117,8 @@ class ContextSlot:
             raise RuntimeError(f"internal: context holds {self.ctx.n_images} images, expected {len(self.images)}")
         out = self.ctx.eval(ids[common:], all_logits=all_logits, return_logits=return_logits)
         self.tokens = ids
+        if self.stats is not None:
+            self.stats.add(common, len(ids) - common)
         return len(ids) - common, out
 
     def append(self, ids: list, *, all_logits: bool = False, return_logits: bool = False):
