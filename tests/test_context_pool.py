@@ -1,5 +1,6 @@
-"""Which context a call runs on (context_pool.py): the free context whose cache serves the prompt best (images
-compared by content), ties to the default then the most recently used; idle spares bounded, the least recently
+"""Which context a call runs on (context_pool.py): the free context whose cached prompt the call keeps whole, the
+longest reuse first (images compared by content), else the one losing the fewest prompt tokens; ties to the
+default then the most recently used; idle spares bounded, the least recently
 used dropped; with two conversations taking turns on one model, each follow-up turn reuses its own prefix
 (counted in cache_stats()) and answers as the conversation alone does."""
 from __future__ import annotations
@@ -29,13 +30,14 @@ class FakeContext:
 
 
 def pool_with(*caches, max_spare=3):
-    """A pool whose default holds caches[0] and whose idle spares hold the others ((tokens, images) each), the
-    last one the most recently used; -> (pool, [default, spares...])."""
+    """A pool whose default holds caches[0] and whose idle spares hold the others ((prompt tokens, images) each,
+    as a prefill leaves them), the last one the most recently used; -> (pool, [default, spares...])."""
     pool = ContextPool(FakeContext, max_spare)
     pool.reserve(len(caches))
     slots = [pool.default] + list(pool._spares)
     for slot, (tokens, images) in zip(slots, caches):
         slot.tokens, slot.images, slot.last_used = list(tokens), list(images), next(pool._clock)
+        slot.n_prompt = len(tokens)
     return pool, slots
 
 
@@ -53,6 +55,16 @@ def test_a_call_takes_the_free_context_holding_its_conversation():
     assert chosen(pool, [1, 2, 5, 5]) is empty
     with pool.borrow() as slot:                                         # no prompt (logits): the least to lose
         assert slot is empty
+
+
+def test_a_follow_up_turn_keeps_its_context_though_the_answer_is_tokenized_anew():
+    sys_prompt = [1, 2, 3, 4, 5, 6]                                     # a long system prompt both share
+    pool, (default, empty) = pool_with((sys_prompt + [7], []), ([], []))
+    default.tokens += [8, 9]                                            # the answer generated after the prompt
+    assert chosen(pool, sys_prompt + [7, 8, 10, 11]) is default         # the prompt kept, part of the answer too
+    # Another conversation would reuse the system prompt here, but evict this one (which would come back and
+    # evict it in turn): it takes the empty context.
+    assert chosen(pool, sys_prompt + [12, 13]) is empty
 
 
 def test_images_are_compared_by_content():
@@ -81,7 +93,7 @@ def test_trimming_keeps_the_most_recently_used_spares():
     pool = ContextPool(FakeContext, max_spare=1)
     with pool.borrow() as d, pool.borrow() as s1, pool.borrow() as s2:   # three calls at once: two spares made
         assert d is pool.default and len({id(d), id(s1), id(s2)}) == 3
-        s1.tokens = [1, 2, 3]
+        s1.prefill(PreparedPrompt([1, 2, 3]))
     # s2 ended first, then s1: s1's cache is the more recent one, kept; s2 is freed.
     assert pool._spares == [s1] and chosen(pool, [1, 2, 3, 4]) is s1
     pool.reserve(5)                                                     # never more than max_spare

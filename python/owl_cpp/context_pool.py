@@ -5,10 +5,13 @@ images), and a context runs one call at a time. The policy:
 - the model keeps one default context, and idle spare contexts made for concurrent calls;
 - a call (chat, generate, score, ...) runs on the free context (the default or an idle spare) whose cache
   serves its prompt best, so that with several conversations on one model (a server whose clients resend
-  the whole conversation each turn) a follow-up turn finds its own earlier turns cached. "Best" is the
-  reusable prefix (prefix_reuse.py) minus the cached tokens the call would throw away: a context holding
-  another conversation that shares only a system prompt loses to an empty one. Ties go to the default
-  context, then to the most recently used;
+  the whole conversation each turn) a follow-up turn finds its own earlier turns cached. "Best": a context
+  whose cached prompt the new prompt keeps whole (prefix_reuse.py; the answer generated after it may differ,
+  as a resent answer is tokenized anew), with the longest reusable prefix; an empty context qualifies, with
+  nothing reused. Only when every free context holds another prompt, the one that loses the fewest prompt
+  tokens. So a new conversation that shares a system prompt with another takes an empty context rather than
+  evict that conversation, which would come back and evict it in turn. Ties go to the default context, then
+  to the most recently used;
 - a call that finds no context free makes a new one; afterwards at most `max_spare` idle spares are kept
   (default 1), the least recently used freed first: contexts are memory (n_ctx x the KV bytes per token),
   so idle ones are not hoarded; reserve() makes spares ahead (a server's slots);
@@ -98,11 +101,11 @@ class ContextPool:
         return slot
 
     @staticmethod
-    def _value(slot: ContextSlot, prompt: Optional[PreparedPrompt]) -> int:
-        """Cached tokens the prompt reuses minus those it discards (another conversation's, likely wanted).
+    def _value(slot: ContextSlot, prompt: Optional[PreparedPrompt]) -> tuple[int, int]:
+        """(-cached prompt tokens the call throws away, tokens it reuses): the larger the better (module doc).
         prompt None (a call that evaluates from position 0): it reuses nothing."""
         kept = slot.reusable(prompt) if prompt is not None else 0
-        return kept - (len(slot.tokens) - kept)
+        return -max(0, slot.n_prompt - kept), kept
 
     def _keep_spare(self, slot: ContextSlot) -> None:
         with self._lock:

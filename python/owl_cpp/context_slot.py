@@ -51,6 +51,7 @@ class ContextSlot:
         self.ctx = ctx
         self.tokens: list[int] = []                      # tokens whose K/V are cached, in order
         self.images: list[tuple[int, bytes]] = []        # (start, key) of each attached image
+        self.n_prompt = 0                                # how many of `tokens` the last prefill's prompt was
         self.stats = stats
         self.last_used = 0                               # set by the pool on release (its choice, its trimming)
         self._lock = threading.Lock()
@@ -95,6 +96,7 @@ class ContextSlot:
     def truncate(self, n: int) -> None:
         self.ctx.truncate(n)
         self.tokens = self.tokens[:n]
+        self.n_prompt = min(self.n_prompt, n)
         self.images = [im for im in self.images if im[0] < n]
 
     def prefill(self, prompt: PreparedPrompt, *, reuse: bool = True, all_logits: bool = False,
@@ -116,7 +118,7 @@ class ContextSlot:
         if self.ctx.n_images != len(self.images):
             raise RuntimeError(f"internal: context holds {self.ctx.n_images} images, expected {len(self.images)}")
         out = self.ctx.eval(ids[common:], all_logits=all_logits, return_logits=return_logits)
-        self.tokens = ids
+        self.tokens, self.n_prompt = ids, len(ids)
         if self.stats is not None:
             self.stats.add(common, len(ids) - common)
         return len(ids) - common, out
