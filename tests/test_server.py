@@ -102,6 +102,39 @@ def test_concurrent_clients_get_their_own_answers(text_server):
     assert got == want
 
 
+def metric(url, name):
+    import re
+
+    return int(re.search(rf"^{name} (\d+)$", httpx_get(url.replace("/v1", "/metrics")), re.M).group(1))
+
+
+def test_clients_taking_turns_keep_their_conversations_cached(tiny_gguf):
+    """Two clients alternate turns (each resending its whole conversation) on a server with two slots: each
+    follow-up turn finds its own earlier turns in a context's cache, and the answers are the model's own."""
+    path = tiny_gguf("qwen2", "q8_0")
+    model = owl_cpp.load(path, n_ctx=256, threads=1)
+    alone = owl_cpp.load(path, n_ctx=256, threads=1, max_spare_contexts=0)      # each conversation by itself
+    url, server = serve(model, parallel=2)
+    try:
+        client = openai.OpenAI(base_url=url, api_key="none", max_retries=0, timeout=60)
+        convs = [[{"role": "system", "content": "Be brief."}, {"role": "user", "content": f"Tell me about {x}"}]
+                 for x in ("cats", "the sea")]
+        prev = [0, 0]                                                   # prompt tokens of each one's last turn
+        for turn in range(3):
+            for c, conv in enumerate(convs):
+                cached = metric(url, "owl_prompt_tokens_cached_total")
+                r = client.chat.completions.create(model="x", messages=conv, max_tokens=6)
+                assert r.choices[0].message.content == alone.chat(messages=conv, max_tokens=6)
+                # the previous turn's prompt, all of it, came from the cache (the system prompt alone is 5 tokens)
+                assert metric(url, "owl_prompt_tokens_cached_total") - cached >= prev[c]
+                prev[c] = r.usage.prompt_tokens
+                conv += [{"role": "assistant", "content": r.choices[0].message.content},
+                         {"role": "user", "content": f"And then {turn}?"}]
+        assert metric(url, "owl_prompt_tokens_evaluated_total") > 0
+    finally:
+        server.should_exit = True
+
+
 def png_bytes(seed=0):
     from PIL import Image
 
@@ -158,6 +191,7 @@ def test_owl3_images_by_data_url_http_url_and_allowed_path(tiny_owl3_model, tmp_
         metrics = httpx_get(url.replace("/v1", "/metrics"))
         assert 'owl_requests_total{endpoint="chat"} 5' in metrics and 'owl_errors_total{status="400"} 2' in metrics
         assert "owl_tokens_total{kind=\"completion\"}" in metrics and "owl_slots_busy 0" in metrics
+        assert metric(url, "owl_image_cache_hits_total") >= 3 and metric(url, "owl_image_cache_misses_total") >= 1
     finally:
         server.should_exit = True
         web.shutdown()

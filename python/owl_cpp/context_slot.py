@@ -31,11 +31,29 @@ class BusyError(RuntimeError):
     """The slot is in use (e.g. a session still streaming its previous answer)."""
 
 
+class PromptStats:
+    """Prompt tokens of a model's prefills (all its slots): `cached` reused from a context's KV cache,
+    `evaluated` computed. Thread-safe."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.cached = 0
+        self.evaluated = 0
+
+    def add(self, cached: int, evaluated: int) -> None:
+        with self._lock:
+            self.cached += cached
+            self.evaluated += evaluated
+
+
 class ContextSlot:
-    def __init__(self, ctx):
+    def __init__(self, ctx, stats: Optional[PromptStats] = None):
         self.ctx = ctx
         self.tokens: list[int] = []                      # tokens whose K/V are cached, in order
         self.images: list[tuple[int, bytes]] = []        # (start, key) of each attached image
+        self.n_prompt = 0                                # how many of `tokens` the last prefill's prompt was
+        self.stats = stats
+        self.last_used = 0                               # set by the pool on release (its choice, its trimming)
         self._lock = threading.Lock()
         self._owner: Optional[int] = None               # thread that acquired it
 
@@ -68,12 +86,17 @@ class ContextSlot:
     def n_ctx(self) -> int:
         return self.ctx.n_ctx
 
+    def reusable(self, prompt: PreparedPrompt) -> int:
+        """Tokens of `prompt` whose K/V this slot holds already (prefix_reuse.py)."""
+        return reusable_prefix(self.tokens, self.images, prompt.ids, [(im.start, im.key) for im in prompt.images])
+
     def reset(self) -> None:
         self.truncate(0)
 
     def truncate(self, n: int) -> None:
         self.ctx.truncate(n)
         self.tokens = self.tokens[:n]
+        self.n_prompt = min(self.n_prompt, n)
         self.images = [im for im in self.images if im[0] < n]
 
     def prefill(self, prompt: PreparedPrompt, *, reuse: bool = True, all_logits: bool = False,
@@ -87,9 +110,7 @@ class ContextSlot:
         if len(ids) > self.n_ctx:
             raise ValueError(f"prompt of {len(ids)} tokens exceeds the context of {self.n_ctx} tokens "
                              f"(load with a larger n_ctx)")
-        new_images = [(im.start, im.key) for im in prompt.images]
-        common = reusable_prefix(self.tokens, self.images, ids, new_images) if reuse else 0
-        common = min(common, len(ids) - 1)
+        common = min(self.reusable(PreparedPrompt(ids, prompt.images)) if reuse else 0, len(ids) - 1)
         self.truncate(common)
         for im in prompt.images[len(self.images):]:
             self.ctx.add_image(im.embeds, im.start)
@@ -97,7 +118,9 @@ class ContextSlot:
         if self.ctx.n_images != len(self.images):
             raise RuntimeError(f"internal: context holds {self.ctx.n_images} images, expected {len(self.images)}")
         out = self.ctx.eval(ids[common:], all_logits=all_logits, return_logits=return_logits)
-        self.tokens = ids
+        self.tokens, self.n_prompt = ids, len(ids)
+        if self.stats is not None:
+            self.stats.add(common, len(ids) - common)
         return len(ids) - common, out
 
     def append(self, ids: list, *, all_logits: bool = False, return_logits: bool = False):

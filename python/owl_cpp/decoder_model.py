@@ -98,6 +98,17 @@ class DecoderModel:
         Not while other threads use the model; reset() afterwards keeps the pool's bookkeeping right."""
         return self._contexts.default.ctx
 
+    def reserve_contexts(self, n: int) -> None:
+        """Makes the contexts for n calls at once now (at most 1 + max_spare_contexts), as a server does for
+        its slots: their memory is taken at start, and conversations that take turns keep their caches."""
+        self._contexts.reserve(n)
+
+    def cache_stats(self) -> dict:
+        """What caches saved since loading: prompt tokens reused from a context's KV cache ("prompt_tokens_cached")
+        and evaluated ("prompt_tokens_evaluated"), over every call and session of this model."""
+        stats = self._contexts.stats
+        return {"prompt_tokens_cached": stats.cached, "prompt_tokens_evaluated": stats.evaluated}
+
     def metadata(self, key: str):
         """A GGUF metadata value (KeyError when the file lacks it)."""
         return self._gguf[key]
@@ -143,7 +154,7 @@ class DecoderModel:
         """generate_tokens on a context of the pool (or `slot`), held until the generator ends."""
         terminators = frozenset() if ignore_eos else self.terminators
         stops = normalize_stop(stop)
-        with self._contexts.borrow(slot) as s:
+        with self._contexts.borrow(slot, prompt=prompt) as s:
             yield from generate_tokens(s, prompt, self.tokenizer, max_tokens=max_tokens, sampler=sampler,
                                        stops=stops, terminators=terminators)
 
@@ -202,7 +213,7 @@ class DecoderModel:
 
     # ----- research ------------------------------------------------------------------------------
     def _score(self, prompt: PreparedPrompt, continuations: Sequence[Sequence[int]]) -> list[ContinuationScore]:
-        with self._contexts.borrow() as slot:
+        with self._contexts.borrow(prompt=prompt) as slot:
             return score_continuations(slot, prompt, continuations, self.n_vocab)
 
 

@@ -86,6 +86,10 @@ def create_app(model, *, model_name: Optional[str] = None, api_key: Optional[str
     the chat page at / (public, like /health: it holds no data, and its API calls send the key)."""
     name = model_name or os.path.basename(str(getattr(model, "model_dir", None) or model.path).rstrip("/"))
     slots = Slots(parallel, queue)
+    if hasattr(model, "reserve_contexts"):
+        # A context per slot from the start: clients taking turns then each find their conversation's cache
+        # (context_pool.py), and a model too large for `parallel` contexts fails now, not under load.
+        model.reserve_contexts(parallel)
     fetcher = ImageFetcher(allow_http=fetch_images, local_dir=local_image_dir, max_bytes=max_image_bytes)
     metrics = Metrics()
     app = FastAPI(title="owl_cpp", docs_url=None, redoc_url=None)
@@ -157,7 +161,9 @@ def create_app(model, *, model_name: Optional[str] = None, api_key: Optional[str
 
     @app.get("/metrics")
     async def prometheus():
-        return PlainTextResponse(metrics.text(slots.busy, slots.waiting), media_type="text/plain; version=0.0.4")
+        caches = model.cache_stats() if hasattr(model, "cache_stats") else {}
+        return PlainTextResponse(metrics.text(slots.busy, slots.waiting, caches),
+                                 media_type="text/plain; version=0.0.4")
 
     @app.get("/v1/models")
     async def models():

@@ -1,9 +1,11 @@
 """Counters for GET /metrics in Prometheus' text format: requests, errors, tokens, slots and queue, time to
-first token and generation time."""
+first token and generation time, and the model's caches (prompt tokens reused from a KV cache vs evaluated,
+image embedding cache hits and misses: the model's own counters, since it was loaded)."""
 from __future__ import annotations
 
 import threading
 from collections import Counter
+from typing import Optional
 
 
 class Metrics:
@@ -33,7 +35,8 @@ class Metrics:
                 self.seconds["time_to_first_token"] += first_token
                 self.counts["time_to_first_token"] += 1
 
-    def text(self, busy: int, waiting: int) -> str:
+    def text(self, busy: int, waiting: int, caches: Optional[dict] = None) -> str:
+        """caches: the model's cache_stats() (its keys become owl_<key>_total counters)."""
         with self._lock:
             lines = ["# TYPE owl_requests_total counter"]
             lines += [f'owl_requests_total{{endpoint="{k}"}} {v}' for k, v in sorted(self.requests.items())]
@@ -46,4 +49,6 @@ class Metrics:
                           f"owl_{k}_seconds_count {self.counts[k]}"]
             lines += ["# TYPE owl_slots_busy gauge", f"owl_slots_busy {busy}",
                       "# TYPE owl_queue_waiting gauge", f"owl_queue_waiting {waiting}"]
+        for k, v in (caches or {}).items():
+            lines += [f"# TYPE owl_{k}_total counter", f"owl_{k}_total {int(v)}"]
         return "\n".join(lines) + "\n"

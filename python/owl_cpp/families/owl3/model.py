@@ -78,6 +78,12 @@ class OwlModel(DecoderModel):
         """"240728" | "241014" | "241101" (docs/owl3.md §1)."""
         return self.hparams["hyper_variant"]
 
+    def cache_stats(self) -> dict:
+        """DecoderModel's, plus the image embedding cache's lookups ("image_cache_hits" / "image_cache_misses",
+        one per distinct view of a call)."""
+        cache = self.vision.cache
+        return {**super().cache_stats(), "image_cache_hits": cache.hits, "image_cache_misses": cache.misses}
+
     # ----- conversation -> prepared prompt --------------------------------------------------------
     def _expand(self, media, cut: bool = True) -> list[Expanded]:
         return expand_media(media, self.variant, self.image_config, cut)
