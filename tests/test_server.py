@@ -3,7 +3,6 @@ answers are the model's own (same options, greedy), streamed or not, with images
 in OpenAI's shape with the right status."""
 import base64
 import io
-import socket
 import threading
 import time
 
@@ -16,20 +15,13 @@ pytest.importorskip("fastapi")
 
 import owl_cpp  # noqa: E402
 from owl_cpp.server import create_app  # noqa: E402
+from serving import serve_app  # noqa: E402
 
 
 def serve(model, **kw):
-    """Starts the app on a free loopback port in a thread; returns (base_url, server)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(model, **kw), host="127.0.0.1", port=port, log_level="error"))
-    threading.Thread(target=server.run, daemon=True).start()
-    deadline = time.time() + 20
-    while not server.started:
-        assert time.time() < deadline, "server did not start"
-        time.sleep(0.05)
-    return f"http://127.0.0.1:{port}/v1", server
+    """The app for `model` on a free loopback port; returns (base_url of the API, server)."""
+    base, server = serve_app(create_app(model, **kw))
+    return base + "/v1", server
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,6 @@ import html.parser
 import os
 import re
 import shutil
-import socket
 import threading
 import time
 from pathlib import Path
@@ -27,6 +26,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 from owl_cpp.server import create_app  # noqa: E402
 from owl_cpp.server.app import STATIC_DIR  # noqa: E402
+from serving import serve_app  # noqa: E402
 
 
 class NoModel:
@@ -158,21 +158,6 @@ class PacedModel:
                            self.closed)
 
 
-def serve(app):
-    import uvicorn
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
-    threading.Thread(target=server.run, daemon=True).start()
-    deadline = time.time() + 20
-    while not server.started:
-        assert time.time() < deadline, "server did not start"
-        time.sleep(0.05)
-    return f"http://127.0.0.1:{port}", server
-
-
 def write_png(path: Path, seed: int) -> str:
     from PIL import Image
 
@@ -210,7 +195,7 @@ def test_a_conversation_in_headless_chromium(request, tmp_path):
 
     _, model_dir = tiny_owl3_model("1b")
     model = PacedModel(owl_cpp.load(model_dir, n_ctx=2048, threads=1))
-    base, server = serve(create_app(model, model_name="tiny-owl3", api_key="sekret", parallel=1, queue=0))
+    base, server = serve_app(create_app(model, model_name="tiny-owl3", api_key="sekret", parallel=1, queue=0))
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
