@@ -42,6 +42,7 @@ class HFTokenizer:
 
     def __init__(self, path: Path):
         from tokenizers import Tokenizer
+        self.path = Path(path)
         self.tok = Tokenizer.from_file(str(path))
         self.ids = {t: self.tok.token_to_id(t) for t in SPECIALS}
 

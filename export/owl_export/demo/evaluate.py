@@ -3,6 +3,7 @@ decoding) or through the owl_cpp runtime (the exported files, `owl_cpp.chat`). B
 scenes and phrasings drawn from a seed that training never uses.
 
   python -m owl_export.demo.evaluate MODEL_DIR [--per-kind 100]       # through the runtime
+  python -m owl_export.demo.evaluate demo --checkpoint export/owl3-demo  # + agreement with the PyTorch model
 """
 from __future__ import annotations
 
@@ -56,11 +57,31 @@ def runtime_answers(model, items: list[Item]) -> list[str]:
     return [model.chat(draw(it.scene), it.question, max_tokens=48) for it in items]
 
 
+def checkpoint_answers(checkpoint, items: list[Item]) -> list[str]:
+    """Greedy answers of the PyTorch model in an HF-style demo checkpoint directory (torch needed)."""
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    from .config import DemoSizes
+    from .data import HFTokenizer
+    from .model import DemoOwl3
+    from .train import torch_answers
+
+    checkpoint = Path(checkpoint)
+    tok = HFTokenizer(checkpoint / "tokenizer.json")
+    model = DemoOwl3(DemoSizes(), len(tok))
+    model.load_named(load_file(str(checkpoint / "model.safetensors")))
+    return torch_answers(model, tok, DemoSizes(), items)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m owl_export.demo.evaluate", description=__doc__.split("\n\n")[0])
     p.add_argument("model", help="model directory (owl-export output), or 'demo' for the shipped one")
     p.add_argument("--per-kind", type=int, default=100)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--checkpoint", help="also answer with the PyTorch model of this checkpoint directory and "
+                   "report how often it agrees with the runtime")
     p.add_argument("--json", help="write the scores here")
     a = p.parse_args(argv)
     import owl_cpp
@@ -73,9 +94,14 @@ def main(argv=None) -> int:
     for kind in Q.KINDS:
         print(f"{kind:9s} {scores[kind]:6.1%}   (target {TARGETS[kind]:.0%})")
     print(f"average   {scores['average']:6.1%}   {len(items)} questions in {dt:.1f} s")
+    agreement = None
+    if a.checkpoint:
+        theirs = checkpoint_answers(a.checkpoint, items)
+        agreement = sum(x.strip() == y.strip() for x, y in zip(answers, theirs)) / len(items)
+        print(f"the runtime and the PyTorch checkpoint give the same answer to {agreement:.1%} of the questions")
     if a.json:
         with open(a.json, "w") as f:
-            json.dump({"scores": scores, "seconds": dt, "questions": len(items),
+            json.dump({"scores": scores, "seconds": dt, "questions": len(items), "agreement": agreement,
                        "answers": answers}, f, indent=1)
     return 0 if all(scores[k] >= TARGETS[k] for k in Q.KINDS) else 1
 

@@ -9,8 +9,8 @@ A progress bar shows the loss, the held-out exact match of the last evaluation a
 Recipe (docs/demo.md): AdamW (weight decay on matrices only), warm-up then cosine decay, gradient clipping,
 an exponential moving average of the weights for evaluation and for the saved file, and, during training
 only, an auxiliary per-patch loss on the vision features (shape, colour and 3x3 cell of the object under each
-patch, through a throw-away linear head): trained through the language loss alone the vision tower learns
-colours and little else. A short curriculum starts with more one-object pictures.
+patch, through a throw-away linear head, background patches weighted down): trained through the language loss
+alone the vision tower learns colours and little else. A short curriculum starts with more one-object pictures.
 """
 from __future__ import annotations
 
@@ -28,23 +28,23 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from owl_cpp.demo import questions as Q
-
 from .config import DemoSizes, config_json, sizes_dict
 from .data import (IGNORE, N_CELL_CLASSES, N_COLOUR_CLASSES, N_SHAPE_CLASSES, HFTokenizer, collate, make_sample,
                    preprocessing, prompt_sample, scatter_views, train_tokenizer)
-from .evaluate import TARGETS, held_out, score
+from .evaluate import held_out, score
 from .model import DemoOwl3, unused_vision_tensors
 
 KIND_WEIGHTS = {"colour": 1.0, "shape": 1.5, "count": 0.8, "where": 1.2, "describe": 1.5}
 
 
-def batches(seed: int, tok: HFTokenizer, s: DemoSizes, batch: int, steps: int, curriculum: int, out: queue.Queue):
-    """Producer thread: `steps` batches of samples, deterministic for a seed."""
+def batches(seed: int, tok: HFTokenizer, s: DemoSizes, batch: int, steps: int, curriculum: int, out: queue.Queue,
+            shape_focus: float = 1.0):
+    """Producer thread: `steps` batches of samples, deterministic for a seed; shape questions drawn
+    shape_focus times as often."""
     rng = np.random.default_rng(seed)
     prep = preprocessing(s)
     kinds = list(KIND_WEIGHTS)
-    p = np.array([KIND_WEIGHTS[k] for k in kinds])
+    p = np.array([KIND_WEIGHTS[k] * (shape_focus if k == "shape" else 1.0) for k in kinds])
     p /= p.sum()
     for step in range(steps):
         samples = []
@@ -56,6 +56,29 @@ def batches(seed: int, tok: HFTokenizer, s: DemoSizes, batch: int, steps: int, c
                                        cut=rng.random() > 0.1))
         out.put(collate(samples, tok.ids["<|endoftext|>"]))
     out.put(None)
+
+
+def load_weights(path: Path) -> dict:
+    """Weights to start from: a checkpoint directory (model.safetensors) or a run's ema_weights.pt."""
+    path = Path(path)
+    if path.is_dir():
+        from safetensors.torch import load_file
+        return load_file(str(path / "model.safetensors"))
+    return torch.load(path, weights_only=True)
+
+
+def patch_loss(logits: torch.Tensor, targets: torch.Tensor, shape_focus: float = 1.0) -> torch.Tensor:
+    """Mean cross-entropy of the three per-patch heads (shape, colour, cell), the shape head's times
+    shape_focus. Nine patches in ten show only background: weighted equally they would drown the object
+    patches, whose shape and place are what the decoder must look up, so background patches count a tenth."""
+    weight = torch.where(targets[..., 0] == N_SHAPE_CLASSES - 1, 0.1, 1.0).reshape(-1)
+    total = 0.0
+    lo = 0
+    for k, n in enumerate((N_SHAPE_CLASSES, N_COLOUR_CLASSES, N_CELL_CLASSES)):
+        ce = F.cross_entropy(logits[..., lo:lo + n].reshape(-1, n), targets[..., k].reshape(-1), reduction="none")
+        total = total + (shape_focus if k == 0 else 1.0) * (ce * weight).sum() / weight.sum()
+        lo += n
+    return total / 3
 
 
 def lr_at(step: int, steps: int, lr: float, warmup: int) -> float:
@@ -126,7 +149,7 @@ def export_model(checkpoint: Path, model_dir: Path) -> None:
 
 
 def train(out: Path, steps: int, batch: int, seed: int, lr: float, threads: int, eval_every: int,
-          per_kind: int, log=print) -> dict:
+          per_kind: int, init: Path | None = None, shape_focus: float = 1.0, log=print) -> dict:
     from tqdm import tqdm
 
     torch.manual_seed(seed)
@@ -136,6 +159,8 @@ def train(out: Path, steps: int, batch: int, seed: int, lr: float, threads: int,
     tok_dir = out / "tokenizer"
     tok = train_tokenizer(tok_dir, s)
     model = DemoOwl3(s, len(tok), seed=seed)
+    if init is not None:      # go on from an earlier run (the tokenizer is trained the same way: same ids)
+        model.load_named(load_weights(init))
     ema = copy.deepcopy(model).requires_grad_(False)
     aux = torch.nn.Linear(s.vision_hidden, N_SHAPE_CLASSES + N_COLOUR_CLASSES + N_CELL_CLASSES)
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
@@ -145,7 +170,7 @@ def train(out: Path, steps: int, batch: int, seed: int, lr: float, threads: int,
                             lr=lr, betas=(0.9, 0.98))
     items = held_out(per_kind, seed=seed + 424242)      # quick held-out set, disjoint from the final one
     q: queue.Queue = queue.Queue(maxsize=4)
-    threading.Thread(target=batches, args=(seed, tok, s, batch, steps, steps // 5, q), daemon=True).start()
+    threading.Thread(target=batches, args=(seed, tok, s, batch, steps, steps // 5, q, shape_focus), daemon=True).start()
     history, last_eval = [], {}
     bar = tqdm(total=steps, desc="train", unit="step", dynamic_ncols=True)
     t0 = time.time()
@@ -157,13 +182,8 @@ def train(out: Path, steps: int, batch: int, seed: int, lr: float, threads: int,
         vis = scatter_views(model.project(feats), b)
         logits = model(b.ids, vis, b.starts, b.view_valid)
         lm = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), b.labels.reshape(-1), ignore_index=IGNORE)
-        a = aux(feats)
-        sh, co = N_SHAPE_CLASSES, N_SHAPE_CLASSES + N_COLOUR_CLASSES
-        tgt = b.patch_targets
-        aux_loss = (F.cross_entropy(a[..., :sh].reshape(-1, sh), tgt[..., 0].reshape(-1))
-                    + F.cross_entropy(a[..., sh:co].reshape(-1, co - sh), tgt[..., 1].reshape(-1))
-                    + F.cross_entropy(a[..., co:].reshape(-1, a.shape[-1] - co), tgt[..., 2].reshape(-1))) / 3
-        loss = lm + 0.5 * aux_loss
+        aux_loss = patch_loss(aux(feats), b.patch_targets, shape_focus)
+        loss = lm + aux_loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -175,6 +195,7 @@ def train(out: Path, steps: int, batch: int, seed: int, lr: float, threads: int,
         history.append({"step": step, "loss": lm.item(), "aux": aux_loss.item()})
         if (step + 1) % eval_every == 0 or step + 1 == steps:
             last_eval = score(items, torch_answers(ema, tok, s, items))
+            torch.save(ema.named_weights(), out / "ema_weights.pt")     # to go on from (--init) if stopped
             history[-1]["eval"] = last_eval
             log(f"step {step + 1}: " + " ".join(f"{k} {v:.0%}" for k, v in last_eval.items())
                 + f"  ({time.time() - t0:.0f} s)")
@@ -186,6 +207,7 @@ def train(out: Path, steps: int, batch: int, seed: int, lr: float, threads: int,
     save_checkpoint(out / "checkpoint", ema, s, tok_dir, tok)
     final = score(items, torch_answers(ema, tok, s, items))
     summary = {"steps": steps, "batch": batch, "seed": seed, "lr": lr, "threads": threads, "minutes": minutes,
+               "init": str(init) if init else None, "shape_focus": shape_focus,
                "sizes": sizes_dict(s), "parameters": sum(p.numel() for p in model.parameters()),
                "held_out_torch": final, "history": history}
     (out / "train_log.json").write_text(json.dumps(summary, indent=1) + "\n")
@@ -203,8 +225,11 @@ def main(argv=None) -> int:
     p.add_argument("--eval-every", type=int, default=300)
     p.add_argument("--eval-per-kind", type=int, default=40)
     p.add_argument("--no-export", action="store_true", help="stop after writing the checkpoint")
+    p.add_argument("--shape-focus", type=float, default=1.0,
+                   help="weight of shape questions and of the per-patch shape loss (the hardest part to learn)")
+    p.add_argument("--init", type=Path, help="start from these weights: an earlier run's checkpoint directory or ema_weights.pt")
     a = p.parse_args(argv)
-    summary = train(a.out, a.steps, a.batch, a.seed, a.lr, a.threads, a.eval_every, a.eval_per_kind)
+    summary = train(a.out, a.steps, a.batch, a.seed, a.lr, a.threads, a.eval_every, a.eval_per_kind, a.init, a.shape_focus)
     print(f"trained {a.steps} steps in {summary['minutes']:.1f} min; held-out (PyTorch): "
           + " ".join(f"{k} {v:.0%}" for k, v in summary["held_out_torch"].items()))
     if not a.no_export:

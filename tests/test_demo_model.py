@@ -1,0 +1,164 @@
+"""The demo model (#10): its training code against the Owl3 reference, the samples it learns from, and the
+shipped files themselves — accuracy on held-out questions through owl_cpp.chat, agreement with the PyTorch
+checkpoint, and that they are exactly what owl-export makes of the shipped checkpoint."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import owl_cpp  # noqa: E402
+from owl_cpp.demo import model_dir as demo  # noqa: E402
+from owl_cpp.demo.questions import KINDS, ask  # noqa: E402
+from owl_cpp.demo.scenes import Scene, Thing, draw, label_map, random_scene  # noqa: E402
+from owl_export.demo import data  # noqa: E402
+from owl_export.demo.config import DemoSizes  # noqa: E402
+from owl_export.demo.evaluate import TARGETS, held_out, runtime_answers, score  # noqa: E402
+from owl_export.demo.model import DemoOwl3  # noqa: E402
+from owl_export.demo.train import save_checkpoint  # noqa: E402
+
+SIZES = DemoSizes()
+# The checkpoint the shipped files were exported from (python -m owl_export.demo.train writes it)
+CHECKPOINT_DIR = Path(__file__).resolve().parents[1] / "export" / "owl3-demo"
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory):
+    return data.train_tokenizer(tmp_path_factory.mktemp("demo-tok"), SIZES)
+
+
+# ------------------------------------------------------------------------------------------- training code
+
+def test_training_model_matches_the_owl3_reference(tokenizer, tmp_path):
+    """The batched trainable model, saved in the official layout, gives the reference's logits for padded
+    multi-turn batches with cut images (every parameter re-randomized: unit norms and zero biases hide bugs)."""
+    from owl_export.owl3.language import Owl3Reference
+
+    model = DemoOwl3(SIZES, len(tokenizer), seed=1)
+    g = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=g))
+    save_checkpoint(tmp_path / "ck", model, SIZES, tokenizer.path.parent, tokenizer)
+    ref = Owl3Reference.from_pretrained(tmp_path / "ck")
+    assert ref.variant.name == "240728" and ref.variant.hyper_layers == (1, 3)
+    rng = np.random.default_rng(3)
+    prep = data.preprocessing(SIZES)
+    samples = [data.make_sample(rng, tokenizer, SIZES, prep, n_turns=n, cut=c) for n, c in ((1, True), (3, True), (2, False))]
+    b = data.collate(samples, tokenizer.ids["<|endoftext|>"])
+    with torch.no_grad():
+        logits = model(b.ids, data.scatter_views(model.project(model.vision_features(b.pixels)), b), b.starts,
+                       b.view_valid)
+    for i, x in enumerate(samples):
+        want = ref(torch.tensor(x.ids), ref.encode_images(torch.from_numpy(x.views)), x.starts)
+        got = logits[i, :len(x.ids)]
+        assert float((got - want).abs().max() / want.abs().max()) < 1e-5
+
+
+def test_samples_supervise_exactly_the_answers(tokenizer):
+    rng = np.random.default_rng(4)
+    x = data.make_sample(rng, tokenizer, SIZES, data.preprocessing(SIZES), n_turns=3,
+                         kinds=["colour", "describe", "count"])
+    targets = [t for t in x.labels if t != data.IGNORE]
+    end = tokenizer.ids["<|im_end|>"]
+    pieces, cur = [], []
+    for t in targets:
+        if t == end:
+            pieces.append(tokenizer.decode(cur))
+            cur = []
+        else:
+            cur.append(t)
+    assert pieces == [a for _, _, a in x.turns] and not cur
+    assert len(x.starts) == len(x.views) == 5                      # a square picture: 2x2 tiles + global view
+    assert all(tokenizer.tok.id_to_token(x.ids[s]) == "<|" for s in x.starts)
+
+
+def test_patch_targets_sit_on_the_object():
+    scene = Scene((Thing("square", "red", 0, 0.9, 0.0, 0.0, 0.0),), "white", (255, 255, 255), 112, 112, 0)
+    objects = data.patch_objects(label_map(scene), (2, 2), 5, SIZES)
+    side = SIZES.image_size // SIZES.patch_size
+    glob = objects[4].reshape(side, side)
+    assert glob[:3, :3].all() == 0 and (glob[:3, :3] == 0).sum() >= 4 and (glob[4:, :] == -1).all()
+    assert (objects[3] == -1).all()                                 # bottom-right tile: nothing there
+    assert (objects[0] == 0).sum() > (glob == 0).sum()              # the tile sees it larger
+
+
+# ------------------------------------------------------------------------------------------- shipped model
+
+@pytest.fixture(scope="module")
+def shipped():
+    import os
+    if os.environ.get(demo.DEMO_ENV):
+        pytest.fail(f"unset ${demo.DEMO_ENV}: these tests check the shipped files")
+    return owl_cpp.load("demo", threads=2)
+
+
+# What the shipped model reaches on held_out(40) through the runtime (0.475, 1.0, 1.0, 0.775, 0.8), a little
+# lower: a runtime change that breaks any step of the path drops a kind to chance. Issue #10's targets
+# (evaluate.TARGETS) are not all met yet: colour and where questions that name only the shape lag (docs/demo.md).
+SHIPPED_FLOORS = {"colour": 0.40, "shape": 0.95, "count": 0.95, "where": 0.70, "describe": 0.75}
+
+
+def test_shipped_model_answers_held_out_questions(shipped):
+    items = held_out(per_kind=40)
+    scores = score(items, runtime_answers(shipped, items))
+    assert all(scores[k] >= SHIPPED_FLOORS[k] for k in KINDS), scores
+    assert [k for k in KINDS if scores[k] >= TARGETS[k]] == ["shape", "count", "describe"], scores
+
+
+def test_pytorch_checkpoint_and_runtime_agree(shipped):
+    """The shipped files (Q8_0 decoder, fp32 vision) answer as the fp32 PyTorch model of the checkpoint."""
+    from owl_export.demo.evaluate import checkpoint_answers
+
+    items = held_out(per_kind=10, seed=5)
+    ours, theirs = runtime_answers(shipped, items), checkpoint_answers(CHECKPOINT_DIR, items)
+    differ = [(it.question, a, b) for it, a, b in zip(items, ours, theirs) if a.strip() != b.strip()]
+    assert len(differ) <= 1, differ
+
+
+def test_shipped_files_are_the_export_of_the_shipped_checkpoint(tmp_path):
+    import onnxruntime as ort
+
+    from owl_export.cli import main as owl_export
+
+    assert owl_export([str(CHECKPOINT_DIR), "-o", str(tmp_path), "--quant", "q8_0", "-q"]) == 0
+    assert (tmp_path / "decoder.gguf").read_bytes() == (demo.DEMO_DIR / "decoder.gguf").read_bytes()
+    pixels = np.random.default_rng(6).uniform(-1, 1, (3, 3, SIZES.image_size, SIZES.image_size)).astype(np.float32)
+    outs = [ort.InferenceSession(str(d / "vision.onnx"), providers=["CPUExecutionProvider"]).run(None, {"pixel_values": pixels})[0]
+            for d in (tmp_path, demo.DEMO_DIR)]
+    np.testing.assert_allclose(outs[0], outs[1], rtol=0, atol=1e-5)
+
+
+def test_answers_come_from_the_picture(shipped):
+    """Another picture, another answer: the colour asked about follows the image, not the question."""
+    rng = np.random.default_rng(7)
+    changed = 0
+    for _ in range(10):
+        scene = random_scene(rng, n_objects=1)
+        other = random_scene(rng, n_objects=1)
+        q, _ = ask(scene, "colour", rng)
+        a = shipped.chat(draw(scene), q)
+        b = shipped.chat(draw(other), q.replace(scene.things[0].shape, other.things[0].shape))
+        changed += (a != b) == (scene.things[0].colour != other.things[0].colour)
+    assert changed >= 9
+
+
+def test_owl_run_demo_with_the_shipped_model(tmp_path):
+    """`owl-run --demo` in a subprocess on the shipped files: a picture saved, five questions streamed with marks."""
+    import os
+    import subprocess
+    import sys
+
+    environ = {k: v for k, v in os.environ.items() if k not in ("OWL_MODEL", demo.DEMO_ENV)}
+    parent = str(Path(owl_cpp.__file__).resolve().parent.parent)
+    environ.update(PYTHONPATH=os.pathsep.join([parent, environ.get("PYTHONPATH", "")]), PYTHONIOENCODING="utf-8")
+    r = subprocess.run([sys.executable, "-m", "owl_cpp.cli", "--demo", "--seed", "2", "-t", "2"], capture_output=True,
+                       text=True, encoding="utf-8", env=environ, cwd=tmp_path, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "owl-demo.png").is_file()
+    assert r.stdout.count("\n[") == 5 and r.stdout.rstrip().endswith("of 5 answers as expected"), r.stdout
+    count = r.stdout[r.stdout.index("[count]"):].split("\n")[2]        # the mark line of the count question
+    assert "✓ expected:" in count, r.stdout                                # the model counts right (100% held out)
