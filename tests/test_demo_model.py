@@ -76,6 +76,25 @@ def test_samples_supervise_exactly_the_answers(tokenizer):
     assert all(tokenizer.tok.id_to_token(x.ids[s]) == "<|" for s in x.starts)
 
 
+def test_training_runs_end_to_end(tmp_path):
+    """Two steps of the trainer's command: checkpoint, log, exported directory, and a second run that starts
+    from the first one's weights."""
+    import json
+
+    from owl_export.demo.train import main as train
+
+    assert train(["-o", str(tmp_path / "a"), "--steps", "2", "--batch", "2", "--eval-every", "2",
+                  "--eval-per-kind", "1", "--threads", "1"]) == 0
+    log = json.loads((tmp_path / "a" / "train_log.json").read_text())
+    assert log["steps"] == 2 and len(log["history"]) == 2 and set(log["held_out_torch"]) == set(KINDS) | {"average"}
+    model = owl_cpp.load(tmp_path / "a" / "model", threads=1)
+    assert model.variant == "240728" and isinstance(model.chat(draw(random_scene(np.random.default_rng(0))), "Hi",
+                                                               max_tokens=2), str)
+    assert train(["-o", str(tmp_path / "b"), "--steps", "1", "--batch", "2", "--eval-every", "1", "--eval-per-kind",
+                  "1", "--threads", "1", "--init", str(tmp_path / "a" / "checkpoint"), "--no-export"]) == 0
+    assert (tmp_path / "b" / "ema_weights.pt").is_file() and not (tmp_path / "b" / "model").exists()
+
+
 def test_patch_targets_sit_on_the_object():
     scene = Scene((Thing("square", "red", 0, 0.9, 0.0, 0.0, 0.0),), "white", (255, 255, 255), 112, 112, 0)
     objects = data.patch_objects(label_map(scene), (2, 2), 5, SIZES)
