@@ -91,8 +91,10 @@ def test_training_runs_end_to_end(tmp_path):
     assert model.variant == "240728" and isinstance(model.chat(draw(random_scene(np.random.default_rng(0))), "Hi",
                                                                max_tokens=2), str)
     assert train(["-o", str(tmp_path / "b"), "--steps", "1", "--batch", "2", "--eval-every", "1", "--eval-per-kind",
-                  "1", "--threads", "1", "--init", str(tmp_path / "a" / "checkpoint"), "--no-export"]) == 0
+                  "1", "--threads", "1", "--init", str(tmp_path / "a" / "checkpoint"), "--no-export",
+                  "--shape-focus", "2", "--focus", "colour=3,where=2"]) == 0
     assert (tmp_path / "b" / "ema_weights.pt").is_file() and not (tmp_path / "b" / "model").exists()
+    assert json.loads((tmp_path / "b" / "train_log.json").read_text())["focus"] == {"colour": 3.0, "where": 2.0}
 
 
 def test_patch_targets_sit_on_the_object():

@@ -38,13 +38,13 @@ KIND_WEIGHTS = {"colour": 1.0, "shape": 1.5, "count": 0.8, "where": 1.2, "descri
 
 
 def batches(seed: int, tok: HFTokenizer, s: DemoSizes, batch: int, steps: int, curriculum: int, out: queue.Queue,
-            shape_focus: float = 1.0):
+            shape_focus: float = 1.0, focus: dict | None = None):
     """Producer thread: `steps` batches of samples, deterministic for a seed; shape questions drawn
-    shape_focus times as often."""
+    shape_focus times as often, and each kind in `focus` that many times as often."""
     rng = np.random.default_rng(seed)
     prep = preprocessing(s)
     kinds = list(KIND_WEIGHTS)
-    p = np.array([KIND_WEIGHTS[k] * (shape_focus if k == "shape" else 1.0) for k in kinds])
+    p = np.array([KIND_WEIGHTS[k] * (shape_focus if k == "shape" else 1.0) * (focus or {}).get(k, 1.0) for k in kinds])
     p /= p.sum()
     for step in range(steps):
         samples = []
@@ -56,6 +56,18 @@ def batches(seed: int, tok: HFTokenizer, s: DemoSizes, batch: int, steps: int, c
                                        cut=rng.random() > 0.1))
         out.put(collate(samples, tok.ids["<|endoftext|>"]))
     out.put(None)
+
+
+def parse_focus(text: str) -> dict:
+    """"colour=4,where=2" -> {"colour": 4.0, "where": 2.0}; kinds from questions.KINDS."""
+    from owl_cpp.demo.questions import KINDS
+    out = {}
+    for part in text.split(","):
+        kind, _, weight = part.partition("=")
+        if kind not in KINDS or not weight:
+            raise argparse.ArgumentTypeError(f"{part!r}: expected KIND=WEIGHT with KIND one of {', '.join(KINDS)}")
+        out[kind] = float(weight)
+    return out
 
 
 def load_weights(path: Path) -> dict:
@@ -149,7 +161,8 @@ def export_model(checkpoint: Path, model_dir: Path) -> None:
 
 
 def train(out: Path, steps: int, batch: int, seed: int, lr: float, threads: int, eval_every: int,
-          per_kind: int, init: Path | None = None, shape_focus: float = 1.0, log=print) -> dict:
+          per_kind: int, init: Path | None = None, shape_focus: float = 1.0, focus: dict | None = None,
+          log=print) -> dict:
     from tqdm import tqdm
 
     torch.manual_seed(seed)
@@ -170,7 +183,7 @@ def train(out: Path, steps: int, batch: int, seed: int, lr: float, threads: int,
                             lr=lr, betas=(0.9, 0.98))
     items = held_out(per_kind, seed=seed + 424242)      # quick held-out set, disjoint from the final one
     q: queue.Queue = queue.Queue(maxsize=4)
-    threading.Thread(target=batches, args=(seed, tok, s, batch, steps, steps // 5, q, shape_focus), daemon=True).start()
+    threading.Thread(target=batches, args=(seed, tok, s, batch, steps, steps // 5, q, shape_focus, focus), daemon=True).start()
     history, last_eval = [], {}
     bar = tqdm(total=steps, desc="train", unit="step", dynamic_ncols=True)
     t0 = time.time()
@@ -207,7 +220,7 @@ def train(out: Path, steps: int, batch: int, seed: int, lr: float, threads: int,
     save_checkpoint(out / "checkpoint", ema, s, tok_dir, tok)
     final = score(items, torch_answers(ema, tok, s, items))
     summary = {"steps": steps, "batch": batch, "seed": seed, "lr": lr, "threads": threads, "minutes": minutes,
-               "init": str(init) if init else None, "shape_focus": shape_focus,
+               "init": str(init) if init else None, "shape_focus": shape_focus, "focus": focus,
                "sizes": sizes_dict(s), "parameters": sum(p.numel() for p in model.parameters()),
                "held_out_torch": final, "history": history}
     (out / "train_log.json").write_text(json.dumps(summary, indent=1) + "\n")
@@ -227,9 +240,12 @@ def main(argv=None) -> int:
     p.add_argument("--no-export", action="store_true", help="stop after writing the checkpoint")
     p.add_argument("--shape-focus", type=float, default=1.0,
                    help="weight of shape questions and of the per-patch shape loss (the hardest part to learn)")
+    p.add_argument("--focus", type=parse_focus, default=None, metavar="KIND=W,...",
+                   help="draw these question kinds W times as often, e.g. colour=4,where=4")
     p.add_argument("--init", type=Path, help="start from these weights: an earlier run's checkpoint directory or ema_weights.pt")
     a = p.parse_args(argv)
-    summary = train(a.out, a.steps, a.batch, a.seed, a.lr, a.threads, a.eval_every, a.eval_per_kind, a.init, a.shape_focus)
+    summary = train(a.out, a.steps, a.batch, a.seed, a.lr, a.threads, a.eval_every, a.eval_per_kind, a.init, a.shape_focus,
+                    a.focus)
     print(f"trained {a.steps} steps in {summary['minutes']:.1f} min; held-out (PyTorch): "
           + " ".join(f"{k} {v:.0%}" for k, v in summary["held_out_torch"].items()))
     if not a.no_export:
