@@ -32,10 +32,6 @@ __all__ = ["BusyError", "ContinuationScore", "FormatError", "OwlError", "OwlMode
            "system_info"]
 __version__ = "0.1.0"
 
-MODEL_ENV = "OWL_MODEL"
-_NO_MODEL = (f"no model given: pass model=MODEL_DIR or set {MODEL_ENV}. Make a model directory from a Hugging "
-             f"Face checkpoint with `owl-export /path/to/mPLUG-Owl3-7B-240728 -o owl3-7b --quant q4_0`, then "
-             f"`export {MODEL_ENV}=owl3-7b`")
 LOAD_OPTIONS = ("n_ctx", "threads", "device", "kv_type")
 
 _loaded: dict = {}     # (path, options) -> model: chat() loads a model once per process
@@ -49,14 +45,10 @@ def chat(image=None, prompt: Optional[str] = None, *, model=None, **opts):
     opts: load options (n_ctx, threads, device, kv_type) and the model's chat options (stream, max_tokens, ...)."""
     load_opts = {k: opts.pop(k) for k in LOAD_OPTIONS if k in opts}
     if model is None or isinstance(model, (str, os.PathLike)):
-        path = model if model is not None else os.environ.get(MODEL_ENV)
-        if not path:
-            try:
-                path = _demo.demo_model_dir()
-            except FileNotFoundError as e:
-                raise RuntimeError(f"{_NO_MODEL}. ({e})") from None
-            _demo.note_demo_model()
-        path = _demo.resolve(path)
+        try:
+            path = _demo.resolve(_demo.model_or_demo(model))
+        except FileNotFoundError as e:
+            raise RuntimeError(str(e)) from None
         key = (os.path.abspath(os.fspath(path)), tuple(sorted(load_opts.items())))
         with _loading:
             if key not in _loaded:

@@ -180,33 +180,18 @@ def _interactive(model, images, videos, args, stdin, out) -> None:
         images, videos = [], []
 
 
-def model_path(args) -> str:
-    """--model, else $OWL_MODEL (not for --demo: its questions are for the demo model), else the demo model
-    (with a line on stderr saying so; FileNotFoundError where it is not installed)."""
-    from .demo import model_dir as demo
-
-    path = args.model or (None if args.demo else os.environ.get("OWL_MODEL"))
-    if not path:
-        try:
-            path = os.fspath(demo.demo_model_dir())
-        except FileNotFoundError as e:
-            raise FileNotFoundError("no model: pass --model MODEL_DIR or set OWL_MODEL (make one with "
-                                    f"`owl-export HF_CHECKPOINT_DIR -o MODEL_DIR`); {e}") from None
-        if not args.demo:
-            demo.note_demo_model()
-    if args.max_tokens is None:
-        args.max_tokens = DEMO_MAX_TOKENS if args.demo else MAX_TOKENS
-    return path
-
-
 def main(argv: Optional[list[str]] = None, stdin=None, stdout=None) -> int:
     args = build_parser().parse_args(argv)
     stdin, out = stdin or sys.stdin, stdout or sys.stdout
     if args.save and not args.demo:
         print("owl-run: error: --save goes with --demo", file=sys.stderr)
         return 2
+    if args.max_tokens is None:
+        args.max_tokens = DEMO_MAX_TOKENS if args.demo else MAX_TOKENS
     try:
-        path = model_path(args)
+        from .demo.model_dir import model_or_demo
+        # --demo ignores $OWL_MODEL (its questions are for the demo model) and needs no notice
+        path = model_or_demo(args.model, use_env=not args.demo, announce=not args.demo)
         from . import load
         model = load(path, n_ctx=args.n_ctx, threads=args.threads, device=args.device, kv_type=args.kv_type)
         if not hasattr(model, "vision"):

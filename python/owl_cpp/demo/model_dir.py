@@ -3,7 +3,8 @@
   DEMO_DIR            python/owl_cpp/demo/model: an ordinary owl-export directory (decoder.gguf + vision.onnx)
   $OWL_DEMO_DIR       another directory to use instead (tests point it at a tiny model)
   load("demo")        the demo model, unless a file or directory named "demo" exists here (a real path wins)
-  chat() / owl-run / owl-server without a model and without $OWL_MODEL: the demo model, with NOTICE on stderr
+  model_or_demo()     what chat() / owl-run / owl-server load when given no model: $OWL_MODEL, else the demo
+                      model, with NOTICE on stderr
 
 It is trained on the runtime's default chat options (images cut into tiles, greedy decoding), so nothing
 about it is special once loaded.
@@ -17,6 +18,7 @@ import threading
 from pathlib import Path
 from typing import Union
 
+MODEL_ENV = "OWL_MODEL"
 DEMO_ENV = "OWL_DEMO_DIR"
 DEMO_NAME = "demo"
 DEMO_DIR = Path(__file__).resolve().parent / "model"
@@ -43,6 +45,24 @@ def demo_model_dir() -> Path:
             f"the built-in demo model is not installed: {origin}, which has no {' or '.join(missing)} "
             f"(a source checkout without the model? install the package with `pip install .`, set {DEMO_ENV} "
             f"to an exported demo model directory, or pass a model of your own)")
+    return where
+
+
+def model_or_demo(given, *, use_env: bool = True, announce: bool = True):
+    """The model to load when a caller may give none: `given`, else $OWL_MODEL (when use_env), else the demo
+    model directory (NOTICE on stderr when announce). FileNotFoundError saying how to give a model when the demo
+    model is not installed either."""
+    path = given or (os.environ.get(MODEL_ENV) if use_env else None)
+    if path:
+        return path
+    try:
+        where = demo_model_dir()
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"no model given: pass one (model=MODEL_DIR, --model MODEL_DIR) or set {MODEL_ENV}; "
+                                "make one from a Hugging Face checkpoint with `owl-export HF_CHECKPOINT_DIR -o "
+                                f"MODEL_DIR`. And {e}") from None
+    if announce:
+        note_demo_model()
     return where
 
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 
@@ -38,17 +37,12 @@ def main(argv=None) -> int:
     from ..demo import model_dir as demo
     from .app import create_app
 
-    path, name = args.model or os.environ.get("OWL_MODEL"), None
-    if not path:
-        try:
-            path = demo.demo_model_dir()
-        except FileNotFoundError as e:
-            print(f"owl-server: error: no model: pass --model MODEL_DIR or set OWL_MODEL (make one with "
-                  f"`owl-export HF_CHECKPOINT_DIR -o MODEL_DIR`); {e}", file=sys.stderr)
-            return 2
-        demo.note_demo_model()
-    if demo.is_demo_dir(path):
-        name = demo.DEMO_MODEL_NAME
+    try:
+        path = demo.model_or_demo(args.model)
+    except FileNotFoundError as e:
+        print(f"owl-server: error: {e}", file=sys.stderr)
+        return 2
+    name = demo.DEMO_MODEL_NAME if demo.is_demo_dir(path) else None
     # Each concurrent generation needs a context: keep as many ready as there are slots.
     model = load(path, n_ctx=args.n_ctx, threads=args.threads, device=args.device,
                  max_spare_contexts=max(1, args.parallel - 1))
