@@ -20,7 +20,7 @@ from owl_cpp.demo.scenes import COLOUR_NAMES, SHAPES, Scene, draw, label_map, ra
 from owl_cpp.families.owl3.image_config import ImagePreprocessing
 from owl_cpp.families.owl3.media import Expanded
 from owl_cpp.families.owl3.preprocess import preprocess_image
-from owl_cpp.families.owl3.prompt import chat_chunks, expand_markers
+from owl_cpp.families.owl3.prompt import build_prompt, chat_chunks, expand_markers
 from owl_cpp.messages import IMAGE_MARKER
 
 from ..owl3.convert import preprocessing_metadata
@@ -204,9 +204,6 @@ def prompt_sample(scene: Scene, question: str, tok: HFTokenizer, s: DemoSizes, p
     """The prompt `owl_cpp.chat(draw(scene), question)` builds, ending with the assistant header (no answer)."""
     pre = preprocess_image(draw(scene), prep, cut=True)
     messages = [{"role": "user", "content": IMAGE_MARKER + "\n" + question}]
-    ids, starts = [], []
-    for c in chat_chunks(expand_markers(messages, [Expanded(pre.prompt, pre.pixels, "image", pre.grid)])):
-        if c == IMAGE_MARKER:
-            starts.append(len(ids))
-        ids += tok.encode(c)
-    return Sample(ids, [IGNORE] * len(ids), starts, pre.pixels, np.zeros((pre.num_views, s.num_patches, 3), np.int64), [])
+    p = build_prompt(tok, messages, [Expanded(pre.prompt, pre.pixels, "image", pre.grid)])
+    return Sample(p.ids, [IGNORE] * len(p.ids), p.image_starts, p.views,
+                  np.zeros((pre.num_views, s.num_patches, 3), np.int64), [])

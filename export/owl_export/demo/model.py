@@ -189,23 +189,11 @@ class DemoOwl3(nn.Module):
 
 def unused_vision_tensors(s: DemoSizes, seed: int = 1) -> dict[str, torch.Tensor]:
     """The published layout's vision tensors that hidden_states[-2] never reads: the last encoder layer,
-    post_layernorm and the MAP head. Random, like any weight no forward pass uses."""
-    g = torch.Generator().manual_seed(seed)
-    Hv, I = s.vision_hidden, s.vision_intermediate
-    w: dict[str, torch.Tensor] = {}
-    p = f"vision_model.encoder.layers.{s.vision_layers - 1}."
-    for n in ("layer_norm1", "layer_norm2"):
-        w[p + n + ".weight"], w[p + n + ".bias"] = torch.ones(Hv), torch.zeros(Hv)
-    for n in ("q_proj", "k_proj", "v_proj", "out_proj"):
-        w[p + f"self_attn.{n}.weight"], w[p + f"self_attn.{n}.bias"] = torch.randn(Hv, Hv, generator=g) * 0.02, torch.zeros(Hv)
-    w[p + "mlp.fc1.weight"], w[p + "mlp.fc1.bias"] = torch.randn(I, Hv, generator=g) * 0.02, torch.zeros(I)
-    w[p + "mlp.fc2.weight"], w[p + "mlp.fc2.bias"] = torch.randn(Hv, I, generator=g) * 0.02, torch.zeros(Hv)
-    w["vision_model.post_layernorm.weight"], w["vision_model.post_layernorm.bias"] = torch.ones(Hv), torch.zeros(Hv)
-    h = "vision_model.head."
-    w[h + "probe"] = torch.randn(1, 1, Hv, generator=g) * 0.02
-    w[h + "attention.in_proj_weight"], w[h + "attention.in_proj_bias"] = torch.randn(3 * Hv, Hv, generator=g) * 0.02, torch.zeros(3 * Hv)
-    w[h + "attention.out_proj.weight"], w[h + "attention.out_proj.bias"] = torch.randn(Hv, Hv, generator=g) * 0.02, torch.zeros(Hv)
-    w[h + "layernorm.weight"], w[h + "layernorm.bias"] = torch.ones(Hv), torch.zeros(Hv)
-    w[h + "mlp.fc1.weight"], w[h + "mlp.fc1.bias"] = torch.randn(I, Hv, generator=g) * 0.02, torch.zeros(I)
-    w[h + "mlp.fc2.weight"], w[h + "mlp.fc2.bias"] = torch.randn(Hv, I, generator=g) * 0.02, torch.zeros(Hv)
-    return w
+    post_layernorm and the MAP head. Random (from the test fixtures' generator), like any weight no forward
+    pass uses."""
+    from ..owl3.fixtures import random_vision_weights
+
+    every = random_vision_weights(torch.Generator().manual_seed(seed), s.vision_hidden, s.vision_layers,
+                                  s.vision_intermediate, s.patch_size, s.num_patches)
+    unused = (f"vision_model.encoder.layers.{s.vision_layers - 1}.", "vision_model.post_layernorm.", "vision_model.head.")
+    return {k: v for k, v in every.items() if k.startswith(unused)}

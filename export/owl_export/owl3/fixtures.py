@@ -113,7 +113,7 @@ def make_tiny_owl3_checkpoint(out_dir, variant: str = "1b", *, seed: int = 0, hi
     weights = {"language_model." + k: v for k, v in lm.items()}
     g = torch.Generator().manual_seed(seed + 7919)
     weights.update(_hyper_weights(g, gen, [x - 1 for x in hyper_layers], hidden_size, num_heads, num_kv_heads))
-    weights.update(_vision_weights(g, vision_hidden, vision_layers, vision_intermediate, patch_size,
+    weights.update(random_vision_weights(g, vision_hidden, vision_layers, vision_intermediate, patch_size,
                                    (image_size // patch_size) ** 2))
     weights.update(_vision2text_weights(g, gen, vision_hidden, hidden_size))
     weights = {k: v.to(getattr(torch, dtype)).contiguous() for k, v in weights.items()}
@@ -152,7 +152,7 @@ def _hyper_weights(g, gen, hyper0, H, nh, nkv) -> dict[str, torch.Tensor]:
     return w
 
 
-def _vision_weights(g, Hv, L, I, patch, n_pos) -> dict[str, torch.Tensor]:
+def random_vision_weights(g, Hv, L, I, patch, n_pos) -> dict[str, torch.Tensor]:
     """Every vision_model.* tensor of the published file (docs/owl3.md §2.3), the unused ones included."""
     w = {"vision_model.embeddings.patch_embedding.weight":
          torch.randn(Hv, 3, patch, patch, generator=g) / math.sqrt(3 * patch * patch),
