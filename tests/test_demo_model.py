@@ -97,6 +97,26 @@ def test_training_runs_end_to_end(tmp_path):
     assert json.loads((tmp_path / "b" / "train_log.json").read_text())["focus"] == {"colour": 3.0, "where": 2.0}
 
 
+def test_trainer_refuses_bad_options_and_reports_a_failing_sample_thread(tmp_path, monkeypatch, capsys):
+    from owl_export.demo import train as trainer
+
+    for bad, why in ((["--steps", "0"], "must be a positive number"), (["--batch", "-1"], "must be a positive number"),
+                     (["--lr", "nan"], "must be a positive number"), (["--lr", "x"], "is not a number"),
+                     (["--focus", "colour=-2"], "must be a positive number"), (["--focus", "size=2"], "KIND=WEIGHT"),
+                     (["--shape-focus", "0"], "must be a positive number")):
+        with pytest.raises(SystemExit):
+            trainer.main(["-o", str(tmp_path / "x"), *bad])
+        assert why in capsys.readouterr().err, bad
+    assert not (tmp_path / "x").exists()
+
+    def broken(*a, **k):
+        raise ValueError("no pictures today")
+
+    monkeypatch.setattr(trainer, "make_sample", broken)
+    with pytest.raises(RuntimeError, match="making training samples failed: no pictures today"):
+        trainer.main(["-o", str(tmp_path / "y"), "--steps", "1", "--batch", "1", "--threads", "1"])
+
+
 def test_patch_targets_sit_on_the_object():
     scene = Scene((Thing("square", "red", 0, 0.9, 0.0, 0.0, 0.0),), "white", (255, 255, 255), 112, 112, 0)
     objects = data.patch_objects(label_map(scene), (2, 2), 5, SIZES)

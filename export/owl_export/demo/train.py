@@ -46,16 +46,18 @@ def batches(seed: int, tok: HFTokenizer, s: DemoSizes, batch: int, steps: int, c
     kinds = list(KIND_WEIGHTS)
     p = np.array([KIND_WEIGHTS[k] * (shape_focus if k == "shape" else 1.0) * (focus or {}).get(k, 1.0) for k in kinds])
     p /= p.sum()
-    for step in range(steps):
-        samples = []
-        for _ in range(batch):
-            n_obj = 1 if step < curriculum and rng.random() < 0.5 else None
-            n_turns = int(rng.integers(1, 4))
-            ks = [kinds[int(i)] for i in rng.choice(len(kinds), n_turns, p=p)]
-            samples.append(make_sample(rng, tok, s, prep, n_turns=n_turns, n_objects=n_obj, kinds=ks,
-                                       cut=rng.random() > 0.1))
-        out.put(collate(samples, tok.ids["<|endoftext|>"]))
-    out.put(None)
+    try:
+        for step in range(steps):
+            samples = []
+            for _ in range(batch):
+                n_obj = 1 if step < curriculum and rng.random() < 0.5 else None
+                n_turns = int(rng.integers(1, 4))
+                ks = [kinds[int(i)] for i in rng.choice(len(kinds), n_turns, p=p)]
+                samples.append(make_sample(rng, tok, s, prep, n_turns=n_turns, n_objects=n_obj, kinds=ks,
+                                           cut=rng.random() > 0.1))
+            out.put(collate(samples, tok.ids["<|endoftext|>"]))
+    except Exception as e:       # handed to the training loop, which would otherwise wait for a batch forever
+        out.put(e)
 
 
 def parse_focus(text: str) -> dict:
@@ -66,8 +68,21 @@ def parse_focus(text: str) -> dict:
         kind, _, weight = part.partition("=")
         if kind not in KINDS or not weight:
             raise argparse.ArgumentTypeError(f"{part!r}: expected KIND=WEIGHT with KIND one of {', '.join(KINDS)}")
-        out[kind] = float(weight)
+        out[kind] = positive(float)(weight)
     return out
+
+
+def positive(kind):
+    """An argparse type: `kind` of the text, which must be > 0 (and finite)."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not (0 < value < float("inf")):
+            raise argparse.ArgumentTypeError(f"{text!r} must be a positive number")
+        return value
+    return parse
 
 
 def load_weights(path: Path) -> dict:
@@ -189,6 +204,8 @@ def train(out: Path, steps: int, batch: int, seed: int, lr: float, threads: int,
     t0 = time.time()
     for step in range(steps):
         b = q.get()
+        if isinstance(b, Exception):
+            raise RuntimeError(f"making training samples failed: {b}") from b
         for g in opt.param_groups:
             g["lr"] = lr_at(step, steps, lr, 100)
         feats = model.vision_features(b.pixels)
@@ -230,15 +247,15 @@ def train(out: Path, steps: int, batch: int, seed: int, lr: float, threads: int,
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m owl_export.demo.train", description=__doc__.split("\n\n")[0])
     p.add_argument("-o", "--out", type=Path, required=True, help="output directory")
-    p.add_argument("--steps", type=int, default=2400, help="optimizer steps (default 2400: about an hour on 2 cores)")
-    p.add_argument("--batch", type=int, default=32, help="pictures per step (each with 1-3 questions)")
+    p.add_argument("--steps", type=positive(int), default=2400, help="optimizer steps (default 2400: about an hour on 2 cores)")
+    p.add_argument("--batch", type=positive(int), default=32, help="pictures per step (each with 1-3 questions)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--lr", type=float, default=1.5e-3)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--eval-every", type=int, default=300)
-    p.add_argument("--eval-per-kind", type=int, default=40)
+    p.add_argument("--lr", type=positive(float), default=1.5e-3)
+    p.add_argument("--threads", type=positive(int), default=2)
+    p.add_argument("--eval-every", type=positive(int), default=300)
+    p.add_argument("--eval-per-kind", type=positive(int), default=40)
     p.add_argument("--no-export", action="store_true", help="stop after writing the checkpoint")
-    p.add_argument("--shape-focus", type=float, default=1.0,
+    p.add_argument("--shape-focus", type=positive(float), default=1.0,
                    help="weight of shape questions and of the per-patch shape loss (the hardest part to learn)")
     p.add_argument("--focus", type=parse_focus, default=None, metavar="KIND=W,...",
                    help="draw these question kinds W times as often, e.g. colour=4,where=4")
