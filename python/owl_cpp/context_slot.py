@@ -22,9 +22,14 @@ class ImageAt:
 
 @dataclass
 class PreparedPrompt:
-    """What the runtime evaluates: token ids and the images attached to them, in prompt order."""
+    """What the runtime evaluates: token ids and the images attached to them, in prompt order.
+
+    Two ways an image enters the sequence: attached (Owl3: the context keeps its embeddings and hyper layers
+    attend to them; its placeholder tokens are evaluated as ids) or spliced (Owl2 / Owl v1: its embedding rows
+    are evaluated in place of its placeholder tokens, as image-modality tokens)."""
     ids: list
     images: list = field(default_factory=list)       # [ImageAt]
+    spliced: bool = False
 
 
 class BusyError(RuntimeError):
@@ -54,6 +59,7 @@ class ContextSlot:
         self.n_prompt = 0                                # how many of `tokens` the last prefill's prompt was
         self.stats = stats
         self.last_used = 0                               # set by the pool on release (its choice, its trimming)
+        self.hidden: Optional[np.ndarray] = None         # a spliced prefill's hidden states (hidden_states())
         self._lock = threading.Lock()
         self._owner: Optional[int] = None               # thread that acquired it
 
@@ -111,20 +117,68 @@ class ContextSlot:
             raise ValueError(f"prompt of {len(ids)} tokens exceeds the context of {self.n_ctx} tokens "
                              f"(load with a larger n_ctx)")
         common = min(self.reusable(PreparedPrompt(ids, prompt.images)) if reuse else 0, len(ids) - 1)
-        self.truncate(common)
-        for im in prompt.images[len(self.images):]:
-            self.ctx.add_image(im.embeds, im.start)
-            self.images.append((im.start, im.key))
-        if self.ctx.n_images != len(self.images):
-            raise RuntimeError(f"internal: context holds {self.ctx.n_images} images, expected {len(self.images)}")
-        out = self.ctx.eval(ids[common:], all_logits=all_logits, return_logits=return_logits)
+        if prompt.spliced:     # evaluation never starts inside a spliced image: its rows go in as one piece
+            for im in prompt.images:
+                if im.start < common < im.start + len(im.embeds):
+                    common = im.start
+            out = self._prefill_spliced(ids, prompt.images, common, all_logits, return_logits)
+        else:
+            self.truncate(common)
+            for im in prompt.images[len(self.images):]:
+                self.ctx.add_image(im.embeds, im.start)
+                self.images.append((im.start, im.key))
+            if self.ctx.n_images != len(self.images):
+                raise RuntimeError(f"internal: context holds {self.ctx.n_images} images, expected {len(self.images)}")
+            out = self.ctx.eval(ids[common:], all_logits=all_logits, return_logits=return_logits)
+            self.hidden = None
         self.tokens, self.n_prompt = ids, len(ids)
         if self.stats is not None:
             self.stats.add(common, len(ids) - common)
         return len(ids) - common, out
 
+    def _prefill_spliced(self, ids: list, images: list, common: int, all_logits: bool, return_logits: bool):
+        """Evaluates ids[common:] in runs: text as token ids, each image's rows as embeddings with the image
+        modality."""
+        spans = []
+        for im in images:
+            n = len(im.embeds)
+            if im.start < 0 or im.start + n > len(ids):
+                raise ValueError(f"image at token {im.start} with {n} rows does not fit a prompt of {len(ids)} tokens")
+            if spans and im.start < spans[-1][1]:
+                raise ValueError(f"images at tokens {spans[-1][0]} and {im.start} overlap")
+            spans.append((im.start, im.start + n, im))
+        self.truncate(common)
+        logits, hidden, at = [], [], common
+        for s0, s1, im in [s for s in spans if s[1] > common] + [(len(ids), len(ids), None)]:
+            for kind, end in (("text", s0), ("image", s1)):
+                if end <= at:
+                    continue
+                last = end == len(ids)
+                want = return_logits and (all_logits or last)
+                if kind == "text":
+                    out = self.ctx.eval(ids[at:end], all_logits=all_logits, return_logits=want)
+                else:
+                    out = self.ctx.decode(embeds=im.embeds, modality=[1] * (end - at), all_logits=all_logits,
+                                          return_logits=want)
+                if all_logits:
+                    logits.append(out)
+                    hidden.append(np.asarray(self.ctx.hidden_states()))
+                elif last:
+                    logits.append(out)
+                at = end
+        self.images = [(im.start, im.key) for im in images]
+        self.hidden = np.concatenate(hidden) if hidden else None
+        if not return_logits:
+            return None
+        return np.concatenate(logits) if all_logits else logits[-1]
+
+    def hidden_states(self) -> np.ndarray:
+        """Final-normed hidden states of the rows the last prefill or append returned logits for."""
+        return self.hidden if self.hidden is not None else np.asarray(self.ctx.hidden_states())
+
     def append(self, ids: list, *, all_logits: bool = False, return_logits: bool = False):
         """Evaluates ids after what is cached (raw evaluation, continuations, decode steps)."""
         out = self.ctx.eval(ids, all_logits=all_logits, return_logits=return_logits)
         self.tokens += ids
+        self.hidden = None
         return out

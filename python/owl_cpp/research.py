@@ -47,7 +47,7 @@ def prompt_logits(slot: ContextSlot, prompt: PreparedPrompt) -> np.ndarray:
 def prompt_hidden_states(slot: ContextSlot, prompt: PreparedPrompt) -> np.ndarray:
     """Final-normed hidden states at every position, from an empty cache: [len(ids), n_embd]."""
     slot.prefill(prompt, reuse=False, all_logits=True, return_logits=False)
-    return np.asarray(slot.ctx.hidden_states())
+    return slot.hidden_states()
 
 
 def score_continuations(slot: ContextSlot, prompt: PreparedPrompt, continuations: Sequence[Sequence[int]],

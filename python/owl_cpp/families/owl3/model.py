@@ -15,152 +15,45 @@ generation, which a single answer does not have.
 """
 from __future__ import annotations
 
-import time
-from pathlib import Path
-from typing import Iterator, Optional, Sequence, Union
+from typing import Sequence
 
-from ...context_slot import ImageAt, PreparedPrompt
-from ...decoder_model import DecoderModel, finish
-from ...image_cache import content_key
-from ...messages import conversation
-from ...research import (ContinuationScore, PromptHiddenStates, PromptLogits, prompt_hidden_states,
-                         prompt_logits)
-from ...session import Session
 from ...stops import special_token_ids
-from ...streaming import StrippedText
-from ...vision import VisionEncoder
+from ...vision_language import VisionLanguageModel
 from .image_config import ImagePreprocessing
 from .media import Expanded, expand_media
 from .prompt import (ANSWER_END, TERMINATORS, Owl3Prompt, answer_chunk_ids, build_prompt, question_prompt,
                      system_chunk, tokenize_chunks)
 
-ARCH = "owl3"
-EXPORT_HINT = "create one with `owl-export HF_CHECKPOINT_DIR -o MODEL_DIR`"
 
+class OwlModel(VisionLanguageModel):
+    """An exported mPLUG-Owl3 model directory: decoder.gguf + vision.onnx. Options as VisionLanguageModel."""
 
-class OwlModel(DecoderModel):
-    """An exported mPLUG-Owl3 model directory: decoder.gguf + vision.onnx. Options as DecoderModel, plus
-    device ("cpu" | "cuda" | "cuda:N": where the decoder and onnxruntime's vision tower run)."""
+    ARCH = "owl3"
+    FAMILY = "mPLUG-Owl3"
 
-    def __init__(self, model_dir, *, n_ctx: Optional[int] = None, threads: Optional[int] = None,
-                 device: str = "cpu", vision_file: str = "vision.onnx", kv_type: Optional[str] = None,
-                 max_spare_contexts: int = 1):
-        d = Path(model_dir)
-        if not d.is_dir():
-            raise FileNotFoundError(f"{d}: model directory not found ({EXPORT_HINT})")
-        for name in ("decoder.gguf", vision_file):
-            if not (d / name).is_file():
-                raise FileNotFoundError(f"{d}: no {name} in the model directory ({EXPORT_HINT})")
-        super().__init__(d / "decoder.gguf", n_ctx=n_ctx, threads=threads, kv_type=kv_type, device=device,
-                         max_spare_contexts=max_spare_contexts)
-        if self.hparams["arch"] != ARCH:
-            raise ValueError(f"{d / 'decoder.gguf'}: architecture {self.hparams['arch']!r} is not an mPLUG-Owl3 "
-                             f"decoder ({ARCH!r}); load a plain .gguf text model by its file path")
-        self.model_dir = d
-        self.image_config = ImagePreprocessing.from_metadata(self._gguf, str(d / "decoder.gguf"))
-        self.vision = VisionEncoder(d / vision_file, threads=self.threads, device=device.split(":")[0])
-        self._check_vision_matches()
+    def _read_config(self) -> None:
+        self.image_config = ImagePreprocessing.from_metadata(self._gguf, str(self.model_dir / "decoder.gguf"))
+
+    def _vision_keys(self) -> dict:
+        return {"owl3.embedding_length": self.hparams["n_embd"], "owl3.vision.image_size": self.image_config.image_size}
 
     def _terminators(self) -> frozenset:
         return special_token_ids(self.tokenizer, TERMINATORS) or super()._terminators()
-
-    def _check_vision_matches(self) -> None:
-        """vision.onnx from another export would give embeddings of the wrong width or image size."""
-        meta, want = self.vision.metadata, {"owl3.embedding_length": self.hparams["n_embd"],
-                                            "owl3.vision.image_size": self.image_config.image_size}
-        for key, value in want.items():
-            if key in meta and str(meta[key]) != str(value):
-                raise ValueError(f"{self.vision.path}: {key} is {meta[key]} but decoder.gguf needs {value}; "
-                                 "the two files come from different exports")
 
     @property
     def variant(self) -> str:
         """"240728" | "241014" | "241101" (docs/owl3.md §1)."""
         return self.hparams["hyper_variant"]
 
-    def cache_stats(self) -> dict:
-        """DecoderModel's, plus the image embedding cache's lookups ("image_cache_hits" / "image_cache_misses",
-        one per distinct view of a call)."""
-        cache = self.vision.cache
-        return {**super().cache_stats(), "image_cache_hits": cache.hits, "image_cache_misses": cache.misses}
-
-    # ----- conversation -> prepared prompt --------------------------------------------------------
+    # ----- conversation -> prompt ------------------------------------------------------------------
     def _expand(self, media, cut: bool = True) -> list[Expanded]:
         return expand_media(media, self.variant, self.image_config, cut)
 
-    def _conversation(self, prompt_or_messages, images, videos, cut: bool):
-        if isinstance(prompt_or_messages, str):
-            msgs, media = conversation(prompt_or_messages, images, videos)
-        else:
-            msgs, media = conversation(None, images, videos, prompt_or_messages)
-        return msgs, self._expand(media, cut)
-
-    def _prepare(self, messages: Sequence[dict], expanded: Sequence[Expanded]):
-        """-> the Owl3 prompt, what the runtime evaluates (ids + image embeddings), vision stats."""
-        p = build_prompt(self.tokenizer, messages, expanded)
-        if len(p.ids) > self.n_ctx:    # before the vision tower spends any time
-            raise ValueError(f"prompt of {len(p.ids)} tokens exceeds the context of {self.n_ctx} tokens "
-                             f"(load with a larger n_ctx)")
-        images, vision = self._encode(p)
-        return p, PreparedPrompt(p.ids, images), vision
-
-    def _encode(self, p: Owl3Prompt) -> tuple[list[ImageAt], dict]:
-        """The prompt's views through the vision tower (or the image cache) -> [ImageAt] at p's image starts."""
-        t0, stats = time.perf_counter(), {}
-        keys = [content_key(v) for v in p.views]
-        embeds = self.vision.encode(p.views, keys, stats) if keys else []
-        vision = {"vision_s": time.perf_counter() - t0, "views": len(keys),
-                  "views_encoded": stats.get("encoded", 0), "views_reused": stats.get("reused", 0)}
-        return [ImageAt(s, k, e) for s, k, e in zip(p.image_starts, keys, embeds)], vision
-
-    # ----- chat ----------------------------------------------------------------------------------
-    def chat(self, images=None, prompt: Optional[str] = None, *, messages: Optional[Sequence[dict]] = None,
-             videos=None, stream: bool = False, max_tokens: int = 512, temperature: float = 0.0, top_k: int = 40,
-             top_p: float = 0.95, min_p: float = 0.05, repeat_penalty: float = 1.0, seed: Optional[int] = None,
-             stop=None, cut: bool = True, return_info: bool = False, ignore_eos: bool = False):
-        """Answers `prompt` about `images` (path, PIL.Image, (H, W, 3) uint8 array, bytes, or a list), or an
-        OpenAI-style `messages` list. Images go where the prompt has `<|image|>` markers, else before it.
-        videos: a list of videos, each a list of frames (`<|video|>` markers).
-
-        Returns the text; stream=True: a TextStream of text pieces (its .info is set at the end);
-        return_info=True: a dict with the text, tokens, counts, finish_reason and timings (vision_ms, prefill
-        and decode tokens/s; prefill counts the tokens evaluated, not those reused from the cache; views
-        encoded vs reused from the image cache). ignore_eos=True: no stop at <|im_end|> / <|endoftext|>.
-        Safe to call from several threads (context_pool.py says on which context each call runs)."""
-        msgs, media = conversation(prompt, images, videos, messages)
-        return self._answer(msgs, self._expand(media, cut), stream=stream, return_info=return_info,
-                            max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
-                            repeat_penalty=repeat_penalty, seed=seed, stop=stop, ignore_eos=ignore_eos)
-
-    def session(self, system: Optional[str] = None, overflow: str = "shift") -> Session:
-        """A multi-turn conversation with a context of its own (its KV cache) and this model's image cache.
-        overflow: what happens when the history outgrows n_ctx: "shift" drops the oldest whole turns (and
-        their images), keeping the system prompt and the new question; "error" raises ValueError (session.py)."""
-        return Session(self, system, overflow)
-
-    def _answer(self, messages: Sequence[dict], expanded: Sequence[Expanded], **options):
-        """Generation for normalized messages and their expanded media; options as _run's."""
-        _, prepared, vision = self._prepare(messages, expanded)
-        return self._run(prepared, vision, **options)
-
-    def _answer_stream(self, prepared: PreparedPrompt, vision: dict, **gen) -> Iterator[tuple[str, dict]]:
-        """The decode loop's pieces with the text stripped as the official decode does, and the vision stats."""
-        strip, info = StrippedText(), {}
-        run = super()._answer_stream(prepared, vision, **gen)
-        try:
-            for piece, info in run:
-                out = strip.push(piece)
-                if out:
-                    yield out, {}
-        finally:
-            run.close()                             # stopped early: on_done hears it now
-        info.update(text=strip.text, images=vision["views"], views_encoded=vision["views_encoded"],
-                    views_reused=vision["views_reused"])
-        info["timings"].update(vision_s=vision["vision_s"], vision_ms=1e3 * vision["vision_s"])
-        yield "", info
+    def _build_prompt(self, messages: Sequence[dict], expanded: Sequence[Expanded]) -> Owl3Prompt:
+        return build_prompt(self.tokenizer, messages, expanded)
 
     # ----- session parts (session.py) -------------------------------------------------------------
-    def _session_start(self, system: Optional[str]) -> list[int]:
+    def _session_start(self, system) -> list[int]:
         return tokenize_chunks(self.tokenizer, [system_chunk(system)])[0]
 
     def _question(self, message: dict, media, cut: bool) -> Owl3Prompt:
@@ -172,35 +65,3 @@ class OwlModel(DecoderModel):
     @property
     def _turn_end(self) -> list[int]:
         return tokenize_chunks(self.tokenizer, ANSWER_END)[0]
-
-    # ----- research ------------------------------------------------------------------------------
-    def _research_prompt(self, prompt_or_messages, images, videos, cut) -> tuple[Owl3Prompt, PreparedPrompt]:
-        p, prepared, _ = self._prepare(*self._conversation(prompt_or_messages, images, videos, cut))
-        return p, prepared
-
-    def logits(self, prompt_or_messages: Union[str, Sequence[dict]], *, images=None, videos=None,
-               cut: bool = True) -> PromptLogits:
-        """Logits at every position of the chat prompt (as chat() builds it, ending with the assistant
-        header): PromptLogits(ids, logits [n_tokens, n_vocab], image_starts)."""
-        p, prepared = self._research_prompt(prompt_or_messages, images, videos, cut)
-        with self._contexts.borrow() as slot:
-            return PromptLogits(p.ids, prompt_logits(slot, prepared), p.image_starts)
-
-    def hidden_states(self, prompt_or_messages: Union[str, Sequence[dict]], *, images=None, videos=None,
-                      cut: bool = True) -> PromptHiddenStates:
-        """Final-normed hidden states at every position of the chat prompt:
-        PromptHiddenStates(ids, hidden_states [n_tokens, n_embd], image_starts)."""
-        p, prepared = self._research_prompt(prompt_or_messages, images, videos, cut)
-        with self._contexts.borrow() as slot:
-            return PromptHiddenStates(p.ids, prompt_hidden_states(slot, prepared), p.image_starts)
-
-    def score(self, prompt_or_messages: Union[str, Sequence[dict]], continuations: Sequence[Union[str, Sequence[int]]],
-              *, images=None, videos=None, cut: bool = True) -> list[ContinuationScore]:
-        """log p(continuation | chat prompt) at the answer position, for each continuation (text, tokenized as
-        the official builder tokenizes an answer, or token ids): multiple-choice evaluation. The prompt is
-        evaluated once; each continuation runs from that cached prefix."""
-        if isinstance(continuations, str):
-            raise TypeError("continuations must be a list (of strings or of token id lists)")
-        _, prepared = self._research_prompt(prompt_or_messages, images, videos, cut)
-        conts = [answer_chunk_ids(self.tokenizer, c) if isinstance(c, str) else list(c) for c in continuations]
-        return self._score(prepared, conts)
