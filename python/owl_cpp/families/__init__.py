@@ -6,7 +6,8 @@ from __future__ import annotations
 import importlib
 
 TEXT_ARCHITECTURES = ("llama", "qwen2")
-MEDIA_FAMILIES = {"owl3": ("owl_cpp.families.owl3", "OwlModel")}      # architecture -> (module, class)
+MEDIA_FAMILIES = {"owl3": ("owl_cpp.families.owl3", "OwlModel"),        # architecture -> (module, class)
+                  "owl2": ("owl_cpp.families.owl2", "Owl2Model")}
 SUPPORTED = tuple(sorted(TEXT_ARCHITECTURES + tuple(MEDIA_FAMILIES)))
 
 
