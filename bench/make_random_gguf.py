@@ -18,6 +18,7 @@ SIZES = {
     "qwen2-7b": ("qwen2", 3584, 28, 28, 4, 18944, 152064, False),    # Owl3-7B decoder
     "llama-7b": ("llama", 4096, 32, 32, 32, 11008, 32000, False),    # Owl2 decoder
     "owl3-1b": ("owl3", 896, 24, 14, 2, 4864, 151851, True),         # mPLUG-Owl3-1B-241014 decoder
+    "owl2-7b": ("owl2", 4096, 32, 32, 32, 11008, 32000, False),      # mPLUG-Owl2 decoder with its image branch
 }
 OWL3_HYPER = {"owl3-1b": [5, 12, 19, 21]}  # 0-based (docs/owl3.md 1.1)
 QTYPES = {"q4_0": gguf.GGMLQuantizationType.Q4_0, "q8_0": gguf.GGMLQuantizationType.Q8_0,
@@ -60,14 +61,20 @@ def write(path: Path, size: str, quant: str, seed: int = 0) -> Path:
     w = gguf.GGUFWriter(str(path), arch)
     w.add_name(f"random {size} {quant}")
     w.add_file_type(FILE_TYPE[quant])
-    w.add_context_length(32768 if arch == "qwen2" else 4096)
+    w.add_context_length(32768 if arch == "qwen2" else 2048 if arch == "owl2" else 4096)
     w.add_embedding_length(E)
     w.add_block_count(L)
     w.add_feed_forward_length(F)
     w.add_head_count(H)
     w.add_head_count_kv(KV)
     w.add_layer_norm_rms_eps(1e-6)
-    w.add_rope_freq_base(1e4 if arch == "llama" else 1e6)
+    w.add_rope_freq_base(1e4 if arch in ("llama", "owl2") else 1e6)
+    if arch == "owl2":  # docs/owl2.md A1: 64 queries + vit_eos per image, 448 px, CLIP normalization
+        w.add_string("owl2.variant", "owl2")
+        w.add_uint32("owl2.image_tokens", 65)
+        w.add_uint32("owl2.vision.image_size", 448)
+        w.add_array("owl2.vision.image_mean", [0.48145466, 0.4578275, 0.40821073])
+        w.add_array("owl2.vision.image_std", [0.26862954, 0.26130258, 0.27577711])
     if arch == "owl3":  # 241014: static gate vector, separate visual softmax
         w.add_string("owl3.variant", "241014")
         w.add_array("owl3.hyper_layers", OWL3_HYPER[size])
@@ -98,7 +105,12 @@ def write(path: Path, size: str, quant: str, seed: int = 0) -> Path:
         mat(p + "attn_q.weight", H * hd, E)
         mat(p + "attn_k.weight", KV * hd, E)
         mat(p + "attn_v.weight", KV * hd, E)
-        if arch != "llama":
+        if arch == "owl2":  # the modality-adaptive module's image branch (docs/owl2.md A5)
+            vec(p + "img.attn_norm.weight", E)
+            mat(p + "img.attn_k.weight", KV * hd, E)
+            mat(p + "img.attn_v.weight", KV * hd, E)
+            vec(p + "img.ffn_norm.weight", E)
+        if arch not in ("llama", "owl2"):
             for n, rows in (("attn_q", H * hd), ("attn_k", KV * hd), ("attn_v", KV * hd)):
                 w.add_tensor(p + n + ".bias", (0.1 * rng.standard_normal(rows)).astype(np.float32))
         mat(p + "attn_output.weight", E, H * hd)

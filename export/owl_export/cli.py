@@ -40,11 +40,18 @@ def _export_owl3(hf_dir: Path, out: Path, quant: str, progress: bool, **vision) 
     return export_owl3(hf_dir, out, quant, progress=progress, **vision)
 
 
+def _export_owl2(hf_dir: Path, out: Path, quant: str, progress: bool, **vision) -> dict:
+    from .owl2.export import export_owl2
+    return export_owl2(hf_dir, out, quant, progress=progress, **vision)
+
+
 # model_type -> exporter(hf_dir, out, quant, progress, **vision options given) -> summary dict
 EXPORTERS: dict[str, Callable[..., dict]] = {
     "qwen2": _export_text,
     "llama": _export_text,
     "mplugowl3": _export_owl3,
+    "mplug_owl2": _export_owl2,
+    "mplug-owl": _export_owl2,
 }
 
 

@@ -1,4 +1,5 @@
-"""`owl-run`: ask an exported mPLUG-Owl3 model about images or a video, streaming the answer.
+"""`owl-run`: ask an exported mPLUG-Owl3, mPLUG-Owl2 or mPLUG-Owl model about images (Owl3: or a video),
+streaming the answer.
 
   owl-run --model owl3-7b --image photo.jpg -p "What is in this picture?"
   owl-run --model owl3-7b --image a.jpg --image b.jpg -p "What changed?"
@@ -50,7 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="where the model runs: cpu, cuda or cuda:N (default cpu)")
     p.add_argument("--kv-type", choices=("f16", "f32"), default=None,
                    help="KV cache storage (default f16: half the memory of f32)")
-    p.add_argument("--no-cut", action="store_true", help="do not cut images into tiles (global view only)")
+    p.add_argument("--no-cut", action="store_true", help="Owl3: do not cut images into tiles (global view only)")
+    p.add_argument("--image-mode", choices=("resize", "pad", "crop"), default=None,
+                   help="Owl2 / Owl v1: how an image becomes square: stretch (resize, the default), pad with the "
+                   "mean colour (pad, as the official CLI) or centre-crop (crop)")
     p.add_argument("-v", "--verbose", action="store_true", help="print timings to stderr after each answer")
     p.add_argument("--demo", action="store_true", help="draw a random picture of coloured shapes, save it, show "
                    "it (on a colour terminal) and ask the built-in demo model (or --model) five questions about it, "
@@ -196,6 +200,10 @@ def main(argv: Optional[list[str]] = None, stdin=None, stdout=None) -> int:
         model = load(path, n_ctx=args.n_ctx, threads=args.threads, device=args.device, kv_type=args.kv_type)
         if not hasattr(model, "vision"):
             raise ValueError(f"{path}: a text model; owl-run needs a model directory from owl-export")
+        if args.image_mode is not None:
+            if not hasattr(model, "image_mode"):
+                raise ValueError(f"--image-mode is for mPLUG-Owl2 / mPLUG-Owl models; {path} is not one")
+            model.image_mode = args.image_mode
         if args.demo:
             from .demo.cli_demo import run_demo
             return run_demo(model, args, _gen_options(args), out, sys.stderr)
