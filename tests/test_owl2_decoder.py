@@ -256,7 +256,8 @@ def test_img_tensor_with_wrong_shape_is_refused(owl2_hf, tmp_path):
         out = []
         for t in plan:
             if t.name == "blk.1.img.attn_v.weight":
-                t = dataclasses.replace(t, shape=(t.shape[0] // 2, t.shape[1]), load=lambda: np.zeros((32, 64), np.float32))
+                t = dataclasses.replace(t, shape=(t.shape[0] // 2, t.shape[1]),
+                                        load=lambda: np.zeros((32, 64), np.float32))
             out.append(t)
         return out
 
@@ -271,13 +272,16 @@ def test_img_tensor_with_wrong_shape_is_refused(owl2_hf, tmp_path):
 
 
 def test_img_tensors_in_some_layers_only_are_refused(owl2_hf, tmp_path):
-    only_layer0 = _write(owl2_hf, tmp_path / "l0.gguf", lambda plan: [t for t in plan if not t.name.startswith("blk.1.img.")])
+    def without(prefix):
+        return lambda plan: [t for t in plan if not t.name.startswith(prefix)]
+
+    only_layer0 = _write(owl2_hf, tmp_path / "l0.gguf", without("blk.1.img."))
     with pytest.raises(owl_cpp.FormatError, match=r"blk\.1\.img\.attn_norm\.weight"):
         _core.Model.load(str(only_layer0))
-    only_layer1 = _write(owl2_hf, tmp_path / "l1.gguf", lambda plan: [t for t in plan if not t.name.startswith("blk.0.img.")])
+    only_layer1 = _write(owl2_hf, tmp_path / "l1.gguf", without("blk.0.img."))
     with pytest.raises(owl_cpp.FormatError, match=r"blk\.0\.img\.attn_norm\.weight"):
         _core.Model.load(str(only_layer1))
-    one_missing = _write(owl2_hf, tmp_path / "k.gguf", lambda plan: [t for t in plan if t.name != "blk.1.img.attn_k.weight"])
+    one_missing = _write(owl2_hf, tmp_path / "k.gguf", without("blk.1.img.attn_k.weight"))
     with pytest.raises(owl_cpp.FormatError, match=r"blk\.1\.img\.attn_k\.weight"):
         _core.Model.load(str(one_missing))
 
@@ -293,6 +297,20 @@ def test_variant_key_must_agree_with_the_tensors(owl2, tmp_path):
         _core.Model.load(str(rewrite(p1, tmp_path / "b.gguf", {"owl2.variant": (STRING, "owl2")})))
     with pytest.raises(owl_cpp.FormatError, match="owl2.variant"):
         _core.Model.load(str(rewrite(p1, tmp_path / "c.gguf", {"owl2.variant": (STRING, "owl3")})))
+
+
+def test_owl2_1_tensors_are_refused_by_name(owl2_hf, tmp_path):
+    """blk.N.img.attn_q.weight is reserved for mPLUG-Owl2.1 (not implemented): named, not silently ignored."""
+    import dataclasses
+
+    def with_img_q(plan):
+        q = next(t for t in plan if t.name == "blk.0.attn_q.weight")
+        k = next(i for i, t in enumerate(plan) if t.name == "blk.0.img.ffn_norm.weight")
+        return plan[:k + 1] + [dataclasses.replace(q, name="blk.0.img.attn_q.weight")] + plan[k + 1:]
+
+    path = _write(owl2_hf, tmp_path / "q.gguf", with_img_q)
+    with pytest.raises(owl_cpp.FormatError, match=r"blk\.0\.img\.attn_q\.weight"):
+        _core.Model.load(str(path))
 
 
 def test_report_errors():
