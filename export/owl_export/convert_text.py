@@ -78,12 +78,16 @@ def plan_tensor(tensors: Mapping[str, torch.Tensor], gguf_name: str, hf_name: st
     return PlannedTensor(gguf_name, hf_name, shape, load)
 
 
-def text_tensor_plan(cfg: TextConfig, tensors: Mapping[str, torch.Tensor]) -> list[PlannedTensor]:
-    """Every GGUF tensor of the decoder, in write order, with a loader that reads it on demand."""
+def text_tensor_plan(cfg: TextConfig, tensors: Mapping[str, torch.Tensor],
+                     source: Callable[[str], str] | None = None) -> list[PlannedTensor]:
+    """Every GGUF tensor of the decoder, in write order, with a loader that reads it on demand.
+
+    source maps each HF name (model.layers.N.input_layernorm.weight, ...) to the checkpoint's name for it
+    (Owl2 keeps its text-branch norms and K/V under `...multiway.0.weight`); by default the name itself."""
     plan: list[PlannedTensor] = []
 
     def add(gguf_name: str, hf_name: str, permute_heads: int = 0):
-        plan.append(plan_tensor(tensors, gguf_name, hf_name, permute_heads))
+        plan.append(plan_tensor(tensors, gguf_name, source(hf_name) if source else hf_name, permute_heads))
 
     add("token_embd.weight", "model.embed_tokens.weight")
     for i in range(cfg.num_layers):

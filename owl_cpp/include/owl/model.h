@@ -22,7 +22,7 @@ class Architecture;  // src/models/architecture.h
 struct ArchWeights;
 
 struct HParams {
-    std::string arch;          // general.architecture: "llama" | "qwen2" | "owl3"
+    std::string arch;          // general.architecture: "llama" | "qwen2" | "owl3" | "owl2"
     int64_t n_vocab = 0;       // rows of token_embd (may exceed the tokenizer's size)
     int64_t n_embd = 0;
     int64_t n_layer = 0;

@@ -24,6 +24,9 @@ struct ArchWeights {
         (void)m;
         (void)v;
     }
+    // Once the model is loaded and its matrices repacked (Model::pack_weights): views an architecture copies
+    // from the shared layers (owl2's image-branch layers) are taken here, so they see the final data.
+    virtual void finish(const Model& m) { (void)m; }
 };
 
 // What an architecture keeps per context (owl3: the images attached to the conversation).
@@ -62,5 +65,6 @@ std::vector<std::string> architecture_names();
 const Architecture& llama_architecture();
 const Architecture& qwen2_architecture();
 const Architecture& owl3_architecture();
+const Architecture& owl2_architecture();
 
 }  // namespace owl

@@ -119,6 +119,7 @@ public:
         if (m->tokenizer_->n_vocab() > hp.n_vocab)
             L.fail("tokenizer has " + std::to_string(m->tokenizer_->n_vocab()) + " tokens but token_embd has only " + std::to_string(hp.n_vocab) + " rows");
         m->pack_weights();
+        if (m->arch_weights_) m->arch_weights_->finish(*m);
         return m;
     }
 };
