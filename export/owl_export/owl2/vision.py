@@ -24,8 +24,8 @@ docs/owl2.md PART C (Owl v1, `mPLUG-Owl/mplug_owl/modeling_mplug_owl.py`): the s
 The abstractor's intermediate size is taken from the shape of w1 for v1 (PART C: the code default, 4096,
 is not trustworthy); for Owl2 it must match the config.
 
-The reference is an nn.Module whose weights are (non-persistent) buffers, so torch.onnx traces them as
-initializers (owl2/onnx_export.py). `dtype=torch.float16` builds the fp16 graph: weights and arithmetic in
+The reference is an nn.Module whose weights are buffers (persistent: the exporter collects module state
+through state_dict), so torch.onnx traces them as initializers (owl2/onnx_export.py). `dtype=torch.float16` builds the fp16 graph: weights and arithmetic in
 fp16, the softmax in fp32, pixels cast in and embeddings cast back to float32 at the ends.
 """
 from __future__ import annotations
@@ -166,6 +166,7 @@ class Owl2VisionReference(torch.nn.Module):
     def __init__(self, weights: Mapping, cfg: Owl2Config, dtype: torch.dtype = torch.float32):
         super().__init__()
         self.cfg, self.dtype = cfg, dtype
+        self._widths: dict[str, int] = {}
         what = "mPLUG-Owl2" if cfg.variant == "owl2" else "mPLUG-Owl (v1)"
         for short, (name, shape) in expected_shapes(cfg, weights).items():
             if name not in weights:
@@ -177,14 +178,16 @@ class Owl2VisionReference(torch.nn.Module):
             t = weights[name]
             if not t.is_floating_point():
                 raise CheckpointError(f"{name}: dtype {t.dtype} is not a floating-point type")
-            self.register_buffer(_buffer_name(short), t.detach().to(dtype).contiguous(), persistent=False)
+            self.register_buffer(_buffer_name(short), t.detach().to(dtype).contiguous())
+            if short.endswith(".weight"):
+                self._widths[short[:-len(".weight")]] = shape[0]      # a LayerNorm's width (Linear: rows)
         self.positions = cfg.abstractor.positions
         if self.positions:
             q_pos, k_pos = sincos_position_tables(cfg.abstractor.hidden_size, cfg.abstractor.num_queries,
                                                   cfg.vision.grid, cls_token=True)
-            self.register_buffer("q_pos", q_pos.to(dtype), persistent=False)
+            self.register_buffer("q_pos", q_pos.to(dtype))
             # the keys are [queries ; image]: their table is [q_pos ; k_pos]
-            self.register_buffer("qk_pos", torch.cat([q_pos, k_pos]).to(dtype), persistent=False)
+            self.register_buffer("qk_pos", torch.cat([q_pos, k_pos]).to(dtype))
 
     @classmethod
     def from_pretrained(cls, hf_dir: str | Path, dtype: torch.dtype = torch.float32) -> "Owl2VisionReference":
@@ -196,7 +199,9 @@ class Owl2VisionReference(torch.nn.Module):
     # ---------------------------------------------------------------------------------------- pieces
 
     def _ln(self, x: torch.Tensor, short: str, eps: float) -> torch.Tensor:
-        return F.layer_norm(x, (x.shape[-1],), self.w(short + ".weight"), self.w(short + ".bias"), eps)
+        weight = self.w(short + ".weight")
+        # the width as a Python int: the ONNX exporter needs normalized_shape constant
+        return F.layer_norm(x, (self._widths[short],), weight, self.w(short + ".bias"), eps)
 
     def _linear(self, x: torch.Tensor, short: str) -> torch.Tensor:
         return F.linear(x, self.w(short + ".weight"), self.w(short + ".bias"))
