@@ -3,5 +3,9 @@ checkpoint's configuration, the reference vision + abstractor and language model
 tested against), the exporters, and tiny random checkpoints in the published layouts.
 
   config      Owl2Config.from_checkpoint(hf_dir) / from_dict(config): variant, sizes, tensor-name prefixes
+  vision      Owl2VisionReference(weights, cfg): pixels -> ViT -> abstractor -> visual_fc + vit_eos
+              [N, Q+1, n_embd] (docs/owl2.md A3, A4, PART C); sincos_position_tables   (imported on demand)
+  onnx_export export_owl2_vision_onnx(hf_dir, out_path, dtype=, quant=) -> vision.onnx, checked
+              (imported on demand)
   fixtures    make_tiny_owl2_checkpoint(out_dir, variant="owl2" | "owl1")   (imported on demand)
 """

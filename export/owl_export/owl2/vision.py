@@ -25,8 +25,9 @@ The abstractor's intermediate size is taken from the shape of w1 for v1 (PART C:
 is not trustworthy); for Owl2 it must match the config.
 
 The reference is an nn.Module whose weights are buffers (persistent: the exporter collects module state
-through state_dict), so torch.onnx traces them as initializers (owl2/onnx_export.py). `dtype=torch.float16` builds the fp16 graph: weights and arithmetic in
-fp16, the softmax in fp32, pixels cast in and embeddings cast back to float32 at the ends.
+through state_dict), so torch.onnx traces them as initializers (owl2/onnx_export.py). `dtype=torch.float16`
+builds the fp16 graph: weights and arithmetic in fp16, the softmax in fp32, pixels cast in and embeddings
+cast back to float32 at the ends.
 """
 from __future__ import annotations
 
