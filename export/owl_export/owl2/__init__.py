@@ -6,5 +6,10 @@ tested against), the exporters, and tiny random checkpoints in the published lay
   language    Owl2LanguageReference(weights, cfg): the LLM with the modality-adaptive module (v1: plain LLaMA),
               forward(embeds, modality, past) -> (logits, past); splice(ids with -200, image_embeds)
   convert     convert_owl2_decoder(hf_dir, out_path, quant): the decoder GGUF (general.architecture "owl2")
+  vision      Owl2VisionReference(weights, cfg): pixels -> ViT -> abstractor -> visual_fc + vit_eos
+              [N, Q+1, n_embd] (docs/owl2.md A3, A4, PART C); sincos_position_tables   (imported on demand)
+  onnx_export export_owl2_vision_onnx(hf_dir, out_path, dtype=, quant=) -> vision.onnx, checked
+              (imported on demand)
+  export      export_owl2(hf_dir, out_dir, quant): the model directory (decoder.gguf + vision.onnx)
   fixtures    make_tiny_owl2_checkpoint(out_dir, variant="owl2" | "owl1")   (imported on demand)
 """
