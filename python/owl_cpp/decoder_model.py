@@ -40,6 +40,8 @@ class DecoderModel:
     (default f16: half the memory of f32, as llama.cpp); device: where the decoder runs, "cpu" or "cuda" (the
     first GPU; "cuda:N" the N-th); max_spare_contexts: idle extra contexts kept for concurrent calls."""
 
+    SPLICED = False     # how images enter its prompts (context_slot.PreparedPrompt); text models have none
+
     def __init__(self, path: Union[str, os.PathLike], *, n_ctx: Optional[int] = None, threads: Optional[int] = None,
                  n_batch: int = 256, kv_type: Optional[str] = None, device: str = "cpu",
                  max_spare_contexts: int = 1):

@@ -88,7 +88,7 @@ class Session:
             self._turns = turns + [Turn([msg, answer], question.ids + answer["ids"] + self.model._turn_end, q_images)]
             self.turns_dropped += dropped
 
-        return self.model._run(PreparedPrompt(ids, images), vision, slot=self._slot, stream=stream, on_done=done,
+        return self.model._run(PreparedPrompt(ids, images, self.model.SPLICED), vision, slot=self._slot, stream=stream, on_done=done,
                                max_tokens=max_tokens, **opts)
 
     def _fit(self, n_question: int, reserve: int) -> list[Turn]:
