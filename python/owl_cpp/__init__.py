@@ -27,7 +27,7 @@ from .research import ContinuationScore, PromptHiddenStates, PromptLogits
 from .streaming import TextStream
 from .text_model import TextModel
 
-__all__ = ["BusyError", "ContinuationScore", "FormatError", "OwlError", "OwlModel", "PromptHiddenStates",
+__all__ = ["BusyError", "ContinuationScore", "FormatError", "Owl2Model", "OwlError", "OwlModel", "PromptHiddenStates",
            "PromptLogits", "Session", "StreamDecoder", "TextModel", "TextStream", "Tokenizer", "chat", "load",
            "system_info"]
 __version__ = "0.1.0"
@@ -66,10 +66,13 @@ def system_info() -> dict:
     return dict(_core.system_info())
 
 
-def __getattr__(name):          # OwlModel/Session without importing Pillow for text-only use
+def __getattr__(name):          # the model classes and Session without importing Pillow for text-only use
     if name == "OwlModel":
         from .families.owl3 import OwlModel
         return OwlModel
+    if name == "Owl2Model":
+        from .families.owl2 import Owl2Model
+        return Owl2Model
     if name == "Session":
         from .session import Session
         return Session

@@ -1,6 +1,7 @@
 """owl_cpp.load(): the model family from the GGUF's general.architecture.
 
-  a model directory (owl-export's output)  -> its decoder.gguf says the family: "owl3" -> OwlModel
+  a model directory (owl-export's output)  -> its decoder.gguf says the family: "owl3" -> OwlModel,
+                                              "owl2" (mPLUG-Owl2 and mPLUG-Owl v1) -> Owl2Model
   a .gguf file                             -> "qwen2" / "llama" -> TextModel; an Owl3 decoder.gguf ->
                                               OwlModel of its directory (vision.onnx beside it)
   "demo" (when nothing of that name is here) -> the demo model shipped in the package (demo/model_dir.py)
