@@ -1,8 +1,11 @@
 """Vision tower speed: vision.onnx with onnxruntime (fp32 and dynamic int8) against the PyTorch reference in
-eager mode, for one 384x384 crop at the SigLIP-so400m size (random weights; 26 of 27 layers, as Owl3 uses
-hidden_states[-2]) projected to the Owl3-1B decoder width. Also reports the int8 embedding error vs fp32.
+eager mode, for one image at the real size (random weights). Also reports the int8 embedding error vs fp32.
+  --family owl3  one 384x384 crop, SigLIP-so400m (26 of 27 layers, as Owl3 uses hidden_states[-2]) projected to
+                 the Owl3-1B decoder width
+  --family owl2  one 448x448 image, mPLUG-Owl2's ViT-L/14 (24 layers, 1025 tokens) + visual abstractor (6 layers,
+                 64 queries) + projection to 4096 + vit_eos: the 65 embeddings an image becomes
 
-    python bench/bench_vision.py [--threads 2] [--reps 5]
+    python bench/bench_vision.py [--family owl3|owl2] [--threads 2] [--reps 5]
 
 The ONNX files are built once (about 2-3 minutes each on 2 cores) and cached in --workdir.
 """
@@ -44,6 +47,20 @@ def so400m_reference():
     return Owl3VisionReference(cfg, t, "linear", H)
 
 
+def owl2_reference(work: Path):
+    """The Owl2 tower at its published sizes (docs/owl2.md A1) as a checkpoint of the official layout whose
+    decoder is cut to one tiny layer (only the vision side is timed)."""
+    from owl_export.owl2.fixtures import make_tiny_owl2_checkpoint
+    from owl_export.owl2.vision import Owl2VisionReference
+
+    hf = work / "owl2-vision-448-hf"
+    if not (hf / "config.json").exists():
+        make_tiny_owl2_checkpoint(hf, "owl2", hidden_size=4096, num_layers=1, num_heads=32, intermediate_size=64,
+                                  vision_hidden=1024, vision_layers=24, vision_heads=16, vision_intermediate=4096,
+                                  num_queries=64, abstractor_layers=6, abstractor_intermediate=2816)
+    return hf, Owl2VisionReference.from_pretrained(hf)
+
+
 def ort_session(path: Path, threads: int):
     import onnxruntime as ort
 
@@ -71,44 +88,58 @@ def timed(fn, reps: int) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--family", choices=("owl3", "owl2"), default="owl3")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--workdir", default=str(HERE / "models"))
-    ap.add_argument("--out", default=str(HERE / "results" / "vision.json"))
+    ap.add_argument("--out", default=None, help="JSON path (default bench/results/vision[_owl2].json)")
     a = ap.parse_args()
     from owl_export.owl3.onnx_export import compare, quantize_int8, trace_vision
 
     torch.set_num_threads(a.threads)
-    ref = so400m_reference()
     work = Path(a.workdir)
     work.mkdir(parents=True, exist_ok=True)
-    fp32, int8 = work / "siglip-so400m-384-fp32.onnx", work / "siglip-so400m-384-int8.onnx"
-    if not fp32.exists():
-        trace_vision(ref, fp32, {"note": "random weights, benchmark only"})
-    if not int8.exists():
-        quantize_int8(fp32, int8)
-    pixels = (np.random.default_rng(0).random((1, 3, 384, 384), dtype=np.float32) * 2 - 1)
+    if a.family == "owl3":
+        ref, size, what = so400m_reference(), 384, "one 384x384 crop, SigLIP-so400m (26 layers) + projection"
+        fp32, int8 = work / "siglip-so400m-384-fp32.onnx", work / "siglip-so400m-384-int8.onnx"
+        if not fp32.exists():
+            trace_vision(ref, fp32, {"note": "random weights, benchmark only"})
+        if not int8.exists():
+            quantize_int8(fp32, int8)
+        run_eager = lambda px: eager(ref, px)  # noqa: E731
+    else:
+        from owl_export.owl2.onnx_export import export_owl2_vision_onnx
+
+        hf, ref = owl2_reference(work)
+        size, what = 448, "one 448x448 image, Owl2 ViT-L/14 + abstractor -> 65 x 4096"
+        fp32, int8 = work / "owl2-vision-448-fp32.onnx", work / "owl2-vision-448-int8.onnx"
+        for path, quant in ((fp32, "none"), (int8, "int8")):
+            if not path.exists():
+                export_owl2_vision_onnx(hf, path, quant=quant)
+        run_eager = ref
+    out = Path(a.out or HERE / "results" / ("vision.json" if a.family == "owl3" else "vision_owl2.json"))
+    pixels = (np.random.default_rng(0).random((1, 3, size, size), dtype=np.float32) * 2 - 1)
     s32, s8 = ort_session(fp32, a.threads), ort_session(int8, a.threads)
     e32 = s32.run(None, {"pixel_values": pixels})[0]
     e8 = s8.run(None, {"pixel_values": pixels})[0]
-    eref = eager(ref, pixels).numpy()
+    eref = run_eager(pixels).numpy()
     rows = {
-        "pytorch_eager_ms": timed(lambda: eager(ref, pixels), a.reps),
+        "pytorch_eager_ms": timed(lambda: run_eager(pixels), a.reps),
         "onnx_fp32_ms": timed(lambda: s32.run(None, {"pixel_values": pixels}), a.reps),
         "onnx_int8_ms": timed(lambda: s8.run(None, {"pixel_values": pixels}), a.reps),
     }
-    result = {"threads": a.threads, "reps": a.reps, **rows,
+    result = {"family": a.family, "threads": a.threads, "reps": a.reps, **rows,
               "fp32_vs_pytorch": compare(e32, eref), "int8_vs_fp32": compare(e8, e32),
               "fp32_mb": fp32.stat().st_size / 2**20, "int8_mb": int8.stat().st_size / 2**20,
               "command": " ".join(["python"] + sys.argv)}
-    print(f"{'one 384x384 crop, SigLIP-so400m (26 layers) + projection':<60}{'ms':>10}{'x eager':>10}")
+    print(f"{what:<60}{'ms':>10}{'x eager':>10}")
     for k in ("pytorch_eager_ms", "onnx_fp32_ms", "onnx_int8_ms"):
         print(f"{k:<60}{rows[k]:>10.0f}{rows['pytorch_eager_ms'] / rows[k]:>10.2f}")
     print(f"int8 vs fp32 embeddings: rel err {result['int8_vs_fp32']['rel_err']:.2e}, "
           f"cosine {result['int8_vs_fp32']['cosine']:.5f}; files {result['fp32_mb']:.0f} MB / {result['int8_mb']:.0f} MB")
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps(result, indent=1))
-    print(f"JSON: {a.out}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
+    print(f"JSON: {out}")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,9 @@
   "owl2"  like MAGAer13/mplug-owl2-llama2-7b: config.json = MPLUGOwl2Config (LLaMA fields + visual_config),
           pytorch_model-{i}-of-{n}.bin with shard i holding LLM layer i-1 and the last shard everything else,
           pytorch_model.bin.index.json, the LLaMA SentencePiece tokenizer.model, preprocessor_config.json
+  "owl2_1" like Mizukiluke/mplug_owl_2_1: config.json = MPLUGOwl2QwenConfig (Qwen-7B fields + visual_config
+          with a CLS-free tower), transformer.* tensors with the fused c_attn as multiway.{0,1}, a Qwen
+          qwen.tiktoken tokenizer (ranks, then <|endoftext|>, <|im_start|>, <|im_end|>, <|extra_0..204|>)
   "owl1"  like MAGAer13/mplug-owl-llama-7b: config.json = MplugOwlConfig (vision_config,
           visual_abstractor_config, text_config), one pytorch_model.bin
 
@@ -21,7 +24,8 @@ import torch
 from ..fixtures import random_weights
 from .config import CLIP_MEAN, CLIP_STD
 
-VARIANTS = ("owl2", "owl1")
+VARIANTS = ("owl2", "owl2_1", "owl1")
+QWEN_SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>") + tuple(f"<|extra_{i}|>" for i in range(205))
 
 
 def make_tiny_owl2_checkpoint(out_dir, variant: str = "owl2", *, seed: int = 0, hidden_size: int = 64,
@@ -37,9 +41,14 @@ def make_tiny_owl2_checkpoint(out_dir, variant: str = "owl2", *, seed: int = 0, 
         raise ValueError(f"dtype must be float32, float16 or bfloat16, got {dtype!r}")
     if hidden_size % num_heads or vision_hidden % vision_heads:
         raise ValueError("hidden sizes must divide by head counts")
-    image_size = image_size or (448 if variant == "owl2" else 224)
+    image_size = image_size or (224 if variant == "owl1" else 448)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if variant == "owl2_1":
+        return _make_owl2_1(out, seed=seed, H=hidden_size, L=num_layers, nh=num_heads, I=intermediate_size,
+                            Dv=vision_hidden, Lv=vision_layers, nhv=vision_heads, Iv=vision_intermediate,
+                            S=image_size, patch=patch_size, Q=num_queries, La=abstractor_layers,
+                            Ia=abstractor_intermediate, tokenizer_vocab=tokenizer_vocab, dtype=dtype)
     tok = _write_tokenizer(out, tokenizer_vocab)
 
     llama = {"vocab_size": tok["size"], "hidden_size": hidden_size, "intermediate_size": intermediate_size,
@@ -101,6 +110,74 @@ def make_tiny_owl2_checkpoint(out_dir, variant: str = "owl2", *, seed: int = 0, 
     else:
         torch.save(weights, out / "pytorch_model.bin")
     return out
+
+
+def _make_owl2_1(out: Path, *, seed, H, L, nh, I, Dv, Lv, nhv, Iv, S, patch, Q, La, Ia, tokenizer_vocab, dtype) -> Path:
+    """docs/owl2.md PART B: Qwen-7B fields, multiway c_attn (with bias), w1 * silu(w2), a ViT with no CLS token
+    and a [256, D] position table (16x16, resized to the grid at run time)."""
+    n_tok = _write_qwen_tokenizer(out, tokenizer_vocab)
+    n_rows = (n_tok // 64 + 1) * 64                 # padded like Qwen-7B's 151936 rows for 151851 tokens
+    endoftext = n_tok - len(QWEN_SPECIALS)
+    vision = {"hidden_size": Dv, "intermediate_size": Iv, "num_hidden_layers": Lv, "num_attention_heads": nhv,
+              "num_channels": 3, "image_size": S, "patch_size": patch, "hidden_act": "gelu", "layer_norm_eps": 1e-6,
+              "use_flash_attn": False, "use_cls_token": False, "use_post_layernorm": True}
+    abstractor = {"num_learnable_queries": Q, "hidden_size": Dv, "num_hidden_layers": La, "num_attention_heads": nhv,
+                  "intermediate_size": Ia, "layer_norm_eps": 1e-6, "encoder_hidden_size": Dv,
+                  "grid_size": S // patch, "use_cls_token": False, "add_v2t_pos_emb": False}
+    config = {"architectures": ["MPLUGOwl2QWenForCausalLM"], "model_type": "mplug_owl2_1", "multiway": True,
+              "bf16": False, "fp16": False, "fp32": False, "bias_dropout_fusion": True, "emb_dropout_prob": 0.0,
+              "attn_dropout_prob": 0.0, "hidden_size": H, "initializer_range": 0.02, "intermediate_size": 2 * I,
+              "kv_channels": H // nh, "layer_norm_epsilon": 1e-6, "max_position_embeddings": 8192,
+              "no_bias": True, "num_attention_heads": nh, "num_hidden_layers": L, "onnx_safe": None,
+              "rotary_emb_base": 10000, "rotary_pct": 1.0, "scale_attn_weights": True, "seq_length": 2048,
+              "tie_word_embeddings": False, "tokenizer_type": "QWenTokenizer", "torch_dtype": "bfloat16",
+              "transformers_version": "4.32.0", "use_cache": True, "use_dynamic_ntk": True, "use_flash_attn": False,
+              "use_logn_attn": True, "vocab_size": n_rows,
+              "visual_config": {"visual_model": vision, "visual_abstractor": abstractor}}
+    _write_json(out / "config.json", config)
+    _write_json(out / "generation_config.json", {"chat_format": "raw", "eos_token_id": endoftext,
+                                                  "pad_token_id": endoftext, "max_new_tokens": 512, "do_sample": False,
+                                                  "transformers_version": "4.32.0"})
+    _write_json(out / "preprocessor_config.json", {
+        "crop_size": S, "do_center_crop": True, "do_normalize": True, "do_resize": True,
+        "feature_extractor_type": "CLIPFeatureExtractor", "image_mean": list(CLIP_MEAN),
+        "image_std": list(CLIP_STD), "resample": 3, "size": S})
+
+    g = torch.Generator().manual_seed(seed + 8191)
+    w = {"transformer.wte.weight": torch.randn(n_rows, H, generator=g), "transformer.ln_f.weight": _norm(g, H),
+         "lm_head.weight": _matrix(g, n_rows, H, 2.0)}
+    for i in range(L):
+        p = f"transformer.h.{i}."
+        w.update({p + "ln_1.weight": _norm(g, H), p + "ln_2.weight": _norm(g, H),
+                  p + "attn.c_proj.weight": _matrix(g, H, H),
+                  p + "mlp.w1.weight": _matrix(g, I, H), p + "mlp.w2.weight": _matrix(g, I, H),
+                  p + "mlp.c_proj.weight": _matrix(g, H, I)})
+        for b in (0, 1):   # text and image branches of the fused Q|K|V
+            w[p + f"attn.c_attn.multiway.{b}.weight"] = _matrix(g, 3 * H, H)
+            w[p + f"attn.c_attn.multiway.{b}.bias"] = _bias(g, 3 * H)
+    vis = random_owl2_vision_weights(g, Dv, Lv, Iv, patch, S // patch)
+    del vis["embeddings.cls_token"]
+    vis["embeddings.position_embedding"] = 0.5 * torch.randn(256, Dv, generator=g)
+    w.update({"transformer.vision_model." + k: v for k, v in vis.items()})
+    abst = random_abstractor_weights(g, Dv, La, Ia, Q, H)
+    w.update({"transformer.visual_abstractor." + k: v for k, v in abst.items()})
+    w = {k: v.to(getattr(torch, dtype)).contiguous() for k, v in w.items()}
+    _save_sharded(out, w, 2)
+    return out
+
+
+def _save_sharded(out: Path, weights: dict, n: int) -> None:
+    """Contiguous runs of tensors in n .bin shards plus the index, as save_pretrained writes them."""
+    names = list(weights)
+    per = math.ceil(len(names) / n)
+    weight_map = {}
+    for k in range(n):
+        fname = f"pytorch_model-{k + 1:05d}-of-{n:05d}.bin"
+        part = {name: weights[name] for name in names[k * per:(k + 1) * per]}
+        torch.save(part, out / fname)
+        weight_map.update({name: fname for name in part})
+    total = sum(t.numel() * t.element_size() for t in weights.values())
+    _write_json(out / "pytorch_model.bin.index.json", {"metadata": {"total_size": total}, "weight_map": weight_map})
 
 
 # ------------------------------------------------------------------------------------------- weights
@@ -212,6 +289,41 @@ def _write_tokenizer(out: Path, vocab_size: int) -> dict:
     _write_json(out / "special_tokens_map.json", sm)
     sp = spm.SentencePieceProcessor(model_file=str(out / "tokenizer.model"))
     return {"size": sp.get_piece_size(), "bos": sp.bos_id(), "eos": sp.eos_id()}
+
+
+def _write_qwen_tokenizer(out: Path, vocab_size: int) -> int:
+    """A tiny Qwen (v1) tokenizer: qwen.tiktoken ("base64(bytes) rank" lines; a byte-level BPE trained on the
+    project's corpus, its ids as ranks) and tokenizer_config.json; the specials follow the ranks, as in
+    tokenization_qwen.py. Returns the number of tokens (ranks + specials)."""
+    import base64
+    import tempfile
+
+    from ..tiny_tokenizers import train_qwen2_tokenizer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        train_qwen2_tokenizer(tmp, vocab_size=vocab_size)
+        vocab = json.loads((Path(tmp) / "vocab.json").read_text(encoding="utf-8"))
+    byte_of = {c: b for b, c in _bytes_to_unicode().items()}
+    ranks = sorted(vocab.items(), key=lambda kv: kv[1])
+    lines = [f"{base64.b64encode(bytes(byte_of[c] for c in tok)).decode()} {rank}" for tok, rank in ranks]
+    (out / "qwen.tiktoken").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    _write_json(out / "tokenizer_config.json", {
+        "auto_map": {"AutoTokenizer": ["tokenization_qwen.QWenTokenizer", None]},
+        "clean_up_tokenization_spaces": True, "model_max_length": 8192, "tokenizer_class": "QWenTokenizer"})
+    return len(ranks) + len(QWEN_SPECIALS)
+
+
+def _bytes_to_unicode() -> dict:
+    """GPT-2's byte -> printable character map (what byte-level BPE vocabularies are written in)."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, map(chr, cs)))
 
 
 def _write_json(path: Path, data: dict) -> None:
