@@ -1,4 +1,4 @@
-"""`owl_cpp.load("owl2-model-dir")`: mPLUG-Owl2 or mPLUG-Owl (v1) = decoder.gguf (C++ runtime, general.architecture
+"""`owl_cpp.load("owl2-model-dir")`: mPLUG-Owl2, mPLUG-Owl2.1 or mPLUG-Owl (v1) = decoder.gguf (C++ runtime, general.architecture
 "owl2"; owl2.variant says which) + vision.onnx (ViT + visual abstractor on onnxruntime: image_tokens rows per image).
 
   m = owl_cpp.load("owl2-7b")
@@ -33,9 +33,9 @@ class Owl2Model(VisionLanguageModel):
         self.image_config = Owl2ImageConfig.from_metadata(self._gguf, str(self.model_dir / "decoder.gguf"))
         self._image_mode = "resize"
         bos = self.tokenizer.bos_id
-        if bos is None or bos < 0:
+        if self.image_config.variant != "owl2_1" and (bos is None or bos < 0):   # Qwen (2.1) has none
             raise ValueError(f"{self.path}: the tokenizer has no BOS token, which every Owl2 / Owl v1 prompt starts with")
-        self._bos = int(bos)
+        self._bos = -1 if bos is None else int(bos)
 
     def _vision_keys(self) -> dict:
         c = self.image_config
@@ -44,7 +44,7 @@ class Owl2Model(VisionLanguageModel):
 
     @property
     def variant(self) -> str:
-        """"owl2" (mPLUG-Owl2) | "owl1" (mPLUG-Owl v1)."""
+        """"owl2" (mPLUG-Owl2) | "owl2_1" (mPLUG-Owl2.1) | "owl1" (mPLUG-Owl v1)."""
         return self.image_config.variant
 
     @property
@@ -79,7 +79,7 @@ class Owl2Model(VisionLanguageModel):
     # ----- session parts (session.py) -------------------------------------------------------------
     def _session_start(self, system) -> list[int]:
         ids, _ = tokenize_pieces(self.tokenizer, head_text(system, self.variant), 0, self._bos, add_bos=False)
-        return [self._bos] + ids
+        return ids if self.variant == "owl2_1" else [self._bos] + ids
 
     def _question(self, message: dict, media, cut: bool) -> Owl2Prompt:
         return question_prompt(self.tokenizer, message, self._expand(media, cut), self.variant,

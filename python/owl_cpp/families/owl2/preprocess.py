@@ -1,12 +1,12 @@
 """mPLUG-Owl2 / Owl v1 image preprocessing (docs/owl2.md A7, PART C), constants from decoder.gguf:
 
-  owl2.variant               STRING     "owl2" | "owl1"
+  owl2.variant               STRING     "owl2" | "owl2_1" | "owl1"
   owl2.image_tokens          UINT32     rows one image puts into the sequence (abstractor queries + vit_eos)
   owl2.vision.image_size     UINT32     S: the tower's input is S x S
   owl2.vision.image_mean/std FLOAT32[3] CLIP's Normalize after x / 255
 
 Modes (the official code has three ways in; each gives different pixels):
-  "resize" (default): Owl2's README and evaluation scripts: stretch to a square of the longer side, then the
+  "resize" (default): Owl2's (and Owl2.1's) README and evaluation scripts: stretch to a square of the longer side, then the
            CLIP processor's resize to S x S; Owl v1: one stretch straight to S x S (its processor)
   "pad":   Owl2's CLI: paste onto a square of the longer side filled with the mean colour (122, 116, 104),
            then resize to S x S
@@ -24,7 +24,7 @@ from PIL import Image
 from ...images import decode_image, normalize, open_image, resize, to_rgb
 
 PREFIX = "owl2."
-VARIANTS = ("owl2", "owl1")
+VARIANTS = ("owl2", "owl2_1", "owl1")
 MODES = ("resize", "pad", "crop")
 
 
@@ -84,7 +84,7 @@ def preprocess_image(image, config: Owl2ImageConfig, mode: str = "resize") -> np
         square = Image.new("RGB", (side, side), config.pad_colour)
         square.paste(im, ((side - w) // 2, (side - h) // 2))
         im = square
-    elif mode == "resize" and config.variant == "owl2" and w != h:
+    elif mode == "resize" and config.variant != "owl1" and w != h:
         side = max(w, h)
         im = resize(im, (side, side))
     elif mode == "crop" and w != h:

@@ -5,6 +5,8 @@ them (docs/owl2.md A8, PART C).
   Owl2: "USER: <|image|>{q1} ASSISTANT: {a1}</s>USER: {q2} ASSISTANT:"   (template mplug_owl2, TWO_NO_SYS)
         the text is split at each <|image|>; each piece is tokenized alone (its own dummy prefix); BOS once in
         front of the first piece (tokenizer_image_token); a prompt that starts with an image gets its BOS after it
+  2.1:  the same template (the repository has no other; docs/owl2.md PART B 6) with Qwen's tokenizer: no BOS,
+        and "</s>" is plain text there
   v1:   "{SYSTEM}\\nHuman: <image>\\nHuman: {q1}\\nAI: {a1}\\nHuman: {q2}\\nAI: "   (README / pipeline/interface.py)
         BOS, then each piece tokenized alone; every image marker becomes one "Human: <image>\\n" line
 Whitespace right after a message's leading image markers is dropped: Owl2's conversation strips the text it
@@ -36,23 +38,23 @@ class Owl2Prompt:
 
 def _user_text(content: str, variant: str) -> str:
     content = _LEADING_MARKERS.sub(r"\1", content)
-    if variant == "owl2":
+    if variant != "owl1":
         return f"USER: {content} "
     return "Human: " + content.replace(IMAGE_MARKER, IMAGE_MARKER + "\nHuman: ") + "\n"
 
 
 def _answer_text(content: str, variant: str) -> str:
-    return f"ASSISTANT: {content}</s>" if variant == "owl2" else f"AI: {content}\n"
+    return f"AI: {content}\n" if variant == "owl1" else f"ASSISTANT: {content}</s>"
 
 
 def _reply_header(variant: str) -> str:
-    return "ASSISTANT:" if variant == "owl2" else "AI: "
+    return "AI: " if variant == "owl1" else "ASSISTANT:"
 
 
 def head_text(system, variant: str) -> str:
     """What comes before the first turn: Owl2's template has no system prompt (a given one is put in front
     as plain text); v1's conversation starts with its system sentence."""
-    if variant == "owl2":
+    if variant != "owl1":
         return "" if system is None else f"{system} "
     return (V1_SYSTEM if system is None else system) + "\n"
 
@@ -98,8 +100,11 @@ def tokenize_pieces(tokenizer, text: str, n_image_tokens: int, bos: int, *, add_
 
 def build_prompt(tokenizer, messages: Sequence[dict], views: np.ndarray, variant: str, n_image_tokens: int,
                  bos: int) -> Owl2Prompt:
+    """bos: the BOS id (Owl2, v1); unused for Owl2.1, whose tokenizer adds none."""
     text = conversation_text(messages, variant)
-    if variant == "owl2":
+    if variant == "owl2_1":
+        ids, starts = tokenize_pieces(tokenizer, text, n_image_tokens, bos, add_bos=False)
+    elif variant == "owl2":
         ids, starts = tokenize_pieces(tokenizer, text, n_image_tokens, bos)
     else:   # v1: BOS, then each piece without special tokens
         ids, starts = tokenize_pieces(tokenizer, text, n_image_tokens, bos, add_bos=False)
@@ -122,8 +127,10 @@ def answer_ids(tokenizer, text: str) -> list[int]:
 
 
 def turn_end_ids(tokenizer, variant: str, eos: int) -> list[int]:
-    """What closes an answer: Owl2's "</s>" (the eos token), v1's newline."""
-    return [eos] if variant == "owl2" else list(tokenizer.encode("\n", False, True))
+    """What closes an answer: Owl2's "</s>" (the eos token), Owl2.1's "</s>" (text), v1's newline."""
+    if variant == "owl2":
+        return [eos]
+    return list(tokenizer.encode("</s>" if variant == "owl2_1" else "\n", False, True))
 
 
 def _checked(ids, starts, views, text) -> Owl2Prompt:
