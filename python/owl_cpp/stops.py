@@ -2,9 +2,10 @@
 
 Terminators are the tokens that end an answer, not every control token (a model may well write one that
 is not an end, e.g. `<|im_start|>`):
-- text models (qwen2, llama GGUF): the tokenizer's EOS, the GGUF's end-of-turn / end-of-message tokens
-  (tokenizer.ggml.eot_token_id, tokenizer.ggml.eom_token_id) when present, and for ChatML vocabularies
-  `<|im_end|>` and `<|endoftext|>`;
+- text models (qwen2, llama GGUF): llama.cpp's end-of-generation set: the tokenizer's EOS, the GGUF's
+  end-of-turn / end-of-message tokens (tokenizer.ggml.eot_token_id, tokenizer.ggml.eom_token_id) when present,
+  and the control tokens whose text ends a turn in the common chat formats (EOG_TEXTS: `<|im_end|>`,
+  `<|eot_id|>`, `<|end|>`, `<end_of_turn>`, ...), so a chat template's end of turn stops the answer;
 - families name their own (Owl3: `<|im_end|>` and `<|endoftext|>`, as the official generate() passes).
 `ignore_eos=True` turns terminators off: generation runs to max_tokens, a stop string or the context's end.
 """
@@ -15,6 +16,10 @@ from typing import Iterable, Mapping, Optional, Sequence, Union
 GGUF_END_KEYS = ("tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id")
 CHATML_START = "<|im_start|>"
 CHATML_ENDS = ("<|im_end|>", "<|endoftext|>")
+# Token texts llama.cpp's vocabulary loader puts in its end-of-generation set (llama-vocab.cpp), plus </s>;
+# here only when the vocabulary has them as control tokens.
+EOG_TEXTS = ("<|eot_id|>", "<|eom_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<EOT>",
+             "<|end_of_text|>", "<end_of_utterance>", "</s>")
 
 
 def special_token_id(tokenizer, text: str) -> Optional[int]:
@@ -38,8 +43,7 @@ def text_model_terminators(tokenizer, meta: Mapping) -> frozenset:
             v = meta[key]
             if isinstance(v, int) and 0 <= v < n:
                 ids.add(v)
-    if special_token_id(tokenizer, CHATML_START) is not None:
-        ids |= special_token_ids(tokenizer, CHATML_ENDS)
+    ids |= special_token_ids(tokenizer, EOG_TEXTS)
     return frozenset(ids)
 
 
