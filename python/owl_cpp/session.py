@@ -126,3 +126,80 @@ class Session:
     def history(self) -> list[dict]:
         """The kept turns as messages (role, content), e.g. to replay them elsewhere."""
         return [{"role": m["role"], "content": m["content"]} for m in self.messages]
+
+
+class TemplateSession(Session):
+    """A Session of a text model whose GGUF has a chat template (chat_template.py). The template decides how
+    the whole conversation reads, so a turn's ids are what it renders for the conversation with the new
+    question minus what it rendered for the conversation before (the ids of the two renderings, compared:
+    the earlier must be a prefix of the later). When it is not a prefix (templates that rewrite earlier turns,
+    e.g. put the system prompt into the last user message; or the oldest turns were just dropped), the turn's
+    prompt is the whole rendering, and the context's prefix reuse keeps what still matches.
+
+    The session's context holds `_ids`, the rendering `_text` of the kept turns (None when unknown: the next
+    turn renders everything). An answer is kept as the tokens generated where they spell its text."""
+
+    def __init__(self, model, system: Optional[str] = None, overflow: str = "shift"):
+        super().__init__(model, system, overflow)
+        self._ids, self._text = list(self._start), model._template_start_text(system)
+
+    def reset(self) -> None:
+        super().reset()
+        self._ids, self._text = list(self._start), self.model._template_start_text(self.system)
+
+    def _head(self) -> list:
+        return [{"role": "system", "content": self.system}] if self.system is not None else []
+
+    def ask(self, prompt: str, images=None, videos=None, *, max_tokens: int = 512, stream: bool = False,
+            cut: bool = True, **opts):
+        msg, media = user_message(prompt, images, videos)
+        if media:
+            raise ValueError("a text model takes no images or videos")
+        model, head = self.model, self._head()
+        full_text = model._render(head + self.messages_only(self._turns) + [msg], True)
+        question = self._increment(self._text, full_text)
+        if question is None:     # the question's own size, as the first turn, for _fit
+            n_question = max(1, len(model._template_ids(model._render(head + [msg], True))) - len(self._start))
+        else:
+            n_question = len(question)
+        turns = self._fit(n_question, min(max_tokens, model.n_ctx // 2))
+        if len(turns) < len(self._turns):          # turns dropped: render the kept ones afresh
+            full_text = model._render(head + self.messages_only(turns) + [msg], True)
+            question = None
+        ids = self._ids + question if question is not None else model._template_ids(full_text)
+        dropped = len(self._turns) - len(turns)
+        n_before = len(self._start) + sum(len(t.ids) for t in turns)
+
+        def done(text: str, tokens) -> None:
+            if tokens is None or model.detokenize(tokens) != text:   # stopped early or at a stop string
+                tokens = model._answer_ids(text)
+            answer = {"role": "assistant", "content": text, "ids": list(tokens)}
+            closed = None
+            try:
+                closed = model._render(head + self.messages_only(turns) + [msg, answer], False)
+            except ValueError:
+                pass
+            said = full_text + text
+            if closed is not None and closed.startswith(said):
+                end, self._text = model.tokenize(closed[len(said):], add_special=False), closed
+            else:                                    # the template rewrites the answer (e.g. trims it)
+                end, self._text = [], None
+            self._ids = ids + list(tokens) + end
+            # the turn's share of the context's ids (its length is what _fit counts)
+            self._turns = turns + [Turn([msg, answer], self._ids[min(n_before, len(self._ids)):], [])]
+            self.turns_dropped += dropped
+
+        return model._run(PreparedPrompt(ids), None, slot=self._slot, stream=stream, on_done=done,
+                          max_tokens=max_tokens, **opts)
+
+    def _increment(self, before: Optional[str], after: str) -> Optional[list]:
+        """The ids `after` adds to `before` (both renderings), or None when `before` is unknown or not their
+        prefix (as text and as ids)."""
+        if before is None or not after.startswith(before):
+            return None
+        a, b = self.model._template_ids(before), self.model._template_ids(after)
+        return b[len(a):] if b[:len(a)] == a and len(b) > len(a) else None
+
+    @staticmethod
+    def messages_only(turns) -> list:
+        return [m for t in turns for m in t.messages]
