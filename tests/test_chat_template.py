@@ -5,11 +5,14 @@ template fall back to ChatML or say they have no chat format; a template's refus
 are clear ValueErrors. The tiny models' vocabularies get the control tokens the templates use."""
 from __future__ import annotations
 
+import io
+
 import gguf
 import pytest
 
 import owl_cpp
 from gguf_edit import ARRAY, BOOL, INT32, STRING, UINT32, rewrite
+from owl_cpp.cli import main
 from owl_cpp.generation import SamplingOptions
 
 CONTROL = 3
@@ -250,3 +253,29 @@ def test_template_session_shifts_past_the_context(files):
         info = s.ask(f"Question {i}?", max_tokens=8, ignore_eos=True, return_info=True)
         assert info["prompt_tokens"] + info["completion_tokens"] <= 128
     assert s.turns_dropped > 0 and s.history[0] == {"role": "system", "content": "Be brief."}
+
+
+# ----- owl-run --------------------------------------------------------------------------------------------
+
+def run(argv, stdin=""):
+    out = io.StringIO()
+    rc = main(argv, stdin=io.StringIO(stdin), stdout=out)
+    return rc, out.getvalue()
+
+
+def test_owl_run_chats_with_a_gguf(files, capsys, tmp_path):
+    m = load(files["llama3"])
+    want = m.chat("Hi", max_tokens=4)
+    rc, out = run(["--model", str(files["llama3"]), "-p", "Hi", "-n", "4", "-t", "1"])
+    assert rc == 0 and out == want + "\n"
+    rc, out = run(["--model", str(files["llama3"]), "-n", "4", "-t", "1"], stdin="Hi\n/image x.png\nHello\n")
+    assert rc == 0 and out.startswith(want + "\n") and out.count("\n") == 2
+    assert "takes no images" in capsys.readouterr().err
+    img = tmp_path / "x.png"
+    img.write_bytes(b"")
+    assert run(["--model", str(files["llama3"]), "--image", str(img), "-p", "Hi"])[0] == 2
+    assert "text model: it takes no images" in capsys.readouterr().err
+    assert run(["--model", str(files["none"]), "-p", "Hi"])[0] == 2
+    assert "no chat template" in capsys.readouterr().err
+    assert run(["--model", str(files["none"])], stdin="Hi\n")[0] == 2
+    assert "no chat template" in capsys.readouterr().err

@@ -1,5 +1,5 @@
 """`owl-run`: ask an exported mPLUG-Owl3, mPLUG-Owl2 or mPLUG-Owl model about images (Owl3: or a video),
-streaming the answer.
+streaming the answer; or chat with a llama / qwen2 GGUF text model (in its chat template).
 
   owl-run --model owl3-7b --image photo.jpg -p "What is in this picture?"
   owl-run --model owl3-7b --image a.jpg --image b.jpg -p "What changed?"
@@ -7,6 +7,7 @@ streaming the answer.
   owl-run --model owl3-7b --image photo.jpg                            (chat: one question per line on stdin;
                                                                         /image PATH adds an image to the next
                                                                         question, /reset starts over)
+  owl-run --model qwen2-0.5b-instruct-q8_0.gguf -p "Hi!"              (a text model; without -p: a chat)
   owl-run --demo [--seed N] [--save PATH]                              (a random picture of coloured shapes and
                                                                         five questions about it, to the built-in
                                                                         demo model; --image PATH: about a picture)
@@ -31,7 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 epilog=__doc__.split("\n\n", 1)[1],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-m", "--model", default=None,
-                   help="model directory written by owl-export (default: $OWL_MODEL, else the built-in demo model)")
+                   help="model directory written by owl-export, or a llama / qwen2 .gguf text model (default: $OWL_MODEL, "
+                   "else the built-in demo model)")
     p.add_argument("-i", "--image", action="append", default=[], help="an image file (repeat for several)")
     p.add_argument("--video", action="append", default=[], help="a video file, sampled at 1 frame/s, at most "
                    "--max-frames frames")
@@ -134,8 +136,8 @@ def _decode(path: str):
 
 # ------------------------------------------------------------------------------------------- run
 
-def _answer(ask, prompt: str, images, videos, args, out) -> None:
-    stream = ask(prompt, images, videos, stream=True, **_gen_options(args))
+def _answer(ask, prompt: str, images, videos, args, out, text_model: bool = False) -> None:
+    stream = ask(prompt, images, videos, stream=True, **_gen_options(args, text_model))
     for piece in stream:
         out.write(piece)
         out.flush()
@@ -145,21 +147,24 @@ def _answer(ask, prompt: str, images, videos, args, out) -> None:
         print(timing_line(stream.info), file=sys.stderr)
 
 
-def _gen_options(args) -> dict:
-    return dict(max_tokens=args.max_tokens, temperature=args.temp, top_k=args.top_k, top_p=args.top_p,
-                min_p=args.min_p, repeat_penalty=args.repeat_penalty, seed=args.seed, cut=not args.no_cut)
+def _gen_options(args, text_model: bool = False) -> dict:
+    opts = dict(max_tokens=args.max_tokens, temperature=args.temp, top_k=args.top_k, top_p=args.top_p,
+                min_p=args.min_p, repeat_penalty=args.repeat_penalty, seed=args.seed)
+    return opts if text_model else dict(opts, cut=not args.no_cut)
 
 
 def timing_line(info: dict) -> str:
     t = info["timings"]
-    return (f"vision {t['vision_ms']:.1f} ms ({info['images']} views, {info['views_encoded']} encoded) | "
-            f"prefill {info['prompt_tokens_evaluated']} tokens, {t['prefill_tokens_per_s']:.1f} t/s | "
+    vision = (f"vision {t['vision_ms']:.1f} ms ({info['images']} views, {info['views_encoded']} encoded) | "
+              if "vision_ms" in t else "")
+    return (vision + f"prefill {info['prompt_tokens_evaluated']} tokens, {t['prefill_tokens_per_s']:.1f} t/s | "
             f"decode {info['completion_tokens']} tokens, {t['decode_tokens_per_s']:.1f} t/s | "
             f"{info['finish_reason']}")
 
 
 def _interactive(model, images, videos, args, stdin, out) -> None:
     session = model.session()
+    text_model = not hasattr(model, "vision")
     tty = stdin.isatty()
     while True:
         if tty:
@@ -172,16 +177,35 @@ def _interactive(model, images, videos, args, stdin, out) -> None:
         if not line:
             continue
         if line.startswith("/image "):
+            if not hasattr(model, "vision"):
+                print("owl-run: error: a text model takes no images", file=sys.stderr)
+                continue
             images.append(line[len("/image "):].strip())
             continue
         if line == "/reset":
             session.reset()
             continue
         try:
-            _answer(session.ask, line, images, videos, args, out)
+            if text_model:
+                _answer(lambda p, i, v, **kw: session.ask(p, **kw), line, images, videos, args, out, True)
+            else:
+                _answer(session.ask, line, images, videos, args, out)
         except (ValueError, FileNotFoundError) as e:     # a bad image or a long prompt: say so, keep chatting
             print(f"owl-run: error: {e}", file=sys.stderr)
         images, videos = [], []
+
+
+def _text_model(model, path, args, stdin, out) -> int:
+    """owl-run with a GGUF text model: -p answers one question, else a chat on stdin (chat format: the
+    file's chat template, else ChatML; text_model.py)."""
+    if args.image or args.video or args.demo or args.image_mode is not None or args.no_cut:
+        raise ValueError(f"{path} is a text model: it takes no images or videos (--image, --video, --demo, "
+                         f"--image-mode, --no-cut are for mPLUG-Owl models)")
+    if args.prompt is not None:
+        _answer(lambda p, i, v, **kw: model.chat(p, **kw), args.prompt, [], [], args, out, True)
+    else:                        # (a model with no chat format fails at session(), before reading stdin)
+        _interactive(model, [], [], args, stdin, out)
+    return 0
 
 
 def main(argv: Optional[list[str]] = None, stdin=None, stdout=None) -> int:
@@ -199,7 +223,7 @@ def main(argv: Optional[list[str]] = None, stdin=None, stdout=None) -> int:
         from . import load
         model = load(path, n_ctx=args.n_ctx, threads=args.threads, device=args.device, kv_type=args.kv_type)
         if not hasattr(model, "vision"):
-            raise ValueError(f"{path}: a text model; owl-run needs a model directory from owl-export")
+            return _text_model(model, path, args, stdin, out)
         if args.image_mode is not None:
             if not hasattr(model, "image_mode"):
                 raise ValueError(f"--image-mode is for mPLUG-Owl2 / mPLUG-Owl models; {path} is not one")
