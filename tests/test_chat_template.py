@@ -246,6 +246,22 @@ def test_a_template_that_rewrites_earlier_turns(files, script, tmp_path):
     assert info["prompt_tokens_evaluated"] < info["prompt_tokens"]
 
 
+def test_an_answer_the_template_trims(files, script):
+    """Llama 3's template trims each message: an answer with spaces around it is not what the next rendering
+    holds, so the next turn renders the whole conversation (and the cache reuses the turns before it)."""
+    m = load(files["llama3"])
+    eot = special(m, "<|eot_id|>")
+    s = m.session()
+    script(words(m, " Paris ") + [eot])
+    assert s.ask("Capital of France?", max_tokens=10) == " Paris "
+    script([40, eot])
+    info = s.ask("And of Spain?", max_tokens=10, return_info=True)
+    conv = [{"role": "user", "content": "Capital of France?"}, {"role": "assistant", "content": " Paris "},
+            {"role": "user", "content": "And of Spain?"}]
+    assert s._slot.tokens[:info["prompt_tokens"]] == m._chat_ids(conv)
+    assert 0 < info["prompt_tokens_evaluated"] < info["prompt_tokens"]
+
+
 def test_template_session_shifts_past_the_context(files):
     m = load(files["llama3"], n_ctx=128)
     s = m.session(system="Be brief.")

@@ -1,6 +1,6 @@
 """Generation ends at the model's terminators, not at every control token: Owl3 at <|im_end|> and
-<|endoftext|> (the official generate()); text models at EOS, the GGUF's EOT/EOM tokens and, for ChatML
-vocabularies, <|im_end|>/<|endoftext|>. ignore_eos=True runs on to max_tokens. The sampler is scripted so
+<|endoftext|> (the official generate()); text models at EOS, the GGUF's EOT/EOM tokens and llama.cpp's
+end-of-generation control tokens (<|im_end|>, <|endoftext|>, <|eot_id|>, ...). ignore_eos=True runs on to max_tokens. The sampler is scripted so
 each test knows which tokens come."""
 from __future__ import annotations
 
