@@ -177,7 +177,7 @@ def _interactive(model, images, videos, args, stdin, out) -> None:
         if not line:
             continue
         if line.startswith("/image "):
-            if not hasattr(model, "vision"):
+            if text_model:
                 print("owl-run: error: a text model takes no images", file=sys.stderr)
                 continue
             images.append(line[len("/image "):].strip())
