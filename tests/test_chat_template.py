@@ -75,8 +75,9 @@ def files(tiny_gguf, tmp_path_factory):
         "tokenizer.ggml.tokens": (ARRAY, tokens, STRING), "tokenizer.ggml.token_type": (ARRAY, types, INT32),
         "tokenizer.ggml.bos_token_id": (UINT32, first), "tokenizer.ggml.eos_token_id": (UINT32, first + 1),
         "tokenizer.ggml.add_bos_token": (BOOL, True)})
+    chatml = rewrite(qwen2, d / "chatml.gguf", drop=("tokenizer.chat_template",))   # ChatML vocabulary, no template
     return {"llama3": llama3, "qwen2": with_template(qwen2, d / "qwen2.gguf", QWEN2),
-            "mistral": with_template(llama, d / "mistral.gguf", MISTRAL), "chatml": qwen2, "none": llama}
+            "mistral": with_template(llama, d / "mistral.gguf", MISTRAL), "chatml": chatml, "none": llama}
 
 
 def load(path, n_ctx=256):
@@ -136,7 +137,7 @@ def test_mistral_template_writes_bos_and_refuses_a_system_message(files):
 def test_template_variables_and_sandbox(files):
     import jinja2
     m = load(files["chatml"])
-    assert m.chat_template is None                                  # the converter writes no template
+    assert m.chat_template is None                                  # this file has no template
     m.chat_template = ("{{ bos_token }}|{{ eos_token }}|{{ messages | tojson }}|{{ strftime_now('%Y') | length }}"
                        "{% for m in messages %}{% if loop.index > 1 %}{% break %}{% endif %}{{ m.role }}{% endfor %}")
     out = m._render([{"role": "user", "content": "é<b>"}, {"role": "user", "content": "x"}], True)
@@ -160,6 +161,16 @@ def test_a_template_that_fails_names_the_file(files, tmp_path):
     m.chat_template = None                                            # no template, no ChatML: no chat format
     with pytest.raises(ValueError, match="no chat template .* ChatML"):
         m.chat("Hi")
+
+
+def test_owl_export_writes_the_checkpoints_template(tiny_gguf):
+    from owl_export.tiny_tokenizers import CHATML_TEMPLATE
+
+    m = load(tiny_gguf("qwen2", "f32"))       # its tokenizer_config.json has Qwen2's template, as llama.cpp copies it
+    assert m.chat_template == CHATML_TEMPLATE
+    assert m._chat_ids([{"role": "user", "content": "Hi"}]) == m.tokenize(
+        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n"
+        "<|im_start|>assistant\n")
 
 
 # ----- fallbacks ----------------------------------------------------------------------------------------

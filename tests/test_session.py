@@ -16,7 +16,9 @@ N_CTX = 256
 
 @pytest.fixture(scope="module")
 def text(tiny_gguf):
-    return owl_cpp.load(tiny_gguf("qwen2", "q8_0"), n_ctx=N_CTX, threads=1)
+    m = owl_cpp.load(tiny_gguf("qwen2", "q8_0"), n_ctx=N_CTX, threads=1)
+    m.chat_template = None      # ChatML sessions here; sessions over a file's template: test_chat_template.py
+    return m
 
 
 def test_text_session_runs_past_the_context(text):

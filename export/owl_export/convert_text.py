@@ -239,6 +239,17 @@ def write_gguf(out_path: str | Path, writer_setup: Callable[[gguf.GGUFWriter], N
     }
 
 
+def read_chat_template(hf_dir: Path):
+    """tokenizer_config.json's chat_template (a string, or transformers' list of named templates), or None."""
+    from .checkpoint import read_json
+
+    path = Path(hf_dir) / "tokenizer_config.json"
+    if not path.is_file():
+        return None
+    template = read_json(path).get("chat_template")
+    return template if isinstance(template, (str, list)) and template else None
+
+
 def convert_text_model(hf_dir: str | Path, out_path: str | Path, quant: str = "f16",
                        progress: bool = True) -> dict:
     """Convert a qwen2 / llama HF checkpoint directory to one GGUF file; returns a summary dict."""
@@ -250,12 +261,16 @@ def convert_text_model(hf_dir: str | Path, out_path: str | Path, quant: str = "f
     plan = text_tensor_plan(cfg, tensors)
     vocab = pad_vocab(load_hf_vocab(hf_path), cfg.vocab_size)
 
+    template = read_chat_template(hf_path)
+
     def setup(writer: gguf.GGUFWriter):
         writer.add_name(hf_path.resolve().name)
         writer.add_file_type(int(FILE_TYPES[quant]))
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
         add_text_hparams(writer, cfg)
         write_vocab(writer, vocab)
+        if template is not None:        # as llama.cpp's converter: chat() then renders it (chat_template.py)
+            writer.add_chat_template(template)
 
     summary = write_gguf(out_path, setup, cfg.arch, plan, quant,
                          tied_embeddings=cfg.tie_word_embeddings, progress=progress)

@@ -23,8 +23,9 @@ from pathlib import Path
 
 import gguf
 
-from ..checkpoint import CheckpointError, PrefixView, TextConfig, load_checkpoint, read_json
-from ..convert_text import PlannedTensor, add_text_hparams, pad_vocab, plan_tensor, text_tensor_plan, write_gguf
+from ..checkpoint import CheckpointError, PrefixView, TextConfig, load_checkpoint
+from ..convert_text import (PlannedTensor, add_text_hparams, pad_vocab, plan_tensor, read_chat_template,
+                            text_tensor_plan, write_gguf)
 from ..quantize import FILE_TYPES, check_quant
 from .variant import LM_PREFIX, Owl3Variant, detect_variant, text_config
 
@@ -81,16 +82,6 @@ def preprocessing_metadata(image_size: int, cut_template: str) -> dict:
             v + "cut_template": cut_template}
 
 
-def read_chat_template(hf_dir: Path):
-    """tokenizer_config.json's chat_template (a string, or transformers' list of named templates), or None.
-    Note the Owl3 processor builds its prompts in code (docs/owl3.md §6.1); this is kept for generic tools."""
-    path = Path(hf_dir) / "tokenizer_config.json"
-    if not path.is_file():
-        return None
-    template = read_json(path).get("chat_template")
-    return template if isinstance(template, (str, list)) and template else None
-
-
 def add_owl3_keys(writer: gguf.GGUFWriter, variant: Owl3Variant) -> None:
     """The owl3.* keys that are not qwen2's: which hyper-attention to run, and how to preprocess images."""
     A, T = gguf.GGUFValueType.ARRAY, gguf.GGUFValueType
@@ -128,7 +119,7 @@ class PreparedDecoder:
         self.cfg = text_config(config)
         self.plan = owl3_tensor_plan(self.cfg, self.variant, PrefixView(tensors, LM_PREFIX))
         self.vocab = pad_vocab(load_hf_vocab(self.hf_path), self.cfg.vocab_size)  # plan checked the rows
-        self.chat_template = read_chat_template(self.hf_path)
+        self.chat_template = read_chat_template(self.hf_path)   # unused by our Owl3 prompts (§6.1): for generic tools
 
     def setup(self, writer: gguf.GGUFWriter) -> None:
         from ..vocab import write_vocab
