@@ -151,6 +151,22 @@ def test_prefill_and_decode_match_reference(owl21, n_images):
     run_and_check(ref, path, n_images)
 
 
+@pytest.mark.skipif("cuda" not in _core.available_backends(), reason="no CUDA GPU visible")
+def test_cuda_backend_matches_reference(owl21):
+    """On the GPU: the image Q/K/V, their biases and the copied shared norms are uploaded and used."""
+    ref, path = owl21("owl21")
+    embeds, mod = ref.splice(prompt(2), images(ref, 2))
+    want, past = ref(embeds, mod)
+    ctx = _core.Context(_core.Model.load(str(path)), 512, 2, 256, kv_type="f32", backend="cuda")
+    got = feed(ctx, embeds, mod)
+    assert rel_err(got, want) < 1e-3
+    for _ in range(8):
+        tok = int(want[-1].argmax())
+        got_step = ctx.decode(ids=[tok])
+        want, past = ref(ref.embed([tok]), [0], past)
+        assert rel_err(got_step, want[-1]) < 1e-3
+
+
 def test_greedy_32_tokens_identical(owl21):
     ref, path = owl21("owl21")
     embeds, mod = ref.splice(prompt(1), images(ref, 1, seed=5))
