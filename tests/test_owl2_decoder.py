@@ -300,7 +300,8 @@ def test_variant_key_must_agree_with_the_tensors(owl2, tmp_path):
 
 
 def test_owl2_1_tensors_are_refused_by_name(owl2_hf, tmp_path):
-    """blk.N.img.attn_q.weight is reserved for mPLUG-Owl2.1 (not implemented): named, not silently ignored."""
+    """blk.N.img.attn_q.weight belongs to mPLUG-Owl2.1's layout (owl2.variant owl2_1, tests/test_owl21_decoder.py):
+    in an owl2 file it is named, not silently ignored."""
     import dataclasses
 
     def with_img_q(plan):

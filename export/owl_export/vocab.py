@@ -6,6 +6,10 @@
     tokens USER_DEFINED, no BOS added.
   - LLaMA style (tokenizer.model): model "llama", pieces/scores/types from sentencepiece, BOS added,
     add_space_prefix from the model's normalizer spec.
+  - Qwen (v1) style (qwen.tiktoken, tokenizer_class QWenTokenizer): model "gpt2", pre "qwen2" (QWenTokenizer
+    NFC-normalises, then runs tiktoken with Qwen2's very regex), the ranks as tokens in byte-level form, merges
+    recovered from the ranks as llama.cpp's convert_hf_to_gguf.py does, then <|endoftext|>, <|im_start|>,
+    <|im_end|>, <|extra_0..204|> as CONTROL tokens; eos <|endoftext|>, no BOS.
 Special ids come from tokenizer_config.json (token contents), then config.json and
 generation_config.json (*_token_id), like gguf.SpecialVocab.
 """
@@ -70,6 +74,10 @@ def load_hf_vocab(hf_dir) -> Vocab:
         raise FileNotFoundError(f"{d}: checkpoint directory not found")
     if (d / "tokenizer.model").is_file():
         return _load_sentencepiece(d)
+    tc = _read_json(d / "tokenizer_config.json") or {}
+    if tc.get("tokenizer_class") == "QWenTokenizer" or (
+            (d / "qwen.tiktoken").is_file() and not (d / "tokenizer.json").is_file()):
+        return _load_qwen_tiktoken(d, tc)
     if (d / "tokenizer.json").is_file() or (d / "vocab.json").is_file():
         return _load_bpe(d)
     raise FileNotFoundError(f"{d}: no tokenizer.model, tokenizer.json or vocab.json")
@@ -172,6 +180,114 @@ def _special_ids(d: Path, v: Vocab, tc: dict, cfg: dict) -> None:
             if kind not in found and isinstance(tid, int) and 0 <= tid < len(v.tokens):
                 found[kind] = tid
     v.bos_id, v.eos_id, v.unk_id, v.pad_id = (found.get(k) for k in SPECIAL_KINDS)
+
+
+# tokenization_qwen.py: the specials follow the ranks in this order (ids n_ranks + i; 151643.. in Qwen-7B)
+QWEN_SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>") + tuple(f"<|extra_{i}|>" for i in range(205))
+
+
+def _byte_level(b: bytes) -> str:
+    """Raw bytes -> GPT-2's byte-level characters (the form tokenizer.ggml.tokens stores BPE tokens in)."""
+    table = _byte_level.table
+    return "".join(table[x] for x in b)
+
+
+def _bytes_to_unicode() -> list[str]:
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("\xa1"), ord("\xac") + 1)) + \
+        list(range(ord("\xae"), ord("\xff") + 1))
+    table, n = {}, 0
+    for b in range(256):
+        if b in bs:
+            table[b] = chr(b)
+        else:
+            table[b] = chr(256 + n)
+            n += 1
+    return [table[b] for b in range(256)]
+
+
+_byte_level.table = _bytes_to_unicode()
+
+
+def _rank_bpe(ranks: dict[bytes, int], token: bytes, max_rank: int) -> list[bytes]:
+    """tiktoken's merge loop on `token`'s bytes, merging only pairs whose rank is below max_rank."""
+    parts = [bytes([b]) for b in token]
+    while len(parts) > 1:
+        best, best_rank = -1, max_rank
+        for i in range(len(parts) - 1):
+            r = ranks.get(parts[i] + parts[i + 1])
+            if r is not None and r < best_rank:
+                best, best_rank = i, r
+        if best < 0:
+            break
+        parts[best:best + 2] = [parts[best] + parts[best + 1]]
+    return parts
+
+
+def read_tiktoken_ranks(path: Path) -> dict[bytes, int]:
+    """qwen.tiktoken: one "base64(token bytes) rank" per line; the ranks must be 0..n-1, each once."""
+    import base64
+    import binascii
+
+    ranks: dict[bytes, int] = {}
+    try:
+        lines = path.read_bytes().splitlines()
+    except OSError as e:
+        raise ValueError(f"{path}: cannot read: {e}") from e
+    for no, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        fields = line.split()
+        try:
+            if len(fields) != 2:
+                raise ValueError("expected two fields")
+            token, rank = base64.b64decode(fields[0], validate=True), int(fields[1])
+        except (ValueError, binascii.Error) as e:
+            raise ValueError(f"{path}:{no}: not a 'base64 rank' line ({e})") from e
+        if token in ranks:
+            raise ValueError(f"{path}:{no}: token {token!r} is listed twice")
+        ranks[token] = rank
+    if sorted(ranks.values()) != list(range(len(ranks))):
+        raise ValueError(f"{path}: the ranks are not 0..{len(ranks) - 1}, each once")
+    missing = [b for b in range(256) if bytes([b]) not in ranks]
+    if missing:
+        raise ValueError(f"{path}: {len(missing)} single bytes have no rank (first: {missing[0]:#04x})")
+    return ranks
+
+
+def _load_qwen_tiktoken(d: Path, tc: dict) -> Vocab:
+    """Qwen v1's tiktoken BPE as a byte-level BPE with merges. A token of rank r is made, in tiktoken, by the
+    lowest-ranked merge of its two parts once every merge below r is done; so running tiktoken's own loop on
+    its bytes with merges limited to ranks below r leaves exactly its two parts, whose merge gets rank r
+    (llama.cpp's QwenModel does the same)."""
+    path = d / "qwen.tiktoken"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: file not found (tokenizer_class QWenTokenizer)")
+    ranks = read_tiktoken_ranks(path)
+    by_rank = sorted(ranks, key=ranks.__getitem__)
+    tokens = [_byte_level(t) for t in by_rank]
+    merges = []
+    for rank, token in enumerate(by_rank):
+        if len(token) < 2:
+            continue
+        parts = _rank_bpe(ranks, token, rank)
+        if len(parts) != 2:
+            raise ValueError(f"{path}: token {token!r} (rank {rank}) is not the merge of two lower-ranked tokens")
+        merges.append(f"{_byte_level(parts[0])} {_byte_level(parts[1])}")
+    n_ranks = len(tokens)
+    tokens += list(QWEN_SPECIALS)
+    types = [NORMAL] * n_ranks + [CONTROL] * len(QWEN_SPECIALS)
+    cfg = _read_json(d / "config.json") or {}
+    if isinstance(cfg.get("vocab_size"), int) and cfg["vocab_size"] > len(tokens):
+        extra = cfg["vocab_size"] - len(tokens)
+        tokens += [f"[PAD{i}]" for i in range(len(tokens), cfg["vocab_size"])]
+        types += [UNUSED] * extra
+    v = Vocab(model="gpt2", pre="qwen2", tokens=tokens, types=types, merges=merges,
+              add_bos=False, add_eos=False, add_space_prefix=False)
+    _special_ids(d, v, tc, cfg)
+    v.bos_id = None                      # QWenTokenizer has no BOS (docs/owl2.md PART B 6)
+    if v.eos_id is None:
+        v.eos_id = n_ranks               # <|endoftext|>, the tokenizer's eod_id
+    return v
 
 
 def _proto_fields(buf: bytes):

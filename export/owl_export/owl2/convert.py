@@ -11,8 +11,16 @@ permuted for ggml's NORM rope) whose tensors are the text branch; what the modal
            blk.N.img.attn_v.weight          self_attn.v_proj.multiway.1
            blk.N.img.ffn_norm.weight        post_attention_layernorm.multiway.1
            token_embd, output_norm, output  shared
-           (reserved for Owl2.1, not written: blk.N.img.attn_q.weight and .bias on q/k/v)
-  keys     owl2.variant "owl2"|"owl1", owl2.image_tokens UINT32 (abstractor queries + vit_eos),
+  Owl2.1 (variant "owl2_1", docs/owl2.md PART B; only the fused Q|K|V is per modality):
+           blk.N.attn_norm / ffn_norm       transformer.h.N.ln_1 / ln_2 (shared: no img norms)
+           blk.N.attn_{q,k,v}.weight/.bias  attn.c_attn.multiway.0 cut in contiguous thirds [q|k|v]
+                                            (q and k rows and biases permuted like llama's)
+           blk.N.img.attn_{q,k,v}.weight/.bias  attn.c_attn.multiway.1, the same way
+           blk.N.attn_output                attn.c_proj
+           blk.N.ffn_gate / ffn_up / ffn_down   mlp.w2 (the one under silu) / mlp.w1 / mlp.c_proj
+           token_embd, output_norm, output  transformer.wte, transformer.ln_f, lm_head
+           context_length = seq_length; the tokenizer from qwen.tiktoken (vocab.py)
+  keys     owl2.variant "owl2"|"owl2_1"|"owl1", owl2.image_tokens UINT32 (abstractor queries + vit_eos),
            owl2.vision.image_size UINT32, owl2.vision.image_mean / image_std FLOAT32[3] (CLIP's)
 The checkpoints' rotary_emb.inv_freq buffers are not exported (recomputed from rope.freq_base).
 """
@@ -22,10 +30,13 @@ import sys
 from pathlib import Path
 
 import gguf
+import numpy as np
 
-from ..checkpoint import CheckpointError, PrefixView, UnsupportedModelError, load_checkpoint
-from ..convert_text import PlannedTensor, add_text_hparams, format_summary, pad_vocab, plan_tensor, \
-    text_tensor_plan, write_gguf
+import torch
+
+from ..checkpoint import CheckpointError, PrefixView, UnsupportedModelError, load_checkpoint, tensor_shape
+from ..convert_text import PlannedTensor, add_text_hparams, format_summary, llama_permute, pad_vocab, \
+    plan_tensor, text_tensor_plan, write_gguf
 from ..quantize import FILE_TYPES, check_quant
 from .config import CLIP_MEAN, CLIP_STD, Owl2Config
 
@@ -44,10 +55,86 @@ def _text_source(name: str) -> str:
     return name
 
 
+QKV = ("attn_q", "attn_k", "attn_v")
+# Owl2.1's image branch: blk.N.<these> (weights and biases of the image Q|K|V)
+IMAGE_TENSORS_2_1 = tuple(f"img.{g}.{kind}" for g in QKV for kind in ("weight", "bias"))
+
+
+def _third(tensors, gguf_name: str, hf_name: str, part: int, permute_heads: int, cache: dict) -> PlannedTensor:
+    """Rows [part*n/3, (part+1)*n/3) of a fused [3n, H] weight or [3n] bias (Qwen's c_attn: [q | k | v]).
+    cache: the last two fused tensors read (a weight and its bias), so each is read once, not three times."""
+    if hf_name not in tensors:
+        raise CheckpointError(f"checkpoint is missing tensor {hf_name!r} (needed for {gguf_name})")
+    shape = tensor_shape(tensors, hf_name)
+    if shape[0] % 3:
+        raise CheckpointError(f"{hf_name}: {shape[0]} rows do not split into q, k and v thirds")
+    n = shape[0] // 3
+
+    def load() -> np.ndarray:
+        if hf_name not in cache:
+            while len(cache) >= 2:
+                cache.pop(next(iter(cache)))
+            cache[hf_name] = tensors[hf_name].to(torch.float32).numpy()
+        a = np.ascontiguousarray(cache[hf_name][part * n:(part + 1) * n])
+        return llama_permute(a, permute_heads) if permute_heads else a
+
+    return PlannedTensor(gguf_name, hf_name, (n, *shape[1:]), load)
+
+
+def _owl2_1_plan(cfg: Owl2Config, tensors) -> list[PlannedTensor]:
+    """docs/owl2.md PART B: the text branch under llama.cpp's names (with q/k/v biases), then per block the
+    image Q/K/V (weights and biases) from c_attn.multiway.1."""
+    c, p0 = cfg.text, cfg.llm_prefix
+    H, I, Q = c.hidden_size, c.intermediate_size, c.num_heads * c.head_dim
+    if c.num_kv_heads != c.num_heads:
+        raise CheckpointError("mplug_owl2_1: Qwen-7B has no grouped-query attention (kv heads != heads)")
+    want = {"token_embd.weight": (c.vocab_size, H), "output_norm.weight": (H,), "output.weight": (c.vocab_size, H),
+            "attn_norm.weight": (H,), "ffn_norm.weight": (H,), "attn_output.weight": (H, Q),
+            "ffn_gate.weight": (I, H), "ffn_up.weight": (I, H), "ffn_down.weight": (H, I)}
+    for g in QKV:
+        want[f"{g}.weight"], want[f"{g}.bias"] = (Q, H), (Q,)
+    plan: list[PlannedTensor] = []
+    cache: dict = {}
+
+    def check(t: PlannedTensor) -> PlannedTensor:
+        name = t.name.split(".", 2)[-1] if t.name.startswith("blk.") else t.name
+        expect = want[name.removeprefix("img.")]
+        if t.shape != expect:
+            raise CheckpointError(f"{t.source}: shape {t.shape} as {t.name}, expected {expect} from config.json")
+        return t
+
+    plan.append(plan_tensor(tensors, "token_embd.weight", p0 + "wte.weight"))
+    for i in range(c.num_layers):
+        p, b = f"{p0}h.{i}.", f"blk.{i}."
+        branch = {}
+        for mw, prefix in ((0, b), (1, b + "img.")):
+            branch[mw] = []
+            for part, g in enumerate(QKV):
+                heads = c.num_heads if g in ("attn_q", "attn_k") else 0
+                for kind in ("weight", "bias"):
+                    hf = f"{p}attn.c_attn.multiway.{mw}.{kind}"
+                    branch[mw].append(_third(tensors, f"{prefix}{g}.{kind}", hf, part, heads, cache))
+        plan.append(plan_tensor(tensors, b + "attn_norm.weight", p + "ln_1.weight"))
+        plan += branch[0]
+        plan.append(plan_tensor(tensors, b + "attn_output.weight", p + "attn.c_proj.weight"))
+        plan.append(plan_tensor(tensors, b + "ffn_norm.weight", p + "ln_2.weight"))
+        plan.append(plan_tensor(tensors, b + "ffn_gate.weight", p + "mlp.w2.weight"))   # silu(w2(x)) * w1(x)
+        plan.append(plan_tensor(tensors, b + "ffn_up.weight", p + "mlp.w1.weight"))
+        plan.append(plan_tensor(tensors, b + "ffn_down.weight", p + "mlp.c_proj.weight"))
+        plan += branch[1]
+    plan.append(plan_tensor(tensors, "output_norm.weight", p0 + "ln_f.weight"))
+    plan.append(plan_tensor(tensors, "output.weight", cfg.lm_head))
+    for t in plan:
+        check(t)
+    return plan
+
+
 def owl2_tensor_plan(cfg: Owl2Config, tensors) -> list[PlannedTensor]:
     """llama's tensors (the text branch), each Owl2 block's image-branch tensors right after it.
     tensors: the checkpoint (the v1 LLM is seen without its `language_model.` prefix by the caller)."""
     c = cfg.text
+    if cfg.variant == "owl2_1":
+        return _owl2_1_plan(cfg, tensors)
     if c.qkv_bias or c.o_bias:
         raise UnsupportedModelError("config.json: attention_bias=true is not supported for mPLUG-Owl2 / mPLUG-Owl")
     plan = text_tensor_plan(c, tensors, _text_source if cfg.multiway else None)

@@ -10,6 +10,14 @@ Per layer, with m[t] the modality of token t (0 text, 1 image):
 logits = lm_head(RMS_final(x)). The cache holds K after RoPE and V; positions continue from the cache length.
 Every decode step of the official code runs with modality 0 (A5); callers pass that explicitly here.
 v1 (cfg.multiway False) has one branch: its weights are read from the plain LLaMA names, and modality is ignored.
+
+mPLUG-Owl2.1 (variant "owl2_1", Qwen-7B v1; docs/owl2.md PART B), in the official module names:
+  h = ln_1(x);  [q | k | v] = h C_{m}^T + c_{m}   (attn.c_attn.multiway.{0,1}: weight [3H, H] and bias, per token)
+  q, k = RoPE(q, k, pos)                          (rotate_half on the whole head, base rotary_emb_base)
+  x = x + attn.c_proj(softmax(q K^T / sqrt(d) + causal) V)
+  x = x + mlp.c_proj(mlp.w1(ln_2(x)) * silu(mlp.w2(ln_2(x))))          (the silu on w2)
+logits = lm_head(ln_f(x)). Only c_attn depends on the modality; Qwen's dynamic NTK and logn scaling change nothing
+up to seq_length, which is as long as the runtime goes.
 """
 from __future__ import annotations
 
@@ -38,7 +46,8 @@ class Owl2LanguageReference:
     def __init__(self, weights: Mapping[str, torch.Tensor], cfg: Owl2Config, dtype=torch.float32):
         self.cfg, self.c, self.dtype = cfg, cfg.text, dtype
         c, p0 = cfg.text, cfg.llm_prefix
-        if c.qkv_bias or c.o_bias:
+        self.qwen = cfg.variant == "owl2_1"
+        if c.o_bias or (c.qkv_bias and not self.qwen):
             raise CheckpointError("attention_bias is not supported for mPLUG-Owl2 / mPLUG-Owl")
         self.n_branches = 2 if cfg.multiway else 1
 
@@ -54,9 +63,26 @@ class Owl2LanguageReference:
         Q, KV = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
         shapes = {"attn_norm": (H,), "ffn_norm": (H,), "k": (KV, H), "v": (KV, H), "q": (Q, H), "o": (H, Q),
                   "gate": (I, H), "up": (I, H), "down": (H, I)}
+        # optional: called as hook(layer_index, hidden [T, H]) after every layer (one-layer tests)
+        self.hook = None
+        self.lm_head = take(cfg.lm_head, (V, H))
+        if self.qwen:
+            self.embed_tokens = take(p0 + "wte.weight", (V, H))
+            self.norm = take(p0 + "ln_f.weight", (H,))
+            self.layers = []
+            for i in range(c.num_layers):
+                p = f"{p0}h.{i}."
+                self.layers.append({
+                    "ln_1": take(p + "ln_1.weight", (H,)), "ln_2": take(p + "ln_2.weight", (H,)),
+                    # per branch (0 text, 1 image): the fused Q|K|V weight and its bias
+                    "c_attn": [(take(p + f"attn.c_attn.multiway.{b}.weight", (3 * Q, H)),
+                                take(p + f"attn.c_attn.multiway.{b}.bias", (3 * Q,))) for b in range(2)],
+                    "c_proj": take(p + "attn.c_proj.weight", (H, Q)),
+                    "w1": take(p + "mlp.w1.weight", (I, H)), "w2": take(p + "mlp.w2.weight", (I, H)),
+                    "mlp_c_proj": take(p + "mlp.c_proj.weight", (H, I))})
+            return
         self.embed_tokens = take(p0 + "embed_tokens.weight", (V, H))
         self.norm = take(p0 + "norm.weight", (H,))
-        self.lm_head = take(cfg.lm_head, (V, H))
         self.layers: list[dict] = []
         for i in range(c.num_layers):
             p = f"{p0}layers.{i}."
@@ -66,8 +92,6 @@ class Owl2LanguageReference:
                          else [p + n + ".weight"])
                 layer[k] = [take(name, shapes[k]) for name in names]
             self.layers.append(layer)
-        # optional: called as hook(layer_index, hidden [T, H]) after every layer (one-layer tests)
-        self.hook = None
 
     @classmethod
     def from_pretrained(cls, hf_dir: str | Path, dtype=torch.float32) -> "Owl2LanguageReference":
@@ -134,10 +158,14 @@ class Owl2LanguageReference:
         c, L, T = self.c, self.layers[i], x.shape[0]
         eps, d = c.rms_norm_eps, c.head_dim
         norm = lambda t, w: rms_norm(t, w, eps)                                       # noqa: E731
-        h = self._branch(L["attn_norm"], x, modality, norm)
-        q = F.linear(h, L["q"]).view(T, c.num_heads, d).transpose(0, 1)
-        k = self._branch(L["k"], h, modality, F.linear).view(T, c.num_kv_heads, d).transpose(0, 1)
-        v = self._branch(L["v"], h, modality, F.linear).view(T, c.num_kv_heads, d).transpose(0, 1)
+        if self.qwen:    # Owl2.1: one fused Q|K|V (with bias) per modality, split into contiguous thirds
+            qkv = self._branch(L["c_attn"], norm(x, L["ln_1"]), modality, lambda t, wb: F.linear(t, wb[0], wb[1]))
+            q, k, v = (part.reshape(T, c.num_heads, d).transpose(0, 1) for part in qkv.split(c.num_heads * d, dim=1))
+        else:
+            h = self._branch(L["attn_norm"], x, modality, norm)
+            q = F.linear(h, L["q"]).view(T, c.num_heads, d).transpose(0, 1)
+            k = self._branch(L["k"], h, modality, F.linear).view(T, c.num_kv_heads, d).transpose(0, 1)
+            v = self._branch(L["v"], h, modality, F.linear).view(T, c.num_kv_heads, d).transpose(0, 1)
         cos, sin = rope_cos_sin(positions, d, c.rope_theta, x.dtype)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if past is not None:
@@ -150,6 +178,11 @@ class Owl2LanguageReference:
         scores = scores.masked_fill(future, float("-inf"))
         probs = F.softmax(scores, dim=-1, dtype=torch.float64 if x.dtype == torch.float64 else torch.float32)
         a = (probs.to(x.dtype) @ vv).transpose(0, 1).reshape(T, c.num_heads * d)
+        if self.qwen:
+            x = x + F.linear(a, L["c_proj"])
+            h2 = norm(x, L["ln_2"])
+            x = x + F.linear(F.linear(h2, L["w1"]) * F.silu(F.linear(h2, L["w2"])), L["mlp_c_proj"])
+            return x, (k, v)
         x = x + F.linear(a, L["o"])
         h2 = self._branch(L["ffn_norm"], x, modality, norm)
         x = x + F.linear(F.silu(F.linear(h2, L["gate"])) * F.linear(h2, L["up"]), L["down"])
