@@ -44,7 +44,8 @@ TOKENS = {"owl2": 1025, "owl2_1": 1024, "owl1": 257}       # what the ViT hands 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
     root = tmp_path_factory.mktemp("owl2-ckpt")
-    dirs = {v: make_tiny_owl2_checkpoint(root / v, v, seed=3 + i) for i, v in enumerate(VARIANTS)}
+    seeds = {"owl2": 3, "owl1": 4, "owl2_1": 5}                 # owl2 / owl1 keep the seeds they had before 2.1
+    dirs = {v: make_tiny_owl2_checkpoint(root / v, v, seed=seeds[v]) for v in VARIANTS}
     return dirs.__getitem__
 
 
