@@ -355,7 +355,8 @@ def test_owl21_config_of_the_fixture(setups):
     cfg, w, ref, _ = setups("owl2_1")
     assert (cfg.variant, cfg.vision.use_cls_token, cfg.vision.hidden_act, cfg.abstractor.cls_token) == \
         ("owl2_1", False, "gelu", False)
-    assert cfg.vision.grid == 32 and cfg.vision.num_tokens == 1024 and cfg.image_tokens == cfg.abstractor.num_queries + 1
+    assert cfg.vision.grid == 32 and cfg.vision.num_tokens == 1024
+    assert cfg.image_tokens == cfg.abstractor.num_queries + 1
     assert tuple(w["transformer.vision_model.embeddings.position_embedding"].shape) == (256, cfg.vision.hidden_size)
     # the abstractor's key table: the queries' rows, then grid*grid patch rows and no zero CLS row
     assert ref.qk_pos.shape == (cfg.abstractor.num_queries + 1024, cfg.abstractor.hidden_size)
