@@ -1,7 +1,7 @@
-"""mPLUG-Owl2 / mPLUG-Owl (v1) vision path -> vision.onnx, traced from our PyTorch reference (owl2/vision.py,
-docs/owl2.md A3, A4, PART C) and checked with onnxruntime.
+"""mPLUG-Owl2 / mPLUG-Owl2.1 / mPLUG-Owl (v1) vision path -> vision.onnx, traced from our PyTorch reference
+(owl2/vision.py, docs/owl2.md A3, A4, PART B 5, PART C) and checked with onnxruntime.
 
-  input   "pixel_values"  float32 [N, 3, S, S], N dynamic; S = 448 (Owl2) or 224 (v1), CLIP-normalised
+  input   "pixel_values"  float32 [N, 3, S, S], N dynamic; S = 448 (Owl2, 2.1) or 224 (v1), CLIP-normalised
   output  "image_embeds"  float32 [N, Q+1, n_embd]: visual_fc(abstractor(ViT(pixels))) followed by vit_eos,
                           i.e. the 65 embeddings (real models) that replace one image marker in the prompt
 
@@ -12,7 +12,7 @@ docs/owl2.md A3, A4, PART C) and checked with onnxruntime.
 For fp16 and int8 the error against the fp32 reference is measured and reported; the file is refused only
 when its output is not finite. The check images are random pixels in the CLIP-normalised range.
 
-Metadata (custom_metadata_map): owl.family "owl2", owl2.variant ("owl2" | "owl1"), owl2.embedding_length
+Metadata (custom_metadata_map): owl.family "owl2", owl2.variant ("owl2" | "owl2_1" | "owl1"), owl2.embedding_length
 (n_embd of the LLM), owl2.vision.image_size, owl2.image_tokens (Q+1), owl2.vision.dtype, owl2.vision.quant.
 """
 from __future__ import annotations
@@ -57,7 +57,7 @@ def trace_owl2_vision(ref: Owl2VisionReference, path: Path, meta: dict[str, str]
 
 def export_owl2_vision_onnx(hf_dir: str | Path, out_path: str | Path, *, dtype: str = "fp32", quant: str = "none",
                             progress: bool = False, seed: int = 0) -> dict:
-    """Write vision.onnx for an mPLUG-Owl2 or mPLUG-Owl (v1) checkpoint; returns a summary with the errors
+    """Write vision.onnx for an mPLUG-Owl2, mPLUG-Owl2.1 or mPLUG-Owl (v1) checkpoint; returns a summary with the errors
     measured against the fp32 reference (rel_err, cosine, max_abs_err).
 
     Raises CheckpointError naming the tensor when a vision/abstractor tensor is missing or mis-shaped,

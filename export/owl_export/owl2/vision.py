@@ -1,5 +1,5 @@
-"""PyTorch reference of the mPLUG-Owl2 / mPLUG-Owl (v1) vision path: ViT-L/14, visual abstractor, visual_fc and
-vit_eos; what the language model receives for one image.
+"""PyTorch reference of the mPLUG-Owl2 / mPLUG-Owl2.1 / mPLUG-Owl (v1) vision path: ViT, visual abstractor,
+visual_fc and vit_eos; what the language model receives for one image.
 
 docs/owl2.md A3 (the ViT), read against `mPLUG-Owl2/mplug_owl2/model/visual_encoder.py`:
   x = [cls ; conv_14x14_stride_14_no_bias(pixels) row-major] + position_embedding     (no interpolation)
@@ -15,6 +15,13 @@ docs/owl2.md A4 (the abstractor), per layer, h starting as the learned queries:
   h  = qn + out_proj(A)                                          the residual is the NORMED query
   h  = h + w2(ffn_ln(silu(w1(norm2(h))) * w3(norm2(h))))        ffn_ln: the config's layer_norm_eps
 then visual_fc(h) and vit_eos appended: [N, Q+1, n_embd].
+
+docs/owl2.md PART B 5 (Owl2.1, `MplugOwlVisionEmbeddings` with use_cls_token false): no CLS token; the learned
+`position_embedding` is [256, D] (a 16x16 grid, no batch axis) and `get_abs_pos` resizes it to the actual grid
+(32x32 at 448/14) with F.interpolate(bicubic, align_corners=False) in fp32 at every forward. The result depends
+on the weights only, so it is computed once here (resized_position_table) and kept as a buffer: the traced graph
+adds a constant, with no Resize op. The MLP's activation is ACT2FN[hidden_act]: "gelu" is the exact (erf) GELU,
+"quick_gelu" z * sigmoid(1.702 z). The abstractor's k table has no zero CLS row (grid*grid rows).
 q_pos / k_pos are fixed sin-cos tables that are not in the checkpoint (docs/owl2.md A4, A6); see
 sincos_position_tables.
 
@@ -81,7 +88,30 @@ def sincos_position_tables(dim: int, num_queries: int, grid: int, cls_token: boo
     return torch.from_numpy(q_pos), torch.from_numpy(k_pos)
 
 
+def resized_position_table(table: torch.Tensor, grid: int) -> torch.Tensor:
+    """Owl2.1's get_abs_pos (docs/owl2.md PART B 5): the learned [L, D] table, L = s*s, as an s x s image with D
+    channels, resized to grid x grid by PyTorch's bicubic (A = -0.75, align_corners=False, borders clamped) in
+    float32; rows come back row-major (token = row*grid + col). An s equal to grid returns the table as is,
+    as the official code does. Returns float32 [grid*grid, D]."""
+    if table.ndim != 2:
+        raise ValueError(f"position table must be [L, D], got shape {tuple(table.shape)}")
+    L, D = table.shape
+    src = math.isqrt(L)
+    if src * src != L:
+        raise ValueError(f"position table has {L} rows, not a square number: it cannot be a square grid")
+    t = table.detach().float()
+    if src == grid:
+        return t.clone()
+    img = t.reshape(1, src, src, D).permute(0, 3, 1, 2)
+    out = F.interpolate(img, size=(grid, grid), mode="bicubic", align_corners=False)
+    return out.permute(0, 2, 3, 1).reshape(grid * grid, D).contiguous()
+
+
 # ------------------------------------------------------------------------------------------- layout
+
+OWL21_POSITION_ROWS = 256          # MplugOwlVisionEmbeddings without CLS: nn.Parameter(torch.randn(256, D))
+VARIANT_NAMES = {"owl2": "mPLUG-Owl2", "owl2_1": "mPLUG-Owl2.1", "owl1": "mPLUG-Owl (v1)"}
+
 
 def expected_shapes(cfg: Owl2Config, weights: Mapping) -> dict[str, tuple[str, tuple[int, ...]]]:
     """short name -> (checkpoint tensor name, shape) of every tensor the vision path reads.
@@ -108,9 +138,12 @@ def expected_shapes(cfg: Owl2Config, weights: Mapping) -> dict[str, tuple[str, t
     def abst(name, *shape):
         out["a." + name] = (ap + name, shape)
 
-    vis("embeddings.cls_token", 1, 1, D)
     vis("embeddings.patch_embed.weight", D, 3, p, p)
-    vis("embeddings.position_embedding", 1, T, D)
+    if v.use_cls_token:
+        vis("embeddings.cls_token", 1, 1, D)
+        vis("embeddings.position_embedding", 1, T, D)
+    else:                       # Owl2.1 (PART B 5): 2-D, 16x16 whatever the grid, resized at run time
+        vis("embeddings.position_embedding", OWL21_POSITION_ROWS, D)
     for n in ("embeddings.pre_layernorm", "post_layernorm"):
         vis(n + ".weight", D)
         vis(n + ".bias", D)
@@ -157,9 +190,9 @@ def _buffer_name(short: str) -> str:
 # ------------------------------------------------------------------------------------------- reference
 
 class Owl2VisionReference(torch.nn.Module):
-    """pixels [N,3,S,S] -> the [N, Q+1, n_embd] image embeddings the LLM receives (Owl2 or Owl v1).
+    """pixels [N,3,S,S] -> the [N, Q+1, n_embd] image embeddings the LLM receives (Owl2, Owl2.1 or Owl v1).
 
-      vit(pixels)            [N, 1+G*G, D]   post_layernorm applied (docs/owl2.md A3)
+      vit(pixels)            [N, 1+G*G, D]   post_layernorm applied (docs/owl2.md A3); Owl2.1: [N, G*G, D]
       abstractor(vision)     [N, Q, D]       the queries after the last layer (docs/owl2.md A4)
       forward(pixels)        [N, Q+1, H]     visual_fc on the queries, then vit_eos
     """
@@ -168,7 +201,8 @@ class Owl2VisionReference(torch.nn.Module):
         super().__init__()
         self.cfg, self.dtype = cfg, dtype
         self._widths: dict[str, int] = {}
-        what = "mPLUG-Owl2" if cfg.variant == "owl2" else "mPLUG-Owl (v1)"
+        what = VARIANT_NAMES[cfg.variant]
+        resize = not cfg.vision.use_cls_token
         for short, (name, shape) in expected_shapes(cfg, weights).items():
             if name not in weights:
                 raise CheckpointError(f"checkpoint is missing tensor {name!r} ({what} vision tower / abstractor)")
@@ -179,13 +213,22 @@ class Owl2VisionReference(torch.nn.Module):
             t = weights[name]
             if not t.is_floating_point():
                 raise CheckpointError(f"{name}: dtype {t.dtype} is not a floating-point type")
+            if resize and short == "v.embeddings.position_embedding":
+                # get_abs_pos: fp32 from the checkpoint's values, then the graph's dtype; the [256, D] table
+                # itself is not kept, so only the resized one becomes an initializer
+                try:
+                    table = resized_position_table(t, cfg.vision.grid)
+                except ValueError as e:
+                    raise CheckpointError(f"{name}: {e}") from None
+                self.register_buffer("v_pos_grid", table.to(dtype).contiguous())
+                continue
             self.register_buffer(_buffer_name(short), t.detach().to(dtype).contiguous())
             if short.endswith(".weight"):
                 self._widths[short[:-len(".weight")]] = shape[0]      # a LayerNorm's width (Linear: rows)
         self.positions = cfg.abstractor.positions
         if self.positions:
             q_pos, k_pos = sincos_position_tables(cfg.abstractor.hidden_size, cfg.abstractor.num_queries,
-                                                  cfg.vision.grid, cls_token=True)
+                                                  cfg.vision.grid, cls_token=cfg.abstractor.cls_token)
             self.register_buffer("q_pos", q_pos.to(dtype))
             # the keys are [queries ; image]: their table is [q_pos ; k_pos]
             self.register_buffer("qk_pos", torch.cat([q_pos, k_pos]).to(dtype))
@@ -223,19 +266,27 @@ class Owl2VisionReference(torch.nn.Module):
         att = (probs @ v).transpose(1, 2).reshape(N, T, D)               # heads merged head-major
         x = x + self._linear(att, pre + "self_attn.dense")
         h = self._linear(self._ln(x, pre + "post_attention_layernorm", c.layer_norm_eps), pre + "mlp.fc1")
-        h = h * torch.sigmoid(1.702 * h)                                 # quick_gelu
+        if c.hidden_act == "gelu":
+            h = F.gelu(h)                                                # ACT2FN["gelu"]: exact, erf
+        else:
+            h = h * torch.sigmoid(1.702 * h)                             # quick_gelu
         return x + self._linear(h, pre + "mlp.fc2")
 
     def vit(self, pixels: torch.Tensor) -> torch.Tensor:
-        """[N,3,S,S] -> last_hidden_state [N, 1+G*G, D], CLS first, post_layernorm applied."""
+        """[N,3,S,S] -> last_hidden_state [N, (1+)G*G, D], CLS first when the tower has one, post_layernorm
+        applied."""
         c = self.cfg.vision
         if pixels.ndim != 4 or tuple(pixels.shape[1:]) != (3, c.image_size, c.image_size):
-            # the learned position table is not interpolated (docs/owl2.md A3.2): the size must be exact
+            # the learned position table is not interpolated (docs/owl2.md A3.2), and Owl2.1's is resized once,
+            # for the configured grid (PART B 5): the size must be exact
             raise ValueError(f"pixels must be [N, 3, {c.image_size}, {c.image_size}], got {tuple(pixels.shape)}")
         x = F.conv2d(pixels.to(self.dtype), self.w("v.embeddings.patch_embed.weight"), stride=c.patch_size)
         x = x.flatten(2).transpose(1, 2)                                 # [N, G*G, D], row-major patches
-        cls = self.w("v.embeddings.cls_token").expand(x.shape[0], -1, -1)
-        x = torch.cat([cls, x], dim=1) + self.w("v.embeddings.position_embedding")
+        if c.use_cls_token:
+            cls = self.w("v.embeddings.cls_token").expand(x.shape[0], -1, -1)
+            x = torch.cat([cls, x], dim=1) + self.w("v.embeddings.position_embedding")
+        else:                                                            # Owl2.1: the resized 16x16 table
+            x = x + self.v_pos_grid
         x = self._ln(x, "v.embeddings.pre_layernorm", c.layer_norm_eps)
         for e in range(c.num_layers):
             x = self._vit_layer(e, x)
@@ -264,7 +315,7 @@ class Owl2VisionReference(torch.nn.Module):
         return h + self._linear(g, pre + "output.mlp.w2")
 
     def abstractor(self, vision_out: torch.Tensor) -> torch.Tensor:
-        """vision last_hidden_state [N, 1+G*G, D] -> the queries after the last layer [N, Q, D]."""
+        """vision last_hidden_state [N, (1+)G*G, D] -> the queries after the last layer [N, Q, D]."""
         image = vision_out.to(self.dtype)
         h = self.w("a.query_tokens").expand(image.shape[0], -1, -1)
         for layer in range(self.cfg.abstractor.num_layers):
