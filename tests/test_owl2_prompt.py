@@ -187,3 +187,20 @@ def test_bad_mode_and_bad_metadata():
         Owl2ImageConfig.from_metadata({**meta, "owl2.vision.image_std": [0.2, 0.0, 0.3]})
     with pytest.raises(ValueError, match="owl2.image_tokens is"):
         Owl2ImageConfig.from_metadata({**meta, "owl2.image_tokens": 10 ** 9})
+
+
+def test_owl2_1_prompt_has_no_bos_and_keeps_its_sep_as_text(tmp_path):
+    """Owl2.1: Qwen's tokenizer adds no BOS, so tokenizer_image_token just joins the pieces; "</s>" of the
+    mplug_owl2 template is plain text in Qwen's vocabulary (docs/owl2.md PART B 6)."""
+    from owl_export.owl2.fixtures import _write_qwen_tokenizer
+    _write_qwen_tokenizer(tmp_path, 1000)
+    tok = _core.Tokenizer(vocab_to_dict(load_hf_vocab(tmp_path)))
+    assert tok.bos_id is None
+    msgs = [{"role": "user", "content": "<|image|>What is it?"}, {"role": "assistant", "content": "A cat."},
+            {"role": "user", "content": "Sure?"}]
+    text = conversation_text(msgs, "owl2_1")
+    assert text == "USER: <|image|>What is it? ASSISTANT: A cat.</s>USER: Sure? ASSISTANT:"
+    p = build_prompt(tok, msgs, views(1), "owl2_1", N_IMG, -1)
+    head, tail = text.split("<|image|>")
+    assert p.ids == list(tok.encode(head, False, True)) + [PLACEHOLDER_ID] * N_IMG + list(tok.encode(tail, False, True))
+    assert not any(tok.is_control(t) for t in p.ids[p.image_starts[0] + N_IMG:])      # "</s>" is text here

@@ -21,7 +21,7 @@ from owl_export.owl2.fixtures import make_tiny_owl2_checkpoint  # noqa: E402
 from owl_export.owl2.language import IMAGE_TOKEN_INDEX, Owl2LanguageReference  # noqa: E402
 from owl_export.owl2.vision import Owl2VisionReference  # noqa: E402
 
-VARIANTS = ["owl2", "owl1"]
+VARIANTS = ["owl2", "owl2_1", "owl1"]
 rng = np.random.default_rng(0)
 IMG_A = rng.integers(0, 256, (300, 420, 3), dtype=np.uint8)
 IMG_B = rng.integers(0, 256, (260, 200, 3), dtype=np.uint8)

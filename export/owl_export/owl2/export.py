@@ -12,7 +12,7 @@ from pathlib import Path
 from ..owl3.convert import _size
 from .config import Owl2Config
 
-NAMES = {"owl2": "mPLUG-Owl2", "owl1": "mPLUG-Owl"}
+NAMES = {"owl2": "mPLUG-Owl2", "owl2_1": "mPLUG-Owl2.1", "owl1": "mPLUG-Owl"}
 
 
 def export_owl2(hf_dir: str | Path, out_dir: str | Path, quant: str = "f16", *, vision_dtype: str = "fp32",
