@@ -82,3 +82,23 @@ def isa_restore():
     before = _testing.ops.active_isa()
     yield
     _testing.ops.set_isa(before)
+
+
+class Scripted:
+    """Stands in for _core.Sampler: returns the given tokens in order."""
+
+    def __init__(self, tokens):
+        self.tokens = list(tokens)
+
+    def sample(self, ctx, history, n_vocab):
+        return self.tokens.pop(0)
+
+
+@pytest.fixture
+def script(monkeypatch):
+    """script(tokens): generation on any model then samples exactly these tokens, in order."""
+    from owl_cpp.generation import SamplingOptions
+
+    def use(tokens):
+        monkeypatch.setattr(SamplingOptions, "make_sampler", lambda self: Scripted(tokens))
+    return use

@@ -13,7 +13,6 @@ import pytest
 import owl_cpp
 from gguf_edit import ARRAY, BOOL, INT32, STRING, UINT32, rewrite
 from owl_cpp.cli import main
-from owl_cpp.generation import SamplingOptions
 
 CONTROL = 3
 
@@ -37,21 +36,6 @@ MISTRAL = ("{{ bos_token }}{% for message in messages %}{% if (message['role'] =
 LLAMA3_SPECIALS = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
 
 
-class Scripted:
-    """Stands in for _core.Sampler: returns the given tokens in order."""
-
-    def __init__(self, tokens):
-        self.tokens = list(tokens)
-
-    def sample(self, ctx, history, n_vocab):
-        return self.tokens.pop(0)
-
-
-@pytest.fixture
-def script(monkeypatch):
-    def use(tokens):
-        monkeypatch.setattr(SamplingOptions, "make_sampler", lambda self: Scripted(tokens))
-    return use
 
 
 def with_template(src, dst, template, extra=None):

@@ -21,7 +21,7 @@ from owl_export.owl2.language import IMAGE_TOKEN_INDEX as IMG, Owl2LanguageRefer
 from owl_export.tiny_tokenizers import CORPUS
 from owl_export.vocab import load_hf_vocab, vocab_to_dict
 
-from test_owl2_decoder import ERRORS, TOL, context, feed, images, prompt, rel_err
+from test_owl2_decoder import ERRORS, TOL, check_teacher_forced, context, feed, images, prompt, rel_err, run_and_check
 from test_tokenizer import CHAT, TEXTS
 
 H, LAYERS, HEADS = 64, 2, 4
@@ -53,29 +53,6 @@ def owl21(tmp_path_factory):
 def _hf(owl21, name="owl21"):
     owl21(name)
     return owl21.root / name
-
-
-def run_and_check(ref, path, n_images, steps=16, n_batch=256):
-    """Prefill, then `steps` greedy decode steps of text tokens (text branch): every logit row vs the reference."""
-    ids = prompt(n_images)
-    embeds, mod = ref.splice(ids, images(ref, n_images))
-    want, past = ref(embeds, mod)
-    ctx = context(path, n_batch)
-    got = feed(ctx, embeds, mod) if n_images else ctx.decode(ids=ids, all_logits=True)
-    assert got.shape == tuple(want.shape)
-    pre = rel_err(got, want)
-    assert pre < TOL, f"prefill with {n_images} images: relative error {pre:.2e}"
-    dec, last, want_last = 0.0, got[-1], want[-1]
-    for step in range(steps):
-        tok = int(want_last.argmax())
-        assert int(np.argmax(last)) == tok, f"greedy token differs at decode step {step}"
-        last = ctx.decode(ids=[tok])
-        want_step, past = ref(ref.embed([tok]), [0], past)
-        want_last = want_step[-1]
-        dec = max(dec, rel_err(last, want_last))
-        assert dec < TOL, f"decode step {step} ({n_images} images): relative error {dec:.2e}"
-    ERRORS["owl2_1 f32 prefill"] = max(ERRORS.get("owl2_1 f32 prefill", 0.0), pre)
-    ERRORS["owl2_1 f32 decode"] = max(ERRORS.get("owl2_1 f32 decode", 0.0), dec)
 
 
 # ------------------------------------------------------------------------------------------- the file
@@ -148,7 +125,7 @@ def test_one_layer_mixed_tokens_and_wrong_branch_is_detected(owl21):
 @pytest.mark.parametrize("n_images", [0, 1, 2])
 def test_prefill_and_decode_match_reference(owl21, n_images):
     ref, path = owl21("owl21")
-    run_and_check(ref, path, n_images)
+    run_and_check(ref, path, n_images, key="owl2_1 f32")
 
 
 @pytest.mark.skipif("cuda" not in _core.available_backends(), reason="no CUDA GPU visible")
@@ -185,19 +162,7 @@ def test_quantized_exports(owl21, quant, tol, min_corr, min_agree):
     """Teacher-forced on the reference's greedy tokens (1 image); the image Q/K/V are repacked with the rest
     (a matrix left out of the repacking would read as garbage under the packed kernels)."""
     ref, path = owl21(f"owl21:{quant}")
-    embeds, mod = ref.splice(prompt(1), images(ref, 1))
-    want_tokens = ref.greedy(embeds, mod, 16)
-    full = torch.cat([embeds, ref.embed(want_tokens)])
-    want, _ = ref(full, torch.cat([mod, torch.zeros(16, dtype=torch.long)]))
-    ctx = context(path)
-    got = np.concatenate([feed(ctx, embeds, mod)] + [ctx.decode(ids=[t])[None] for t in want_tokens])[: len(full)]
-    err = rel_err(got, want)
-    corr = float(np.corrcoef(got.ravel(), want.numpy().ravel())[0, 1])
-    agree = float(np.mean(got.argmax(-1) == want.numpy().argmax(-1)))
-    ERRORS[f"owl2_1 {quant} rel"], ERRORS[f"owl2_1 {quant} corr"], ERRORS[f"owl2_1 {quant} agree"] = err, corr, agree
-    assert err < tol and corr > min_corr and agree >= min_agree, (err, corr, agree)
-    wrong = feed(context(path), embeds, [0] * len(mod))
-    assert rel_err(wrong, want[: len(mod)]) > 2 * rel_err(got[: len(mod)], want[: len(mod)])
+    check_teacher_forced(ref, path, f"owl2_1 {quant}", tol, min_corr, min_agree)
 
 
 def test_q4_0_image_branch_is_repacked(owl21):

@@ -201,21 +201,23 @@ def test_quantized_exports(owl2, quant, tol, min_corr, min_agree):
     """Teacher-forced on the reference's greedy tokens (1 image): logits close, correlated, mostly the same
     argmax; the quantized image K/V are repacked with the rest."""
     ref, path = owl2(f"owl2:{quant}")
+    check_teacher_forced(ref, path, quant, tol, min_corr, min_agree)
+
+
+def check_teacher_forced(ref, path, key, tol, min_corr, min_agree, steps=16):
+    """A quantized file teacher-forced on the reference's greedy tokens after a 1-image prompt: logits close,
+    correlated, mostly the same argmax, and the image branch still matters (text-only is clearly worse)."""
     embeds, mod = ref.splice(prompt(1), images(ref, 1))
-    want_tokens = ref.greedy(embeds, mod, 16)
+    want_tokens = ref.greedy(embeds, mod, steps)
     full = torch.cat([embeds, ref.embed(want_tokens)])
-    full_mod = torch.cat([mod, torch.zeros(16, dtype=torch.long)])
-    want, _ = ref(full, full_mod)
+    want, _ = ref(full, torch.cat([mod, torch.zeros(steps, dtype=torch.long)]))
     ctx = context(path)
-    got = [feed(ctx, embeds, mod)]
-    got += [ctx.decode(ids=[t])[None] for t in want_tokens]
-    got = np.concatenate(got)[: len(full)]
+    got = np.concatenate([feed(ctx, embeds, mod)] + [ctx.decode(ids=[t])[None] for t in want_tokens])[: len(full)]
     err = rel_err(got, want)
     corr = float(np.corrcoef(got.ravel(), want.numpy().ravel())[0, 1])
     agree = float(np.mean(got.argmax(-1) == want.numpy().argmax(-1)))
-    ERRORS[f"{quant} rel"], ERRORS[f"{quant} corr"], ERRORS[f"{quant} argmax agree"] = err, corr, agree
+    ERRORS[f"{key} rel"], ERRORS[f"{key} corr"], ERRORS[f"{key} argmax agree"] = err, corr, agree
     assert err < tol and corr > min_corr and agree >= min_agree, (err, corr, agree)
-    # the branch still matters after quantization
     wrong = feed(context(path), embeds, [0] * len(mod))
     assert rel_err(wrong, want[: len(mod)]) > 2 * rel_err(got[: len(mod)], want[: len(mod)])
 

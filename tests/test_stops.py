@@ -9,24 +9,8 @@ import pytest
 
 import owl_cpp
 from gguf_edit import UINT32, rewrite
-from owl_cpp.generation import SamplingOptions
 
 
-class Scripted:
-    """Stands in for _core.Sampler: returns the given tokens in order."""
-
-    def __init__(self, tokens):
-        self.tokens = list(tokens)
-
-    def sample(self, ctx, history, n_vocab):
-        return self.tokens.pop(0)
-
-
-@pytest.fixture
-def script(monkeypatch):
-    def use(tokens):
-        monkeypatch.setattr(SamplingOptions, "make_sampler", lambda self: Scripted(tokens))
-    return use
 
 
 def special(model, text):

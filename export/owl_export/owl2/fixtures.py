@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from ..fixtures import random_weights
+from ..owl3.fixtures import rand_bias, rand_matrix, rand_norm
 from .config import CLIP_MEAN, CLIP_STD
 
 VARIANTS = ("owl2", "owl2_1", "owl1")
@@ -144,17 +145,17 @@ def _make_owl2_1(out: Path, *, seed, H, L, nh, I, Dv, Lv, nhv, Iv, S, patch, Q, 
         "image_std": list(CLIP_STD), "resample": 3, "size": S})
 
     g = torch.Generator().manual_seed(seed + 8191)
-    w = {"transformer.wte.weight": torch.randn(n_rows, H, generator=g), "transformer.ln_f.weight": _norm(g, H),
-         "lm_head.weight": _matrix(g, n_rows, H, 2.0)}
+    w = {"transformer.wte.weight": torch.randn(n_rows, H, generator=g), "transformer.ln_f.weight": rand_norm(g, H),
+         "lm_head.weight": rand_matrix(g, n_rows, H, 2.0)}
     for i in range(L):
         p = f"transformer.h.{i}."
-        w.update({p + "ln_1.weight": _norm(g, H), p + "ln_2.weight": _norm(g, H),
-                  p + "attn.c_proj.weight": _matrix(g, H, H),
-                  p + "mlp.w1.weight": _matrix(g, I, H), p + "mlp.w2.weight": _matrix(g, I, H),
-                  p + "mlp.c_proj.weight": _matrix(g, H, I)})
+        w.update({p + "ln_1.weight": rand_norm(g, H), p + "ln_2.weight": rand_norm(g, H),
+                  p + "attn.c_proj.weight": rand_matrix(g, H, H),
+                  p + "mlp.w1.weight": rand_matrix(g, I, H), p + "mlp.w2.weight": rand_matrix(g, I, H),
+                  p + "mlp.c_proj.weight": rand_matrix(g, H, I)})
         for b in (0, 1):   # text and image branches of the fused Q|K|V
-            w[p + f"attn.c_attn.multiway.{b}.weight"] = _matrix(g, 3 * H, H)
-            w[p + f"attn.c_attn.multiway.{b}.bias"] = _bias(g, 3 * H)
+            w[p + f"attn.c_attn.multiway.{b}.weight"] = rand_matrix(g, 3 * H, H)
+            w[p + f"attn.c_attn.multiway.{b}.bias"] = rand_bias(g, 3 * H)
     vis = random_owl2_vision_weights(g, Dv, Lv, Iv, patch, S // patch)
     del vis["embeddings.cls_token"]
     vis["embeddings.position_embedding"] = 0.5 * torch.randn(256, Dv, generator=g)
@@ -182,18 +183,6 @@ def _save_sharded(out: Path, weights: dict, n: int) -> None:
 
 # ------------------------------------------------------------------------------------------- weights
 
-def _matrix(g, rows, cols, gain=1.0):
-    return gain * torch.randn(rows, cols, generator=g) / math.sqrt(cols)
-
-
-def _norm(g, n):                      # near 1 but not 1: a missing or misapplied weight shows
-    return 1.0 + 0.2 * torch.randn(n, generator=g)
-
-
-def _bias(g, n):
-    return 0.1 * torch.randn(n, generator=g)
-
-
 def _multiway(lm: dict, g, num_layers: int, num_heads: int) -> dict:
     """Plain LLaMA weights -> Owl2's names: the norms and K/V of each layer get a text (0) and an image (1)
     branch; the image branch is freshly drawn, so mixing the two up shows."""
@@ -204,8 +193,8 @@ def _multiway(lm: dict, g, num_layers: int, num_heads: int) -> dict:
                 "k_proj", "v_proj", "input_layernorm", "post_attention_layernorm"):
             stem = ".".join(parts[:-1])
             out[f"{stem}.multiway.0.weight"] = t
-            out[f"{stem}.multiway.1.weight"] = (_norm(g, t.shape[0]) if t.dim() == 1
-                                                else _matrix(g, t.shape[0], t.shape[1]))
+            out[f"{stem}.multiway.1.weight"] = (rand_norm(g, t.shape[0]) if t.dim() == 1
+                                                else rand_matrix(g, t.shape[0], t.shape[1]))
         else:
             out[name] = t
     head_dim = lm["model.layers.0.self_attn.q_proj.weight"].shape[1] // num_heads
@@ -220,38 +209,38 @@ def random_owl2_vision_weights(g, D: int, L: int, I: int, patch: int, grid: int)
     w = {"embeddings.cls_token": 0.5 * torch.randn(1, 1, D, generator=g),
          "embeddings.patch_embed.weight": torch.randn(D, 3, patch, patch, generator=g) / math.sqrt(3 * patch * patch),
          "embeddings.position_embedding": 0.5 * torch.randn(1, grid * grid + 1, D, generator=g),
-         "embeddings.pre_layernorm.weight": _norm(g, D), "embeddings.pre_layernorm.bias": _bias(g, D),
-         "post_layernorm.weight": _norm(g, D), "post_layernorm.bias": _bias(g, D)}
+         "embeddings.pre_layernorm.weight": rand_norm(g, D), "embeddings.pre_layernorm.bias": rand_bias(g, D),
+         "post_layernorm.weight": rand_norm(g, D), "post_layernorm.bias": rand_bias(g, D)}
     for e in range(L):
         p = f"encoder.layers.{e}."
-        w.update({p + "input_layernorm.weight": _norm(g, D), p + "input_layernorm.bias": _bias(g, D),
-                  p + "self_attn.query_key_value.weight": _matrix(g, 3 * D, D),
-                  p + "self_attn.query_key_value.bias": _bias(g, 3 * D),
-                  p + "self_attn.dense.weight": _matrix(g, D, D), p + "self_attn.dense.bias": _bias(g, D),
-                  p + "post_attention_layernorm.weight": _norm(g, D),
-                  p + "post_attention_layernorm.bias": _bias(g, D),
-                  p + "mlp.fc1.weight": _matrix(g, I, D), p + "mlp.fc1.bias": _bias(g, I),
-                  p + "mlp.fc2.weight": _matrix(g, D, I), p + "mlp.fc2.bias": _bias(g, D)})
+        w.update({p + "input_layernorm.weight": rand_norm(g, D), p + "input_layernorm.bias": rand_bias(g, D),
+                  p + "self_attn.query_key_value.weight": rand_matrix(g, 3 * D, D),
+                  p + "self_attn.query_key_value.bias": rand_bias(g, 3 * D),
+                  p + "self_attn.dense.weight": rand_matrix(g, D, D), p + "self_attn.dense.bias": rand_bias(g, D),
+                  p + "post_attention_layernorm.weight": rand_norm(g, D),
+                  p + "post_attention_layernorm.bias": rand_bias(g, D),
+                  p + "mlp.fc1.weight": rand_matrix(g, I, D), p + "mlp.fc1.bias": rand_bias(g, I),
+                  p + "mlp.fc2.weight": rand_matrix(g, D, I), p + "mlp.fc2.bias": rand_bias(g, D)})
     return w
 
 
 def random_abstractor_weights(g, D: int, L: int, I: int, Q: int, H: int) -> dict:
     """The abstractor of docs/owl2.md A4 (names relative to visual_abstractor.; query_embeds included)."""
     w = {"query_embeds": torch.randn(1, Q, D, generator=g),
-         "visual_fc.weight": _matrix(g, H, D), "visual_fc.bias": _bias(g, H),
+         "visual_fc.weight": rand_matrix(g, H, D), "visual_fc.bias": rand_bias(g, H),
          "vit_eos": torch.randn(1, 1, H, generator=g)}
     for a in range(L):
         p = f"encoder.layers.{a}.crossattention."
-        w.update({p + "norm1.weight": _norm(g, D), p + "norm1.bias": _bias(g, D),
-                  p + "normk.weight": _norm(g, D), p + "normk.bias": _bias(g, D)})
+        w.update({p + "norm1.weight": rand_norm(g, D), p + "norm1.bias": rand_bias(g, D),
+                  p + "normk.weight": rand_norm(g, D), p + "normk.bias": rand_bias(g, D)})
         for n in ("query", "key", "value"):
-            w.update({p + f"attention.{n}.weight": _matrix(g, D, D), p + f"attention.{n}.bias": _bias(g, D)})
-        w.update({p + "output.out_proj.weight": _matrix(g, D, D), p + "output.out_proj.bias": _bias(g, D),
-                  p + "output.norm2.weight": _norm(g, D), p + "output.norm2.bias": _bias(g, D),
-                  p + "output.mlp.w1.weight": _matrix(g, I, D), p + "output.mlp.w1.bias": _bias(g, I),
-                  p + "output.mlp.w3.weight": _matrix(g, I, D), p + "output.mlp.w3.bias": _bias(g, I),
-                  p + "output.mlp.w2.weight": _matrix(g, D, I), p + "output.mlp.w2.bias": _bias(g, D),
-                  p + "output.mlp.ffn_ln.weight": _norm(g, I), p + "output.mlp.ffn_ln.bias": _bias(g, I)})
+            w.update({p + f"attention.{n}.weight": rand_matrix(g, D, D), p + f"attention.{n}.bias": rand_bias(g, D)})
+        w.update({p + "output.out_proj.weight": rand_matrix(g, D, D), p + "output.out_proj.bias": rand_bias(g, D),
+                  p + "output.norm2.weight": rand_norm(g, D), p + "output.norm2.bias": rand_bias(g, D),
+                  p + "output.mlp.w1.weight": rand_matrix(g, I, D), p + "output.mlp.w1.bias": rand_bias(g, I),
+                  p + "output.mlp.w3.weight": rand_matrix(g, I, D), p + "output.mlp.w3.bias": rand_bias(g, I),
+                  p + "output.mlp.w2.weight": rand_matrix(g, D, I), p + "output.mlp.w2.bias": rand_bias(g, D),
+                  p + "output.mlp.ffn_ln.weight": rand_norm(g, I), p + "output.mlp.ffn_ln.bias": rand_bias(g, I)})
     return w
 
 

@@ -125,15 +125,15 @@ def make_tiny_owl3_checkpoint(out_dir, variant: str = "1b", *, seed: int = 0, hi
 
 # ------------------------------------------------------------------------------------------- weights
 
-def _matrix(g, rows, cols, gain=1.0):
+def rand_matrix(g, rows, cols, gain=1.0):
     return gain * torch.randn(rows, cols, generator=g) / math.sqrt(cols)
 
 
-def _norm(g, n):                      # near 1 but not 1: a missing or misapplied weight shows
+def rand_norm(g, n):                      # near 1 but not 1: a missing or misapplied weight shows
     return 1.0 + 0.1 * torch.randn(n, generator=g)
 
 
-def _bias(g, n):
+def rand_bias(g, n):
     return 0.1 * torch.randn(n, generator=g)
 
 
@@ -142,11 +142,11 @@ def _hyper_weights(g, gen, hyper0, H, nh, nkv) -> dict[str, torch.Tensor]:
     d, w = H // nh, {}
     for i in hyper0:
         p = f"language_model.model.layers.{i}.self_attn."
-        w[p + "v_kv_proj.weight"] = _matrix(g, 2 * nkv * d, H)
-        w[p + "v_kv_proj.bias"] = _bias(g, 2 * nkv * d)
+        w[p + "v_kv_proj.weight"] = rand_matrix(g, 2 * nkv * d, H)
+        w[p + "v_kv_proj.bias"] = rand_bias(g, 2 * nkv * d)
         if gen == "240728":
-            w[p + "gate_proj.0.weight"] = _matrix(g, d, d)
-            w[p + "gate_proj.0.bias"] = _bias(g, d)
+            w[p + "gate_proj.0.weight"] = rand_matrix(g, d, d)
+            w[p + "gate_proj.0.bias"] = rand_bias(g, d)
         elif gen == "241014":
             w[p + "gate"] = torch.randn(H, generator=g)  # published init is zeros (g = 0.5); spread it out
     return w
@@ -156,33 +156,33 @@ def random_vision_weights(g, Hv, L, I, patch, n_pos) -> dict[str, torch.Tensor]:
     """Every vision_model.* tensor of the published file (docs/owl3.md §2.3), the unused ones included."""
     w = {"vision_model.embeddings.patch_embedding.weight":
          torch.randn(Hv, 3, patch, patch, generator=g) / math.sqrt(3 * patch * patch),
-         "vision_model.embeddings.patch_embedding.bias": _bias(g, Hv),
+         "vision_model.embeddings.patch_embedding.bias": rand_bias(g, Hv),
          "vision_model.embeddings.position_embedding.weight": 0.5 * torch.randn(n_pos, Hv, generator=g)}
     for i in range(L):
         p = f"vision_model.encoder.layers.{i}."
         for n in ("layer_norm1", "layer_norm2"):
-            w[p + n + ".weight"], w[p + n + ".bias"] = _norm(g, Hv), _bias(g, Hv)
+            w[p + n + ".weight"], w[p + n + ".bias"] = rand_norm(g, Hv), rand_bias(g, Hv)
         for n in ("q_proj", "k_proj", "v_proj", "out_proj"):
-            w[p + f"self_attn.{n}.weight"], w[p + f"self_attn.{n}.bias"] = _matrix(g, Hv, Hv), _bias(g, Hv)
-        w[p + "mlp.fc1.weight"], w[p + "mlp.fc1.bias"] = _matrix(g, I, Hv), _bias(g, I)
-        w[p + "mlp.fc2.weight"], w[p + "mlp.fc2.bias"] = _matrix(g, Hv, I), _bias(g, Hv)
-    w["vision_model.post_layernorm.weight"], w["vision_model.post_layernorm.bias"] = _norm(g, Hv), _bias(g, Hv)
+            w[p + f"self_attn.{n}.weight"], w[p + f"self_attn.{n}.bias"] = rand_matrix(g, Hv, Hv), rand_bias(g, Hv)
+        w[p + "mlp.fc1.weight"], w[p + "mlp.fc1.bias"] = rand_matrix(g, I, Hv), rand_bias(g, I)
+        w[p + "mlp.fc2.weight"], w[p + "mlp.fc2.bias"] = rand_matrix(g, Hv, I), rand_bias(g, Hv)
+    w["vision_model.post_layernorm.weight"], w["vision_model.post_layernorm.bias"] = rand_norm(g, Hv), rand_bias(g, Hv)
     h = "vision_model.head."
     w[h + "probe"] = torch.randn(1, 1, Hv, generator=g)
-    w[h + "attention.in_proj_weight"], w[h + "attention.in_proj_bias"] = _matrix(g, 3 * Hv, Hv), _bias(g, 3 * Hv)
-    w[h + "attention.out_proj.weight"], w[h + "attention.out_proj.bias"] = _matrix(g, Hv, Hv), _bias(g, Hv)
-    w[h + "layernorm.weight"], w[h + "layernorm.bias"] = _norm(g, Hv), _bias(g, Hv)
-    w[h + "mlp.fc1.weight"], w[h + "mlp.fc1.bias"] = _matrix(g, I, Hv), _bias(g, I)
-    w[h + "mlp.fc2.weight"], w[h + "mlp.fc2.bias"] = _matrix(g, Hv, I), _bias(g, Hv)
+    w[h + "attention.in_proj_weight"], w[h + "attention.in_proj_bias"] = rand_matrix(g, 3 * Hv, Hv), rand_bias(g, 3 * Hv)
+    w[h + "attention.out_proj.weight"], w[h + "attention.out_proj.bias"] = rand_matrix(g, Hv, Hv), rand_bias(g, Hv)
+    w[h + "layernorm.weight"], w[h + "layernorm.bias"] = rand_norm(g, Hv), rand_bias(g, Hv)
+    w[h + "mlp.fc1.weight"], w[h + "mlp.fc1.bias"] = rand_matrix(g, I, Hv), rand_bias(g, I)
+    w[h + "mlp.fc2.weight"], w[h + "mlp.fc2.bias"] = rand_matrix(g, Hv, I), rand_bias(g, Hv)
     return w
 
 
 def _vision2text_weights(g, gen, Hv, H) -> dict[str, torch.Tensor]:
     """docs/owl3.md §1.3: Linear(Hv, H), or Sequential(Linear(Hv, H), GELU, Linear(H, H)) for 241101."""
     if gen == "241101":
-        return {"vision2text_model.0.weight": _matrix(g, H, Hv), "vision2text_model.0.bias": _bias(g, H),
-                "vision2text_model.2.weight": _matrix(g, H, H), "vision2text_model.2.bias": _bias(g, H)}
-    return {"vision2text_model.weight": _matrix(g, H, Hv), "vision2text_model.bias": _bias(g, H)}
+        return {"vision2text_model.0.weight": rand_matrix(g, H, Hv), "vision2text_model.0.bias": rand_bias(g, H),
+                "vision2text_model.2.weight": rand_matrix(g, H, H), "vision2text_model.2.bias": rand_bias(g, H)}
+    return {"vision2text_model.weight": rand_matrix(g, H, Hv), "vision2text_model.bias": rand_bias(g, H)}
 
 
 # ------------------------------------------------------------------------------------------- tokenizer
