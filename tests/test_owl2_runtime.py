@@ -168,3 +168,11 @@ def test_owl_server_answers_with_an_owl2_model(owl2):
         assert got == model.chat(messages=messages, max_tokens=6)
     finally:
         server.should_exit = True
+
+
+def test_owl2_1_refuses_a_context_past_its_seq_length(tmp_path):
+    hf = make_tiny_owl2_checkpoint(tmp_path / "hf", "owl2_1", seed=2)
+    export_owl2(hf, tmp_path / "m", "f32", progress=False)
+    assert owl_cpp.load(tmp_path / "m", threads=1).n_ctx == 2048        # seq_length is the default
+    with pytest.raises(ValueError, match="up to its seq_length of 2048"):
+        owl_cpp.load(tmp_path / "m", n_ctx=4096, threads=1)
