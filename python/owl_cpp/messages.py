@@ -60,6 +60,20 @@ def describe(src) -> str:
     return type(src).__name__
 
 
+def turns_to_answer(messages: Sequence[dict]) -> list[dict]:
+    """The turns a prompt is built from: a conversation ending with a user turn, or with an empty assistant turn
+    (dropped: the prompt ends with the assistant's header anyway); anything else is a ValueError."""
+    msgs = list(messages)
+    if msgs and msgs[-1]["role"] == "assistant":
+        if msgs[-1]["content"]:
+            raise ValueError("the last message is an assistant turn with content; end with a user turn "
+                             "(or an empty assistant turn) to get an answer")
+        msgs = msgs[:-1]
+    if not any(m["role"] == "user" for m in msgs):
+        raise ValueError("the messages have no user turn")
+    return msgs
+
+
 def user_message(prompt: str, images=None, videos=None) -> tuple[dict, list]:
     """A plain prompt + media -> one user message and its media in marker order. Markers already in the
     prompt place the media; media of a kind the prompt has no marker for are prepended (images, then videos,

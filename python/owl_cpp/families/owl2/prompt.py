@@ -20,7 +20,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ...messages import IMAGE_MARKER
+from ...messages import IMAGE_MARKER, turns_to_answer
 
 V1_SYSTEM = ("The following is a conversation between a curious human and AI assistant. The assistant gives "
              "helpful, detailed, and polite answers to the user's questions.")
@@ -61,14 +61,7 @@ def head_text(system, variant: str) -> str:
 
 def conversation_text(messages: Sequence[dict], variant: str) -> str:
     """The whole conversation as the official template writes it, ending with the assistant's header."""
-    msgs = list(messages)
-    if msgs and msgs[-1]["role"] == "assistant":
-        if msgs[-1]["content"]:
-            raise ValueError("the last message is an assistant turn with content; end with a user turn "
-                             "(or an empty assistant turn) to get an answer")
-        msgs = msgs[:-1]
-    if not any(m["role"] == "user" for m in msgs):
-        raise ValueError("the messages have no user turn")
+    msgs = turns_to_answer(messages)
     system = None
     if msgs[0]["role"] == "system":
         system, msgs = msgs[0]["content"], msgs[1:]

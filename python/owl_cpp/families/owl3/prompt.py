@@ -12,7 +12,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ...messages import IMAGE_MARKER, MARKERS
+from ...messages import IMAGE_MARKER, MARKERS, turns_to_answer
 from .media import Expanded
 
 EMPTY_SYSTEM = "<|im_start|>system\n<|im_end|>"          # not Qwen's default "You are a helpful assistant."
@@ -36,14 +36,7 @@ def chat_chunks(messages: Sequence[dict]) -> list:
     turn is just that header. An assistant message may carry "ids", the tokens the model generated for its
     content (a Session does so): a sampled answer need not be the tokenizer's own split of its text, and its
     cached K/V stay valid only with the same tokens. The chunk is then those ids, not text."""
-    msgs = list(messages)
-    if msgs and msgs[-1]["role"] == "assistant":
-        if msgs[-1]["content"]:
-            raise ValueError("the last message is an assistant turn with content; end with a user turn "
-                             "(or an empty assistant turn) to get an answer")
-        msgs = msgs[:-1]
-    if not any(m["role"] == "user" for m in msgs):
-        raise ValueError("the messages have no user turn")
+    msgs = turns_to_answer(messages)
     chunks: list = []
     if msgs[0]["role"] != "system":
         chunks.append(system_chunk(None))
