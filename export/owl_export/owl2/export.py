@@ -9,8 +9,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from ..owl3.convert import _size
-from .config import Owl2Config
+from ..model_dir import make_model_dir, summary_text
 
 NAMES = {"owl2": "mPLUG-Owl2", "owl2_1": "mPLUG-Owl2.1", "owl1": "mPLUG-Owl"}
 
@@ -18,34 +17,22 @@ NAMES = {"owl2": "mPLUG-Owl2", "owl2_1": "mPLUG-Owl2.1", "owl1": "mPLUG-Owl"}
 def export_owl2(hf_dir: str | Path, out_dir: str | Path, quant: str = "f16", *, vision_dtype: str = "fp32",
                 vision_quant: str = "none", progress: bool = True) -> dict:
     """Returns {"path", "variant", "decoder": {...}, "vision": {...}}; prints a summary unless progress is False."""
-    from ..owl3.onnx_export import check_vision_options
-    from ..quantize import check_quant
-    from .convert import convert_owl2_decoder
+    from ..onnx_common import check_vision_options
+    from .convert import PreparedOwl2Decoder
     from .onnx_export import export_owl2_vision_onnx
 
     check_vision_options(vision_dtype, vision_quant)
-    check_quant(quant)
-    cfg = Owl2Config.from_checkpoint(hf_dir)               # a config we cannot use fails before any file is written
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise NotADirectoryError(f"{out_dir}: exists and is not a directory (-o names the model directory)")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    decoder = PreparedOwl2Decoder(hf_dir, quant)           # all checks before the first file is written
+    out_dir = make_model_dir(out_dir)
+    # vision first: its export-time check is the step left that can fail on a good checkpoint
     vision = export_owl2_vision_onnx(hf_dir, out_dir / "vision.onnx", dtype=vision_dtype, quant=vision_quant,
                                      progress=progress)
-    decoder = convert_owl2_decoder(hf_dir, out_dir / "decoder.gguf", quant=quant, progress=progress)
-    summary = {"path": str(out_dir), "variant": cfg.variant, "decoder": decoder, "vision": vision}
+    written = decoder.write(out_dir / "decoder.gguf", progress)
+    summary = {"path": str(out_dir), "variant": decoder.cfg.variant, "decoder": written, "vision": vision}
     if progress:
         print(format_owl2_summary(summary), file=sys.stderr)
     return summary
 
 
 def format_owl2_summary(s: dict) -> str:
-    d, v = s["decoder"], s["vision"]
-    types = ", ".join(f"{k} x{n}" for k, n in sorted(d["types"].items()))
-    vision_type = v["quant"] if v["quant"] != "none" else v["dtype"]
-    return "\n".join([
-        f"{s['path']}: {NAMES[s['variant']]}",
-        f"  decoder.gguf  {d['quant']:<5} {_size(d['file_size']):>10}  {d['n_tensors']} tensors ({types})",
-        f"  vision.onnx   {vision_type:<5} {_size(v['file_size']):>10}  onnxruntime vs the fp32 PyTorch reference: "
-        f"rel err {v['rel_err']:.2e}",
-    ])
+    return summary_text(f"{s['path']}: {NAMES[s['variant']]}", s["decoder"], s["vision"])

@@ -26,6 +26,7 @@ import gguf
 from ..checkpoint import CheckpointError, PrefixView, TextConfig, load_checkpoint
 from ..convert_text import (PlannedTensor, add_text_hparams, pad_vocab, plan_tensor, read_chat_template,
                             text_tensor_plan, write_gguf)
+from ..model_dir import make_model_dir, summary_text
 from ..quantize import FILE_TYPES, check_quant
 from .variant import LM_PREFIX, Owl3Variant, detect_variant, text_config
 
@@ -154,10 +155,7 @@ def export_owl3(hf_dir: str | Path, out_dir: str | Path, quant: str = "f16", *, 
 
     check_vision_options(vision_dtype, vision_quant)
     decoder = PreparedDecoder(hf_dir, quant)                # all checks before the first file is written
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise NotADirectoryError(f"{out_dir}: exists and is not a directory (-o names the model directory)")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = make_model_dir(out_dir)
     # vision first: its export-time check is the step left that can fail on a good checkpoint
     vision = export_vision_onnx(hf_dir, out_dir / "vision.onnx", dtype=vision_dtype, quant=vision_quant,
                                 progress=progress)
@@ -171,19 +169,5 @@ def export_owl3(hf_dir: str | Path, out_dir: str | Path, quant: str = "f16", *, 
 
 
 def format_owl3_summary(s: dict) -> str:
-    d, v = s["decoder"], s["vision"]
-    types = ", ".join(f"{k} x{n}" for k, n in sorted(d["types"].items()))
-    vision_type = v["quant"] if v["quant"] != "none" else v["dtype"]
-    return "\n".join([
-        f"{s['path']}: mPLUG-Owl3 {s['variant']} (gate {s['gate']}, hyper layers {s['hyper_layers']})",
-        f"  decoder.gguf  {d['quant']:<5} {_size(d['file_size']):>10}  {d['n_tensors']} tensors ({types})",
-        f"  vision.onnx   {vision_type:<5} {_size(v['file_size']):>10}  onnxruntime vs the fp32 PyTorch reference "
-        f"on {v['check_batch']} random images: rel err {v['rel_err']:.2e}, cosine {v['cosine']:.6f}",
-    ])
-
-
-def _size(n: int) -> str:
-    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if n >= scale:
-            return f"{n / scale:.2f} {unit}"
-    return f"{n} B"
+    return summary_text(f"{s['path']}: mPLUG-Owl3 {s['variant']} (gate {s['gate']}, hyper layers {s['hyper_layers']})",
+                        s["decoder"], s["vision"])
