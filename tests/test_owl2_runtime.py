@@ -176,3 +176,13 @@ def test_owl2_1_refuses_a_context_past_its_seq_length(tmp_path):
     assert owl_cpp.load(tmp_path / "m", threads=1).n_ctx == 2048        # seq_length is the default
     with pytest.raises(ValueError, match="up to its seq_length of 2048"):
         owl_cpp.load(tmp_path / "m", n_ctx=4096, threads=1)
+
+
+@pytest.mark.skipif("cuda" not in owl_cpp._core.available_backends(), reason="no CUDA GPU visible")
+def test_cuda_gives_the_cpu_logits_with_images(owl2):
+    """The image branch (spliced rows, their own weights) on the GPU backend: the CPU's logits."""
+    model, _, _ = owl2
+    gpu = owl_cpp.load(model.model_dir, n_ctx=512, threads=2, kv_type="f32", device="cuda")
+    messages, images = CONVERSATIONS["two images"]
+    want = model.logits(messages, images=images).logits
+    assert rel_err(gpu.logits(messages, images=images).logits, want) < 1e-4
