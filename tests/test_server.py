@@ -286,3 +286,111 @@ def test_a_client_that_goes_away_mid_stream_frees_its_slot_at_once():
         assert "owl_slots_busy 0" in httpx_get(url.replace("/v1", "/metrics"))
     finally:
         server.should_exit = True
+
+
+def log_softmax(z):
+    z = np.asarray(z, np.float64)
+    return z - (z.max() + np.log(np.exp(z - z.max()).sum()))
+
+
+def test_chat_logprobs_have_the_openai_shape_and_the_models_values(text_server):
+    model, client, _ = text_server
+    want = model.chat(messages=MESSAGES, max_tokens=6, return_info=True, ignore_eos=True)
+    r = client.chat.completions.create(model="x", messages=MESSAGES, max_tokens=6, logprobs=True, top_logprobs=3,
+                                       extra_body={"ignore_eos": True})
+    content = r.choices[0].logprobs.content
+    assert len(content) == r.usage.completion_tokens
+    ids = model._chat_ids(MESSAGES)
+    rows = model.logits(ids + want["tokens"])[len(ids) - 1:]
+    for c, tok, z in zip(content, want["tokens"], rows):
+        lp = log_softmax(z)
+        assert c.logprob == pytest.approx(lp[tok], abs=1e-4)
+        assert bytes(c.bytes) == model.tokenizer.token_to_bytes(tok, False)
+        assert len(c.top_logprobs) == 3 and c.top_logprobs[0].logprob == pytest.approx(lp.max(), abs=1e-4)
+        assert c.top_logprobs[0].logprob >= c.top_logprobs[1].logprob >= c.top_logprobs[2].logprob
+    assert "".join(bytes(c.bytes).decode("utf-8", "replace") for c in content) == r.choices[0].message.content
+    # streamed: the same entries, spread over the chunks
+    chunks = list(client.chat.completions.create(model="x", messages=MESSAGES, max_tokens=6, logprobs=True,
+                                                 top_logprobs=2, stream=True))
+    streamed = [c for ch in chunks if ch.choices and ch.choices[0].logprobs for c in ch.choices[0].logprobs.content]
+    assert [c.token for c in streamed] == [c.token for c in content[:len(streamed)]]
+    assert [c.logprob for c in streamed] == pytest.approx([c.logprob for c in content[:len(streamed)]], abs=1e-5)
+    assert len(streamed) == len(model.chat(messages=MESSAGES, max_tokens=6, return_info=True)["tokens"])
+    # none unless asked
+    assert client.chat.completions.create(model="x", messages=MESSAGES, max_tokens=2).choices[0].logprobs is None
+
+
+def test_logprob_bounds(text_server):
+    _, client, _ = text_server
+    for bad in (21, -1):
+        with pytest.raises(openai.BadRequestError, match="top_logprobs"):
+            client.chat.completions.create(model="x", messages=MESSAGES, max_tokens=2, logprobs=True,
+                                           top_logprobs=bad)
+    with pytest.raises(openai.BadRequestError, match="needs logprobs"):
+        client.chat.completions.create(model="x", messages=MESSAGES, max_tokens=2, top_logprobs=2)
+    with pytest.raises(openai.BadRequestError, match="logprobs"):
+        client.completions.create(model="x", prompt="Hi", max_tokens=2, logprobs=21)
+    r = client.chat.completions.create(model="x", messages=MESSAGES, max_tokens=2, logprobs=True, top_logprobs=20)
+    assert all(len(c.top_logprobs) == 20 for c in r.choices[0].logprobs.content)
+
+
+def test_completion_logprobs_have_the_legacy_shape(text_server):
+    model, client, _ = text_server
+    want = model.generate("The sky is", max_tokens=5, ignore_eos=True, return_info=True, logprobs=2)
+    r = client.completions.create(model="x", prompt="The sky is", max_tokens=5, logprobs=2,
+                                  extra_body={"ignore_eos": True})
+    lp = r.choices[0].logprobs
+    assert lp.token_logprobs == pytest.approx([e["logprob"] for e in want["logprobs"]], abs=1e-5)
+    assert len(lp.tokens) == len(lp.top_logprobs) == len(lp.text_offset) == 5
+    assert all(len(t) <= 2 for t in lp.top_logprobs) and lp.text_offset[0] == 0
+    assert lp.text_offset == list(np.cumsum([0] + [len(t) for t in lp.tokens[:-1]]))
+    chunks = list(client.completions.create(model="x", prompt="The sky is", max_tokens=5, logprobs=2, stream=True,
+                                            extra_body={"ignore_eos": True}))
+    streamed = [v for c in chunks if c.choices and c.choices[0].logprobs for v in c.choices[0].logprobs.token_logprobs]
+    assert streamed == pytest.approx(lp.token_logprobs, abs=1e-5)
+
+
+def test_response_format(text_server):
+    model, client, _ = text_server
+    r = client.chat.completions.create(model="x", messages=MESSAGES, max_tokens=4, response_format={"type": "text"})
+    assert r.choices[0].message.content == model.chat(messages=MESSAGES, max_tokens=4)
+    for rf in ({"type": "json_object"}, {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}):
+        with pytest.raises(openai.BadRequestError, match="not supported") as e:
+            client.chat.completions.create(model="x", messages=MESSAGES, max_tokens=4, response_format=rf)
+        assert e.value.body["param"] == "response_format"
+    with pytest.raises(openai.BadRequestError, match="response_format"):
+        client.chat.completions.create(model="x", messages=MESSAGES, max_tokens=4, response_format={"type": "xml"})
+
+
+def test_a_prompt_longer_than_the_context_is_a_400_streamed_or_not(text_server):
+    _, client, _ = text_server
+    long = [{"role": "user", "content": "word " * 400}]                 # n_ctx is 256
+    for stream in (False, True):
+        with pytest.raises(openai.BadRequestError, match="exceeds the context"):
+            r = client.chat.completions.create(model="x", messages=long, max_tokens=4, stream=stream)
+            list(r) if stream else None
+    assert "owl_slots_busy 0" in httpx_get(client.base_url.__str__().replace("/v1/", "/metrics"))
+
+
+def test_image_limits_per_request():
+    model = BlockingModel()
+    model.go.set()
+    url, server = serve(model, max_images=2, max_image_pixels=40 * 60 - 1)
+    try:
+        client = openai.OpenAI(base_url=url, api_key="none", max_retries=0, timeout=30)
+        png = "data:image/png;base64," + base64.b64encode(png_bytes()).decode()       # 60 x 40
+        three = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": png}}] * 3}]
+        with pytest.raises(openai.BadRequestError, match="at most 2 per request") as e:
+            client.chat.completions.create(model="x", messages=three)
+        assert "--max-images" in str(e.value)
+        with pytest.raises(openai.BadRequestError, match="over this server's limit of 2399"):
+            client.chat.completions.create(model="x", messages=image_message(png))
+    finally:
+        server.should_exit = True
+    url, server = serve(model, max_images=2, max_image_bytes=100)
+    try:
+        client = openai.OpenAI(base_url=url, api_key="none", max_retries=0, timeout=30)
+        with pytest.raises(openai.BadRequestError, match="larger than the limit of 100 bytes"):
+            client.chat.completions.create(model="x", messages=image_message(png))
+    finally:
+        server.should_exit = True

@@ -182,3 +182,11 @@ class ContextSlot:
         self.tokens += ids
         self.hidden = None
         return out
+
+    def step(self, token: int, batcher, want_logits: bool = False) -> Optional[np.ndarray]:
+        """One decode step through the model's StepBatcher (step_batcher.py), batched with other generations'.
+        Returns the token's logits [n_vocab] when want_logits."""
+        out = batcher.step(self.ctx, token, want_logits)
+        self.tokens.append(int(token))
+        self.hidden = None
+        return out

@@ -12,8 +12,9 @@ import numpy as np
 from . import _core
 from .context_pool import ContextPool
 from .context_slot import ContextSlot, PreparedPrompt
-from .generation import SamplingOptions, check_max_tokens, generate_tokens
+from .generation import SamplingOptions, check_logprobs, check_max_tokens, generate_tokens
 from .research import ContinuationScore, score_continuations
+from .step_batcher import StepBatcher, batching_enabled
 from .stops import normalize_stop, text_model_terminators
 from .streaming import TextStream
 
@@ -70,6 +71,9 @@ class DecoderModel:
         # The pool makes its default context now, so on a GPU the weights are copied at load: a model too large
         # fails here, not at first use.
         self._contexts = ContextPool(self._make_context, max_spare_contexts)
+        # Decode steps of concurrent generations run together (step_batcher.py); False: each on its own.
+        self.batch_decode = batching_enabled()
+        self._batcher = StepBatcher()
 
     def _make_context(self):
         return _core.Context(self._model, *self._context_args, **self._context_kwargs)
@@ -152,30 +156,44 @@ class DecoderModel:
 
     # ----- generation --------------------------------------------------------------------------
     def _stream(self, prompt: PreparedPrompt, *, slot: Optional[ContextSlot] = None, max_tokens: int, sampler,
-                stop=None, ignore_eos: bool = False) -> Iterator[tuple[str, dict]]:
+                stop=None, ignore_eos: bool = False, logprobs: Optional[list] = None,
+                top_logprobs: int = 0) -> Iterator[tuple[str, dict]]:
         """generate_tokens on a context of the pool (or `slot`), held until the generator ends."""
         terminators = frozenset() if ignore_eos else self.terminators
         stops = normalize_stop(stop)
+        batcher = self._batcher if self.batch_decode else None
         with self._contexts.borrow(slot, prompt=prompt) as s:
             yield from generate_tokens(s, prompt, self.tokenizer, max_tokens=max_tokens, sampler=sampler,
-                                       stops=stops, terminators=terminators)
+                                       stops=stops, terminators=terminators, batcher=batcher, logprobs=logprobs,
+                                       top_logprobs=top_logprobs)
 
     def generate(self, prompt: Union[str, Sequence[int]], *, max_tokens: int = 256, temperature: float = 0.0,
                  top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05, repeat_penalty: float = 1.0,
                  seed: Optional[int] = None, stop: Union[None, str, Sequence[str]] = None, stream: bool = False,
-                 add_special: bool = True, return_info: bool = False, ignore_eos: bool = False):
+                 add_special: bool = True, return_info: bool = False, ignore_eos: bool = False,
+                 logprobs: Optional[int] = None):
         """Continues `prompt` (text or token ids), no chat template.
 
         Stops at the model's terminator tokens (ignore_eos=True: not), a stop string, max_tokens or the end of
         the context. Returns the text; stream=True: a TextStream of text pieces (.info at the end);
         return_info=True: a dict with the text, token ids, counts, finish_reason and timings.
+        logprobs=k (0..20): info["logprobs"] (and a stream's .logprobs, growing as it goes) holds, per sampled
+        token, {"id", "logprob", "top": [(id, logprob)] * k}: log-softmax of the model's logits, before sampling
+        filters; None (default): not computed.
         Safe to call from several threads (context_pool.py says on which context each call runs)."""
         sampler = SamplingOptions(temperature, top_k, top_p, min_p, repeat_penalty, seed=seed).make_sampler()
         ids = self._prompt_ids(prompt, add_special)
         check_max_tokens(max_tokens)
+        top, entries = self._logprobs(logprobs)
         run = self._answer_stream(PreparedPrompt(ids), None, slot=None, max_tokens=max_tokens, sampler=sampler,
-                                  stop=stop, ignore_eos=ignore_eos)
-        return finish(run, stream, return_info)
+                                  stop=stop, ignore_eos=ignore_eos, logprobs=entries, top_logprobs=top)
+        return finish(run, stream, return_info, entries)
+
+    @staticmethod
+    def _logprobs(logprobs) -> tuple[int, Optional[list]]:
+        """(alternatives per token, the list generation fills) for a logprobs= argument (None: off)."""
+        top = check_logprobs(logprobs)
+        return (0, None) if top is None else (top, [])
 
     def _prompt_ids(self, prompt, add_special: bool) -> list[int]:
         ids = self.tokenize(prompt, add_special) if isinstance(prompt, (str, bytes)) else [int(i) for i in prompt]
@@ -186,22 +204,24 @@ class DecoderModel:
     def _run(self, prepared: PreparedPrompt, vision: Optional[dict] = None, *, slot: Optional[ContextSlot] = None,
              stream: bool = False, return_info: bool = False, max_tokens: int = 512, temperature: float = 0.0,
              top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05, repeat_penalty: float = 1.0,
-             seed: Optional[int] = None, stop=None, ignore_eos: bool = False, on_done=None):
+             seed: Optional[int] = None, stop=None, ignore_eos: bool = False, on_done=None,
+             logprobs: Optional[int] = None):
         """The answer to a prepared chat prompt (chat() and Session build these), as chat() returns it.
         on_done(raw_text, tokens or None) is called when the answer ends (tokens None: stopped early)."""
         sampler = SamplingOptions(temperature, top_k, top_p, min_p, repeat_penalty, seed=seed).make_sampler()
         check_max_tokens(max_tokens)
+        top, entries = self._logprobs(logprobs)
         run = self._answer_stream(prepared, vision, slot=slot, max_tokens=max_tokens, sampler=sampler, stop=stop,
-                                  ignore_eos=ignore_eos, on_done=on_done)
-        return finish(run, stream, return_info)
+                                  ignore_eos=ignore_eos, on_done=on_done, logprobs=entries, top_logprobs=top)
+        return finish(run, stream, return_info, entries)
 
     def _answer_stream(self, prepared: PreparedPrompt, vision: Optional[dict], *, slot, max_tokens, sampler, stop,
-                       ignore_eos, on_done=None) -> Iterator[tuple[str, dict]]:
+                       ignore_eos, on_done=None, logprobs=None, top_logprobs=0) -> Iterator[tuple[str, dict]]:
         """_stream's pieces, the text joined into the final info; on_done as _run's (families add vision)."""
         pieces, ended = [], False
         try:
             for piece, info in self._stream(prepared, slot=slot, max_tokens=max_tokens, sampler=sampler, stop=stop,
-                                            ignore_eos=ignore_eos):
+                                            ignore_eos=ignore_eos, logprobs=logprobs, top_logprobs=top_logprobs):
                 pieces.append(piece)
                 if info:
                     info["text"], ended = "".join(pieces), True
@@ -219,10 +239,10 @@ class DecoderModel:
             return score_continuations(slot, prompt, continuations, self.n_vocab)
 
 
-def finish(run: Iterator[tuple[str, dict]], stream: bool, return_info: bool):
+def finish(run: Iterator[tuple[str, dict]], stream: bool, return_info: bool, logprobs: Optional[list] = None):
     """A generation's result as the caller asked: a TextStream, the info dict, or the text."""
     if stream:
-        return TextStream(run)
+        return TextStream(run, logprobs)
     info = {}
     for _, info in run:
         pass

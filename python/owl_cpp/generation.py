@@ -7,8 +7,11 @@ import time
 from dataclasses import dataclass
 from typing import Iterator, Optional
 
+import numpy as np
+
 from . import _core
 from .context_slot import ContextSlot, PreparedPrompt
+from .step_batcher import StepBatcher
 from .stops import StopMatcher
 
 
@@ -57,11 +60,18 @@ def check_max_tokens(max_tokens: int) -> None:
 
 
 def generate_tokens(slot: ContextSlot, prompt: PreparedPrompt, tokenizer, *, max_tokens: int, sampler,
-                    stops: list, terminators: frozenset) -> Iterator[tuple[str, dict]]:
+                    stops: list, terminators: frozenset, batcher: Optional[StepBatcher] = None,
+                    logprobs: Optional[list] = None, top_logprobs: int = 0) -> Iterator[tuple[str, dict]]:
     """Prefill (reusing the slot's cached prefix), then sample until a terminator (not added to the text),
-    a stop string, max_tokens or the end of the context. Yields (text piece, {}) and last ("", info)."""
+    a stop string, max_tokens or the end of the context. Yields (text piece, {}) and last ("", info).
+
+    batcher: the model's StepBatcher (step_batcher.py): decode steps run in batches with other generations'.
+    logprobs: a list to fill, as tokens are sampled, with each sampled token's log-probability under the model
+    (log-softmax of its logits, before any sampling filter) and the top_logprobs most likely alternatives:
+    {"id", "logprob", "top": [(id, logprob), ...]}; None (the default) computes nothing. It is info["logprobs"]."""
+    want = logprobs is not None
     t0 = time.perf_counter()
-    n_evaluated, _ = slot.prefill(prompt)
+    n_evaluated, logits = slot.prefill(prompt, return_logits=want)
     t1 = time.perf_counter()
     decoder = _core.StreamDecoder(tokenizer, False)
     matcher = StopMatcher(stops)
@@ -69,29 +79,40 @@ def generate_tokens(slot: ContextSlot, prompt: PreparedPrompt, tokenizer, *, max
     history = list(prompt.ids)
     generated: list[int] = []
     finish = "length"
-    while len(generated) < max_tokens:
-        if len(history) >= slot.n_ctx:
-            finish = "context"
-            break
-        tok = int(sampler.sample(slot.ctx, history, n_tok))
-        if tok in terminators:
-            finish = "stop"
-            break
-        generated.append(tok)
-        history.append(tok)
-        piece = matcher.push(decoder.push(tok))
-        if matcher.stopped:
-            finish = "stop"
+    if batcher is not None:
+        batcher.register()
+    try:
+        while len(generated) < max_tokens:
+            if len(history) >= slot.n_ctx:
+                finish = "context"
+                break
+            tok = int(sampler.sample(slot.ctx, history, n_tok))
+            if tok in terminators:
+                finish = "stop"
+                break
+            if want:                 # one entry per generated token (a terminator is not part of the answer)
+                logprobs.append(token_logprobs(logits, tok, top_logprobs))
+            generated.append(tok)
+            history.append(tok)
+            piece = matcher.push(decoder.push(tok))
+            if matcher.stopped:
+                finish = "stop"
+                if piece:
+                    yield piece, {}
+                break
             if piece:
                 yield piece, {}
-            break
-        if piece:
-            yield piece, {}
-        if len(generated) < max_tokens:
-            slot.append([tok])
+            if len(generated) < max_tokens:
+                if batcher is not None:
+                    logits = slot.step(tok, batcher, want)
+                else:
+                    logits = slot.append([tok], return_logits=want)
+    finally:
+        if batcher is not None:
+            batcher.unregister()
     tail = matcher.push(decoder.flush()) + matcher.flush()
     t2 = time.perf_counter()
-    yield tail, {
+    info = {
         "tokens": generated,
         "prompt_tokens": len(prompt.ids),
         "prompt_tokens_evaluated": n_evaluated,
@@ -104,3 +125,32 @@ def generate_tokens(slot: ContextSlot, prompt: PreparedPrompt, tokenizer, *, max
             "decode_tokens_per_s": len(generated) / (t2 - t1) if generated and t2 > t1 else 0.0,
         },
     }
+    if want:
+        info["logprobs"] = logprobs
+    yield tail, info
+
+
+MAX_TOP_LOGPROBS = 20
+
+
+def check_logprobs(logprobs) -> Optional[int]:
+    """None (off) or the number of alternatives to report per token, 0..MAX_TOP_LOGPROBS."""
+    if logprobs is None:
+        return None
+    if isinstance(logprobs, bool) or not isinstance(logprobs, int) or not 0 <= logprobs <= MAX_TOP_LOGPROBS:
+        raise ValueError(f"logprobs must be an integer in [0, {MAX_TOP_LOGPROBS}] (alternatives per token) or None, "
+                         f"got {logprobs!r}")
+    return logprobs
+
+
+def token_logprobs(logits: np.ndarray, tok: int, top: int) -> dict:
+    """The sampled token's log-probability under log_softmax(logits) and the `top` most likely tokens'."""
+    z = np.asarray(logits, dtype=np.float64)
+    m = z.max()
+    lse = m + math.log(np.exp(z - m).sum())
+    out = {"id": tok, "logprob": float(z[tok] - lse), "top": []}
+    if top > 0:
+        idx = np.argpartition(-z, top - 1)[:top]
+        idx = idx[np.argsort(-z[idx], kind="stable")]
+        out["top"] = [(int(i), float(z[i] - lse)) for i in idx]
+    return out

@@ -6,11 +6,13 @@ from typing import Iterator, Optional
 
 class TextStream:
     """An iterator of text pieces; once exhausted, .info holds what return_info=True gives (text, tokens,
-    counts, finish_reason, timings). close() stops generation early (what was said so far still counts)."""
+    counts, finish_reason, timings). close() stops generation early (what was said so far still counts).
+    .logprobs: with logprobs=k, the entries of the tokens sampled so far (it grows as the stream goes), else None."""
 
-    def __init__(self, run: Iterator[tuple[str, dict]]):
+    def __init__(self, run: Iterator[tuple[str, dict]], logprobs: Optional[list] = None):
         self._run = run
         self.info: Optional[dict] = None
+        self.logprobs = logprobs
 
     def __iter__(self):
         return self

@@ -17,8 +17,9 @@ from starlette.staticfiles import StaticFiles
 
 from .images import ImageFetcher
 from .metrics import Metrics
-from .openai_shapes import (FINISH, RequestError, chat_chunk, chat_response, check_messages, completion_id,
-                            error_body, sampling_options, text_chunk, text_response, usage)
+from .openai_shapes import (FINISH, RequestError, chat_chunk, chat_logprobs, chat_response, check_messages,
+                            check_response_format, completion_id, error_body, logprob_options, sampling_options,
+                            text_chunk, text_logprobs, text_response, usage)
 
 # The chat page (GET /) and its script and style (GET /static/...): package files, nothing from elsewhere.
 STATIC_DIR = Path(__file__).resolve().parent / "static"
@@ -79,19 +80,22 @@ class ClosingStreamingResponse(StreamingResponse):
 def create_app(model, *, model_name: Optional[str] = None, api_key: Optional[str] = None, parallel: int = 1,
                queue: int = 16, max_tokens_limit: int = 4096, fetch_images: bool = True,
                local_image_dir: Optional[str] = None, max_image_bytes: int = 20 << 20,
-               web_page: bool = True) -> FastAPI:
+               max_image_pixels: Optional[int] = None, max_images: int = 8, web_page: bool = True) -> FastAPI:
     """An app serving `model` (from owl_cpp.load). api_key: required as `Authorization: Bearer KEY` on /v1/*;
     parallel: generations at once; queue: requests allowed to wait for one; fetch_images: whether http(s) image
-    URLs are fetched; local_image_dir: the one directory image paths may name (none by default); web_page: serve
-    the chat page at / (public, like /health: it holds no data, and its API calls send the key)."""
+    URLs are fetched; local_image_dir: the one directory image paths may name (none by default); max_images,
+    max_image_bytes, max_image_pixels (default owl_cpp.images.MAX_PIXELS): per-request limits (400 beyond);
+    web_page: serve the chat page at / (public, like /health: it holds no data, and its API calls send the key)."""
     name = model_name or os.path.basename(str(getattr(model, "model_dir", None) or model.path).rstrip("/"))
     slots = Slots(parallel, queue)
     if hasattr(model, "reserve_contexts"):
         # A context per slot from the start: clients taking turns then each find their conversation's cache
         # (context_pool.py), and a model too large for `parallel` contexts fails now, not under load.
         model.reserve_contexts(parallel)
-    fetcher = ImageFetcher(allow_http=fetch_images, local_dir=local_image_dir, max_bytes=max_image_bytes)
+    fetcher = ImageFetcher(allow_http=fetch_images, local_dir=local_image_dir, max_bytes=max_image_bytes,
+                           max_pixels=max_image_pixels)
     metrics = Metrics()
+    tokenizer = getattr(model, "tokenizer", None)        # token texts for logprobs
     app = FastAPI(title="owl_cpp", docs_url=None, redoc_url=None)
 
     def failed(status: int, body: dict) -> JSONResponse:
@@ -134,18 +138,32 @@ def create_app(model, *, model_name: Optional[str] = None, api_key: Optional[str
         finally:
             slots.release()
 
-    def sse(stream, make_chunk, include_usage: bool):
-        """Server-sent events over a TextStream (`streamed` stops it and frees the slot)."""
-        t, first = time.perf_counter(), None
-        for piece in stream:
-            if first is None:
-                first = time.perf_counter() - t
-            yield f"data: {json.dumps(make_chunk(piece, None))}\n\n"
+    def sse(stream, started: tuple, make_chunk, include_usage: bool):
+        """Server-sent events over a TextStream whose first piece was taken already (`started`: the time it
+        started, the piece or None, and when it came); `streamed` stops it and frees the slot. make_chunk(piece,
+        finish, logprob entries or None): with logprobs asked, each chunk carries those of the tokens sampled
+        since the previous one."""
+        t, piece, first = started
+        seen = 0
+
+        def entries():
+            nonlocal seen
+            lp = getattr(stream, "logprobs", None)
+            if lp is None:
+                return None
+            out = lp[seen:]
+            seen += len(out)
+            return out
+
+        if piece is not None:
+            yield f"data: {json.dumps(make_chunk(piece, None, entries()))}\n\n"
+            for piece in stream:
+                yield f"data: {json.dumps(make_chunk(piece, None, entries()))}\n\n"
         info = stream.info or {}
         metrics.generation(info, time.perf_counter() - t, first)
-        yield f"data: {json.dumps(make_chunk(None, FINISH.get(info.get('finish_reason'), 'stop')))}\n\n"
+        yield f"data: {json.dumps(make_chunk(None, FINISH.get(info.get('finish_reason'), 'stop'), entries()))}\n\n"
         if include_usage and info:
-            yield f"data: {json.dumps({**make_chunk(None, None), 'choices': [], 'usage': usage(info)})}\n\n"
+            yield f"data: {json.dumps({**make_chunk(None, None, None), 'choices': [], 'usage': usage(info)})}\n\n"
         yield "data: [DONE]\n\n"
 
     if web_page:
@@ -175,33 +193,47 @@ def create_app(model, *, model_name: Optional[str] = None, api_key: Optional[str
         metrics.request("chat")
         body = await json_body(request)
         opts = sampling_options(body, max_tokens_limit)
-        messages = await run_in_threadpool(fetcher.resolve, check_messages(body.get("messages")))
+        check_response_format(body)
+        top = logprob_options(body, chat=True)
+        if top is not None:
+            opts["logprobs"] = top
+        messages = await run_in_threadpool(fetcher.resolve, check_messages(body.get("messages"), max_images))
         cid = completion_id("chatcmpl")
         if not body.get("stream"):
             info = await run_in_threadpool(run, lambda: model.chat(messages=messages, return_info=True, **opts))
-            return chat_response(cid, name, info)
+            return chat_response(cid, name, info, chat_logprobs(tokenizer, info.get("logprobs")))
 
-        def chunk(piece, finish):
-            return chat_chunk(cid, name, {"content": piece} if piece is not None else {}, finish)
+        def chunk(piece, finish, entries):
+            return chat_chunk(cid, name, {"content": piece} if piece is not None else {}, finish,
+                              logprobs=chat_logprobs(tokenizer, entries))
 
         head = chat_chunk(cid, name, {"role": "assistant", "content": ""})
         return await streamed(lambda: model.chat(messages=messages, stream=True, **opts), chunk, body, head)
 
     async def streamed(start, make_chunk, body: dict, head: Optional[dict] = None) -> StreamingResponse:
-        """Takes a slot (503 while the queue is full, before any byte is sent), starts the stream, and answers
-        with its server-sent events."""
+        """Takes a slot (503 while the queue is full, before any byte is sent), starts the stream and waits for
+        its first piece (so that a request the model refuses, e.g. a prompt longer than the context, is a 400, not
+        a broken stream), and answers with its server-sent events."""
         await run_in_threadpool(slots.acquire)
+        stream = None
         try:
+            t = time.perf_counter()
             stream = await run_in_threadpool(start)
+            piece = await run_in_threadpool(next, stream, None)
+            started = (t, piece, time.perf_counter() - t)
         except BaseException:
-            slots.release()
+            try:
+                if stream is not None:
+                    stream.close()
+            finally:
+                slots.release()
             raise
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
 
         async def events():
             """The events, each made in a worker thread; however the response ends (done, error, or the client
             went away), the generation is stopped and the slot freed here, at once."""
-            pieces = sse(stream, make_chunk, include_usage)
+            pieces = sse(stream, started, make_chunk, include_usage)
             try:
                 if head is not None:
                     yield f"data: {json.dumps(head)}\n\n"
@@ -224,11 +256,22 @@ def create_app(model, *, model_name: Optional[str] = None, api_key: Optional[str
         if not isinstance(prompt, str):
             raise RequestError("prompt must be a string", "prompt")
         opts = sampling_options(body, max_tokens_limit)
+        top = logprob_options(body, chat=False)
+        if top is not None:
+            opts["logprobs"] = top
         cid = completion_id("cmpl")
         if body.get("stream"):
-            return await streamed(lambda: model.generate(prompt, stream=True, **opts),
-                                  lambda piece, finish: text_chunk(cid, name, piece or "", finish), body)
+            offset = 0
+
+            def chunk(piece, finish, entries):
+                nonlocal offset
+                lp = text_logprobs(tokenizer, entries, offset)
+                if lp is not None:
+                    offset += sum(map(len, lp["tokens"]))
+                return text_chunk(cid, name, piece or "", finish, lp)
+
+            return await streamed(lambda: model.generate(prompt, stream=True, **opts), chunk, body)
         info = await run_in_threadpool(run, lambda: model.generate(prompt, return_info=True, **opts))
-        return text_response(cid, name, info)
+        return text_response(cid, name, info, text_logprobs(tokenizer, info.get("logprobs")))
 
     return app

@@ -16,6 +16,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1/*")
     p.add_argument("--allow-local-dir", default=None, help="image paths may name files in this directory (none by default)")
     p.add_argument("--no-fetch", action="store_true", help="refuse http(s) image URLs (fetched by default, 10 s, 20 MB)")
+    p.add_argument("--max-images", type=int, default=8, help="images per request (400 beyond; default 8)")
+    p.add_argument("--max-image-bytes", type=int, default=20 << 20, help="bytes per image (default 20 MiB)")
+    p.add_argument("--max-image-pixels", type=int, default=None,
+                   help="width x height per image (default owl_cpp.images.MAX_PIXELS, 8192 x 8192)")
+    p.add_argument("--no-batch", action="store_true", help="decode each generation on its own instead of batching "
+                   "the decode steps of concurrent ones (for debugging; also OWL_BATCH_DECODE=0)")
     p.add_argument("--no-web-page", action="store_true", help="do not serve the chat page at / (the API is unaffected)")
     p.add_argument("-c", "--n-ctx", type=int, default=None)
     p.add_argument("-t", "--threads", type=int, default=None)
@@ -33,6 +39,9 @@ def main(argv=None) -> int:
     if args.parallel < 1 or args.queue < 0:
         print("--parallel must be >= 1 and --queue >= 0", file=sys.stderr)
         return 2
+    if args.max_images < 0 or args.max_image_bytes < 1 or (args.max_image_pixels is not None and args.max_image_pixels < 1):
+        print("--max-images must be >= 0, --max-image-bytes and --max-image-pixels >= 1", file=sys.stderr)
+        return 2
     from .. import load
     from ..demo import model_dir as demo
     from .app import create_app
@@ -46,9 +55,12 @@ def main(argv=None) -> int:
     # Each concurrent generation needs a context: keep as many ready as there are slots.
     model = load(path, n_ctx=args.n_ctx, threads=args.threads, device=args.device,
                  max_spare_contexts=max(1, args.parallel - 1))
+    if args.no_batch:
+        model.batch_decode = False
     app = create_app(model, model_name=name, api_key=args.api_key, parallel=args.parallel, queue=args.queue,
                      fetch_images=not args.no_fetch, local_image_dir=args.allow_local_dir,
-                     web_page=not args.no_web_page)
+                     max_images=args.max_images, max_image_bytes=args.max_image_bytes,
+                     max_image_pixels=args.max_image_pixels, web_page=not args.no_web_page)
     if not args.no_web_page:
         host = f"[{args.host}]" if ":" in args.host else args.host
         print(f"owl-server: chat page at http://{host}:{args.port}/", file=sys.stderr)

@@ -1,8 +1,12 @@
 """Images a request names by URL, turned into bytes before the model sees them: data: URLs as they are, http(s)
 URLs fetched with a timeout and a size cap, local paths only inside a directory the operator allowed (and never
-outside it through `..` or links). Everything else is a 400."""
+outside it through `..` or links). Every image, data: URLs included, is held to the byte cap and to the pixel cap
+(width x height read from its header, before anything is decoded). Everything else is a 400."""
 from __future__ import annotations
 
+import base64
+import binascii
+import io
 import os
 import urllib.error
 import urllib.request
@@ -13,8 +17,9 @@ from .openai_shapes import RequestError
 
 class ImageFetcher:
     def __init__(self, *, allow_http: bool = True, local_dir: Optional[str] = None, max_bytes: int = 20 << 20,
-                 timeout: float = 10.0):
+                 timeout: float = 10.0, max_pixels: Optional[int] = None):
         self.allow_http, self.max_bytes, self.timeout = allow_http, max_bytes, timeout
+        self.max_pixels = max_pixels            # None: owl_cpp.images.MAX_PIXELS when checked
         self.local_dir = os.path.realpath(local_dir) if local_dir else None
 
     def resolve(self, messages: list) -> list:
@@ -35,12 +40,45 @@ class ImageFetcher:
         if not isinstance(url, str):
             raise RequestError(f"messages[{i}]: image_url needs a url string", "messages")
         if url.startswith("data:"):
+            self._check(i, self._data(i, url), "data: URL")
             return part
         if url.startswith(("http://", "https://")):
             if not self.allow_http:
                 raise RequestError(f"messages[{i}]: fetching image URLs is disabled on this server", "messages")
-            return {"type": "image", "image": self._fetch(url)}
-        return {"type": "image", "image": self._local(i, url[len("file://"):] if url.startswith("file://") else url)}
+            return {"type": "image", "image": self._check(i, self._fetch(url), url)}
+        path = url[len("file://"):] if url.startswith("file://") else url
+        return {"type": "image", "image": self._check(i, self._local(i, path), path)}
+
+    def _data(self, i: int, url: str) -> bytes:
+        head, _, payload = url.partition(",")
+        if len(payload) > 4 * (self.max_bytes // 3 + 1) + 4:        # its base64 alone is over the cap
+            raise RequestError(f"messages[{i}]: the data: URL image is larger than the limit of {self.max_bytes} "
+                               "bytes", "messages")
+        if not head.endswith(";base64"):
+            return payload.encode()
+        try:
+            return base64.b64decode(payload, validate=False)
+        except (binascii.Error, ValueError) as e:
+            raise RequestError(f"messages[{i}]: the data: URL is not valid base64: {e}", "messages")
+
+    def _check(self, i: int, data: bytes, what: str) -> bytes:
+        """The byte cap, and the pixel cap from the image's header (the model's decoder says what is not an image)."""
+        if len(data) > self.max_bytes:
+            raise RequestError(f"messages[{i}]: image {what} is larger than the limit of {self.max_bytes} bytes",
+                               "messages")
+        from PIL import Image
+
+        from .. import images as owl_images     # read now: owl_cpp.images.MAX_PIXELS may have been raised
+        limit = owl_images.MAX_PIXELS if self.max_pixels is None else self.max_pixels
+        try:
+            with Image.open(io.BytesIO(data)) as im:
+                w, h = im.size
+        except Exception:                       # noqa: BLE001 - not an image: the model's own check says so
+            return data
+        if w * h > limit:
+            raise RequestError(f"messages[{i}]: image {what} has {w}x{h} = {w * h} pixels, over this server's limit "
+                               f"of {limit} (--max-image-pixels)", "messages", code="image_too_large")
+        return data
 
     def _fetch(self, url: str) -> bytes:
         try:

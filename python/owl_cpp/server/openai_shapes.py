@@ -8,7 +8,8 @@ from typing import Optional
 
 # Sampling options a request may carry, and the model's keyword for each.
 SAMPLING = {"max_tokens": "max_tokens", "max_completion_tokens": "max_tokens", "temperature": "temperature",
-            "top_p": "top_p", "seed": "seed", "stop": "stop"}
+            "top_p": "top_p", "seed": "seed", "stop": "stop",
+            "ignore_eos": "ignore_eos"}      # an extension, as llama.cpp's server has it (benchmarks)
 FINISH = {"stop": "stop", "length": "length", "context": "length"}  # the runtime's reasons -> OpenAI's
 
 
@@ -39,15 +40,62 @@ def sampling_options(body: dict, max_tokens_limit: int) -> dict:
         v = opts.get(key)
         if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
             raise RequestError(f"{key} must be a number, got {v!r}", key)
+    if not isinstance(opts.get("ignore_eos", False), bool):
+        raise RequestError(f"ignore_eos must be a boolean, got {opts['ignore_eos']!r}", "ignore_eos")
     if body.get("n", 1) != 1:
         raise RequestError("only n=1 is supported", "n")
     return opts
 
 
-def check_messages(messages) -> list:
-    """OpenAI chat messages: roles and content parts (images.py resolves the image URLs)."""
+MAX_TOP_LOGPROBS = 20
+
+
+def logprob_options(body: dict, chat: bool) -> Optional[int]:
+    """How many alternatives per token a request wants log-probabilities for (None: no logprobs). Chat:
+    `logprobs` true/false and `top_logprobs` 0..20 (which needs logprobs true); completions: `logprobs` an
+    integer 0..20 (OpenAI's legacy API allows up to 5; we allow up to 20)."""
+    lp = body.get("logprobs")
+    if chat:
+        top = body.get("top_logprobs")
+        if lp is not None and not isinstance(lp, bool):
+            raise RequestError(f"logprobs must be a boolean, got {lp!r}", "logprobs")
+        if top is not None:
+            if isinstance(top, bool) or not isinstance(top, int) or not 0 <= top <= MAX_TOP_LOGPROBS:
+                raise RequestError(f"top_logprobs must be an integer in [0, {MAX_TOP_LOGPROBS}], got {top!r}",
+                                   "top_logprobs")
+            if not lp:
+                raise RequestError("top_logprobs needs logprobs: true", "top_logprobs")
+        return (top or 0) if lp else None
+    if lp is None or lp is False:
+        return None
+    if isinstance(lp, bool) or not isinstance(lp, int) or not 0 <= lp <= MAX_TOP_LOGPROBS:
+        raise RequestError(f"logprobs must be an integer in [0, {MAX_TOP_LOGPROBS}], got {lp!r}", "logprobs")
+    return lp
+
+
+def check_response_format(body: dict) -> None:
+    """response_format: {"type": "text"} (or none) is what the model does; JSON modes are refused with a 400, as
+    this server has no JSON-constrained sampler: an unconstrained answer would silently break the contract."""
+    rf = body.get("response_format")
+    if rf is None:
+        return
+    kind = rf.get("type") if isinstance(rf, dict) else None
+    if kind == "text":
+        return
+    if kind in ("json_object", "json_schema"):
+        raise RequestError(f"response_format {kind} is not supported by this server (it has no JSON-constrained "
+                           "sampling); use {\"type\": \"text\"} and ask for JSON in the prompt",
+                           "response_format", code="unsupported_response_format")
+    raise RequestError(f"response_format must be an object with type text, json_object or json_schema, got {rf!r}",
+                       "response_format")
+
+
+def check_messages(messages, max_images: Optional[int] = None) -> list:
+    """OpenAI chat messages: roles and content parts (images.py resolves the image URLs), at most max_images
+    images in all."""
     if not isinstance(messages, list) or not messages:
         raise RequestError("messages must be a non-empty list", "messages")
+    n_images = 0
     for i, m in enumerate(messages):
         if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant"):
             raise RequestError(f"messages[{i}] must be an object with role system, user or assistant", "messages")
@@ -55,6 +103,10 @@ def check_messages(messages) -> list:
         for part in content if isinstance(content, list) else []:
             if not isinstance(part, dict) or part.get("type") not in ("text", "image_url"):
                 raise RequestError(f"messages[{i}]: content parts must be text or image_url", "messages")
+            n_images += part["type"] == "image_url"
+    if max_images is not None and n_images > max_images:
+        raise RequestError(f"the request has {n_images} images; this server takes at most {max_images} per request "
+                           "(--max-images)", "messages", code="too_many_images")
     return messages
 
 
@@ -67,28 +119,68 @@ def usage(info: dict) -> dict:
     return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
 
 
-def chat_response(cid: str, model: str, info: dict) -> dict:
+def token_bytes(tokenizer, token_id: int) -> bytes:
+    """A token's bytes as they enter the answer's text (a byte-level piece may be part of one UTF-8 character)."""
+    return bytes(tokenizer.token_to_bytes(int(token_id), False))
+
+
+def chat_logprobs(tokenizer, entries: Optional[list]) -> Optional[dict]:
+    """Generation logprob entries ({"id", "logprob", "top"}) in the chat API's shape: {"content": [{token,
+    logprob, bytes, top_logprobs: [{token, logprob, bytes}]}]}."""
+    if entries is None:
+        return None
+
+    def one(tok, lp):
+        b = token_bytes(tokenizer, tok)
+        return {"token": b.decode("utf-8", "replace"), "logprob": lp, "bytes": list(b)}
+
+    return {"content": [{**one(e["id"], e["logprob"]), "top_logprobs": [one(t, lp) for t, lp in e["top"]]}
+                        for e in entries]}
+
+
+def text_logprobs(tokenizer, entries: Optional[list], offset: int = 0) -> Optional[dict]:
+    """The same in the legacy completions shape: tokens, token_logprobs, top_logprobs (a {token: logprob} per
+    position) and text_offset (each token's start in the text, counting from `offset`)."""
+    if entries is None:
+        return None
+    out = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+    for e in entries:
+        text = token_bytes(tokenizer, e["id"]).decode("utf-8", "replace")
+        out["tokens"].append(text)
+        out["token_logprobs"].append(e["logprob"])
+        out["top_logprobs"].append({token_bytes(tokenizer, t).decode("utf-8", "replace"): lp for t, lp in e["top"]})
+        out["text_offset"].append(offset)
+        offset += len(text)
+    return out
+
+
+def chat_response(cid: str, model: str, info: dict, logprobs: Optional[dict] = None) -> dict:
     return {"id": cid, "object": "chat.completion", "created": int(time.time()), "model": model,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": info["text"]},
-                         "finish_reason": FINISH.get(info["finish_reason"], "stop")}],
+                         "logprobs": logprobs, "finish_reason": FINISH.get(info["finish_reason"], "stop")}],
             "usage": usage(info)}
 
 
-def chat_chunk(cid: str, model: str, delta: dict, finish: Optional[str] = None, usage_: Optional[dict] = None) -> dict:
+def chat_chunk(cid: str, model: str, delta: dict, finish: Optional[str] = None, usage_: Optional[dict] = None,
+               logprobs: Optional[dict] = None) -> dict:
+    choice = {"index": 0, "delta": delta, "finish_reason": finish}
+    if logprobs is not None:
+        choice["logprobs"] = logprobs
     chunk = {"id": cid, "object": "chat.completion.chunk", "created": int(time.time()), "model": model,
-             "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+             "choices": [choice]}
     if usage_ is not None:
         chunk["usage"] = usage_
     return chunk
 
 
-def text_response(cid: str, model: str, info: dict) -> dict:
+def text_response(cid: str, model: str, info: dict, logprobs: Optional[dict] = None) -> dict:
     return {"id": cid, "object": "text_completion", "created": int(time.time()), "model": model,
             "choices": [{"index": 0, "text": info["text"], "finish_reason": FINISH.get(info["finish_reason"], "stop"),
-                         "logprobs": None}],
+                         "logprobs": logprobs}],
             "usage": usage(info)}
 
 
-def text_chunk(cid: str, model: str, text: str, finish: Optional[str] = None) -> dict:
+def text_chunk(cid: str, model: str, text: str, finish: Optional[str] = None,
+               logprobs: Optional[dict] = None) -> dict:
     return {"id": cid, "object": "text_completion", "created": int(time.time()), "model": model,
-            "choices": [{"index": 0, "text": text, "finish_reason": finish, "logprobs": None}]}
+            "choices": [{"index": 0, "text": text, "finish_reason": finish, "logprobs": logprobs}]}
