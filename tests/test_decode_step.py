@@ -158,6 +158,35 @@ def test_different_thread_counts(models):
     greedy_compare(batched, alone, first, steps=4, tol=TOL["f32"])
 
 
+def test_mixed_kv_types_and_context_lengths(models):
+    """Each context's own cache (f16 or f32, any length) is written and attended."""
+    model = models("qwen2")
+    specs = prompts(model, 4, seed=7)
+    opts = [{"kv_type": "f16"}, {"kv_type": "f32", "n_ctx": 300}, {"kv_type": "f32"}, {"kv_type": "f16", "n_ctx": 40}]
+    batched, alone = [], []
+    for (ids, keep), kw in zip(specs, opts):
+        for group in (batched, alone):
+            c = make_ctx(model, **kw)
+            c.eval(ids[:keep])
+            group.append(c)
+    first = [a.eval([3]) for a in alone]
+    for b in batched:
+        b.eval([3])
+    greedy_compare(batched, alone, first, steps=8, tol=TOL["f32"])
+
+
+@pytest.mark.skipif("cuda" not in _core.available_backends(), reason="no CUDA GPU")
+def test_cuda_contexts_decode_one_after_another(models):
+    """Device contexts have no batched path yet: the step decodes them in turn, with eval's results."""
+    model = models("qwen2")
+    specs = prompts(model, 3, seed=9)
+    batched, alone = prefill(model, specs, backend="cuda")
+    first = [a.eval([1]) for a in alone]
+    for b in batched:
+        b.eval([1])
+    greedy_compare(batched, alone, first, steps=4, exact=True)
+
+
 # ----------------------------------------------------------------------------------------------- owl2, owl3
 
 def test_owl2_with_an_image_in_one_prompt(tmp_path_factory):
@@ -188,7 +217,7 @@ def test_owl2_with_an_image_in_one_prompt(tmp_path_factory):
     greedy_compare(batched, alone, [first0, first1, first2], tol=TOL["f32"], key="owl2 f32")
 
 
-@pytest.mark.parametrize("variant", ["1b", "7b-241101"])
+@pytest.mark.parametrize("variant", ["1b", "7b-240728", "7b-241101"])
 def test_owl3_with_an_attached_image(tiny_owl3_model, variant):
     """Owl3's hyper layers attend to each context's own images: the step calls the architecture's attention per
     context with that context's state."""
@@ -245,8 +274,12 @@ def test_errors_change_nothing(models):
         _core.decode_step([a, b], [-1, 2])
     with pytest.raises(ValueError, match="tokens\\[1\\]"):
         _core.decode_step([a, b], [1, 2 ** 40])
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="contexts\\[1\\] is a str"):
         _core.decode_step([a, "b"], [1, 2])
+    with pytest.raises(TypeError, match="contexts\\[0\\] is None"):
+        _core.decode_step([None, b], [1, 2])
+    with pytest.raises(TypeError, match="sequence of Context"):
+        _core.decode_step(a, [1])
     assert_unchanged([a, b, c], before)
     # a full context
     full = make_ctx(qwen, n_ctx=4)

@@ -159,9 +159,22 @@ void bind_model(py::module_& m) {
         .def_property_readonly("visual_bytes", &Context::visual_bytes)
         .def_property_readonly("kv_bytes_per_token", &Context::kv_bytes_per_token);
 
-    m.def("decode_step", [](const std::vector<Context*>& contexts, py::object tokens_obj) {
+    m.def("decode_step", [](py::object contexts_obj, py::object tokens_obj) {
               // One decode step for many conversations of one model: tokens[i] appended to contexts[i] in one pass
-              // through the weights. The caller's list keeps the contexts alive while the GIL is released.
+              // through the weights. The contexts are held here (not only by the caller's list, which another
+              // thread could empty while the GIL is released).
+              if (!py::isinstance<py::sequence>(contexts_obj) || py::isinstance<py::str>(contexts_obj))
+                  throw py::type_error("contexts must be a sequence of Context");
+              std::vector<py::object> held;
+              std::vector<Context*> contexts;
+              for (py::handle h : contexts_obj) {
+                  if (h.is_none()) throw py::type_error("contexts[" + std::to_string(contexts.size()) + "] is None, not a Context");
+                  if (!py::isinstance<Context>(h))
+                      throw py::type_error("contexts[" + std::to_string(contexts.size()) + "] is a " +
+                                           std::string(py::str(py::type::of(h).attr("__name__"))) + ", not a Context");
+                  held.push_back(py::reinterpret_borrow<py::object>(h));
+                  contexts.push_back(h.cast<Context*>());
+              }
               const std::vector<int32_t> tokens = int32_list(tokens_obj, "tokens");
               if (tokens.size() != contexts.size())
                   throw py::value_error("decode_step: " + std::to_string(contexts.size()) + " contexts but " +
