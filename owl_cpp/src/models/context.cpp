@@ -201,7 +201,7 @@ void decode_step(const std::vector<Context*>& ctxs, const std::vector<int32_t>& 
     if (tokens.size() != N)
         throw Error("decode_step: " + std::to_string(N) + " contexts but " + std::to_string(tokens.size()) + " tokens (one token per context)");
     for (size_t i = 0; i < N; ++i)
-        if (!ctxs[i]) throw Error("decode_step: context " + std::to_string(i) + " is None");
+        if (!ctxs[i]) throw Error("decode_step: context " + std::to_string(i) + " is null");
     const Model& m = *ctxs[0]->model_;
     std::unordered_map<const Context*, size_t> seen;
     for (size_t i = 0; i < N; ++i) {
