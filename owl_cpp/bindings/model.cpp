@@ -159,6 +159,41 @@ void bind_model(py::module_& m) {
         .def_property_readonly("visual_bytes", &Context::visual_bytes)
         .def_property_readonly("kv_bytes_per_token", &Context::kv_bytes_per_token);
 
+    m.def("decode_step", [](py::object contexts_obj, py::object tokens_obj) {
+              // One decode step for many conversations of one model: tokens[i] appended to contexts[i] in one pass
+              // through the weights. The contexts are held here (not only by the caller's list, which another
+              // thread could empty while the GIL is released).
+              if (!py::isinstance<py::sequence>(contexts_obj) || py::isinstance<py::str>(contexts_obj))
+                  throw py::type_error("contexts must be a sequence of Context");
+              std::vector<py::object> held;
+              std::vector<Context*> contexts;
+              for (py::handle h : contexts_obj) {
+                  if (h.is_none()) throw py::type_error("contexts[" + std::to_string(contexts.size()) + "] is None, not a Context");
+                  if (!py::isinstance<Context>(h))
+                      throw py::type_error("contexts[" + std::to_string(contexts.size()) + "] is a " +
+                                           std::string(py::str(py::type::of(h).attr("__name__"))) + ", not a Context");
+                  held.push_back(py::reinterpret_borrow<py::object>(h));
+                  contexts.push_back(h.cast<Context*>());
+              }
+              const std::vector<int32_t> tokens = int32_list(tokens_obj, "tokens");
+              if (tokens.size() != contexts.size())
+                  throw py::value_error("decode_step: " + std::to_string(contexts.size()) + " contexts but " +
+                                        std::to_string(tokens.size()) + " tokens (one token per context)");
+              {
+                  py::gil_scoped_release release;
+                  decode_step(contexts, tokens);
+              }
+              const int64_t N = int64_t(contexts.size());
+              const int64_t V = contexts[0]->model().hparams().n_vocab;
+              py::array_t<float> out({N, V});
+              for (int64_t i = 0; i < N; ++i)
+                  std::memcpy(out.mutable_data(i), contexts[size_t(i)]->last_logits(), size_t(V) * sizeof(float));
+              return out;
+          },
+          py::arg("contexts"), py::arg("tokens"),
+          "Append tokens[i] to contexts[i] (all of one model) in one batched forward pass; returns the logits "
+          "[len(contexts), n_vocab], row i for contexts[i]. Each context ends as if it had eval'd its token alone.");
+
     py::class_<SamplerParams>(m, "SamplerParams")
         .def(py::init<>())
         .def_readwrite("temperature", &SamplerParams::temperature)

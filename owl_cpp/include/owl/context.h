@@ -14,6 +14,17 @@
 namespace owl {
 
 struct ArchState;  // src/models/architecture.h
+class Context;
+
+// Batched decoding across conversations: appends tokens[i] to contexts[i] (text, at its n_past) for every i in one
+// forward pass, so each weight matrix is read once per step instead of once per context. Afterwards every context
+// is as if contexts[i]->eval({tokens[i]}) had run (n_past advanced, last_logits() / hidden_states() of that token),
+// within float rounding (a matmul over N rows may accumulate in another order than over one).
+// All contexts must share one Model and be distinct; an empty list, a null context, a token id out of range, a
+// full context or a context in use by another thread throws Error naming the index, with no context changed.
+// Every context is marked busy for the call. The step runs on the first context's backend (its thread pool);
+// contexts that are not all on the CPU are decoded one after another (same results, no batching yet).
+void decode_step(const std::vector<Context*>& contexts, const std::vector<int32_t>& tokens);
 
 struct ContextParams {
     int64_t n_ctx = 4096;
@@ -65,7 +76,9 @@ public:
     struct Impl;
 
 private:
+    friend void decode_step(const std::vector<Context*>& contexts, const std::vector<int32_t>& tokens);
     class Use;  // marks the context busy for one call (one thread at a time)
+    const std::vector<float>& decode_locked(const Batch& batch, bool all_logits);  // decode, the caller holds Use
     void forward(const Batch& piece, int64_t offset, int64_t T, bool all_logits, float* logits_out, float* hidden_out);
 
     std::shared_ptr<const Model> model_;

@@ -2,7 +2,9 @@
 // pieces (split at modality boundaries and every n_batch tokens) and produces logits and hidden states.
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
+#include <unordered_map>
 
 #include "forward.h"
 #include "owl/error.h"
@@ -94,6 +96,10 @@ size_t Context::kv_bytes_per_token() const {
 
 const std::vector<float>& Context::decode(const Batch& b, bool all_logits) {
     Use use(*this);
+    return decode_locked(b, all_logits);
+}
+
+const std::vector<float>& Context::decode_locked(const Batch& b, bool all_logits) {
     const HParams& hp = model_->hparams();
     const int64_t T = b.n;
     if (T <= 0) throw Error("decode called with no tokens");
@@ -187,6 +193,121 @@ void Context::forward(const Batch& b, int64_t offset, int64_t T, bool all_logits
         be.matmul(m.output(), h, nullptr, Tensor{logits_out, DType::F32, Device::CPU, rows, hp.n_vocab});
     else
         be.download(c.out->tensor().slice(0, rows), logits_out);
+}
+
+void decode_step(const std::vector<Context*>& ctxs, const std::vector<int32_t>& tokens) {
+    const size_t N = ctxs.size();
+    if (N == 0) throw Error("decode_step called with no contexts");
+    if (tokens.size() != N)
+        throw Error("decode_step: " + std::to_string(N) + " contexts but " + std::to_string(tokens.size()) + " tokens (one token per context)");
+    for (size_t i = 0; i < N; ++i)
+        if (!ctxs[i]) throw Error("decode_step: context " + std::to_string(i) + " is null");
+    const Model& m = *ctxs[0]->model_;
+    std::unordered_map<const Context*, size_t> seen;
+    for (size_t i = 0; i < N; ++i) {
+        if (ctxs[i]->model_.get() != &m)
+            throw Error("decode_step: context " + std::to_string(i) + " runs another model than context 0 (a batched step runs one model)");
+        const auto [it, fresh] = seen.emplace(ctxs[i], i);
+        if (!fresh)
+            throw Error("decode_step: context " + std::to_string(i) + " is the same as context " + std::to_string(it->second) +
+                        " (each conversation may appear once per step)");
+    }
+    // Every context busy for the whole step; one already in use releases those taken so far and changes nothing.
+    std::vector<std::unique_ptr<Context::Use>> uses;
+    uses.reserve(N);
+    for (size_t i = 0; i < N; ++i) {
+        try {
+            uses.push_back(std::make_unique<Context::Use>(*ctxs[i]));
+        } catch (const Error& e) {
+            throw Error("decode_step: context " + std::to_string(i) + ": " + e.what());
+        }
+    }
+    const HParams& hp = m.hparams();
+    const int64_t V = hp.n_vocab, E = hp.n_embd, n = int64_t(N);
+    for (size_t i = 0; i < N; ++i) {
+        if (tokens[i] < 0 || tokens[i] >= V)
+            throw Error("decode_step: token id " + std::to_string(tokens[i]) + " for context " + std::to_string(i) +
+                        " is outside the vocabulary [0, " + std::to_string(V) + ")");
+        const Context& c = *ctxs[i];
+        if (c.n_past_ >= c.n_ctx_)
+            throw Error("decode_step: context " + std::to_string(i) + " is full (" + std::to_string(c.n_past_) +
+                        " cached positions = its context length): context overflow");
+    }
+    bool all_cpu = true;
+    for (const Context* c : ctxs) all_cpu = all_cpu && c->backend_->device() == Device::CPU;
+    if (!all_cpu) {
+        // Device contexts have their own streams and copies of the cache: no batched path for them yet.
+        for (size_t i = 0; i < N; ++i) ctxs[i]->decode_locked(Batch::of_ids(&tokens[i], 1), false);
+        return;
+    }
+
+    // One backend (the first context's thread pool) runs the step over N stacked rows. Scratch: the first
+    // context's when its n_batch rows suffice, else buffers for this call.
+    Context& lead = *ctxs[0];
+    Backend& be = *lead.backend_;
+    Context::Impl& L = *lead.impl_;
+    std::vector<std::unique_ptr<DeviceBuffer>> owned;
+    auto rows_of = [&](const std::unique_ptr<DeviceBuffer>& buf) {
+        if (buf->tensor().rows >= n) return buf->tensor().slice(0, n);
+        owned.push_back(be.alloc(DType::F32, n, buf->tensor().cols));
+        return owned.back()->tensor();
+    };
+    const Tensor X = rows_of(L.x), H = rows_of(L.h), Q = rows_of(L.q), K = rows_of(L.k), Vv = rows_of(L.v),
+                 A = rows_of(L.attn), G = rows_of(L.gate), U = rows_of(L.up);
+    std::vector<int32_t> pos(N);
+    for (size_t i = 0; i < N; ++i) pos[i] = int32_t(ctxs[i]->n_past_);
+    // The stacked pass (row-wise blocks: projections, FFN) and one single-token pass per context (its cache,
+    // its architecture state: attention), over the same rows.
+    ForwardPass all{m, hp, be, L, nullptr, Modality::Text, n, 0, lead.n_ctx_, pos.data(), X, H, Q, K, Vv, A, G, U, {}};
+    std::vector<ForwardPass> one;
+    one.reserve(N);
+    for (size_t i = 0; i < N; ++i) {
+        Context& c = *ctxs[i];
+        const int64_t r = int64_t(i);
+        one.push_back(ForwardPass{m, hp, be, *c.impl_, c.state_.get(), Modality::Text, 1, c.n_past_, c.n_ctx_, &pos[i],
+                                  X.slice(r, 1), H.slice(r, 1), Q.slice(r, 1), K.slice(r, 1), Vv.slice(r, 1), A.slice(r, 1),
+                                  G.slice(r, 1), U.slice(r, 1), {}});
+        ops::AttentionShape& s = one.back().shape;
+        s.T = 1;
+        s.n_past = c.n_past_;
+        s.n_head = hp.n_head;
+        s.n_head_kv = hp.n_head_kv;
+        s.head_dim = hp.head_dim;
+        s.ctx_stride = c.n_ctx_;
+        s.scale = 1.0f / std::sqrt(float(hp.head_dim));
+    }
+    const Architecture& arch = m.architecture();
+    auto bias = [](const std::vector<float>& b) { return b.empty() ? nullptr : b.data(); };
+    be.get_rows(m.token_embd(), tokens.data(), X);
+    for (int64_t il = 0; il < hp.n_layer; ++il) {
+        // blocks::attention_inputs over the stacked rows, the cache write per context at its own position.
+        const DecoderLayer& l = arch.layer(m, il, Modality::Text);
+        be.rms_norm(X, l.attn_norm.data(), hp.rms_eps, H);
+        be.matmul(l.wq, H, bias(l.bq), Q);
+        be.matmul(l.wk, H, bias(l.bk), K);
+        be.matmul(l.wv, H, bias(l.bv), Vv);
+        be.rope(Q, hp.n_head, hp.head_dim, pos.data(), hp.rope_base, hp.rope_mode);
+        be.rope(K, hp.n_head_kv, hp.head_dim, pos.data(), hp.rope_base, hp.rope_mode);
+        for (ForwardPass& p : one) {
+            be.kv_store(p.k, hp.n_head_kv, hp.head_dim, p.k_cache(il), p.n_ctx, p.n_past);
+            be.kv_store(p.v, hp.n_head_kv, hp.head_dim, p.v_cache(il), p.n_ctx, p.n_past);
+        }
+        // A single token is its own last row: nothing to prune (decode_layer's keep is 0), skip = 0.
+        for (ForwardPass& p : one) arch.attend(p, il, 0);
+        blocks::attention_output(all, l, 0);
+        blocks::swiglu_ffn(all, l, 0);
+    }
+    be.rms_norm(X, m.output_norm().data(), hp.rms_eps, H);
+    std::vector<float> logits(size_t(n * V));
+    be.matmul(m.output(), H, nullptr, Tensor{logits.data(), DType::F32, Device::CPU, n, V});
+    for (size_t i = 0; i < N; ++i) {
+        Context& c = *ctxs[i];
+        c.logits_.resize(size_t(V));
+        c.hidden_.resize(size_t(E));
+        std::memcpy(c.logits_.data(), logits.data() + i * size_t(V), size_t(V) * sizeof(float));
+        be.download(H.slice(int64_t(i), 1), c.hidden_.data());
+        ++c.n_past_;
+    }
 }
 
 }  // namespace owl
