@@ -11,8 +11,8 @@ longer (at most 20 ms): a generation whose consumer is slow never stalls the res
 There is no extra thread: the submitter that completes the batch (or whose wait ran out) runs it and wakes the
 others. A generation alone runs its step at once, on its own (a lock and a few comparisons over the direct path).
 
-Until the runtime has `_core.decode_step`, a batch is evaluated context by context (ctx.eval), the same
-semantics; when the function is there it is used. After a step each context holds its token's logits, as after
+A runtime built without `_core.decode_step` (an older build) evaluates a batch context by context (ctx.eval),
+the same semantics. After a step each context holds its token's logits, as after
 eval, so samplers work unchanged. An error in a batched call reaches every caller of that batch; evaluated one
 by one, each caller gets its own.
 
