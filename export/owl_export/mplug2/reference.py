@@ -277,50 +277,25 @@ class Mplug2CaptionReference:
     @torch.no_grad()
     def beam_search(self, video: torch.Tensor, cache: bool = True, beam_size: int | None = None,
                     min_length: int | None = None, max_length: int | None = None, return_all: bool = False):
-        """predictor.TextGenerator._fast_translate_batch at batch 1. Returns (ids with the leading [CLS], score)
-        of the best recorded hypothesis; return_all=True gives the sorted list of the first beam_size."""
+        """predictor.TextGenerator._fast_translate_batch at batch 1 over this decoder (cache=False re-runs the
+        prefix as the official code does). Returns (ids with the leading [CLS], score) of the best recorded
+        hypothesis; return_all=True gives the sorted list of (score, ids) of the first beam_size."""
         cfg = self.cfg
         B = beam_size or cfg.beam_size
-        min_len = cfg.min_length if min_length is None else min_length
-        max_len = max_length or cfg.max_length
-        alpha = 0.6
         cross = [(k.expand(B, *k.shape), v.expand(B, *v.shape)) for k, v in self.cross_kv(video)]
-        alive = torch.full((B, 1), cfg.bos_id, dtype=torch.long)
-        topk_log_probs = torch.tensor([0.0] + [float("-inf")] * (B - 1))
-        hyps, kv = [], None
-        for step in range(max_len):
-            if cache:
-                logits, kv = self.decoder_step(alive[:, -1:], cross, kv)
-            else:
-                logits = self.decoder_full(alive, cross)
-            logits = logits[:, -1, :].float()
-            V = logits.shape[-1]
-            log_probs = torch.log(torch.softmax(logits, dim=-1))
-            if step < min_len:
-                log_probs[:, cfg.eos_id] = -1e20
-            penalty = ((5.0 + (step + 1)) / 6.0) ** alpha
-            log_probs += topk_log_probs.view(-1).unsqueeze(1)
-            curr = (log_probs / penalty).reshape(-1, B * V)
-            topk_scores, topk_ids = curr.topk(B, dim=-1)
-            topk_log_probs = topk_scores * penalty
-            beam = (topk_ids // V).view(-1)
-            tok = topk_ids.fmod(V).view(-1)
-            alive = torch.cat([alive.index_select(0, beam), tok.view(-1, 1)], -1)
-            finished = tok.eq(cfg.eos_id)
-            if step + 1 == max_len:
-                finished.fill_(True)
-            end = bool(finished[0])
-            if finished.any():
-                if end:
-                    finished.fill_(True)
-                for j in finished.nonzero().view(-1).tolist():
-                    hyps.append((float(topk_scores[0, j]), alive[j].tolist()))
-                if end:
-                    best = sorted(hyps, key=lambda h: h[0], reverse=True)[:B]
-                    return best if return_all else (best[0][1], best[0][0])
-            if cache:
-                kv = [(k.index_select(0, beam), v.index_select(0, beam)) for k, v in kv]
-        raise AssertionError("unreachable: the last step finishes every beam")
+        state = {"kv": None}
+
+        def step(alive, parents):
+            if not cache:
+                return self.decoder_full(alive, cross)[:, -1, :]
+            if parents is not None:
+                state["kv"] = [(k.index_select(0, parents), v.index_select(0, parents)) for k, v in state["kv"]]
+            logits, state["kv"] = self.decoder_step(alive[:, -1:], cross, state["kv"])
+            return logits[:, -1, :]
+
+        return predictor_beam_search(step, cfg.bos_id, cfg.eos_id, B,
+                                     cfg.min_length if min_length is None else min_length,
+                                     max_length or cfg.max_length, return_all)
 
     @torch.no_grad()
     def caption(self, frames: torch.Tensor, cache: bool = True) -> str:
@@ -328,3 +303,50 @@ class Mplug2CaptionReference:
             raise ValueError("no vocab.txt: cannot decode")
         ids, _ = self.beam_search(self.encode_video(frames), cache=cache)
         return self.tok.caption_text(ids, self.cfg.prompt)
+
+
+@torch.no_grad()
+def predictor_beam_search(step, bos_id: int, eos_id: int, beam_size: int = 5, min_length: int = 4,
+                          max_length: int = 20, return_all: bool = False, alpha: float = 0.6):
+    """predictor.py _fast_translate_batch at batch 1, float op for float op. step(alive [B, n], parents [B] or
+    None) -> next-token logits [B, V] (parents: which previous row each row of alive continues, for a cache).
+
+    - scores are log(softmax(logits)) (not log_softmax); before step min_length [SEP] gets -1e20;
+    - penalty ((5 + step + 1) / 6) ** alpha; the top-k runs on (log_probs + beam score) / penalty over all
+      beams x vocabulary, and the beam score kept is that value * penalty again;
+    - a beam whose new token is [SEP] is recorded as a hypothesis (score = the penalised value) but stays alive
+      and keeps being extended; when the top beam emits [SEP], or at max_length, every beam is recorded and the
+      search ends; the answer is the best recorded hypothesis (Python's stable sort, descending), which may be
+      one that finished steps earlier.
+    """
+    B = beam_size
+    alive = torch.full((B, 1), bos_id, dtype=torch.long)
+    topk_log_probs = torch.tensor([0.0] + [float("-inf")] * (B - 1))
+    hyps, parents = [], None
+    for t in range(max_length):
+        logits = step(alive, parents).float()
+        V = logits.shape[-1]
+        log_probs = torch.log(torch.softmax(logits, dim=-1))
+        if t < min_length:
+            log_probs[:, eos_id] = -1e20
+        penalty = ((5.0 + (t + 1)) / 6.0) ** alpha
+        log_probs += topk_log_probs.view(-1).unsqueeze(1)
+        curr = (log_probs / penalty).reshape(-1, B * V)
+        topk_scores, topk_ids = curr.topk(B, dim=-1)
+        topk_log_probs = topk_scores * penalty
+        parents = (topk_ids // V).view(-1)
+        tok = topk_ids.fmod(V).view(-1)
+        alive = torch.cat([alive.index_select(0, parents), tok.view(-1, 1)], -1)
+        finished = tok.eq(eos_id)
+        if t + 1 == max_length:
+            finished.fill_(True)
+        end = bool(finished[0])
+        if finished.any():
+            if end:
+                finished.fill_(True)
+            for j in finished.nonzero().view(-1).tolist():
+                hyps.append((float(topk_scores[0, j]), alive[j].tolist()))
+            if end:
+                best = sorted(hyps, key=lambda h: h[0], reverse=True)[:B]
+                return best if return_all else (best[0][1], best[0][0])
+    raise AssertionError("unreachable: the last step finishes every beam")
