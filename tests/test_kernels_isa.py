@@ -187,6 +187,31 @@ def test_quantized_paths_agree_across_isas(type_name, isa_restore):
             assert rel_err(got, want) < 1e-6, (isa, packed)
 
 
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_q8_small_batches(threads, isa_restore):
+    """Q8_0 at the batched-decode sizes (T = 2..8, one register tile of tokens on AVX-512 VNNI), rows not a multiple
+    of the 16-row lane groups (thread splits at multiples of 8 land inside a group), odd block counts: every
+    variant matches the float64 emulation of the int8 arithmetic; the AVX-512 VNNI lane-per-row kernel does that
+    arithmetic exactly as matmul_generic.cpp does (exact block dot, then acc + dot * (d_w * d_x) with each step
+    rounded), so it is bit-identical to generic."""
+    rng = np.random.default_rng(17 + threads)
+    for rows, cols in [(17, 96), (40, 224), (131, 1056), (24, 4128)]:
+        raw = make_weights("Q8_0", rows, cols, rng)
+        bias = rng.standard_normal(rows).astype(np.float32)
+        for T in range(2, 9):
+            x = rng.standard_normal((T, cols)).astype(np.float32)
+            b = bias if T % 2 else None
+            exact = emulate(raw, "Q8_0", rows, cols, x, b)
+            ops.set_isa("generic")
+            want = ops.matmul(raw, TYPES["Q8_0"], rows, cols, x, b)
+            for isa in SUPPORTED:
+                ops.set_isa(isa)
+                got = ops.matmul(raw, TYPES["Q8_0"], rows, cols, x, b, threads=threads)
+                assert rel_err(got, exact) < 1e-5, (isa, rows, cols, T, threads)
+                if isa == "avx512_vnni":
+                    np.testing.assert_array_equal(got, want, err_msg=f"{isa} {rows}x{cols} T={T} threads={threads}")
+
+
 def test_extreme_weights_do_not_saturate(isa_restore):
     """Q8_0 weights of -128 / +127 against activations at +-127 (the vpmaddubsw pair-sum limit)."""
     rows, cols = 9, 64

@@ -115,9 +115,10 @@ void matmul(ThreadPool& pool, const WeightView& w, const float* x, int64_t T, co
         const int64_t nb = K / QK;
         const size_t q_bytes = size_t(T * K + 63) / 64 * 64;
         const size_t d_bytes = size_t(T * nb) * sizeof(float);
-        uint8_t* buf = scratch.get(q_bytes + d_bytes + (q4x8 ? d_bytes : 0));
+        const bool sums = q4x8 || (w.type == DType::Q8_0 && k.q8_sums);
+        uint8_t* buf = scratch.get(q_bytes + d_bytes + (sums ? d_bytes : 0));
         QuantJob q{w.type == DType::Q4_0 && !q4x8 ? k.quantize_q4 : k.quantize_q8, x, K, reinterpret_cast<int8_t*>(buf),
-                   reinterpret_cast<float*>(buf + q_bytes), q4x8 ? reinterpret_cast<int32_t*>(buf + q_bytes + d_bytes) : nullptr};
+                   reinterpret_cast<float*>(buf + q_bytes), sums ? reinterpret_cast<int32_t*>(buf + q_bytes + d_bytes) : nullptr};
         if (T < 8 || pool.size() == 1) {
             quantize_tokens(q, 0, T);
         } else {

@@ -190,6 +190,7 @@ const Kernels kGeneric = {
     attend_unit,
     swiglu_v,
     store_f16_row,
+    false,  // q8_sums
 };
 
 }  // namespace

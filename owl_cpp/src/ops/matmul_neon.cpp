@@ -189,6 +189,7 @@ const Kernels kKernels = {
     attend_unit,
     swiglu_v,
     store_f16_row,
+    false,  // q8_sums
 };
 
 }  // namespace
