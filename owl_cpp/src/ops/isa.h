@@ -91,6 +91,7 @@ struct Kernels {
     // dst[i] = fp16 bits of src[i], round-to-nearest-even (overflow to inf, subnormals kept; NaN stays NaN).
     void (*store_f16)(const float* src, uint16_t* dst, int64_t n);
     bool q8_sums;  // the q8_0 kernel reads GemmArgs::xs
+    GemmFn q8_0x16;  // BlockQ8_0x16 weights (WeightView::packed_q8x16) against quantize_q8 activations + xs; may be null
 };
 
 // Entry points of the kernel files. Those whose file was not compiled for this target return nullptr.

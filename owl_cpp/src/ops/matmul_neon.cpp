@@ -189,7 +189,8 @@ const Kernels kKernels = {
     attend_unit,
     swiglu_v,
     store_f16_row,
-    false,  // q8_sums
+    false,    // q8_sums
+    nullptr,  // q8_0x16
 };
 
 }  // namespace
