@@ -3,7 +3,8 @@
 GEMV (decode, one token) on the matrices of a 1.5B-sized layer (ffn_up/gate 8960x1536 and ffn_down 1536x8960) in
 Q4_0, Q8_0 and F16, with 1 and 2 threads: time per call and GB/s of weights streamed. Calls cycle through enough
 copies of the matrix (>= --stream-mb in all) that the weights come from memory, not from the last-level cache.
-Optionally prefill (--prefill T tokens per call) in GFLOP/s. Each number is the median of --reps calls, timed in
+Optionally prefill (--prefill T tokens per call) in GFLOP/s, batched decode (--tokens 1 2 4 8), and the load-time
+repacked layouts (--packed). Each number is the median of --reps calls, timed in
 C++ on one persistent thread pool (ops.bench_matmul), taken in --rounds bursts interleaved across configurations.
 Prints a table and writes JSON (bench/results/matmul.json).
 
@@ -38,8 +39,8 @@ def encode(w: np.ndarray, type_name: str) -> np.ndarray:
 
 
 def bench_one(raw: np.ndarray, type_name: str, rows: int, cols: int, copies: int, x: np.ndarray, threads: int,
-              reps: int) -> list[float]:
-    return list(_testing.ops.bench_matmul(raw, TYPES[type_name], rows, cols, copies, x, threads, reps))
+              reps: int, packed: bool = False) -> list[float]:
+    return list(_testing.ops.bench_matmul(raw, TYPES[type_name], rows, cols, copies, x, threads, reps, packed=packed))
 
 
 def main() -> None:
@@ -50,6 +51,10 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=50, help="timed calls per configuration (GEMV)")
     ap.add_argument("--prefill", type=int, default=0, help="also time T-token calls (0: GEMV only)")
     ap.add_argument("--prefill-reps", type=int, default=5)
+    ap.add_argument("--tokens", nargs="+", type=int, default=[1],
+                    help="tokens per call for the timed calls (batched decode: 1 2 4 8), each with --reps calls")
+    ap.add_argument("--packed", action="store_true",
+                    help="Q4_0 / Q8_0 in the layout a model repacks them into at load (where the kernels have one)")
     ap.add_argument("--stream-mb", type=float, default=128.0, help="total size of the copies cycled through")
     ap.add_argument("--rounds", type=int, default=5, help="bursts per configuration, interleaved")
     ap.add_argument("--out", default=str(HERE / "results" / "matmul.json"))
@@ -76,11 +81,12 @@ def main() -> None:
             raw = encode(w, type_name)
             copies = max(1, int(np.ceil(a.stream_mb * 1e6 / raw.size)))
             big = np.tile(raw, copies)
-            for T, reps in [(1, a.reps)] + ([(a.prefill, a.prefill_reps)] if a.prefill > 1 else []):
+            for T, reps in [(t, a.reps) for t in a.tokens] + ([(a.prefill, a.prefill_reps)] if a.prefill > 1 else []):
                 x = rng.standard_normal((T, cols)).astype(np.float32)
                 for isa in isas:
                     for th in a.threads:
                         configs.append({"rows": rows, "cols": cols, "type": type_name, "isa": isa, "threads": th,
+                                        "packed": a.packed and type_name in ("Q4_0", "Q8_0"),
                                         "T": T, "reps": reps, "weight_bytes": int(raw.size), "copies": copies,
                                         "_w": big, "_x": x, "_secs": []})
     try:
@@ -90,7 +96,7 @@ def main() -> None:
                 if n:
                     _testing.ops.set_isa(c["isa"])
                     c["_secs"] += bench_one(c["_w"], c["type"], c["rows"], c["cols"], c["copies"], c["_x"],
-                                            c["threads"], n)
+                                            c["threads"], n, c["packed"])
     finally:
         _testing.ops.set_isa(before)
     rows_out = []

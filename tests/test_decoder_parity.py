@@ -165,6 +165,23 @@ def test_chunked_prefill_equals_single_batch(tiny_gguf):
     assert rel_err(small.eval([tok]), one.eval([tok])) < 1e-5
 
 
+def test_repacked_q8_0_equals_file_layout(tiny_gguf, monkeypatch):
+    """Q8_0 matrices repacked at load (BlockQ8_0x16, where the kernels have that path) give bit for bit the logits of
+    the file's layout: the lane kernel does the same arithmetic on both."""
+    from owl_cpp import _testing
+
+    path = tiny_gguf("qwen2", "q8_0")
+    packed = owl_cpp.load(path, threads=2)
+    if not _testing.ops.kernels_use_q8x16():
+        pytest.skip("the active kernels keep Q8_0 in the file's layout")
+    assert packed._model.packed_bytes > 0
+    monkeypatch.setenv("OWL_REPACK", "0")
+    plain = owl_cpp.load(path, threads=2)
+    assert plain._model.packed_bytes == 0
+    ids = prompt_ids(packed)
+    np.testing.assert_array_equal(packed.logits(ids), plain.logits(ids))
+
+
 def test_repacked_q4_0_equals_file_layout(tiny_gguf, monkeypatch):
     """Q4_0 matrices repacked at load (BlockQ4_0x8, where the kernels have that path) give the logits of the
     file's layout: both sum exact integer block products; only the fp32 accumulation order differs, which can

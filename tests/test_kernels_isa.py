@@ -29,6 +29,7 @@ TYPES = {"F32": 0, "F16": 1, "Q4_0": 2, "Q8_0": 8, "BF16": 30}
 TOL = {"F32": 1e-5, "F16": 1e-5, "BF16": 1e-5, "Q8_0": 1e-2, "Q4_0": 1e-2}
 ALL_ISAS = ["generic", "avx2", "avx2_vnni", "avx512", "avx512_vnni", "neon"]
 SUPPORTED = ops.supported_isas()
+PACKED = {"Q4_0x8": "Q4_0", "Q8_0x16": "Q8_0"}  # load-time layouts (packed=True) of these types
 PYTHON_DIR = str(Path(_core.__file__).resolve().parent.parent)
 
 # rows x cols: rows not a multiple of 4 / 8 / threads, one block of columns, odd block counts (the AVX2 Q4_0 and
@@ -82,16 +83,17 @@ def test_supported_list_is_sane():
 
 
 @pytest.mark.parametrize("isa", ALL_ISAS)
-@pytest.mark.parametrize("type_name", list(TYPES) + ["Q4_0x8"])
+@pytest.mark.parametrize("type_name", list(TYPES) + list(PACKED))
 def test_every_isa_matches_reference(isa, type_name, isa_restore):
-    """Q4_0x8: Q4_0 weights repacked as at model load (the kernel set's lane-per-row path where it has one)."""
+    """Q4_0x8 / Q8_0x16: Q4_0 / Q8_0 weights repacked as at model load (the kernel set's lane-per-row path where it
+    has one)."""
     if isa not in SUPPORTED:
         pytest.skip(f"this CPU / build cannot run {isa}")
     ops.set_isa(isa)
     assert ops.active_isa() == isa
     rng = np.random.default_rng(zlib.crc32(f"{isa} {type_name}".encode()))
-    packed = type_name == "Q4_0x8"
-    type_name = "Q4_0" if packed else type_name
+    packed = type_name in PACKED
+    type_name = PACKED.get(type_name, type_name)
     for rows, cols in SHAPES:
         raw = make_weights(type_name, rows, cols, rng)
         bias = rng.standard_normal(rows).astype(np.float32)
@@ -132,14 +134,14 @@ def test_float_weights_any_column_count(isa, type_name, isa_restore):
                 assert rel_err(got, ref) < 1e-5, (isa, type_name, rows, cols, T, threads)
 
 
-@pytest.mark.parametrize("type_name", list(TYPES) + ["Q4_0x8"])
+@pytest.mark.parametrize("type_name", list(TYPES) + list(PACKED))
 def test_token_does_not_depend_on_batch(type_name, isa_restore):
     """A token's result does not depend on which other tokens share its register tile (T = 1 vs inside T = 7).
     Float weights switch to another summation order from 16 tokens on (see the next test)."""
     rng = np.random.default_rng(7)
     rows, cols = 29, 224
-    packed = type_name == "Q4_0x8"
-    type_name = "Q4_0" if packed else type_name
+    packed = type_name in PACKED
+    type_name = PACKED.get(type_name, type_name)
     raw = make_weights(type_name, rows, cols, rng)
     x = rng.standard_normal((7, cols)).astype(np.float32)
     for isa in SUPPORTED:
@@ -171,7 +173,7 @@ def test_long_batches_do_not_depend_on_batch(type_name, isa_restore):
 
 @pytest.mark.parametrize("type_name", ["Q8_0", "Q4_0"])
 def test_quantized_paths_agree_across_isas(type_name, isa_restore):
-    """All variants, Q4_0 repacked or not, quantize the activations identically and sum exact integer block
+    """All variants, repacked or not, quantize the activations identically and sum exact integer block
     products; only the fp32 accumulation order differs."""
     rng = np.random.default_rng(11)
     rows, cols, T = 45, 1024, 5
@@ -182,9 +184,35 @@ def test_quantized_paths_agree_across_isas(type_name, isa_restore):
     want = ops.matmul(raw, TYPES[type_name], rows, cols, x)
     for isa in SUPPORTED:
         ops.set_isa(isa)
-        for packed in ([False, True] if type_name == "Q4_0" else [False]):
+        for packed in (False, True):
             got = ops.matmul(raw, TYPES[type_name], rows, cols, x, packed=packed)
             assert rel_err(got, want) < 1e-6, (isa, packed)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_q8_small_batches(threads, isa_restore):
+    """Q8_0 at the batched-decode sizes (T = 2..8, one register tile of tokens on AVX-512 VNNI), rows not a multiple
+    of the 16-row lane groups (thread splits at multiples of 8 land inside a group), odd block counts: every
+    variant matches the float64 emulation of the int8 arithmetic; the AVX-512 VNNI lane-per-row kernel does that
+    arithmetic exactly as matmul_generic.cpp does (exact block dot, then acc + dot * (d_w * d_x) with each step
+    rounded), on the file's layout and on BlockQ8_0x16 alike, so it is bit-identical to generic."""
+    rng = np.random.default_rng(17 + threads)
+    for rows, cols in [(17, 96), (40, 224), (131, 1056), (24, 4128)]:
+        raw = make_weights("Q8_0", rows, cols, rng)
+        bias = rng.standard_normal(rows).astype(np.float32)
+        for T in range(2, 9):
+            x = rng.standard_normal((T, cols)).astype(np.float32)
+            b = bias if T % 2 else None
+            exact = emulate(raw, "Q8_0", rows, cols, x, b)
+            ops.set_isa("generic")
+            want = ops.matmul(raw, TYPES["Q8_0"], rows, cols, x, b)
+            for isa in SUPPORTED:
+                ops.set_isa(isa)
+                for packed in (False, True):
+                    got = ops.matmul(raw, TYPES["Q8_0"], rows, cols, x, b, threads=threads, packed=packed)
+                    assert rel_err(got, exact) < 1e-5, (isa, rows, cols, T, threads, packed)
+                    if isa == "avx512_vnni":
+                        np.testing.assert_array_equal(got, want, err_msg=f"{isa} {rows}x{cols} T={T} threads={threads} packed={packed}")
 
 
 def test_extreme_weights_do_not_saturate(isa_restore):
@@ -199,8 +227,9 @@ def test_extreme_weights_do_not_saturate(isa_restore):
     ref = ops.matmul(raw, TYPES["Q8_0"], rows, cols, x, ref=True)
     for isa in SUPPORTED:
         ops.set_isa(isa)
-        got = ops.matmul(raw, TYPES["Q8_0"], rows, cols, x)
-        assert rel_err(got, ref) < 1e-6, isa
+        for packed in (False, True):
+            got = ops.matmul(raw, TYPES["Q8_0"], rows, cols, x, packed=packed)
+            assert rel_err(got, ref) < 1e-6, (isa, packed)
 
 
 def test_extreme_q4_weights_do_not_saturate(isa_restore):

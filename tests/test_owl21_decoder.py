@@ -166,14 +166,24 @@ def test_quantized_exports(owl21, quant, tol, min_corr, min_agree):
 
 
 def test_q4_0_image_branch_is_repacked(owl21):
-    """Every Q4_0 block matrix, the image Q/K/V included, goes through the load-time repacking."""
+    """Every Q4_0 block matrix, the image Q/K/V included, goes through the load-time repacking. (The file's Q8_0
+    output matrix is repacked too where the kernels have a BlockQ8_0x16 path: 16-row groups, 64-byte aligned.)"""
+    from owl_cpp import _testing
+
     _, path = owl21("owl21:q4_0")
     m = _core.Model.load(str(path))
-    if m.packed_bytes == 0:
+    if not _testing.ops.kernels_use_q4x8():
         pytest.skip("the active kernels keep Q4_0 in the file's layout")
-    q4 = {t.name: int(t.n_bytes) for t in gguf.GGUFReader(path).tensors if t.tensor_type.name == "Q4_0"}
+    tensors = gguf.GGUFReader(path).tensors
+    q4 = {t.name: int(t.n_bytes) for t in tensors if t.tensor_type.name == "Q4_0"}
     assert any(".img.attn_q." in k for k in q4)
-    assert m.packed_bytes == sum(n for k, n in q4.items() if k.startswith("blk."))
+    q8 = 0
+    if _testing.ops.kernels_use_q8x16():
+        for t in tensors:
+            if t.tensor_type.name == "Q8_0" and (t.name.startswith("blk.") or t.name == "output.weight"):
+                cols, rows = int(t.shape[0]), int(t.shape[1])
+                q8 += -(-(-(-rows // 16) * 16 * (cols // 32) * 34) // 64) * 64
+    assert m.packed_bytes == sum(n for k, n in q4.items() if k.startswith("blk.")) + q8
 
 
 # ------------------------------------------------------------------------------------------- hostile files

@@ -35,6 +35,22 @@ KVArray kv_array(const py::handle& obj) {
     return {f, DType::F32};
 }
 
+// The load-time copy of a Q4_0 (BlockQ4_0x8) or Q8_0 (BlockQ8_0x16) matrix, as Model::pack_weights makes it,
+// into `buf`, and w pointed at it.
+void pack(WeightView& w, std::vector<uint8_t>& buf) {
+    if (w.type == DType::Q4_0) {
+        buf.resize(size_t(ops::q4x8_bytes(w.rows, w.cols)));
+        ops::repack_q4x8(w, buf.data(), 0, w.rows);
+        w.packed_q4x8 = buf.data();
+    } else if (w.type == DType::Q8_0) {
+        buf.resize(size_t(ops::q8x16_bytes(w.rows, w.cols)));
+        ops::repack_q8x16(w, buf.data(), 0, w.rows);
+        w.packed_q8x16 = buf.data();
+    } else {
+        throw py::value_error("packed=True needs Q4_0 or Q8_0 weights");
+    }
+}
+
 }  // namespace
 
 void bind_ops(py::module_& parent) {
@@ -61,13 +77,8 @@ void bind_ops(py::module_& parent) {
     m.def("matmul", [](const U8& wdata, int dtype, int64_t rows, int64_t cols, const F32& x, py::object bias, int threads, bool ref,
                        bool packed) {
         WeightView w = weight(wdata, dtype, rows, cols);
-        std::vector<uint8_t> q4x8;  // the load-time BlockQ4_0x8 copy, as Model::load makes it
-        if (packed) {
-            if (w.type != DType::Q4_0) throw py::value_error("packed=True needs Q4_0 weights");
-            q4x8.resize(size_t(ops::q4x8_bytes(rows, cols)));
-            ops::repack_q4x8(w, q4x8.data(), 0, rows);
-            w.packed_q4x8 = q4x8.data();
-        }
+        std::vector<uint8_t> packed_copy;  // the load-time BlockQ4_0x8 / BlockQ8_0x16 copy, as Model::load makes it
+        if (packed) pack(w, packed_copy);
         if (x.ndim() != 2 || x.shape(1) != cols) throw py::value_error("x must be [T, cols]");
         const int64_t T = x.shape(0);
         F32 b;
@@ -91,6 +102,7 @@ void bind_ops(py::module_& parent) {
     }, py::arg("w"), py::arg("dtype"), py::arg("rows"), py::arg("cols"), py::arg("x"), py::arg("bias") = py::none(),
        py::arg("threads") = 1, py::arg("ref") = false, py::arg("packed") = false);
     m.def("kernels_use_q4x8", &ops::kernels_use_q4x8, "whether the active kernels have a repacked Q4_0 path");
+    m.def("kernels_use_q8x16", &ops::kernels_use_q8x16, "whether the active kernels have a repacked Q8_0 path");
     m.def("supported_isas", &ops::supported_isas, "matmul kernel variants this CPU and build can run");
     m.def("active_isa", &ops::active_isa, "the matmul kernel variant in use");
     m.def("set_isa", &ops::set_isa, py::arg("name"),
@@ -99,7 +111,7 @@ void bind_ops(py::module_& parent) {
     // identical-shape matrices back to back; calls cycle through them so that, with enough copies, the weights
     // come from memory and not from the last-level cache.
     m.def("bench_matmul", [](const U8& wdata, int dtype, int64_t rows, int64_t cols, int64_t copies, const F32& x,
-                             int threads, int reps) {
+                             int threads, int reps, bool packed) {
         if (!dtype_supported(uint32_t(dtype))) throw py::value_error("unsupported dtype " + std::to_string(dtype));
         WeightView w0{DType(dtype), rows, cols, wdata.data()};
         if (rows < 1 || cols < 1 || cols % dtype_block_elems(w0.type) != 0) throw py::value_error("bad matrix shape");
@@ -109,17 +121,20 @@ void bind_ops(py::module_& parent) {
         const int64_t T = x.shape(0);
         std::vector<float> y(size_t(T * rows));
         std::vector<double> secs(size_t(reps > 0 ? reps : 0));
+        std::vector<std::vector<uint8_t>> packed_copies(size_t(packed ? copies : 0));
+        std::vector<WeightView> views;
+        for (int64_t c = 0; c < copies; ++c) {
+            WeightView w = w0;
+            w.data = wdata.data() + c * rows * w0.row_bytes();
+            if (packed) pack(w, packed_copies[size_t(c)]);
+            views.push_back(w);
+        }
         {
             py::gil_scoped_release release;
             ThreadPool pool(threads);
-            for (int64_t c = 0; c < copies; ++c) {  // warm up: page in every copy, grow scratch buffers
-                WeightView w = w0;
-                w.data = wdata.data() + c * rows * w0.row_bytes();
-                ops::matmul(pool, w, x.data(), T, nullptr, y.data());
-            }
+            for (const WeightView& w : views) ops::matmul(pool, w, x.data(), T, nullptr, y.data());  // warm up
             for (int i = 0; i < reps; ++i) {
-                WeightView w = w0;
-                w.data = wdata.data() + (i % copies) * rows * w0.row_bytes();
+                const WeightView& w = views[size_t(i % copies)];
                 const auto t0 = std::chrono::steady_clock::now();
                 ops::matmul(pool, w, x.data(), T, nullptr, y.data());
                 secs[size_t(i)] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -127,7 +142,7 @@ void bind_ops(py::module_& parent) {
         }
         return py::array_t<double>(py::ssize_t(secs.size()), secs.data());
     }, py::arg("w"), py::arg("dtype"), py::arg("rows"), py::arg("cols"), py::arg("copies"), py::arg("x"),
-       py::arg("threads") = 1, py::arg("reps") = 20);
+       py::arg("threads") = 1, py::arg("reps") = 20, py::arg("packed") = false);
     m.def("get_rows", [](const U8& table, int dtype, int64_t rows, int64_t cols, const I32& ids) {
         WeightView w = weight(table, dtype, rows, cols);
         for (py::ssize_t i = 0; i < ids.size(); ++i)

@@ -40,6 +40,15 @@ struct BlockQ4_0x8 {
 };
 static_assert(sizeof(BlockQ4_0x8) == kQ4x8Rows * sizeof(BlockQ4_0), "Q4_0x8 block must hold 8 Q4_0 blocks");
 
+// Q8_0 for lane-per-row kernels: block b of 16 consecutive rows, row i in 32-bit lane i. qs[64 q + 4 i + e] is
+// element 4 q + e of row i (q = 0..7: one 64-byte vector per four elements of every row); d[i] its scale.
+constexpr int kQ8x16Rows = 16;
+struct BlockQ8_0x16 {
+    int8_t qs[kQ8x16Rows * QK];
+    uint16_t d[kQ8x16Rows];
+};
+static_assert(sizeof(BlockQ8_0x16) == kQ8x16Rows * sizeof(BlockQ8_0), "Q8_0x16 block must hold 16 Q8_0 blocks");
+
 // True when `id` is one of the types above.
 bool dtype_supported(uint32_t id);
 const char* dtype_name(DType t);

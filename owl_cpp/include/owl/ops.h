@@ -20,6 +20,8 @@ struct WeightView {
     // Optional copy of a Q4_0 matrix in the BlockQ4_0x8 layout (rows padded to a multiple of 8 with zero
     // blocks); matmul uses it when the active kernels can, and `data` otherwise.
     const void* packed_q4x8 = nullptr;
+    // Likewise a Q8_0 matrix in the BlockQ8_0x16 layout (rows padded to a multiple of 16 with zero blocks).
+    const void* packed_q8x16 = nullptr;
     int64_t row_bytes() const { return dtype_row_bytes(type, cols); }
     const uint8_t* row(int64_t r) const { return static_cast<const uint8_t*>(data) + r * row_bytes(); }
 };
@@ -38,6 +40,10 @@ int64_t q4x8_bytes(int64_t rows, int64_t cols);
 void repack_q4x8(const WeightView& w, void* dst, int64_t r0, int64_t r1);
 // Whether the active kernels have a BlockQ4_0x8 path (a model repacks its Q4_0 matrices at load only then).
 bool kernels_use_q4x8();
+// Q8_0 -> BlockQ8_0x16, the same way (row ranges in whole groups of 16, or r1 = rows).
+int64_t q8x16_bytes(int64_t rows, int64_t cols);
+void repack_q8x16(const WeightView& w, void* dst, int64_t r0, int64_t r1);
+bool kernels_use_q8x16();
 
 // y[t][r] = sum_k x[t][k] * W[r][k]  (+ bias[r] when bias != nullptr); x: [T][cols], y: [T][rows].
 void matmul(ThreadPool& pool, const WeightView& w, const float* x, int64_t T, const float* bias, float* y);

@@ -27,7 +27,7 @@ struct GemmArgs {
     const float* x = nullptr;     // [T][K] float activations (F32 / F16 / BF16 weights)
     const int8_t* xq = nullptr;   // [T][K] activations quantized to int8 (Q8_0 / Q4_0 weights), token stride K
     const float* xd = nullptr;    // [T][K / 32] their per-block scales (fp32, not rounded to fp16)
-    const int32_t* xs = nullptr;  // [T][K / 32] per-block sums of xq (Q4_0x8 kernels only)
+    const int32_t* xs = nullptr;  // [T][K / 32] per-block sums of xq (Q4_0x8 kernels, and Q8_0 where Kernels::q8_sums)
     const float* f16 = nullptr;   // fp16 -> fp32 table (65536 entries) for the block scales
     const float* bias = nullptr;  // [N] or null
     float* y = nullptr;           // [T][N]
@@ -90,6 +90,8 @@ struct Kernels {
     void (*swiglu)(const float* gate, const float* up, float* out, int64_t n);
     // dst[i] = fp16 bits of src[i], round-to-nearest-even (overflow to inf, subnormals kept; NaN stays NaN).
     void (*store_f16)(const float* src, uint16_t* dst, int64_t n);
+    bool q8_sums;  // the q8_0 kernel reads GemmArgs::xs
+    GemmFn q8_0x16;  // BlockQ8_0x16 weights (WeightView::packed_q8x16) against quantize_q8 activations + xs; may be null
 };
 
 // Entry points of the kernel files. Those whose file was not compiled for this target return nullptr.

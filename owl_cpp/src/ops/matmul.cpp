@@ -108,6 +108,11 @@ void matmul(ThreadPool& pool, const WeightView& w, const float* x, int64_t T, co
         fn = k.q4_0x8;
         a.w = static_cast<const uint8_t*>(w.packed_q4x8);
     }
+    const bool q8x16 = w.type == DType::Q8_0 && w.packed_q8x16 && k.q8_0x16;
+    if (q8x16) {
+        fn = k.q8_0x16;
+        a.w = static_cast<const uint8_t*>(w.packed_q8x16);
+    }
     if (!fn) throw Error(std::string("matmul: no kernel for weight type ") + dtype_name(w.type));
     if (w.type == DType::Q8_0 || w.type == DType::Q4_0) {
         if (K % QK) throw Error("matmul: quantized rows must have a multiple of 32 columns");
@@ -115,9 +120,10 @@ void matmul(ThreadPool& pool, const WeightView& w, const float* x, int64_t T, co
         const int64_t nb = K / QK;
         const size_t q_bytes = size_t(T * K + 63) / 64 * 64;
         const size_t d_bytes = size_t(T * nb) * sizeof(float);
-        uint8_t* buf = scratch.get(q_bytes + d_bytes + (q4x8 ? d_bytes : 0));
+        const bool sums = q4x8 || q8x16 || (w.type == DType::Q8_0 && k.q8_sums);
+        uint8_t* buf = scratch.get(q_bytes + d_bytes + (sums ? d_bytes : 0));
         QuantJob q{w.type == DType::Q4_0 && !q4x8 ? k.quantize_q4 : k.quantize_q8, x, K, reinterpret_cast<int8_t*>(buf),
-                   reinterpret_cast<float*>(buf + q_bytes), q4x8 ? reinterpret_cast<int32_t*>(buf + q_bytes + d_bytes) : nullptr};
+                   reinterpret_cast<float*>(buf + q_bytes), sums ? reinterpret_cast<int32_t*>(buf + q_bytes + d_bytes) : nullptr};
         if (T < 8 || pool.size() == 1) {
             quantize_tokens(q, 0, T);
         } else {
@@ -149,6 +155,7 @@ void matmul(ThreadPool& pool, const WeightView& w, const float* x, int64_t T, co
 }
 
 bool kernels_use_q4x8() { return isa::active().q4_0x8 != nullptr; }
+bool kernels_use_q8x16() { return isa::active().q8_0x16 != nullptr; }
 
 void matmul_ref(const WeightView& w, const float* x, int64_t T, const float* bias, float* y) {
     std::vector<float> row(size_t(w.cols));

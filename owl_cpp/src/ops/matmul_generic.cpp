@@ -190,6 +190,8 @@ const Kernels kGeneric = {
     attend_unit,
     swiglu_v,
     store_f16_row,
+    false,    // q8_sums
+    nullptr,  // q8_0x16
 };
 
 }  // namespace

@@ -189,6 +189,8 @@ const Kernels kKernels = {
     attend_unit,
     swiglu_v,
     store_f16_row,
+    false,    // q8_sums
+    nullptr,  // q8_0x16
 };
 
 }  // namespace
