@@ -17,37 +17,21 @@ from owl_cpp import _core
 from owl_export.convert_text import llama_unpermute
 from owl_export.owl2.convert import PreparedOwl2Decoder
 from owl_export.owl2.fixtures import QWEN_SPECIALS, make_tiny_owl2_checkpoint
-from owl_export.owl2.language import IMAGE_TOKEN_INDEX as IMG, Owl2LanguageReference
+from owl_export.owl2.language import IMAGE_TOKEN_INDEX as IMG
 from owl_export.tiny_tokenizers import CORPUS
 from owl_export.vocab import load_hf_vocab, vocab_to_dict
 
-from test_owl2_decoder import ERRORS, TOL, check_teacher_forced, context, feed, images, prompt, rel_err, run_and_check
+from test_owl2_decoder import (ERRORS, TOL, check_teacher_forced, context, feed, images, owl2, prompt,  # noqa: F401
+                               rel_err, run_and_check, runtime_greedy)
 from test_tokenizer import CHAT, TEXTS
 
 H, LAYERS, HEADS = 64, 2, 4
 
 
 @pytest.fixture(scope="session")
-def owl21(tmp_path_factory):
-    """name -> (reference float64, gguf path): "owl21" (2 layers), "owl21-1layer"; "owl21:q8_0" quantized."""
-    root = tmp_path_factory.mktemp("owl21")
-    cache: dict = {}
-
-    def get(name: str):
-        if name in cache:
-            return cache[name]
-        base, _, quant = name.partition(":")
-        hf = root / base
-        if not hf.exists():
-            make_tiny_owl2_checkpoint(hf, "owl2_1", num_layers=1 if base == "owl21-1layer" else LAYERS)
-        out = root / f"{base}.{quant or 'f32'}.gguf"
-        PreparedOwl2Decoder(hf, quant or "f32").write(out, progress=False)
-        ref = cache[base][0] if base in cache else Owl2LanguageReference.from_pretrained(hf, torch.float64)
-        cache[name] = (ref, out)
-        return cache[name]
-
-    get.root = root
-    return get
+def owl21(owl2):
+    """test_owl2_decoder's tiny decoders: "owl21" (2 layers), "owl21-1layer"; "owl21:q8_0" quantized."""
+    return owl2
 
 
 def _hf(owl21, name="owl21"):
@@ -149,12 +133,7 @@ def test_greedy_32_tokens_identical(owl21):
     embeds, mod = ref.splice(prompt(1), images(ref, 1, seed=5))
     want = ref.greedy(embeds, mod, 32)
     ctx = context(path)
-    logits = feed(ctx, embeds, mod, all_logits=False)
-    got = []
-    for _ in range(32):
-        got.append(int(np.argmax(logits)))
-        logits = ctx.decode(ids=[got[-1]])
-    assert got == want
+    assert runtime_greedy(ctx, feed(ctx, embeds, mod, all_logits=False), 32) == want
 
 
 @pytest.mark.parametrize("quant,tol,min_corr,min_agree", [("q8_0", 1e-1, 0.999, 0.9), ("q4_0", 1.0, 0.95, 0.5)])

@@ -20,8 +20,8 @@ ERRORS: dict[str, float] = {}         # measured maxima, printed by the last tes
 
 @pytest.fixture(scope="session")
 def owl2(tmp_path_factory):
-    """name -> (reference float64, gguf path); built once. Names: "owl2", "owl2-1layer", "owl1"; quantized
-    exports as "owl2:q8_0" etc."""
+    """name -> (reference float64, gguf path); built once. Names: "owl2", "owl2-1layer", "owl1", "owl21" (Owl2.1),
+    "owl21-1layer"; quantized exports as "owl2:q8_0" etc. get.root / name is a name's checkpoint directory."""
     root = tmp_path_factory.mktemp("owl2")
     cache: dict = {}
 
@@ -31,14 +31,15 @@ def owl2(tmp_path_factory):
         base, _, quant = name.partition(":")
         hf = root / base
         if not hf.exists():
-            variant = "owl1" if base == "owl1" else "owl2"
-            make_tiny_owl2_checkpoint(hf, variant, num_layers=1 if base == "owl2-1layer" else 2)
+            variant = {"owl1": "owl1", "owl21": "owl2_1"}.get(base.split("-")[0], "owl2")
+            make_tiny_owl2_checkpoint(hf, variant, num_layers=1 if base.endswith("-1layer") else 2)
         out = root / f"{base}.{quant or 'f32'}.gguf"
         PreparedOwl2Decoder(hf, quant or "f32").write(out, progress=False)
         ref = cache[base][0] if base in cache else Owl2LanguageReference.from_pretrained(hf, torch.float64)
         cache[name] = (ref, out)
         return cache[name]
 
+    get.root = root
     return get
 
 
@@ -66,6 +67,15 @@ def context(path, n_batch=256):
 def feed(ctx, embeds, modality, all_logits=True):
     return ctx.decode(embeds=np.asarray(embeds, np.float32), modality=[int(m) for m in modality],
                       all_logits=all_logits)
+
+
+def runtime_greedy(ctx, logits, n) -> list[int]:
+    """n argmax tokens from the context, starting from the prefill's last logits; each fed back as text."""
+    got = []
+    for _ in range(n):
+        got.append(int(np.argmax(logits)))
+        logits = ctx.decode(ids=[got[-1]])
+    return got
 
 
 def run_and_check(ref, path, n_images, steps=16, tol=TOL, n_batch=256, key=None):
@@ -140,12 +150,7 @@ def test_greedy_32_tokens_identical(owl2):
     embeds, mod = ref.splice(ids, images(ref, 1, seed=5))
     want = ref.greedy(embeds, mod, 32)
     ctx = context(path)
-    logits = feed(ctx, embeds, mod, all_logits=False)
-    got = []
-    for _ in range(32):
-        got.append(int(np.argmax(logits)))
-        logits = ctx.decode(ids=[got[-1]])
-    assert got == want
+    assert runtime_greedy(ctx, feed(ctx, embeds, mod, all_logits=False), 32) == want
 
 
 def test_second_turn_after_truncate_matches_full_recompute(owl2):
@@ -154,11 +159,7 @@ def test_second_turn_after_truncate_matches_full_recompute(owl2):
     ref, path = owl2("owl2")
     embeds, mod = ref.splice(prompt(1), images(ref, 1, seed=7))
     ctx = context(path)
-    logits = feed(ctx, embeds, mod, all_logits=False)
-    gen = []
-    for _ in range(6):
-        gen.append(int(np.argmax(logits)))
-        logits = ctx.decode(ids=[gen[-1]])
+    gen = runtime_greedy(ctx, feed(ctx, embeds, mod, all_logits=False), 6)
     keep = len(mod) + 3
     ctx.truncate(keep)
     assert ctx.n_past == keep

@@ -43,17 +43,22 @@ def reference_inputs(model, vision_ref, lang_ref, messages, images):
     msgs, media = conversation(None, images, None, messages)
     views = model._expand(media)
     p = model._build_prompt(msgs, views)
-    n = model.image_config.image_tokens
-    ids, k = [], 0
-    while k < len(p.ids):
-        if k in p.image_starts:
-            ids.append(IMAGE_TOKEN_INDEX)
+    embeds = vision_ref(views) if len(views) else []
+    ids = with_sentinels(p.ids, p.image_starts, model.image_config.image_tokens)
+    return p, lang_ref.splice(ids, [e.double() for e in embeds])
+
+
+def with_sentinels(ids, starts, n):
+    """The runtime's ids (n placeholders per image) as the official code has them: one -200 per image."""
+    out, k = [], 0
+    while k < len(ids):
+        if k in starts:
+            out.append(IMAGE_TOKEN_INDEX)
             k += n
         else:
-            ids.append(p.ids[k])
+            out.append(ids[k])
             k += 1
-    embeds = vision_ref(views) if len(views) else []
-    return p, lang_ref.splice(ids, [e.double() for e in embeds])
+    return out
 
 
 def rel_err(got, want) -> float:
@@ -103,9 +108,8 @@ def test_a_sessions_second_turn_equals_recomputing_the_conversation(owl2):
     # the whole conversation as the session holds it, recomputed from scratch by the reference
     ids, starts = list(s._slot.tokens[:second["prompt_tokens"]]), [im[0] for im in s._slot.images]
     assert len(starts) == 1
-    n = model.image_config.image_tokens
-    sentinel_ids = ids[:starts[0]] + [IMAGE_TOKEN_INDEX] + ids[starts[0] + n:]
     pixels = model._expand([IMG_A])
+    sentinel_ids = with_sentinels(ids, starts, model.image_config.image_tokens)
     embeds, modality = lref.splice(sentinel_ids, [vref(pixels)[0].double()])
     assert lref.greedy(embeds, modality, 6) == second["tokens"]
     assert first["tokens"] != second["tokens"] or first["text"] != ""

@@ -50,15 +50,15 @@ def make_tiny_checkpoint(out_dir, arch: str = "qwen2", *, seed: int = 0, hidden_
 
     config = _config(arch, hidden_size, num_layers, num_heads, num_kv_heads, intermediate_size,
                      tie_word_embeddings, n_rows, tok, dtype)
-    _write_json(out / "config.json", config)
-    _write_json(out / "generation_config.json", _generation_config(arch, tok))
+    write_json(out / "config.json", config)
+    write_json(out / "generation_config.json", _generation_config(arch, tok))
 
     weights = random_weights(arch, seed=seed, hidden_size=hidden_size, num_layers=num_layers,
                              num_heads=num_heads, num_kv_heads=num_kv_heads,
                              intermediate_size=intermediate_size, vocab_rows=n_rows,
                              tie_word_embeddings=tie_word_embeddings)
     weights = {k: v.to(getattr(torch, dtype)).contiguous() for k, v in weights.items()}
-    _save_weights(out, weights, weights_format)
+    save_weights(out, weights, weights_format)
     return out
 
 
@@ -108,7 +108,7 @@ def random_weights(arch: str, *, seed: int, hidden_size: int, num_layers: int, n
     return w
 
 
-def _save_weights(out: Path, weights: dict[str, torch.Tensor], fmt: str) -> None:
+def save_weights(out: Path, weights: dict[str, torch.Tensor], fmt: str) -> None:
     from safetensors.torch import save_file
 
     names = list(weights)
@@ -133,7 +133,7 @@ def _save_weights(out: Path, weights: dict[str, torch.Tensor], fmt: str) -> None
             weight_map.update({n: fname for n in group})
         total = sum(t.numel() * t.element_size() for t in weights.values())
         index_name = "model.safetensors.index.json" if ext == "safetensors" else "pytorch_model.bin.index.json"
-        _write_json(out / index_name, {"metadata": {"total_size": total}, "weight_map": weight_map})
+        write_json(out / index_name, {"metadata": {"total_size": total}, "weight_map": weight_map})
 
 
 # ------------------------------------------------------------------------------------------- tokenizer
@@ -225,5 +225,5 @@ def _generation_config(arch: str, tok: dict) -> dict:
             "top_p": 0.9, "transformers_version": _TRANSFORMERS_VERSION[arch]}
 
 
-def _write_json(path: Path, data: dict) -> None:
+def write_json(path: Path, data: dict) -> None:
     path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")

@@ -192,7 +192,8 @@ def _byte_level(b: bytes) -> str:
     return "".join(table[x] for x in b)
 
 
-def _bytes_to_unicode() -> list[str]:
+def byte_level_chars() -> list[str]:
+    """GPT-2's printable character for each byte value 0..255 (how byte-level BPE vocabularies are written)."""
     bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("\xa1"), ord("\xac") + 1)) + \
         list(range(ord("\xae"), ord("\xff") + 1))
     table, n = {}, 0
@@ -205,7 +206,7 @@ def _bytes_to_unicode() -> list[str]:
     return [table[b] for b in range(256)]
 
 
-_byte_level.table = _bytes_to_unicode()
+_byte_level.table = byte_level_chars()
 
 
 def _rank_bpe(ranks: dict[bytes, int], token: bytes, max_rank: int) -> list[bytes]:

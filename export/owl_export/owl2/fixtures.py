@@ -21,11 +21,13 @@ from pathlib import Path
 
 import torch
 
-from ..fixtures import random_weights
+from ..fixtures import random_weights, save_weights, write_json
 from ..owl3.fixtures import rand_bias, rand_matrix, rand_norm
 from .config import CLIP_MEAN, CLIP_STD
 
 VARIANTS = ("owl2", "owl2_1", "owl1")
+# tokenization_qwen.py's specials, written out here as the checkpoint's own code defines them: vocab.py keeps its
+# copy, and the tests compare what vocab.py reads with this one
 QWEN_SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>") + tuple(f"<|extra_{i}|>" for i in range(205))
 
 
@@ -79,11 +81,11 @@ def make_tiny_owl2_checkpoint(out_dir, variant: str = "owl2", *, seed: int = 0, 
                   "num_query_tokens": num_queries, "vision_config": vision,
                   "visual_abstractor_config": abstractor, "text_config": {**llama, "model_type": "llama"},
                   "torch_dtype": dtype, "transformers_version": "4.28.1", "tie_word_embeddings": False}
-    _write_json(out / "config.json", config)
-    _write_json(out / "generation_config.json", {"bos_token_id": tok["bos"], "eos_token_id": tok["eos"],
+    write_json(out / "config.json", config)
+    write_json(out / "generation_config.json", {"bos_token_id": tok["bos"], "eos_token_id": tok["eos"],
                                                   "pad_token_id": 0, "max_length": 4096, "temperature": 0.9,
                                                   "top_p": 0.6, "transformers_version": "4.31.0"})
-    _write_json(out / "preprocessor_config.json", {
+    write_json(out / "preprocessor_config.json", {
         "crop_size": image_size, "do_center_crop": True, "do_normalize": True, "do_resize": True,
         "feature_extractor_type": "CLIPFeatureExtractor", "image_mean": list(CLIP_MEAN),
         "image_std": list(CLIP_STD), "resample": 3, "size": image_size})
@@ -135,11 +137,11 @@ def _make_owl2_1(out: Path, *, seed, H, L, nh, I, Dv, Lv, nhv, Iv, S, patch, Q, 
               "transformers_version": "4.32.0", "use_cache": True, "use_dynamic_ntk": True, "use_flash_attn": False,
               "use_logn_attn": True, "vocab_size": n_rows,
               "visual_config": {"visual_model": vision, "visual_abstractor": abstractor}}
-    _write_json(out / "config.json", config)
-    _write_json(out / "generation_config.json", {"chat_format": "raw", "eos_token_id": endoftext,
+    write_json(out / "config.json", config)
+    write_json(out / "generation_config.json", {"chat_format": "raw", "eos_token_id": endoftext,
                                                   "pad_token_id": endoftext, "max_new_tokens": 512, "do_sample": False,
                                                   "transformers_version": "4.32.0"})
-    _write_json(out / "preprocessor_config.json", {
+    write_json(out / "preprocessor_config.json", {
         "crop_size": S, "do_center_crop": True, "do_normalize": True, "do_resize": True,
         "feature_extractor_type": "CLIPFeatureExtractor", "image_mean": list(CLIP_MEAN),
         "image_std": list(CLIP_STD), "resample": 3, "size": S})
@@ -163,22 +165,8 @@ def _make_owl2_1(out: Path, *, seed, H, L, nh, I, Dv, Lv, nhv, Iv, S, patch, Q, 
     abst = random_abstractor_weights(g, Dv, La, Ia, Q, H)
     w.update({"transformer.visual_abstractor." + k: v for k, v in abst.items()})
     w = {k: v.to(getattr(torch, dtype)).contiguous() for k, v in w.items()}
-    _save_sharded(out, w, 2)
+    save_weights(out, w, "bin_sharded")      # two shards + index, as save_pretrained writes them
     return out
-
-
-def _save_sharded(out: Path, weights: dict, n: int) -> None:
-    """Contiguous runs of tensors in n .bin shards plus the index, as save_pretrained writes them."""
-    names = list(weights)
-    per = math.ceil(len(names) / n)
-    weight_map = {}
-    for k in range(n):
-        fname = f"pytorch_model-{k + 1:05d}-of-{n:05d}.bin"
-        part = {name: weights[name] for name in names[k * per:(k + 1) * per]}
-        torch.save(part, out / fname)
-        weight_map.update({name: fname for name in part})
-    total = sum(t.numel() * t.element_size() for t in weights.values())
-    _write_json(out / "pytorch_model.bin.index.json", {"metadata": {"total_size": total}, "weight_map": weight_map})
 
 
 # ------------------------------------------------------------------------------------------- weights
@@ -258,7 +246,7 @@ def _save_owl2_shards(out: Path, weights: dict, num_layers: int) -> None:
         torch.save(part, out / fname)
         weight_map.update({name: fname for name in part})
     total = sum(t.numel() * t.element_size() for t in weights.values())
-    _write_json(out / "pytorch_model.bin.index.json", {"metadata": {"total_size": total}, "weight_map": weight_map})
+    write_json(out / "pytorch_model.bin.index.json", {"metadata": {"total_size": total}, "weight_map": weight_map})
 
 
 # ------------------------------------------------------------------------------------------- tokenizer
@@ -272,10 +260,10 @@ def _write_tokenizer(out: Path, vocab_size: int) -> dict:
     train_llama_tokenizer(out, vocab_size=vocab_size)
     tc = json.loads((out / "tokenizer_config.json").read_text(encoding="utf-8"))
     tc["legacy"] = True
-    _write_json(out / "tokenizer_config.json", tc)
+    write_json(out / "tokenizer_config.json", tc)
     sm = json.loads((out / "special_tokens_map.json").read_text(encoding="utf-8"))
     sm["pad_token"] = sm["unk_token"]
-    _write_json(out / "special_tokens_map.json", sm)
+    write_json(out / "special_tokens_map.json", sm)
     sp = spm.SentencePieceProcessor(model_file=str(out / "tokenizer.model"))
     return {"size": sp.get_piece_size(), "bos": sp.bos_id(), "eos": sp.eos_id()}
 
@@ -288,32 +276,16 @@ def _write_qwen_tokenizer(out: Path, vocab_size: int) -> int:
     import tempfile
 
     from ..tiny_tokenizers import train_qwen2_tokenizer
+    from ..vocab import byte_level_chars
 
     with tempfile.TemporaryDirectory() as tmp:
         train_qwen2_tokenizer(tmp, vocab_size=vocab_size)
         vocab = json.loads((Path(tmp) / "vocab.json").read_text(encoding="utf-8"))
-    byte_of = {c: b for b, c in _bytes_to_unicode().items()}
+    byte_of = {c: b for b, c in enumerate(byte_level_chars())}
     ranks = sorted(vocab.items(), key=lambda kv: kv[1])
     lines = [f"{base64.b64encode(bytes(byte_of[c] for c in tok)).decode()} {rank}" for tok, rank in ranks]
     (out / "qwen.tiktoken").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    _write_json(out / "tokenizer_config.json", {
+    write_json(out / "tokenizer_config.json", {
         "auto_map": {"AutoTokenizer": ["tokenization_qwen.QWenTokenizer", None]},
         "clean_up_tokenization_spaces": True, "model_max_length": 8192, "tokenizer_class": "QWenTokenizer"})
     return len(ranks) + len(QWEN_SPECIALS)
-
-
-def _bytes_to_unicode() -> dict:
-    """GPT-2's byte -> printable character map (what byte-level BPE vocabularies are written in)."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, map(chr, cs)))
-
-
-def _write_json(path: Path, data: dict) -> None:
-    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
