@@ -58,6 +58,7 @@ class DecoderModel:
             n_ctx = min(4096, self.hparams["n_ctx_train"])
         if n_ctx < 1:
             raise ValueError(f"n_ctx must be >= 1, got {n_ctx}")
+        self._check_n_ctx(int(n_ctx))      # before any context (its KV cache) is allocated
         self._context_args = (int(n_ctx), int(threads) if threads else _core.default_threads(), int(n_batch))
         self._context_kwargs = {}
         if kv_type is not None:
@@ -74,6 +75,10 @@ class DecoderModel:
         # Decode steps of concurrent generations run together (step_batcher.py); False: each on its own.
         self.batch_decode = batching_enabled()
         self._batcher = StepBatcher()
+
+    def _check_n_ctx(self, n_ctx: int) -> None:
+        """A family's limit on the context length (self.path, self._gguf and self.hparams are set); raise
+        ValueError to refuse. Default: any length."""
 
     def _make_context(self):
         return _core.Context(self._model, *self._context_args, **self._context_kwargs)

@@ -36,11 +36,14 @@ class Owl2Model(VisionLanguageModel):
         if self.image_config.variant != "owl2_1" and (bos is None or bos < 0):   # Qwen (2.1) has none
             raise ValueError(f"{self.path}: the tokenizer has no BOS token, which every Owl2 / Owl v1 prompt starts with")
         self._bos = -1 if bos is None else int(bos)
-        if self.image_config.variant == "owl2_1" and self.n_ctx > self.hparams["n_ctx_train"]:
+
+    def _check_n_ctx(self, n_ctx: int) -> None:
+        limit = self.hparams["n_ctx_train"]
+        if self._gguf["owl2.variant"] == "owl2_1" and n_ctx > limit:
             # past seq_length Owl2.1 scales rope (dynamic NTK) and queries (log-n), which the runtime lacks
-            raise ValueError(f"{self.path}: mPLUG-Owl2.1 runs up to its seq_length of {self.hparams['n_ctx_train']} "
-                             f"positions here (n_ctx={self.n_ctx} asked); beyond it the official model rescales "
-                             "its rotary positions, which owl_cpp does not implement")
+            raise ValueError(f"{self.path}: mPLUG-Owl2.1 runs up to its seq_length of {limit} positions here "
+                             f"(n_ctx={n_ctx} asked); beyond it the official model rescales its rotary positions, "
+                             "which owl_cpp does not implement")
 
     def _vision_keys(self) -> dict:
         c = self.image_config
