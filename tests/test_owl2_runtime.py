@@ -190,3 +190,15 @@ def test_cuda_gives_the_cpu_logits_with_images(owl2):
     messages, images = CONVERSATIONS["two images"]
     want = model.logits(messages, images=images).logits
     assert rel_err(gpu.logits(messages, images=images).logits, want) < 1e-4
+
+
+def test_a_vision_tower_of_another_export_is_refused(owl2):
+    """Rows per image that do not match the decoder's placeholders: a clear error, not unfilled placeholders."""
+    model, _, _ = owl2
+    real = model.vision.encode
+    model.vision.encode = lambda views, keys, stats: [e[:-1] for e in real(views, keys, stats)]
+    try:
+        with pytest.raises(ValueError, match="different exports"):
+            model.chat(IMG_B, "What is it?", max_tokens=2)
+    finally:
+        model.vision.encode = real

@@ -81,6 +81,18 @@ class Owl2Model(VisionLanguageModel):
         S = self.image_config.image_size
         return np.stack(views) if views else np.zeros((0, 3, S, S), np.float32)
 
+    def _encode(self, p):
+        """VisionLanguageModel's, plus a check that each image gives the rows its placeholders hold: a vision.onnx
+        from another export (without the metadata _check_vision_matches reads) would leave placeholders unfilled."""
+        images, vision = super()._encode(p)
+        n = self.image_config.image_tokens
+        for k, im in enumerate(images):
+            if im.embeds.shape != (n, self.hparams["n_embd"]):
+                raise ValueError(f"{self.vision.path}: image {k} gave embeddings of shape {im.embeds.shape}, but "
+                                 f"decoder.gguf expects ({n}, {self.hparams['n_embd']}); the two files come from "
+                                 "different exports")
+        return images, vision
+
     def _build_prompt(self, messages: Sequence[dict], views: np.ndarray) -> Owl2Prompt:
         return build_prompt(self.tokenizer, messages, views, self.variant, self.image_config.image_tokens, self._bos)
 
