@@ -54,6 +54,21 @@ def vocab_to_dict(vocab: Vocab) -> dict:
     return dataclasses.asdict(vocab)
 
 
+def wordpiece_vocab(tokens: list[str]) -> Vocab:
+    """BERT's uncased WordPiece vocabulary (mPLUG-2's text side) as GGUF keys, llama.cpp's model name "bert":
+    [CLS] is the BOS the encoder adds, [SEP] the end of generation; no [SEP] is added (the official caption
+    decoder starts from [CLS] alone). The runtime lowercases and strips accents, as bert-large-uncased does."""
+    ids = {t: i for i, t in enumerate(tokens)}
+    for needed in ("[CLS]", "[SEP]", "[UNK]"):
+        if needed not in ids:
+            raise ValueError(f"WordPiece vocabulary has no {needed} token")
+    control = {"[CLS]", "[SEP]", "[PAD]", "[MASK]"}
+    types = [UNKNOWN if t == "[UNK]" else CONTROL if t in control else NORMAL for t in tokens]
+    return Vocab(model="bert", pre="", tokens=list(tokens), types=types, bos_id=ids["[CLS]"], eos_id=ids["[SEP]"],
+                 unk_id=ids["[UNK]"], pad_id=ids.get("[PAD]"), add_bos=True, add_eos=False,
+                 add_space_prefix=False)
+
+
 # ------------------------------------------------------------------------------------------- reading HF
 
 def _read_json(path: Path, required: bool = False):
