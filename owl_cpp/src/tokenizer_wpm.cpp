@@ -28,8 +28,15 @@ using unicode::BertClass;
 // change when more text is appended, so may a match that reaches them. Returns the new string; `dirty`
 // moves to the matching place in it.
 std::string replace_tracked(const std::string& s, std::string_view pat, std::string_view rep, size_t& dirty) {
-    // A match at p depends only on s[p, p + |pat|) and on the matches before it: stable when p < cut.
-    const size_t cut = dirty >= pat.size() - 1 ? dirty - (pat.size() - 1) : 0;
+    // A match may still appear at p only where the fixed text s[p, dirty) agrees with the start of `pat`;
+    // every match before the first such p is decided already.
+    size_t cut = dirty;
+    for (size_t p = dirty >= pat.size() - 1 ? dirty - (pat.size() - 1) : 0; p < dirty; ++p) {
+        if (s.compare(p, dirty - p, pat, 0, dirty - p) == 0) {
+            cut = p;
+            break;
+        }
+    }
     std::string out;
     out.reserve(s.size());
     size_t i = 0, stable_in = 0, stable_out = 0;  // end of the last stable match, in s and in out
