@@ -401,3 +401,43 @@ def test_model_tokenizer_from_gguf(tmp_path, tiny_gguf):
         assert tok.encode(text, True, False) == ref.encode(text)
     ids = ref.encode("a video of a man playing. don't stop!")
     assert tok.decode(ids, render_special=True) == ref.decode(ids)
+
+
+# ------------------------------------------------------------------------------------------- Unicode tables
+
+def _every_char() -> str:
+    return "".join(chr(c) for c in range(0x110000) if not 0xD800 <= c < 0xE000)
+
+
+def _transformers_class(ch: str) -> int:
+    """transformers' BasicTokenizer predicates as one number (the layout of _testing.unicode.bert_class)."""
+    cat, cp = unicodedata.category(ch), ord(ch)
+    if ch in "\t\n\r" or cat == "Zs":
+        return 2
+    if cat[0] == "C":
+        return 1
+    if 33 <= cp <= 47 or 58 <= cp <= 64 or 91 <= cp <= 96 or 123 <= cp <= 126 or cat[0] == "P":
+        return 3
+    return 4 if cat == "Mn" else 0
+
+
+def test_unicode_tables_match_python_on_every_code_point():
+    from owl_cpp._testing import unicode as u
+    assert u.bert_unicode_version == unicodedata.unidata_version
+    every = _every_char()
+    assert u.python_lower(every) == every.lower()
+    assert u.nfd(every) == unicodedata.normalize("NFD", every)
+    assert [u.bert_class(ord(c)) for c in every] == [_transformers_class(c) for c in every]
+    spaced = " ".join(every)
+    assert u.bert_basic_tokens(spaced) == BertWordPiece(["[CLS]", "[SEP]"]).basic_tokens(_drop(spaced, "Co", "Cn"))
+
+
+def test_final_sigma_like_str_lower():
+    """The final-sigma context (cased letter before, none after, case-ignorables skipped) on random strings."""
+    from owl_cpp._testing import unicode as u
+    pool = ["Σ", "Σ", "Σ", "A", "a", "Ω", "1", " ", ".", "'", ":", "^", "\u0301", "\u00ad", "\u2019", "\u0345",
+            "\u02b0", "ǅ", "\u1fbc", "\u0130", "中", "-"]
+    rng = random.Random(5)
+    for _ in range(5000):
+        s = "".join(rng.choice(pool) for _ in range(rng.randint(1, 8)))
+        assert u.python_lower(s) == s.lower(), repr(s)
