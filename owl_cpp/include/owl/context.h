@@ -68,6 +68,11 @@ public:
     // kept beside the text cache. NaN/inf embeddings, and architectures without such a path, throw Error.
     void add_image(const float* embeds, int64_t n_tokens, int64_t start);
     int64_t n_images() const;
+    // Makes this context equal to `other` (same Model, same device and KV type; n_ctx may differ but must hold
+    // other's positions): its KV cache prefix [0, other.n_past()), n_past, last logits / hidden states and its
+    // architecture's state (mplug2: the video's cross-attention K/V, shared, not recomputed). For beam search:
+    // fork a hypothesis without re-evaluating its prefix. Throws Error naming the mismatch; `other` unchanged.
+    void copy_state_from(const Context& other);
     size_t visual_bytes() const;        // memory held by attached images' state
     size_t kv_bytes_per_token() const;  // text KV cache memory per position
     const Model& model() const { return *model_; }
