@@ -101,6 +101,7 @@ void Context::copy_state_from(const Context& other) {
         throw Error("copy_state_from: the source holds " + std::to_string(other.n_past_) + " positions, more than this context's " +
                     std::to_string(n_ctx_));
     const HParams& hp = model_->hparams();
+    if (state_) state_->copy_from(*other.state_);  // first: an architecture that refuses leaves everything as it was
     other.backend_->synchronize();  // its queued writes to the cache are done before another stream reads it
     const int64_t n = other.n_past_;
     if (n > 0)
@@ -111,7 +112,6 @@ void Context::copy_state_from(const Context& other) {
                 backend_->copy(other.impl_->v_cache[size_t(il)]->tensor().slice(kh * other.n_ctx_, n),
                                impl_->v_cache[size_t(il)]->tensor().slice(kh * n_ctx_, n));
             }
-    if (state_) state_->copy_from(*other.state_);
     n_past_ = n;
     logits_ = other.logits_;
     hidden_ = other.hidden_;
