@@ -27,9 +27,9 @@ void check_special_id(const char* key, int32_t id, size_t n) {
 }
 
 void validate(const VocabData& v) {
-    if (v.model != "gpt2" && v.model != "llama")
+    if (v.model != "gpt2" && v.model != "llama" && v.model != "bert")
         throw FormatError("tokenizer.ggml.model: unsupported tokenizer model " + quote(v.model) +
-                          " (expected 'gpt2' or 'llama')");
+                          " (expected 'gpt2', 'llama' or 'bert')");
     const size_t n = v.tokens.size();
     if (n == 0) throw FormatError("tokenizer.ggml.tokens is empty");
     if (n > static_cast<size_t>(std::numeric_limits<int32_t>::max()))
@@ -54,6 +54,9 @@ void validate(const VocabData& v) {
         throw FormatError("tokenizer.ggml.add_bos_token is set but tokenizer.ggml.bos_token_id is missing");
     if (v.add_eos && v.eos_id < 0)
         throw FormatError("tokenizer.ggml.add_eos_token is set but tokenizer.ggml.eos_token_id is missing");
+    if (v.model == "bert" && v.unk_id < 0)
+        throw FormatError("tokenizer.ggml.unknown_token_id is required for tokenizer model 'bert' (WordPiece "
+                          "turns a word it cannot split into [UNK])");
 }
 
 void check_id(const Tokenizer& t, int32_t id) {
@@ -67,6 +70,7 @@ void check_id(const Tokenizer& t, int32_t id) {
 std::unique_ptr<Tokenizer> Tokenizer::create(const VocabData& vocab) {
     validate(vocab);
     if (vocab.model == "gpt2") return detail::make_bpe_tokenizer(vocab);  // merges/pre checked there
+    if (vocab.model == "bert") return detail::make_wpm_tokenizer(vocab);
     return detail::make_spm_tokenizer(vocab);
 }
 
@@ -81,6 +85,12 @@ std::string Tokenizer::decode(const std::vector<int32_t>& ids, bool render_speci
     std::string out;
     bool bos_ws = true;
     for (int32_t id : ids) detail::append_token(*this, id, render_special, bos_ws, out);
+    return out;
+}
+
+std::string Tokenizer::decode_partial(const std::vector<int32_t>& ids, bool render_special, size_t& stable) const {
+    std::string out = decode(ids, render_special);
+    stable = out.size();
     return out;
 }
 
@@ -148,7 +158,23 @@ std::vector<Fragment> SpecialMatcher::split(std::string_view text, bool parse_sp
 StreamDecoder::StreamDecoder(const Tokenizer& tok, bool render_special) : tok_(tok), render_special_(render_special) {}
 
 std::string StreamDecoder::push(int32_t id) {
-    detail::append_token(tok_, id, render_special_, first_, pending_);
+    if (tok_.contextual_decode()) {
+        tok_.token_type(id);  // range check before the id joins the history
+        ids_.push_back(id);
+        size_t stable;
+        const std::string text = tok_.decode_partial(ids_, render_special_, stable);  // range-checks id
+        // The stable prefix only grows; what went out is a prefix of every later decode.
+        if (stable > emitted_) {
+            pending_.append(text, emitted_, stable - emitted_);
+            emitted_ = stable;
+        }
+    } else {
+        detail::append_token(tok_, id, render_special_, first_, pending_);
+    }
+    return take_complete();
+}
+
+std::string StreamDecoder::take_complete() {
     std::string out;
     size_t i = 0;
     while (i < pending_.size()) {
@@ -165,6 +191,12 @@ std::string StreamDecoder::push(int32_t id) {
 }
 
 std::string StreamDecoder::flush() {
+    if (tok_.contextual_decode() && !ids_.empty()) {
+        const std::string text = tok_.decode(ids_, render_special_);  // the final text: nothing held back now
+        if (text.size() > emitted_) pending_.append(text, emitted_, std::string::npos);
+        ids_.clear();
+        emitted_ = 0;
+    }
     std::string out = unicode::sanitize_utf8(pending_);
     pending_.clear();
     return out;

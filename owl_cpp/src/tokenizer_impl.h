@@ -47,5 +47,6 @@ void append_token(const Tokenizer& tok, int32_t id, bool render_special, bool& b
 // Builders; `vocab` has been validated by Tokenizer::create.
 std::unique_ptr<Tokenizer> make_bpe_tokenizer(const VocabData& vocab);
 std::unique_ptr<Tokenizer> make_spm_tokenizer(const VocabData& vocab);
+std::unique_ptr<Tokenizer> make_wpm_tokenizer(const VocabData& vocab);
 
 }  // namespace owl::detail

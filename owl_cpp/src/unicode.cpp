@@ -220,10 +220,7 @@ uint32_t compose_pair(uint32_t a, uint32_t b) {
 
 }  // namespace
 
-std::vector<uint32_t> nfc(const std::vector<uint32_t>& cps) {
-    // Nothing below U+0300 decomposes into or composes with anything else (Latin-1 is already NFC).
-    if (std::all_of(cps.begin(), cps.end(), [](uint32_t c) { return c < 0x300; })) return cps;
-
+std::vector<uint32_t> nfd(const std::vector<uint32_t>& cps) {
     std::vector<uint32_t> d;
     d.reserve(cps.size() + 8);
     for (uint32_t c : cps) decompose(c, d);
@@ -242,6 +239,13 @@ std::vector<uint32_t> nfc(const std::vector<uint32_t>& cps) {
         }
         d[j] = c;
     }
+    return d;
+}
+
+std::vector<uint32_t> nfc(const std::vector<uint32_t>& cps) {
+    // Nothing below U+0300 decomposes into or composes with anything else (Latin-1 is already NFC).
+    if (std::all_of(cps.begin(), cps.end(), [](uint32_t c) { return c < 0x300; })) return cps;
+    const std::vector<uint32_t> d = nfd(cps);
 
     // Canonical composition: a mark joins the last starter unless blocked by a mark in between
     // whose class is 0 or >= its own.

@@ -44,6 +44,8 @@ inline bool is_space(uint32_t cp) { return char_class(cp) == CharClass::Space; }
 uint8_t combining_class(uint32_t cp);
 // Canonical composition (NFC): decompose, order marks by combining class, recompose.
 std::vector<uint32_t> nfc(const std::vector<uint32_t>& cps);
+// Canonical decomposition (NFD): full decomposition, marks ordered by combining class.
+std::vector<uint32_t> nfd(const std::vector<uint32_t>& cps);
 
 const char* unicode_version();  // of the tables
 

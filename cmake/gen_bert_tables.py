@@ -1,0 +1,148 @@
+#!/usr/bin/env python3
+"""Generate owl_cpp/src/unicode_bert_data.cpp: the Unicode data of BERT's BasicTokenizer (WordPiece, model "bert").
+
+Run from the repository root:  python cmake/gen_bert_tables.py
+The output is committed; rerun only to move to another Unicode version (the Python that ran this is recorded
+in the file). Everything comes from Python's own `unicodedata` and `str.lower`, because the reference BERT
+tokenizer (transformers' BasicTokenizer) is Python code using exactly those. Decompositions for NFD are shared
+with NFC (unicode_data.cpp, cmake/gen_unicode_tables.py).
+
+Tables, kept compact:
+  - kBertClassRuns: runs packed as (start << 8) | value, value = class | flags:
+      class (bits 0-2): 0 other, 1 control (category C*, not tab/LF/CR: removed), 2 whitespace (Zs, tab, LF,
+      CR: becomes a space), 3 punctuation (P* or ASCII non-alphanumeric), 4 nonspacing mark (Mn: dropped after
+      NFD);
+      bit 3: Case_Ignorable, bit 4: Cased (str.lower's final-sigma rule needs both; derived by probing
+      str.lower itself so they agree with it by construction).
+  - kLowerRuns: triples (start | (stride 2 ? 1 << 24 : 0), count, delta as int32): code points start,
+    start + stride, ... (count of them) lowercase to cp + delta. U+0130 (lowercases to two code points) and
+    U+03A3 (final sigma) are handled in code.
+"""
+import os
+import sys
+import unicodedata
+
+OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "owl_cpp", "src", "unicode_bert_data.cpp")
+MAX_CP = 0x110000
+CASE_IGNORABLE, CASED = 8, 16
+SIGMA = "\u03a3"
+
+
+def bert_class(cp: int) -> int:
+    ch = chr(cp)
+    cat = unicodedata.category(ch)
+    if ch in "\t\n\r" or cat == "Zs":
+        return 2
+    if cat[0] == "C":
+        return 1
+    if 33 <= cp <= 47 or 58 <= cp <= 64 or 91 <= cp <= 96 or 123 <= cp <= 126 or cat[0] == "P":
+        return 3
+    if cat == "Mn":
+        return 4
+    return 0
+
+
+def case_flags(cp: int) -> int:
+    """Case_Ignorable / Cased as CPython's str.lower sees them, from where it puts a final sigma:
+    "XΣ" -> ς iff X is cased and not ignorable; "AXΣ" -> ς iff X is ignorable or cased.
+    (Cased matters only for characters that are not ignorable: ignorable ones are skipped.)"""
+    if 0xD800 <= cp < 0xE000:
+        return 0
+    x = chr(cp)
+    final = lambda s: s.lower()[-1] == "\u03c2"
+    p1, p2 = final(x + SIGMA), final("A" + x + SIGMA)
+    if p1:
+        return CASED
+    return CASE_IGNORABLE if p2 else 0
+
+
+def runs(fn):
+    out, prev = [], None
+    for cp in range(MAX_CP):
+        v = fn(cp)
+        if v != prev:
+            out.append((cp, v))
+            prev = v
+    return out
+
+
+def lower_runs():
+    deltas = {}
+    for cp in range(MAX_CP):
+        if cp in (0x130, 0x3A3) or 0xD800 <= cp < 0xE000:
+            continue
+        low = chr(cp).lower()
+        if low == chr(cp):
+            continue
+        assert len(low) == 1, f"U+{cp:04X} lowercases to {len(low)} code points: handle it in code"
+        deltas[cp] = ord(low) - cp
+    assert chr(0x130).lower() == "i\u0307" and SIGMA.lower() == "\u03c3"
+    out, cps, i = [], sorted(deltas), 0
+    while i < len(cps):
+        start, d = cps[i], deltas[cps[i]]
+        # Longest run with stride 1, or with stride 2 (Latin Extended-A alternates upper/lower).
+        best = (1, 1)
+        for stride in (1, 2):
+            n = 1
+            while start + n * stride in deltas and deltas[start + n * stride] == d and \
+                    all(start + n * stride - k not in deltas for k in range(1, stride)):
+                n += 1
+            if n > best[0]:
+                best = (n, stride)
+        n, stride = best
+        out.append((start | ((1 << 24) if stride == 2 else 0), n, d & 0xFFFFFFFF))
+        covered = {start + k * stride for k in range(n)}
+        while i < len(cps) and cps[i] in covered:
+            i += 1
+    # Self-check: the runs reproduce every mapping and nothing else.
+    back = {}
+    for s, n, d in out:
+        stride = 2 if s >> 24 else 1
+        d = d - (1 << 32) if d >= 1 << 31 else d
+        for k in range(n):
+            back[(s & 0xFFFFFF) + k * stride] = d
+    assert back == deltas
+    spans = [((s & 0xFFFFFF), (s & 0xFFFFFF) + (n - 1) * (2 if s >> 24 else 1)) for s, n, _ in out]
+    assert all(a[1] < b[0] for a, b in zip(spans, spans[1:])), "runs overlap: the C++ lookup assumes they do not"
+    return out
+
+
+def emit_array(name, values, per_line=8):
+    lines = [f"extern const uint32_t {name}[] = {{"]
+    for i in range(0, len(values), per_line):
+        lines.append("    " + ", ".join(f"0x{v:x}" for v in values[i:i + per_line]) + ",")
+    lines.append("};")
+    lines.append(f"extern const size_t {name}_size = {len(values)};")
+    return "\n".join(lines)
+
+
+def main():
+    cls = [(s << 8) | v for s, v in runs(lambda cp: bert_class(cp) | case_flags(cp))]
+    low = [x for entry in lower_runs() for x in entry]
+    text = "\n".join([
+        "// GENERATED by cmake/gen_bert_tables.py; do not edit. Regenerate with: python cmake/gen_bert_tables.py",
+        f"// Data: Python {sys.version_info.major}.{sys.version_info.minor} unicodedata / str.lower "
+        f"(Unicode {unicodedata.unidata_version}). Layouts: the generator's docstring and unicode_bert.h.",
+        "#include <cstddef>",
+        "#include <cstdint>",
+        "",
+        "namespace owl::unicode::detail {",
+        "",
+        f'extern const char kBertUnicodeVersion[] = "{unicodedata.unidata_version}";',
+        "",
+        "// (start << 8) | class (bits 0-2) | Case_Ignorable (8) | Cased (16).",
+        emit_array("kBertClassRuns", cls),
+        "",
+        "// Lowercase runs: start | (1 << 24 if stride 2), count, delta (int32).",
+        emit_array("kLowerRuns", low, per_line=9),
+        "",
+        "}  // namespace owl::unicode::detail",
+        "",
+    ])
+    with open(OUT, "w", encoding="utf-8") as f:
+        f.write(text)
+    print(f"wrote {OUT}: {len(cls)} class runs, {len(low) // 3} lowercase runs")
+
+
+if __name__ == "__main__":
+    main()
