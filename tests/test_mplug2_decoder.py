@@ -81,6 +81,9 @@ def test_gguf_layout(gguf_path, model, ref):
     names = {t.name: t.tensor_type.name for t in GGUFReader(str(gguf_path["q8_0"])).tensors}
     assert names["position_embd.weight"] == "F32" and names["blk.0.cross_attn_k.weight"] == "Q8_0"
     assert names["blk.1.layer_output_norm.bias"] == "F32" and "output.weight" not in names
+    # The vocabulary travels in the file: the runtime's WordPiece gives the reference tokenizer's ids.
+    text = "A video of a man playing the unaffable game"
+    assert model.tokenizer.encode(text, add_special=True) == ref.tok.encode(text)
 
 
 def test_logits_every_step_match_reference(model, ref, video):
@@ -114,18 +117,21 @@ def test_greedy_20_tokens_identical(model, ref, video):
     assert runtime_greedy(ctx_for(model, video), ref.cfg.bos_id, 20) == want
 
 
-@pytest.mark.parametrize("quant,tol,agree", [("f16", 3e-3, 1.0), ("q8_0", 5e-2, 0.85)])
-def test_quantized_files_stay_close(gguf_path, ref, video, quant, tol, agree):
+@pytest.mark.parametrize("quant,tol,gap", [("f16", 3e-3, 0.05), ("q8_0", 3e-2, 0.75)])
+def test_quantized_files_stay_close(gguf_path, ref, video, quant, tol, gap):
     # Measured on this fixture (width 64, so a Q8_0 block is half a row): f16 5-6e-4, q8_0 1.7-2.0e-2 (weights
-    # and activations rounded to int8 blocks), top-1 agreeing at 90-100% of steps; q4_0 gives 0.13. The bounds
-    # leave 2.5-5x and stay far below what a wrong tensor or another video gives (> 0.1).
+    # and activations rounded to int8 blocks; q4_0 gives 0.13). Another video moves the reference's logits by only
+    # 3-9e-2 here, so each step is also held to a fraction of that distance: measured 0.013 (f16) and 0.47 (q8_0)
+    # of it; a runtime that misread the video would sit near 1.
     m = _core.Model.load(str(gguf_path[quant]))
     ids = sequence(ref, seed=1)
     want = ref.decoder_logits(video, ids, cache=True).numpy()
+    elsewhere = ref.decoder_logits(encode(ref, 6), ids, cache=True).numpy()
     ctx = ctx_for(m, video)
     got = np.stack([ctx.eval([t]) for t in ids])
     assert rel(got, want) < tol
-    assert np.mean(got.argmax(-1) == want.argmax(-1)) >= agree
+    for i in range(len(ids)):
+        assert rel(got[i], want[i]) < gap * rel(elsewhere[i], want[i]), i
 
 
 def test_copy_state_from_continues_as_the_original(model, ref, video):
