@@ -215,3 +215,29 @@ def test_context_longer_than_the_positions_is_refused(model):
     with pytest.raises(_core.OwlError, match=f"position {N_POS} is past"):
         ctx.decode(ids=[101], pos=[N_POS])
     assert ctx.n_past == 0
+
+
+GPU_BACKENDS = [b for b in _core.available_backends() if b != "cpu"]
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS or [pytest.param("cuda", marks=pytest.mark.skip("no GPU backend here"))])
+def test_decoder_on_cuda(model, ref, video, backend):
+    # The same checks on a device backend (tests/run_gpu_checks.sh runs them): every step's logits, a copied
+    # context continuing as its source, and decode_step (one context after another there).
+    ids = sequence(ref)
+    want = ref.decoder_logits(video, ids, cache=True).numpy()
+
+    def dev_ctx(v=video):
+        c = _core.Context(model, N_POS, 2, 256, kv_type="f32", backend=backend)
+        if v is not None:
+            c.add_image(np.asarray(v, np.float32), 0)
+        return c
+
+    a = dev_ctx()
+    got = np.stack([a.eval([t]) for t in ids[:12]])
+    assert rel(got, want[:12]) < 1e-4
+    b = dev_ctx(None)
+    b.copy_state_from(a)
+    np.testing.assert_allclose(b.eval(ids[12:16], all_logits=True), want[12:16], rtol=0, atol=1e-4 * np.abs(want).max())
+    steps = _core.decode_step([a, b], [ids[12], ids[16]])
+    assert rel(steps[0], want[12]) < 1e-4 and rel(steps[1], want[16]) < 1e-4
