@@ -7,6 +7,8 @@
 //           x = LN(x + W_down GELU(W_up x + b_up) + b_down)       ffn_up, ffn_down, layer_output_norm
 //   head:   logits = token_embd (tied) LN(GELU(W_t x + b_t)) + output.bias   output_transform, output_norm
 // Every Linear has a bias; every LayerNorm has weight and bias and the eps of mplug2.attention.layer_norm_epsilon.
+// Context::hidden_states() are the head's LN(GELU(W_t x + b_t)) rows, what the tied output matrix multiplies.
+// Learned positions bound the context: n_ctx <= mplug2.context_length, else Context creation throws.
 //
 // The video: Context::add_image(video_tokens [n_tokens][n_embd], start) with start == 0 on an empty context
 // (n_past == 0; truncate(0) first to reuse a context). Each layer's cross K/V are computed there once and kept
