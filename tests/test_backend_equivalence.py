@@ -64,6 +64,19 @@ def test_rms_norm(be, T, n):
     assert rel(be.rms_norm(x, w, 1e-6), want) < 1e-6
 
 
+@pytest.mark.parametrize("T,n", [(1, 8), (5, 1024), (3, 37), (2, 4098)])
+def test_layer_norm_and_gelu(be, T, n):
+    x, w, b = rnd(T, n, scale=3) + 20, rnd(n), rnd(n)
+    x64 = x.astype(np.float64)
+    mu = x64.mean(-1, keepdims=True)
+    want = (x64 - mu) / np.sqrt(((x64 - mu) ** 2).mean(-1, keepdims=True) + 1e-12) * w + b
+    assert rel(be.layer_norm(x, w, b, 1e-12), want) < 1e-5
+    from math import erf, sqrt
+    g = rnd(T, n, scale=3)
+    want_g = np.vectorize(lambda v: 0.5 * v * (1 + erf(v / sqrt(2))))(g.astype(np.float64))
+    assert rel(be.gelu(g), want_g) < 1e-6
+
+
 @pytest.mark.parametrize("neox", [True, False])
 # The decode shapes of a 7B's Q and K (one token, 28 and 4 heads), several tokens of many heads, and a pair count
 # that is no power of two.

@@ -209,3 +209,35 @@ def test_text_model_cannot_take_attached_images(qwen2):
     _, model = qwen2
     with pytest.raises(_core.OwlError, match="cannot take images"):
         ctx(model).add_image(np.zeros((3, model.hparams["n_embd"]), np.float32), 0)
+
+
+def test_copy_state_from_forks_a_text_context(qwen2):
+    # Beams on a plain decoder: the copy holds the same prefix (F16 cache, rows of every KV head) and continues
+    # exactly as the source would; the source is unchanged by the copy's continuation.
+    _, m = qwen2
+    ids = ids_for(m, 30, seed=4)
+    a = _core.Context(m, N_CTX, 2, 8, kv_type="f16")
+    a.eval(ids[:20])
+    b = _core.Context(m, 64, 1, 8, kv_type="f16")
+    b.eval(ids_for(m, 5, seed=9))           # whatever b held before is replaced
+    b.copy_state_from(a)
+    assert b.n_past == 20
+    np.testing.assert_array_equal(b.eval([ids[20]]), a.eval([ids[20]]))
+    np.testing.assert_array_equal(b.eval(ids[21:25], all_logits=True), a.eval(ids[21:25], all_logits=True))
+    with pytest.raises(_core.OwlError, match="KV cache"):
+        _core.Context(m, N_CTX, 1, 8, kv_type="f32").copy_state_from(a)
+
+
+def test_copy_state_from_refuses_owl3_images(tiny_owl3_model):
+    _, model_dir = tiny_owl3_model("1b")
+    m = _core.Model.load(str(model_dir / "decoder.gguf"))
+    E = m.hparams["n_embd"]
+    a = _core.Context(m, 64, 1)
+    a.eval([1, 2, 3])
+    b = _core.Context(m, 64, 1)
+    b.copy_state_from(a)                    # no images: a plain copy
+    assert b.n_past == 3
+    a.add_image(np.random.default_rng(0).standard_normal((4, E)).astype(np.float32), 3)
+    with pytest.raises(_core.OwlError, match="images"):
+        b.copy_state_from(a)
+    assert b.n_past == 3                    # refused before anything changed

@@ -155,6 +155,38 @@ def test_rope_layouts_are_related_by_the_llama_permutation():
     np.testing.assert_allclose(norm, neox[..., perm], atol=1e-6)
 
 
+def numpy_layer_norm(x, w, b, eps):
+    x64 = x.astype(np.float64)
+    mu = x64.mean(-1, keepdims=True)
+    return (x64 - mu) / np.sqrt(((x64 - mu) ** 2).mean(-1, keepdims=True) + eps) * w + b
+
+
+@pytest.mark.parametrize("T,n", [(1, 8), (5, 1024), (17, 100)])
+def test_layer_norm(T, n):
+    # An offset mean (BERT's residual stream is not centred) and eps 1e-12: a one-pass variance would lose digits.
+    x = (RNG.standard_normal((T, n)) * 3 + 20).astype(np.float32)
+    w, b = RNG.standard_normal(n).astype(np.float32), RNG.standard_normal(n).astype(np.float32)
+    want = numpy_layer_norm(x, w, b, 1e-12)
+    assert rel_err(ops.layer_norm(x, w, b, 1e-12, ref=True), want) < 1e-6
+    assert rel_err(ops.layer_norm(x, w, b, 1e-12, threads=2), want) < 1e-6
+    assert rel_err(ops.layer_norm(x, w, b, 1e-2, threads=2), numpy_layer_norm(x, w, b, 1e-2)) < 1e-6
+
+
+def test_gelu_is_the_erf_form():
+    x = np.concatenate([RNG.standard_normal(3001) * 4, [0.0, -10.0, 10.0, -3.0]]).astype(np.float32)
+    want = torch_free_gelu(x)
+    assert rel_err(ops.gelu(x, ref=True), want) < 1e-6
+    assert rel_err(ops.gelu(x, threads=2), want) < 1e-6
+    # Not the tanh approximation (they differ by ~1e-3 near |x| = 2).
+    tanh = 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x.astype(np.float64) ** 3)))
+    assert np.abs(ops.gelu(x, threads=2) - tanh).max() > 1e-4
+
+
+def torch_free_gelu(x):
+    from math import erf, sqrt
+    return np.array([0.5 * v * (1 + erf(v / sqrt(2))) for v in x.astype(np.float64)])
+
+
 def test_swiglu_and_softmax():
     g = RNG.standard_normal(1001).astype(np.float32) * 4
     u = RNG.standard_normal(1001).astype(np.float32)

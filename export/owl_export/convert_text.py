@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from .checkpoint import CheckpointError, TextConfig, load_checkpoint, tensor_shape
-from .quantize import FILE_TYPES, check_quant, quantize_array, tensor_nbytes, tensor_qtype
+from .quantize import FILE_TYPES, QT, check_quant, quantize_array, tensor_nbytes, tensor_qtype
 
 # ------------------------------------------------------------------------------------------- tensors
 
@@ -192,10 +192,12 @@ class _Progress:
 
 
 def write_gguf(out_path: str | Path, writer_setup: Callable[[gguf.GGUFWriter], None], arch: str,
-               plan: list[PlannedTensor], quant: str, *, tied_embeddings: bool, progress: bool) -> dict:
+               plan: list[PlannedTensor], quant: str, *, tied_embeddings: bool, progress: bool,
+               keep_f32: frozenset[str] = frozenset()) -> dict:
     """Write header, metadata (via writer_setup) and the planned tensors, one tensor in memory at a time.
 
     Goes through a temporary file renamed at the end, so a failed export never leaves a truncated GGUF.
+    Tensors named in keep_f32 stay F32 whatever the quant (mPLUG-2's position table).
     """
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -203,7 +205,8 @@ def write_gguf(out_path: str | Path, writer_setup: Callable[[gguf.GGUFWriter], N
     writer = gguf.GGUFWriter(tmp, arch)
     writer_setup(writer)
 
-    qtypes = [tensor_qtype(t.name, t.shape, quant, tied_embeddings=tied_embeddings) for t in plan]
+    qtypes = [QT.F32 if t.name in keep_f32 else tensor_qtype(t.name, t.shape, quant, tied_embeddings=tied_embeddings)
+              for t in plan]
     sizes = [tensor_nbytes(t.shape, q) for t, q in zip(plan, qtypes)]
     for t, q, n in zip(plan, qtypes, sizes):
         # logical shape + raw_dtype: the writer then records the element shape, not the byte shape

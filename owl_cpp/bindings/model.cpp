@@ -155,6 +155,12 @@ void bind_model(py::module_& m) {
                  c.add_image(embeds.data(), embeds.shape(0), start);
              }, py::arg("embeds"), py::arg("start"),
              "Attach an image's visual embeddings; its <|image|> placeholder starts at absolute position `start`")
+        .def("copy_state_from", [](Context& c, const Context& other) {
+                 py::gil_scoped_release release;
+                 c.copy_state_from(other);
+             }, py::arg("other"),
+             "Make this context equal to `other` (same model): its KV cache prefix, n_past, last logits and attached "
+             "state (mplug2: the video's cross-attention K/V, shared, not recomputed). For forking beams.")
         .def_property_readonly("n_images", &Context::n_images)
         .def_property_readonly("visual_bytes", &Context::visual_bytes)
         .def_property_readonly("kv_bytes_per_token", &Context::kv_bytes_per_token);

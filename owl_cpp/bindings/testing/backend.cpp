@@ -90,6 +90,19 @@ void bind_backend(py::module_& m) {
             h.be->rms_norm(xb->tensor(), w.data(), eps, y->tensor());
             return h.get(*y);
         })
+        .def("layer_norm", [](Harness& h, const F32& x, const F32& w, const F32& b, float eps) {
+            auto xb = h.put(x);
+            if (w.size() != xb->tensor().cols || b.size() != xb->tensor().cols) throw py::value_error("norm weight/bias size mismatch");
+            auto y = h.poisoned(DType::F32, xb->tensor().rows, xb->tensor().cols);
+            h.be->layer_norm(xb->tensor(), w.data(), b.data(), eps, y->tensor());
+            return h.get(*y);
+        })
+        .def("gelu", [](Harness& h, const F32& x) {
+            auto xb = h.put(x);
+            auto y = h.poisoned(DType::F32, xb->tensor().rows, xb->tensor().cols);
+            h.be->gelu(xb->tensor(), y->tensor());
+            return h.get(*y);
+        })
         .def("rope", [](Harness& h, const F32& x, int64_t n_heads, int64_t head_dim, const I32& pos, float base, bool neox) {
             auto xb = h.put(x);
             if (pos.size() != xb->tensor().rows) throw py::value_error("one position per row");

@@ -162,6 +162,27 @@ void bind_ops(py::module_& parent) {
         }
         return y;
     }, py::arg("x"), py::arg("w"), py::arg("eps"), py::arg("threads") = 1, py::arg("ref") = false);
+    m.def("layer_norm", [](const F32& x, const F32& w, const F32& b, float eps, int threads, bool ref) {
+        if (x.ndim() != 2 || w.size() != x.shape(1) || b.size() != x.shape(1)) throw py::value_error("x must be [T, n], w and b [n]");
+        F32 y = empty_like({x.shape(0), x.shape(1)});
+        if (ref) {
+            ops::layer_norm_ref(x.data(), w.data(), b.data(), x.shape(0), x.shape(1), eps, y.mutable_data());
+        } else {
+            ThreadPool pool(threads);
+            ops::layer_norm(pool, x.data(), w.data(), b.data(), x.shape(0), x.shape(1), eps, y.mutable_data());
+        }
+        return y;
+    }, py::arg("x"), py::arg("w"), py::arg("b"), py::arg("eps"), py::arg("threads") = 1, py::arg("ref") = false);
+    m.def("gelu", [](const F32& x, int threads, bool ref) {
+        F32 y = empty_like({x.size()});
+        if (ref) {
+            ops::gelu_ref(x.data(), y.mutable_data(), x.size());
+        } else {
+            ThreadPool pool(threads);
+            ops::gelu(pool, x.data(), y.mutable_data(), x.size());
+        }
+        return y;
+    }, py::arg("x"), py::arg("threads") = 1, py::arg("ref") = false);
     m.def("rope", [](const F32& x, const I32& pos, float base, bool neox, int threads, bool ref) {
         if (x.ndim() != 3 || pos.size() != x.shape(0) || x.shape(2) % 2) throw py::value_error("x must be [T, heads, even dim] and pos [T]");
         F32 y = empty_like({x.shape(0), x.shape(1), x.shape(2)});

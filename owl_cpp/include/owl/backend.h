@@ -80,12 +80,16 @@ public:
     virtual void matmul(const WeightView& w, const Tensor& x, const float* bias, const Tensor& y) = 0;
     // y[t] = x[t] / rms(x[t]) * w; y may be x.
     virtual void rms_norm(const Tensor& x, const float* w, float eps, const Tensor& y) = 0;
+    // y[t] = (x[t] - mean) / sqrt(var + eps) * w + b (LayerNorm with bias, BERT's); y may be x.
+    virtual void layer_norm(const Tensor& x, const float* w, const float* b, float eps, const Tensor& y) = 0;
     // In-place rotary embedding of x viewed as [T][n_heads][head_dim]; token t at position pos[t].
     virtual void rope(const Tensor& x, int64_t n_heads, int64_t head_dim, const int32_t* pos, float base, RopeMode mode) = 0;
     // x += y (residual connections).
     virtual void add(const Tensor& x, const Tensor& y) = 0;
     // out = silu(gate) * up; out may be gate.
     virtual void swiglu(const Tensor& gate, const Tensor& up, const Tensor& out) = 0;
+    // y = x / 2 * (1 + erf(x / sqrt 2)), the exact GELU; y may be x.
+    virtual void gelu(const Tensor& x, const Tensor& y) = 0;
     // Writes src [T][n_head_kv * head_dim] into cache [n_head_kv][ctx][head_dim] (F32 or F16) at positions
     // pos0 .. pos0 + T - 1.
     virtual void kv_store(const Tensor& src, int64_t n_head_kv, int64_t head_dim, const Tensor& cache, int64_t ctx,

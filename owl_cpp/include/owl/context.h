@@ -23,7 +23,8 @@ class Context;
 // All contexts must share one Model and be distinct; an empty list, a null context, a token id out of range, a
 // full context or a context in use by another thread throws Error naming the index, with no context changed.
 // Every context is marked busy for the call. The step runs on the first context's backend (its thread pool);
-// contexts that are not all on the CPU are decoded one after another (same results, no batching yet).
+// contexts that are not all on the CPU, or of an architecture without a batched path (mplug2), are decoded one
+// after another (same results, no batching yet).
 void decode_step(const std::vector<Context*>& contexts, const std::vector<int32_t>& tokens);
 
 struct ContextParams {
@@ -65,9 +66,16 @@ public:
 
     // Owl3: attaches one image's visual embeddings ([n_tokens][n_embd]) whose <|image|> placeholder starts at
     // absolute position `start` (>= n_past, after any earlier image); its visual K/V are computed once here and
-    // kept beside the text cache. NaN/inf embeddings, and architectures without such a path, throw Error.
+    // kept beside the text cache. mplug2: the video tokens, start 0 on an empty context (replacing an earlier
+    // video); each layer's cross K/V are computed here once. NaN/inf embeddings, and architectures without such
+    // a path, throw Error.
     void add_image(const float* embeds, int64_t n_tokens, int64_t start);
     int64_t n_images() const;
+    // Makes this context equal to `other` (same Model, same device and KV type; n_ctx may differ but must hold
+    // other's positions): its KV cache prefix [0, other.n_past()), n_past, last logits / hidden states and its
+    // architecture's state (mplug2: the video's cross-attention K/V, shared, not recomputed). For beam search:
+    // fork a hypothesis without re-evaluating its prefix. Throws Error naming the mismatch; `other` unchanged.
+    void copy_state_from(const Context& other);
     size_t visual_bytes() const;        // memory held by attached images' state
     size_t kv_bytes_per_token() const;  // text KV cache memory per position
     const Model& model() const { return *model_; }

@@ -64,6 +64,15 @@ void get_rows(const WeightView& table, const int32_t* ids, int64_t n, float* out
 void rms_norm(ThreadPool& pool, const float* x, const float* w, int64_t T, int64_t n, float eps, float* y);
 void rms_norm_ref(const float* x, const float* w, int64_t T, int64_t n, float eps, float* y);
 
+// LayerNorm (BERT / mPLUG-2): y[t] = (x[t] - mean(x[t])) / sqrt(var(x[t]) + eps) * w + b, the biased variance
+// as torch.nn.functional.layer_norm; T rows of n; y may alias x.
+void layer_norm(ThreadPool& pool, const float* x, const float* w, const float* b, int64_t T, int64_t n, float eps, float* y);
+void layer_norm_ref(const float* x, const float* w, const float* b, int64_t T, int64_t n, float eps, float* y);
+
+// The exact (erf) GELU: y[i] = x[i] / 2 * (1 + erf(x[i] / sqrt(2))) (torch's F.gelu default); y may alias x.
+void gelu(ThreadPool& pool, const float* x, float* y, int64_t n);
+void gelu_ref(const float* x, float* y, int64_t n);
+
 // In-place rotary embedding of x[T][n_heads][head_dim]; token t is at position pos[t].
 void rope(ThreadPool& pool, float* x, int64_t T, int64_t n_heads, int64_t head_dim, const int32_t* pos, float base, RopeMode mode);
 void rope_ref(float* x, int64_t T, int64_t n_heads, int64_t head_dim, const int32_t* pos, float base, RopeMode mode);

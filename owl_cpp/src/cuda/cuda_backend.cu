@@ -313,6 +313,13 @@ public:
         OpScope scope(*this);
         cuda::rms_norm(xo, vec(w, x.cols), x.rows, x.cols, eps, yo, stream_);
     }
+    void layer_norm(const Tensor& x, const float* w, const float* b, float eps, const Tensor& y) override {
+        checks::same_shape(x, y, "layer_norm");
+        float* xo = f32(x);
+        float* yo = f32(y);
+        OpScope scope(*this);
+        cuda::layer_norm(xo, vec(w, x.cols), vec(b, x.cols), x.rows, x.cols, eps, yo, stream_);
+    }
     void rope(const Tensor& x, int64_t n_heads, int64_t head_dim, const int32_t* pos, float base, RopeMode mode) override {
         checks::expect_cols(x, n_heads * head_dim, "rope input");
         float* xo = f32(x);
@@ -335,6 +342,13 @@ public:
         float* o = f32(out);
         OpScope scope(*this);
         cuda::swiglu(g, u, o, gate.rows * gate.cols, stream_);
+    }
+    void gelu(const Tensor& x, const Tensor& y) override {
+        checks::same_shape(x, y, "gelu");
+        float* xo = f32(x);
+        float* yo = f32(y);
+        OpScope scope(*this);
+        cuda::gelu(xo, yo, x.rows * x.cols, stream_);
     }
     void kv_store(const Tensor& src, int64_t n_head_kv, int64_t head_dim, const Tensor& cache, int64_t ctx, int64_t pos0) override {
         here(cache);

@@ -114,6 +114,43 @@ unsigned norm_threads(int64_t units) {
     return unsigned(b < 32 ? 32 : (b > kNormMaxThreads ? kNormMaxThreads : b));
 }
 
+// ---- layer_norm: one block per row, two block reductions (mean, then the centred sum of squares) ----
+// The CPU sums in double; fp32 per-thread sums reduced as a tree agree with it to ~1e-7 relative.
+__device__ __forceinline__ float block_sum_twice(float v, float* part) {  // part: 32 floats of shared memory
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    const int lane = int(threadIdx.x & 31), nwarps = int(blockDim.x >> 5);
+    __syncthreads();  // an earlier call's readers of part are done
+    if (lane == 0) part[threadIdx.x >> 5] = v;
+    __syncthreads();
+    v = lane < nwarps ? part[lane] : 0.0f;
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+__global__ void __launch_bounds__(kNormMaxThreads) layer_norm_kernel(const float* x, const float* w, const float* b,
+                                                                     int64_t n, float eps, float* y) {
+    __shared__ float part[kNormMaxThreads / 32];
+    const float* xr = x + blockIdx.x * n;
+    float* yr = y + blockIdx.x * n;
+    float s = 0.0f;
+    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) s += xr[i];
+    const float mean = block_sum_twice(s, part) / float(n);
+    float ss = 0.0f;
+    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+        const float d = xr[i] - mean;
+        ss = fmaf(d, d, ss);
+    }
+    const float inv = 1.0f / sqrtf(block_sum_twice(ss, part) / float(n) + eps);
+    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) yr[i] = (xr[i] - mean) * inv * w[i] + b[i];
+}
+
+__global__ void gelu_kernel(const float* x, float* y, int64_t n) {
+    for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+        const float v = x[i];
+        y[i] = 0.5f * v * (1.0f + erff(v * 0.70710678118654752f));
+    }
+}
+
 // One thread per (token, head, rotation pair): at decode (T = 1) that is n_heads * head_dim / 2 threads (1792 for
 // a 7B's Q) instead of head_dim / 2 threads each walking every head in turn. The angle pos * inv_freq in double
 // (float angles lose digits at 32K positions), reduced to [-pi, pi] in double, then fp32 sincos: within ~3e-7 of
@@ -206,6 +243,19 @@ void rms_norm(const float* x, const float* w, int64_t T, int64_t n, float eps, f
         rms_norm_kernel<<<unsigned(T), norm_threads(n), 0, stream>>>(x, w, n, eps, y);
     }
     OWL_CUDA_LAUNCHED("rms_norm");
+}
+
+void layer_norm(const float* x, const float* w, const float* b, int64_t T, int64_t n, float eps, float* y, cudaStream_t stream) {
+    if (T <= 0 || n <= 0) return;
+    if (T > 0x7fffffff) throw Error("layer_norm: too many rows");
+    layer_norm_kernel<<<unsigned(T), norm_threads(n), 0, stream>>>(x, w, b, n, eps, y);
+    OWL_CUDA_LAUNCHED("layer_norm");
+}
+
+void gelu(const float* x, float* y, int64_t n, cudaStream_t stream) {
+    if (n <= 0) return;
+    gelu_kernel<<<grid_for(n), kThreads, 0, stream>>>(x, y, n);
+    OWL_CUDA_LAUNCHED("gelu");
 }
 
 void rope(float* x, int64_t T, int64_t n_heads, int64_t head_dim, const int32_t* pos, const double* inv_freq,

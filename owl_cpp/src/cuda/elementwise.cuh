@@ -13,6 +13,10 @@ void add(float* x, const float* y, int64_t n, cudaStream_t stream);
 void swiglu(const float* gate, const float* up, float* out, int64_t n, cudaStream_t stream);
 // y[t] = x[t] / sqrt(mean(x[t]^2) + eps) * w; y may be x.
 void rms_norm(const float* x, const float* w, int64_t T, int64_t n, float eps, float* y, cudaStream_t stream);
+// y[t] = (x[t] - mean) / sqrt(var + eps) * w + b; y may be x.
+void layer_norm(const float* x, const float* w, const float* b, int64_t T, int64_t n, float eps, float* y, cudaStream_t stream);
+// y = x / 2 * (1 + erf(x / sqrt 2)); y may be x.
+void gelu(const float* x, float* y, int64_t n, cudaStream_t stream);
 // In place over x [T][n_heads][head_dim]; inv_freq[i] = base^(-2i / head_dim) in double (rope_inv_freq), angles
 // in double (float angles lose digits at 32K positions).
 void rope(float* x, int64_t T, int64_t n_heads, int64_t head_dim, const int32_t* pos, const double* inv_freq,

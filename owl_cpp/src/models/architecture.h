@@ -36,6 +36,9 @@ struct ArchState {
     virtual size_t bytes() const { return 0; }
     virtual int64_t n_images() const { return 0; }
     virtual void add_image(const float* embeds, int64_t n_tokens, int64_t start, int64_t n_past);
+    // Context::copy_state_from: become `other` (same model and architecture) with its cache prefix [0, n_past).
+    // Default: refused when `other` holds images (their state is not copyable yet), else this state is emptied.
+    virtual void copy_from(const ArchState& other);
 };
 
 class Architecture {
@@ -43,6 +46,13 @@ public:
     virtual ~Architecture() = default;
     virtual std::string name() const = 0;
     virtual RopeMode rope_mode() const = 0;
+    // The key (after "<arch>.") of the norm epsilon HParams::rms_eps holds: RMSNorm's by default, LayerNorm's
+    // ("attention.layer_norm_epsilon") for a BERT-style decoder.
+    virtual std::string norm_eps_key() const { return "attention.layer_norm_rms_epsilon"; }
+    // Layer il's shared tensors (model.cpp's llama names by default: attn_norm, attn_q/k/v(+bias), attn_output,
+    // ffn_norm, ffn_gate/up/down). An architecture of another layer shape reads what it shares here and the
+    // rest in load_extra.
+    virtual DecoderLayer read_layer(TensorLoader& L, const HParams& hp, int64_t il, bool qkv_bias) const;
     // After the shared decoder is loaded: the architecture's own keys and tensors (marked used on the loader).
     virtual std::unique_ptr<ArchWeights> load_extra(TensorLoader& L, const HParams& hp) const;
     virtual void describe(const Model& m, ArchInfo& out) const { (void)m; (void)out; }
@@ -55,6 +65,19 @@ public:
     virtual void attend(ForwardPass& p, int64_t il, int64_t skip) const;
     // Whether layer il may drop the rows whose output nobody reads (the last layer's pruning).
     virtual bool prunable(const ForwardPass& p, int64_t il) const { (void)p; (void)il; return true; }
+
+    // The forward pass's stages, for architectures whose decoder is not the shared pre-norm one (mplug2):
+    //   embed:      token ids -> p.x (default: rows of token_embd); batches of embeddings are uploaded as they are
+    //   run_layer:  one layer (default: blocks::decoder_layer); keep as there
+    //   final_norm: p.x rows -> what the output matrix multiplies (default: RMSNorm with output_norm)
+    //   output_bias: added to the logits (default none)
+    virtual void embed(ForwardPass& p, const int32_t* ids) const;
+    virtual void run_layer(ForwardPass& p, int64_t il, int64_t keep) const;
+    virtual void final_norm(ForwardPass& p, const Tensor& x, const Tensor& out) const;
+    virtual const float* output_bias(const Model& m) const { (void)m; return nullptr; }
+    // Whether decode_step may stack this architecture's contexts into one pass (its layer loop is the shared
+    // pre-norm one); otherwise they are decoded one after another.
+    virtual bool batched_step() const { return true; }
 };
 
 // The registry: the architecture named by general.architecture, or nullptr.
@@ -66,5 +89,6 @@ const Architecture& llama_architecture();
 const Architecture& qwen2_architecture();
 const Architecture& owl3_architecture();
 const Architecture& owl2_architecture();
+const Architecture& mplug2_architecture();
 
 }  // namespace owl

@@ -8,6 +8,19 @@ void ArchState::add_image(const float*, int64_t, int64_t, int64_t) {
     throw Error("this model's architecture has no path for attached images");
 }
 
+void ArchState::copy_from(const ArchState& other) {
+    if (other.n_images() > 0) throw Error("copy_state_from: the source context holds images, which this architecture cannot copy yet");
+    truncate(0);
+}
+
+void Architecture::embed(ForwardPass& p, const int32_t* ids) const { p.be.get_rows(p.m.token_embd(), ids, p.x); }
+
+void Architecture::run_layer(ForwardPass& p, int64_t il, int64_t keep) const { blocks::decoder_layer(p, *this, il, keep); }
+
+void Architecture::final_norm(ForwardPass& p, const Tensor& x, const Tensor& out) const {
+    p.be.rms_norm(x, p.m.output_norm().data(), p.hp.rms_eps, out);
+}
+
 std::unique_ptr<ArchWeights> Architecture::load_extra(TensorLoader&, const HParams&) const { return nullptr; }
 
 std::unique_ptr<ArchState> Architecture::new_state(const Model&, Backend&, int64_t, int64_t) const { return nullptr; }

@@ -86,6 +86,38 @@ void Context::add_image(const float* embeds, int64_t n_tokens, int64_t start) {
     state_->add_image(embeds, n_tokens, start, n_past_);
 }
 
+void Context::copy_state_from(const Context& other) {
+    if (&other == this) return;
+    if (other.model_.get() != model_.get())
+        throw Error("copy_state_from: the source context runs another model (a copy needs the same loaded model)");
+    Use use(*this);
+    Use use_other(const_cast<Context&>(other));  // the source must not change while it is read
+    if (other.backend_->device() != backend_->device())
+        throw Error(std::string("copy_state_from: the source context is on ") + device_name(other.backend_->device()) + ", this one on " +
+                    device_name(backend_->device()));
+    if (other.kv_type_ != kv_type_)
+        throw Error(std::string("copy_state_from: the source's KV cache is ") + dtype_name(other.kv_type_) + ", this one's " + dtype_name(kv_type_));
+    if (other.n_past_ > n_ctx_)
+        throw Error("copy_state_from: the source holds " + std::to_string(other.n_past_) + " positions, more than this context's " +
+                    std::to_string(n_ctx_));
+    const HParams& hp = model_->hparams();
+    if (state_) state_->copy_from(*other.state_);  // first: an architecture that refuses leaves everything as it was
+    other.backend_->synchronize();  // its queued writes to the cache are done before another stream reads it
+    const int64_t n = other.n_past_;
+    if (n > 0)
+        for (int64_t il = 0; il < hp.n_layer; ++il)
+            for (int64_t kh = 0; kh < hp.n_head_kv; ++kh) {  // cache rows [head][ctx]: each head's first n positions
+                backend_->copy(other.impl_->k_cache[size_t(il)]->tensor().slice(kh * other.n_ctx_, n),
+                               impl_->k_cache[size_t(il)]->tensor().slice(kh * n_ctx_, n));
+                backend_->copy(other.impl_->v_cache[size_t(il)]->tensor().slice(kh * other.n_ctx_, n),
+                               impl_->v_cache[size_t(il)]->tensor().slice(kh * n_ctx_, n));
+            }
+    n_past_ = n;
+    logits_ = other.logits_;
+    hidden_ = other.hidden_;
+    backend_->synchronize();
+}
+
 int64_t Context::n_images() const { return state_ ? state_->n_images() : 0; }
 size_t Context::visual_bytes() const { return state_ ? state_->bytes() : 0; }
 
@@ -166,12 +198,12 @@ void Context::forward(const Batch& b, int64_t offset, int64_t T, bool all_logits
     const bool on_host = be.device() == Device::CPU;
     if (logits_out && !on_host && (!c.out || c.out->tensor().rows < rows)) c.out = be.alloc(DType::F32, rows, hp.n_vocab);
     auto run = [&] {
-        if (b.ids) be.get_rows(m.token_embd(), b.ids + offset, p.x);
+        if (b.ids) arch.embed(p, b.ids + offset);
         else be.upload(b.embeds + offset * hp.n_embd, p.x);
-        for (int64_t il = 0; il < hp.n_layer; ++il) blocks::decoder_layer(p, arch, il, il == hp.n_layer - 1 ? keep_last : 0);
+        for (int64_t il = 0; il < hp.n_layer; ++il) arch.run_layer(p, il, il == hp.n_layer - 1 ? keep_last : 0);
         if (!logits_out) return;
-        be.rms_norm(p.x.slice(first, rows), m.output_norm().data(), hp.rms_eps, h);
-        if (!on_host) be.matmul(m.output(), h, nullptr, c.out->tensor().slice(0, rows));
+        arch.final_norm(p, p.x.slice(first, rows), h);
+        if (!on_host) be.matmul(m.output(), h, arch.output_bias(m), c.out->tensor().slice(0, rows));
     };
     // A device backend runs a decode step (one token) as one recorded graph; a step that cannot be recorded
     // (a scratch buffer had to grow, say) runs op by op, which also surfaces any real error.
@@ -190,7 +222,7 @@ void Context::forward(const Batch& b, int64_t offset, int64_t T, bool all_logits
     if (!logits_out) return;
     be.download(h, hidden_out);
     if (on_host)  // straight into the caller's array
-        be.matmul(m.output(), h, nullptr, Tensor{logits_out, DType::F32, Device::CPU, rows, hp.n_vocab});
+        be.matmul(m.output(), h, arch.output_bias(m), Tensor{logits_out, DType::F32, Device::CPU, rows, hp.n_vocab});
     else
         be.download(c.out->tensor().slice(0, rows), logits_out);
 }
@@ -235,8 +267,9 @@ void decode_step(const std::vector<Context*>& ctxs, const std::vector<int32_t>& 
     }
     bool all_cpu = true;
     for (const Context* c : ctxs) all_cpu = all_cpu && c->backend_->device() == Device::CPU;
-    if (!all_cpu) {
-        // Device contexts have their own streams and copies of the cache: no batched path for them yet.
+    if (!all_cpu || !m.architecture().batched_step()) {
+        // Device contexts have their own streams and copies of the cache: no batched path for them yet. Nor for
+        // an architecture whose layers are not the shared pre-norm ones (mplug2's post-LN BERT layers).
         for (size_t i = 0; i < N; ++i) ctxs[i]->decode_locked(Batch::of_ids(&tokens[i], 1), false);
         return;
     }

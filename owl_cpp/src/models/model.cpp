@@ -25,7 +25,7 @@ ArchInfo Model::arch_info() const {
 
 namespace {
 
-void read_hparams(const TensorLoader& L, HParams& hp) {
+void read_hparams(const TensorLoader& L, const Architecture& arch, HParams& hp) {
     const GGUFFile& f = L.file();
     const std::string a = hp.arch + ".";
     hp.n_embd = L.positive(a + "embedding_length");
@@ -34,7 +34,7 @@ void read_hparams(const TensorLoader& L, HParams& hp) {
     hp.n_head_kv = f.has(a + "attention.head_count_kv") ? L.positive(a + "attention.head_count_kv") : hp.n_head;
     hp.n_ff = L.positive(a + "feed_forward_length");
     hp.n_ctx_train = L.positive(a + "context_length");
-    hp.rms_eps = float(f.get_float(a + "attention.layer_norm_rms_epsilon"));
+    hp.rms_eps = float(f.get_float(a + arch.norm_eps_key()));
     hp.rope_base = float(f.get_float(a + "rope.freq_base", 10000.0));
     if (hp.n_head % hp.n_head_kv != 0) L.fail("head_count " + std::to_string(hp.n_head) + " is not a multiple of head_count_kv " + std::to_string(hp.n_head_kv));
     if (f.has(a + "attention.key_length")) {
@@ -62,7 +62,9 @@ void read_hparams(const TensorLoader& L, HParams& hp) {
         L.fail("block_count " + std::to_string(hp.n_layer) + " is more than the file's " + std::to_string(L.file().tensors().size()) + " tensors can hold");
 }
 
-DecoderLayer read_layer(TensorLoader& L, const HParams& hp, int64_t i, bool qkv_bias) {
+}  // namespace
+
+DecoderLayer Architecture::read_layer(TensorLoader& L, const HParams& hp, int64_t i, bool qkv_bias) const {
     const std::string p = "blk." + std::to_string(i) + ".";
     const int64_t E = hp.n_embd, Q = hp.n_head * hp.head_dim, KV = hp.n_head_kv * hp.head_dim;
     DecoderLayer l;
@@ -83,8 +85,6 @@ DecoderLayer read_layer(TensorLoader& L, const HParams& hp, int64_t i, bool qkv_
     return l;
 }
 
-}  // namespace
-
 class ModelBuilder {
 public:
     static std::shared_ptr<Model> load(std::unique_ptr<GGUFFile> file) {
@@ -100,7 +100,7 @@ public:
             L.fail("architecture '" + unicode::sanitize_utf8(hp.arch) + "' is not supported (supported: " + known + ")");
         }
         hp.rope_mode = m->arch_->rope_mode();
-        read_hparams(L, hp);
+        read_hparams(L, *m->arch_, hp);
 
         const GGUFTensorInfo* embd = m->file_->find_tensor("token_embd.weight");
         if (!embd) L.fail("tensor 'token_embd.weight' is missing");
@@ -111,7 +111,7 @@ public:
         m->output_ = L.has("output.weight") ? L.matrix("output.weight", hp.n_embd, hp.n_vocab) : m->token_embd_;
         const bool qkv_bias = L.has("blk.0.attn_q.bias");
         m->layers_.reserve(size_t(hp.n_layer));
-        for (int64_t i = 0; i < hp.n_layer; ++i) m->layers_.push_back(read_layer(L, hp, i, qkv_bias));
+        for (int64_t i = 0; i < hp.n_layer; ++i) m->layers_.push_back(m->arch_->read_layer(L, hp, i, qkv_bias));
         m->arch_weights_ = m->arch_->load_extra(L, hp);
         L.reject_unused();
 

@@ -5,7 +5,8 @@
 namespace owl {
 namespace {
 const std::vector<const Architecture*>& all() {
-    static const std::vector<const Architecture*> list = {&llama_architecture(), &qwen2_architecture(), &owl3_architecture(), &owl2_architecture()};
+    static const std::vector<const Architecture*> list = {&llama_architecture(), &qwen2_architecture(), &owl3_architecture(), &owl2_architecture(),
+                                                           &mplug2_architecture()};
     return list;
 }
 }  // namespace

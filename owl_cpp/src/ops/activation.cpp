@@ -20,3 +20,19 @@ void swiglu_ref(const float* gate, const float* up, float* out, int64_t n) {
 }
 
 }  // namespace owl::ops
+
+namespace owl::ops {
+
+// Plain std::erf per element: the FFN's n_ff values per token are few next to its two matmuls.
+void gelu(ThreadPool& pool, const float* x, float* y, int64_t n) {
+    pool.parallel_for((n + 1023) / 1024, [&](int64_t c0, int64_t c1, int) {
+        const int64_t i1 = c1 * 1024 < n ? c1 * 1024 : n;
+        for (int64_t i = c0 * 1024; i < i1; ++i) y[i] = 0.5f * x[i] * (1.0f + std::erf(x[i] * 0.70710678118654752f));
+    });
+}
+
+void gelu_ref(const float* x, float* y, int64_t n) {
+    for (int64_t i = 0; i < n; ++i) y[i] = float(0.5 * double(x[i]) * (1.0 + std::erf(double(x[i]) / std::sqrt(2.0))));
+}
+
+}  // namespace owl::ops

@@ -74,6 +74,10 @@ public:
         same_shape(x, y, "rms_norm");
         ops::rms_norm(pool_, f32(x), w, x.rows, x.cols, eps, f32(y));
     }
+    void layer_norm(const Tensor& x, const float* w, const float* b, float eps, const Tensor& y) override {
+        same_shape(x, y, "layer_norm");
+        ops::layer_norm(pool_, f32(x), w, b, x.rows, x.cols, eps, f32(y));
+    }
     void rope(const Tensor& x, int64_t n_heads, int64_t head_dim, const int32_t* pos, float base, RopeMode mode) override {
         expect_cols(x, n_heads * head_dim, "rope input");
         ops::rope(pool_, f32(x), x.rows, n_heads, head_dim, pos, base, mode);
@@ -95,6 +99,10 @@ public:
         same_shape(gate, up, "swiglu");
         same_shape(gate, out, "swiglu");
         ops::swiglu(pool_, f32(gate), f32(up), f32(out), gate.rows * gate.cols);
+    }
+    void gelu(const Tensor& x, const Tensor& y) override {
+        same_shape(x, y, "gelu");
+        ops::gelu(pool_, f32(x), f32(y), x.rows * x.cols);
     }
     void kv_store(const Tensor& src, int64_t n_head_kv, int64_t head_dim, const Tensor& cache, int64_t ctx, int64_t pos0) override {
         here(cache);

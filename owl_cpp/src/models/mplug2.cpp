@@ -1,0 +1,273 @@
+// mPLUG-2's caption decoder (docs/owl2.md PART D; export/owl_export/mplug2/reference.py is the oracle): a
+// BERT-style post-LN decoder whose every layer cross-attends to the video tokens.
+//   embed:  x = LayerNorm(token_embd[id] + position_embd[pos])   (the exporter folds token type 0 into
+//           position_embd), no rope
+//   layer:  x = LN(x + W_o causal_self_attention(x) + b_o)        attn_*, attn_output_norm
+//           x = LN(x + W_co cross_attention(x, video) + b_co)     cross_attn_*, cross_attn_output_norm
+//           x = LN(x + W_down GELU(W_up x + b_up) + b_down)       ffn_up, ffn_down, layer_output_norm
+//   head:   logits = token_embd (tied) LN(GELU(W_t x + b_t)) + output.bias   output_transform, output_norm
+// Every Linear has a bias; every LayerNorm has weight and bias and the eps of mplug2.attention.layer_norm_epsilon.
+// Context::hidden_states() are the head's LN(GELU(W_t x + b_t)) rows, what the tied output matrix multiplies.
+// Learned positions bound the context: n_ctx <= mplug2.context_length, else Context creation throws.
+//
+// The video: Context::add_image(video_tokens [n_tokens][n_embd], start) with start == 0 on an empty context
+// (n_past == 0; truncate(0) first to reuse a context). Each layer's cross K/V are computed there once and kept
+// (immutable, shared by contexts copied with copy_state_from: every beam reads the same K/V); every decode step
+// reuses them. Attaching a video to an empty context that already has one replaces it. Decoding before a video
+// is attached is an error (every layer needs it). The video stays attached across truncate().
+#include <algorithm>
+
+#include "forward.h"
+#include "owl/error.h"
+#include "tensor_loader.h"
+
+namespace owl {
+namespace {
+
+struct Mplug2Layer {  // what DecoderLayer does not hold (it holds wq/wk/wv/wo, bq/bk/bv, ffn_up, ffn_down)
+    std::vector<float> bo, attn_norm_w, attn_norm_b;
+    WeightView cq, ck, cv, co;
+    std::vector<float> cbq, cbk, cbv, cbo, cross_norm_w, cross_norm_b;
+    std::vector<float> b_up, b_down, out_norm_w, out_norm_b;
+};
+
+struct Mplug2Weights : ArchWeights {
+    WeightView position;                 // [n_positions][n_embd], token type 0 folded in
+    std::vector<float> embd_norm_w, embd_norm_b;
+    std::vector<Mplug2Layer> layers;
+    WeightView transform;                // MLM head dense [n_embd][n_embd]
+    std::vector<float> transform_b, output_norm_b, output_b;
+
+    void matrices(std::vector<WeightView*>& out) override {
+        out.push_back(&transform);
+        for (Mplug2Layer& l : layers)
+            for (WeightView* w : {&l.cq, &l.ck, &l.cv, &l.co}) out.push_back(w);
+    }
+    void weights(std::vector<const WeightView*>& m, std::vector<const std::vector<float>*>& v) const override {
+        m.push_back(&position);
+        m.push_back(&transform);
+        for (const std::vector<float>* b : {&embd_norm_w, &embd_norm_b, &transform_b, &output_norm_b, &output_b}) v.push_back(b);
+        for (const Mplug2Layer& l : layers) {
+            for (const WeightView* w : {&l.cq, &l.ck, &l.cv, &l.co}) m.push_back(w);
+            for (const std::vector<float>* b : {&l.bo, &l.attn_norm_w, &l.attn_norm_b, &l.cbq, &l.cbk, &l.cbv, &l.cbo, &l.cross_norm_w,
+                                                &l.cross_norm_b, &l.b_up, &l.b_down, &l.out_norm_w, &l.out_norm_b})
+                v.push_back(b);
+        }
+    }
+};
+
+const Mplug2Weights& weights_of(const Model& m) { return static_cast<const Mplug2Weights&>(*m.arch_weights()); }
+
+// One video's cross-attention K/V per layer, [n_tokens][n_embd] each: written once, then only read.
+struct CrossKV {
+    std::vector<std::unique_ptr<DeviceBuffer>> k, v;
+    int64_t n_tokens = 0;
+    size_t bytes() const {
+        size_t n = 0;
+        for (size_t i = 0; i < k.size(); ++i) n += k[i]->bytes() + v[i]->bytes();
+        return n;
+    }
+};
+
+class Mplug2State : public ArchState {
+public:
+    Mplug2State(const Model& m, Backend& be, int64_t n_ctx, int64_t n_batch) : m_(m), be_(be), visible_(size_t(n_batch)) {
+        const int64_t n_pos = weights_of(m).position.rows;
+        if (n_ctx > n_pos)
+            throw Error("mplug2: a context of " + std::to_string(n_ctx) + " positions is longer than the decoder's " + std::to_string(n_pos) +
+                        " learned positions: create it with n_ctx <= " + std::to_string(n_pos));
+    }
+    std::shared_ptr<const CrossKV> cross;  // null until a video is attached
+
+    int64_t n_images() const override { return cross ? 1 : 0; }
+    size_t bytes() const override { return cross ? cross->bytes() : 0; }
+    void add_image(const float* embeds, int64_t n_tokens, int64_t start, int64_t n_past) override;
+    void copy_from(const ArchState& other) override { cross = static_cast<const Mplug2State&>(other).cross; }
+    // Query row t of a piece sees every video token.
+    const int64_t* visible(int64_t rows) {
+        std::fill(visible_.begin(), visible_.begin() + rows, cross->n_tokens);
+        return visible_.data();
+    }
+
+private:
+    const Model& m_;
+    Backend& be_;
+    std::vector<int64_t> visible_;
+};
+
+void Mplug2State::add_image(const float* embeds, int64_t n_tokens, int64_t start, int64_t n_past) {
+    if (start != 0)
+        throw Error("mplug2: the video is attached at start 0 (the decoder cross-attends to it from every position), got start " +
+                    std::to_string(start));
+    if (n_past != 0)
+        throw Error("mplug2: attach the video before decoding (the context holds " + std::to_string(n_past) +
+                    " positions computed against the previous video; truncate(0) first)");
+    if (n_tokens < 1) throw Error("mplug2: a video needs at least one token");
+    if (n_tokens > (int64_t(1) << 31)) throw Error("mplug2: a video of " + std::to_string(n_tokens) + " tokens is too large");
+    const HParams& hp = m_.hparams();
+    const Mplug2Weights& w = weights_of(m_);
+    auto kv = std::make_shared<CrossKV>();
+    kv->n_tokens = n_tokens;
+    auto in = be_.alloc(DType::F32, n_tokens, hp.n_embd);
+    be_.upload(embeds, in->tensor());
+    for (const Mplug2Layer& l : w.layers) {
+        kv->k.push_back(be_.alloc(DType::F32, n_tokens, hp.n_embd));
+        kv->v.push_back(be_.alloc(DType::F32, n_tokens, hp.n_embd));
+        be_.matmul(l.ck, in->tensor(), l.cbk.data(), kv->k.back()->tensor());
+        be_.matmul(l.cv, in->tensor(), l.cbv.data(), kv->v.back()->tensor());
+    }
+    be_.synchronize();  // other contexts' streams read these once shared
+    cross = std::move(kv);
+}
+
+Mplug2State& state_of(const ForwardPass& p) {
+    auto& st = static_cast<Mplug2State&>(*p.state);
+    if (!st.cross)
+        throw Error("mplug2: no video attached: attach the video tokens first (Context.add_image(video, 0)); every decoder layer "
+                    "cross-attends to them");
+    return st;
+}
+
+class Mplug2 : public Architecture {
+public:
+    std::string name() const override { return "mplug2"; }
+    RopeMode rope_mode() const override { return RopeMode::Norm; }  // unused: absolute learned positions
+    std::string norm_eps_key() const override { return "attention.layer_norm_epsilon"; }
+
+    DecoderLayer read_layer(TensorLoader& L, const HParams& hp, int64_t i, bool) const override {
+        const std::string p = "blk." + std::to_string(i) + ".";
+        const int64_t E = hp.n_embd;
+        if (hp.n_head_kv != hp.n_head) L.fail("mplug2 attention has as many K/V heads as query heads");
+        if (hp.n_head * hp.head_dim != E) L.fail("mplug2 heads * head dimension must equal embedding_length");
+        DecoderLayer l;
+        l.wq = L.matrix(p + "attn_q.weight", E, E);
+        l.wk = L.matrix(p + "attn_k.weight", E, E);
+        l.wv = L.matrix(p + "attn_v.weight", E, E);
+        l.wo = L.matrix(p + "attn_output.weight", E, E);
+        l.bq = L.vec(p + "attn_q.bias", E);
+        l.bk = L.vec(p + "attn_k.bias", E);
+        l.bv = L.vec(p + "attn_v.bias", E);
+        l.ffn_up = L.matrix(p + "ffn_up.weight", E, hp.n_ff);
+        l.ffn_down = L.matrix(p + "ffn_down.weight", hp.n_ff, E);
+        return l;
+    }
+
+    std::unique_ptr<ArchWeights> load_extra(TensorLoader& L, const HParams& hp) const override {
+        auto w = std::make_unique<Mplug2Weights>();
+        const int64_t E = hp.n_embd;
+        w->position = L.matrix("position_embd.weight", E, hp.n_ctx_train);
+        w->embd_norm_w = L.vec("token_embd_norm.weight", E);
+        w->embd_norm_b = L.vec("token_embd_norm.bias", E);
+        for (int64_t i = 0; i < hp.n_layer; ++i) {
+            const std::string p = "blk." + std::to_string(i) + ".";
+            Mplug2Layer l;
+            l.bo = L.vec(p + "attn_output.bias", E);
+            l.attn_norm_w = L.vec(p + "attn_output_norm.weight", E);
+            l.attn_norm_b = L.vec(p + "attn_output_norm.bias", E);
+            l.cq = L.matrix(p + "cross_attn_q.weight", E, E);
+            l.ck = L.matrix(p + "cross_attn_k.weight", E, E);
+            l.cv = L.matrix(p + "cross_attn_v.weight", E, E);
+            l.co = L.matrix(p + "cross_attn_output.weight", E, E);
+            l.cbq = L.vec(p + "cross_attn_q.bias", E);
+            l.cbk = L.vec(p + "cross_attn_k.bias", E);
+            l.cbv = L.vec(p + "cross_attn_v.bias", E);
+            l.cbo = L.vec(p + "cross_attn_output.bias", E);
+            l.cross_norm_w = L.vec(p + "cross_attn_output_norm.weight", E);
+            l.cross_norm_b = L.vec(p + "cross_attn_output_norm.bias", E);
+            l.b_up = L.vec(p + "ffn_up.bias", hp.n_ff);
+            l.b_down = L.vec(p + "ffn_down.bias", E);
+            l.out_norm_w = L.vec(p + "layer_output_norm.weight", E);
+            l.out_norm_b = L.vec(p + "layer_output_norm.bias", E);
+            w->layers.push_back(std::move(l));
+        }
+        w->transform = L.matrix("output_transform.weight", E, E);
+        w->transform_b = L.vec("output_transform.bias", E);
+        w->output_norm_b = L.vec("output_norm.bias", E);
+        if (L.has("output.weight")) L.fail("mplug2's output matrix is the word embedding (tied): output.weight must not be there");
+        const GGUFTensorInfo* embd = L.file().find_tensor("token_embd.weight");
+        w->output_b = L.vec("output.bias", embd->ne[1]);
+        return w;
+    }
+
+    void describe(const Model& m, ArchInfo& out) const override {
+        out.emplace_back("n_positions", weights_of(m).position.rows);
+        out.emplace_back("cross_attention", true);
+    }
+
+    std::unique_ptr<ArchState> new_state(const Model& m, Backend& be, int64_t n_ctx, int64_t n_batch) const override {
+        return std::make_unique<Mplug2State>(m, be, n_ctx, n_batch);
+    }
+
+    bool batched_step() const override { return false; }
+
+    void embed(ForwardPass& p, const int32_t* ids) const override {
+        state_of(p);  // before any work: a context without its video changes nothing
+        const Mplug2Weights& w = weights_of(p.m);
+        for (int64_t t = 0; t < p.T; ++t)
+            if (p.pos[t] >= w.position.rows)
+                throw Error("mplug2: position " + std::to_string(p.pos[t]) + " is past the decoder's " + std::to_string(w.position.rows) +
+                            " learned positions");
+        p.be.get_rows(p.m.token_embd(), ids, p.x);
+        p.be.get_rows(w.position, p.pos, p.h);
+        p.be.add(p.x, p.h);
+        p.be.layer_norm(p.x, w.embd_norm_w.data(), w.embd_norm_b.data(), p.hp.rms_eps, p.x);
+    }
+
+    void run_layer(ForwardPass& p, int64_t il, int64_t keep) const override {
+        Mplug2State& st = state_of(p);
+        const HParams& hp = p.hp;
+        const DecoderLayer& l = p.m.layers()[size_t(il)];
+        const Mplug2Layer& e = weights_of(p.m).layers[size_t(il)];
+        const float eps = hp.rms_eps;
+        // Self-attention inputs for every row (the cache needs them all); no rope: positions are in the embedding.
+        p.be.matmul(l.wq, p.x, l.bq.data(), p.q);
+        p.be.matmul(l.wk, p.x, l.bk.data(), p.k);
+        p.be.matmul(l.wv, p.x, l.bv.data(), p.v);
+        p.be.kv_store(p.k, hp.n_head_kv, hp.head_dim, p.k_cache(il), p.n_ctx, p.n_past);
+        p.be.kv_store(p.v, hp.n_head_kv, hp.head_dim, p.v_cache(il), p.n_ctx, p.n_past);
+        // Past the cache write only rows [keep, T) matter (the last layer's pruning).
+        const int64_t skip = keep, R = p.T - skip;
+        if (R == 0) return;
+        const Tensor x = p.x.slice(skip, R), h = p.h.slice(0, R), q = p.q.slice(0, R), attn = p.attn.slice(0, R);
+        blocks::causal_attention(p, il, skip);
+        p.be.matmul(l.wo, attn, e.bo.data(), h);
+        p.be.add(x, h);
+        p.be.layer_norm(x, e.attn_norm_w.data(), e.attn_norm_b.data(), eps, x);
+        // Cross-attention over the video's K/V (every video token visible to every row).
+        p.be.matmul(e.cq, x, e.cbq.data(), q);
+        ops::AttentionShape s = p.shape;
+        s.T = R;
+        s.n_past = p.n_past + skip;
+        const size_t li = size_t(il);
+        const ops::PrefixKV video{st.cross->k[li]->tensor().f32(), st.cross->v[li]->tensor().f32(), st.visible(R)};
+        p.be.attention(s, q, p.k_cache(il), p.v_cache(il), attn, &video, false);
+        p.be.matmul(e.co, attn, e.cbo.data(), h);
+        p.be.add(x, h);
+        p.be.layer_norm(x, e.cross_norm_w.data(), e.cross_norm_b.data(), eps, x);
+        // FFN.
+        const Tensor up = p.up.slice(0, R);
+        p.be.matmul(l.ffn_up, x, e.b_up.data(), up);
+        p.be.gelu(up, up);
+        p.be.matmul(l.ffn_down, up, e.b_down.data(), h);
+        p.be.add(x, h);
+        p.be.layer_norm(x, e.out_norm_w.data(), e.out_norm_b.data(), eps, x);
+    }
+
+    void final_norm(ForwardPass& p, const Tensor& x, const Tensor& out) const override {
+        const Mplug2Weights& w = weights_of(p.m);
+        p.be.matmul(w.transform, x, w.transform_b.data(), out);
+        p.be.gelu(out, out);
+        p.be.layer_norm(out, p.m.output_norm().data(), w.output_norm_b.data(), p.hp.rms_eps, out);
+    }
+
+    const float* output_bias(const Model& m) const override { return weights_of(m).output_b.data(); }
+};
+
+}  // namespace
+
+const Architecture& mplug2_architecture() {
+    static const Mplug2 arch;
+    return arch;
+}
+
+}  // namespace owl
