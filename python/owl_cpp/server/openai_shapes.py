@@ -73,19 +73,23 @@ def logprob_options(body: dict, chat: bool) -> Optional[int]:
     return lp
 
 
-def check_response_format(body: dict) -> None:
-    """response_format: {"type": "text"} (or none) is what the model does; JSON modes are refused with a 400, as
-    this server has no JSON-constrained sampler: an unconstrained answer would silently break the contract."""
+def check_response_format(body: dict) -> Optional[str]:
+    """response_format: {"type": "text"} (or none) is free text; {"type": "json_object"} constrains sampling so
+    that the answer is one JSON object (json_mode.py) and returns "json_object" for the model's response_format;
+    json_schema is refused with a 400 (no schema-driven constraint): an unconstrained answer would silently
+    break the contract."""
     rf = body.get("response_format")
     if rf is None:
-        return
+        return None
     kind = rf.get("type") if isinstance(rf, dict) else None
     if kind == "text":
-        return
-    if kind in ("json_object", "json_schema"):
-        raise RequestError(f"response_format {kind} is not supported by this server (it has no JSON-constrained "
-                           "sampling); use {\"type\": \"text\"} and ask for JSON in the prompt",
-                           "response_format", code="unsupported_response_format")
+        return None
+    if kind == "json_object":
+        return kind
+    if kind == "json_schema":
+        raise RequestError("response_format json_schema is not supported by this server (it constrains answers to "
+                           "JSON, not to a schema); use {\"type\": \"json_object\"} and describe the schema in the "
+                           "prompt", "response_format", code="unsupported_response_format")
     raise RequestError(f"response_format must be an object with type text, json_object or json_schema, got {rf!r}",
                        "response_format")
 
