@@ -56,8 +56,10 @@ def test_streamed_json_is_the_same_answer(model):
 
 
 def test_bad_response_formats_are_value_errors(model):
-    with pytest.raises(ValueError, match="json_schema is not supported"):
+    with pytest.raises(ValueError, match="root schema must be an object"):
         model.generate("x", max_tokens=2, response_format={"type": "json_schema", "json_schema": {"schema": {}}})
+    with pytest.raises(ValueError, match="needs"):
+        model.generate("x", max_tokens=2, response_format={"type": "json_schema"})
     with pytest.raises(ValueError, match="response_format"):
         model.generate("x", max_tokens=2, response_format="xml")
 

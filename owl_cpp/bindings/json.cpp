@@ -36,12 +36,34 @@ auto bad_argument_is_value_error(F&& make) {
 }  // namespace
 
 void bind_json(py::module_& m) {
+    py::class_<JsonSchema::Node>(m, "JsonSchemaNode", "One node of a compiled JSON Schema (json_schema.py builds them).")
+        .def(py::init<>())
+        .def_readwrite("types", &JsonSchema::Node::types)
+        .def_readwrite("enum_values", &JsonSchema::Node::enum_values)
+        .def_readwrite("keys", &JsonSchema::Node::keys)
+        .def_readwrite("key_node", &JsonSchema::Node::key_node)
+        .def_readwrite("required", &JsonSchema::Node::required)
+        .def_readwrite("items", &JsonSchema::Node::items);
+
+    py::class_<JsonSchema, std::shared_ptr<JsonSchema>>(m, "JsonSchema", "A compiled JSON Schema subset; nodes[0] is the root.")
+        .def(py::init([](const std::vector<JsonSchema::Node>& nodes) {
+                 auto s = std::make_shared<JsonSchema>();
+                 s->nodes = nodes;
+                 bad_argument_is_value_error([&] { s->validate(); return 0; });
+                 return s;
+             }), py::arg("nodes"))
+        .def("__len__", [](const JsonSchema& s) { return s.nodes.size(); });
+
     py::class_<JsonMachine>(m, "JsonMachine",
                             "Byte-level JSON automaton: feed() consumes bytes while they keep the text a prefix of "
-                            "a valid JSON value (object_only: of an object).")
-        .def(py::init([](bool object_only, int32_t max_depth, int32_t max_ws) {
-                 return bad_argument_is_value_error([&] { return new JsonMachine(object_only, limits(max_depth, max_ws)); });
-             }), py::arg("object_only") = true, py::arg("max_depth") = 32, py::arg("max_ws") = 16)
+                            "a valid JSON value (object_only: of an object; schema: matching it).")
+        .def(py::init([](bool object_only, int32_t max_depth, int32_t max_ws, std::shared_ptr<JsonSchema> schema) {
+                 return bad_argument_is_value_error([&] {
+                     if (schema) schema->validate();
+                     return new JsonMachine(object_only, limits(max_depth, max_ws), schema.get());
+                 });
+             }), py::arg("object_only") = true, py::arg("max_depth") = 32, py::arg("max_ws") = 16,
+             py::arg("schema") = nullptr, py::keep_alive<1, 5>())
         .def("feed", [](JsonMachine& j, py::bytes data) {
                  // Returns how many bytes were consumed: len(data), or the index of the first byte refused
                  // (the machine then stands before that byte).
@@ -56,7 +78,7 @@ void bind_json(py::module_& m) {
         .def_property_readonly("done", &JsonMachine::done)
         .def_property_readonly("can_end", &JsonMachine::can_end)
         .def_property_readonly("depth", &JsonMachine::depth)
-        .def("copy", [](const JsonMachine& j) { return JsonMachine(j); });
+        .def("copy", [](const JsonMachine& j) { return JsonMachine(j); }, py::keep_alive<0, 1>());
 
     py::class_<JsonVocab, std::shared_ptr<JsonVocab>>(m, "JsonVocab",
                                                       "A vocabulary's token bytes as a trie, for JsonConstraint; "
@@ -77,12 +99,13 @@ void bind_json(py::module_& m) {
                                "One generation's JSON state over a JsonVocab; eog: end-of-generation token ids "
                                "(allowed only once the text is a whole JSON document).")
         .def(py::init([](std::shared_ptr<JsonVocab> vocab, std::vector<int32_t> eog, bool object_only,
-                         int32_t max_depth, int32_t max_ws) {
+                         int32_t max_depth, int32_t max_ws, std::shared_ptr<JsonSchema> schema) {
                  return bad_argument_is_value_error([&] {
-                     return new JsonConstraint(std::move(vocab), std::move(eog), object_only, limits(max_depth, max_ws));
+                     return new JsonConstraint(std::move(vocab), std::move(eog), object_only, limits(max_depth, max_ws),
+                                               std::move(schema));
                  });
              }), py::arg("vocab"), py::arg("eog"), py::arg("object_only") = true, py::arg("max_depth") = 32,
-             py::arg("max_ws") = 16)
+             py::arg("max_ws") = 16, py::arg("schema") = nullptr)
         .def("allows", &JsonConstraint::allows, py::arg("id"))
         .def("accept", &JsonConstraint::accept, py::arg("id"))
         .def_property_readonly("done", &JsonConstraint::done)

@@ -80,9 +80,11 @@ std::shared_ptr<JsonVocab> JsonVocab::from_tokenizer(const Tokenizer& tok) {
 }
 
 JsonConstraint::JsonConstraint(std::shared_ptr<const JsonVocab> vocab, std::vector<int32_t> eog, bool object_only,
-                               JsonLimits limits)
-    : vocab_(std::move(vocab)), eog_(std::move(eog)), machine_(object_only, limits) {
+                               JsonLimits limits, std::shared_ptr<const JsonSchema> schema)
+    : vocab_(std::move(vocab)), schema_(std::move(schema)), eog_(std::move(eog)),
+      machine_(object_only, limits, schema_.get()) {
     if (!vocab_) throw Error("json constraint: no vocabulary");
+    if (schema_) schema_->validate();
 }
 
 bool JsonConstraint::is_eog(int32_t id) const { return std::find(eog_.begin(), eog_.end(), id) != eog_.end(); }

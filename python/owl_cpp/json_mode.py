@@ -3,22 +3,24 @@
 The work is in C++ (owl/json_constraint.h): a byte-level JSON automaton over the vocabulary's token bytes (a trie
 built once per model, here) decides which tokens may come next; generation stops as soon as the value is complete.
 Accepted forms: None, "text" or {"type": "text"} (no constraint); "json", "json_object" or
-{"type": "json_object"} (the answer is one JSON object). JSON schemas are not supported (ValueError).
+{"type": "json_object"} (the answer is one JSON object); {"type": "json_schema", "json_schema": {"schema": {...}}}
+(OpenAI's shape: the answer is an object matching the schema, a subset of JSON Schema: json_schema.py).
 """
 from __future__ import annotations
 
 import threading
-from typing import Optional
+from typing import Optional, Union
 
 from . import _core
+from .json_schema import compile_schema
 
 JSON_OBJECT = "json_object"
 
 _vocab_lock = threading.Lock()
 
 
-def parse_response_format(response_format) -> Optional[str]:
-    """None (free text) or JSON_OBJECT; a clear ValueError for anything else."""
+def parse_response_format(response_format) -> Union[None, str, "_core.JsonSchema"]:
+    """None (free text), JSON_OBJECT, or a compiled schema; a clear ValueError for anything else."""
     if response_format is None:
         return None
     kind = response_format.get("type") if isinstance(response_format, dict) else response_format
@@ -27,10 +29,12 @@ def parse_response_format(response_format) -> Optional[str]:
     if kind in ("json", JSON_OBJECT):
         return JSON_OBJECT
     if kind == "json_schema":
-        raise ValueError("response_format json_schema is not supported (no schema-driven constraint yet); use "
-                         "{\"type\": \"json_object\"} and describe the schema in the prompt")
-    raise ValueError(f"response_format must be None, \"text\", \"json\", or {{\"type\": \"text\" | \"json_object\"}}, "
-                     f"got {response_format!r}")
+        spec = response_format.get("json_schema") if isinstance(response_format, dict) else None
+        if not isinstance(spec, dict) or not isinstance(spec.get("schema"), dict):
+            raise ValueError("response_format json_schema needs {\"json_schema\": {\"schema\": {...}}}")
+        return compile_schema(spec["schema"])
+    raise ValueError(f"response_format must be None, \"text\", \"json\", or {{\"type\": \"text\" | \"json_object\" | "
+                     f"\"json_schema\"}}, got {response_format!r}")
 
 
 def json_vocab(model) -> "_core.JsonVocab":
@@ -45,9 +49,11 @@ def json_vocab(model) -> "_core.JsonVocab":
     return v
 
 
-def make_constraint(model, kind: Optional[str], terminators) -> Optional["_core.JsonConstraint"]:
-    """A fresh constraint for one generation (None when kind is None); terminators end it once the value is
-    whole (the automaton stops generation itself when the object closes)."""
+def make_constraint(model, kind, terminators) -> Optional["_core.JsonConstraint"]:
+    """A fresh constraint for one generation (None when kind is None) from parse_response_format's result;
+    terminators end it once the value is whole (the automaton stops generation itself when the object closes)."""
     if kind is None:
         return None
-    return _core.JsonConstraint(json_vocab(model), sorted(int(t) for t in terminators), object_only=True)
+    schema = kind if isinstance(kind, _core.JsonSchema) else None
+    return _core.JsonConstraint(json_vocab(model), sorted(int(t) for t in terminators), object_only=True,
+                                schema=schema)

@@ -22,10 +22,31 @@ struct JsonLimits {
     int32_t max_ws = 16;     // whitespace bytes in a row (room for a newline and pretty-print indentation)
 };
 
+// A JSON Schema subset, compiled (python/owl_cpp/json_schema.py fills it): per node the types allowed, an enum
+// of literal values, an object's properties and required ones, an array's items. Immutable once built.
+struct JsonSchema {
+    enum Type : uint8_t { Object = 1, Array = 2, String = 4, Number = 8, Integer = 16, Boolean = 32, Null = 64, Any = 127 };
+    static constexpr int kMaxProperties = 64;
+    static constexpr int kMaxEnum = 255;
+    static constexpr int kMaxDepth = 16;   // nesting a schema-held machine tracks
+    struct Node {
+        uint8_t types = Any;
+        std::vector<std::string> enum_values;  // compact JSON texts, sorted; non-empty: the value is one of them
+        std::vector<std::string> keys;         // property names as JSON strings ("\"name\""), sorted; empty: any object
+        std::vector<int32_t> key_node;         // each property's schema node
+        uint64_t required = 0;                 // bit i: keys[i] must appear
+        int32_t items = -1;                    // an array's item schema (-1: any value)
+    };
+    std::vector<Node> nodes;                   // nodes[0] is the root (an object)
+    // Checks indices, sizes and order; throws owl::Error naming what is wrong.
+    void validate() const;
+};
+
 class JsonMachine {
 public:
     // object_only: the top-level value must be an object (OpenAI's json_object); else any JSON value.
-    explicit JsonMachine(bool object_only = true, JsonLimits limits = {});
+    // schema (owned by the caller, outliving the machine and its copies): the value must also match it.
+    explicit JsonMachine(bool object_only = true, JsonLimits limits = {}, const JsonSchema* schema = nullptr);
     // Consumes byte b when it keeps the text a prefix of a valid value; returns false (state unspecified,
     // use a copy) when it does not.
     bool push(uint8_t b);
@@ -39,11 +60,16 @@ public:
     int32_t depth() const { return depth_; }
 
 private:
-    enum Mode : uint8_t { Value, KeyOrClose, Key, Colon, After, String, Number, Literal, Done };
+    enum Mode : uint8_t { Value, KeyOrClose, Key, Colon, After, String, Number, Literal, Done, EnumLit, KeyLit };
     bool value_start(uint8_t b);
+    bool schema_value_start(uint8_t b);
+    bool literal_match(uint8_t b);
+    bool may_close_object() const;
+    bool may_add_key() const;
+    const JsonSchema::Node* level_node() const;
     bool whitespace();
     bool end_value();
-    bool open(bool object);
+    bool open(bool object, int16_t node = -1);
     bool close(bool object);
 
     uint64_t stack_ = 0;      // bit i: level i is an object (1) or an array (0)
@@ -58,6 +84,14 @@ private:
     bool array_first_ = false;// Value right after '[': ']' may close it
     bool object_only_;
     uint8_t max_depth_, max_ws_;
+    // Schema state: the node of the value about to start (-1: any), each level's node and keys seen, and the
+    // candidate range [lit_lo_, lit_hi_) in a sorted enum or key list while matching one (lit_pos_ bytes in).
+    const JsonSchema* schema_ = nullptr;
+    int16_t cur_node_ = -1;
+    uint8_t lit_lo_ = 0, lit_hi_ = 0, lit_pos_ = 0;
+    bool int_only_ = false;   // the number being read must be an integer
+    int16_t level_node_[JsonSchema::kMaxDepth] = {};
+    uint64_t level_seen_[JsonSchema::kMaxDepth] = {};
 };
 
 class JsonVocab {
@@ -91,7 +125,7 @@ class JsonConstraint {
 public:
     // eog: the end-of-generation tokens (allowed only once the text is a whole document).
     JsonConstraint(std::shared_ptr<const JsonVocab> vocab, std::vector<int32_t> eog, bool object_only = true,
-                   JsonLimits limits = {});
+                   JsonLimits limits = {}, std::shared_ptr<const JsonSchema> schema = nullptr);
     bool allows(int32_t id) const;
     void accept(int32_t id);             // throws owl::Error when the token is not allowed
     bool done() const { return ended_ || machine_.done(); }
@@ -109,6 +143,7 @@ private:
     bool is_eog(int32_t id) const;
     void walk(int32_t node, const JsonMachine& m, uint8_t* out, int64_t n_vocab) const;
     std::shared_ptr<const JsonVocab> vocab_;
+    std::shared_ptr<const JsonSchema> schema_;   // kept alive for the machine
     std::vector<int32_t> eog_;
     JsonMachine machine_;
     bool ended_ = false;
