@@ -190,7 +190,8 @@ class DecoderModel:
         filters; None (default): not computed.
         response_format="json" (or "json_object", {"type": "json_object"}): the answer is one JSON object,
         sampled under a JSON constraint (json_mode.py); generation stops when the object closes (finish_reason
-        "stop"), or it is cut by max_tokens ("length"). None / "text": free text.
+        "stop"), or it is cut by max_tokens ("length"). None / "text": free text. {"type": "json_schema",
+        "json_schema": {"schema": {...}}}: an object matching the schema (the subset json_schema.py supports).
         Safe to call from several threads (context_pool.py says on which context each call runs)."""
         sampler = SamplingOptions(temperature, top_k, top_p, min_p, repeat_penalty, seed=seed).make_sampler()
         json = parse_response_format(response_format)
