@@ -22,7 +22,7 @@ def summary_text(title: str, decoder: dict, vision: dict) -> str:
         title,
         f"  decoder.gguf  {d['quant']:<5} {size_text(d['file_size']):>10}  {d['n_tensors']} tensors ({types})",
         f"  vision.onnx   {vision_type:<5} {size_text(v['file_size']):>10}  onnxruntime vs the fp32 PyTorch reference "
-        f"on {v['check_batch']} random images: rel err {v['rel_err']:.2e}, cosine {v['cosine']:.6f}",
+        f"on {v.get('check_what') or str(v['check_batch']) + ' random images'}: rel err {v['rel_err']:.2e}, cosine {v['cosine']:.6f}",
     ])
 
 

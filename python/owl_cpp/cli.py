@@ -8,6 +8,8 @@ streaming the answer; or chat with a llama / qwen2 GGUF text model (in its chat 
                                                                         /image PATH adds an image to the next
                                                                         question, /reset starts over)
   owl-run --model qwen2-0.5b-instruct-q8_0.gguf -p "Hi!"              (a text model; without -p: a chat)
+  owl-run --model mplug2-msrvtt --video clip.mp4                       (mPLUG-2: prints the video's caption;
+                                                                        --video FOLDER: its images are the frames)
   owl-run --demo [--seed N] [--save PATH]                              (a random picture of coloured shapes and
                                                                         five questions about it, to the built-in
                                                                         demo model; --image PATH: about a picture)
@@ -25,6 +27,7 @@ from .demo.cli_demo import MAX_TOKENS as DEMO_MAX_TOKENS, SAVE_DEFAULT as DEMO_S
 
 MAX_FRAMES = 16          # the README's MAX_NUM_FRAMES (docs/owl3.md §6.5)
 MAX_TOKENS = 512
+FRAME_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,9 +38,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="model directory written by owl-export, or a llama / qwen2 .gguf text model (default: $OWL_MODEL, "
                    "else the built-in demo model)")
     p.add_argument("-i", "--image", action="append", default=[], help="an image file (repeat for several)")
-    p.add_argument("--video", action="append", default=[], help="a video file, sampled at 1 frame/s, at most "
-                   "--max-frames frames")
-    p.add_argument("--max-frames", type=int, default=MAX_FRAMES, help=f"frames per video (default {MAX_FRAMES})")
+    p.add_argument("--video", action="append", default=[], help="a video file (Owl3: sampled at 1 frame/s, at most "
+                   "--max-frames frames; mPLUG-2: 16 frames at the centres of equal intervals), or for mPLUG-2 a "
+                   "folder of frame images")
+    p.add_argument("--max-frames", type=int, default=None,
+                   help=f"frames per video (default: Owl3 {MAX_FRAMES}, mPLUG-2 the model's, 16)")
+    p.add_argument("--greedy", action="store_true", help="mPLUG-2: argmax decoding instead of the published "
+                   "beam search")
     p.add_argument("-p", "--prompt", help="the question; without it, read questions from stdin, one per line")
     p.add_argument("-n", "--max-tokens", type=int, default=None,
                    help=f"answer length limit (default {MAX_TOKENS}; --demo: {DEMO_MAX_TOKENS})")
@@ -208,6 +215,28 @@ def _text_model(model, path, args, stdin, out) -> int:
     return 0
 
 
+def _caption(model, path, args, out) -> int:
+    """owl-run with mPLUG-2: the caption of each --video (a file, or a folder whose images are the frames)."""
+    if args.image or args.prompt is not None or args.demo or not args.video:
+        raise ValueError(f"{path} is an mPLUG-2 captioning model: give it --video FILE_OR_FOLDER (no --image, -p "
+                         "or --demo: it captions videos; video question answering is not exported yet)")
+    for video in args.video:
+        if os.path.isdir(video):
+            names = sorted(n for n in os.listdir(video) if n.lower().endswith(FRAME_EXTENSIONS))
+            if not names:
+                raise ValueError(f"{video}: a folder of frames, but no images ({', '.join(FRAME_EXTENSIONS)}) in it")
+            video = [os.path.join(video, n) for n in names]
+        info = model.caption(video, greedy=args.greedy, frames=args.max_frames, return_info=True)
+        out.write(info["text"] + "\n")
+        out.flush()
+        if args.verbose:
+            t = info["timings"]
+            print(f"video {t['video_ms']:.0f} ms ({info['frames']} frames, {info['tokens']} tokens) | "
+                  f"decode {t['decode_ms']:.0f} ms ({len(info['ids'])} tokens, "
+                  f"{'greedy' if args.greedy else 'beam search'})", file=sys.stderr)
+    return 0
+
+
 def main(argv: Optional[list[str]] = None, stdin=None, stdout=None) -> int:
     args = build_parser().parse_args(argv)
     stdin, out = stdin or sys.stdin, stdout or sys.stdout
@@ -224,6 +253,8 @@ def main(argv: Optional[list[str]] = None, stdin=None, stdout=None) -> int:
         model = load(path, n_ctx=args.n_ctx, threads=args.threads, device=args.device, kv_type=args.kv_type)
         if not hasattr(model, "vision"):
             return _text_model(model, path, args, stdin, out)
+        if hasattr(model, "caption"):
+            return _caption(model, path, args, out)
         if args.image_mode is not None:
             if not hasattr(model, "image_mode"):
                 raise ValueError(f"--image-mode is for mPLUG-Owl2 / mPLUG-Owl models; {path} is not one")
@@ -231,7 +262,7 @@ def main(argv: Optional[list[str]] = None, stdin=None, stdout=None) -> int:
         if args.demo:
             from .demo.cli_demo import run_demo
             return run_demo(model, args, _gen_options(args), out, sys.stderr)
-        videos = [read_video(v, args.max_frames) for v in args.video]
+        videos = [read_video(v, args.max_frames or MAX_FRAMES) for v in args.video]
         if args.prompt is not None:
             _answer(lambda p, i, v, **kw: model.chat(i, p, videos=v, **kw), args.prompt, args.image, videos,
                     args, out)

@@ -7,7 +7,8 @@ import importlib
 
 TEXT_ARCHITECTURES = ("llama", "qwen2")
 MEDIA_FAMILIES = {"owl3": ("owl_cpp.families.owl3", "OwlModel"),        # architecture -> (module, class)
-                  "owl2": ("owl_cpp.families.owl2", "Owl2Model")}
+                  "owl2": ("owl_cpp.families.owl2", "Owl2Model"),
+                 "mplug2": ("owl_cpp.families.mplug2", "Mplug2Model")}
 SUPPORTED = tuple(sorted(TEXT_ARCHITECTURES + tuple(MEDIA_FAMILIES)))
 
 

@@ -24,12 +24,12 @@ import numpy as np
 from ... import _core
 from ...decoder_model import DecoderModel
 from .beam_search import beam_search, greedy_search
-from .preprocess import load_video_frames, preprocess_frames
+from .preprocess import VideoConfig, load_video_frames, preprocess_frames
 from .video_encoder import VideoEncoder
 
 EXPORT_HINT = "create one with `owl-export MPLUG2_CHECKPOINT_DIR -o MODEL_DIR`"
 # the official captioning defaults (configs_video/VideoCaption_msrvtt_large.yaml, video_caption_mplug2.py)
-DEFAULTS = {"prompt": "a video of", "beam_size": 5, "min_length": 4, "max_length": 20, "frames": 16}
+DEFAULTS = {"prompt": "a video of", "beam_size": 5, "min_length": 4, "max_length": 20}
 
 
 class Mplug2Model(DecoderModel):
@@ -54,10 +54,12 @@ class Mplug2Model(DecoderModel):
         self.model_dir = d
         self.options = {k: self._option(k, v) for k, v in DEFAULTS.items()}
         self.vision = VideoEncoder(d / "vision.onnx", threads=self.threads, device=device.split(":")[0])
-        if self.vision.width != self.hparams["n_embd"]:
-            raise ValueError(f"{self.vision.path}: video tokens of width {self.vision.width}, but decoder.gguf "
-                             f"cross-attends to width {self.hparams['n_embd']}; the two files come from different "
-                             "exports")
+        self.video_config = VideoConfig.from_metadata(self.vision.metadata, self.vision.path)
+        for width in (self.vision.width, self.video_config.embedding_length):
+            if width != self.hparams["n_embd"]:
+                raise ValueError(f"{self.vision.path}: video tokens of width {width}, but decoder.gguf "
+                                 f"cross-attends to width {self.hparams['n_embd']}; the two files come from "
+                                 "different exports")
         self._beams_lock = threading.Lock()
 
     def _option(self, key: str, default):
@@ -71,10 +73,9 @@ class Mplug2Model(DecoderModel):
         """A video (file path, or a list of frames: image paths / PIL images / (H, W, 3) uint8 arrays) ->
         the video tokens the decoder attends to [n_tokens, width]: `frames` frames (default 16) sampled at the
         centres of equal intervals, resized to the encoder's size (nearest), through vision.onnx."""
-        n = self.options["frames"] if frames is None else int(frames)
-        if not 1 <= n <= 256:
-            raise ValueError(f"frames must be in 1..256, got {frames}")
-        pixels = preprocess_frames(load_video_frames(video, n), self.vision.image_size)
+        c = self.video_config
+        n = c.num_frames if frames is None else frames
+        pixels = preprocess_frames(load_video_frames(video, n), c.image_size, c.mean, c.std)
         return self.vision.encode(pixels)
 
     # ----- captioning -------------------------------------------------------------------------------
@@ -110,7 +111,7 @@ class Mplug2Model(DecoderModel):
         if not return_info:
             return text
         return {"text": text, "ids": ids, "score": score, "tokens": int(tokens.shape[0]),
-                "frames": int(frames or o["frames"]),
+                "frames": int(frames or self.video_config.num_frames),
                 "timings": {"video_ms": 1e3 * (t1 - t0), "decode_ms": 1e3 * (t2 - t1)}}
 
     def caption_text(self, ids) -> str:
