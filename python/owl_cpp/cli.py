@@ -86,59 +86,9 @@ def sample_frame_indices(n_frames: int, fps: float, max_frames: int = MAX_FRAMES
 
 
 def read_video(path: str, max_frames: int = MAX_FRAMES) -> list:
-    """A video file -> sampled RGB frames as (H, W, 3) uint8 arrays, with PyAV or OpenCV. Only the frames
-    sampled are kept (the frame count from the header picks them; without one, every round(fps)-th frame
-    is kept and uniform_sample runs on those, which picks the same frames)."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: video file not found")
-    fps, count, frames = _decode(path)
-    if count:
-        want = set(sample_frame_indices(count, fps, max_frames))
-        kept = [f for i, f in frames if i in want]
-    else:
-        step = max(1, round(fps or 1))
-        kept = [f for i, f in frames if i % step == 0]
-        kept = [kept[i] for i in sample_frame_indices(len(kept), 1, max_frames)]
-    if not kept:
-        raise ValueError(f"{path}: no video frames could be decoded")
-    return [to_rgb() for to_rgb in kept]
-
-
-def _decode(path: str):
-    """(fps, frame count or 0, lazy iterator of (index, () -> RGB array)): frames are converted only if kept."""
-    try:
-        import av
-    except ImportError:
-        av = None
-    if av is not None:
-        container = av.open(path)
-        stream = container.streams.video[0]
-
-        def frames():
-            with container:
-                for i, f in enumerate(container.decode(stream)):
-                    yield i, (lambda f=f: f.to_ndarray(format="rgb24"))
-        return float(stream.average_rate or 1), int(stream.frames or 0), frames()
-    try:
-        import cv2
-    except ImportError:
-        raise RuntimeError(f"{path}: reading videos needs PyAV or OpenCV (pip install av); or pass the "
-                           "frames as images") from None
-    cap = cv2.VideoCapture(path)
-    if not cap.isOpened():
-        raise ValueError(f"{path}: cannot open the video")
-
-    def frames():
-        i, ok = 0, True
-        try:
-            while ok:
-                ok, frame = cap.read()
-                if ok:
-                    yield i, (lambda fr=frame: cv2.cvtColor(fr, cv2.COLOR_BGR2RGB))
-                    i += 1
-        finally:
-            cap.release()
-    return float(cap.get(cv2.CAP_PROP_FPS) or 1), int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0), frames()
+    """A video file -> the sampled RGB frames as (H, W, 3) uint8 arrays (video_io.py: PyAV or OpenCV)."""
+    from . import video_io
+    return video_io.read_frames(path, lambda count, fps: sample_frame_indices(count, fps, max_frames))
 
 
 # ------------------------------------------------------------------------------------------- run
