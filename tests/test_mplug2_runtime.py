@@ -139,3 +139,13 @@ def test_owl_run_prints_the_caption(model, model_dir, tmp_path):
     r = subprocess.run([sys.executable, "-m", "owl_cpp.cli", "--model", str(model_dir), "--video", str(tmp_path),
                         "-p", "what happens?"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and "caption" in r.stderr
+
+
+def test_caption_from_tokens(model):
+    video = random_video(7)
+    tokens = model.video_tokens(video)
+    assert model.caption(tokens=tokens) == model.caption(video)
+    with pytest.raises(ValueError, match="one of the two"):
+        model.caption(video, tokens=tokens)
+    with pytest.raises(ValueError, match="video tokens must be"):
+        model.caption(tokens=tokens[:, :5])

@@ -79,14 +79,15 @@ class Mplug2Model(DecoderModel):
         return self.vision.encode(pixels)
 
     # ----- captioning -------------------------------------------------------------------------------
-    def caption(self, video, *, greedy: bool = False, beam_size: Optional[int] = None,
+    def caption(self, video=None, *, greedy: bool = False, beam_size: Optional[int] = None,
                 min_length: Optional[int] = None, max_length: Optional[int] = None, frames: Optional[int] = None,
-                return_info: bool = False):
+                tokens: Optional[np.ndarray] = None, return_info: bool = False):
         """The caption of `video` (as video_tokens takes it), by the published beam search (beam 5, length
         penalty, min 4 / max 20 tokens: the checkpoint's settings), or greedy=True for argmax decoding.
         Returns the text, with the training prompt ("a video of") removed as the official code does;
         return_info=True: a dict with "text", "ids" (the decoded ids after [CLS]), "score" (beam search),
-        "tokens" (video tokens), "frames" and timings (video_ms, decode_ms)."""
+        "tokens" (video tokens), "frames" and timings (video_ms, decode_ms).
+        tokens: video tokens from video_tokens() instead of a video (several searches over one video, benchmarks)."""
         o = self.options
         B = o["beam_size"] if beam_size is None else int(beam_size)
         lo = o["min_length"] if min_length is None else int(min_length)
@@ -97,7 +98,13 @@ class Mplug2Model(DecoderModel):
             raise ValueError(f"need 0 <= min_length <= max_length < {self.hparams['n_ctx_train']} (the decoder's "
                              f"positions), got min_length={lo}, max_length={hi}")
         t0 = time.perf_counter()
-        tokens = self.video_tokens(video, frames)
+        if (video is None) == (tokens is None):
+            raise ValueError("caption() takes a video or its tokens (tokens=), one of the two")
+        if tokens is None:
+            tokens = self.video_tokens(video, frames)
+        tokens = np.ascontiguousarray(tokens, dtype=np.float32)
+        if tokens.ndim != 2 or tokens.shape[1] != self.hparams["n_embd"] or len(tokens) < 1:
+            raise ValueError(f"video tokens must be [n_tokens >= 1, {self.hparams['n_embd']}], got {tokens.shape}")
         t1 = time.perf_counter()
         bos, eos = self.tokenizer.bos_id, self.tokenizer.eos_id
         score = None
@@ -111,7 +118,7 @@ class Mplug2Model(DecoderModel):
         if not return_info:
             return text
         return {"text": text, "ids": ids, "score": score, "tokens": int(tokens.shape[0]),
-                "frames": int(frames or self.video_config.num_frames),
+                "frames": None if video is None else int(frames or self.video_config.num_frames),
                 "timings": {"video_ms": 1e3 * (t1 - t0), "decode_ms": 1e3 * (t2 - t1)}}
 
     def caption_text(self, ids) -> str:
