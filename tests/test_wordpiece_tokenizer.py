@@ -372,6 +372,9 @@ def test_gguf_round_trip(tmp_path, trained_vocab):
         assert from_file.encode(text, True, False) == r.encode(text)
     ids = r.encode(TEXTS[8])
     assert from_file.decode(ids) == r.ours.decode(ids)
+    # Without tokenizer.ggml.add_bos_token a "bert" vocabulary still starts with [CLS] (llama.cpp's default).
+    bare = rewrite(path, tmp_path / "no-add-bos.gguf", drop=("tokenizer.ggml.add_bos_token",))
+    assert Tokenizer.from_gguf(str(bare)).encode("a man", True, False) == r.encode("a man")
 
 
 def test_model_tokenizer_from_gguf(tmp_path, tiny_gguf):
