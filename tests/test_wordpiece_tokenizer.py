@@ -303,6 +303,28 @@ def test_invalid_utf8_is_dropped_like_replacement_characters(refs):
         assert refs.ours.encode(raw, True, False) == refs.ref.encode(raw.decode("utf-8", "replace")), raw
 
 
+def test_random_bytes(refs):
+    rng = random.Random(6)
+    for _ in range(500):
+        raw = bytes(rng.randrange(256) for _ in range(rng.randint(0, 30)))
+        want = refs.ref.encode(_drop(raw.decode("utf-8", "replace"), "Co", "Cn"))
+        assert refs.ours.encode(raw, True, False) == want, raw
+
+
+def test_odd_vocabulary_entries():
+    """Empty, blank, non-UTF-8 and "##"-only entries neither crash encode nor decode; decode renders what the
+    tokens hold (invalid bytes as U+FFFD), with the reference's spacing rules."""
+    tokens = ["[UNK]", "[CLS]", "", " ", b"\xff\xfe", "##", "####", "a", "##a", "a b", "[SEP]"]
+    t = Tokenizer({"model": "bert", "tokens": tokens, "unk_id": 0, "bos_id": 1, "add_bos": True,
+                   "types": [2, 3] + [1] * 8 + [3]})
+    assert t.encode("a aa ## #", True, False) == [1, 7, 7, 8, 0, 0, 0]
+    ref = BertWordPiece([x.decode("utf-8", "replace") if isinstance(x, bytes) else x for x in tokens])
+    ids = list(range(len(tokens)))
+    for seq in (ids, ids[::-1], [2, 2, 5, 3, 6, 8], [3, 9, 3], [4, 8, 2, 3]):
+        assert t.decode(seq, render_special=True) == ref.decode(seq), seq
+        assert _stream(t, seq, True)[0] == t.decode(seq, render_special=True), seq
+
+
 def test_long_inputs(refs):
     big_word = "é" * 200_000
     assert refs.encode(big_word) == [refs.cls, refs.vocab.index("[UNK]")]
@@ -372,6 +394,9 @@ def test_gguf_round_trip(tmp_path, trained_vocab):
         assert from_file.encode(text, True, False) == r.encode(text)
     ids = r.encode(TEXTS[8])
     assert from_file.decode(ids) == r.ours.decode(ids)
+    # Without tokenizer.ggml.add_bos_token a "bert" vocabulary still starts with [CLS] (llama.cpp's default).
+    bare = rewrite(path, tmp_path / "no-add-bos.gguf", drop=("tokenizer.ggml.add_bos_token",))
+    assert Tokenizer.from_gguf(str(bare)).encode("a man", True, False) == r.encode("a man")
 
 
 def test_model_tokenizer_from_gguf(tmp_path, tiny_gguf):

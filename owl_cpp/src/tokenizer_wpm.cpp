@@ -113,7 +113,6 @@ void split_word(const std::vector<uint32_t>& tok, std::vector<std::vector<uint32
     if (!cur.empty()) words.push_back(std::move(cur));
 }
 
-
 bool starts_with(std::string_view s, std::string_view p) { return s.substr(0, p.size()) == p; }
 
 class WpmTokenizer final : public Tokenizer {

@@ -31,7 +31,8 @@ std::unique_ptr<Tokenizer> tokenizer_from_gguf(const GGUFFile& f) {
     v.unk_id = id("tokenizer.ggml.unknown_token_id");
     v.pad_id = id("tokenizer.ggml.padding_token_id");
     const bool spm = v.model == "llama";
-    v.add_bos = f.get_bool("tokenizer.ggml.add_bos_token", spm);
+    // Absent key: sentencepiece adds BOS, and BERT starts every sequence with [CLS] (llama.cpp's defaults).
+    v.add_bos = f.get_bool("tokenizer.ggml.add_bos_token", spm || (v.model == "bert" && v.bos_id >= 0));
     v.add_eos = f.get_bool("tokenizer.ggml.add_eos_token", false);
     v.add_space_prefix = f.get_bool("tokenizer.ggml.add_space_prefix", spm);
     try {

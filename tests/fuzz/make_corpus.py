@@ -25,6 +25,12 @@ def bpe_vocab():
     return toks, types, ["Ġ a", "a b", "l l"]
 
 
+def wpm_vocab():
+    toks = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "b", "ab", "##b", "##a", "hello", "w", "##orld", ".",
+            "'", "日", "本"]
+    return toks, [3, 2, 3, 3, 3] + [1] * (len(toks) - 5)
+
+
 def tensor(w, rng, name, shape, qtype=Q.F32):
     x = (rng.standard_normal(shape) * 0.3).astype(np.float32)
     if qtype == Q.F32:
@@ -52,6 +58,11 @@ def write(name, arch, *, E=8, H=2, KV=1, F=16, tok="spm", matrix_type=Q.F32, bia
         toks, types, scores = spm_vocab()
         w.add_string("tokenizer.ggml.model", "llama")
         w.add_array("tokenizer.ggml.scores", scores)
+    elif tok == "wpm":
+        toks, types = wpm_vocab()
+        w.add_string("tokenizer.ggml.model", "bert")
+        w.add_uint32("tokenizer.ggml.unknown_token_id", 1)
+        w.add_bool("tokenizer.ggml.add_bos_token", True)
     else:
         toks, types, merges = bpe_vocab()
         w.add_string("tokenizer.ggml.model", "gpt2")
@@ -59,8 +70,8 @@ def write(name, arch, *, E=8, H=2, KV=1, F=16, tok="spm", matrix_type=Q.F32, bia
         w.add_array("tokenizer.ggml.merges", merges)
     w.add_array("tokenizer.ggml.tokens", toks)
     w.add_array("tokenizer.ggml.token_type", types)
-    w.add_uint32("tokenizer.ggml.bos_token_id", 1 if tok == "spm" else 11)
-    w.add_uint32("tokenizer.ggml.eos_token_id", 2 if tok == "spm" else 12)
+    w.add_uint32("tokenizer.ggml.bos_token_id", {"spm": 1, "wpm": 2}.get(tok, 11))
+    w.add_uint32("tokenizer.ggml.eos_token_id", {"spm": 2, "wpm": 3}.get(tok, 12))
     for key, (method, value) in (extra or {}).items():
         getattr(w, method)(key, value)
     V, HD = len(toks), E // H
@@ -94,6 +105,7 @@ def main():
     write("qwen2_bpe_f16.gguf", "qwen2", tok="bpe", matrix_type=Q.F16, bias=True, tied=False)
     write("llama_q4_0.gguf", "llama", E=32, F=32, matrix_type=Q.Q4_0, tied=False)
     write("llama_q8_0.gguf", "llama", E=32, F=32, H=4, KV=2, matrix_type=Q.Q8_0)
+    write("llama_wpm_f32.gguf", "llama", tok="wpm")  # BERT WordPiece (mPLUG-2's tokenizer model)
     write("owl3_proj_bf16.gguf", "owl3", tok="bpe", matrix_type=Q.BF16, bias=True, extra={
         "owl3.variant": ("add_string", "240728"), "owl3.hyper_gate": ("add_string", "proj"),
         "owl3.fused": ("add_bool", False), "owl3.mi_rope_offset": ("add_uint32", 1),
