@@ -241,3 +241,30 @@ def test_decoder_on_cuda(model, ref, video, backend):
     np.testing.assert_allclose(b.eval(ids[12:16], all_logits=True), want[12:16], rtol=0, atol=1e-4 * np.abs(want).max())
     steps = _core.decode_step([a, b], [ids[12], ids[16]])
     assert rel(steps[0], want[12]) < 1e-4 and rel(steps[1], want[16]) < 1e-4
+
+
+def test_loader_names_a_missing_or_foreign_tensor(ckpt, tmp_path):
+    import gguf as gg
+    from owl_export.convert_text import PlannedTensor, write_gguf
+    from owl_export.mplug2.language import add_mplug2_keys, mplug2_tensor_plan
+    from owl_export.vocab import wordpiece_vocab, write_vocab
+
+    sd, cfg = load_checkpoint(ckpt)
+    vocab = wordpiece_vocab(read_vocab_tokens(ckpt))
+
+    def setup(w: gg.GGUFWriter):
+        add_mplug2_keys(w, cfg)
+        write_vocab(w, vocab)
+
+    plan = mplug2_tensor_plan(sd, cfg)
+    missing = tmp_path / "missing.gguf"
+    write_gguf(missing, setup, "mplug2", [t for t in plan if t.name != "blk.1.cross_attn_v.bias"], "f32",
+               tied_embeddings=True, progress=False)
+    with pytest.raises(ValueError, match="blk.1.cross_attn_v.bias"):
+        _core.Model.load(str(missing))
+    untied = tmp_path / "untied.gguf"
+    embd = next(t for t in plan if t.name == "token_embd.weight")
+    write_gguf(untied, setup, "mplug2", plan + [PlannedTensor("output.weight", "x", embd.shape, embd.load)], "f32",
+               tied_embeddings=True, progress=False)
+    with pytest.raises(ValueError, match="tied"):
+        _core.Model.load(str(untied))
