@@ -4,8 +4,11 @@ eager mode, for one image at the real size (random weights). Also reports the in
                  the Owl3-1B decoder width
   --family owl2  one 448x448 image, mPLUG-Owl2's ViT-L/14 (24 layers, 1025 tokens) + visual abstractor (6 layers,
                  64 queries) + projection to 4096 + vit_eos: the 65 embeddings an image becomes
+  --family mplug2  one video of --frames frames (16) at 224x224, mPLUG-2's video encoder: CLIP ViT-L/14 with the
+                 local temporal convolutions (24 layers, 257 tokens a frame) + the 2 universal BERT-large layers
+                 (50 latents; the last one self-attends over all 1 + 256 x frames video tokens); also per frame
 
-    python bench/bench_vision.py [--family owl3|owl2] [--threads 2] [--reps 5]
+    python bench/bench_vision.py [--family owl3|owl2|mplug2] [--threads 2] [--reps 5] [--frames 16]
 
 The ONNX files are built once (about 2-3 minutes each on 2 cores) and cached in --workdir.
 """
@@ -61,6 +64,21 @@ def owl2_reference(work: Path):
     return hf, Owl2VisionReference.from_pretrained(hf)
 
 
+def mplug2_checkpoint(work: Path):
+    """mPLUG-2's video encoder at its published sizes (docs/owl2.md PART D: ViT-L/14 at 224, BERT-large width,
+    2 universal layers) as a checkpoint of the official layout; the decoder and fusion stacks are cut to what
+    the fixture needs (only the video side is timed). About 1.8 GB."""
+    from owl_export.mplug2.config import load_checkpoint
+    from owl_export.mplug2.fixtures import make_tiny_mplug2_checkpoint
+
+    d = work / "mplug2-video-224"
+    if not (d / "mplug2_caption.pth").exists():
+        make_tiny_mplug2_checkpoint(d, seed=0, vision_width=1024, vision_layers=24, num_frames=16, text_width=1024,
+                                    text_heads=16, text_intermediate=4096, text_encoder_layers=2, num_uni_layer=2,
+                                    decoder_layers=2, fusion_hidden_layers=1, fusion_layers=1)
+    return load_checkpoint(d)
+
+
 def ort_session(path: Path, threads: int):
     import onnxruntime as ort
 
@@ -88,7 +106,8 @@ def timed(fn, reps: int) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--family", choices=("owl3", "owl2"), default="owl3")
+    ap.add_argument("--family", choices=("owl3", "owl2", "mplug2"), default="owl3")
+    ap.add_argument("--frames", type=int, default=16, help="mplug2: frames per video")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--workdir", default=str(HERE / "models"))
@@ -107,6 +126,18 @@ def main() -> None:
         if not int8.exists():
             quantize_int8(fp32, int8)
         run_eager = lambda px: eager(ref, px)  # noqa: E731
+    elif a.family == "mplug2":
+        from owl_export.mplug2.onnx_export import export_video_encoder
+        from owl_export.mplug2.reference import Mplug2CaptionReference
+
+        sd, cfg = mplug2_checkpoint(work)
+        ref, size = Mplug2CaptionReference(sd, cfg), 224
+        what = f"one {a.frames}-frame video, mPLUG-2 video ViT-L/14 + 2 universal layers"
+        fp32, int8 = work / "mplug2-video-224-fp32.onnx", work / "mplug2-video-224-int8.onnx"
+        for path, quant in ((fp32, "none"), (int8, "int8")):
+            if not path.exists():
+                export_video_encoder(sd, cfg, path, quant)
+        run_eager = lambda px: ref.encode_video(torch.from_numpy(px))  # noqa: E731
     else:
         from owl_export.owl2.onnx_export import export_owl2_vision_onnx
 
@@ -117,8 +148,9 @@ def main() -> None:
             if not path.exists():
                 export_owl2_vision_onnx(hf, path, quant=quant)
         run_eager = ref
-    out = Path(a.out or HERE / "results" / ("vision.json" if a.family == "owl3" else "vision_owl2.json"))
-    pixels = (np.random.default_rng(0).random((1, 3, size, size), dtype=np.float32) * 2 - 1)
+    out = Path(a.out or HERE / "results" / ("vision.json" if a.family == "owl3" else f"vision_{a.family}.json"))
+    n = a.frames if a.family == "mplug2" else 1                     # frames of one video, or one image
+    pixels = (np.random.default_rng(0).random((n, 3, size, size), dtype=np.float32) * 2 - 1)
     s32, s8 = ort_session(fp32, a.threads), ort_session(int8, a.threads)
     e32 = s32.run(None, {"pixel_values": pixels})[0]
     e8 = s8.run(None, {"pixel_values": pixels})[0]
@@ -128,13 +160,14 @@ def main() -> None:
         "onnx_fp32_ms": timed(lambda: s32.run(None, {"pixel_values": pixels}), a.reps),
         "onnx_int8_ms": timed(lambda: s8.run(None, {"pixel_values": pixels}), a.reps),
     }
-    result = {"family": a.family, "threads": a.threads, "reps": a.reps, **rows,
+    result = {"family": a.family, "threads": a.threads, "reps": a.reps, "frames": n, **rows,
               "fp32_vs_pytorch": compare(e32, eref), "int8_vs_fp32": compare(e8, e32),
               "fp32_mb": fp32.stat().st_size / 2**20, "int8_mb": int8.stat().st_size / 2**20,
               "command": " ".join(["python"] + sys.argv)}
-    print(f"{what:<60}{'ms':>10}{'x eager':>10}")
+    print(f"{what:<60}{'ms':>10}{'x eager':>10}" + (f"{'ms/frame':>10}" if n > 1 else ""))
     for k in ("pytorch_eager_ms", "onnx_fp32_ms", "onnx_int8_ms"):
-        print(f"{k:<60}{rows[k]:>10.0f}{rows['pytorch_eager_ms'] / rows[k]:>10.2f}")
+        print(f"{k:<60}{rows[k]:>10.0f}{rows['pytorch_eager_ms'] / rows[k]:>10.2f}"
+              + (f"{rows[k] / n:>10.0f}" if n > 1 else ""))
     print(f"int8 vs fp32 embeddings: rel err {result['int8_vs_fp32']['rel_err']:.2e}, "
           f"cosine {result['int8_vs_fp32']['cosine']:.5f}; files {result['fp32_mb']:.0f} MB / {result['int8_mb']:.0f} MB")
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -124,3 +124,22 @@ def test_missing_extra_module_follows_causes():
         assert cli.missing_extra_module(outer) == "gguf"
     assert cli.missing_extra_module(ModuleNotFoundError("x", name="PIL")) is None
     assert cli.missing_extra_module(ImportError("cannot import name 'x' from 'torch'")) is None
+
+
+def test_every_owl2_model_type_has_an_exporter():
+    """Each model_type the Owl2 exporter reads (config.MODEL_TYPES) is routed to it by the CLI (Owl2.1's
+    mplug_owl2_1 once was not)."""
+    pytest.importorskip("torch")
+    from owl_export.owl2.config import MODEL_TYPES
+
+    for model_type in MODEL_TYPES:
+        assert cli.EXPORTERS.get(model_type) is cli._export_owl2, model_type
+
+
+def test_mplug2_checkpoint_directory_is_recognised(tmp_path):
+    """The official mPLUG-2 layout has no config.json: a .pth beside the BERT json picks the mPLUG-2 exporter."""
+    (tmp_path / "mplug2_caption.pth").write_bytes(b"")
+    (tmp_path / "config_bert_large_text.json").write_text("{}")
+    assert cli.pick_exporter(tmp_path) is cli._export_mplug2
+    (tmp_path / "config.json").write_text('{"model_type": "qwen2"}')        # an HF directory wins
+    assert cli.pick_exporter(tmp_path) is cli._export_text

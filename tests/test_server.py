@@ -354,12 +354,58 @@ def test_response_format(text_server):
     model, client, _ = text_server
     r = client.chat.completions.create(model="x", messages=MESSAGES, max_tokens=4, response_format={"type": "text"})
     assert r.choices[0].message.content == model.chat(messages=MESSAGES, max_tokens=4)
-    for rf in ({"type": "json_object"}, {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}):
-        with pytest.raises(openai.BadRequestError, match="not supported") as e:
-            client.chat.completions.create(model="x", messages=MESSAGES, max_tokens=4, response_format=rf)
-        assert e.value.body["param"] == "response_format"
+    rf = {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object", "properties": {
+        "a": {"type": "string", "pattern": "^x"}}}}}
+    with pytest.raises(openai.BadRequestError, match="unsupported keyword.*pattern") as e:
+        client.chat.completions.create(model="x", messages=MESSAGES, max_tokens=4, response_format=rf)
+    assert e.value.body["param"] == "response_format" and e.value.body["code"] == "unsupported_response_format"
+    with pytest.raises(openai.BadRequestError, match="json_schema"):
+        client.chat.completions.create(model="x", messages=MESSAGES, max_tokens=4,
+                                       response_format={"type": "json_schema"})
     with pytest.raises(openai.BadRequestError, match="response_format"):
         client.chat.completions.create(model="x", messages=MESSAGES, max_tokens=4, response_format={"type": "xml"})
+
+
+def test_json_answers_are_json_streamed_or_not(text_server):
+    """response_format json_object: the answer json.loads to a dict (finish "stop"), or is a valid prefix of one
+    cut by max_tokens (finish "length"); streamed, the same answer in pieces; the model's own JSON-mode answer.
+    json_schema: whole answers have the schema's properties and types."""
+    import json
+    model, client, _ = text_server
+    complete = 0
+    for seed in range(6):
+        kw = dict(model="x", messages=MESSAGES, max_tokens=120, temperature=1.5, seed=seed,
+                  response_format={"type": "json_object"})
+        r = client.chat.completions.create(**kw)
+        text, finish = r.choices[0].message.content, r.choices[0].finish_reason
+        assert text == model.chat(messages=MESSAGES, max_tokens=120, temperature=1.5, seed=seed,
+                                  response_format="json")
+        if finish == "stop":
+            assert isinstance(json.loads(text), dict)
+            complete += 1
+        else:
+            assert finish == "length" and owl_cpp._core.JsonMachine(True).feed(text.encode()) == len(text.encode())
+        chunks = list(client.chat.completions.create(stream=True, **kw))
+        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == text
+        assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == finish
+    assert complete >= 1
+    schema = {"type": "object", "properties": {"age": {"type": "integer"}, "ok": {"type": "boolean"}},
+              "required": ["age", "ok"]}
+    rf = {"type": "json_schema", "json_schema": {"name": "p", "schema": schema, "strict": True}}
+    n_whole = 0
+    for seed in range(3):
+        r = client.chat.completions.create(model="x", messages=MESSAGES, max_tokens=150, temperature=1.5, seed=seed,
+                                           response_format=rf)
+        text = r.choices[0].message.content
+        assert text == model.chat(messages=MESSAGES, max_tokens=150, temperature=1.5, seed=seed, response_format=rf)
+        if r.choices[0].finish_reason == "stop":
+            value = json.loads(text)
+            assert set(value) == {"age", "ok"} and isinstance(value["age"], int) and isinstance(value["ok"], bool)
+            n_whole += 1
+    assert n_whole >= 1
+    r = client.completions.create(model="x", prompt="{", max_tokens=60, temperature=1.5, seed=0,
+                                  extra_body={"response_format": {"type": "json_object"}})
+    assert r.choices[0].text == model.generate("{", max_tokens=60, temperature=1.5, seed=0, response_format="json")
 
 
 def test_a_prompt_longer_than_the_context_is_a_400_streamed_or_not(text_server):

@@ -289,7 +289,8 @@ def test_gguf_round_trip(tok_dirs, tmp_path, arch):
 # ------------------------------------------------------------------------------------------- validation
 
 @pytest.mark.parametrize("changes, message", [
-    ({"model": "bert"}, "bert"),
+    ({"model": "t5"}, "unsupported tokenizer model 't5'"),
+    ({"model": "bert"}, "unknown_token_id is required"),
     ({"merges": ["a c"]}, "'c'"),
     ({"merges": ["b a"]}, "'ba'"),
     ({"merges": ["ab"]}, "merges\\[0\\]"),

@@ -2,7 +2,9 @@
 
   owl-export HF_DIR -o OUT.gguf --quant f32|f16|bf16|q8_0|q4_0                   (qwen2, llama)
   owl-export HF_DIR -o MODEL_DIR --quant ... [--vision-dtype fp32|fp16] [--vision-quant none|int8]
-                                                                                 (mplugowl3)
+                                                              (mplugowl3, mplug_owl2, mplug_owl2_1, mplug-owl)
+  owl-export MPLUG2_DIR -o MODEL_DIR --quant ... [--vision-quant none|int8]
+                                  (mPLUG-2 captioning: the official .pth + config_bert*.json + vocab.txt)
 
 The checkpoint's config.json model_type picks the exporter from EXPORTERS. Text decoders (qwen2, llama)
 become one GGUF file; vision-language models a model directory (decoder.gguf + vision.onnx).
@@ -45,14 +47,22 @@ def _export_owl2(hf_dir: Path, out: Path, quant: str, progress: bool, **vision) 
     return export_owl2(hf_dir, out, quant, progress=progress, **vision)
 
 
+def _export_mplug2(ckpt_dir: Path, out: Path, quant: str, progress: bool, **vision) -> dict:
+    from .mplug2.export import export_mplug2
+    return export_mplug2(ckpt_dir, out, quant, progress=progress, **vision)
+
+
 # model_type -> exporter(hf_dir, out, quant, progress, **vision options given) -> summary dict
 EXPORTERS: dict[str, Callable[..., dict]] = {
     "qwen2": _export_text,
     "llama": _export_text,
     "mplugowl3": _export_owl3,
     "mplug_owl2": _export_owl2,
+    "mplug_owl2_1": _export_owl2,
     "mplug-owl": _export_owl2,
 }
+# mPLUG-2's official checkpoints are not in the Hugging Face layout: a .pth, the BERT json and vocab.txt
+MPLUG2_MARKERS = ("config_bert_large_text.json", "config_bert.json")
 
 
 class ExportError(Exception):
@@ -60,6 +70,9 @@ class ExportError(Exception):
 
 
 def pick_exporter(hf_dir: Path):
+    if not (hf_dir / "config.json").is_file() and any((hf_dir / m).is_file() for m in MPLUG2_MARKERS) \
+            and any(hf_dir.glob("*.pth")):
+        return _export_mplug2
     from .checkpoint import load_config
     config = load_config(hf_dir)
     model_type = config.get("model_type")

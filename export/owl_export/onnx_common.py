@@ -61,21 +61,23 @@ def onnx_modules():
 # ------------------------------------------------------------------------------------------- tracing
 
 def trace_to_onnx(module: torch.nn.Module, example: torch.Tensor, path: Path, output_dims: Sequence[int],
-                  metadata: dict[str, str]) -> None:
+                  metadata: dict[str, str], *, output_name: str = OUTPUT_NAME,
+                  axes: tuple[str, str] = ("N", "N")) -> None:
     """Trace `module` (pixels -> embeddings) to ONNX at `path` with a dynamic batch axis.
 
     The weights must be module state (parameters or buffers): they then become initializers, which
     onnxruntime's quantizer can rewrite; tensors captured any other way become Constant nodes it skips.
     `output_dims` are the output's sizes after the batch axis (shape inference loses them behind the
-    reshapes); `metadata` goes into metadata_props."""
+    reshapes); `metadata` goes into metadata_props. mPLUG-2's video encoder names its own output and axis
+    ("video_embeds") and dynamic axes (input "T" frames, output "video_tokens" = 1 + T * tokens per frame)."""
     onnx, _ = onnx_modules()
     with warnings.catch_warnings(), torch.no_grad():
         # the legacy exporter's deprecation notice and the tracer's "converting a shape to a Python int"
         # warnings (the references' input-size checks) say nothing about this graph
         warnings.simplefilter("ignore")
         torch.onnx.export(module, (example,), str(path), input_names=[INPUT_NAME],
-                          output_names=[OUTPUT_NAME], opset_version=OPSET, do_constant_folding=True,
-                          dynamic_axes={INPUT_NAME: {0: "N"}, OUTPUT_NAME: {0: "N"}}, dynamo=False)
+                          output_names=[output_name], opset_version=OPSET, do_constant_folding=True,
+                          dynamic_axes={INPUT_NAME: {0: axes[0]}, output_name: {0: axes[1]}}, dynamo=False)
     model = onnx.load(str(path))
     out_dims = model.graph.output[0].type.tensor_type.shape.dim
     if len(out_dims) != 1 + len(output_dims):
@@ -121,7 +123,7 @@ def run_onnx(path: Path, pixels: np.ndarray) -> np.ndarray:
     opts = ort.SessionOptions()
     opts.log_severity_level = 3                       # errors only
     sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    return sess.run([OUTPUT_NAME], {INPUT_NAME: pixels})[0]
+    return sess.run(None, {INPUT_NAME: pixels})[0]      # the one output, whatever its name
 
 
 def compare(got: np.ndarray, want: np.ndarray) -> dict:

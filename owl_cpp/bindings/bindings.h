@@ -8,4 +8,5 @@ void bind_tokenizer(pybind11::module_& m);
 void bind_gguf(pybind11::module_& m);
 void bind_model(pybind11::module_& m);
 void bind_system(pybind11::module_& m);
+void bind_json(pybind11::module_& m);
 }  // namespace owl

@@ -10,4 +10,5 @@ PYBIND11_MODULE(_core, m) {
     owl::bind_gguf(m);
     owl::bind_model(m);
     owl::bind_system(m);
+    owl::bind_json(m);
 }

@@ -10,6 +10,8 @@
 
 #include "bindings.h"
 #include "owl/error.h"
+#include "owl/gguf.h"
+#include "owl/model.h"
 #include "owl/tokenizer.h"
 
 namespace py = pybind11;
@@ -93,12 +95,16 @@ struct PyStreamDecoder {
 
 void bind_tokenizer(py::module_& m) {
     py::class_<Tokenizer, std::shared_ptr<Tokenizer>>(m, "Tokenizer",
-                                                      "A GGUF tokenizer (model 'gpt2' byte-level BPE or 'llama' "
-                                                      "SentencePiece BPE) built from a vocabulary dict.")
+                                                      "A GGUF tokenizer (model 'gpt2' byte-level BPE, 'llama' "
+                                                      "SentencePiece BPE or 'bert' WordPiece) built from a vocabulary dict.")
         .def(py::init([](const py::dict& vocab) { return std::shared_ptr<Tokenizer>(Tokenizer::create(vocab_from_dict(vocab))); }),
              py::arg("vocab"),
              "vocab: dict with VocabData's keys (model, pre, tokens, scores, types, merges, bos_id, eos_id, "
              "unk_id, pad_id, add_bos, add_eos, add_space_prefix); model and tokens are required.")
+        .def_static(
+            "from_gguf",
+            [](const std::string& path) { return std::shared_ptr<Tokenizer>(tokenizer_from_gguf(*GGUFFile::open(path))); },
+            py::arg("path"), "The tokenizer of a GGUF file's tokenizer.ggml.* keys alone (no model is loaded).")
         .def(
             "encode",
             [](const Tokenizer& t, const std::string& text, bool add_special, bool parse_special) {

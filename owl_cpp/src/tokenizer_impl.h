@@ -44,6 +44,10 @@ private:
 // Tokenizer::decode and StreamDecoder so both give the same bytes.
 void append_token(const Tokenizer& tok, int32_t id, bool render_special, bool& bos_ws, std::string& out);
 
+// BERT's BasicTokenizer (tokenizer_wpm.cpp): the words of `text` as code points, lowercased, accents
+// stripped, punctuation split off; what WordPiece then segments.
+std::vector<std::vector<uint32_t>> bert_basic_tokens(std::string_view text);
+
 // Builders; `vocab` has been validated by Tokenizer::create.
 std::unique_ptr<Tokenizer> make_bpe_tokenizer(const VocabData& vocab);
 std::unique_ptr<Tokenizer> make_spm_tokenizer(const VocabData& vocab);

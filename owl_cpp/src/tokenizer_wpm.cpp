@@ -28,8 +28,15 @@ using unicode::BertClass;
 // change when more text is appended, so may a match that reaches them. Returns the new string; `dirty`
 // moves to the matching place in it.
 std::string replace_tracked(const std::string& s, std::string_view pat, std::string_view rep, size_t& dirty) {
-    // A match at p depends only on s[p, p + |pat|) and on the matches before it: stable when p < cut.
-    const size_t cut = dirty >= pat.size() - 1 ? dirty - (pat.size() - 1) : 0;
+    // A match may still appear at p only where the fixed text s[p, dirty) agrees with the start of `pat`;
+    // every match before the first such p is decided already.
+    size_t cut = dirty;
+    for (size_t p = dirty >= pat.size() - 1 ? dirty - (pat.size() - 1) : 0; p < dirty; ++p) {
+        if (s.compare(p, dirty - p, pat, 0, dirty - p) == 0) {
+            cut = p;
+            break;
+        }
+    }
     std::string out;
     out.reserve(s.size());
     size_t i = 0, stable_in = 0, stable_out = 0;  // end of the last stable match, in s and in out
@@ -89,6 +96,24 @@ std::string join_and_clean(const std::vector<std::string_view>& toks, size_t& di
     return s;
 }
 
+// One whitespace-separated token: lowercase, strip accents, split off punctuation.
+void split_word(const std::vector<uint32_t>& tok, std::vector<std::vector<uint32_t>>& words) {
+    std::vector<uint32_t> cur;
+    for (uint32_t cp : unicode::nfd(unicode::python_lower(tok))) {
+        const BertClass c = unicode::bert_class(cp);
+        if (c == BertClass::Mark) continue;
+        if (c == BertClass::Punctuation) {
+            if (!cur.empty()) words.push_back(std::move(cur));
+            cur.clear();
+            words.push_back({cp});
+        } else {
+            cur.push_back(cp);
+        }
+    }
+    if (!cur.empty()) words.push_back(std::move(cur));
+}
+
+
 bool starts_with(std::string_view s, std::string_view p) { return s.substr(0, p.size()) == p; }
 
 class WpmTokenizer final : public Tokenizer {
@@ -109,7 +134,7 @@ public:
                 out.push_back(f.token);
                 continue;
             }
-            for (const std::vector<uint32_t>& word : basic_tokens(f.text)) wordpiece(word, out);
+            for (const std::vector<uint32_t>& word : bert_basic_tokens(f.text)) wordpiece(word, out);
         }
         if (add_special && v_.add_eos) out.push_back(v_.eos_id);
         return out;
@@ -150,56 +175,6 @@ public:
 private:
     static bool hidden(TokenType t) {
         return t == TokenType::Control || t == TokenType::Unknown || t == TokenType::Unused;
-    }
-
-    // BasicTokenizer: the words of `text`, as code points.
-    static std::vector<std::vector<uint32_t>> basic_tokens(std::string_view text) {
-        // Clean-up and spaces around CJK ideographs.
-        std::vector<uint32_t> cleaned;
-        cleaned.reserve(text.size());
-        for (uint32_t cp : unicode::decode_utf8(text)) {
-            if (cp == 0 || cp == 0xFFFD || cp >= unicode::kInvalidByteBase) continue;
-            const BertClass c = unicode::bert_class(cp);
-            if (c == BertClass::Control) continue;
-            if (c == BertClass::Whitespace) cp = ' ';
-            if (unicode::is_cjk_ideograph(cp)) {
-                cleaned.insert(cleaned.end(), {' ', cp, ' '});
-            } else {
-                cleaned.push_back(cp);
-            }
-        }
-        std::vector<std::vector<uint32_t>> words;
-        size_t i = 0;
-        while (i < cleaned.size()) {
-            if (unicode::is_python_space(cleaned[i])) {
-                ++i;
-                continue;
-            }
-            size_t j = i;
-            while (j < cleaned.size() && !unicode::is_python_space(cleaned[j])) ++j;
-            split_word(std::vector<uint32_t>(cleaned.begin() + static_cast<std::ptrdiff_t>(i),
-                                             cleaned.begin() + static_cast<std::ptrdiff_t>(j)),
-                       words);
-            i = j;
-        }
-        return words;
-    }
-
-    // One whitespace-separated token: lowercase, strip accents, split off punctuation.
-    static void split_word(const std::vector<uint32_t>& tok, std::vector<std::vector<uint32_t>>& words) {
-        std::vector<uint32_t> cur;
-        for (uint32_t cp : unicode::nfd(unicode::python_lower(tok))) {
-            const BertClass c = unicode::bert_class(cp);
-            if (c == BertClass::Mark) continue;
-            if (c == BertClass::Punctuation) {
-                if (!cur.empty()) words.push_back(std::move(cur));
-                cur.clear();
-                words.push_back({cp});
-            } else {
-                cur.push_back(cp);
-            }
-        }
-        if (!cur.empty()) words.push_back(std::move(cur));
     }
 
     // Greedy longest-match-first WordPiece of one word.
@@ -248,6 +223,39 @@ private:
 };
 
 }  // namespace
+
+// BasicTokenizer: the words of `text`, as code points.
+std::vector<std::vector<uint32_t>> bert_basic_tokens(std::string_view text) {
+    // Clean-up and spaces around CJK ideographs.
+    std::vector<uint32_t> cleaned;
+    cleaned.reserve(text.size());
+    for (uint32_t cp : unicode::decode_utf8(text)) {
+        if (cp == 0 || cp == 0xFFFD || cp >= unicode::kInvalidByteBase) continue;
+        const BertClass c = unicode::bert_class(cp);
+        if (c == BertClass::Control) continue;
+        if (c == BertClass::Whitespace) cp = ' ';
+        if (unicode::is_cjk_ideograph(cp)) {
+            cleaned.insert(cleaned.end(), {' ', cp, ' '});
+        } else {
+            cleaned.push_back(cp);
+        }
+    }
+    std::vector<std::vector<uint32_t>> words;
+    size_t i = 0;
+    while (i < cleaned.size()) {
+        if (unicode::is_python_space(cleaned[i])) {
+            ++i;
+            continue;
+        }
+        size_t j = i;
+        while (j < cleaned.size() && !unicode::is_python_space(cleaned[j])) ++j;
+        split_word(std::vector<uint32_t>(cleaned.begin() + static_cast<std::ptrdiff_t>(i),
+                                         cleaned.begin() + static_cast<std::ptrdiff_t>(j)),
+                   words);
+        i = j;
+    }
+    return words;
+}
 
 std::unique_ptr<Tokenizer> make_wpm_tokenizer(const VocabData& vocab) { return std::make_unique<WpmTokenizer>(vocab); }
 

@@ -13,6 +13,7 @@ from . import _core
 from .context_pool import ContextPool
 from .context_slot import ContextSlot, PreparedPrompt
 from .generation import SamplingOptions, check_logprobs, check_max_tokens, generate_tokens
+from .json_mode import make_constraint, parse_response_format
 from .research import ContinuationScore, score_continuations
 from .step_batcher import StepBatcher, batching_enabled
 from .stops import normalize_stop, text_model_terminators
@@ -162,21 +163,23 @@ class DecoderModel:
     # ----- generation --------------------------------------------------------------------------
     def _stream(self, prompt: PreparedPrompt, *, slot: Optional[ContextSlot] = None, max_tokens: int, sampler,
                 stop=None, ignore_eos: bool = False, logprobs: Optional[list] = None,
-                top_logprobs: int = 0) -> Iterator[tuple[str, dict]]:
-        """generate_tokens on a context of the pool (or `slot`), held until the generator ends."""
+                top_logprobs: int = 0, json: Optional[str] = None) -> Iterator[tuple[str, dict]]:
+        """generate_tokens on a context of the pool (or `slot`), held until the generator ends; json: a
+        json_mode kind (the answer constrained to JSON) or None."""
         terminators = frozenset() if ignore_eos else self.terminators
+        constraint = make_constraint(self, json, terminators)
         stops = normalize_stop(stop)
         batcher = self._batcher if self.batch_decode else None
         with self._contexts.borrow(slot, prompt=prompt) as s:
             yield from generate_tokens(s, prompt, self.tokenizer, max_tokens=max_tokens, sampler=sampler,
                                        stops=stops, terminators=terminators, batcher=batcher, logprobs=logprobs,
-                                       top_logprobs=top_logprobs)
+                                       top_logprobs=top_logprobs, constraint=constraint)
 
     def generate(self, prompt: Union[str, Sequence[int]], *, max_tokens: int = 256, temperature: float = 0.0,
                  top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05, repeat_penalty: float = 1.0,
                  seed: Optional[int] = None, stop: Union[None, str, Sequence[str]] = None, stream: bool = False,
                  add_special: bool = True, return_info: bool = False, ignore_eos: bool = False,
-                 logprobs: Optional[int] = None):
+                 logprobs: Optional[int] = None, response_format=None):
         """Continues `prompt` (text or token ids), no chat template.
 
         Stops at the model's terminator tokens (ignore_eos=True: not), a stop string, max_tokens or the end of
@@ -185,13 +188,18 @@ class DecoderModel:
         logprobs=k (0..20): info["logprobs"] (and a stream's .logprobs, growing as it goes) holds, per sampled
         token, {"id", "logprob", "top": [(id, logprob)] * k}: log-softmax of the model's logits, before sampling
         filters; None (default): not computed.
+        response_format="json" (or "json_object", {"type": "json_object"}): the answer is one JSON object,
+        sampled under a JSON constraint (json_mode.py); generation stops when the object closes (finish_reason
+        "stop"), or it is cut by max_tokens ("length"). None / "text": free text. {"type": "json_schema",
+        "json_schema": {"schema": {...}}}: an object matching the schema (the subset json_schema.py supports).
         Safe to call from several threads (context_pool.py says on which context each call runs)."""
         sampler = SamplingOptions(temperature, top_k, top_p, min_p, repeat_penalty, seed=seed).make_sampler()
+        json = parse_response_format(response_format)
         ids = self._prompt_ids(prompt, add_special)
         check_max_tokens(max_tokens)
         top, entries = self._logprobs(logprobs)
         run = self._answer_stream(PreparedPrompt(ids), None, slot=None, max_tokens=max_tokens, sampler=sampler,
-                                  stop=stop, ignore_eos=ignore_eos, logprobs=entries, top_logprobs=top)
+                                  stop=stop, ignore_eos=ignore_eos, logprobs=entries, top_logprobs=top, json=json)
         return finish(run, stream, return_info, entries)
 
     @staticmethod
@@ -210,23 +218,28 @@ class DecoderModel:
              stream: bool = False, return_info: bool = False, max_tokens: int = 512, temperature: float = 0.0,
              top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05, repeat_penalty: float = 1.0,
              seed: Optional[int] = None, stop=None, ignore_eos: bool = False, on_done=None,
-             logprobs: Optional[int] = None):
+             logprobs: Optional[int] = None, response_format=None):
         """The answer to a prepared chat prompt (chat() and Session build these), as chat() returns it.
-        on_done(raw_text, tokens or None) is called when the answer ends (tokens None: stopped early)."""
+        on_done(raw_text, tokens or None) is called when the answer ends (tokens None: stopped early).
+        response_format: as generate()'s."""
         sampler = SamplingOptions(temperature, top_k, top_p, min_p, repeat_penalty, seed=seed).make_sampler()
+        json = parse_response_format(response_format)
         check_max_tokens(max_tokens)
         top, entries = self._logprobs(logprobs)
         run = self._answer_stream(prepared, vision, slot=slot, max_tokens=max_tokens, sampler=sampler, stop=stop,
-                                  ignore_eos=ignore_eos, on_done=on_done, logprobs=entries, top_logprobs=top)
+                                  ignore_eos=ignore_eos, on_done=on_done, logprobs=entries, top_logprobs=top,
+                                  json=json)
         return finish(run, stream, return_info, entries)
 
     def _answer_stream(self, prepared: PreparedPrompt, vision: Optional[dict], *, slot, max_tokens, sampler, stop,
-                       ignore_eos, on_done=None, logprobs=None, top_logprobs=0) -> Iterator[tuple[str, dict]]:
+                       ignore_eos, on_done=None, logprobs=None, top_logprobs=0,
+                       json=None) -> Iterator[tuple[str, dict]]:
         """_stream's pieces, the text joined into the final info; on_done as _run's (families add vision)."""
         pieces, ended = [], False
         try:
             for piece, info in self._stream(prepared, slot=slot, max_tokens=max_tokens, sampler=sampler, stop=stop,
-                                            ignore_eos=ignore_eos, logprobs=logprobs, top_logprobs=top_logprobs):
+                                            ignore_eos=ignore_eos, logprobs=logprobs, top_logprobs=top_logprobs,
+                                            json=json):
                 pieces.append(piece)
                 if info:
                     info["text"], ended = "".join(pieces), True

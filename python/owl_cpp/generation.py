@@ -61,14 +61,17 @@ def check_max_tokens(max_tokens: int) -> None:
 
 def generate_tokens(slot: ContextSlot, prompt: PreparedPrompt, tokenizer, *, max_tokens: int, sampler,
                     stops: list, terminators: frozenset, batcher: Optional[StepBatcher] = None,
-                    logprobs: Optional[list] = None, top_logprobs: int = 0) -> Iterator[tuple[str, dict]]:
+                    logprobs: Optional[list] = None, top_logprobs: int = 0,
+                    constraint=None) -> Iterator[tuple[str, dict]]:
     """Prefill (reusing the slot's cached prefix), then sample until a terminator (not added to the text),
     a stop string, max_tokens or the end of the context. Yields (text piece, {}) and last ("", info).
 
     batcher: the model's StepBatcher (step_batcher.py): decode steps run in batches with other generations'.
     logprobs: a list to fill, as tokens are sampled, with each sampled token's log-probability under the model
     (log-softmax of its logits, before any sampling filter) and the top_logprobs most likely alternatives:
-    {"id", "logprob", "top": [(id, logprob), ...]}; None (the default) computes nothing. It is info["logprobs"]."""
+    {"id", "logprob", "top": [(id, logprob), ...]}; None (the default) computes nothing. It is info["logprobs"].
+    constraint: a _core.JsonConstraint (json_mode.py): only tokens it allows are sampled, and generation stops
+    (finish "stop") when the JSON value it tracks is complete."""
     want = logprobs is not None
     t0 = time.perf_counter()
     n_evaluated, logits = slot.prefill(prompt, return_logits=want)
@@ -86,7 +89,10 @@ def generate_tokens(slot: ContextSlot, prompt: PreparedPrompt, tokenizer, *, max
             if len(history) >= slot.n_ctx:
                 finish = "context"
                 break
-            tok = int(sampler.sample(slot.ctx, history, n_tok))
+            if constraint is None:
+                tok = int(sampler.sample(slot.ctx, history, n_tok))
+            else:
+                tok = int(constraint.sample(sampler, slot.ctx, history, n_tok))
             if tok in terminators:
                 finish = "stop"
                 break
@@ -102,6 +108,9 @@ def generate_tokens(slot: ContextSlot, prompt: PreparedPrompt, tokenizer, *, max
                 break
             if piece:
                 yield piece, {}
+            if constraint is not None and constraint.done:
+                finish = "stop"
+                break
             if len(generated) < max_tokens:
                 if batcher is not None:
                     logits = slot.step(tok, batcher, want)

@@ -60,16 +60,19 @@ class TextModel(DecoderModel):
     def chat(self, prompt: Optional[str] = None, *, messages: Optional[Sequence[dict]] = None, stream: bool = False,
              max_tokens: int = 512, temperature: float = 0.0, top_k: int = 40, top_p: float = 0.95,
              min_p: float = 0.05, repeat_penalty: float = 1.0, seed: Optional[int] = None, stop=None,
-             return_info: bool = False, ignore_eos: bool = False, logprobs: Optional[int] = None):
+             return_info: bool = False, ignore_eos: bool = False, logprobs: Optional[int] = None,
+             response_format=None):
         """Answers `prompt` (one user turn) or OpenAI-style `messages` (text only) in the model's chat format
         (module doc), with no default system prompt of ours (a template may have one). Returns as generate()
-        does (logprobs too); the text is the answer as generated."""
+        does (logprobs too); the text is the answer as generated. response_format="json": the answer is one
+        JSON object (generate())."""
         msgs, media = conversation(prompt, None, None, messages)
         if media:
             raise ValueError("a text model takes no images or videos")
         return self._run(PreparedPrompt(self._chat_ids(msgs)), stream=stream, return_info=return_info,
                          max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
-                         repeat_penalty=repeat_penalty, seed=seed, stop=stop, ignore_eos=ignore_eos, logprobs=logprobs)
+                         repeat_penalty=repeat_penalty, seed=seed, stop=stop, ignore_eos=ignore_eos, logprobs=logprobs,
+                         response_format=response_format)
 
     def session(self, system: Optional[str] = None, overflow: str = "shift") -> Session:
         """A multi-turn conversation with a context of its own (its KV cache). overflow: what happens

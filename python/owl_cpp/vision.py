@@ -22,23 +22,7 @@ class VisionEncoder:
     def __init__(self, path, *, threads: Optional[int] = None, device: str = "cpu", batch_size: int = 8,
                  cache_bytes: int = DEFAULT_MAX_BYTES):
         path = os.fspath(path)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"{path}: vision model not found")
-        try:
-            import onnxruntime as ort
-        except ImportError as e:
-            raise ImportError("the vision tower needs onnxruntime: pip install onnxruntime") from e
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if threads:
-            opts.intra_op_num_threads = int(threads)
-        opts.inter_op_num_threads = 1                  # one graph at a time; the threads go to the ops
-        opts.log_severity_level = 3                    # errors only: its warnings are not the user's business
-        self.device = self._providers_for(ort, device)
-        try:
-            self.session = ort.InferenceSession(path, opts, providers=self.device)
-        except Exception as e:                          # onnxruntime raises its own types for a bad file
-            raise ValueError(f"{path}: cannot load the vision model ({e})") from e
+        self.session, self.device = open_onnx_session(path, threads, device, "vision model")
         inputs = {i.name: i for i in self.session.get_inputs()}
         outputs = [o.name for o in self.session.get_outputs()]
         if INPUT not in inputs or OUTPUT not in outputs:
@@ -52,18 +36,6 @@ class VisionEncoder:
         self.cache = ImageEmbeddingCache(cache_bytes)
         self._count_lock = threading.Lock()
         self.n_encoded = 0
-
-    @staticmethod
-    def _providers_for(ort, device: str) -> list:
-        if device == "cpu":
-            return ["CPUExecutionProvider"]
-        if device == "cuda":
-            if "CUDAExecutionProvider" in ort.get_available_providers():
-                return ["CUDAExecutionProvider", "CPUExecutionProvider"]
-            warnings.warn("onnxruntime has no CUDA provider here (install onnxruntime-gpu); the vision tower "
-                          "runs on the CPU", RuntimeWarning, stacklevel=3)
-            return ["CPUExecutionProvider"]
-        raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
 
     def encode(self, views: np.ndarray, keys: Optional[list] = None, stats: Optional[dict] = None) -> list:
         """views [N, 3, S, S] -> N embeddings [P, n_embd] float32 (read-only); cached views are not run again.
@@ -97,3 +69,38 @@ class VisionEncoder:
 
     def clear_cache(self) -> None:
         self.cache.clear()
+
+
+def open_onnx_session(path: str, threads: Optional[int], device: str, what: str):
+    """(an onnxruntime session for the file at path, its providers): every thread on the ops of one graph,
+    errors only in the log; device "cpu" | "cuda" (onnxruntime-gpu's provider, else the CPU with a warning).
+    A missing file, onnxruntime or a broken model is a clear error naming `what`."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: {what} not found")
+    try:
+        import onnxruntime as ort
+    except ImportError as e:
+        raise ImportError(f"the {what} needs onnxruntime: pip install onnxruntime") from e
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads:
+        opts.intra_op_num_threads = int(threads)
+    opts.inter_op_num_threads = 1                  # one graph at a time; the threads go to the ops
+    opts.log_severity_level = 3                    # errors only: its warnings are not the user's business
+    providers = _providers_for(ort, device)
+    try:
+        return ort.InferenceSession(path, opts, providers=providers), providers
+    except Exception as e:                          # onnxruntime raises its own types for a bad file
+        raise ValueError(f"{path}: cannot load the {what} ({e})") from e
+
+
+def _providers_for(ort, device: str) -> list:
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    if device == "cuda":
+        if "CUDAExecutionProvider" in ort.get_available_providers():
+            return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        warnings.warn("onnxruntime has no CUDA provider here (install onnxruntime-gpu); the vision tower "
+                      "runs on the CPU", RuntimeWarning, stacklevel=4)
+        return ["CPUExecutionProvider"]
+    raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")

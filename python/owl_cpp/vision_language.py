@@ -106,7 +106,7 @@ class VisionLanguageModel(DecoderModel):
              videos=None, stream: bool = False, max_tokens: int = 512, temperature: float = 0.0, top_k: int = 40,
              top_p: float = 0.95, min_p: float = 0.05, repeat_penalty: float = 1.0, seed: Optional[int] = None,
              stop=None, cut: bool = True, return_info: bool = False, ignore_eos: bool = False,
-             logprobs: Optional[int] = None):
+             logprobs: Optional[int] = None, response_format=None):
         """Answers `prompt` about `images` (path, PIL.Image, (H, W, 3) uint8 array, bytes, or a list), or an
         OpenAI-style `messages` list. Images go where the prompt has `<|image|>` markers, else before it.
         videos: a list of videos, each a list of frames (`<|video|>` markers), for families that take them.
@@ -117,12 +117,13 @@ class VisionLanguageModel(DecoderModel):
         and decode tokens/s; prefill counts the tokens evaluated, not those reused from the cache; views
         encoded vs reused from the image cache). ignore_eos=True: no stop at the family's end tokens.
         logprobs=k (0..20): per sampled token its log-probability and the k most likely alternatives' (as
-        generate()). Safe to call from several threads (context_pool.py says on which context each call runs)."""
+        generate()). response_format="json": the answer is one JSON object (DecoderModel.generate()).
+        Safe to call from several threads (context_pool.py says on which context each call runs)."""
         msgs, media = conversation(prompt, images, videos, messages)
         return self._answer(msgs, self._expand(media, cut), stream=stream, return_info=return_info,
                             max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                             repeat_penalty=repeat_penalty, seed=seed, stop=stop, ignore_eos=ignore_eos,
-                            logprobs=logprobs)
+                            logprobs=logprobs, response_format=response_format)
 
     def session(self, system: Optional[str] = None, overflow: str = "shift") -> Session:
         """A multi-turn conversation with a context of its own (its KV cache) and this model's image cache.

@@ -79,7 +79,10 @@ class Mplug2CaptionReference:
 
     # ----------------------------------------------------------------------------------------- video
     def _ln(self, x, p, eps):
-        return F.layer_norm(x, x.shape[-1:], self.w[p + "weight"], self.w[p + "bias"], eps)
+        # the normalised shape from the weight as plain ints: x.shape would be traced as a graph value, which
+        # the ONNX exporter cannot turn into LayerNormalization (mplug2/onnx_export.py traces this code)
+        w = self.w[p + "weight"]
+        return F.layer_norm(x, (int(w.shape[0]),), w, self.w[p + "bias"], eps)
 
     def _lin(self, x, p):
         return F.linear(x, self.w[p + "weight"], self.w.get(p + "bias"))
@@ -88,7 +91,7 @@ class Mplug2CaptionReference:
         """LocalTemporal over patches x [T, L, C]: LN -> 1x1x1 down -> depthwise (3,1,1) conv over T (zero
         padded) -> QuickGELU -> 1x1x1 up. Returns the residual branch [T, L, C]."""
         w = self.w
-        h = F.layer_norm(x, x.shape[-1:], w[p + "ln.weight"], w[p + "ln.bias"], 1e-5)
+        h = self._ln(x, p + "ln.", 1e-5)
         h = F.linear(h, w[p + "down_proj.weight"].flatten(1), w[p + "down_proj.bias"])
         k = w[p + "conv.weight"].reshape(-1, 3)                     # [Cb, 3]: taps for t-1, t, t+1
         pad = F.pad(h, (0, 0, 0, 0, 1, 1))                          # zero frames before and after

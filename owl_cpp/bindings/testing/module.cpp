@@ -25,4 +25,5 @@ PYBIND11_MODULE(_testing, m) {
     owl::testing::bind_backend(m);
     owl::testing::bind_ops(m);
     owl::testing::bind_bench(m);
+    owl::testing::bind_unicode(m);
 }

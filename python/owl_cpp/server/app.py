@@ -193,7 +193,9 @@ def create_app(model, *, model_name: Optional[str] = None, api_key: Optional[str
         metrics.request("chat")
         body = await json_body(request)
         opts = sampling_options(body, max_tokens_limit)
-        check_response_format(body)
+        rf = check_response_format(body)
+        if rf is not None:
+            opts["response_format"] = rf
         top = logprob_options(body, chat=True)
         if top is not None:
             opts["logprobs"] = top
@@ -256,6 +258,9 @@ def create_app(model, *, model_name: Optional[str] = None, api_key: Optional[str
         if not isinstance(prompt, str):
             raise RequestError("prompt must be a string", "prompt")
         opts = sampling_options(body, max_tokens_limit)
+        rf = check_response_format(body)      # an extension here, as llama.cpp's server has it
+        if rf is not None:
+            opts["response_format"] = rf
         top = logprob_options(body, chat=False)
         if top is not None:
             opts["logprobs"] = top

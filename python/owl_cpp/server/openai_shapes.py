@@ -6,6 +6,8 @@ import time
 import uuid
 from typing import Optional
 
+from ..json_mode import parse_response_format
+
 # Sampling options a request may carry, and the model's keyword for each.
 SAMPLING = {"max_tokens": "max_tokens", "max_completion_tokens": "max_tokens", "temperature": "temperature",
             "top_p": "top_p", "seed": "seed", "stop": "stop",
@@ -73,19 +75,24 @@ def logprob_options(body: dict, chat: bool) -> Optional[int]:
     return lp
 
 
-def check_response_format(body: dict) -> None:
-    """response_format: {"type": "text"} (or none) is what the model does; JSON modes are refused with a 400, as
-    this server has no JSON-constrained sampler: an unconstrained answer would silently break the contract."""
+def check_response_format(body: dict):
+    """response_format: {"type": "text"} (or none) is free text (None); {"type": "json_object"} and
+    {"type": "json_schema", "json_schema": {"schema": {...}}} constrain sampling so that the answer is one JSON
+    object (matching the schema: a subset of JSON Schema, json_schema.py) and are returned for the model's
+    response_format. A schema using what the constraint cannot hold the answer to is a 400: an unconstrained
+    answer would silently break the contract."""
     rf = body.get("response_format")
     if rf is None:
-        return
+        return None
     kind = rf.get("type") if isinstance(rf, dict) else None
     if kind == "text":
-        return
+        return None
     if kind in ("json_object", "json_schema"):
-        raise RequestError(f"response_format {kind} is not supported by this server (it has no JSON-constrained "
-                           "sampling); use {\"type\": \"text\"} and ask for JSON in the prompt",
-                           "response_format", code="unsupported_response_format")
+        try:
+            parse_response_format(rf)
+        except ValueError as e:
+            raise RequestError(str(e), "response_format", code="unsupported_response_format") from None
+        return rf
     raise RequestError(f"response_format must be an object with type text, json_object or json_schema, got {rf!r}",
                        "response_format")
 
