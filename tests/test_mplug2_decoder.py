@@ -168,6 +168,8 @@ def test_copy_state_from_refuses_another_model_or_cache_type(model, gguf_path, v
 
 
 def test_decode_step_over_three_contexts_equals_single_steps(model, ref, video):
+    # The stacked pass (mplug2's step_layer): projections and FFN over the three rows, each context's own
+    # self-attention cache and video cross-attention.
     videos = [video, encode(ref, 7), encode(ref, 8)]
     prefixes = [sequence(ref, n, seed=10 + n) for n in (3, 5, 1)]
     batched = [ctx_for(model, v) for v in videos]
@@ -180,6 +182,13 @@ def test_decode_step_over_three_contexts_equals_single_steps(model, ref, video):
         want = np.stack([s.eval([t]) for s, t in zip(single, step_tokens)])
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * np.abs(want).max())
     assert [c.n_past for c in batched] == [5, 7, 3]
+    # One context without its video: the step is refused and no context changes.
+    bare = ctx_for(model)
+    with pytest.raises(_core.OwlError, match="no video attached"):
+        _core.decode_step([batched[0], bare], [1, 2])
+    assert (batched[0].n_past, bare.n_past) == (5, 0)
+    np.testing.assert_allclose(_core.decode_step(batched[:1], [17])[0], single[0].eval([17]), rtol=0,
+                               atol=1e-5 * np.abs(want).max())
 
 
 def test_video_errors(model, ref, video):
