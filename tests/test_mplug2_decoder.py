@@ -191,6 +191,31 @@ def test_decode_step_over_three_contexts_equals_single_steps(model, ref, video):
                                atol=1e-5 * np.abs(want).max())
 
 
+def test_decode_step_over_beams_sharing_a_video(model, ref, video):
+    # Beams copied from one context share its video's K/V: consecutive ones attend to it in one call. Order
+    # [a, a', b, a'']: a run of two, another video, a run of one.
+    other = encode(ref, 7)
+    root = ctx_for(model, video)
+    root.eval(sequence(ref, 4, seed=20))
+    b = ctx_for(model, other)
+    b.eval(sequence(ref, 2, seed=21))
+    beams = [ctx_for(model) for _ in range(3)]
+    for c in beams:
+        c.copy_state_from(root)
+    beams[1].eval([40])                      # a' one token further on than a
+    order = [beams[0], beams[1], b, beams[2]]
+    twins = [ctx_for(model) for _ in order]
+    for t, c in zip(twins, order):
+        t.copy_state_from(c)
+    for step in ([50, 51, 52, 53], [54, 55, 56, 57]):
+        got = _core.decode_step(order, step)
+        want = np.stack([t.eval([tok]) for t, tok in zip(twins, step)])
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * np.abs(want).max())
+    # and against the reference for the beam that went its own way
+    ids = sequence(ref, 4, seed=20) + [40, 51, 55]
+    assert rel(got[1], ref.decoder_logits(video, ids).numpy()[-1]) < 1e-4
+
+
 def test_video_errors(model, ref, video):
     v = np.asarray(video, np.float32)
     ctx = ctx_for(model)

@@ -83,8 +83,9 @@ public:
     size_t bytes() const override { return cross ? cross->bytes() : 0; }
     void add_image(const float* embeds, int64_t n_tokens, int64_t start, int64_t n_past) override;
     void copy_from(const ArchState& other) override { cross = static_cast<const Mplug2State&>(other).cross; }
-    // Query row t of a piece sees every video token.
+    // Every query row sees every video token (rows: a piece's, or the beams of a decode_step sharing this video).
     const int64_t* visible(int64_t rows) {
+        if (int64_t(visible_.size()) < rows) visible_.resize(size_t(rows));
         std::fill(visible_.begin(), visible_.begin() + rows, cross->n_tokens);
         return visible_.data();
     }
@@ -279,7 +280,14 @@ public:
         for (ForwardPass& p : one) blocks::causal_attention(p, il, 0);
         project_add_norm(be, l.wo, e.bo, all.attn, all.h, all.x, e.attn_norm_w, e.attn_norm_b, eps);
         be.matmul(e.cq, all.x, e.cbq.data(), all.q);
-        for (ForwardPass& p : one) cross_attend(p, il, 0, p.q, p.attn);  // each context's own video
+        // Each context's own video; consecutive contexts sharing one (beams copied from one another) attend in
+        // one call, so its K/V are read once per step instead of once per beam.
+        for (size_t i = 0, j; i < one.size(); i = j) {
+            const CrossKV* video = state_of(one[i]).cross.get();
+            for (j = i + 1; j < one.size() && state_of(one[j]).cross.get() == video;) ++j;
+            const int64_t r0 = int64_t(i), R = int64_t(j - i);
+            cross_attend(one[i], il, 0, all.q.slice(r0, R), all.attn.slice(r0, R));
+        }
         project_add_norm(be, e.co, e.cbo, all.attn, all.h, all.x, e.cross_norm_w, e.cross_norm_b, eps);
         ffn(be, l, e, all.x, all.up, all.h, eps);
     }
