@@ -15,6 +15,8 @@
 // (immutable, shared by contexts copied with copy_state_from: every beam reads the same K/V); every decode step
 // reuses them. Attaching a video to an empty context that already has one replaces it. Decoding before a video
 // is attached is an error (every layer needs it). The video stays attached across truncate().
+// decode_step stacks contexts (step_layer): the row-wise matmuls over all of them, each context's own
+// self-attention cache; consecutive contexts sharing one video cross-attend to it in one call.
 #include <algorithm>
 
 #include "forward.h"
