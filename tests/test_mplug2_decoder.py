@@ -168,6 +168,8 @@ def test_copy_state_from_refuses_another_model_or_cache_type(model, gguf_path, v
 
 
 def test_decode_step_over_three_contexts_equals_single_steps(model, ref, video):
+    # The stacked pass (mplug2's step_layer): projections and FFN over the three rows, each context's own
+    # self-attention cache and video cross-attention.
     videos = [video, encode(ref, 7), encode(ref, 8)]
     prefixes = [sequence(ref, n, seed=10 + n) for n in (3, 5, 1)]
     batched = [ctx_for(model, v) for v in videos]
@@ -180,6 +182,38 @@ def test_decode_step_over_three_contexts_equals_single_steps(model, ref, video):
         want = np.stack([s.eval([t]) for s, t in zip(single, step_tokens)])
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * np.abs(want).max())
     assert [c.n_past for c in batched] == [5, 7, 3]
+    # One context without its video: the step is refused and no context changes.
+    bare = ctx_for(model)
+    with pytest.raises(_core.OwlError, match="no video attached"):
+        _core.decode_step([batched[0], bare], [1, 2])
+    assert (batched[0].n_past, bare.n_past) == (5, 0)
+    np.testing.assert_allclose(_core.decode_step(batched[:1], [17])[0], single[0].eval([17]), rtol=0,
+                               atol=1e-5 * np.abs(want).max())
+
+
+def test_decode_step_over_beams_sharing_a_video(model, ref, video):
+    # Beams copied from one context share its video's K/V: consecutive ones attend to it in one call. Order
+    # [a, a', b, a'']: a run of two, another video, a run of one.
+    other = encode(ref, 7)
+    root = ctx_for(model, video)
+    root.eval(sequence(ref, 4, seed=20))
+    b = ctx_for(model, other)
+    b.eval(sequence(ref, 2, seed=21))
+    beams = [ctx_for(model) for _ in range(3)]
+    for c in beams:
+        c.copy_state_from(root)
+    beams[1].eval([40])                      # a' one token further on than a
+    order = [beams[0], beams[1], b, beams[2]]
+    twins = [ctx_for(model) for _ in order]
+    for t, c in zip(twins, order):
+        t.copy_state_from(c)
+    for step in ([50, 51, 52, 53], [54, 55, 56, 57]):
+        got = _core.decode_step(order, step)
+        want = np.stack([t.eval([tok]) for t, tok in zip(twins, step)])
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * np.abs(want).max())
+    # and against the reference for the beam that went its own way
+    ids = sequence(ref, 4, seed=20) + [40, 51, 55]
+    assert rel(got[1], ref.decoder_logits(video, ids).numpy()[-1]) < 1e-4
 
 
 def test_video_errors(model, ref, video):
@@ -241,3 +275,30 @@ def test_decoder_on_cuda(model, ref, video, backend):
     np.testing.assert_allclose(b.eval(ids[12:16], all_logits=True), want[12:16], rtol=0, atol=1e-4 * np.abs(want).max())
     steps = _core.decode_step([a, b], [ids[12], ids[16]])
     assert rel(steps[0], want[12]) < 1e-4 and rel(steps[1], want[16]) < 1e-4
+
+
+def test_loader_names_a_missing_or_foreign_tensor(ckpt, tmp_path):
+    import gguf as gg
+    from owl_export.convert_text import PlannedTensor, write_gguf
+    from owl_export.mplug2.language import add_mplug2_keys, mplug2_tensor_plan
+    from owl_export.vocab import wordpiece_vocab, write_vocab
+
+    sd, cfg = load_checkpoint(ckpt)
+    vocab = wordpiece_vocab(read_vocab_tokens(ckpt))
+
+    def setup(w: gg.GGUFWriter):
+        add_mplug2_keys(w, cfg)
+        write_vocab(w, vocab)
+
+    plan = mplug2_tensor_plan(sd, cfg)
+    missing = tmp_path / "missing.gguf"
+    write_gguf(missing, setup, "mplug2", [t for t in plan if t.name != "blk.1.cross_attn_v.bias"], "f32",
+               tied_embeddings=True, progress=False)
+    with pytest.raises(ValueError, match="blk.1.cross_attn_v.bias"):
+        _core.Model.load(str(missing))
+    untied = tmp_path / "untied.gguf"
+    embd = next(t for t in plan if t.name == "token_embd.weight")
+    write_gguf(untied, setup, "mplug2", plan + [PlannedTensor("output.weight", "x", embd.shape, embd.load)], "f32",
+               tied_embeddings=True, progress=False)
+    with pytest.raises(ValueError, match="tied"):
+        _core.Model.load(str(untied))

@@ -23,8 +23,7 @@ class Context;
 // All contexts must share one Model and be distinct; an empty list, a null context, a token id out of range, a
 // full context or a context in use by another thread throws Error naming the index, with no context changed.
 // Every context is marked busy for the call. The step runs on the first context's backend (its thread pool);
-// contexts that are not all on the CPU, or of an architecture without a batched path (mplug2), are decoded one
-// after another (same results, no batching yet).
+// contexts that are not all on the CPU are decoded one after another (same results, no batching yet).
 void decode_step(const std::vector<Context*>& contexts, const std::vector<int32_t>& tokens);
 
 struct ContextParams {

@@ -69,15 +69,14 @@ public:
     // The forward pass's stages, for architectures whose decoder is not the shared pre-norm one (mplug2):
     //   embed:      token ids -> p.x (default: rows of token_embd); batches of embeddings are uploaded as they are
     //   run_layer:  one layer (default: blocks::decoder_layer); keep as there
+    //   step_layer: one layer of decode_step over one row per context (default: blocks::stacked_layer)
     //   final_norm: p.x rows -> what the output matrix multiplies (default: RMSNorm with output_norm)
     //   output_bias: added to the logits (default none)
     virtual void embed(ForwardPass& p, const int32_t* ids) const;
     virtual void run_layer(ForwardPass& p, int64_t il, int64_t keep) const;
+    virtual void step_layer(ForwardPass& all, std::vector<ForwardPass>& one, int64_t il) const;
     virtual void final_norm(ForwardPass& p, const Tensor& x, const Tensor& out) const;
     virtual const float* output_bias(const Model& m) const { (void)m; return nullptr; }
-    // Whether decode_step may stack this architecture's contexts into one pass (its layer loop is the shared
-    // pre-norm one); otherwise they are decoded one after another.
-    virtual bool batched_step() const { return true; }
 };
 
 // The registry: the architecture named by general.architecture, or nullptr.

@@ -17,6 +17,10 @@ void Architecture::embed(ForwardPass& p, const int32_t* ids) const { p.be.get_ro
 
 void Architecture::run_layer(ForwardPass& p, int64_t il, int64_t keep) const { blocks::decoder_layer(p, *this, il, keep); }
 
+void Architecture::step_layer(ForwardPass& all, std::vector<ForwardPass>& one, int64_t il) const {
+    blocks::stacked_layer(all, one, *this, il);
+}
+
 void Architecture::final_norm(ForwardPass& p, const Tensor& x, const Tensor& out) const {
     p.be.rms_norm(x, p.m.output_norm().data(), p.hp.rms_eps, out);
 }
@@ -80,6 +84,27 @@ void decoder_layer(ForwardPass& p, const Architecture& arch, int64_t il, int64_t
     arch.attend(p, il, skip);
     attention_output(p, l, skip);
     swiglu_ffn(p, l, skip);
+}
+
+void stacked_layer(ForwardPass& all, std::vector<ForwardPass>& one, const Architecture& arch, int64_t il) {
+    // attention_inputs over the stacked rows, the cache write per context at its own position.
+    const HParams& hp = all.hp;
+    Backend& be = all.be;
+    const DecoderLayer& l = arch.layer(all.m, il, Modality::Text);
+    be.rms_norm(all.x, l.attn_norm.data(), hp.rms_eps, all.h);
+    be.matmul(l.wq, all.h, bias(l.bq), all.q);
+    be.matmul(l.wk, all.h, bias(l.bk), all.k);
+    be.matmul(l.wv, all.h, bias(l.bv), all.v);
+    be.rope(all.q, hp.n_head, hp.head_dim, all.pos, hp.rope_base, hp.rope_mode);
+    be.rope(all.k, hp.n_head_kv, hp.head_dim, all.pos, hp.rope_base, hp.rope_mode);
+    for (ForwardPass& p : one) {
+        be.kv_store(p.k, hp.n_head_kv, hp.head_dim, p.k_cache(il), p.n_ctx, p.n_past);
+        be.kv_store(p.v, hp.n_head_kv, hp.head_dim, p.v_cache(il), p.n_ctx, p.n_past);
+    }
+    // A single token is its own last row: nothing to prune (decode_layer's keep is 0), skip = 0.
+    for (ForwardPass& p : one) arch.attend(p, il, 0);
+    attention_output(all, l, 0);
+    swiglu_ffn(all, l, 0);
 }
 
 }  // namespace blocks

@@ -267,9 +267,8 @@ void decode_step(const std::vector<Context*>& ctxs, const std::vector<int32_t>& 
     }
     bool all_cpu = true;
     for (const Context* c : ctxs) all_cpu = all_cpu && c->backend_->device() == Device::CPU;
-    if (!all_cpu || !m.architecture().batched_step()) {
-        // Device contexts have their own streams and copies of the cache: no batched path for them yet. Nor for
-        // an architecture whose layers are not the shared pre-norm ones (mplug2's post-LN BERT layers).
+    if (!all_cpu) {
+        // Device contexts have their own streams and copies of the cache: no batched path for them yet.
         for (size_t i = 0; i < N; ++i) ctxs[i]->decode_locked(Batch::of_ids(&tokens[i], 1), false);
         return;
     }
@@ -310,29 +309,11 @@ void decode_step(const std::vector<Context*>& ctxs, const std::vector<int32_t>& 
         s.scale = 1.0f / std::sqrt(float(hp.head_dim));
     }
     const Architecture& arch = m.architecture();
-    auto bias = [](const std::vector<float>& b) { return b.empty() ? nullptr : b.data(); };
-    be.get_rows(m.token_embd(), tokens.data(), X);
-    for (int64_t il = 0; il < hp.n_layer; ++il) {
-        // blocks::attention_inputs over the stacked rows, the cache write per context at its own position.
-        const DecoderLayer& l = arch.layer(m, il, Modality::Text);
-        be.rms_norm(X, l.attn_norm.data(), hp.rms_eps, H);
-        be.matmul(l.wq, H, bias(l.bq), Q);
-        be.matmul(l.wk, H, bias(l.bk), K);
-        be.matmul(l.wv, H, bias(l.bv), Vv);
-        be.rope(Q, hp.n_head, hp.head_dim, pos.data(), hp.rope_base, hp.rope_mode);
-        be.rope(K, hp.n_head_kv, hp.head_dim, pos.data(), hp.rope_base, hp.rope_mode);
-        for (ForwardPass& p : one) {
-            be.kv_store(p.k, hp.n_head_kv, hp.head_dim, p.k_cache(il), p.n_ctx, p.n_past);
-            be.kv_store(p.v, hp.n_head_kv, hp.head_dim, p.v_cache(il), p.n_ctx, p.n_past);
-        }
-        // A single token is its own last row: nothing to prune (decode_layer's keep is 0), skip = 0.
-        for (ForwardPass& p : one) arch.attend(p, il, 0);
-        blocks::attention_output(all, l, 0);
-        blocks::swiglu_ffn(all, l, 0);
-    }
-    be.rms_norm(X, m.output_norm().data(), hp.rms_eps, H);
+    arch.embed(all, tokens.data());
+    for (int64_t il = 0; il < hp.n_layer; ++il) arch.step_layer(all, one, il);
+    arch.final_norm(all, X, H);
     std::vector<float> logits(size_t(n * V));
-    be.matmul(m.output(), H, nullptr, Tensor{logits.data(), DType::F32, Device::CPU, n, V});
+    be.matmul(m.output(), H, arch.output_bias(m), Tensor{logits.data(), DType::F32, Device::CPU, n, V});
     for (size_t i = 0; i < N; ++i) {
         Context& c = *ctxs[i];
         c.logits_.resize(size_t(V));

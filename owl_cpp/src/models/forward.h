@@ -43,6 +43,9 @@ void attention_output(ForwardPass& p, const DecoderLayer& l, int64_t skip);
 void swiglu_ffn(ForwardPass& p, const DecoderLayer& l, int64_t skip);
 // One whole layer; `keep` = rows [keep, T) must come out of it (T: none, only the cache write matters).
 void decoder_layer(ForwardPass& p, const Architecture& arch, int64_t il, int64_t keep);
+// One layer of decode_step: `all` holds one row per context (row-wise ops run over all of them at once), one[i]
+// is context i's single-row pass (its cache, its state: the cache writes and attention).
+void stacked_layer(ForwardPass& all, std::vector<ForwardPass>& one, const Architecture& arch, int64_t il);
 }  // namespace blocks
 
 }  // namespace owl

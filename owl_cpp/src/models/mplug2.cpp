@@ -15,6 +15,8 @@
 // (immutable, shared by contexts copied with copy_state_from: every beam reads the same K/V); every decode step
 // reuses them. Attaching a video to an empty context that already has one replaces it. Decoding before a video
 // is attached is an error (every layer needs it). The video stays attached across truncate().
+// decode_step stacks contexts (step_layer): the row-wise matmuls over all of them, each context's own
+// self-attention cache; consecutive contexts sharing one video cross-attend to it in one call.
 #include <algorithm>
 
 #include "forward.h"
@@ -83,8 +85,9 @@ public:
     size_t bytes() const override { return cross ? cross->bytes() : 0; }
     void add_image(const float* embeds, int64_t n_tokens, int64_t start, int64_t n_past) override;
     void copy_from(const ArchState& other) override { cross = static_cast<const Mplug2State&>(other).cross; }
-    // Query row t of a piece sees every video token.
+    // Every query row sees every video token (rows: a piece's, or the beams of a decode_step sharing this video).
     const int64_t* visible(int64_t rows) {
+        if (int64_t(visible_.size()) < rows) visible_.resize(size_t(rows));
         std::fill(visible_.begin(), visible_.begin() + rows, cross->n_tokens);
         return visible_.data();
     }
@@ -126,6 +129,44 @@ Mplug2State& state_of(const ForwardPass& p) {
         throw Error("mplug2: no video attached: attach the video tokens first (Context.add_image(video, 0)); every decoder layer "
                     "cross-attends to them");
     return st;
+}
+
+// The layer's pieces, over whichever rows they are given: a piece's rows (run_layer) or one row per context
+// (step_layer, decode_step); the cache writes and both attentions are per context.
+void self_qkv(Backend& be, const DecoderLayer& l, const Tensor& x, const Tensor& q, const Tensor& k, const Tensor& v) {
+    be.matmul(l.wq, x, l.bq.data(), q);  // no rope: positions are in the embedding
+    be.matmul(l.wk, x, l.bk.data(), k);
+    be.matmul(l.wv, x, l.bv.data(), v);
+}
+
+void store_kv(ForwardPass& p, int64_t il) {
+    p.be.kv_store(p.k, p.hp.n_head_kv, p.hp.head_dim, p.k_cache(il), p.n_ctx, p.n_past);
+    p.be.kv_store(p.v, p.hp.n_head_kv, p.hp.head_dim, p.v_cache(il), p.n_ctx, p.n_past);
+}
+
+// Queries q (rows [skip, skip + q.rows) of p) over every token of p's video into out.
+void cross_attend(ForwardPass& p, int64_t il, int64_t skip, const Tensor& q, const Tensor& out) {
+    Mplug2State& st = state_of(p);
+    ops::AttentionShape s = p.shape;
+    s.T = q.rows;
+    s.n_past = p.n_past + skip;
+    const size_t li = size_t(il);
+    const ops::PrefixKV video{st.cross->k[li]->tensor().f32(), st.cross->v[li]->tensor().f32(), st.visible(q.rows)};
+    p.be.attention(s, q, p.k_cache(il), p.v_cache(il), out, &video, false);
+}
+
+// x = LayerNorm(x + W a + b), h scratch.
+void project_add_norm(Backend& be, const WeightView& w, const std::vector<float>& b, const Tensor& a, const Tensor& h, const Tensor& x,
+                      const std::vector<float>& nw, const std::vector<float>& nb, float eps) {
+    be.matmul(w, a, b.data(), h);
+    be.add(x, h);
+    be.layer_norm(x, nw.data(), nb.data(), eps, x);
+}
+
+void ffn(Backend& be, const DecoderLayer& l, const Mplug2Layer& e, const Tensor& x, const Tensor& up, const Tensor& h, float eps) {
+    be.matmul(l.ffn_up, x, e.b_up.data(), up);
+    be.gelu(up, up);
+    project_add_norm(be, l.ffn_down, e.b_down, up, h, x, e.out_norm_w, e.out_norm_b, eps);
 }
 
 class Mplug2 : public Architecture {
@@ -198,10 +239,8 @@ public:
         return std::make_unique<Mplug2State>(m, be, n_ctx, n_batch);
     }
 
-    bool batched_step() const override { return false; }
-
     void embed(ForwardPass& p, const int32_t* ids) const override {
-        state_of(p);  // before any work: a context without its video changes nothing
+        if (p.state) state_of(p);  // before any work: a context without its video changes nothing (decode_step checks its own)
         const Mplug2Weights& w = weights_of(p.m);
         for (int64_t t = 0; t < p.T; ++t)
             if (p.pos[t] >= w.position.rows)
@@ -214,43 +253,45 @@ public:
     }
 
     void run_layer(ForwardPass& p, int64_t il, int64_t keep) const override {
-        Mplug2State& st = state_of(p);
-        const HParams& hp = p.hp;
+        state_of(p);
         const DecoderLayer& l = p.m.layers()[size_t(il)];
         const Mplug2Layer& e = weights_of(p.m).layers[size_t(il)];
-        const float eps = hp.rms_eps;
-        // Self-attention inputs for every row (the cache needs them all); no rope: positions are in the embedding.
-        p.be.matmul(l.wq, p.x, l.bq.data(), p.q);
-        p.be.matmul(l.wk, p.x, l.bk.data(), p.k);
-        p.be.matmul(l.wv, p.x, l.bv.data(), p.v);
-        p.be.kv_store(p.k, hp.n_head_kv, hp.head_dim, p.k_cache(il), p.n_ctx, p.n_past);
-        p.be.kv_store(p.v, hp.n_head_kv, hp.head_dim, p.v_cache(il), p.n_ctx, p.n_past);
+        const float eps = p.hp.rms_eps;
+        self_qkv(p.be, l, p.x, p.q, p.k, p.v);  // every row: the cache needs them all
+        store_kv(p, il);
         // Past the cache write only rows [keep, T) matter (the last layer's pruning).
         const int64_t skip = keep, R = p.T - skip;
         if (R == 0) return;
         const Tensor x = p.x.slice(skip, R), h = p.h.slice(0, R), q = p.q.slice(0, R), attn = p.attn.slice(0, R);
         blocks::causal_attention(p, il, skip);
-        p.be.matmul(l.wo, attn, e.bo.data(), h);
-        p.be.add(x, h);
-        p.be.layer_norm(x, e.attn_norm_w.data(), e.attn_norm_b.data(), eps, x);
-        // Cross-attention over the video's K/V (every video token visible to every row).
+        project_add_norm(p.be, l.wo, e.bo, attn, h, x, e.attn_norm_w, e.attn_norm_b, eps);
         p.be.matmul(e.cq, x, e.cbq.data(), q);
-        ops::AttentionShape s = p.shape;
-        s.T = R;
-        s.n_past = p.n_past + skip;
-        const size_t li = size_t(il);
-        const ops::PrefixKV video{st.cross->k[li]->tensor().f32(), st.cross->v[li]->tensor().f32(), st.visible(R)};
-        p.be.attention(s, q, p.k_cache(il), p.v_cache(il), attn, &video, false);
-        p.be.matmul(e.co, attn, e.cbo.data(), h);
-        p.be.add(x, h);
-        p.be.layer_norm(x, e.cross_norm_w.data(), e.cross_norm_b.data(), eps, x);
-        // FFN.
-        const Tensor up = p.up.slice(0, R);
-        p.be.matmul(l.ffn_up, x, e.b_up.data(), up);
-        p.be.gelu(up, up);
-        p.be.matmul(l.ffn_down, up, e.b_down.data(), h);
-        p.be.add(x, h);
-        p.be.layer_norm(x, e.out_norm_w.data(), e.out_norm_b.data(), eps, x);
+        cross_attend(p, il, skip, q, attn);
+        project_add_norm(p.be, e.co, e.cbo, attn, h, x, e.cross_norm_w, e.cross_norm_b, eps);
+        ffn(p.be, l, e, x, p.up.slice(0, R), h, eps);
+    }
+
+    void step_layer(ForwardPass& all, std::vector<ForwardPass>& one, int64_t il) const override {
+        for (const ForwardPass& p : one) state_of(p);  // every context has its video before any cache write
+        const DecoderLayer& l = all.m.layers()[size_t(il)];
+        const Mplug2Layer& e = weights_of(all.m).layers[size_t(il)];
+        const float eps = all.hp.rms_eps;
+        Backend& be = all.be;
+        self_qkv(be, l, all.x, all.q, all.k, all.v);
+        for (ForwardPass& p : one) store_kv(p, il);
+        for (ForwardPass& p : one) blocks::causal_attention(p, il, 0);
+        project_add_norm(be, l.wo, e.bo, all.attn, all.h, all.x, e.attn_norm_w, e.attn_norm_b, eps);
+        be.matmul(e.cq, all.x, e.cbq.data(), all.q);
+        // Each context's own video; consecutive contexts sharing one (beams copied from one another) attend in
+        // one call, so its K/V are read once per step instead of once per beam.
+        for (size_t i = 0, j; i < one.size(); i = j) {
+            const CrossKV* video = state_of(one[i]).cross.get();
+            for (j = i + 1; j < one.size() && state_of(one[j]).cross.get() == video;) ++j;
+            const int64_t r0 = int64_t(i), R = int64_t(j - i);
+            cross_attend(one[i], il, 0, all.q.slice(r0, R), all.attn.slice(r0, R));
+        }
+        project_add_norm(be, e.co, e.cbo, all.attn, all.h, all.x, e.cross_norm_w, e.cross_norm_b, eps);
+        ffn(be, l, e, all.x, all.up, all.h, eps);
     }
 
     void final_norm(ForwardPass& p, const Tensor& x, const Tensor& out) const override {
