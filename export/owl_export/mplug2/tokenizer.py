@@ -24,7 +24,7 @@ def _is_whitespace(ch):
 def _is_control(ch):
     if ch in ("\t", "\n", "\r"):
         return False
-    return unicodedata.category(ch) in ("Cc", "Cf")
+    return unicodedata.category(ch).startswith("C")          # transformers' rule: every C* category
 
 
 def _is_punctuation(ch):

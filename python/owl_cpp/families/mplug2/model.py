@@ -122,9 +122,13 @@ class Mplug2Model(DecoderModel):
                 "timings": {"video_ms": 1e3 * (t1 - t0), "decode_ms": 1e3 * (t2 - t1)}}
 
     def caption_text(self, ids) -> str:
-        """Decoded ids without special tokens, and without the training prompt where it starts the text
-        (the official code splits on the prompt and keeps what follows its last occurrence)."""
-        text = self.tokenizer.decode([int(i) for i in ids], False).strip()
+        """The text as the official code makes it: the ids decoded with special tokens written out, then the
+        strings [SEP], [CLS] and [PAD] removed (so [UNK] stays, and a special token mid-caption leaves two
+        spaces), and only what follows the last occurrence of the training prompt ("a video of") kept."""
+        text = self.tokenizer.decode([int(i) for i in ids], True)
+        for special in ("[SEP]", "[CLS]", "[PAD]"):
+            text = text.replace(special, "")
+        text = text.strip()
         prompt = self.options["prompt"]
         return text.split(prompt)[-1].strip() if prompt else text
 
