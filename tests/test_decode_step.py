@@ -306,8 +306,11 @@ def test_busy_context_is_refused(models):
 
     def hammer():
         while not stop.is_set():
-            busy.truncate(0)
-            busy.eval(ids)
+            try:
+                busy.truncate(0)
+                busy.eval(ids)
+            except _core.OwlError:        # the step holds `busy` at this moment (the race goes both ways)
+                pass
 
     t = threading.Thread(target=hammer)
     t.start()
@@ -315,6 +318,8 @@ def test_busy_context_is_refused(models):
     try:
         deadline = time.time() + 20
         while time.time() < deadline and not errors:
+            if other.n_past > 4000:       # a loaded machine lets many steps in before one collides
+                other.truncate(2)
             n = other.n_past
             try:
                 _core.decode_step([other, busy], [3, 4])
