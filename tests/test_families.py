@@ -40,8 +40,8 @@ def test_families_by_architecture(owl3_dir, tiny_gguf, tmp_path):
 
 
 def test_unsupported_architecture_names_it_and_the_supported_ones(owl3_dir, tmp_path):
-    d = copy_dir(owl3_dir, tmp_path / "m", set_keys={"general.architecture": (STRING, "mplug2")})
-    with pytest.raises(owl_cpp.FormatError, match=r"'mplug2' is not supported \(supported: llama, owl2, owl3, qwen2\)"):
+    d = copy_dir(owl3_dir, tmp_path / "m", set_keys={"general.architecture": (STRING, "mplug3")})
+    with pytest.raises(owl_cpp.FormatError, match=r"'mplug3' is not supported \(supported: llama, mplug2, owl2, owl3, qwen2\)"):
         owl_cpp.load(d)
 
 
