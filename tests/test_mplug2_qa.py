@@ -293,6 +293,19 @@ def test_default_kv_cache(model_dir, ref):
         assert info["score"] == pytest.approx(score, rel=1e-3)
 
 
+def test_several_questions_over_one_video(model):
+    video = random_video(8)
+    tokens = model.video_tokens(video)
+    for q in QUESTIONS[:3]:
+        info = model.answer(question=q, tokens=tokens, return_info=True)
+        assert info["frames"] is None
+        assert info["ids"] == model.answer(video, q, return_info=True)["ids"]
+    with pytest.raises(ValueError, match="one of the two"):
+        model.answer(video, "why", tokens=tokens)
+    with pytest.raises(ValueError, match="video tokens"):
+        model.answer(question="why", tokens=tokens[:, :5])
+
+
 def test_greedy_matches_reference(model, ref):
     video = random_video(9)
     q_ids = ref.question_ids(QUESTIONS[2])
@@ -311,6 +324,8 @@ def test_errors(model, ckpt, tmp_path):
         model.chat(prompt="why")
     with pytest.raises(ValueError, match="not images"):
         model.chat(["a.jpg"], "why", videos=[video])
+    with pytest.raises(TypeError, match="must be a str"):
+        model.answer(video, 42)
     with pytest.raises(ValueError, match="question as a str"):
         model.chat(videos=[video], prompt=None)
     with pytest.raises(ValueError, match="empty"):

@@ -172,14 +172,15 @@ class Mplug2Model(DecoderModel):
             raise ValueError(f"the question {question!r} is empty once prepared (lower case, punctuation removed)")
         return self.tokenize(text, add_special=True)
 
-    def answer(self, video, question: str, *, greedy: bool = False, beam_size: Optional[int] = None,
-               min_length: Optional[int] = None, max_length: Optional[int] = None, frames: Optional[int] = None,
-               return_info: bool = False):
+    def answer(self, video=None, question: Optional[str] = None, *, greedy: bool = False,
+               beam_size: Optional[int] = None, min_length: Optional[int] = None, max_length: Optional[int] = None,
+               frames: Optional[int] = None, tokens: Optional[np.ndarray] = None, return_info: bool = False):
         """The answer to `question` about `video` (as video_tokens takes it), by the published beam search with
         the VideoQA settings (beam 5, min 1 / max 10 tokens: the checkpoint's), or greedy=True. Returns the text
         as the official evaluation writes it; return_info=True: a dict with "text", "ids" (after [CLS]),
         "score", "question_ids", "tokens" (memory rows), "frames" and timings (video_ms, question_ms,
-        decode_ms)."""
+        decode_ms). tokens: the video's tokens from video_tokens() instead of the video (several questions about
+        one video encode it once)."""
         if self.task != "qa":
             raise NotImplementedError("this mPLUG-2 model directory captions videos: use caption(video); video "
                                       "question answering needs the export of a VideoQA checkpoint (MSRVTT-QA / "
@@ -194,7 +195,10 @@ class Mplug2Model(DecoderModel):
             raise ValueError(f"the question is {len(q_ids)} tokens ([CLS] included); the text encoder has "
                              f"{self.question.context_length} positions")
         t0 = time.perf_counter()
-        tokens = self.video_tokens(video, frames)
+        if (video is None) == (tokens is None):
+            raise ValueError("answer() takes a video or its tokens (tokens=), one of the two")
+        if tokens is None:
+            tokens = self.video_tokens(video, frames)
         t1 = time.perf_counter()
         memory = self.question.encode(q_ids, tokens)
         t2 = time.perf_counter()
@@ -204,7 +208,7 @@ class Mplug2Model(DecoderModel):
         if not return_info:
             return text
         return {"text": text, "ids": ids, "score": score, "question_ids": q_ids, "tokens": int(memory.shape[0]),
-                "frames": int(frames or self.video_config.num_frames),
+                "frames": None if video is None else int(frames or self.video_config.num_frames),
                 "timings": {"video_ms": 1e3 * (t1 - t0), "question_ms": 1e3 * (t2 - t1),
                             "decode_ms": 1e3 * (t3 - t2)}}
 

@@ -49,7 +49,8 @@ class QuestionEncoder:
         if not 1 <= ids.size <= self.context_length:
             raise ValueError(f"the question is {ids.size} tokens ([CLS] included); the text encoder has "
                              f"{self.context_length} positions")
-        if video_tokens.ndim != 2 or video_tokens.shape[1] != self.width:
+        video_tokens = np.asarray(video_tokens)
+        if video_tokens.ndim != 2 or video_tokens.shape[1] != self.width or len(video_tokens) < 1:
             raise ValueError(f"video tokens must be [N, {self.width}], got {video_tokens.shape}")
         out = self.session.run([self._output], {"question_ids": ids,
                                                 "video_embeds": np.ascontiguousarray(video_tokens, np.float32)})[0]
