@@ -213,19 +213,23 @@ class Mplug2Model(DecoderModel):
                             "decode_ms": 1e3 * (t3 - t2)}}
 
     def answer_text(self, ids) -> str:
-        """Decoded ids without special tokens, stripped (video_qa_mplug2.evaluate)."""
-        return self.tokenizer.decode([int(i) for i in ids], False).strip()
+        """The answer as video_qa_mplug2.evaluate writes it: decoded with special tokens written out, then
+        [SEP], [CLS] and [PAD] removed and the ends stripped (as caption_text, without a prompt)."""
+        return self._official_text(ids)
 
     def caption_text(self, ids) -> str:
         """The text as the official code makes it: the ids decoded with special tokens written out, then the
         strings [SEP], [CLS] and [PAD] removed (so [UNK] stays, and a special token mid-caption leaves two
         spaces), and only what follows the last occurrence of the training prompt ("a video of") kept."""
+        text = self._official_text(ids)
+        prompt = self.options["prompt"]
+        return text.split(prompt)[-1].strip() if prompt else text
+
+    def _official_text(self, ids) -> str:
         text = self.tokenizer.decode([int(i) for i in ids], True)
         for special in ("[SEP]", "[CLS]", "[PAD]"):
             text = text.replace(special, "")
-        text = text.strip()
-        prompt = self.options["prompt"]
-        return text.split(prompt)[-1].strip() if prompt else text
+        return text.strip()
 
     def _beam_steps(self, video_tokens: np.ndarray, B: int, n_ctx: int):
         """The step function beam_search drives: B contexts holding the beams (each with the video attached
