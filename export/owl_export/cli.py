@@ -93,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="vision.onnx weights: fp32 (default) or fp16 (for GPUs)")
     p.add_argument("--vision-quant", choices=("none", "int8"), default=None,
                    help="int8: onnxruntime dynamic quantization of vision.onnx, the CPU-fast file (default none)")
+    p.add_argument("--task", choices=("caption", "qa"), default=None,
+                   help="mPLUG-2 only: what the .pth was trained for (default: told by its saved config, its file "
+                        "name or its momentum weights; captioning when none says)")
     p.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
     return p
 
@@ -117,6 +120,10 @@ def main(argv: list[str] | None = None) -> int:
             raise ExportError(f"{args.hf_dir}: checkpoint directory not found")
         exporter = pick_exporter(args.hf_dir)
         vision = {k: getattr(args, k) for k in ("vision_dtype", "vision_quant") if getattr(args, k) is not None}
+        if args.task is not None:
+            if exporter is not _export_mplug2:
+                raise ExportError(f"--task is for mPLUG-2 checkpoints; {args.hf_dir} is not one")
+            vision["task"] = args.task
         exporter(args.hf_dir, args.out, args.quant, not args.quiet, **vision)   # prints its summary unless quiet
     # ValueError covers CheckpointError, UnsupportedModelError, Owl3LayoutError, the vision export's check
     # and vocab.py's bad-tokenizer errors, all of which name the offending file; ImportError a missing

@@ -10,6 +10,7 @@ streaming the answer; or chat with a llama / qwen2 GGUF text model (in its chat 
   owl-run --model qwen2-0.5b-instruct-q8_0.gguf -p "Hi!"              (a text model; without -p: a chat)
   owl-run --model mplug2-msrvtt --video clip.mp4                       (mPLUG-2: prints the video's caption;
                                                                         --video FOLDER: its images are the frames)
+  owl-run --model mplug2-msrvtt-qa --video clip.mp4 -p "what is he doing?"   (mPLUG-2 VideoQA: prints the answer)
   owl-run --demo [--seed N] [--save PATH]                              (a random picture of coloured shapes and
                                                                         five questions about it, to the built-in
                                                                         demo model; --image PATH: about a picture)
@@ -166,22 +167,31 @@ def _text_model(model, path, args, stdin, out) -> int:
 
 
 def _caption(model, path, args, out) -> int:
-    """owl-run with mPLUG-2: the caption of each --video (a file, or a folder whose images are the frames)."""
-    if args.image or args.prompt is not None or args.demo or not args.video:
+    """owl-run with mPLUG-2: the caption of each --video (a file, or a folder whose images are the frames); a
+    VideoQA model answers -p about each --video instead."""
+    qa = getattr(model, "task", "caption") == "qa"
+    if qa and (args.image or args.prompt is None or args.demo or not args.video):
+        raise ValueError(f"{path} is an mPLUG-2 VideoQA model: give it --video FILE_OR_FOLDER and the question as "
+                         "-p (no --image or --demo)")
+    if not qa and (args.image or args.prompt is not None or args.demo or not args.video):
         raise ValueError(f"{path} is an mPLUG-2 captioning model: give it --video FILE_OR_FOLDER (no --image, -p "
-                         "or --demo: it captions videos; video question answering is not exported yet)")
+                         "or --demo: it captions videos; questions need a VideoQA checkpoint's export)")
     for video in args.video:
         if os.path.isdir(video):
             names = sorted(n for n in os.listdir(video) if n.lower().endswith(FRAME_EXTENSIONS))
             if not names:
                 raise ValueError(f"{video}: a folder of frames, but no images ({', '.join(FRAME_EXTENSIONS)}) in it")
             video = [os.path.join(video, n) for n in names]
-        info = model.caption(video, greedy=args.greedy, frames=args.max_frames, return_info=True)
+        if qa:
+            info = model.answer(video, args.prompt, greedy=args.greedy, frames=args.max_frames, return_info=True)
+        else:
+            info = model.caption(video, greedy=args.greedy, frames=args.max_frames, return_info=True)
         out.write(info["text"] + "\n")
         out.flush()
         if args.verbose:
             t = info["timings"]
-            print(f"video {t['video_ms']:.0f} ms ({info['frames']} frames, {info['tokens']} tokens) | "
+            question = f" | question {t['question_ms']:.0f} ms" if qa else ""
+            print(f"video {t['video_ms']:.0f} ms ({info['frames']} frames, {info['tokens']} tokens){question} | "
                   f"decode {t['decode_ms']:.0f} ms ({len(info['ids'])} tokens, "
                   f"{'greedy' if args.greedy else 'beam search'})", file=sys.stderr)
     return 0

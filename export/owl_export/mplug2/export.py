@@ -1,9 +1,11 @@
-"""`owl-export` for mPLUG-2 video captioning: the official checkpoint directory (.pth + config_bert*.json +
-vocab.txt) -> model directory {vision.onnx, decoder.gguf}.
+"""`owl-export` for mPLUG-2 video captioning and VideoQA: the official checkpoint directory (.pth +
+config_bert*.json + vocab.txt) -> model directory {vision.onnx, decoder.gguf} (+ question.onnx for VideoQA).
 
 vision.onnx: the video encoder (video ViT + universal layers, frames a dynamic axis), checked against the
 PyTorch reference at export (onnx_export.py); decoder.gguf: the BERT caption decoder, architecture "mplug2",
-with the WordPiece vocabulary and the checkpoint's decoding options (language.py).
+with the WordPiece vocabulary and the checkpoint's decoding options (language.py). A VideoQA checkpoint
+(config.detect_task, or task="qa") also gets question.onnx: the question through the text encoder and the fusion
+layers, giving the memory the answer decoder attends to (question_export.py).
 """
 from __future__ import annotations
 
@@ -14,8 +16,9 @@ from ..model_dir import make_model_dir, summary_text
 
 
 def export_mplug2(ckpt_dir: str | Path, out_dir: str | Path, quant: str = "f16", *, vision_dtype: str = "fp32",
-                  vision_quant: str = "none", progress: bool = True) -> dict:
-    """Returns {"path", "decoder": {...}, "vision": {...}}; prints a summary unless progress is False."""
+                  vision_quant: str = "none", progress: bool = True, task: str | None = None) -> dict:
+    """Returns {"path", "task", "decoder": {...}, "vision": {...}} (+ "question": {...} for VideoQA); prints a
+    summary unless progress is False. task: "caption" or "qa" (None: detected from the checkpoint)."""
     from ..quantize import check_quant
     from .config import load_checkpoint
     from .language import read_vocab_tokens, write_decoder_gguf
@@ -24,16 +27,28 @@ def export_mplug2(ckpt_dir: str | Path, out_dir: str | Path, quant: str = "f16",
     if vision_dtype != "fp32":
         raise ValueError(f"--vision-dtype {vision_dtype}: mPLUG-2's video encoder is exported in fp32 only")
     check_quant(quant)
-    sd, cfg = load_checkpoint(ckpt_dir)                   # every check before the first file is written
+    sd, cfg = load_checkpoint(ckpt_dir, task)             # every check before the first file is written
     tokens = read_vocab_tokens(ckpt_dir)
     out_dir = make_model_dir(out_dir)
     # vision first: its export-time check is the step left that can fail on a good checkpoint
     vision = export_video_encoder(sd, cfg, out_dir / "vision.onnx", vision_quant, progress=progress)
+    question = None
+    if cfg.task == "qa":                                  # checked at export too: before the decoder is written
+        from .question_export import export_question_encoder
+        question = export_question_encoder(sd, cfg, out_dir / "question.onnx")
+    elif (out_dir / "question.onnx").exists():
+        (out_dir / "question.onnx").unlink()              # a caption export over an old QA directory
     decoder = write_decoder_gguf(sd, cfg, tokens, out_dir / "decoder.gguf", quant,
                                  name=Path(ckpt_dir).resolve().name, progress=False)
-    summary = {"path": str(out_dir), "decoder": decoder,
+    summary = {"path": str(out_dir), "task": cfg.task, "decoder": decoder,
                "vision": {**vision, "dtype": "fp32", "check_what": f"a random {vision['check_frames']}-frame video"}}
+    if question is not None:
+        summary["question"] = question
     if progress:
-        print(summary_text(f"{out_dir}: mPLUG-2 video captioning", summary["decoder"], summary["vision"]),
-              file=sys.stderr)
+        what = "video question answering" if cfg.task == "qa" else "video captioning"
+        print(summary_text(f"{out_dir}: mPLUG-2 {what}", summary["decoder"], summary["vision"]), file=sys.stderr)
+        if cfg.task == "qa":
+            q = summary["question"]
+            print(f"  question.onnx: {q['file_size'] / 1e6:.1f} MB, fp32, memory vs reference rel err "
+                  f"{q['rel_err']:.1e} (question rows {q['question_rel_err']:.1e})", file=sys.stderr)
     return summary

@@ -22,6 +22,13 @@ json under its official name and a WordPiece vocab.txt whose special tokens sit 
 
 Every parameter is random (norms near but not at 1, biases non-zero, up_proj not zero as at initialisation), so
 a layout or ordering mistake changes the outputs.
+
+make_tiny_mplug2_qa_checkpoint writes the VideoQA layout (models/model_videoqa_mplug.py): the same keys (its
+decoder is a BertLMHeadModel, whose keys are BertPrefixModel's), then with distill (the published QA yaml) the
+momentum copies visual_encoder_m.*, text_encoder_m.*, fusion_encoder_m.*, text_decoder_m.*, visn_emb_norm_m.*
+(random too: no forward reads them); saved as mplug2_qa.pth with a QA run's config (answer_list, min_length 1,
+max_length 10, no prompt). Its fusion stack has more layers than run (fusion_layers < the json's
+num_hidden_layers), so running the wrong ones changes the answer.
 """
 from __future__ import annotations
 
@@ -33,6 +40,7 @@ from pathlib import Path
 import torch
 
 CHECKPOINT_NAME = "mplug2_caption.pth"
+QA_CHECKPOINT_NAME = "mplug2_qa.pth"
 BERT_JSON_NAME = "config_bert_large_text.json"
 NUM_LATENTS = 50        # hard-coded in modeling_mplug2.BertLayer
 
@@ -60,8 +68,9 @@ def make_tiny_mplug2_checkpoint(out_dir, seed: int = 0, *, vision_width: int = 6
                                 fusion_hidden_layers: int = 2, fusion_layers: int = 1, max_positions: int = 40,
                                 clip_text_width: int = 64, clip_text_layers: int = 1, clip_context: int = 8,
                                 clip_vocab: int = 50, embed_dim: int = 32, min_length: int = 4,
-                                max_length: int = 20, beam_size: int = 5) -> Path:
-    """Write a tiny random captioning checkpoint directory; returns its path."""
+                                max_length: int = 20, beam_size: int = 5, stride_layer: int = 1000,
+                                task: str = "caption", distill: bool = False) -> Path:
+    """Write a tiny random captioning (task "qa": VideoQA) checkpoint directory; returns its path."""
     if vision_width % 64:
         raise ValueError("vision_width must be a multiple of 64 (the video ViT has width / 64 heads)")
     if text_width % text_heads or clip_text_width % 64:
@@ -80,7 +89,7 @@ def make_tiny_mplug2_checkpoint(out_dir, seed: int = 0, *, vision_width: int = 6
             "num_hidden_layers": fusion_hidden_layers, "pad_token_id": 0, "type_vocab_size": 2, "vocab_size": V,
             "encoder_width": text_width, "gradient_checkpointing": True, "use_cache": False,
             "text_encoder_layers": text_encoder_layers, "fusion_layers": fusion_layers,
-            "text_decode_layers": decoder_layers, "stride_layer": 1000, "num_uni_layer": num_uni_layer}
+            "text_decode_layers": decoder_layers, "stride_layer": stride_layer, "num_uni_layer": num_uni_layer}
     (out / BERT_JSON_NAME).write_text(json.dumps(bert, indent=2) + "\n")
 
     g = torch.Generator().manual_seed(seed)
@@ -203,9 +212,28 @@ def make_tiny_mplug2_checkpoint(out_dir, seed: int = 0, *, vision_width: int = 6
     sd[c + "decoder.weight"] = sd["text_decoder.bert.embeddings.word_embeddings.weight"]   # tied
     sd[c + "decoder.bias"] = sd[c + "bias"]                                                 # tied
 
-    caption = {"bert_config": f"configs/{BERT_JSON_NAME}", "clip_name": "ViT-L-14", "prompt": "a video of",
-               "eos": "[SEP]", "beam_size": beam_size, "image_res": image_res, "model_num_frames": num_frames,
-               "test_num_frames": num_frames, "vision_width": vision_width, "min_length": min_length,
-               "max_length": max_length, "use_checkpoint": False}
-    torch.save({"model": sd, "config": caption}, out / CHECKPOINT_NAME)
+    if distill:                                         # init_distill registers the momentum models last
+        for prefix in ("visual_encoder.", "text_encoder.", "fusion_encoder.", "text_decoder.", "visn_emb_norm."):
+            for k in [k for k in sd if k.startswith(prefix)]:
+                t = sd[k]
+                m = prefix[:-1] + "_m." + k[len(prefix):]
+                sd[m] = t + 0.1 * torch.randn(t.shape, generator=g) if t.is_floating_point() else t.clone()
+    config = {"bert_config": f"configs/{BERT_JSON_NAME}", "clip_name": "ViT-L-14", "eos": "[SEP]",
+              "beam_size": beam_size, "image_res": image_res, "model_num_frames": num_frames,
+              "test_num_frames": num_frames, "vision_width": vision_width, "min_length": min_length,
+              "max_length": max_length, "use_checkpoint": False, "distill": distill}
+    if task == "qa":
+        config.update({"answer_list": "datasets/annotations_all/msrvtt_qa/train_ans2label.json", "k_test": 128,
+                       "add_ocr": True})
+    else:
+        config["prompt"] = "a video of"
+    torch.save({"model": sd, "config": config}, out / (QA_CHECKPOINT_NAME if task == "qa" else CHECKPOINT_NAME))
     return out
+
+
+def make_tiny_mplug2_qa_checkpoint(out_dir, seed: int = 0, *, fusion_hidden_layers: int = 3, fusion_layers: int = 2,
+                                   min_length: int = 1, max_length: int = 10, distill: bool = True, **kw) -> Path:
+    """A tiny random VideoQA checkpoint directory (the official QA .pth layout); options as the caption one."""
+    return make_tiny_mplug2_checkpoint(out_dir, seed, fusion_hidden_layers=fusion_hidden_layers,
+                                       fusion_layers=fusion_layers, min_length=min_length, max_length=max_length,
+                                       task="qa", distill=distill, **kw)

@@ -9,7 +9,10 @@ Keys (besides general.* and the WordPiece vocabulary of owl_export.vocab.wordpie
   mplug2.context_length                learned positions (512): the longest context the runtime allows
   mplug2.attention.layer_norm_epsilon  every LayerNorm's eps (1e-12)
   mplug2.bos_token_id / eos_token_id   predictor.py's start ([CLS]) and end ([SEP]) tokens
+  mplug2.task                          "caption" or "qa" (absent in older files: caption)
   mplug2.caption.{beam_size,min_length,max_length}, mplug2.caption.prompt   the checkpoint's decoding options
+                                       (a VideoQA file: mplug2.qa.{beam_size,min_length,max_length} instead;
+                                       its decoder cross-attends to question.onnx's memory, not the video)
 
 Tensors ([rows, cols] as numpy sees them; N = layer; every Linear has its bias, every LayerNorm weight + bias):
   token_embd.weight            [V, E]  cls.predictions.decoder.weight (the word embeddings, tied to the output)
@@ -131,10 +134,12 @@ def add_mplug2_keys(writer: gguf.GGUFWriter, cfg: Mplug2Config) -> None:
     writer.add_float32(f"{ARCH}.attention.layer_norm_epsilon", cfg.text_eps)
     writer.add_uint32(f"{ARCH}.bos_token_id", cfg.bos_id)
     writer.add_uint32(f"{ARCH}.eos_token_id", cfg.eos_id)
-    writer.add_uint32(f"{ARCH}.caption.beam_size", cfg.beam_size)
-    writer.add_uint32(f"{ARCH}.caption.min_length", cfg.min_length)
-    writer.add_uint32(f"{ARCH}.caption.max_length", cfg.max_length)
-    writer.add_string(f"{ARCH}.caption.prompt", cfg.prompt)
+    writer.add_string(f"{ARCH}.task", cfg.task)
+    writer.add_uint32(f"{ARCH}.{cfg.task}.beam_size", cfg.beam_size)
+    writer.add_uint32(f"{ARCH}.{cfg.task}.min_length", cfg.min_length)
+    writer.add_uint32(f"{ARCH}.{cfg.task}.max_length", cfg.max_length)
+    if cfg.task == "caption":
+        writer.add_string(f"{ARCH}.caption.prompt", cfg.prompt)
 
 
 def read_vocab_tokens(ckpt_dir: str | Path) -> list[str]:

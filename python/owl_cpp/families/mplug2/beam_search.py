@@ -5,7 +5,7 @@ step function, in numpy: the runtime drives it with one context per beam (model.
       tokens: the token each beam appends now; parents[i]: the beam whose history beam i continues (None on
       the first step, when every beam is the start token alone). The caller keeps each beam's cache.
 
-What the published search does, which we keep float op for float op (docs/mplug2.md):
+What the published search does, which we keep float op for float op (docs/owl2.md PART D):
 - scores are log(softmax(logits)); before step `min_length` the end token gets -1e20;
 - GNMT length penalty ((5 + step + 1) / 6) ** alpha; the top B over all beams x vocabulary is taken on
   (log_probs + beam score) / penalty, and the beam score kept is that value times the penalty again;
