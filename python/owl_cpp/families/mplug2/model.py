@@ -25,7 +25,6 @@ every beam in one batched pass (decode_step), and a beam that continues another 
 """
 from __future__ import annotations
 
-import threading
 import time
 from pathlib import Path
 from typing import Optional
@@ -44,6 +43,8 @@ EXPORT_HINT = "create one with `owl-export MPLUG2_CHECKPOINT_DIR -o MODEL_DIR`"
 DEFAULTS = {"prompt": "a video of", "beam_size": 5, "min_length": 4, "max_length": 20}
 # VideoQA (video_qa_mplug2.py's argparse defaults): the same search, min length 1, max length 10, no prompt
 QA_DEFAULTS = {"beam_size": 5, "min_length": 1, "max_length": 10}
+CAPTION_ONLY = ("this mPLUG-2 model directory captions videos: use caption(video); video question answering needs "
+                "the export of a VideoQA checkpoint (MSRVTT-QA / MSVD-QA), whose directory holds question.onnx")
 
 
 class Mplug2Model(DecoderModel):
@@ -91,7 +92,6 @@ class Mplug2Model(DecoderModel):
                 raise ValueError(f"{self.question.path}: memory of width {self.question.width}, but decoder.gguf "
                                  f"cross-attends to width {self.hparams['n_embd']}; the files come from different "
                                  "exports")
-        self._beams_lock = threading.Lock()
 
     def _option(self, key: str, default):
         try:
@@ -123,19 +123,9 @@ class Mplug2Model(DecoderModel):
             raise NotImplementedError(f"{self.model_dir} is an mPLUG-2 VideoQA model: it answers questions about a "
                                       "video (chat(videos=[video], prompt=question) or answer(video, question)); "
                                       "captioning needs a caption checkpoint's export")
-        o = self.options
-        B = o["beam_size"] if beam_size is None else int(beam_size)
-        lo = o["min_length"] if min_length is None else int(min_length)
-        hi = o["max_length"] if max_length is None else int(max_length)
-        self._check_search(B, lo, hi, beam_size)
+        B, lo, hi = self._search_options(beam_size, min_length, max_length)
         t0 = time.perf_counter()
-        if (video is None) == (tokens is None):
-            raise ValueError("caption() takes a video or its tokens (tokens=), one of the two")
-        if tokens is None:
-            tokens = self.video_tokens(video, frames)
-        tokens = np.ascontiguousarray(tokens, dtype=np.float32)
-        if tokens.ndim != 2 or tokens.shape[1] != self.hparams["n_embd"] or len(tokens) < 1:
-            raise ValueError(f"video tokens must be [n_tokens >= 1, {self.hparams['n_embd']}], got {tokens.shape}")
+        tokens = self._video_or_tokens(video, tokens, frames, "caption")
         t1 = time.perf_counter()
         ids, score = self._search(tokens, greedy, B, lo, hi)
         t2 = time.perf_counter()
@@ -146,12 +136,28 @@ class Mplug2Model(DecoderModel):
                 "frames": None if video is None else int(frames or self.video_config.num_frames),
                 "timings": {"video_ms": 1e3 * (t1 - t0), "decode_ms": 1e3 * (t2 - t1)}}
 
-    def _check_search(self, B: int, lo: int, hi: int, beam_size) -> None:
+    def _video_or_tokens(self, video, tokens, frames, call: str) -> np.ndarray:
+        if (video is None) == (tokens is None):
+            raise ValueError(f"{call}() takes a video or its tokens (tokens=), one of the two")
+        if tokens is None:
+            return self.video_tokens(video, frames)
+        tokens = np.ascontiguousarray(tokens, dtype=np.float32)
+        if tokens.ndim != 2 or tokens.shape[1] != self.hparams["n_embd"] or len(tokens) < 1:
+            raise ValueError(f"video tokens must be [n_tokens >= 1, {self.hparams['n_embd']}], got {tokens.shape}")
+        return tokens
+
+    def _search_options(self, beam_size, min_length, max_length) -> tuple[int, int, int]:
+        """(beam size, min length, max length): the arguments given, else the checkpoint's; checked."""
+        o = self.options
+        B = o["beam_size"] if beam_size is None else int(beam_size)
+        lo = o["min_length"] if min_length is None else int(min_length)
+        hi = o["max_length"] if max_length is None else int(max_length)
         if not 1 <= B <= 64:
             raise ValueError(f"beam_size must be in 1..64, got {beam_size}")
         if not 1 <= hi < self.hparams["n_ctx_train"] or not 0 <= lo <= hi:
             raise ValueError(f"need 0 <= min_length <= max_length < {self.hparams['n_ctx_train']} (the decoder's "
                              f"positions), got min_length={lo}, max_length={hi}")
+        return B, lo, hi
 
     def _search(self, memory: np.ndarray, greedy: bool, B: int, lo: int, hi: int):
         """(ids after [CLS], score or None) of the published beam search (or greedy) over the decoder
@@ -182,23 +188,14 @@ class Mplug2Model(DecoderModel):
         decode_ms). tokens: the video's tokens from video_tokens() instead of the video (several questions about
         one video encode it once)."""
         if self.task != "qa":
-            raise NotImplementedError("this mPLUG-2 model directory captions videos: use caption(video); video "
-                                      "question answering needs the export of a VideoQA checkpoint (MSRVTT-QA / "
-                                      "MSVD-QA), whose directory holds question.onnx")
-        o = self.options
-        B = o["beam_size"] if beam_size is None else int(beam_size)
-        lo = o["min_length"] if min_length is None else int(min_length)
-        hi = o["max_length"] if max_length is None else int(max_length)
-        self._check_search(B, lo, hi, beam_size)
+            raise NotImplementedError(CAPTION_ONLY)
+        B, lo, hi = self._search_options(beam_size, min_length, max_length)
         q_ids = self.question_ids(question)
         if len(q_ids) > self.question.context_length:
             raise ValueError(f"the question is {len(q_ids)} tokens ([CLS] included); the text encoder has "
                              f"{self.question.context_length} positions")
         t0 = time.perf_counter()
-        if (video is None) == (tokens is None):
-            raise ValueError("answer() takes a video or its tokens (tokens=), one of the two")
-        if tokens is None:
-            tokens = self.video_tokens(video, frames)
+        tokens = self._video_or_tokens(video, tokens, frames, "answer")
         t1 = time.perf_counter()
         memory = self.question.encode(q_ids, tokens)
         t2 = time.perf_counter()
@@ -260,9 +257,7 @@ class Mplug2Model(DecoderModel):
         """VideoQA as a chat call: chat(videos=[video], prompt=question) -> the answer text (options and
         return_info as answer()). One video, no images; a caption directory refuses (use caption())."""
         if self.task != "qa":
-            raise NotImplementedError("this mPLUG-2 model directory captions videos: use caption(video); video "
-                                      "question answering needs the export of a VideoQA checkpoint (MSRVTT-QA / "
-                                      "MSVD-QA), whose directory holds question.onnx")
+            raise NotImplementedError(CAPTION_ONLY)
         if images:
             raise ValueError("mPLUG-2 VideoQA answers about a video: pass videos=[video], not images")
         if videos is None or isinstance(videos, (str, bytes)) or len(videos) != 1:
