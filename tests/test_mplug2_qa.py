@@ -29,7 +29,7 @@ from owl_export.mplug2.config import Mplug2CheckpointError, load_checkpoint  # n
 from owl_export.mplug2.fixtures import (make_tiny_mplug2_checkpoint,  # noqa: E402
                                         make_tiny_mplug2_qa_checkpoint)
 from owl_export.mplug2.qa_reference import Mplug2QAReference, pre_question  # noqa: E402
-from owl_export.mplug2.reference import preprocess_frames  # noqa: E402
+from mplug2_videos import random_video, reference_video_tokens  # noqa: E402
 from test_mplug2_reference import _np, np_bert_attention, np_ln  # noqa: E402
 
 FRAMES = 3
@@ -65,20 +65,6 @@ def model(model_dir):
     # an F32 KV cache: with the default F16 one the decoder's logits sit ~1e-4 from the float64 reference
     # (torch fp32: 3e-7), too close to the 1e-4 bound to test against; test_default_kv_cache covers it
     return owl_cpp.load(model_dir, threads=2, kv_type="f32")
-
-
-def random_video(seed: int, n: int = 7, h: int = 48, w: int = 64) -> np.ndarray:
-    g = np.random.default_rng(seed)
-    v = g.integers(0, 256, (n, h, w, 3), dtype=np.uint8)
-    for t in range(n):
-        v[t, 5:20, 3 * t:3 * t + 15] = 255
-    return v
-
-
-def reference_video(ref, video: np.ndarray, model) -> torch.Tensor:
-    from owl_cpp.families.mplug2.preprocess import sample_frame_indices
-    frames = torch.from_numpy(video[sample_frame_indices(len(video), FRAMES)])
-    return ref.encode_video(preprocess_frames(frames, model.video_config.image_size))
 
 
 # ------------------------------------------------------------------------------------------ reference
@@ -266,7 +252,7 @@ def test_answer_matches_reference(model, ref, seed):
     info = model.answer(video, question, return_info=True)
     q_ids = ref.question_ids(question)
     assert info["question_ids"] == q_ids
-    v = reference_video(ref, video, model)
+    v = reference_video_tokens(ref, video, model)
     memory = ref.memory(v, q_ids)
     got_memory = model.question.encode(q_ids, model.video_tokens(video))
     assert np.linalg.norm(got_memory - memory.numpy()) / np.linalg.norm(memory.numpy()) < 1e-4
@@ -288,7 +274,7 @@ def test_default_kv_cache(model_dir, ref):
     for seed in (0, 1):
         video = random_video(seed)
         info = default.answer(video, QUESTIONS[seed], return_info=True)
-        ids, score = ref.answer_ids(ref.memory(reference_video(ref, video, default), ref.question_ids(QUESTIONS[seed])))
+        ids, score = ref.answer_ids(ref.memory(reference_video_tokens(ref, video, default), ref.question_ids(QUESTIONS[seed])))
         assert info["ids"] == ids[1:]
         assert info["score"] == pytest.approx(score, rel=1e-3)
 
@@ -309,7 +295,7 @@ def test_several_questions_over_one_video(model):
 def test_greedy_matches_reference(model, ref):
     video = random_video(9)
     q_ids = ref.question_ids(QUESTIONS[2])
-    memory = ref.memory(reference_video(ref, video, model), q_ids)
+    memory = ref.memory(reference_video_tokens(ref, video, model), q_ids)
     got = model.answer(video, QUESTIONS[2], greedy=True, min_length=0, max_length=10, return_info=True)["ids"]
     assert got == ref.greedy(memory, 10)
 

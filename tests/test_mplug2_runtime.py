@@ -17,8 +17,9 @@ pytest.importorskip("gguf")
 import owl_cpp  # noqa: E402
 from owl_export import cli as export_cli  # noqa: E402
 from owl_export.mplug2.fixtures import make_tiny_mplug2_checkpoint  # noqa: E402
-from owl_export.mplug2.reference import Mplug2CaptionReference, preprocess_frames  # noqa: E402
+from owl_export.mplug2.reference import Mplug2CaptionReference  # noqa: E402
 from owl_export.mplug2.tokenizer import BertWordPiece  # noqa: E402
+from mplug2_videos import random_video, reference_video_tokens  # noqa: E402
 
 FRAMES = 3          # the tiny checkpoint's model_num_frames
 
@@ -46,21 +47,6 @@ def ref(ckpt):
     return Mplug2CaptionReference.from_dir(ckpt)
 
 
-def random_video(seed: int, n: int = 7, h: int = 48, w: int = 64) -> np.ndarray:
-    """n frames of uint8 noise with a moving bright square (frames differ, as in a video)."""
-    g = np.random.default_rng(seed)
-    v = g.integers(0, 256, (n, h, w, 3), dtype=np.uint8)
-    for t in range(n):
-        v[t, 5:20, 3 * t:3 * t + 15] = 255
-    return v
-
-
-def reference_tokens(ref, video: np.ndarray, model) -> torch.Tensor:
-    from owl_cpp.families.mplug2.preprocess import sample_frame_indices
-    frames = torch.from_numpy(video[sample_frame_indices(len(video), FRAMES)])
-    return ref.encode_video(preprocess_frames(frames, model.video_config.image_size))
-
-
 def test_load_gives_the_mplug2_model(model):
     from owl_cpp.families.mplug2 import Mplug2Model
     assert isinstance(model, Mplug2Model)
@@ -71,7 +57,7 @@ def test_load_gives_the_mplug2_model(model):
 def test_video_tokens_match_reference(model, ref):
     video = random_video(0)
     got = model.video_tokens(video)
-    want = reference_tokens(ref, video, model).numpy()
+    want = reference_video_tokens(ref, video, model).numpy()
     assert got.shape == want.shape
     assert np.linalg.norm(got - want) / np.linalg.norm(want) < 1e-4
 
@@ -80,7 +66,7 @@ def test_video_tokens_match_reference(model, ref):
 def test_beam_search_caption_matches_reference(model, ref, ckpt, seed):
     video = random_video(seed)
     info = model.caption(video, return_info=True)
-    ids, score = ref.beam_search(reference_tokens(ref, video, model))
+    ids, score = ref.beam_search(reference_video_tokens(ref, video, model))
     assert info["ids"] == ids[1:]
     assert info["score"] == pytest.approx(score, rel=1e-4, abs=1e-5)
     tok = BertWordPiece.from_file(ckpt / "vocab.txt")
@@ -92,7 +78,7 @@ def test_beam_search_caption_matches_reference(model, ref, ckpt, seed):
 def test_greedy_matches_reference_for_20_tokens(model, ref, seed):
     video = random_video(seed)
     got = model.caption(video, greedy=True, min_length=0, max_length=20, return_info=True)["ids"]
-    want = ref.greedy(reference_tokens(ref, video, model), 20)
+    want = ref.greedy(reference_video_tokens(ref, video, model), 20)
     assert got == want
 
 
