@@ -76,6 +76,79 @@ def test_samples_supervise_exactly_the_answers(tokenizer):
     assert all(tokenizer.tok.id_to_token(x.ids[s]) == "<|" for s in x.starts)
 
 
+def test_lookups_point_at_the_answer_and_the_object_asked_about(tokenizer):
+    """Each colour/shape/where question yields a lookup: its position predicts the answer's first token, and
+    the batch's mask covers exactly the patches of the object whose colour, shape or cell is the answer."""
+    rng = np.random.default_rng(8)
+    prep = data.preprocessing(SIZES)
+    samples = [data.make_sample(rng, tokenizer, SIZES, prep, n_turns=3, n_objects=3,
+                                kinds=["colour", "count", "where"]),
+               data.make_sample(rng, tokenizer, SIZES, prep, n_turns=2, n_objects=2, kinds=["describe", "shape"],
+                                cut=False)]
+    for x in samples:
+        asked = [t for t, (kind, _, _) in enumerate(x.turns) if kind in data.LOOKUP_KINDS]
+        assert [turn for _, _, turn in x.lookups] == asked
+        for pos, obj, turn in x.lookups:
+            assert tokenizer.decode([x.labels[pos]]) == tokenizer.decode(tokenizer.encode(x.turns[turn][2])[:1])
+            assert (x.objects == obj).any()
+    b = data.collate(samples, tokenizer.ids["<|endoftext|>"])
+    assert b.lookup_rows.tolist() == [0, 0, 1] and b.lookup_mask.shape == (3, 5 * SIZES.num_patches)
+    obj = samples[1].lookups[0][1]
+    assert b.lookup_mask[2, :SIZES.num_patches].tolist() == (samples[1].objects[0] == obj).tolist()
+    assert not b.lookup_mask[2, SIZES.num_patches:].any()          # one view: the other slots are padding
+    scene = Scene((Thing("star", "red", 0, 0.8, 0, 0, 0), Thing("circle", "blue", 4, 0.8, 0, 0, 0)), "white",
+                  (255, 255, 255), 112, 112, 0)
+    assert [data.asked_object(scene, k, a) for k, a in (("colour", "blue"), ("shape", "star"), ("where", "center"),
+                                                        ("count", "2"), ("colour", "green"))] == [1, 0, 1, None, None]
+
+
+def test_attention_probes_are_the_hyper_attention(tokenizer):
+    """attn_at returns, per hyper layer, the softmax over the visual rows at the asked positions (recomputed
+    here by hand for a first-layer hyper layer, whose input is the embeddings) without changing the logits;
+    the attention loss is -log of the head-averaged mass on the object's rows."""
+    from dataclasses import replace
+
+    from owl_export.demo.model import LM, _rms
+    from owl_export.demo.train import attention_loss
+    from owl_export.reference.decoder import apply_rope, rope_cos_sin
+
+    s = replace(SIZES, hyper_layers=(1, 4))
+    model = DemoOwl3(s, len(tokenizer), seed=3)
+    g = torch.Generator().manual_seed(4)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=g))
+    x = data.make_sample(np.random.default_rng(9), tokenizer, s, data.preprocessing(s), n_turns=1, kinds=["where"])
+    b = data.collate([x], tokenizer.ids["<|endoftext|>"])
+    with torch.no_grad():
+        vis = data.scatter_views(model.project(model.vision_features(b.pixels)), b)
+        plain = model(b.ids, vis, b.starts, b.view_valid)
+        logits, probes = model(b.ids, vis, b.starts, b.view_valid, attn_at=(b.lookup_rows, b.lookup_pos))
+        assert torch.equal(plain, logits) and len(probes) == 2
+        assert probes[0].shape == (1, s.num_heads, 5 * s.num_patches)
+        p, d, pos = LM + "layers.0.", s.head_dim, int(b.lookup_pos[0])
+        norm = model.w(p + "input_layernorm.weight")
+        xq = _rms(model.w(LM + "embed_tokens.weight")[b.ids[0, pos]], norm, s.rms_norm_eps)
+        q = (model.w(p + "self_attn.q_proj.weight") @ xq + model.w(p + "self_attn.q_proj.bias")).view(s.num_heads, 1, d)
+        cos, sin = rope_cos_sin(torch.tensor([pos]), d, s.rope_theta, q.dtype)
+        q = apply_rope(q, cos, sin)
+        rows = vis[0].reshape(-1, s.hidden_size)
+        kv = torch.nn.functional.linear(_rms(rows, norm, s.rms_norm_eps), model.w(p + "self_attn.v_kv_proj.weight"),
+                                        model.w(p + "self_attn.v_kv_proj.bias")).view(-1, s.num_kv_heads, 2, d)
+        at = (torch.tensor(x.starts) + 1).repeat_interleave(s.num_patches)
+        kcos, ksin = rope_cos_sin(at, d, s.rope_theta, q.dtype)
+        k = apply_rope(kv[:, :, 0].transpose(0, 1), kcos, ksin).repeat_interleave(s.num_heads // s.num_kv_heads, 0)
+        want = torch.softmax((q @ k.transpose(-1, -2)).squeeze(1) / d ** 0.5, -1)          # [heads, rows]
+    torch.testing.assert_close(probes[0][0], want, rtol=1e-4, atol=1e-6)
+    mask = b.lookup_mask
+    loss, mass = attention_loss(probes, mask)
+    by_hand = torch.stack([(q_ * mask[:, None]).sum(-1).mean(-1) for q_ in probes])
+    assert 0 < float(mass) < 1 and abs(float(mass) - float(by_hand.mean())) < 1e-6
+    assert abs(float(loss) + float(torch.log(by_hand).mean())) < 1e-5
+    on_object = [torch.where(mask[:, None], 1.0 / mask.sum(), 0.0).expand_as(q_) for q_ in probes]
+    assert float(attention_loss(on_object, mask)[0]) < 1e-5
+
+
 def test_training_runs_end_to_end(tmp_path):
     """Two steps of the trainer's command: checkpoint, log, exported directory, and a second run that starts
     from the first one's weights."""
@@ -92,9 +165,11 @@ def test_training_runs_end_to_end(tmp_path):
                                                                max_tokens=2), str)
     assert train(["-o", str(tmp_path / "b"), "--steps", "1", "--batch", "2", "--eval-every", "1", "--eval-per-kind",
                   "1", "--threads", "1", "--init", str(tmp_path / "a" / "checkpoint"), "--no-export",
-                  "--shape-focus", "2", "--focus", "colour=3,where=2"]) == 0
+                  "--shape-focus", "2", "--focus", "colour=3,where=2", "--attn-supervision", "1", "--freeze-vision"]) == 0
     assert (tmp_path / "b" / "ema_weights.pt").is_file() and not (tmp_path / "b" / "model").exists()
-    assert json.loads((tmp_path / "b" / "train_log.json").read_text())["focus"] == {"colour": 3.0, "where": 2.0}
+    log = json.loads((tmp_path / "b" / "train_log.json").read_text())
+    assert log["focus"] == {"colour": 3.0, "where": 2.0} and log["attn_supervision"] == 1.0 and log["freeze_vision"]
+    assert 0 < log["history"][0]["attn_mass"] < 1 and log["history"][0]["aux"] == 0
 
 
 def test_trainer_refuses_bad_options_and_reports_a_failing_sample_thread(tmp_path, monkeypatch, capsys):
@@ -103,7 +178,8 @@ def test_trainer_refuses_bad_options_and_reports_a_failing_sample_thread(tmp_pat
     for bad, why in ((["--steps", "0"], "must be a positive number"), (["--batch", "-1"], "must be a positive number"),
                      (["--lr", "nan"], "must be a positive number"), (["--lr", "x"], "is not a number"),
                      (["--focus", "colour=-2"], "must be a positive number"), (["--focus", "size=2"], "KIND=WEIGHT"),
-                     (["--shape-focus", "0"], "must be a positive number")):
+                     (["--shape-focus", "0"], "must be a positive number"),
+                     (["--attn-supervision", "-1"], "must be a finite weight >= 0")):
         with pytest.raises(SystemExit):
             trainer.main(["-o", str(tmp_path / "x"), *bad])
         assert why in capsys.readouterr().err, bad
