@@ -123,7 +123,7 @@ def test_attention_probes_are_the_hyper_attention(tokenizer):
     with torch.no_grad():
         vis = data.scatter_views(model.project(model.vision_features(b.pixels)), b)
         plain = model(b.ids, vis, b.starts, b.view_valid)
-        logits, probes = model(b.ids, vis, b.starts, b.view_valid, attn_at=(b.lookup_rows, b.lookup_pos))
+        logits, probes, keys = model(b.ids, vis, b.starts, b.view_valid, attn_at=(b.lookup_rows, b.lookup_pos))
         assert torch.equal(plain, logits) and len(probes) == 2
         assert probes[0].shape == (1, s.num_heads, 5 * s.num_patches)
         p, d, pos = LM + "layers.0.", s.head_dim, int(b.lookup_pos[0])
@@ -140,6 +140,8 @@ def test_attention_probes_are_the_hyper_attention(tokenizer):
         k = apply_rope(kv[:, :, 0].transpose(0, 1), kcos, ksin).repeat_interleave(s.num_heads // s.num_kv_heads, 0)
         want = torch.softmax((q @ k.transpose(-1, -2)).squeeze(1) / d ** 0.5, -1)          # [heads, rows]
     torch.testing.assert_close(probes[0][0], want, rtol=1e-4, atol=1e-6)
+    assert len(keys) == 2 and keys[0].shape == (1, 5 * s.num_patches, s.num_kv_heads * d)
+    torch.testing.assert_close(keys[0][0], kv[:, :, 0].reshape(-1, s.num_kv_heads * d))
     mask = b.lookup_mask
     loss, mass = attention_loss(probes, mask)
     by_hand = torch.stack([(q_ * mask[:, None]).sum(-1).mean(-1) for q_ in probes])
@@ -147,6 +149,31 @@ def test_attention_probes_are_the_hyper_attention(tokenizer):
     assert abs(float(loss) + float(torch.log(by_hand).mean())) < 1e-5
     on_object = [torch.where(mask[:, None], 1.0 / mask.sum(), 0.0).expand_as(q_) for q_ in probes]
     assert float(attention_loss(on_object, mask)[0]) < 1e-5
+
+
+def test_key_shape_loss_reads_the_real_views(tokenizer):
+    """The per-patch shape loss on the visual keys sees each real view's patches once, with their targets: a
+    head that reads the targets planted in the keys scores near zero, one that reads padding slots would not."""
+    from owl_export.demo.train import key_shape_loss
+
+    rng = np.random.default_rng(10)
+    prep = data.preprocessing(SIZES)
+    samples = [data.make_sample(rng, tokenizer, SIZES, prep, cut=True), data.make_sample(rng, tokenizer, SIZES, prep, cut=False)]
+    b = data.collate(samples, tokenizer.ids["<|endoftext|>"])
+    B, V = b.starts.shape
+    n = data.N_SHAPE_CLASSES
+    keys = torch.zeros(B * V, SIZES.num_patches, n)
+    keys[b.view_index] = torch.nn.functional.one_hot(b.patch_targets[..., 0], n).float()
+    keys[~b.view_valid.reshape(-1)] = torch.nn.functional.one_hot(torch.zeros(SIZES.num_patches, dtype=torch.long), n).float()
+    head = torch.nn.Linear(n, n)
+    with torch.no_grad():
+        head.weight.copy_(50 * torch.eye(n))
+        head.bias.zero_()
+    keys = [keys.view(B, V * SIZES.num_patches, n)]
+    assert float(key_shape_loss([head], keys, b)) < 1e-6
+    with torch.no_grad():
+        head.weight.copy_(50 * torch.eye(n).roll(1, 0))
+    assert float(key_shape_loss([head], keys, b)) > 10
 
 
 def test_training_runs_end_to_end(tmp_path):
@@ -165,11 +192,13 @@ def test_training_runs_end_to_end(tmp_path):
                                                                max_tokens=2), str)
     assert train(["-o", str(tmp_path / "b"), "--steps", "1", "--batch", "2", "--eval-every", "1", "--eval-per-kind",
                   "1", "--threads", "1", "--init", str(tmp_path / "a" / "checkpoint"), "--no-export",
-                  "--shape-focus", "2", "--focus", "colour=3,where=2", "--attn-supervision", "1", "--freeze-vision"]) == 0
+                  "--shape-focus", "2", "--focus", "colour=3,where=2", "--attn-supervision", "1", "--freeze-vision",
+                  "--key-shape", "0.5"]) == 0
     assert (tmp_path / "b" / "ema_weights.pt").is_file() and not (tmp_path / "b" / "model").exists()
     log = json.loads((tmp_path / "b" / "train_log.json").read_text())
     assert log["focus"] == {"colour": 3.0, "where": 2.0} and log["attn_supervision"] == 1.0 and log["freeze_vision"]
-    assert 0 < log["history"][0]["attn_mass"] < 1 and log["history"][0]["aux"] == 0
+    assert 0 < log["history"][0]["attn_mass"] < 1 and log["history"][0]["aux"] == 0 and log["key_shape"] == 0.5
+    assert log["history"][0]["key_shape"] > 0
 
 
 def test_trainer_refuses_bad_options_and_reports_a_failing_sample_thread(tmp_path, monkeypatch, capsys):
@@ -179,7 +208,8 @@ def test_trainer_refuses_bad_options_and_reports_a_failing_sample_thread(tmp_pat
                      (["--lr", "nan"], "must be a positive number"), (["--lr", "x"], "is not a number"),
                      (["--focus", "colour=-2"], "must be a positive number"), (["--focus", "size=2"], "KIND=WEIGHT"),
                      (["--shape-focus", "0"], "must be a positive number"),
-                     (["--attn-supervision", "-1"], "must be a finite weight >= 0")):
+                     (["--attn-supervision", "-1"], "must be a finite weight >= 0"),
+                     (["--key-shape", "inf"], "must be a finite weight >= 0")):
         with pytest.raises(SystemExit):
             trainer.main(["-o", str(tmp_path / "x"), *bad])
         assert why in capsys.readouterr().err, bad

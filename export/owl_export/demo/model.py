@@ -138,13 +138,14 @@ class DemoOwl3(nn.Module):
 
         attn_at (training only): (rows [M], positions [M]) -> also return, per hyper layer, the hyper-attention
         probabilities of those query positions over the visual rows, [M, heads, V*P] (a gather of the softmax
-        the forward computes anyway), as (logits, [probs per hyper layer])."""
+        the forward computes anyway), and the visual keys before MI-Rope, [B, V*P, kv_heads * head_dim], as
+        (logits, [probs per hyper layer], [keys per hyper layer])."""
         s = self.s
         B, T = ids.shape
         nh, nkv, d, eps = s.num_heads, s.num_kv_heads, s.head_dim, s.rms_norm_eps
         emb = self.w(LM + "embed_tokens.weight")
         h = emb[ids]
-        probes = []
+        probes, keys = [], []
         cos, sin = rope_cos_sin(torch.arange(T), d, s.rope_theta, h.dtype)
         if vis is not None:
             V, P = vis.shape[1], vis.shape[2]
@@ -180,6 +181,7 @@ class DemoOwl3(nn.Module):
                 probs = torch.softmax(scores, -1)
                 if attn_at is not None:
                     probes.append(probs[attn_at[0], :, attn_at[1]])                # [M, nh, VP]
+                    keys.append(kv[:, :, :, 0].reshape(B, V * P, nkv * d))
                 vctx = probs @ vv
                 ctx_t = ctx.transpose(1, 2)                                          # [B, T, nh, d]
                 g = torch.sigmoid(F.linear(ctx_t, self.w(p + "self_attn.gate_proj.0.weight"),
@@ -193,7 +195,7 @@ class DemoOwl3(nn.Module):
             h = h + F.linear(mlp, self.w(p + "mlp.down_proj.weight"))
         h = _rms(h, self.w(LM + "norm.weight"), eps)
         logits = h @ emb.T
-        return (logits, probes) if attn_at is not None else logits
+        return (logits, probes, keys) if attn_at is not None else logits
 
 
 def unused_vision_tensors(s: DemoSizes, seed: int = 1) -> dict[str, torch.Tensor]:

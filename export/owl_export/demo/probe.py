@@ -69,7 +69,7 @@ def diagnose(checkpoint: Path, pictures: int = 300, seed: int = 55555) -> dict:
         b = collate(samples, tok.ids["<|endoftext|>"])
         feats = model.vision_features(b.pixels)
         rows = model.project(feats)
-        _, probes = model(b.ids, scatter_views(rows, b), b.starts, b.view_valid, attn_at=(b.lookup_rows, b.lookup_pos))
+        _, probes, _ = model(b.ids, scatter_views(rows, b), b.starts, b.view_valid, attn_at=(b.lookup_rows, b.lookup_pos))
         how = [named_by(x.turns[turn][1]) for x in samples for _, _, turn in x.lookups]
         valid = torch.cat([v.repeat_interleave(s.num_patches) for v in b.view_valid])
         share = (b.lookup_mask.float().sum(1) / valid.view(len(samples), -1)[b.lookup_rows].float().sum(1))

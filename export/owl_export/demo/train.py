@@ -121,6 +121,22 @@ def attention_loss(probes: list, mask: torch.Tensor) -> tuple[torch.Tensor, torc
     return -torch.log(mass.clamp_min(1e-6)).mean(), mass.detach().mean()
 
 
+def key_shape_loss(heads, keys: list, batch) -> torch.Tensor:
+    """Cross-entropy of a throw-away linear head per hyper layer that reads the shape of the object under each
+    patch from that layer's visual keys (before MI-Rope), background patches weighted a tenth as in patch_loss.
+    Selecting by shape needs shape in the keys: with neither the keys nor the queries shape-aware the attention
+    loss alone starts from a saddle (its gradient on each side is proportional to the other)."""
+    target = batch.patch_targets[..., 0].reshape(-1)
+    weight = torch.where(target == N_SHAPE_CLASSES - 1, 0.1, 1.0)
+    total = 0.0
+    for head, k in zip(heads, keys):
+        B, VP, D = k.shape
+        rows = k.reshape(B * batch.starts.shape[1], -1, D)[batch.view_index].reshape(-1, D)   # real views only
+        ce = F.cross_entropy(head(rows), target, reduction="none")
+        total = total + (ce * weight).sum() / weight.sum()
+    return total / len(keys)
+
+
 def lr_at(step: int, steps: int, lr: float, warmup: int) -> float:
     if step < warmup:
         return lr * (step + 1) / warmup
@@ -190,7 +206,8 @@ def export_model(checkpoint: Path, model_dir: Path) -> None:
 
 def train(out: Path, steps: int, batch: int, seed: int, lr: float, threads: int, eval_every: int,
           per_kind: int, init: Path | None = None, shape_focus: float = 1.0, focus: dict | None = None,
-          attn_supervision: float = 0.0, warmup: int = 100, freeze_vision: bool = False, log=print) -> dict:
+          attn_supervision: float = 0.0, warmup: int = 100, freeze_vision: bool = False, key_shape: float = 0.0,
+          log=print) -> dict:
     from tqdm import tqdm
 
     torch.manual_seed(seed)
@@ -208,11 +225,12 @@ def train(out: Path, steps: int, batch: int, seed: int, lr: float, threads: int,
                 p.requires_grad_(False)
     ema = copy.deepcopy(model).requires_grad_(False)
     aux = torch.nn.Linear(s.vision_hidden, N_SHAPE_CLASSES + N_COLOUR_CLASSES + N_CELL_CLASSES)
+    key_heads = torch.nn.ModuleList(torch.nn.Linear(s.num_kv_heads * s.head_dim, N_SHAPE_CLASSES) for _ in s.hyper_layers)
     trained = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     decay = [p for n, p in trained if p.ndim >= 2 and "embedding" not in n]
     rest = [p for n, p in trained if not (p.ndim >= 2 and "embedding" not in n)]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.05},
-                             {"params": rest + list(aux.parameters()), "weight_decay": 0.0}],
+                             {"params": rest + list(aux.parameters()) + list(key_heads.parameters()), "weight_decay": 0.0}],
                             lr=lr, betas=(0.9, 0.98))
     items = held_out(per_kind, seed=seed + 424242)      # quick held-out set, disjoint from the final one
     q: queue.Queue = queue.Queue(maxsize=4)
@@ -229,15 +247,17 @@ def train(out: Path, steps: int, batch: int, seed: int, lr: float, threads: int,
         with torch.set_grad_enabled(not freeze_vision):
             feats = model.vision_features(b.pixels)
         vis = scatter_views(model.project(feats), b)
-        if attn_supervision > 0:
-            logits, probes = model(b.ids, vis, b.starts, b.view_valid, attn_at=(b.lookup_rows, b.lookup_pos))
+        attn = mass = keys_loss = torch.zeros(())
+        if attn_supervision > 0 or key_shape > 0:
+            logits, probes, keys = model(b.ids, vis, b.starts, b.view_valid, attn_at=(b.lookup_rows, b.lookup_pos))
             attn, mass = attention_loss(probes, b.lookup_mask)
+            if key_shape > 0:
+                keys_loss = key_shape_loss(key_heads, keys, b)
         else:
             logits = model(b.ids, vis, b.starts, b.view_valid)
-            attn = mass = torch.zeros(())
         lm = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), b.labels.reshape(-1), ignore_index=IGNORE)
         aux_loss = torch.zeros(()) if freeze_vision else patch_loss(aux(feats), b.patch_targets, shape_focus)
-        loss = lm + aux_loss + attn_supervision * attn
+        loss = lm + aux_loss + attn_supervision * attn + key_shape * keys_loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -247,14 +267,14 @@ def train(out: Path, steps: int, batch: int, seed: int, lr: float, threads: int,
             for pe, pm in zip(ema.parameters(), model.parameters()):
                 pe.mul_(k).add_(pm, alpha=1 - k)
         history.append({"step": step, "loss": lm.item(), "aux": aux_loss.item(), "attn": attn.item(),
-                        "attn_mass": mass.item()})
+                        "attn_mass": mass.item(), "key_shape": keys_loss.item()})
         if (step + 1) % eval_every == 0 or step + 1 == steps:
             last_eval = score(items, torch_answers(ema, tok, s, items))
             torch.save(ema.named_weights(), out / "ema_weights.pt")     # to go on from (--init) if stopped
             history[-1]["eval"] = last_eval
             log(f"step {step + 1}: " + " ".join(f"{k} {v:.0%}" for k, v in last_eval.items())
                 + f"  ({time.time() - t0:.0f} s)")
-        bar.set_postfix(loss=f"{lm.item():.3f}", aux=f"{aux_loss.item():.2f}", mass=f"{mass.item():.2f}",
+        bar.set_postfix(loss=f"{lm.item():.3f}", aux=f"{aux_loss.item():.2f}", mass=f"{mass.item():.2f}", keys=f"{keys_loss.item():.2f}",
                         acc=f"{last_eval.get('average', 0):.0%}" if last_eval else "-")
         bar.update(1)
     bar.close()
@@ -264,6 +284,7 @@ def train(out: Path, steps: int, batch: int, seed: int, lr: float, threads: int,
     summary = {"steps": steps, "batch": batch, "seed": seed, "lr": lr, "threads": threads, "minutes": minutes,
                "init": str(init) if init else None, "shape_focus": shape_focus, "focus": focus,
                "attn_supervision": attn_supervision, "warmup": warmup, "freeze_vision": freeze_vision,
+               "key_shape": key_shape,
                "sizes": sizes_dict(s), "parameters": sum(p.numel() for p in model.parameters()),
                "held_out_torch": final, "history": history}
     (out / "train_log.json").write_text(json.dumps(summary, indent=1) + "\n")
@@ -288,6 +309,8 @@ def main(argv=None) -> int:
     p.add_argument("--attn-supervision", type=float, default=0.0, metavar="W",
                    help="weight of the loss on the hyper-attention mass that an answer's query puts on the object "
                         "the question names (colour, shape, where questions); 0: off")
+    p.add_argument("--key-shape", type=float, default=0.0, metavar="W",
+                   help="weight of a per-patch shape loss on the hyper layers' visual keys; 0: off")
     p.add_argument("--warmup", type=positive(int), default=100, help="warm-up steps of the learning rate")
     p.add_argument("--freeze-vision", action="store_true",
                    help="train the decoder and vision2text only (no per-patch loss, no backward through the tower)")
@@ -295,8 +318,10 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     if not (0 <= a.attn_supervision < float("inf")):
         p.error(f"--attn-supervision {a.attn_supervision}: must be a finite weight >= 0")
+    if not (0 <= a.key_shape < float("inf")):
+        p.error(f"--key-shape {a.key_shape}: must be a finite weight >= 0")
     summary = train(a.out, a.steps, a.batch, a.seed, a.lr, a.threads, a.eval_every, a.eval_per_kind, a.init, a.shape_focus,
-                    a.focus, a.attn_supervision, a.warmup, a.freeze_vision)
+                    a.focus, a.attn_supervision, a.warmup, a.freeze_vision, a.key_shape)
     print(f"trained {a.steps} steps in {summary['minutes']:.1f} min; held-out (PyTorch): "
           + " ".join(f"{k} {v:.0%}" for k, v in summary["held_out_torch"].items()))
     if not a.no_export:
