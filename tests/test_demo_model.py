@@ -87,15 +87,25 @@ def test_lookups_point_at_the_answer_and_the_object_asked_about(tokenizer):
                                 cut=False)]
     for x in samples:
         asked = [t for t, (kind, _, _) in enumerate(x.turns) if kind in data.LOOKUP_KINDS]
-        assert [turn for _, _, turn in x.lookups] == asked
-        for pos, obj, turn in x.lookups:
+        answers, words = x.lookups[:x.n_answer_lookups], x.lookups[x.n_answer_lookups:]
+        assert [turn for _, _, turn in answers] == asked
+        for pos, obj, turn in answers:
             assert tokenizer.decode([x.labels[pos]]) == tokenizer.decode(tokenizer.encode(x.turns[turn][2])[:1])
             assert (x.objects == obj).any()
+        for pos, obj, turn in words:            # the question's own word for the object, never the answer
+            kind, question, answer = x.turns[turn]
+            word = tokenizer.decode([x.ids[pos]]).strip()
+            assert word in question.split(" ") or word + "?" in question or word + "." in question
+            assert word != answer and (obj, turn) in [(o, t) for _, o, t in answers]
+        assert {t for _, _, t in words} <= set(asked)
+    assert len(samples[0].lookups) > samples[0].n_answer_lookups          # "What colour is the star?" names the star
     b = data.collate(samples, tokenizer.ids["<|endoftext|>"])
-    assert b.lookup_rows.tolist() == [0, 0, 1] and b.lookup_mask.shape == (3, 5 * SIZES.num_patches)
+    n0, n1 = len(samples[0].lookups), len(samples[1].lookups)
+    assert b.lookup_rows.tolist() == [0] * n0 + [1] * n1 and b.lookup_mask.shape == (n0 + n1, 5 * SIZES.num_patches)
+    assert b.lookup_is_word.tolist() == [k >= x.n_answer_lookups for x in samples for k in range(len(x.lookups))]
     obj = samples[1].lookups[0][1]
-    assert b.lookup_mask[2, :SIZES.num_patches].tolist() == (samples[1].objects[0] == obj).tolist()
-    assert not b.lookup_mask[2, SIZES.num_patches:].any()          # one view: the other slots are padding
+    assert b.lookup_mask[n0, :SIZES.num_patches].tolist() == (samples[1].objects[0] == obj).tolist()
+    assert not b.lookup_mask[n0, SIZES.num_patches:].any()          # one view: the other slots are padding
     scene = Scene((Thing("star", "red", 0, 0.8, 0, 0, 0), Thing("circle", "blue", 4, 0.8, 0, 0, 0)), "white",
                   (255, 255, 255), 112, 112, 0)
     assert [data.asked_object(scene, k, a) for k, a in (("colour", "blue"), ("shape", "star"), ("where", "center"),
@@ -193,11 +203,11 @@ def test_training_runs_end_to_end(tmp_path):
     assert train(["-o", str(tmp_path / "b"), "--steps", "1", "--batch", "2", "--eval-every", "1", "--eval-per-kind",
                   "1", "--threads", "1", "--init", str(tmp_path / "a" / "checkpoint"), "--no-export",
                   "--shape-focus", "2", "--focus", "colour=3,where=2", "--attn-supervision", "1", "--freeze-vision",
-                  "--key-shape", "0.5"]) == 0
+                  "--key-shape", "0.5", "--attn-words"]) == 0
     assert (tmp_path / "b" / "ema_weights.pt").is_file() and not (tmp_path / "b" / "model").exists()
     log = json.loads((tmp_path / "b" / "train_log.json").read_text())
     assert log["focus"] == {"colour": 3.0, "where": 2.0} and log["attn_supervision"] == 1.0 and log["freeze_vision"]
-    assert 0 < log["history"][0]["attn_mass"] < 1 and log["history"][0]["aux"] == 0 and log["key_shape"] == 0.5
+    assert 0 < log["history"][0]["attn_mass"] < 1 and log["history"][0]["aux"] == 0 and log["key_shape"] == 0.5 and log["attn_words"]
     assert log["history"][0]["key_shape"] > 0
 
 

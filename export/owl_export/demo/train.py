@@ -207,7 +207,7 @@ def export_model(checkpoint: Path, model_dir: Path) -> None:
 def train(out: Path, steps: int, batch: int, seed: int, lr: float, threads: int, eval_every: int,
           per_kind: int, init: Path | None = None, shape_focus: float = 1.0, focus: dict | None = None,
           attn_supervision: float = 0.0, warmup: int = 100, freeze_vision: bool = False, key_shape: float = 0.0,
-          log=print) -> dict:
+          attn_words: bool = False, log=print) -> dict:
     from tqdm import tqdm
 
     torch.manual_seed(seed)
@@ -249,8 +249,10 @@ def train(out: Path, steps: int, batch: int, seed: int, lr: float, threads: int,
         vis = scatter_views(model.project(feats), b)
         attn = mass = keys_loss = torch.zeros(())
         if attn_supervision > 0 or key_shape > 0:
-            logits, probes, keys = model(b.ids, vis, b.starts, b.view_valid, attn_at=(b.lookup_rows, b.lookup_pos))
-            attn, mass = attention_loss(probes, b.lookup_mask)
+            use = torch.ones_like(b.lookup_is_word) if attn_words else ~b.lookup_is_word
+            logits, probes, keys = model(b.ids, vis, b.starts, b.view_valid,
+                                         attn_at=(b.lookup_rows[use], b.lookup_pos[use]))
+            attn, mass = attention_loss(probes, b.lookup_mask[use])
             if key_shape > 0:
                 keys_loss = key_shape_loss(key_heads, keys, b)
         else:
@@ -284,7 +286,7 @@ def train(out: Path, steps: int, batch: int, seed: int, lr: float, threads: int,
     summary = {"steps": steps, "batch": batch, "seed": seed, "lr": lr, "threads": threads, "minutes": minutes,
                "init": str(init) if init else None, "shape_focus": shape_focus, "focus": focus,
                "attn_supervision": attn_supervision, "warmup": warmup, "freeze_vision": freeze_vision,
-               "key_shape": key_shape,
+               "key_shape": key_shape, "attn_words": attn_words,
                "sizes": sizes_dict(s), "parameters": sum(p.numel() for p in model.parameters()),
                "held_out_torch": final, "history": history}
     (out / "train_log.json").write_text(json.dumps(summary, indent=1) + "\n")
@@ -309,6 +311,8 @@ def main(argv=None) -> int:
     p.add_argument("--attn-supervision", type=float, default=0.0, metavar="W",
                    help="weight of the loss on the hyper-attention mass that an answer's query puts on the object "
                         "the question names (colour, shape, where questions); 0: off")
+    p.add_argument("--attn-words", action="store_true",
+                   help="supervise the hyper-attention at the question's words naming the object too")
     p.add_argument("--key-shape", type=float, default=0.0, metavar="W",
                    help="weight of a per-patch shape loss on the hyper layers' visual keys; 0: off")
     p.add_argument("--warmup", type=positive(int), default=100, help="warm-up steps of the learning rate")
@@ -321,7 +325,7 @@ def main(argv=None) -> int:
     if not (0 <= a.key_shape < float("inf")):
         p.error(f"--key-shape {a.key_shape}: must be a finite weight >= 0")
     summary = train(a.out, a.steps, a.batch, a.seed, a.lr, a.threads, a.eval_every, a.eval_per_kind, a.init, a.shape_focus,
-                    a.focus, a.attn_supervision, a.warmup, a.freeze_vision, a.key_shape)
+                    a.focus, a.attn_supervision, a.warmup, a.freeze_vision, a.key_shape, a.attn_words)
     print(f"trained {a.steps} steps in {summary['minutes']:.1f} min; held-out (PyTorch): "
           + " ".join(f"{k} {v:.0%}" for k, v in summary["held_out_torch"].items()))
     if not a.no_export:
