@@ -4,7 +4,8 @@
 
 1. hyper-attention: for questions about one object, the mass that the position predicting the answer's first
    token puts on that object's patches (all views), per hyper layer, averaged over heads and the best head,
-   split by how the question names the object (by shape only, by colour only, by both);
+   split by how the question names the object (by shape only, by colour only, by both); and the same at the
+   question's words that name the object;
 2. a linear probe (trained on half the pictures, scored on the other half) of the shape of the object under
    each object patch, on the vision features (hidden_states[-2]) and on the projected rows (vision2text).
 """
@@ -70,7 +71,8 @@ def diagnose(checkpoint: Path, pictures: int = 300, seed: int = 55555) -> dict:
         feats = model.vision_features(b.pixels)
         rows = model.project(feats)
         _, probes, _ = model(b.ids, scatter_views(rows, b), b.starts, b.view_valid, attn_at=(b.lookup_rows, b.lookup_pos))
-        how = [named_by(x.turns[turn][1]) for x in samples for _, _, turn in x.lookups]
+        how = [named_by(x.turns[turn][1]) if k < x.n_answer_lookups else "(at the naming word)"
+               for x in samples for k, (_, _, turn) in enumerate(x.lookups)]
         valid = torch.cat([v.repeat_interleave(s.num_patches) for v in b.view_valid])
         share = (b.lookup_mask.float().sum(1) / valid.view(len(samples), -1)[b.lookup_rows].float().sum(1))
         for layer, p in enumerate(probes):
