@@ -135,7 +135,7 @@ def test_attention_probes_are_the_hyper_attention(tokenizer):
         plain = model(b.ids, vis, b.starts, b.view_valid)
         logits, probes, keys = model(b.ids, vis, b.starts, b.view_valid, attn_at=(b.lookup_rows, b.lookup_pos))
         assert torch.equal(plain, logits) and len(probes) == 2
-        assert probes[0].shape == (1, s.num_heads, 5 * s.num_patches)
+        assert probes[0].shape == (len(x.lookups), s.num_heads, 5 * s.num_patches) and len(x.lookups) == 2
         p, d, pos = LM + "layers.0.", s.head_dim, int(b.lookup_pos[0])
         norm = model.w(p + "input_layernorm.weight")
         xq = _rms(model.w(LM + "embed_tokens.weight")[b.ids[0, pos]], norm, s.rms_norm_eps)
@@ -157,7 +157,7 @@ def test_attention_probes_are_the_hyper_attention(tokenizer):
     by_hand = torch.stack([(q_ * mask[:, None]).sum(-1).mean(-1) for q_ in probes])
     assert 0 < float(mass) < 1 and abs(float(mass) - float(by_hand.mean())) < 1e-6
     assert abs(float(loss) + float(torch.log(by_hand).mean())) < 1e-5
-    on_object = [torch.where(mask[:, None], 1.0 / mask.sum(), 0.0).expand_as(q_) for q_ in probes]
+    on_object = [(mask / mask.sum(1, keepdim=True))[:, None].expand_as(q_) for q_ in probes]
     assert float(attention_loss(on_object, mask)[0]) < 1e-5
 
 
@@ -253,17 +253,18 @@ def shipped():
     return owl_cpp.load("demo", threads=2)
 
 
-# What the shipped model reaches on held_out(40) through the runtime (0.475, 1.0, 1.0, 0.775, 0.8), a little
-# lower: a runtime change that breaks any step of the path drops a kind to chance. Issue #10's targets
-# (evaluate.TARGETS) are not all met yet: colour and where questions that name only the shape lag (docs/demo.md).
-SHIPPED_FLOORS = {"colour": 0.40, "shape": 0.95, "count": 0.95, "where": 0.70, "describe": 0.75}
+# What the shipped model reaches on held_out(40) through the runtime (1.0, 1.0, 1.0, 0.95, 0.75), a little lower
+# where the margin allows: a runtime change that breaks any step of the path drops a kind to chance. Issue #10's
+# targets (evaluate.TARGETS) hold for colour, shape, count and describe; where is 0.95 here but 93% on the
+# 100-per-kind set (docs/demo.md), so its floor sits below the target.
+SHIPPED_FLOORS = {"colour": 0.95, "shape": 0.95, "count": 0.95, "where": 0.90, "describe": 0.70}
 
 
 def test_shipped_model_answers_held_out_questions(shipped):
     items = held_out(per_kind=40)
     scores = score(items, runtime_answers(shipped, items))
     assert all(scores[k] >= SHIPPED_FLOORS[k] for k in KINDS), scores
-    assert [k for k in KINDS if scores[k] >= TARGETS[k]] == ["shape", "count", "describe"], scores
+    assert all(scores[k] >= TARGETS[k] for k in ("colour", "shape", "count", "describe")), scores
 
 
 def test_pytorch_checkpoint_and_runtime_agree(shipped):
