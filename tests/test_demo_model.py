@@ -76,6 +76,116 @@ def test_samples_supervise_exactly_the_answers(tokenizer):
     assert all(tokenizer.tok.id_to_token(x.ids[s]) == "<|" for s in x.starts)
 
 
+def test_lookups_point_at_the_answer_and_the_object_asked_about(tokenizer):
+    """Each colour/shape/where question yields a lookup: its position predicts the answer's first token, and
+    the batch's mask covers exactly the patches of the object whose colour, shape or cell is the answer."""
+    rng = np.random.default_rng(8)
+    prep = data.preprocessing(SIZES)
+    samples = [data.make_sample(rng, tokenizer, SIZES, prep, n_turns=3, n_objects=3,
+                                kinds=["colour", "count", "where"]),
+               data.make_sample(rng, tokenizer, SIZES, prep, n_turns=2, n_objects=2, kinds=["describe", "shape"],
+                                cut=False)]
+    for x in samples:
+        asked = [t for t, (kind, _, _) in enumerate(x.turns) if kind in data.LOOKUP_KINDS]
+        answers, words = x.lookups[:x.n_answer_lookups], x.lookups[x.n_answer_lookups:]
+        assert [turn for _, _, turn in answers] == asked
+        for pos, obj, turn in answers:
+            assert tokenizer.decode([x.labels[pos]]) == tokenizer.decode(tokenizer.encode(x.turns[turn][2])[:1])
+            assert (x.objects == obj).any()
+        for pos, obj, turn in words:            # the question's own word for the object, never the answer
+            kind, question, answer = x.turns[turn]
+            word = tokenizer.decode([x.ids[pos]]).strip()
+            assert word in question.split(" ") or word + "?" in question or word + "." in question
+            assert word != answer and (obj, turn) in [(o, t) for _, o, t in answers]
+        assert {t for _, _, t in words} <= set(asked)
+    assert len(samples[0].lookups) > samples[0].n_answer_lookups          # "What colour is the star?" names the star
+    b = data.collate(samples, tokenizer.ids["<|endoftext|>"])
+    n0, n1 = len(samples[0].lookups), len(samples[1].lookups)
+    assert b.lookup_rows.tolist() == [0] * n0 + [1] * n1 and b.lookup_mask.shape == (n0 + n1, 5 * SIZES.num_patches)
+    assert b.lookup_is_word.tolist() == [k >= x.n_answer_lookups for x in samples for k in range(len(x.lookups))]
+    obj = samples[1].lookups[0][1]
+    assert b.lookup_mask[n0, :SIZES.num_patches].tolist() == (samples[1].objects[0] == obj).tolist()
+    assert not b.lookup_mask[n0, SIZES.num_patches:].any()          # one view: the other slots are padding
+    scene = Scene((Thing("star", "red", 0, 0.8, 0, 0, 0), Thing("circle", "blue", 4, 0.8, 0, 0, 0)), "white",
+                  (255, 255, 255), 112, 112, 0)
+    assert [data.asked_object(scene, k, a) for k, a in (("colour", "blue"), ("shape", "star"), ("where", "center"),
+                                                        ("count", "2"), ("colour", "green"))] == [1, 0, 1, None, None]
+
+
+def test_attention_probes_are_the_hyper_attention(tokenizer):
+    """attn_at returns, per hyper layer, the softmax over the visual rows at the asked positions (recomputed
+    here by hand for a first-layer hyper layer, whose input is the embeddings) without changing the logits;
+    the attention loss is -log of the head-averaged mass on the object's rows."""
+    from dataclasses import replace
+
+    from owl_export.demo.model import LM, _rms
+    from owl_export.demo.train import attention_loss
+    from owl_export.reference.decoder import apply_rope, rope_cos_sin
+
+    s = replace(SIZES, hyper_layers=(1, 4))
+    model = DemoOwl3(s, len(tokenizer), seed=3)
+    g = torch.Generator().manual_seed(4)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=g))
+    x = data.make_sample(np.random.default_rng(9), tokenizer, s, data.preprocessing(s), n_turns=1, kinds=["where"])
+    b = data.collate([x], tokenizer.ids["<|endoftext|>"])
+    with torch.no_grad():
+        vis = data.scatter_views(model.project(model.vision_features(b.pixels)), b)
+        plain = model(b.ids, vis, b.starts, b.view_valid)
+        logits, probes, keys = model(b.ids, vis, b.starts, b.view_valid, attn_at=(b.lookup_rows, b.lookup_pos))
+        assert torch.equal(plain, logits) and len(probes) == 2
+        assert probes[0].shape == (len(x.lookups), s.num_heads, 5 * s.num_patches) and len(x.lookups) == 2
+        p, d, pos = LM + "layers.0.", s.head_dim, int(b.lookup_pos[0])
+        norm = model.w(p + "input_layernorm.weight")
+        xq = _rms(model.w(LM + "embed_tokens.weight")[b.ids[0, pos]], norm, s.rms_norm_eps)
+        q = (model.w(p + "self_attn.q_proj.weight") @ xq + model.w(p + "self_attn.q_proj.bias")).view(s.num_heads, 1, d)
+        cos, sin = rope_cos_sin(torch.tensor([pos]), d, s.rope_theta, q.dtype)
+        q = apply_rope(q, cos, sin)
+        rows = vis[0].reshape(-1, s.hidden_size)
+        kv = torch.nn.functional.linear(_rms(rows, norm, s.rms_norm_eps), model.w(p + "self_attn.v_kv_proj.weight"),
+                                        model.w(p + "self_attn.v_kv_proj.bias")).view(-1, s.num_kv_heads, 2, d)
+        at = (torch.tensor(x.starts) + 1).repeat_interleave(s.num_patches)
+        kcos, ksin = rope_cos_sin(at, d, s.rope_theta, q.dtype)
+        k = apply_rope(kv[:, :, 0].transpose(0, 1), kcos, ksin).repeat_interleave(s.num_heads // s.num_kv_heads, 0)
+        want = torch.softmax((q @ k.transpose(-1, -2)).squeeze(1) / d ** 0.5, -1)          # [heads, rows]
+    torch.testing.assert_close(probes[0][0], want, rtol=1e-4, atol=1e-6)
+    assert len(keys) == 2 and keys[0].shape == (1, 5 * s.num_patches, s.num_kv_heads * d)
+    torch.testing.assert_close(keys[0][0], kv[:, :, 0].reshape(-1, s.num_kv_heads * d))
+    mask = b.lookup_mask
+    loss, mass = attention_loss(probes, mask)
+    by_hand = torch.stack([(q_ * mask[:, None]).sum(-1).mean(-1) for q_ in probes])
+    assert 0 < float(mass) < 1 and abs(float(mass) - float(by_hand.mean())) < 1e-6
+    assert abs(float(loss) + float(torch.log(by_hand).mean())) < 1e-5
+    on_object = [(mask / mask.sum(1, keepdim=True))[:, None].expand_as(q_) for q_ in probes]
+    assert float(attention_loss(on_object, mask)[0]) < 1e-5
+
+
+def test_key_shape_loss_reads_the_real_views(tokenizer):
+    """The per-patch shape loss on the visual keys sees each real view's patches once, with their targets: a
+    head that reads the targets planted in the keys scores near zero, one that reads padding slots would not."""
+    from owl_export.demo.train import key_shape_loss
+
+    rng = np.random.default_rng(10)
+    prep = data.preprocessing(SIZES)
+    samples = [data.make_sample(rng, tokenizer, SIZES, prep, cut=True), data.make_sample(rng, tokenizer, SIZES, prep, cut=False)]
+    b = data.collate(samples, tokenizer.ids["<|endoftext|>"])
+    B, V = b.starts.shape
+    n = data.N_SHAPE_CLASSES
+    keys = torch.zeros(B * V, SIZES.num_patches, n)
+    keys[b.view_index] = torch.nn.functional.one_hot(b.patch_targets[..., 0], n).float()
+    keys[~b.view_valid.reshape(-1)] = torch.nn.functional.one_hot(torch.zeros(SIZES.num_patches, dtype=torch.long), n).float()
+    head = torch.nn.Linear(n, n)
+    with torch.no_grad():
+        head.weight.copy_(50 * torch.eye(n))
+        head.bias.zero_()
+    keys = [keys.view(B, V * SIZES.num_patches, n)]
+    assert float(key_shape_loss([head], keys, b)) < 1e-6
+    with torch.no_grad():
+        head.weight.copy_(50 * torch.eye(n).roll(1, 0))
+    assert float(key_shape_loss([head], keys, b)) > 10
+
+
 def test_training_runs_end_to_end(tmp_path):
     """Two steps of the trainer's command: checkpoint, log, exported directory, and a second run that starts
     from the first one's weights."""
@@ -92,9 +202,13 @@ def test_training_runs_end_to_end(tmp_path):
                                                                max_tokens=2), str)
     assert train(["-o", str(tmp_path / "b"), "--steps", "1", "--batch", "2", "--eval-every", "1", "--eval-per-kind",
                   "1", "--threads", "1", "--init", str(tmp_path / "a" / "checkpoint"), "--no-export",
-                  "--shape-focus", "2", "--focus", "colour=3,where=2"]) == 0
+                  "--shape-focus", "2", "--focus", "colour=3,where=2", "--attn-supervision", "1", "--freeze-vision",
+                  "--key-shape", "0.5", "--attn-words"]) == 0
     assert (tmp_path / "b" / "ema_weights.pt").is_file() and not (tmp_path / "b" / "model").exists()
-    assert json.loads((tmp_path / "b" / "train_log.json").read_text())["focus"] == {"colour": 3.0, "where": 2.0}
+    log = json.loads((tmp_path / "b" / "train_log.json").read_text())
+    assert log["focus"] == {"colour": 3.0, "where": 2.0} and log["attn_supervision"] == 1.0 and log["freeze_vision"]
+    assert 0 < log["history"][0]["attn_mass"] < 1 and log["history"][0]["aux"] == 0 and log["key_shape"] == 0.5 and log["attn_words"]
+    assert log["history"][0]["key_shape"] > 0
 
 
 def test_trainer_refuses_bad_options_and_reports_a_failing_sample_thread(tmp_path, monkeypatch, capsys):
@@ -103,7 +217,9 @@ def test_trainer_refuses_bad_options_and_reports_a_failing_sample_thread(tmp_pat
     for bad, why in ((["--steps", "0"], "must be a positive number"), (["--batch", "-1"], "must be a positive number"),
                      (["--lr", "nan"], "must be a positive number"), (["--lr", "x"], "is not a number"),
                      (["--focus", "colour=-2"], "must be a positive number"), (["--focus", "size=2"], "KIND=WEIGHT"),
-                     (["--shape-focus", "0"], "must be a positive number")):
+                     (["--shape-focus", "0"], "must be a positive number"),
+                     (["--attn-supervision", "-1"], "must be a finite weight >= 0"),
+                     (["--key-shape", "inf"], "must be a finite weight >= 0")):
         with pytest.raises(SystemExit):
             trainer.main(["-o", str(tmp_path / "x"), *bad])
         assert why in capsys.readouterr().err, bad
@@ -137,17 +253,18 @@ def shipped():
     return owl_cpp.load("demo", threads=2)
 
 
-# What the shipped model reaches on held_out(40) through the runtime (0.475, 1.0, 1.0, 0.775, 0.8), a little
-# lower: a runtime change that breaks any step of the path drops a kind to chance. Issue #10's targets
-# (evaluate.TARGETS) are not all met yet: colour and where questions that name only the shape lag (docs/demo.md).
-SHIPPED_FLOORS = {"colour": 0.40, "shape": 0.95, "count": 0.95, "where": 0.70, "describe": 0.75}
+# What the shipped model reaches on held_out(40) through the runtime (1.0, 1.0, 1.0, 0.95, 0.75), a little lower
+# where the margin allows: a runtime change that breaks any step of the path drops a kind to chance. Issue #10's
+# targets (evaluate.TARGETS) hold for colour, shape, count and describe; where is 0.95 here but 93% on the
+# 100-per-kind set (docs/demo.md), so its floor sits below the target.
+SHIPPED_FLOORS = {"colour": 0.95, "shape": 0.95, "count": 0.95, "where": 0.90, "describe": 0.70}
 
 
 def test_shipped_model_answers_held_out_questions(shipped):
     items = held_out(per_kind=40)
     scores = score(items, runtime_answers(shipped, items))
     assert all(scores[k] >= SHIPPED_FLOORS[k] for k in KINDS), scores
-    assert [k for k in KINDS if scores[k] >= TARGETS[k]] == ["shape", "count", "describe"], scores
+    assert all(scores[k] >= TARGETS[k] for k in ("colour", "shape", "count", "describe")), scores
 
 
 def test_pytorch_checkpoint_and_runtime_agree(shipped):

@@ -9,14 +9,14 @@ colour and 3x3 cell of the object under that patch (background otherwise).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from owl_cpp.demo import questions as Q
-from owl_cpp.demo.scenes import COLOUR_NAMES, SHAPES, Scene, draw, label_map, random_scene
+from owl_cpp.demo.scenes import CELLS, COLOUR_NAMES, SHAPES, Scene, draw, label_map, random_scene
 from owl_cpp.families.owl3.image_config import ImagePreprocessing
 from owl_cpp.families.owl3.media import Expanded
 from owl_cpp.families.owl3.preprocess import preprocess_image
@@ -91,6 +91,12 @@ class Sample:
     views: np.ndarray           # [V, 3, S, S]
     patch_targets: np.ndarray   # [V, P, 3] (shape, colour, cell) class per patch
     turns: list                 # [(kind, question, answer)]
+    objects: np.ndarray | None = None   # [V, P] index into scene.things of the object under each patch (-1: none)
+    # [(position, object, turn)]: positions whose hyper-attention should find the object a question is about
+    # (training only): the one predicting the answer's first token, and after it each word of the question
+    # that names the object (its shape, its colour), in the order of the turns
+    lookups: list = field(default_factory=list)
+    n_answer_lookups: int = 0   # lookups[:n] are the answer positions, lookups[n:] the naming words
 
 
 def patch_objects(lmap: np.ndarray, grid, n_views: int, s: DemoSizes, samples: int = 4) -> np.ndarray:
@@ -128,6 +134,19 @@ def _targets(scene: Scene, objects: np.ndarray) -> np.ndarray:
     return np.stack([shape[objects], colour[objects], cell[objects]], -1)      # index -1 -> background row
 
 
+LOOKUP_KINDS = ("colour", "shape", "where")     # questions about one object, named by its shape and/or colour
+
+
+def asked_object(scene: Scene, kind: str, answer: str) -> int | None:
+    """Index of the object a colour/shape/where question is about (the answer names it: colours, shapes and
+    cells are distinct within a scene); None for questions about the whole picture."""
+    key = {"colour": lambda t: t.colour, "shape": lambda t: t.shape, "where": lambda t: CELLS[t.cell]}.get(kind)
+    if key is None:
+        return None
+    hits = [i for i, t in enumerate(scene.things) if key(t) == answer]
+    return hits[0] if len(hits) == 1 else None
+
+
 def make_sample(rng: np.random.Generator, tok: HFTokenizer, s: DemoSizes, prep: ImagePreprocessing, *,
                 n_turns: int = 1, n_objects=None, cut: bool = True, kinds=None, scene: Scene | None = None) -> Sample:
     scene = scene or random_scene(rng, n_objects=n_objects)
@@ -145,20 +164,57 @@ def make_sample(rng: np.random.Generator, tok: HFTokenizer, s: DemoSizes, prep: 
             messages.append({"role": "assistant", "content": a})
     chunks = chat_chunks(expand_markers(messages, [Expanded(pre.prompt, pre.pixels, "image", pre.grid)]))
     answers = {f"{a}<|im_end|>" for _, _, a in turns[:-1]}
-    ids, supervised, starts = [], [], []
+    ids, supervised, starts, answer_pos, word_pos = [], [], [], [], []
+    pending = 0                 # the next turn whose question is still to come
     for c in chunks:
         if c == IMAGE_MARKER:
             starts.append(len(ids))
+        if c in answers:
+            answer_pos.append(len(ids) - 1)
         piece = tok.encode(c)
+        if pending < len(turns) and turns[pending][1] in c:
+            word_pos.append(_naming_words(scene, turns[pending], c, tok, len(ids)))
+            pending += 1
         ids += piece
         supervised += [c in answers] * len(piece)
+    answer_pos.append(len(ids) - 1)
     final = tok.encode(turns[-1][2]) + [tok.ids["<|im_end|>"]]
     ids += final
     supervised += [True] * len(final)
     # position t predicts ids[t + 1]
     labels = [ids[t + 1] if supervised[t + 1] else IGNORE for t in range(len(ids) - 1)] + [IGNORE]
     objects = patch_objects(label_map(scene), pre.grid, pre.num_views, s)
-    return Sample(ids, labels, starts, pre.pixels, _targets(scene, objects), turns)
+    lookups, words = [], []
+    if len(answer_pos) == len(turns) == len(word_pos):
+        for turn, (pos, (kind, _, a)) in enumerate(zip(answer_pos, turns)):
+            obj = asked_object(scene, kind, a)
+            if obj is not None and (objects == obj).any():
+                lookups.append((pos, obj, turn))
+                words += [(w, obj, turn) for w in word_pos[turn]]
+    return Sample(ids, labels, starts, pre.pixels, _targets(scene, objects), turns, objects, lookups + words,
+                  len(lookups))
+
+
+def _naming_words(scene: Scene, turn, chunk: str, tok: HFTokenizer, offset: int) -> list:
+    """Token positions (offset + index in the chunk's tokens) of the last token of each word in the turn's
+    question that names the object asked about (its shape or colour word)."""
+    kind, question, answer = turn
+    obj = asked_object(scene, kind, answer)
+    if obj is None:
+        return []
+    thing = scene.things[obj]
+    enc = tok.tok.encode(chunk, add_special_tokens=False)
+    start = chunk.index(question)
+    out = []
+    for word in (thing.shape, thing.colour):
+        at = question.find(word)
+        if at < 0 or (kind == "colour" and word == thing.colour) or (kind == "shape" and word == thing.shape):
+            continue            # the answer's own word never appears in its question; guard all the same
+        end = start + at + len(word)
+        hit = [i for i, (a, b) in enumerate(enc.offsets) if a < end <= b]
+        if hit:
+            out.append(offset + hit[0])
+    return out
 
 
 @dataclass
@@ -170,6 +226,10 @@ class Batch:
     starts: torch.Tensor        # [B, V]
     view_valid: torch.Tensor    # [B, V]
     patch_targets: torch.Tensor  # [N, P, 3]
+    lookup_rows: torch.Tensor | None = None    # [M] sample of each object lookup (Sample.lookups, flattened)
+    lookup_pos: torch.Tensor | None = None     # [M] its query position
+    lookup_mask: torch.Tensor | None = None    # [M, V*P] bool: the visual rows of the object asked about
+    lookup_is_word: torch.Tensor | None = None  # [M] bool: a naming word's position, not an answer's
 
 
 def collate(samples: list[Sample], pad_id: int) -> Batch:
@@ -189,7 +249,17 @@ def collate(samples: list[Sample], pad_id: int) -> Batch:
         index += [b * V + j for j in range(n)]
     pixels = torch.from_numpy(np.concatenate([x.views for x in samples]))
     targets = torch.from_numpy(np.concatenate([x.patch_targets for x in samples]))
-    return Batch(ids, labels, pixels, torch.tensor(index), starts, valid, targets)
+    P = targets.shape[1]
+    rows, pos, mask, word = [], [], [], []
+    for b, x in enumerate(samples):
+        for k, (p, obj, _) in enumerate(x.lookups):
+            m = np.zeros((V, P), bool)
+            m[:len(x.objects)] = x.objects == obj
+            rows.append(b), pos.append(p), mask.append(m.reshape(-1)), word.append(k >= x.n_answer_lookups)
+    lookups = (torch.tensor(rows, dtype=torch.long), torch.tensor(pos, dtype=torch.long),
+               torch.from_numpy(np.stack(mask)) if mask else torch.zeros((0, V * P), dtype=torch.bool),
+               torch.tensor(word, dtype=torch.bool))
+    return Batch(ids, labels, pixels, torch.tensor(index), starts, valid, targets, *lookups)
 
 
 def scatter_views(rows: torch.Tensor, batch: Batch) -> torch.Tensor:

@@ -132,14 +132,20 @@ class DemoOwl3(nn.Module):
     # ------------------------------------------------------------------------------------------ decoder
 
     def forward(self, ids: torch.Tensor, vis: torch.Tensor | None = None, starts: torch.Tensor | None = None,
-                view_valid: torch.Tensor | None = None) -> torch.Tensor:
+                view_valid: torch.Tensor | None = None, attn_at: tuple | None = None):
         """ids [B, T] (right padded); vis [B, V, P, H] projected image rows per sample (V views, padded);
-        starts [B, V] the token index s_j of each view's placeholder; view_valid [B, V] bool -> logits [B, T, vocab]."""
+        starts [B, V] the token index s_j of each view's placeholder; view_valid [B, V] bool -> logits [B, T, vocab].
+
+        attn_at (training only): (rows [M], positions [M]) -> also return, per hyper layer, the hyper-attention
+        probabilities of those query positions over the visual rows, [M, heads, V*P] (a gather of the softmax
+        the forward computes anyway), and the visual keys before MI-Rope, [B, V*P, kv_heads * head_dim], as
+        (logits, [probs per hyper layer], [keys per hyper layer])."""
         s = self.s
         B, T = ids.shape
         nh, nkv, d, eps = s.num_heads, s.num_kv_heads, s.head_dim, s.rms_norm_eps
         emb = self.w(LM + "embed_tokens.weight")
         h = emb[ids]
+        probes, keys = [], []
         cos, sin = rope_cos_sin(torch.arange(T), d, s.rope_theta, h.dtype)
         if vis is not None:
             V, P = vis.shape[1], vis.shape[2]
@@ -172,7 +178,11 @@ class DemoOwl3(nn.Module):
                 vv = kv[:, :, :, 1].transpose(1, 2).repeat_interleave(rep, 1)
                 scores = (q @ vk.transpose(-1, -2)) / math.sqrt(d)                  # [B, nh, T, VP]
                 scores = scores.masked_fill(~see[:, None], -1e9)                    # finite: no NaN rows
-                vctx = torch.softmax(scores, -1) @ vv
+                probs = torch.softmax(scores, -1)
+                if attn_at is not None:
+                    probes.append(probs[attn_at[0], :, attn_at[1]])                # [M, nh, VP]
+                    keys.append(kv[:, :, :, 0].reshape(B, V * P, nkv * d))
+                vctx = probs @ vv
                 ctx_t = ctx.transpose(1, 2)                                          # [B, T, nh, d]
                 g = torch.sigmoid(F.linear(ctx_t, self.w(p + "self_attn.gate_proj.0.weight"),
                                            self.w(p + "self_attn.gate_proj.0.bias")))
@@ -184,7 +194,8 @@ class DemoOwl3(nn.Module):
             mlp = F.silu(F.linear(x, self.w(p + "mlp.gate_proj.weight"))) * F.linear(x, self.w(p + "mlp.up_proj.weight"))
             h = h + F.linear(mlp, self.w(p + "mlp.down_proj.weight"))
         h = _rms(h, self.w(LM + "norm.weight"), eps)
-        return h @ emb.T
+        logits = h @ emb.T
+        return (logits, probes, keys) if attn_at is not None else logits
 
 
 def unused_vision_tensors(s: DemoSizes, seed: int = 1) -> dict[str, torch.Tensor]:

@@ -108,6 +108,35 @@ def patch_loss(logits: torch.Tensor, targets: torch.Tensor, shape_focus: float =
     return total / 3
 
 
+def attention_loss(probes: list, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """-log of the hyper-attention mass (averaged over heads) that the position predicting an answer's first
+    token puts on the visual rows of the object the question names, averaged over lookups and hyper layers;
+    and that mass (detached) for the log. Lookup by shape fails when the object's patches do not stand out in
+    the visual keys; supervising the attention itself asks for exactly that (docs/demo.md)."""
+    if mask.shape[0] == 0:
+        zero = torch.zeros(())
+        return zero, zero
+    m = mask.to(probes[0].dtype)[:, None, :]
+    mass = torch.stack([(p * m).sum(-1).mean(-1) for p in probes])            # [layers, M]
+    return -torch.log(mass.clamp_min(1e-6)).mean(), mass.detach().mean()
+
+
+def key_shape_loss(heads, keys: list, batch) -> torch.Tensor:
+    """Cross-entropy of a throw-away linear head per hyper layer that reads the shape of the object under each
+    patch from that layer's visual keys (before MI-Rope), background patches weighted a tenth as in patch_loss.
+    Selecting by shape needs shape in the keys: with neither the keys nor the queries shape-aware the attention
+    loss alone starts from a saddle (its gradient on each side is proportional to the other)."""
+    target = batch.patch_targets[..., 0].reshape(-1)
+    weight = torch.where(target == N_SHAPE_CLASSES - 1, 0.1, 1.0)
+    total = 0.0
+    for head, k in zip(heads, keys):
+        B, VP, D = k.shape
+        rows = k.reshape(B * batch.starts.shape[1], -1, D)[batch.view_index].reshape(-1, D)   # real views only
+        ce = F.cross_entropy(head(rows), target, reduction="none")
+        total = total + (ce * weight).sum() / weight.sum()
+    return total / len(keys)
+
+
 def lr_at(step: int, steps: int, lr: float, warmup: int) -> float:
     if step < warmup:
         return lr * (step + 1) / warmup
@@ -177,7 +206,8 @@ def export_model(checkpoint: Path, model_dir: Path) -> None:
 
 def train(out: Path, steps: int, batch: int, seed: int, lr: float, threads: int, eval_every: int,
           per_kind: int, init: Path | None = None, shape_focus: float = 1.0, focus: dict | None = None,
-          log=print) -> dict:
+          attn_supervision: float = 0.0, warmup: int = 100, freeze_vision: bool = False, key_shape: float = 0.0,
+          attn_words: bool = False, log=print) -> dict:
     from tqdm import tqdm
 
     torch.manual_seed(seed)
@@ -189,12 +219,18 @@ def train(out: Path, steps: int, batch: int, seed: int, lr: float, threads: int,
     model = DemoOwl3(s, len(tok), seed=seed)
     if init is not None:      # go on from an earlier run (the tokenizer is trained the same way: same ids)
         model.load_named(load_weights(init))
+    if freeze_vision:         # a fine-tune of the decoder's lookup only: no backward through the vision tower
+        for n, p in model.named_parameters():
+            if n.startswith("vision_model"):
+                p.requires_grad_(False)
     ema = copy.deepcopy(model).requires_grad_(False)
     aux = torch.nn.Linear(s.vision_hidden, N_SHAPE_CLASSES + N_COLOUR_CLASSES + N_CELL_CLASSES)
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
-    rest = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
+    key_heads = torch.nn.ModuleList(torch.nn.Linear(s.num_kv_heads * s.head_dim, N_SHAPE_CLASSES) for _ in s.hyper_layers)
+    trained = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    decay = [p for n, p in trained if p.ndim >= 2 and "embedding" not in n]
+    rest = [p for n, p in trained if not (p.ndim >= 2 and "embedding" not in n)]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.05},
-                             {"params": rest + list(aux.parameters()), "weight_decay": 0.0}],
+                             {"params": rest + list(aux.parameters()) + list(key_heads.parameters()), "weight_decay": 0.0}],
                             lr=lr, betas=(0.9, 0.98))
     items = held_out(per_kind, seed=seed + 424242)      # quick held-out set, disjoint from the final one
     q: queue.Queue = queue.Queue(maxsize=4)
@@ -207,13 +243,23 @@ def train(out: Path, steps: int, batch: int, seed: int, lr: float, threads: int,
         if isinstance(b, Exception):
             raise RuntimeError(f"making training samples failed: {b}") from b
         for g in opt.param_groups:
-            g["lr"] = lr_at(step, steps, lr, 100)
-        feats = model.vision_features(b.pixels)
+            g["lr"] = lr_at(step, steps, lr, warmup)
+        with torch.set_grad_enabled(not freeze_vision):
+            feats = model.vision_features(b.pixels)
         vis = scatter_views(model.project(feats), b)
-        logits = model(b.ids, vis, b.starts, b.view_valid)
+        attn = mass = keys_loss = torch.zeros(())
+        if attn_supervision > 0 or key_shape > 0:
+            use = torch.ones_like(b.lookup_is_word) if attn_words else ~b.lookup_is_word
+            logits, probes, keys = model(b.ids, vis, b.starts, b.view_valid,
+                                         attn_at=(b.lookup_rows[use], b.lookup_pos[use]))
+            attn, mass = attention_loss(probes, b.lookup_mask[use])
+            if key_shape > 0:
+                keys_loss = key_shape_loss(key_heads, keys, b)
+        else:
+            logits = model(b.ids, vis, b.starts, b.view_valid)
         lm = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), b.labels.reshape(-1), ignore_index=IGNORE)
-        aux_loss = patch_loss(aux(feats), b.patch_targets, shape_focus)
-        loss = lm + aux_loss
+        aux_loss = torch.zeros(()) if freeze_vision else patch_loss(aux(feats), b.patch_targets, shape_focus)
+        loss = lm + aux_loss + attn_supervision * attn + key_shape * keys_loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -222,14 +268,15 @@ def train(out: Path, steps: int, batch: int, seed: int, lr: float, threads: int,
             k = min(0.995, (step + 1) / (step + 10))
             for pe, pm in zip(ema.parameters(), model.parameters()):
                 pe.mul_(k).add_(pm, alpha=1 - k)
-        history.append({"step": step, "loss": lm.item(), "aux": aux_loss.item()})
+        history.append({"step": step, "loss": lm.item(), "aux": aux_loss.item(), "attn": attn.item(),
+                        "attn_mass": mass.item(), "key_shape": keys_loss.item()})
         if (step + 1) % eval_every == 0 or step + 1 == steps:
             last_eval = score(items, torch_answers(ema, tok, s, items))
             torch.save(ema.named_weights(), out / "ema_weights.pt")     # to go on from (--init) if stopped
             history[-1]["eval"] = last_eval
             log(f"step {step + 1}: " + " ".join(f"{k} {v:.0%}" for k, v in last_eval.items())
                 + f"  ({time.time() - t0:.0f} s)")
-        bar.set_postfix(loss=f"{lm.item():.3f}", aux=f"{aux_loss.item():.2f}",
+        bar.set_postfix(loss=f"{lm.item():.3f}", aux=f"{aux_loss.item():.2f}", mass=f"{mass.item():.2f}", keys=f"{keys_loss.item():.2f}",
                         acc=f"{last_eval.get('average', 0):.0%}" if last_eval else "-")
         bar.update(1)
     bar.close()
@@ -238,6 +285,8 @@ def train(out: Path, steps: int, batch: int, seed: int, lr: float, threads: int,
     final = score(items, torch_answers(ema, tok, s, items))
     summary = {"steps": steps, "batch": batch, "seed": seed, "lr": lr, "threads": threads, "minutes": minutes,
                "init": str(init) if init else None, "shape_focus": shape_focus, "focus": focus,
+               "attn_supervision": attn_supervision, "warmup": warmup, "freeze_vision": freeze_vision,
+               "key_shape": key_shape, "attn_words": attn_words,
                "sizes": sizes_dict(s), "parameters": sum(p.numel() for p in model.parameters()),
                "held_out_torch": final, "history": history}
     (out / "train_log.json").write_text(json.dumps(summary, indent=1) + "\n")
@@ -259,10 +308,24 @@ def main(argv=None) -> int:
                    help="weight of shape questions and of the per-patch shape loss (the hardest part to learn)")
     p.add_argument("--focus", type=parse_focus, default=None, metavar="KIND=W,...",
                    help="draw these question kinds W times as often, e.g. colour=4,where=4")
+    p.add_argument("--attn-supervision", type=float, default=0.0, metavar="W",
+                   help="weight of the loss on the hyper-attention mass that an answer's query puts on the object "
+                        "the question names (colour, shape, where questions); 0: off")
+    p.add_argument("--attn-words", action="store_true",
+                   help="supervise the hyper-attention at the question's words naming the object too")
+    p.add_argument("--key-shape", type=float, default=0.0, metavar="W",
+                   help="weight of a per-patch shape loss on the hyper layers' visual keys; 0: off")
+    p.add_argument("--warmup", type=positive(int), default=100, help="warm-up steps of the learning rate")
+    p.add_argument("--freeze-vision", action="store_true",
+                   help="train the decoder and vision2text only (no per-patch loss, no backward through the tower)")
     p.add_argument("--init", type=Path, help="start from these weights: an earlier run's checkpoint directory or ema_weights.pt")
     a = p.parse_args(argv)
+    if not (0 <= a.attn_supervision < float("inf")):
+        p.error(f"--attn-supervision {a.attn_supervision}: must be a finite weight >= 0")
+    if not (0 <= a.key_shape < float("inf")):
+        p.error(f"--key-shape {a.key_shape}: must be a finite weight >= 0")
     summary = train(a.out, a.steps, a.batch, a.seed, a.lr, a.threads, a.eval_every, a.eval_per_kind, a.init, a.shape_focus,
-                    a.focus)
+                    a.focus, a.attn_supervision, a.warmup, a.freeze_vision, a.key_shape, a.attn_words)
     print(f"trained {a.steps} steps in {summary['minutes']:.1f} min; held-out (PyTorch): "
           + " ".join(f"{k} {v:.0%}" for k, v in summary["held_out_torch"].items()))
     if not a.no_export:
