@@ -5,6 +5,7 @@ server, asked with the official openai client; each answer must equal the model'
 from __future__ import annotations
 
 import base64
+import contextlib
 import threading
 
 import numpy as np
@@ -90,6 +91,28 @@ def qa_server(tmp_path_factory):
     server.should_exit = True
 
 
+@contextlib.contextmanager
+def web_server(payload: bytes):
+    """A local http server answering every GET with `payload`; yields its base URL."""
+    import http.server
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def log_message(self, *args):
+            pass
+
+    web = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=web.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{web.server_address[1]}"
+    finally:
+        web.shutdown()
+
+
 def ask(client, messages, **kw):
     return client.chat.completions.create(model="x", messages=messages, **kw)
 
@@ -111,6 +134,8 @@ def test_caption_model_answers_with_the_caption(caption_server, videos):
         # the text beside the video is ignored; a local path under --allow-local-dir is read as a data: URL is
         assert ask(client, video_message(v.name, "Describe this video.")).choices[0].message.content == info["text"]
     assert model.caption(str(videos[0])) != model.caption(str(videos[1]))       # the test can tell them apart
+    with web_server(videos[1].read_bytes()) as url:                              # http(s) URLs as for images
+        assert ask(client, video_message(url + "/v.mp4")).choices[0].message.content == model.caption(str(videos[1]))
     assert [m.id for m in client.models.list().data] == ["tiny-m2"]
     assert httpx.get(base + "/health", timeout=10).json() == {"status": "ok"}
 
@@ -213,9 +238,8 @@ def test_owl3_takes_videos_as_frames(tiny_owl3_model, videos):
         for f, v in zip(frames, videos):
             # parts join with no separator (as image parts do): the video's marker right before the text ...
             want = model.chat(prompt="<|video|>What happens?", videos=[f], max_tokens=8)
-            assert want == model.chat(messages=[{"role": "user", "content": [{"type": "video", "video": f},
-                                                                            {"type": "text", "text": "What happens?"}]}],
-                                      max_tokens=8)
+            parts = [{"type": "video", "video": f}, {"type": "text", "text": "What happens?"}]
+            assert want == model.chat(messages=[{"role": "user", "content": parts}], max_tokens=8)
             assert ask(client, video_message(data_url(v), "What happens?"), max_tokens=8).choices[0].message.content \
                 == want
             # ... and a leading newline in the text gives owl-run's prompt (the marker, a newline, the question)
