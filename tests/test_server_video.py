@@ -75,8 +75,9 @@ def caption_server(tmp_path_factory, videos):
     root = tmp_path_factory.mktemp("m2cap")
     model_dir = export(make_tiny_mplug2_checkpoint(root / "ckpt", seed=11, max_positions=40), root / "model")
     model = owl_cpp.load(model_dir, threads=2)
+    # a pixel cap that lets the 64 x 48 videos through, not an 80 x 48 one
     client, base, server = serve(model, model_name="tiny-m2", local_image_dir=str(videos[0].parent),
-                                 max_video_bytes=200_000)
+                                 max_video_bytes=200_000, max_image_pixels=3500)
     yield model, client, base
     server.should_exit = True
 
@@ -181,7 +182,7 @@ def bad_request(client, messages, match, **kw):
     return e.value
 
 
-def test_video_errors(caption_server, qa_server, videos):
+def test_video_errors(caption_server, qa_server, videos, tmp_path):
     model, client, _ = caption_server
     _, qa, _ = qa_server
     bad_request(client, video_message("data:video/mp4;base64,abc"), "not valid base64")
@@ -192,6 +193,10 @@ def test_video_errors(caption_server, qa_server, videos):
     big = data_url(videos[0]).ljust(300_000, "A")
     bad_request(client, video_message(big), "larger than the limit of 200000 bytes")
     bad_request(client, video_message("../v.mp4"), "outside the allowed directory")
+    wide = write_video(tmp_path / "wide.mp4", seed=5, w=80)
+    e = bad_request(client, video_message(data_url(wide)), r"frames of 80x48 = 3840 pixels, over this server's "
+                    r"limit of 3500 \(--max-image-pixels\)")
+    assert e.code == "video_too_large"
     png = [{"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}]
     bad_request(client, [{"role": "user", "content": png + video_message(data_url(videos[0]))[0]["content"]}],
                 "takes a video .video_url., not images")
@@ -254,3 +259,11 @@ def test_owl3_takes_videos_as_frames(tiny_owl3_model, videos):
         bad_request(client, three, "takes at most 2 per request")
     finally:
         server.should_exit = True
+
+
+def test_owl_server_checks_its_video_arguments(capsys):
+    from owl_cpp.server.cli import build_parser, main
+    assert main(["--max-video-bytes", "0"]) == 2 and "--max-video-bytes" in capsys.readouterr().err
+    assert main(["--max-videos", "-1"]) == 2
+    args = build_parser().parse_args([])
+    assert (args.max_video_bytes, args.max_videos) == (64 << 20, 4)

@@ -94,6 +94,7 @@ class VideoResolver:
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
+            self._check_pixels(i, k, path)
             try:
                 return self.decode(path)
             except (ValueError, OSError, ImportError) as e:
@@ -102,3 +103,26 @@ class VideoResolver:
                                    "messages", code="invalid_video") from None
         finally:
             os.unlink(path)
+
+    def _check_pixels(self, i: int, k: int, path: str) -> None:
+        """The frame size from the stream's header against the server's pixel cap (--max-image-pixels), before
+        anything is decoded: a small file can hold huge frames. Without PyAV the decoder's own cap
+        (owl_cpp.images.MAX_PIXELS) still holds."""
+        try:
+            import av
+        except ImportError:
+            return
+        from .. import images as owl_images
+        limit = owl_images.MAX_PIXELS if self.fetcher.max_pixels is None else self.fetcher.max_pixels
+        try:
+            with av.open(path) as container:
+                if not container.streams.video:
+                    return                          # the decoder says what is wrong
+                c = container.streams.video[0].codec_context
+                w, h = c.width, c.height
+        except Exception:                           # noqa: BLE001 - not a video: the decoder says so
+            return
+        if w * h > limit:
+            raise RequestError(f"messages[{i}]: video {k} (video_url) has frames of {w}x{h} = {w * h} pixels, over "
+                               f"this server's limit of {limit} (--max-image-pixels)", "messages",
+                               code="video_too_large")
