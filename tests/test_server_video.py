@@ -131,7 +131,8 @@ def test_caption_model_answers_with_the_caption(caption_server, videos):
         r = ask(client, video_message(data_url(v)))
         assert r.choices[0].message.content == info["text"] and r.object == "chat.completion"
         assert r.usage.prompt_tokens == info["tokens"] and r.usage.completion_tokens == len(info["ids"])
-        assert r.choices[0].finish_reason in ("stop", "length")
+        ended = info["ids"][-1] == model.tokenizer.eos_id
+        assert r.choices[0].finish_reason == ("stop" if ended else "length")
         # the text beside the video is ignored; a local path under --allow-local-dir is read as a data: URL is
         assert ask(client, video_message(v.name, "Describe this video.")).choices[0].message.content == info["text"]
     assert model.caption(str(videos[0])) != model.caption(str(videos[1]))       # the test can tell them apart
@@ -156,7 +157,8 @@ def test_max_tokens_shortens_the_caption(caption_server, videos):
     model, client, _ = caption_server
     r = ask(client, video_message(data_url(videos[0])), max_tokens=2)
     assert r.choices[0].message.content == model.caption(str(videos[0]), max_length=2, min_length=2)
-    assert r.usage.completion_tokens <= 2
+    # min length 2 = max length 2: [SEP] cannot come, the answer stops at the limit
+    assert r.usage.completion_tokens == 2 and r.choices[0].finish_reason == "length"
 
 
 def test_qa_model_answers_the_question(qa_server, videos):
