@@ -1,7 +1,7 @@
 """owl-server's chat page at /: served by the app from package files (nothing from another host), public while
 the API behind it wants the key; and, in a real headless Chromium when one is installed, a conversation on a
 tiny random Owl3 model: images added and removed, an answer streamed with its timings, a long answer stopped
-(which frees the server's only slot), a follow-up turn, and a screenshot.
+(which frees the server's only slot), a follow-up turn, and a screenshot; and a video picked on the page.
 
 The browser test needs Debian's `chromium` and `chromium-driver` and the `selenium` package (no browser is
 downloaded); it skips, saying which is missing, without them. It saves web-page.png in its tmp dir, and in
@@ -147,6 +147,7 @@ class PacedModel:
 
     def __init__(self, model, delay=0.04):
         self.model, self.delay, self.path = model, delay, model.path
+        self.FAMILY = getattr(model, "FAMILY", "")              # which media the server lets through
         self.requests, self.closed = [], threading.Event()
 
     def chat(self, messages, stream=False, **opts):
@@ -290,6 +291,58 @@ def test_a_conversation_in_headless_chromium(request, tmp_path):
                     if e["level"] == "SEVERE" and "/v1/models - Failed to load resource" not in e["message"]]
         assert not problems, problems  # no script error, nothing refused by the page's content policy
         # (the one expected failure: /v1/models answered 401 before the key was set)
+    finally:
+        driver.quit()
+        server.should_exit = True
+
+
+def test_a_video_by_the_file_picker_in_headless_chromium(request, tmp_path):
+    """A video picked on the page goes to the server as a video_url part: the model gets the frames owl-run
+    would read from the same file; the page shows the video by its name (its CSP loads no media)."""
+    chromium, chromedriver, webdriver = browser_paths()
+    pytest.importorskip("uvicorn")
+    pytest.importorskip("av")
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+    from test_server_video import write_video
+
+    import owl_cpp
+    from owl_cpp.cli import read_video
+
+    _, model_dir = request.getfixturevalue("tiny_owl3_model")("1b")
+    model = PacedModel(owl_cpp.load(model_dir, n_ctx=2048, threads=1), delay=0)
+    base, server = serve_app(create_app(model, model_name="tiny-owl3"))
+    video = write_video(tmp_path / "clip.mp4", seed=4)
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run"):
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(executable_path=chromedriver), options=options)
+    try:
+        wait = WebDriverWait(driver, 30, poll_frequency=0.05)
+        find = driver.find_element
+        driver.get(base + "/")
+        wait.until(lambda d: find(By.ID, "model-name").text == "tiny-owl3")
+        find(By.CSS_SELECTOR, "#settings summary").click()
+        field = find(By.ID, "max-tokens")
+        field.clear()
+        field.send_keys("4")
+        find(By.ID, "file-input").send_keys(str(video))
+        wait.until(lambda d: [c.text for c in d.find_elements(By.CSS_SELECTOR, "#thumbs .video-chip")] == ["▶ clip.mp4"])
+        find(By.ID, "prompt").send_keys("What happens?")
+        find(By.ID, "send").click()
+        box = wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, ".msg.assistant"))[0]
+        wait.until(lambda d: box.get_attribute("data-state") not in (None, "", "streaming", "waiting"))
+        assert box.get_attribute("data-state") == "done", (box.get_attribute("data-state"), box.text)
+        assert driver.find_elements(By.CSS_SELECTOR, ".msg.user .video-chip")
+        parts = model.requests[-1][0]["content"]
+        assert [p["type"] for p in parts] == ["video", "text"]
+        want = read_video(str(video))
+        assert len(parts[0]["video"]) == len(want) and all(np.array_equal(a, b) for a, b in zip(parts[0]["video"], want))
+        problems = [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+        assert not problems, problems
     finally:
         driver.quit()
         server.should_exit = True

@@ -17,9 +17,11 @@ from starlette.staticfiles import StaticFiles
 
 from .images import ImageFetcher
 from .metrics import Metrics
+from .mplug2_route import Mplug2Plan
 from .openai_shapes import (FINISH, RequestError, chat_chunk, chat_logprobs, chat_response, check_messages,
                             check_response_format, completion_id, error_body, logprob_options, sampling_options,
                             text_chunk, text_logprobs, text_response, usage)
+from .videos import MAX_VIDEO_BYTES, VideoResolver, frame_decoder, video_family
 
 # The chat page (GET /) and its script and style (GET /static/...): package files, nothing from elsewhere.
 STATIC_DIR = Path(__file__).resolve().parent / "static"
@@ -80,11 +82,13 @@ class ClosingStreamingResponse(StreamingResponse):
 def create_app(model, *, model_name: Optional[str] = None, api_key: Optional[str] = None, parallel: int = 1,
                queue: int = 16, max_tokens_limit: int = 4096, fetch_images: bool = True,
                local_image_dir: Optional[str] = None, max_image_bytes: int = 20 << 20,
-               max_image_pixels: Optional[int] = None, max_images: int = 8, web_page: bool = True) -> FastAPI:
+               max_image_pixels: Optional[int] = None, max_images: int = 8, max_video_bytes: int = MAX_VIDEO_BYTES,
+               max_videos: int = 4, web_page: bool = True) -> FastAPI:
     """An app serving `model` (from owl_cpp.load). api_key: required as `Authorization: Bearer KEY` on /v1/*;
     parallel: generations at once; queue: requests allowed to wait for one; fetch_images: whether http(s) image
     URLs are fetched; local_image_dir: the one directory image paths may name (none by default); max_images,
     max_image_bytes, max_image_pixels (default owl_cpp.images.MAX_PIXELS): per-request limits (400 beyond);
+    max_video_bytes: per video_url part; max_videos: per request for mPLUG-Owl3 (mPLUG-2 takes one; videos.py);
     web_page: serve the chat page at / (public, like /health: it holds no data, and its API calls send the key)."""
     name = model_name or os.path.basename(str(getattr(model, "model_dir", None) or model.path).rstrip("/"))
     slots = Slots(parallel, queue)
@@ -94,6 +98,10 @@ def create_app(model, *, model_name: Optional[str] = None, api_key: Optional[str
         model.reserve_contexts(parallel)
     fetcher = ImageFetcher(allow_http=fetch_images, local_dir=local_image_dir, max_bytes=max_image_bytes,
                            max_pixels=max_image_pixels)
+    family = video_family(model)
+    videos = VideoResolver(fetcher, frame_decoder(model, family) if family else None, max_bytes=max_video_bytes,
+                           max_videos=max_videos if family == "owl3" else 1,
+                           model_label=f"{getattr(model, 'FAMILY', '') or 'this'} model {name}")
     metrics = Metrics()
     tokenizer = getattr(model, "tokenizer", None)        # token texts for logprobs
     app = FastAPI(title="owl_cpp", docs_url=None, redoc_url=None)
@@ -199,8 +207,12 @@ def create_app(model, *, model_name: Optional[str] = None, api_key: Optional[str
         top = logprob_options(body, chat=True)
         if top is not None:
             opts["logprobs"] = top
-        messages = await run_in_threadpool(fetcher.resolve, check_messages(body.get("messages"), max_images))
+        raw = check_messages(body.get("messages"), max_images)
+        videos.check(raw)
         cid = completion_id("chatcmpl")
+        if family == "mplug2":
+            return await mplug2_chat(cid, raw, body, opts)
+        messages = await run_in_threadpool(fetcher.resolve, await run_in_threadpool(videos.resolve, raw))
         if not body.get("stream"):
             info = await run_in_threadpool(run, lambda: model.chat(messages=messages, return_info=True, **opts))
             return chat_response(cid, name, info, chat_logprobs(tokenizer, info.get("logprobs")))
@@ -211,6 +223,22 @@ def create_app(model, *, model_name: Optional[str] = None, api_key: Optional[str
 
         head = chat_chunk(cid, name, {"role": "assistant", "content": ""})
         return await streamed(lambda: model.chat(messages=messages, stream=True, **opts), chunk, body, head)
+
+    async def mplug2_chat(cid: str, raw: list, body: dict, opts: dict):
+        """mPLUG-2 (mplug2_route.py): the whole answer first (beam search has no partial text), then either a
+        chat.completion or, with stream=true, the same text as one content chunk and the finish chunk."""
+        plan = Mplug2Plan(model, raw, body, opts)          # checked before the video is fetched
+        messages = await run_in_threadpool(videos.resolve, raw)
+        info = await run_in_threadpool(run, lambda: plan.run(messages))
+        if not body.get("stream"):
+            return chat_response(cid, name, info)
+        finish = FINISH.get(info["finish_reason"], "stop")
+        chunks = [chat_chunk(cid, name, {"role": "assistant", "content": ""}),
+                  chat_chunk(cid, name, {"content": info["text"]}), chat_chunk(cid, name, {}, finish)]
+        if (body.get("stream_options") or {}).get("include_usage"):
+            chunks.append({**chat_chunk(cid, name, {}), "choices": [], "usage": usage(info)})
+        events = [f"data: {json.dumps(c)}\n\n" for c in chunks] + ["data: [DONE]\n\n"]
+        return StreamingResponse(iter(events), media_type="text/event-stream")
 
     async def streamed(start, make_chunk, body: dict, head: Optional[dict] = None) -> StreamingResponse:
         """Takes a slot (503 while the queue is full, before any byte is sent), starts the stream and waits for
@@ -253,6 +281,9 @@ def create_app(model, *, model_name: Optional[str] = None, api_key: Optional[str
     @app.post("/v1/completions")
     async def completions(request: Request):
         metrics.request("completions")
+        if family == "mplug2":
+            raise RequestError(f"{name} is an mPLUG-2 model: it has no text completions; send a video_url part to "
+                               "/v1/chat/completions", code="unsupported_endpoint")
         body = await json_body(request)
         prompt = body.get("prompt")
         if not isinstance(prompt, str):

@@ -42,18 +42,28 @@ class ImageFetcher:
         if url.startswith("data:"):
             self._check(i, self._data(i, url), "data: URL")
             return part
+        what = url if url.startswith(("http://", "https://")) else url.removeprefix("file://")
+        return {"type": "image", "image": self._check(i, self.fetch_bytes(i, url), what)}
+
+    def fetch_bytes(self, i: int, url: str, kind: str = "image", max_bytes: Optional[int] = None) -> bytes:
+        """The bytes a data:, http(s) or (allowed) local URL names, under the same rules for every kind of
+        media (videos.py reads video_url parts through this, with its own byte cap)."""
+        cap = self.max_bytes if max_bytes is None else max_bytes
+        if url.startswith("data:"):
+            return self._data(i, url, kind, cap)
         if url.startswith(("http://", "https://")):
             if not self.allow_http:
-                raise RequestError(f"messages[{i}]: fetching image URLs is disabled on this server", "messages")
-            return {"type": "image", "image": self._check(i, self._fetch(url), url)}
+                raise RequestError(f"messages[{i}]: fetching {kind} URLs is disabled on this server", "messages")
+            return self._fetch(url, kind, cap)
         path = url[len("file://"):] if url.startswith("file://") else url
-        return {"type": "image", "image": self._check(i, self._local(i, path), path)}
+        return self._local(i, path, kind, cap)
 
-    def _data(self, i: int, url: str) -> bytes:
+    def _data(self, i: int, url: str, kind: str = "image", cap: Optional[int] = None) -> bytes:
+        cap = self.max_bytes if cap is None else cap
         head, _, payload = url.partition(",")
-        if len(payload) > 4 * (self.max_bytes // 3 + 1) + 4:        # its base64 alone is over the cap
-            raise RequestError(f"messages[{i}]: the data: URL image is larger than the limit of {self.max_bytes} "
-                               "bytes", "messages")
+        if len(payload) > 4 * (cap // 3 + 1) + 4:        # its base64 alone is over the cap
+            raise RequestError(f"messages[{i}]: the data: URL {kind} is larger than the limit of {cap} "
+                               "bytes", "messages", code=f"{kind}_too_large")
         if not head.endswith(";base64"):
             return payload.encode()
         try:
@@ -80,26 +90,28 @@ class ImageFetcher:
                                f"of {limit} (--max-image-pixels)", "messages", code="image_too_large")
         return data
 
-    def _fetch(self, url: str) -> bytes:
+    def _fetch(self, url: str, kind: str, cap: int) -> bytes:
         try:
             with urllib.request.urlopen(url, timeout=self.timeout) as r:
-                data = r.read(self.max_bytes + 1)
+                data = r.read(cap + 1)
         except (urllib.error.URLError, OSError, ValueError) as e:
-            raise RequestError(f"could not fetch image {url}: {e}", "messages")
-        if len(data) > self.max_bytes:
-            raise RequestError(f"image {url} is larger than the limit of {self.max_bytes} bytes", "messages")
+            raise RequestError(f"could not fetch {kind} {url}: {e}", "messages")
+        if len(data) > cap:
+            raise RequestError(f"{kind} {url} is larger than the limit of {cap} bytes", "messages",
+                               code=f"{kind}_too_large")
         return data
 
-    def _local(self, i: int, path: str) -> bytes:
+    def _local(self, i: int, path: str, kind: str, cap: int) -> bytes:
         if not self.local_dir:
-            raise RequestError(f"messages[{i}]: image_url must be a data: or http(s) URL (this server reads no "
+            raise RequestError(f"messages[{i}]: {kind}_url must be a data: or http(s) URL (this server reads no "
                                "local files unless started with --allow-local-dir)", "messages")
         real = os.path.realpath(os.path.join(self.local_dir, path))
         if os.path.commonpath([real, self.local_dir]) != self.local_dir:
-            raise RequestError(f"messages[{i}]: image path {path!r} is outside the allowed directory", "messages")
+            raise RequestError(f"messages[{i}]: {kind} path {path!r} is outside the allowed directory", "messages")
         if not os.path.isfile(real):
-            raise RequestError(f"messages[{i}]: image file {path!r} not found in the allowed directory", "messages")
-        if os.path.getsize(real) > self.max_bytes:
-            raise RequestError(f"image file {path!r} is larger than the limit of {self.max_bytes} bytes", "messages")
+            raise RequestError(f"messages[{i}]: {kind} file {path!r} not found in the allowed directory", "messages")
+        if os.path.getsize(real) > cap:
+            raise RequestError(f"{kind} file {path!r} is larger than the limit of {cap} bytes", "messages",
+                               code=f"{kind}_too_large")
         with open(real, "rb") as f:
             return f.read()

@@ -98,8 +98,8 @@ def check_response_format(body: dict):
 
 
 def check_messages(messages, max_images: Optional[int] = None) -> list:
-    """OpenAI chat messages: roles and content parts (images.py resolves the image URLs), at most max_images
-    images in all."""
+    """OpenAI chat messages: roles and content parts (images.py resolves the image URLs, videos.py the video
+    URLs), at most max_images images in all."""
     if not isinstance(messages, list) or not messages:
         raise RequestError("messages must be a non-empty list", "messages")
     n_images = 0
@@ -108,8 +108,8 @@ def check_messages(messages, max_images: Optional[int] = None) -> list:
             raise RequestError(f"messages[{i}] must be an object with role system, user or assistant", "messages")
         content = m.get("content")
         for part in content if isinstance(content, list) else []:
-            if not isinstance(part, dict) or part.get("type") not in ("text", "image_url"):
-                raise RequestError(f"messages[{i}]: content parts must be text or image_url", "messages")
+            if not isinstance(part, dict) or part.get("type") not in ("text", "image_url", "video_url"):
+                raise RequestError(f"messages[{i}]: content parts must be text, image_url or video_url", "messages")
             n_images += part["type"] == "image_url"
     if max_images is not None and n_images > max_images:
         raise RequestError(f"the request has {n_images} images; this server takes at most {max_images} per request "

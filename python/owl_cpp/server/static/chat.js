@@ -12,7 +12,8 @@
     maxTokens: $("max-tokens"), temperature: $("temperature"),
   };
   const STORE = "owl_cpp.chat.";              // localStorage keys: STORE + "apiKey", "system", ...
-  const MAX_IMAGE_BYTES = 20 * 1024 * 1024;  // the server's default limit
+  const MAX_IMAGE_BYTES = 20 * 1024 * 1024;  // the server's default limits
+  const MAX_VIDEO_BYTES = 64 * 1024 * 1024;
 
   let history = [];     // the conversation as OpenAI messages (the system prompt is added when sending)
   let pending = [];     // images for the next message: {name, url} with url a data: URI
@@ -80,18 +81,19 @@
   function addFiles(files) {
     notice("");
     for (const file of files) {
-      if (!file || !file.type.startsWith("image/")) {
-        notice((file && file.name ? file.name : "That") + " is not an image.");
+      const video = !!file && file.type.startsWith("video/");
+      if (!file || !(video || file.type.startsWith("image/"))) {
+        notice((file && file.name ? file.name : "That") + " is not an image or a video.");
         continue;
       }
-      if (file.size > MAX_IMAGE_BYTES) {
-        notice(file.name + " is larger than 20 MB.");
+      if (file.size > (video ? MAX_VIDEO_BYTES : MAX_IMAGE_BYTES)) {
+        notice(file.name + " is larger than " + (video ? "64" : "20") + " MB.");
         continue;
       }
       const reader = new FileReader();
       reading++;
       updateButtons();
-      reader.onload = () => pending.push({name: file.name || "pasted image", url: reader.result});
+      reader.onload = () => pending.push({name: file.name || "pasted image", url: reader.result, video: video});
       reader.onerror = () => notice("Could not read " + (file.name || "the image") + ".");
       reader.onloadend = () => {
         reading--;
@@ -102,18 +104,30 @@
     }
   }
 
+  function preview(item) {
+    if (item.video) {  // no player: the page's CSP allows no media; the name stands for the video
+      const chip = document.createElement("span");
+      chip.className = "video-chip";
+      chip.textContent = "\u25b6 " + item.name;
+      chip.title = item.name;
+      return chip;
+    }
+    const pic = document.createElement("img");
+    pic.src = item.url;
+    pic.alt = item.name;
+    return pic;
+  }
+
   function renderThumbs() {
     ui.thumbs.replaceChildren(...pending.map((img, i) => {
       const li = document.createElement("li");
       li.className = "thumb";
-      const pic = document.createElement("img");
-      pic.src = img.url;
-      pic.alt = img.name;
+      const pic = preview(img);
       const remove = document.createElement("button");
       remove.type = "button";
       remove.textContent = "×";
       remove.title = "Remove " + img.name;
-      remove.setAttribute("aria-label", "Remove image " + img.name);
+      remove.setAttribute("aria-label", "Remove " + (img.video ? "video " : "image ") + img.name);
       remove.addEventListener("click", () => {
         pending.splice(i, 1);
         renderThumbs();
@@ -175,10 +189,7 @@
       const strip = document.createElement("div");
       strip.className = "images";
       for (const img of images) {
-        const pic = document.createElement("img");
-        pic.src = img.url;
-        pic.alt = img.name;
-        strip.append(pic);
+        strip.append(preview(img));
       }
       box.append(strip);
     }
@@ -282,7 +293,8 @@
     const text = ui.prompt.value.trim();
     if (!text && !pending.length) return;
     const images = pending;
-    const content = images.map((img) => ({type: "image_url", image_url: {url: img.url}}));
+    const content = images.map((img) => (img.video ? {type: "video_url", video_url: {url: img.url}}
+      : {type: "image_url", image_url: {url: img.url}}));
     if (text) content.push({type: "text", text: text});
     const turn = {role: "user", content: images.length ? content : text};
     pending = [];
