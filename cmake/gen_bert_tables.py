@@ -22,6 +22,9 @@ import os
 import sys
 import unicodedata
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from gen_unicode_tables import emit_array, runs  # noqa: E402  (the same run-length tables)
+
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "owl_cpp", "src", "unicode_bert_data.cpp")
 MAX_CP = 0x110000
 CASE_IGNORABLE, CASED = 8, 16
@@ -54,16 +57,6 @@ def case_flags(cp: int) -> int:
     if p1:
         return CASED
     return CASE_IGNORABLE if p2 else 0
-
-
-def runs(fn):
-    out, prev = [], None
-    for cp in range(MAX_CP):
-        v = fn(cp)
-        if v != prev:
-            out.append((cp, v))
-            prev = v
-    return out
 
 
 def lower_runs():
@@ -105,15 +98,6 @@ def lower_runs():
     spans = [((s & 0xFFFFFF), (s & 0xFFFFFF) + (n - 1) * (2 if s >> 24 else 1)) for s, n, _ in out]
     assert all(a[1] < b[0] for a, b in zip(spans, spans[1:])), "runs overlap: the C++ lookup assumes they do not"
     return out
-
-
-def emit_array(name, values, per_line=8):
-    lines = [f"extern const uint32_t {name}[] = {{"]
-    for i in range(0, len(values), per_line):
-        lines.append("    " + ", ".join(f"0x{v:x}" for v in values[i:i + per_line]) + ",")
-    lines.append("};")
-    lines.append(f"extern const size_t {name}_size = {len(values)};")
-    return "\n".join(lines)
 
 
 def main():

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Iterator, Optional, Sequence, Union
 
 from .context_slot import ImageAt, PreparedPrompt
-from .decoder_model import DecoderModel, finish
+from .decoder_model import DecoderModel
 from .image_cache import content_key
 from .messages import conversation
 from .research import ContinuationScore, PromptHiddenStates, PromptLogits, prompt_hidden_states, prompt_logits
@@ -25,6 +25,18 @@ from .streaming import StrippedText
 from .vision import VisionEncoder
 
 EXPORT_HINT = "create one with `owl-export HF_CHECKPOINT_DIR -o MODEL_DIR`"
+
+
+def model_directory(model_dir, files, hint: str) -> Path:
+    """model_dir as a Path, once it is a directory holding `files` (else FileNotFoundError naming what is missing
+    and how to make one: hint)."""
+    d = Path(model_dir)
+    if not d.is_dir():
+        raise FileNotFoundError(f"{d}: model directory not found ({hint})")
+    for name in files:
+        if not (d / name).is_file():
+            raise FileNotFoundError(f"{d}: no {name} in the model directory ({hint})")
+    return d
 
 
 class VisionLanguageModel(DecoderModel):
@@ -38,12 +50,7 @@ class VisionLanguageModel(DecoderModel):
     def __init__(self, model_dir, *, n_ctx: Optional[int] = None, threads: Optional[int] = None,
                  device: str = "cpu", vision_file: str = "vision.onnx", kv_type: Optional[str] = None,
                  max_spare_contexts: int = 1):
-        d = Path(model_dir)
-        if not d.is_dir():
-            raise FileNotFoundError(f"{d}: model directory not found ({EXPORT_HINT})")
-        for name in ("decoder.gguf", vision_file):
-            if not (d / name).is_file():
-                raise FileNotFoundError(f"{d}: no {name} in the model directory ({EXPORT_HINT})")
+        d = model_directory(model_dir, ("decoder.gguf", vision_file), EXPORT_HINT)
         super().__init__(d / "decoder.gguf", n_ctx=n_ctx, threads=threads, kv_type=kv_type, device=device,
                          max_spare_contexts=max_spare_contexts)
         if self.hparams["arch"] != self.ARCH:

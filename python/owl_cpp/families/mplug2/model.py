@@ -26,13 +26,13 @@ every beam in one batched pass (decode_step), and a beam that continues another 
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
 from ... import _core
 from ...decoder_model import DecoderModel
+from ...vision_language import model_directory
 from .beam_search import beam_search, greedy_search
 from .preprocess import VideoConfig, load_video_frames, preprocess_frames
 from .question import QuestionEncoder, pre_question
@@ -56,12 +56,7 @@ class Mplug2Model(DecoderModel):
 
     def __init__(self, model_dir, *, n_ctx: Optional[int] = None, threads: Optional[int] = None,
                  device: str = "cpu", kv_type: Optional[str] = None, max_spare_contexts: int = 1):
-        d = Path(model_dir)
-        if not d.is_dir():
-            raise FileNotFoundError(f"{d}: model directory not found ({EXPORT_HINT})")
-        for name in ("decoder.gguf", "vision.onnx"):
-            if not (d / name).is_file():
-                raise FileNotFoundError(f"{d}: no {name} in the model directory ({EXPORT_HINT})")
+        d = model_directory(model_dir, ("decoder.gguf", "vision.onnx"), EXPORT_HINT)
         super().__init__(d / "decoder.gguf", n_ctx=n_ctx, threads=threads, kv_type=kv_type, device=device,
                          max_spare_contexts=max_spare_contexts)
         if self.hparams["arch"] != self.ARCH:
