@@ -101,3 +101,10 @@ def test_kv_type_option(tiny_gguf):
     a, b = f32.logits(ids), f16.logits(ids)
     assert np.abs(a - b).max() / np.abs(a).max() < 2e-3
     assert (a.argmax(1) == b.argmax(1)).all()
+
+
+def test_a_family_class_refuses_another_architecture(owl3_dir):
+    """DecoderModel checks a family's general.architecture before any context is made."""
+    from owl_cpp.families.owl2 import Owl2Model
+    with pytest.raises(ValueError, match=r"architecture 'owl3' is not an mPLUG-Owl2 / mPLUG-Owl decoder \('owl2'\)"):
+        Owl2Model(owl3_dir)

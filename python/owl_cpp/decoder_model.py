@@ -43,6 +43,8 @@ class DecoderModel:
     first GPU; "cuda:N" the N-th); max_spare_contexts: idle extra contexts kept for concurrent calls."""
 
     SPLICED = False     # how images enter its prompts (context_slot.PreparedPrompt); text models have none
+    ARCH = ""           # a family's general.architecture (checked at load), and its name for messages
+    FAMILY = ""
 
     def __init__(self, path: Union[str, os.PathLike], *, n_ctx: Optional[int] = None, threads: Optional[int] = None,
                  n_batch: int = 256, kv_type: Optional[str] = None, device: str = "cpu",
@@ -55,6 +57,9 @@ class DecoderModel:
         self._model = _core.Model.load(path)
         self._gguf = _core.GGUFFile.open(path)
         self.hparams = dict(self._model.hparams)
+        if self.ARCH and self.hparams["arch"] != self.ARCH:
+            raise ValueError(f"{path}: architecture {self.hparams['arch']!r} is not an {self.FAMILY} decoder "
+                             f"({self.ARCH!r}); load a plain .gguf text model by its file path")
         if n_ctx is None:
             n_ctx = min(4096, self.hparams["n_ctx_train"])
         if n_ctx < 1:

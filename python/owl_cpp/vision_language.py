@@ -43,8 +43,6 @@ class VisionLanguageModel(DecoderModel):
     """A model directory: decoder.gguf + vision.onnx. Options as DecoderModel, plus device ("cpu" | "cuda" |
     "cuda:N": where the decoder and onnxruntime's vision tower run)."""
 
-    ARCH = ""
-    FAMILY = ""
     SPLICED = False
 
     def __init__(self, model_dir, *, n_ctx: Optional[int] = None, threads: Optional[int] = None,
@@ -53,9 +51,6 @@ class VisionLanguageModel(DecoderModel):
         d = model_directory(model_dir, ("decoder.gguf", vision_file), EXPORT_HINT)
         super().__init__(d / "decoder.gguf", n_ctx=n_ctx, threads=threads, kv_type=kv_type, device=device,
                          max_spare_contexts=max_spare_contexts)
-        if self.hparams["arch"] != self.ARCH:
-            raise ValueError(f"{d / 'decoder.gguf'}: architecture {self.hparams['arch']!r} is not an {self.FAMILY} "
-                             f"decoder ({self.ARCH!r}); load a plain .gguf text model by its file path")
         self.model_dir = d
         self._read_config()
         self.vision = VisionEncoder(d / vision_file, threads=self.threads, device=device.split(":")[0])

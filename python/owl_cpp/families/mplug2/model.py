@@ -59,9 +59,6 @@ class Mplug2Model(DecoderModel):
         d = model_directory(model_dir, ("decoder.gguf", "vision.onnx"), EXPORT_HINT)
         super().__init__(d / "decoder.gguf", n_ctx=n_ctx, threads=threads, kv_type=kv_type, device=device,
                          max_spare_contexts=max_spare_contexts)
-        if self.hparams["arch"] != self.ARCH:
-            raise ValueError(f"{d / 'decoder.gguf'}: architecture {self.hparams['arch']!r} is not an mPLUG-2 "
-                             f"decoder ({self.ARCH!r})")
         self.model_dir = d
         self.task = str(self._gguf["mplug2.task"]) if "mplug2.task" in self._gguf else "caption"
         if self.task not in ("caption", "qa"):
