@@ -145,7 +145,13 @@ CharClass char_class(uint32_t cp) {
         return is_white_space(cp) ? CharClass::Space : CharClass::Other;
     }
     if (is_white_space(cp)) return CharClass::Space;
-    return static_cast<CharClass>(run_value(detail::kCategoryRuns, detail::kCategoryRuns_size, cp, 2));
+    const Category c = category(cp);
+    return is_letter_category(c) ? CharClass::Letter : c == Category::Number ? CharClass::Number : CharClass::Other;
+}
+
+Category category(uint32_t cp) {
+    if (cp >= kInvalidByteBase) return Category::Other;
+    return static_cast<Category>(run_value(detail::kCategoryRuns, detail::kCategoryRuns_size, cp, 4));
 }
 
 uint8_t combining_class(uint32_t cp) {
