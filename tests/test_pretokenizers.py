@@ -311,3 +311,23 @@ def test_unknown_pre_tokenizer_names_itself_and_the_supported_ones(tmp_path):
     assert isinstance(e.value, ValueError)
     for name in CASES:
         assert name in str(e.value)
+
+
+@pytest.mark.parametrize("name, adds", [("llama-bpe", True), ("tekken", True), ("dbrx", False), ("qwen2", False)])
+def test_bos_default_when_the_gguf_does_not_say(pair, tmp_path, name, adds):
+    # llama.cpp adds BOS for the Llama 3 and Tekken vocabularies unless tokenizer.ggml.add_bos_token says otherwise.
+    from gguf_edit import BOOL, rewrite
+    hf, _ = pair(name)
+    v = vocab_of(hf, name)
+    v.bos_id = 7
+    path = tmp_path / "with.gguf"
+    w = gguf.GGUFWriter(str(path), "llama")
+    write_vocab(w, v)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    silent = rewrite(path, tmp_path / "silent.gguf", drop=("tokenizer.ggml.add_bos_token",))
+    assert Tokenizer.from_gguf(str(silent)).encode("hi")[:1] == ([7] if adds else hf.encode("hi").ids[:1])
+    said = rewrite(path, tmp_path / "said.gguf", set_keys={"tokenizer.ggml.add_bos_token": (BOOL, not adds)})
+    assert (Tokenizer.from_gguf(str(said)).encode("hi")[:1] == [7]) == (not adds)

@@ -23,7 +23,8 @@ const std::vector<PreTokenizer>& table() {
         {{"starcoder", "smollm", "refact", "codeshell"}, {r::digit, r::gpt2}},
         {{"command-r"}, {r::digit, r::gpt2}, /*nfc=*/true},
         {{"falcon"}, {r::punct_falcon, r::gpt2}, false, false, /*byte_digits=*/true},
-        {{"llama3", "llama-v3", "llama-bpe", "falcon3", "pixtral"}, {r::llama3}, false, /*ignore_merges=*/true},
+        {{"llama3", "llama-v3", "llama-bpe", "falcon3", "pixtral"}, {r::llama3}, false, /*ignore_merges=*/true, false,
+         /*add_bos=*/true},
         {{"dbrx", "smaug-bpe"}, {r::llama3}},
         {{"qwen2", "deepseek-r1-qwen"}, {r::qwen2}, /*nfc=*/true},
         {{"stablelm2"}, {r::qwen2}},
@@ -32,7 +33,7 @@ const std::vector<PreTokenizer>& table() {
         {{"deepseek-coder"}, {r::newline, r::space_letters, r::space_punct, r::deepseek_cjk, r::digit}},
         {{"deepseek-v3"}, {r::digits_1_3, r::deepseek3_cjk, r::deepseek3}},
         {{"gpt-4o", "llama4"}, {r::gpt4o}},
-        {{"tekken"}, {r::tekken}, false, /*ignore_merges=*/true},
+        {{"tekken"}, {r::tekken}, false, /*ignore_merges=*/true, false, /*add_bos=*/true},
     };
     return t;
 }

@@ -36,6 +36,7 @@ struct PreTokenizer {
     bool nfc = false;                // the HF tokenizer NFC-normalizes first (Qwen2, Command-R)
     bool ignore_merges = false;      // a piece that is a token as a whole is that token (Llama 3, Tekken)
     bool byte_digits = false;        // Falcon: HF's Digits + [0-9]{3} split run after the byte-level map
+    bool add_bos = false;            // llama.cpp adds BOS when the GGUF has no tokenizer.ggml.add_bos_token
 };
 
 // The pre-tokenizer of a tokenizer.ggml.pre value ("" = missing key: llama.cpp's default), or nullptr.
