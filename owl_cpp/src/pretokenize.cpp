@@ -66,18 +66,22 @@ bool byte_is_numeric(unsigned char b) {  // its byte-level character is \p{N}
 
 PreText make_pre_text(std::vector<uint32_t> cps) {
     PreText t;
+    fill_pre_text(t, std::move(cps));
+    return t;
+}
+
+void fill_pre_text(PreText& t, std::vector<uint32_t>&& cps) {
     t.cps = std::move(cps);
     const size_t n = t.cps.size();
     t.cls.resize(n);
     t.cat.resize(n);
     t.space_end.resize(n);
     for (size_t i = 0; i < n; ++i) {
-        t.cls[i] = unicode::char_class(t.cps[i]);
         t.cat[i] = unicode::category(t.cps[i]);
+        t.cls[i] = unicode::char_class(t.cps[i], t.cat[i]);
     }
     for (size_t i = n; i-- > 0;)
-        t.space_end[i] = t.cls[i] != unicode::CharClass::Space ? i : (i + 1 < n ? t.space_end[i + 1] : n);
-    return t;
+        t.space_end[i] = static_cast<uint32_t>(t.cls[i] != unicode::CharClass::Space ? i : (i + 1 < n ? t.space_end[i + 1] : n));
 }
 
 const PreTokenizer* find_pre_tokenizer(std::string_view name) {

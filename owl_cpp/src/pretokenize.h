@@ -22,9 +22,10 @@ struct PreText {
     std::vector<uint32_t> cps;
     std::vector<unicode::CharClass> cls;   // letter / number / space / other
     std::vector<unicode::Category> cat;    // general category group
-    std::vector<size_t> space_end;         // end of the whitespace run at i (i itself if not a space)
+    std::vector<uint32_t> space_end;       // end of the whitespace run at i (i itself if not a space)
 };
 PreText make_pre_text(std::vector<uint32_t> cps);
+void fill_pre_text(PreText& t, std::vector<uint32_t>&& cps);  // the same, reusing t's buffers
 
 // One regex: the length of its match starting exactly at `pos` (0: none), inside a piece that ends at
 // `end` (anchors and look-aheads see `end` as the end of the text, as HF and llama.cpp do per piece).

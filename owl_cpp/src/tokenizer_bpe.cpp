@@ -95,6 +95,7 @@ private:
         std::vector<Candidate> heap;
         std::vector<Span> spans, parts;
         std::string level;  // a piece in byte-level characters
+        PreText text;
     };
 
     static uint64_t key(int32_t a, int32_t b) { return (uint64_t(uint32_t(a)) << 32) | uint32_t(b); }
@@ -151,11 +152,13 @@ private:
     void encode_text(std::string_view text, std::vector<int32_t>& out, Work& w) const {
         std::vector<uint32_t> cps = unicode::decode_utf8(text);
         if (pre_->nfc) cps = unicode::nfc(cps);
-        const PreText t = make_pre_text(std::move(cps));
+        fill_pre_text(w.text, std::move(cps));
+        const PreText& t = w.text;
         pre_split(*pre_, t, w.spans);
         std::string word;
         for (const Span& s : w.spans) {
-            word = unicode::encode_utf8(t.cps.data() + s.first, s.second - s.first);
+            word.clear();
+            for (size_t i = s.first; i < s.second; ++i) unicode::append_utf8(word, t.cps[i]);
             if (!pre_->byte_digits) {
                 encode_piece(word, out, w);
                 continue;

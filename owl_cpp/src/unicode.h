@@ -45,6 +45,7 @@ inline bool is_space(uint32_t cp) { return char_class(cp) == CharClass::Space; }
 // \p{S}); Other is C* and Z*. Independent of White_Space (a space is Other, or Zs -> Other).
 enum class Category : uint8_t { Other = 0, Lu = 1, Ll = 2, Lt = 3, Lm = 4, Lo = 5, Mark = 6, Number = 7, Punct = 8, Symbol = 9 };
 Category category(uint32_t cp);
+CharClass char_class(uint32_t cp, Category c);  // char_class(cp) when category(cp) is known
 inline bool is_letter_category(Category c) { return c >= Category::Lu && c <= Category::Lo; }
 
 uint8_t combining_class(uint32_t cp);
