@@ -16,47 +16,14 @@ import owl_cpp
 from owl_cpp._core import Tokenizer
 from owl_cpp._testing import unicode as ou
 from owl_export.tiny_tokenizers import corpus_lines
-from owl_export.vocab import Vocab, vocab_to_dict, write_vocab
+from owl_export.vocab import Vocab, load_hf_vocab, vocab_to_dict, write_vocab
 
 regex = pytest.importorskip("regex")
 
-# ------------------------------------------------------------------------------------- the regexes
-# As in the published tokenizer.json files (llama.cpp's llama-vocab.cpp lists the same, sometimes rewritten
-# for std::regex).
-GPT2 = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
-QWEN2 = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-LLAMA3 = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-_U, _W = r"[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]", r"[\p{Ll}\p{Lm}\p{Lo}\p{M}]"
-_C = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)?"
-GPT4O = (rf"[^\r\n\p{{L}}\p{{N}}]?{_U}*{_W}+{_C}|[^\r\n\p{{L}}\p{{N}}]?{_U}+{_W}*{_C}|\p{{N}}{{1,3}}"
-         r"| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+")
-TEKKEN = (rf"[^\r\n\p{{L}}\p{{N}}]?{_U}*{_W}+|[^\r\n\p{{L}}\p{{N}}]?{_U}+{_W}*|\p{{N}}"
-          r"| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+")
-# DeepSeek LLM's letter class (cased letters, as its tokenizer.json lists them), as code point ranges.
-_DS_LETTERS = [
-    (0x41, 0x5A), (0x61, 0x7A), (0xB5, 0xB5), (0xC0, 0xD6), (0xD8, 0xF6), (0xF8, 0x1BA), (0x1BC, 0x1BF),
-    (0x1C4, 0x293), (0x295, 0x2AF), (0x370, 0x373), (0x376, 0x377), (0x37B, 0x37D), (0x37F, 0x37F),
-    (0x386, 0x386), (0x388, 0x38A), (0x38C, 0x38C), (0x38E, 0x3A1), (0x3A3, 0x3F5), (0x3F7, 0x481),
-    (0x48A, 0x52F), (0x531, 0x556), (0x10A0, 0x10C5), (0x13A0, 0x13F5), (0x13F8, 0x13FD), (0x1C90, 0x1CBA),
-    (0x1CBD, 0x1CBF), (0x1D00, 0x1D2B), (0x1D6B, 0x1D77), (0x1D79, 0x1D9A), (0x1E00, 0x1F15), (0x1F18, 0x1F1D),
-    (0x1F20, 0x1F45), (0x1F48, 0x1F4D), (0x1F50, 0x1F57), (0x1F59, 0x1F59), (0x1F5B, 0x1F5B), (0x1F5D, 0x1F5D),
-    (0x1F5F, 0x1F7D), (0x1F80, 0x1FB4), (0x1FB6, 0x1FBC), (0x1FBE, 0x1FBE), (0x1FC2, 0x1FC4), (0x1FC6, 0x1FCC),
-    (0x1FD0, 0x1FD3), (0x1FD6, 0x1FDB), (0x1FE0, 0x1FEC), (0x1FF2, 0x1FF4), (0x1FF6, 0x1FFC), (0x2102, 0x2102),
-    (0x2107, 0x2107), (0x210A, 0x2113), (0x2115, 0x2115), (0x2119, 0x211D), (0x2124, 0x2124), (0x2126, 0x2126),
-    (0x2128, 0x2128), (0x212A, 0x212D), (0x212F, 0x2134), (0x2139, 0x2139), (0x213C, 0x213F), (0x2145, 0x2149),
-    (0x214E, 0x214E), (0x2183, 0x2184), (0x2C00, 0x2C7B), (0x2C7E, 0x2CE4), (0x2CEB, 0x2CEE), (0x2CF2, 0x2CF3),
-    (0xA640, 0xA66D), (0xA680, 0xA69B), (0xA722, 0xA76F), (0xA771, 0xA787), (0xA78B, 0xA78E), (0xAB70, 0xABBF),
-    (0xFB00, 0xFB06), (0xFB13, 0xFB17), (0xFF21, 0xFF3A), (0xFF41, 0xFF5A), (0x10400, 0x1044F),
-    (0x104B0, 0x104D3), (0x104D8, 0x104FB), (0x10C80, 0x10CB2), (0x10CC0, 0x10CF2), (0x118A0, 0x118DF),
-    (0x1E900, 0x1E943),
-]
-DS_LETTERS = "".join(chr(a) if a == b else f"{chr(a)}-{chr(b)}" for a, b in _DS_LETTERS)
-DEEPSEEK_LLM = ["[\r\n]", rf"\s?[{DS_LETTERS}]+", r"\s?[!-/:-~！-／：-～‘-‟　-。]+", r"\s+$", "[一-龥ࠀ-一가-퟿]+", r"\p{N}+"]
-DEEPSEEK_CODER = ["[\r\n]", r"\s?\p{L}+", r"\s?\p{P}+", "[一-龥ࠀ-一가-퟿]+", r"\p{N}"]
-DEEPSEEK_V3 = [r"\p{N}{1,3}", "[一-龥぀-ゟ゠-ヿ]+",
-               r"""[!"#$%&'()*+,\-./:;<=>?@\[\\\]^_`{|}~][A-Za-z]+|[^\r\n\p{L}\p{P}\p{S}]?[\p{L}\p{M}]+"""
-               r"| ?[\p{P}\p{S}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"]
-DEFAULT = [r"[\p{P}\$\+<=>\^~\|]+", GPT2, r"\p{N}+", "[0-9][0-9][0-9]"]  # llama.cpp's own fallback
+# The regexes as the published tokenizer.json files write them (llama.cpp's llama-vocab.cpp lists the same,
+# sometimes rewritten for std::regex).
+from owl_export.pretokenizers import (DEEPSEEK_CODER, DEEPSEEK_LLM, DEEPSEEK_V3, DEFAULT, GPT2, GPT4O,  # noqa: E402
+                                      LLAMA3, QWEN2, TEKKEN)
 
 
 def split_steps(patterns):
@@ -331,3 +298,28 @@ def test_bos_default_when_the_gguf_does_not_say(pair, tmp_path, name, adds):
     assert Tokenizer.from_gguf(str(silent)).encode("hi")[:1] == ([7] if adds else hf.encode("hi").ids[:1])
     said = rewrite(path, tmp_path / "said.gguf", set_keys={"tokenizer.ggml.add_bos_token": (BOOL, not adds)})
     assert (Tokenizer.from_gguf(str(said)).encode("hi")[:1] == [7]) == (not adds)
+
+
+# What owl-export writes for each configuration: llama.cpp's name for that behaviour.
+DETECTED = {"gpt2": "gpt-2", "mpt": "gpt-2", "olmo": "gpt-2", "starcoder": "smollm", "refact": "smollm",
+            "llama3": "llama-bpe", "llama-v3": "llama-bpe", "smaug-bpe": "dbrx"}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_owl_export_names_the_pre_tokenizer_of_a_tokenizer_json(pair, tmp_path, name):
+    hf, _ = pair(name)
+    hf.save(str(tmp_path / "tokenizer.json"))
+    v = load_hf_vocab(tmp_path)
+    assert v.pre == DETECTED.get(name, name)
+    owl = Tokenizer(vocab_to_dict(v))
+    text = "".join(AWKWARD)
+    assert owl.encode(text, False, False) == hf.encode(text, add_special_tokens=False).ids
+
+
+def test_owl_export_refuses_a_pre_tokenizer_it_does_not_know(pair, tmp_path):
+    hf, _ = pair("llama-bpe")
+    spec = json.loads(hf.to_str())
+    spec["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"] = r"\p{L}+|\p{N}+"
+    (tmp_path / "tokenizer.json").write_text(json.dumps(spec))
+    with pytest.raises(ValueError, match=r"unsupported pre_tokenizer .*llama-bpe.*"):
+        load_hf_vocab(tmp_path)
