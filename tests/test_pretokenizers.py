@@ -19,6 +19,8 @@ from owl_export.tiny_tokenizers import corpus_lines
 from owl_export.vocab import Vocab, load_hf_vocab, vocab_to_dict, write_vocab
 
 regex = pytest.importorskip("regex")
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
 
 # The regexes as the published tokenizer.json files write them (llama.cpp's llama-vocab.cpp lists the same,
 # sometimes rewritten for std::regex).
@@ -232,6 +234,23 @@ def test_pieces_match_regex_module(name):
         if norm == "nfc":
             text = unicodedata.normalize("NFC", text)
         assert ou.pre_tokenize(name, text) == regex_pieces(patterns, text), f"{name}: {text!r}"
+
+
+# Characters every rule cares about: each class, case pairs, marks, the spaces and newlines, contraction parts.
+ALPHABET = list(" \t\n\r'sStTlLdDmMrReEvV/!$+<=>^~|`.,-_09aZ") + [
+    "\u00a0", "\u3000", "\u0085", "\u2028", "\u017f", "\u0301", "\u0308", "\u01c5", "\u01c4", "\u02b0", "\u4e00",
+    "\u3042", "\u30a2", "\uac00", "\u0800", "\U0001f600", "\u200d", "\u00b2", "\u00bd", "\u0660", "\u2167",
+    "\u00e9", "\u00c9", "\u03a9", "\u2126", "\uff01", "\uff21", "\u2018", "\u00b5", "\u00a9", "\u2192", "\u05d0"]
+
+
+@pytest.mark.parametrize("name", list(CASES))
+@settings(max_examples=50, deadline=None)
+@given(text=st.text(alphabet=st.sampled_from(ALPHABET), max_size=16))
+def test_pieces_match_regex_module_on_random_text(name, text):
+    norm, _, _, patterns = CASES[name]
+    if norm == "nfc":
+        text = unicodedata.normalize("NFC", text)
+    assert ou.pre_tokenize(name, text) == regex_pieces(patterns, text)
 
 
 def test_names_sharing_a_regex_list_split_alike():
