@@ -253,6 +253,20 @@ def test_pieces_match_regex_module_on_random_text(name, text):
     assert ou.pre_tokenize(name, text) == regex_pieces(patterns, text)
 
 
+def test_categories_agree_with_unicodedata():
+    # The tables are Unicode 16 (as the Oniguruma in `tokenizers`); Python's unicodedata is older, so every code
+    # point it assigns must have the same category group here.
+    group = {"Lu": 1, "Ll": 2, "Lt": 3, "Lm": 4, "Lo": 5, "M": 6, "N": 7, "P": 8, "S": 9}
+    seen = set()
+    for cp in range(0x110000):
+        cat = unicodedata.category(chr(cp))
+        if cat != "Cn":
+            want = group.get(cat, group.get(cat[0], 0))
+            assert ou.category(cp) == want, (hex(cp), cat)
+            seen.add(want)
+    assert seen == set(range(10))
+
+
 def test_names_sharing_a_regex_list_split_alike():
     text = "".join(AWKWARD)
     for group in (["llama-bpe", "llama3", "llama-v3", "dbrx", "smaug-bpe"], ["gpt2", "gpt-2", "mpt", "olmo"],
