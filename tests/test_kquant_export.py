@@ -172,3 +172,33 @@ def test_runtime_quantization_error_is_bounded(quant, text_exports):
     top1 = float((got.argmax(-1) == want.argmax(-1)).mean())
     max_err, max_kl, min_top1 = RUNTIME_BOUNDS[quant]
     assert err < max_err and kl(want, got) < max_kl and top1 >= min_top1, (err, kl(want, got), top1)
+
+
+def test_requantize_an_f16_file_gives_the_direct_export(text_exports, tmp_path):
+    """python -m owl_export.requantize: same metadata, same types, and (the input being the F16 rounding of the
+    same weights) nearly the same values."""
+    from owl_export.requantize import main as requantize
+
+    out = tmp_path / "re.gguf"
+    assert requantize([str(text_exports("qwen2", "f16")), str(out), "q4_k_m"]) == 0
+    direct, re_ = gguf.GGUFReader(text_exports("qwen2", "q4_k_m")), gguf.GGUFReader(out)
+    def meta(r):
+        return {k: f.contents() for k, f in r.fields.items() if not k.startswith("GGUF.")}
+
+    assert meta(direct) == meta(re_)
+    a, b = tensors_of(text_exports("qwen2", "q4_k_m")), tensors_of(out)
+    for n in a:
+        assert a[n][0] == b[n][0], n
+    # F16 inputs tip near-ties between candidate scales in some groups: the two differ by a fraction of the
+    # quantization error, and the requantized file is as close to the F32 weights as the direct one
+    check_types_and_values(out, text_exports("qwen2", "f32"), "q4_k_m", n_gqa=4, tied=True)
+    for n in a:
+        diff = np.sqrt(np.mean((b[n][1] - a[n][1]) ** 2) / max(np.mean(a[n][1] ** 2), 1e-30))
+        assert diff <= 0.5 * REL_RMSE[a[n][0]], (n, diff)
+
+
+def test_requantize_refuses_quantized_input(text_exports, tmp_path):
+    from owl_export.requantize import requantize_gguf
+
+    with pytest.raises(ValueError, match="needs F32/F16/BF16"):
+        requantize_gguf(text_exports("qwen2", "q8_0"), tmp_path / "x.gguf", "q4_k_m")
