@@ -45,45 +45,54 @@ def _safe(a: np.ndarray, bad: np.ndarray) -> np.ndarray:
     return np.where(bad, _F(1), a)
 
 
-def _signed_absmax(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per row: the value of largest magnitude (its first occurrence, keeping the sign) and that magnitude."""
-    i = np.abs(x).argmax(axis=-1)
-    v = np.take_along_axis(x, i[..., None], axis=-1)[..., 0]
+def _signed_absmax(x: np.ndarray, axis: int = -1) -> tuple[np.ndarray, np.ndarray]:
+    """Along axis: the value of largest magnitude (its first occurrence, keeping the sign) and that magnitude."""
+    i = np.expand_dims(np.abs(x).argmax(axis=axis), axis)
+    v = np.take_along_axis(x, i, axis=axis).squeeze(axis)
     return v, np.abs(v)
 
 
+# The searches below take groups as COLUMNS: x is (group size, number of groups). Per-group scalars then
+# broadcast along the long axis and sums over a group add whole rows, which numpy does at full speed (and in
+# the C code's order); the callers transpose.
+
+
 def _min_search(x, w, nmax: int, rmin: float, rdelta: float, nstep: int, use_mad: bool):
-    """Asymmetric quantization x ~ scale*L - m (L in [0, nmax], m >= 0) of each row of x, searching nstep+1
+    """Asymmetric quantization x ~ scale*L - m (L in [0, nmax], m >= 0) of each group, searching nstep+1
     candidate inverse scales around nmax/(max-min) and taking the weighted least-squares scale and min of each
     candidate's rounding (ggml's make_qkx2_quants). Returns scale, m and L (float32, integral)."""
-    mn = np.minimum(x.min(axis=1), 0)
-    mx = x.max(axis=1)
-    sum_w = w.sum(axis=1)
-    sum_x = (w * x).sum(axis=1)
+    mn = np.minimum(x.min(axis=0), 0)
+    mx = x.max(axis=0)
+    sum_w = w.sum(axis=0)
+    sum_x = (w * x).sum(axis=0)
     flat = mx == mn
 
-    sum_x2 = (w * x * x).sum(axis=1, dtype=np.float64)
+    def levels(iscale):
+        l = x - mn
+        l *= iscale
+        np.rint(l, out=l)
+        return np.clip(l, 0, nmax, out=l)
 
-    def err(scale, minv, L, wl=None, sl=None, sl2=None, sxl=None):
-        if use_mad:
-            diff = scale[:, None] * L + minv[:, None] - x
-            return (w * np.abs(diff)).sum(axis=1)
-        if wl is None:                  # squared error from the sums the fit already has (float64: it cancels)
-            wl = w * L
-            sl, sl2, sxl = wl.sum(axis=1), (wl * L).sum(axis=1), (wl * x).sum(axis=1)
-        s, m = scale.astype(np.float64), minv.astype(np.float64)
-        return (s * s * sl2 + m * m * sum_w + sum_x2 + 2 * s * m * sl - 2 * s * sxl - 2 * m * sum_x)
+    def err(scale, minv, L):
+        diff = scale * L + minv - x         # summed like the C code, so near-ties break the same way
+        return (w * (np.abs(diff) if use_mad else diff * diff)).sum(axis=0)
+
+    def sums(l):
+        wl = w * l
+        return wl.sum(axis=0), (wl * l).sum(axis=0), (wl * x).sum(axis=0)
 
     iscale = _F(nmax) / _safe(mx - mn, flat)
-    L = np.clip(np.rint(iscale[:, None] * (x - mn[:, None])), 0, nmax)
+    L = levels(iscale)
     scale = _F(1) / iscale
     best = err(scale, mn, L)
+    # a candidate's levels follow from its inverse scale and the min it was centred on: keep those two and
+    # round once at the end, instead of copying the best levels around at every step
+    best_iscale, best_base = iscale, mn
     for step in range(nstep + 1):
         # like the C code, later candidates are centred on the best min found so far
         iscale = (_F(rmin) + _F(rdelta) * _F(step) + _F(nmax)) / _safe(mx - mn, mx == mn)
-        l = np.clip(np.rint(iscale[:, None] * (x - mn[:, None])), 0, nmax)
-        wl = w * l
-        sl, sl2, sxl = wl.sum(axis=1), (wl * l).sum(axis=1), (wl * x).sum(axis=1)
+        l = levels(iscale)
+        sl, sl2, sxl = sums(l)
         D = sum_w * sl2 - sl * sl
         ok = D > 0
         Ds = _safe(D, ~ok)
@@ -92,60 +101,70 @@ def _min_search(x, w, nmax: int, rmin: float, rdelta: float, nstep: int, use_mad
         pos = this_min > 0                      # a positive offset is not representable: refit without it
         this_min = np.where(pos, _F(0), this_min)
         this_scale = np.where(pos, sxl / _safe(sl2, sl2 == 0), this_scale)
-        cur = err(this_scale, this_min, l, wl, sl, sl2, sxl)
+        cur = err(this_scale, this_min, l)
         better = ok & (cur < best)
-        L = np.where(better[:, None], l, L)
         best = np.where(better, cur, best)
+        best_iscale = np.where(better, iscale, best_iscale)
+        best_base = np.where(better, mn, best_base)
         scale = np.where(better, this_scale, scale)
         mn = np.where(better, this_min, mn)
-    scale = np.where(flat, _F(0), scale)
-    L = np.where(flat[:, None], _F(0), L)
-    return scale.astype(np.float32), (-mn).astype(np.float32), L
+    L = x - best_base
+    L *= best_iscale
+    np.rint(L, out=L)
+    np.clip(L, 0, nmax, out=L)
+    L *= ~flat
+    return np.where(flat, _F(0), scale).astype(np.float32), (-mn).astype(np.float32), L
 
 
 def _symmetric_search(x, nmax: int):
     """Symmetric quantization x ~ scale*l, l in [-nmax, nmax-1], with weights x^2: the round-to-nearest scale
     nmax/max and 18 neighbours (nmax +- 0.1k)/max, each refitted by least squares; the best fit wins (ggml's
     make_qx_quants, rmse_type 1). Returns scale and L = l + nmax."""
-    v, amax = _signed_absmax(x)
+    v, amax = _signed_absmax(x, axis=0)
     zero = amax < _EPS
     v = _safe(v, zero)
     w = x * x
+    wx = w * x
 
     def attempt(iscale):
-        l = np.clip(np.rint(iscale[:, None] * x), -nmax, nmax - 1)
-        wl = w * l
-        return l, (wl * x).sum(axis=1), (wl * l).sum(axis=1)
+        l = x * iscale
+        np.rint(l, out=l)
+        np.clip(l, -nmax, nmax - 1, out=l)
+        return l, (wx * l).sum(axis=0), (w * l * l).sum(axis=0)
 
-    L, sumlx, suml2 = attempt(_F(-nmax) / v)
+    best_iscale = _F(-nmax) / v
+    _, sumlx, suml2 = attempt(best_iscale)
     scale = np.where(suml2 != 0, sumlx / _safe(suml2, suml2 == 0), _F(0))
     best = scale * sumlx
     for k in range(-9, 10):
         if k == 0:
             continue
-        l, slx, sl2 = attempt(-(_F(nmax) + _F(0.1) * _F(k)) / v)
+        iscale = -(_F(nmax) + _F(0.1) * _F(k)) / v
+        _, slx, sl2 = attempt(iscale)
         better = (sl2 > 0) & (slx * slx > best * sl2)
-        L = np.where(better[:, None], l, L)
-        scale = np.where(better, slx / _safe(sl2, sl2 == 0), scale)
+        scale = np.where(better, slx / _safe(sl2, sl2 <= 0), scale)
         best = np.where(better, scale * slx, best)
-    L = np.where(zero[:, None], _F(0), L + nmax)
+        best_iscale = np.where(better, iscale, best_iscale)
+    L = attempt(best_iscale)[0]                          # the winner's levels, rounded once
+    L += nmax
+    L *= ~zero
     return np.where(zero, _F(0), scale).astype(np.float32), L
 
 
 def _q3_search(x, nmax: int = 4, passes: int = 5):
     """Symmetric 3-bit quantization with weights x^2: round at nmax/max, then up to 5 passes that move each
     weight to the level that best fits the others' least-squares scale when that lowers the weighted error
-    (ggml's make_q3_quants). A pass that changes nothing changes nothing the next time, so all rows run all
+    (ggml's make_q3_quants). A pass that changes nothing changes nothing the next time, so all groups run all
     passes. Returns scale and L = l + nmax."""
-    v, amax = _signed_absmax(x)
+    v, amax = _signed_absmax(x, axis=0)
     zero = amax < _EPS
     w = x * x
-    L = np.clip(np.rint((_F(-nmax) / _safe(v, zero))[:, None] * x), -nmax, nmax - 1)
-    sumlx = (w * x * L).sum(axis=1)
-    suml2 = (w * L * L).sum(axis=1)
+    L = np.clip(np.rint((_F(-nmax) / _safe(v, zero)) * x), -nmax, nmax - 1)
+    sumlx = (w * x * L).sum(axis=0)
+    suml2 = (w * L * L).sum(axis=0)
     for _ in range(passes):
-        for i in range(x.shape[1]):
-            xi, wi, li = x[:, i], w[:, i], L[:, i]
+        for i in range(x.shape[0]):
+            xi, wi, li = x[i], w[i], L[i]
             slx = sumlx - wi * xi * li
             sl2 = suml2 - wi * li * li
             pos = slx > 0
@@ -153,12 +172,23 @@ def _q3_search(x, nmax: int = 4, passes: int = 5):
             slx_n = slx + wi * xi * new
             sl2_n = sl2 + wi * new * new
             take = pos & (new != li) & (sl2_n > 0) & (slx_n * slx_n * suml2 > sumlx * sumlx * sl2_n)
-            L[:, i] = np.where(take, new, li)
+            L[i] = np.where(take, new, li)
             sumlx = np.where(take, slx_n, sumlx)
             suml2 = np.where(take, sl2_n, suml2)
     scale = np.where(suml2 > 0, sumlx / _safe(suml2, suml2 <= 0), _F(0))
-    L = np.where(zero[:, None], _F(0), L + nmax)
+    L += nmax
+    L[:, zero] = 0
     return np.where(zero, _F(0), scale).astype(np.float32), L
+
+
+def _groups(x: np.ndarray, size: int) -> np.ndarray:
+    """(nb, block) -> (size, nb * block // size): each group of `size` consecutive weights as a column."""
+    return np.ascontiguousarray(x.reshape(-1, size).T)
+
+
+def _ungroup(L: np.ndarray, nb: int, n_groups: int) -> np.ndarray:
+    """Inverse of _groups, as (nb, n_groups, size)."""
+    return L.T.reshape(nb, n_groups, -1)
 
 
 def _pack_2bit(L: np.ndarray) -> np.ndarray:
@@ -195,9 +225,9 @@ def _requantize(x, d, m, nmax):
 
 def _quantize_q2_k(x: np.ndarray) -> np.ndarray:
     nb = x.shape[0]
-    xs = x.reshape(nb * 16, 16)
+    xs = _groups(x, 16)
     scales, mins, L = _min_search(xs, np.abs(xs), 3, -0.5, 0.1, 15, True)
-    scales, mins, L = scales.reshape(nb, 16), mins.reshape(nb, 16), L.reshape(nb, 16, 16)
+    scales, mins, L = scales.reshape(nb, 16), mins.reshape(nb, 16), _ungroup(L, nb, 16)
     max_scale = np.maximum(scales.max(axis=1), 0)
     max_min = np.maximum(mins.max(axis=1), 0)
     ls = np.clip(np.rint((_F(15) / _safe(max_scale, max_scale <= 0))[:, None] * scales), 0, 15)
@@ -215,8 +245,8 @@ def _quantize_q2_k(x: np.ndarray) -> np.ndarray:
 
 def _quantize_q3_k(x: np.ndarray) -> np.ndarray:
     nb = x.shape[0]
-    scales, L = _q3_search(x.reshape(nb * 16, 16))
-    scales, L = scales.reshape(nb, 16), L.reshape(nb, 16, 16)
+    scales, L = _q3_search(_groups(x, 16))
+    scales, L = scales.reshape(nb, 16), _ungroup(L, nb, 16)
     max_scale, _ = _signed_absmax(scales)
     has = max_scale != 0
     iscale = _F(-32) / _safe(max_scale, ~has)
@@ -242,10 +272,10 @@ def _k4_scales(x: np.ndarray, nmax: int, rmin: float, nstep: int):
     """Q4_K / Q5_K's common part: search each 32-group, store 6-bit scales/mins under fp16 d and dmin,
     requantize with the stored values. Returns d, dmin, 12-byte scales, L (nb, 8, 32)."""
     nb = x.shape[0]
-    xs = x.reshape(nb * 8, 32)
-    av = np.sqrt((xs * xs).sum(axis=1) / _F(32))
-    scales, mins, L = _min_search(xs, av[:, None] + np.abs(xs), nmax, rmin, 0.1, nstep, False)
-    scales, mins, L = scales.reshape(nb, 8), mins.reshape(nb, 8), L.reshape(nb, 8, 32)
+    xs = _groups(x, 32)
+    av = np.sqrt((xs * xs).sum(axis=0) / _F(32))
+    scales, mins, L = _min_search(xs, av + np.abs(xs), nmax, rmin, 0.1, nstep, False)
+    scales, mins, L = scales.reshape(nb, 8), mins.reshape(nb, 8), _ungroup(L, nb, 8)
     max_scale = np.maximum(scales.max(axis=1), 0)
     max_min = np.maximum(mins.max(axis=1), 0)
     inv_s = np.where(max_scale > 0, _F(63) / _safe(max_scale, max_scale <= 0), 0)
@@ -278,8 +308,8 @@ def _quantize_q5_k(x: np.ndarray) -> np.ndarray:
 
 def _quantize_q6_k(x: np.ndarray) -> np.ndarray:
     nb = x.shape[0]
-    scales, L = _symmetric_search(x.reshape(nb * 16, 16), 32)
-    scales, L = scales.reshape(nb, 16), L.reshape(nb, 16, 16)
+    scales, L = _symmetric_search(_groups(x, 16), 32)
+    scales, L = scales.reshape(nb, 16), _ungroup(L, nb, 16)
     max_scale, amax = _signed_absmax(scales)
     zero = amax < _EPS
     iscale = _F(-128) / _safe(max_scale, zero)
@@ -305,15 +335,16 @@ def _nearest_iq4(a: np.ndarray) -> np.ndarray:
 
 
 def _quantize_iq4_nl(x: np.ndarray, ntry: int = 7) -> np.ndarray:
-    w = x * x
-    v, amax = _signed_absmax(x)
+    xc = _groups(x, 32)                                  # one block per column
+    w = xc * xc
+    v, amax = _signed_absmax(xc, axis=0)
     zero = amax < _EPS
     v = _safe(v, zero)
 
     def fit(inv):
-        q = IQ4NL_VALUES[_nearest_iq4(inv[:, None] * x)]
+        q = IQ4NL_VALUES[_nearest_iq4(inv * xc)]
         wq = w * q
-        return (wq * x).sum(axis=1), (wq * q).sum(axis=1)
+        return (wq * xc).sum(axis=0), (wq * q).sum(axis=0)
 
     sumqx, sumq2 = fit(_F(1) / (-v / IQ4NL_VALUES[0]))
     d = np.where(sumq2 > 0, sumqx / _safe(sumq2, sumq2 <= 0), _F(0))
@@ -324,14 +355,14 @@ def _quantize_iq4_nl(x: np.ndarray, ntry: int = 7) -> np.ndarray:
         d = np.where(better, sqx / _safe(sq2, sq2 <= 0), d)
         best = np.where(better, d * sqx, best)
     d = np.where(zero, _F(0), d).astype(np.float32)
-    L = _nearest_iq4(np.where(d != 0, _F(1) / _safe(d, d == 0), 0)[:, None] * x).astype(np.uint8)
+    L = _nearest_iq4(np.where(d != 0, _F(1) / _safe(d, d == 0), 0) * xc).astype(np.uint8).T
     return np.concatenate([_u8(_f16(d)), L[:, :16] | (L[:, 16:] << 4)], axis=1)
 
 
 _QUANTIZERS = {QT.Q2_K: _quantize_q2_k, QT.Q3_K: _quantize_q3_k, QT.Q4_K: _quantize_q4_k,
                QT.Q5_K: _quantize_q5_k, QT.Q6_K: _quantize_q6_k, QT.IQ4_NL: _quantize_iq4_nl}
 TYPES = tuple(_QUANTIZERS)
-_CHUNK_BLOCKS = 4096                    # blocks per work item: ~4 MiB of float32 in, temporaries in cache-ish
+_CHUNK_BLOCKS = 512                     # blocks per work item: temporaries of ~0.5 MiB stay in cache (2-3x faster than 4 MiB)
 
 
 def quantize(data: np.ndarray, qtype: QT, *, threads: int | None = None) -> np.ndarray:
