@@ -7,13 +7,15 @@ next-token logits with the F16 file's: relative logit error (RMS of the differen
 KL(F16 || quantized) and top-1 agreement. The evaluator is llama.cpp for all three files, so only the weights
 differ. Prints a table and writes JSON to bench/results/.
 
-Model: --hf DIR (a qwen2/llama Hugging Face checkpoint, exported to F16 by owl-export; text prompts) or, by
-default, a synthetic checkpoint (--synthetic LAYERSxHIDDEN, FFN 2.75x) whose weights have some structure of
+Model: --hf DIR (a qwen2/llama Hugging Face checkpoint, exported to F16 by owl-export; text prompts), --demo
+(the demo model's trained decoder, text only: real trained weights, but hidden 192, so most matrices take
+llama.cpp's 32-block fallbacks and only ffn_down is K-quantized) or, by default, a synthetic checkpoint (--synthetic LAYERSxHIDDEN, FFN 2.75x) whose weights have some structure of
 trained ones: heavy tails (Student-t, 4 degrees of freedom), per-row and per-input-channel scales (log-normal)
 and a few outlier input channels; random token ids as prompts. Not a trained model: its KL says how the
 two quantizers compare, not what a real model loses.
 
     python bench/bench_quant_error.py --llama-python ~/llama-env/bin/python                        # synthetic
+    python bench/bench_quant_error.py --llama-python ~/llama-env/bin/python --demo
     python bench/bench_quant_error.py --llama-python ~/llama-env/bin/python --hf /models/Qwen2-0.5B-Instruct
 """
 from __future__ import annotations
@@ -55,7 +57,7 @@ if req["op"] == "quantize":
 else:
     llm = llama_cpp.Llama(model_path=req["model"], n_ctx=req["n_ctx"], n_threads=req["threads"], n_batch=512,
                           logits_all=True, verbose=False, type_k=0, type_v=0)
-    seqs = req.get("ids") or [llm.tokenize(t.encode(), add_bos=True) for t in req["texts"]]
+    seqs = req.get("ids") or [llm.tokenize(t.encode(), add_bos=True, special=True) for t in req["texts"]]
     out = {}
     for i, ids in enumerate(seqs):
         llm.reset()
@@ -102,6 +104,38 @@ def synthetic_checkpoint(out: Path, layers: int, hidden: int, seed: int = 0) -> 
     return hf
 
 
+DEMO_TEXTS = [
+    "<|im_start|>user\nWhat colour is the star?<|im_end|>\n<|im_start|>assistant\npurple<|im_end|>",
+    "<|im_start|>user\nHow many shapes are there?<|im_end|>\n<|im_start|>assistant\nthree<|im_end|>",
+    "<|im_start|>user\nWhere is the red circle?<|im_end|>\n<|im_start|>assistant\ntop left<|im_end|>",
+    "<|im_start|>user\nWhat does the image show?<|im_end|>\n<|im_start|>assistant\nan orange triangle at "
+    "the top left, a red cross at the bottom left and a purple star at the bottom middle.<|im_end|>",
+]
+
+
+def demo_text_checkpoint(out: Path) -> Path:
+    """The demo model's trained decoder (export/owl3-demo) as a plain qwen2 checkpoint: its language_model
+    tensors without the hyper-attention's image projections, i.e. what Owl3 runs for a text-only prompt."""
+    import shutil
+    from safetensors.torch import load_file, save_file
+
+    src = HERE.parent / "export" / "owl3-demo"
+    out.mkdir(parents=True, exist_ok=True)
+    prefix = "language_model."
+    sd = {k[len(prefix):]: v for k, v in load_file(src / "model.safetensors").items()
+          if k.startswith(prefix) and ".v_kv_proj." not in k and ".gate_proj.0." not in k and not k.endswith(".gate")}
+    save_file(sd, out / "model.safetensors")
+    config = json.loads((src / "config.json").read_text())
+    for k in ("vision_config", "hyper_layers"):
+        config.pop(k, None)
+    config.update(model_type="qwen2", architectures=["Qwen2ForCausalLM"])
+    (out / "config.json").write_text(json.dumps(config, indent=1))
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "generation_config.json"):
+        if (src / name).is_file():
+            shutil.copy(src / name, out / name)
+    return out
+
+
 def compare(ref_npz, q_npz) -> dict:
     rel, kls, top1 = [], [], []
     for key in [k for k in ref_npz.files if k.startswith("p")]:
@@ -118,10 +152,21 @@ def compare(ref_npz, q_npz) -> dict:
             "top1": float(np.mean(top1)), "positions": len(kls)}
 
 
+def same_tensors(a: Path, b: Path) -> tuple[int, int]:
+    """How many tensors two GGUFs store with the same type and bytes, of how many."""
+    import gguf
+    ta = {t.name: (t.tensor_type, bytes(t.data)) for t in gguf.GGUFReader(a).tensors}
+    tb = {t.name: (t.tensor_type, bytes(t.data)) for t in gguf.GGUFReader(b).tensors}
+    return sum(ta[n] == tb.get(n) for n in ta), len(ta)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--llama-python", required=True, help="python of an environment with llama-cpp-python")
     p.add_argument("--hf", type=Path, help="a qwen2/llama HF checkpoint (default: synthetic weights)")
+    p.add_argument("--demo", action="store_true",
+                   help="the demo model's trained decoder (hidden 192: K types only in ffn_down, the rest "
+                        "llama.cpp's 32-block fallbacks)")
     p.add_argument("--synthetic", default="8x512", help="LAYERSxHIDDEN of the synthetic model (default 8x512)")
     p.add_argument("--quants", nargs="+", default=list(LLAMA_FTYPE), choices=list(LLAMA_FTYPE))
     p.add_argument("--prompts", type=int, default=8, help="random-id prompts for the synthetic model")
@@ -135,7 +180,11 @@ def main() -> None:
 
     work = a.work or Path(tempfile.mkdtemp(prefix="quant_error_"))
     work.mkdir(parents=True, exist_ok=True)
-    if a.hf:
+    texts = TEXTS
+    if a.demo:
+        hf, texts = demo_text_checkpoint(work / "demo"), DEMO_TEXTS
+        model_desc = "the demo model's trained decoder (export/owl3-demo, text only, qwen2 4 x 192)"
+    elif a.hf:
         hf, model_desc = a.hf, f"HF checkpoint {a.hf.name}"
     else:
         layers, hidden = map(int, a.synthetic.split("x"))
@@ -146,9 +195,9 @@ def main() -> None:
     import gguf
     n_vocab = next(t.shape[1] for t in gguf.GGUFReader(f16).tensors if t.name == "token_embd.weight")
     rng = np.random.default_rng(0)
-    ids = None if a.hf else [[int(v) for v in rng.integers(0, min(int(n_vocab), 1000), a.prompt_len)]
+    ids = None if a.hf or a.demo else [[int(v) for v in rng.integers(0, min(int(n_vocab), 1000), a.prompt_len)]
                              for _ in range(a.prompts)]
-    evaluate = dict(op="eval", n_ctx=max(512, a.prompt_len + 8), threads=a.threads, ids=ids, texts=TEXTS)
+    evaluate = dict(op="eval", n_ctx=max(512, a.prompt_len + 8), threads=a.threads, ids=ids, texts=texts)
     llama(a.llama_python, {**evaluate, "model": str(f16), "out": str(work / "f16.npz")})
     ref = np.load(work / "f16.npz")
 
@@ -162,9 +211,12 @@ def main() -> None:
                                        threads=a.threads))
         if q["rc"] != 0:
             raise RuntimeError(f"llama_model_quantize {quant} returned {q['rc']}")
+        same, total = same_tensors(ours, theirs)
+        print(f"{quant}: {same} of {total} tensors identical (type and bytes) to llama.cpp's", flush=True)
         for who, path, secs in (("ours", ours, t_ours), ("llama.cpp", theirs, q["seconds"])):
             llama(a.llama_python, {**evaluate, "model": str(path), "out": str(work / f"{path.stem}.npz")})
             row = {"quant": quant, "quantizer": who, "file_mib": path.stat().st_size / 2**20,
+                   "tensors_identical_to_llama_cpp": f"{same}/{total}",
                    "quantize_s": secs, **compare(ref, np.load(work / f"{path.stem}.npz"))}
             rows.append(row)
             print(f"{quant:7} {who:9} {row['file_mib']:7.2f} MiB  rel err {row['rel_logit_err']:.4f}  "
