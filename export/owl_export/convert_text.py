@@ -219,6 +219,7 @@ def write_gguf(out_path: str | Path, writer_setup: Callable[[gguf.GGUFWriter], N
         writer.write_kv_data_to_file()
         writer.write_ti_data_to_file()
         for t, q in zip(plan, qtypes):
+            bar.update(0, f"{t.name} ({q.name})")        # K types take seconds per big matrix: say which
             data = quantize_array(t.load(), q)
             writer.write_tensor_data(data)
             bar.update(data.nbytes, t.name)
