@@ -2,7 +2,7 @@
 
 The expected mixes are written out by layer (not recomputed with the module's own helpers). With -m llama_cpp
 and OWL_LLAMA_PYTHON set, the plan is also held against llama.cpp's own choice on the same F16 files
-(llama_model_quantize, then the types it wrote).
+(llama_model_quantize, then the types it wrote), and our requantization of those files is byte-identical.
 """
 from __future__ import annotations
 
@@ -180,6 +180,7 @@ def test_plan_equals_llama_quantize(arch, tmp_path):
         pytest.skip("set OWL_LLAMA_PYTHON to the python of an environment with llama-cpp-python")
     from owl_export.convert_text import convert_text_model
     from owl_export.fixtures import make_tiny_checkpoint
+    from owl_export.requantize import requantize_gguf
 
     # 16 layers so every rule has layers on both sides; qwen2 with 4 heads per KV head, tied embeddings
     kw = dict(num_heads=4, num_kv_heads=4) if arch == "llama" else dict(num_heads=8, num_kv_heads=2)
@@ -194,4 +195,8 @@ def test_plan_equals_llama_quantize(arch, tmp_path):
         theirs = {t.name: t.tensor_type for t in gguf.GGUFReader(out).tensors}
         ours = plan_mix(tensors, quant, n_gqa=kw["num_heads"] // kw["num_kv_heads"])
         assert ours == theirs, (quant, {n: (ours[n].name, theirs[n].name) for n in ours if ours[n] != theirs[n]})
+        # and our requantization of the same F16 file stores the very same bytes
+        requantize_gguf(f16, tmp_path / f"ours-{quant}.gguf", quant)
+        mine = {t.name: bytes(t.data) for t in gguf.GGUFReader(tmp_path / f"ours-{quant}.gguf").tensors}
+        assert mine == {t.name: bytes(t.data) for t in gguf.GGUFReader(out).tensors}, quant
     print(sys.version.split()[0], "llama.cpp plans equal for", arch)
