@@ -33,7 +33,9 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "export"))
 
-LLAMA_FTYPE = {"q2_k": 10, "q3_k_m": 12, "q4_k_s": 14, "q4_k_m": 15, "q5_k_m": 17, "q6_k": 18}
+# the K mixes, and the plain types for reference rows (our q4_0 keeps the output matrix in Q8_0 where llama.cpp's
+# puts it in Q6_K when its rows are a multiple of 256, so there that row differs in one tensor)
+LLAMA_FTYPE = {"q2_k": 10, "q3_k_m": 12, "q4_k_s": 14, "q4_k_m": 15, "q5_k_m": 17, "q6_k": 18, "q4_0": 2, "q8_0": 7}
 TEXTS = [
     "The history of the printing press begins in the fifteenth century, when Johannes Gutenberg",
     "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n    if n < 2:\n        return n\n",
