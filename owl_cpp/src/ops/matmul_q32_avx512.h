@@ -82,9 +82,11 @@ struct IQ4Avx512 {
     static uint16_t m(const uint8_t*, int64_t) { return 0; }
 };
 
-template <class W>
+// Register tiles of RR rows x TTT tokens: 4 x 4 (16 accumulators, 3 x-side registers per token) measured 10-20%
+// faster than 4 x 3 at 64 tokens (one core, 2048 x 896 matrices).
+template <class W, int RR, int TTT>
 struct Q32Tiles512 {
-    static constexpr int R = 4, TT = 3;
+    static constexpr int R = RR, TT = TTT;
 
     struct X {
         __m512i x, xc;
