@@ -62,3 +62,12 @@ def test_logits_match_dequantized_model(arch, type_name, tiny_gguf, tmp_path):
     err = np.abs(got - want).max() / np.abs(want).max()
     assert err < 8e-2, err
     assert (got.argmax(-1) == want.argmax(-1)).mean() >= 0.8
+
+
+@pytest.mark.skipif("cuda" not in owl_cpp._core.available_backends(), reason="no CUDA GPU visible")
+@pytest.mark.parametrize("type_name", list(TYPES))
+def test_cuda_names_the_type_it_lacks(type_name, tiny_gguf, tmp_path):
+    """The CUDA backend has no kernels for these types: loading on it fails with a message naming the type."""
+    quant_path, _ = retyped_pair(tiny_gguf("qwen2", "f32"), tmp_path, type_name)
+    with pytest.raises(owl_cpp._core.OwlError, match=f"CUDA backend has no kernel for {type_name}; use the CPU"):
+        owl_cpp.load(quant_path, device="cuda").logits([1, 2, 3])
