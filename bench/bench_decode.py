@@ -7,6 +7,7 @@ interleaved; the memory read bandwidth measured in the same run and decode as a 
 
     python bench/bench_decode.py --llama-python /path/to/llama-venv/bin/python
     python bench/bench_decode.py --sizes qwen2-7b llama-7b --quants q4_0      # the big ones (slow to create)
+    python bench/bench_decode.py --quants q4_1 q5_0 q5_1 iq4_nl --sizes qwen2-tiny --reps 1   # checks the rows
     python bench/bench_decode.py --baseline /tmp/owl_old --kv-f32   # vs an older build (a copy of its python/
                                                                     # owl_cpp package dir), and with an F32 KV cache
 """
@@ -23,7 +24,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from make_random_gguf import SIZES, ensure  # noqa: E402
+from make_random_gguf import QTYPES, SIZES, ensure  # noqa: E402
 
 
 def run_engine(python: str, engine: str, model: Path, threads: int, extra=(), pythonpath=None, tg_after=128) -> dict:
@@ -56,7 +57,7 @@ def median_of(runs: list[dict], key) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", nargs="+", default=["qwen2-0.5b", "qwen2-1.5b"], choices=list(SIZES))
-    ap.add_argument("--quants", nargs="+", default=["q4_0", "q8_0", "f16"], choices=["q4_0", "q8_0", "f16"])
+    ap.add_argument("--quants", nargs="+", default=["q4_0", "q8_0", "f16"], choices=list(QTYPES))
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--workdir", default=str(HERE / "models"), help="where the random GGUFs are cached")

@@ -19,11 +19,17 @@ SIZES = {
     "llama-7b": ("llama", 4096, 32, 32, 32, 11008, 32000, False),    # Owl2 decoder
     "owl3-1b": ("owl3", 896, 24, 14, 2, 4864, 151851, True),         # mPLUG-Owl3-1B-241014 decoder
     "owl2-7b": ("owl2", 4096, 32, 32, 32, 11008, 32000, False),      # mPLUG-Owl2 decoder with its image branch
+    "qwen2-tiny": ("qwen2", 256, 2, 4, 2, 512, 1024, True),           # seconds to make and run: checks the scripts
 }
 OWL3_HYPER = {"owl3-1b": [5, 12, 19, 21]}  # 0-based (docs/owl3.md 1.1)
-QTYPES = {"q4_0": gguf.GGMLQuantizationType.Q4_0, "q8_0": gguf.GGMLQuantizationType.Q8_0,
-          "f16": gguf.GGMLQuantizationType.F16}
-FILE_TYPE = {"q4_0": 2, "q8_0": 7, "f16": 1}
+QT = gguf.GGMLQuantizationType
+QTYPES = {"q4_0": QT.Q4_0, "q8_0": QT.Q8_0, "f16": QT.F16, "q4_1": QT.Q4_1, "q5_0": QT.Q5_0, "q5_1": QT.Q5_1,
+          "iq4_nl": QT.IQ4_NL}
+FILE_TYPE = {"q4_0": 2, "q8_0": 7, "f16": 1, "q4_1": 3, "q5_0": 8, "q5_1": 9, "iq4_nl": 25}  # llama_ftype
+# Blocks of 32 written as random bytes after their fp16 fields: bytes per block, then (scale, minimum) as multiples
+# of the matrix's scale 1/sqrt(cols), chosen so the values span about +-scale (the minimum None: no such field).
+RANDOM_BLOCKS = {"q8_0": (34, 1 / 64, None), "q4_0": (18, 1 / 4, None), "q4_1": (20, 1 / 8, -1.0),
+                 "q5_0": (22, 1 / 16, None), "q5_1": (24, 1 / 16, -1.0), "iq4_nl": (18, 1 / 128, None)}
 
 
 def random_matrix(rng, rows: int, cols: int, quant: str) -> tuple[np.ndarray, gguf.GGMLQuantizationType]:
@@ -32,14 +38,16 @@ def random_matrix(rng, rows: int, cols: int, quant: str) -> tuple[np.ndarray, gg
         bits = (rng.integers(0, 1 << 16, (rows, cols), dtype=np.uint16) & np.uint16(0x87FF)) | np.uint16(0x2000)
         return bits.view(np.float16), QTYPES[quant]
     nb = cols // 32
-    if quant == "q8_0":
-        blocks = np.empty((rows, nb, 34), np.uint8)
-        blocks[..., :2] = np.frombuffer(np.float16(scale / 64).tobytes(), np.uint8)
-        blocks[..., 2:] = rng.integers(-127, 128, (rows, nb, 32), dtype=np.int8).view(np.uint8)
+    nbytes, d, m = RANDOM_BLOCKS[quant]
+    head = 2 if m is None else 4
+    blocks = np.empty((rows, nb, nbytes), np.uint8)
+    blocks[..., :2] = np.frombuffer(np.float16(scale * d).tobytes(), np.uint8)
+    if m is not None:
+        blocks[..., 2:4] = np.frombuffer(np.float16(scale * m).tobytes(), np.uint8)
+    if quant == "q8_0":  # -128 is not a level ggml's quantizer writes
+        blocks[..., head:] = rng.integers(-127, 128, (rows, nb, nbytes - head), dtype=np.int8).view(np.uint8)
     else:
-        blocks = np.empty((rows, nb, 18), np.uint8)
-        blocks[..., :2] = np.frombuffer(np.float16(scale / 4).tobytes(), np.uint8)
-        blocks[..., 2:] = rng.integers(0, 256, (rows, nb, 16), dtype=np.uint8)
+        blocks[..., head:] = rng.integers(0, 256, (rows, nb, nbytes - head), dtype=np.uint8)
     return blocks.reshape(rows, -1), QTYPES[quant]
 
 

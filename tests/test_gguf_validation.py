@@ -152,7 +152,7 @@ def mutations(buf: bytes, L: dict):
     yield "overflowing dims", put(put(buf, ten["f32"]["ne_pos"], "<Q", 1 << 40), ten["f32"]["ne_pos"] + 8, "<Q", 1 << 40), "overflow"
     yield "huge dim past end", put(buf, ten["q4"]["ne_pos"] + 8, "<Q", 1 << 30), "past the end"
     yield "unknown dtype", put(buf, ten["f16"]["type_pos"], "<I", 99), "unsupported tensor type"
-    yield "unsupported dtype Q4_1", put(buf, ten["f16"]["type_pos"], "<I", 3), "unsupported tensor type"
+    yield "unsupported dtype IQ2_XXS", put(buf, ten["f16"]["type_pos"], "<I", 16), "unsupported tensor type"
     yield "row not a block multiple", put(buf, ten["q8"]["ne_pos"], "<Q", 48), "block size"
     yield "offset past end", put(buf, ten["q4"]["offset_pos"], "<Q", 1 << 40), "past the end"
     yield "misaligned offset", put(buf, ten["q4"]["offset_pos"], "<Q", 33), "aligned"

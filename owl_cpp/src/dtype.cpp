@@ -5,6 +5,7 @@ namespace owl {
 bool dtype_supported(uint32_t id) {
     switch (DType(id)) {
         case DType::F32: case DType::F16: case DType::BF16: case DType::Q8_0: case DType::Q4_0: return true;
+        case DType::Q4_1: case DType::Q5_0: case DType::Q5_1: case DType::IQ4_NL: return true;
     }
     return false;
 }
@@ -16,12 +17,20 @@ const char* dtype_name(DType t) {
         case DType::BF16: return "BF16";
         case DType::Q8_0: return "Q8_0";
         case DType::Q4_0: return "Q4_0";
+        case DType::Q4_1: return "Q4_1";
+        case DType::Q5_0: return "Q5_0";
+        case DType::Q5_1: return "Q5_1";
+        case DType::IQ4_NL: return "IQ4_NL";
     }
     return "?";
 }
 
 int64_t dtype_block_elems(DType t) {
-    return (t == DType::Q8_0 || t == DType::Q4_0) ? QK : 1;
+    switch (t) {
+        case DType::Q8_0: case DType::Q4_0: return QK;
+        case DType::Q4_1: case DType::Q5_0: case DType::Q5_1: case DType::IQ4_NL: return QK;
+        default: return 1;
+    }
 }
 
 int64_t dtype_block_bytes(DType t) {
@@ -30,6 +39,10 @@ int64_t dtype_block_bytes(DType t) {
         case DType::F16: case DType::BF16: return 2;
         case DType::Q8_0: return sizeof(BlockQ8_0);
         case DType::Q4_0: return sizeof(BlockQ4_0);
+        case DType::Q4_1: return sizeof(BlockQ4_1);
+        case DType::Q5_0: return sizeof(BlockQ5_0);
+        case DType::Q5_1: return sizeof(BlockQ5_1);
+        case DType::IQ4_NL: return sizeof(BlockIQ4_NL);
     }
     return 0;
 }

@@ -2,8 +2,10 @@
 // tests/test_arm64_build.py cross-compiles it with the runtime for arm64 and runs it under qemu, so the NEON
 // kernels run somewhere even though no arm64 machine is at hand. Prints one line per failed check and a summary;
 // exits 1 when anything failed.
-//   matmul: F32 / F16 / BF16 against matmul_ref (1e-5), Q8_0 / Q4_0 against the generic set, which quantizes the
-//           activations the same way (1e-5); token counts on both sides of the float-panel threshold, 1-2 threads.
+//   matmul: F32 / F16 / BF16 against matmul_ref (1e-5), Q8_0 / Q4_0 / Q4_1 / Q5_0 / Q5_1 / IQ4_NL against the
+//           generic set, which quantizes the activations the same way (1e-5); token counts on both sides of the
+//           float-panel threshold, 1-2 threads. The last four types get blocks of random bytes with small finite
+//           scales (every quant and qh bit pattern).
 //   attention (F32 and F16 KV caches) and SwiGLU against their references (1e-5); the F16 cache bit-identical to an
 //           F32 cache holding the same values.
 //   kv_store (F32 / F16) bit-identical to kv_store_ref (NaNs: both NaN), nothing written outside its rows.
@@ -76,14 +78,33 @@ std::vector<uint8_t> encode(DType t, const std::vector<float>& w, int64_t rows, 
     return out;
 }
 
+// Random bytes in every field of Q4_1 / Q5_0 / Q5_1 / IQ4_NL blocks, then d (and m) set to small finite values.
+std::vector<uint8_t> random_blocks(DType t, std::mt19937& rng, int64_t rows, int64_t cols) {
+    std::vector<uint8_t> out(size_t(rows * dtype_row_bytes(t, cols)));
+    std::uniform_int_distribution<int> byte(0, 255);
+    std::uniform_real_distribution<float> scale(-0.05f, 0.05f);
+    for (uint8_t& b : out) b = uint8_t(byte(rng));
+    const bool has_min = t == DType::Q4_1 || t == DType::Q5_1;
+    for (size_t off = 0; off < out.size(); off += size_t(dtype_block_bytes(t))) {
+        for (int f = 0; f < (has_min ? 2 : 1); ++f) {
+            const uint16_t h = fp32_to_fp16(scale(rng));
+            std::memcpy(&out[off + 2 * size_t(f)], &h, 2);
+        }
+    }
+    return out;
+}
+
 void check_matmul(const std::string& isa, std::mt19937& rng) {
-    const DType types[] = {DType::F32, DType::F16, DType::BF16, DType::Q8_0, DType::Q4_0};
+    const DType types[] = {DType::F32, DType::F16, DType::BF16, DType::Q8_0, DType::Q4_0,
+                           DType::Q4_1, DType::Q5_0, DType::Q5_1, DType::IQ4_NL};
     const int64_t shapes[][2] = {{7, 64}, {33, 160}, {37, 800}, {67, 2080}};
     for (DType t : types) {
-        const bool quant = t == DType::Q8_0 || t == DType::Q4_0;
+        const bool quant = dtype_block_elems(t) == QK;
+        const bool random_bytes = quant && t != DType::Q8_0 && t != DType::Q4_0;
         for (const auto& sh : shapes) {
             const int64_t rows = sh[0], cols = sh[1];
-            const std::vector<uint8_t> raw = encode(t, randn(rng, size_t(rows * cols)), rows, cols);
+            const std::vector<uint8_t> raw = random_bytes ? random_blocks(t, rng, rows, cols)
+                                                          : encode(t, randn(rng, size_t(rows * cols)), rows, cols);
             const WeightView w{t, rows, cols, raw.data()};
             const std::vector<float> bias = randn(rng, size_t(rows));
             for (int64_t T : {1, 3, 17, 40}) {

@@ -11,7 +11,11 @@ enum class DType : uint32_t {
     F32 = 0,
     F16 = 1,
     Q4_0 = 2,
+    Q4_1 = 3,
+    Q5_0 = 6,
+    Q5_1 = 7,
     Q8_0 = 8,
+    IQ4_NL = 20,
     BF16 = 30,
 };
 
@@ -28,6 +32,33 @@ struct BlockQ4_0 {
     uint8_t qs[QK / 2];    // low nibbles: elements 0..15, high nibbles: 16..31; x = d * (q - 8)
 };
 static_assert(sizeof(BlockQ4_0) == 18, "Q4_0 block must be 18 bytes");
+
+// The other blocks of 32 (ggml's layouts). Nibbles as in Q4_0: low = elements 0..15, high = 16..31. Q5 types: bit j
+// of qh (little-endian uint32) is bit 4 of element j.
+struct BlockQ4_1 {
+    uint16_t d, m;         // fp16 scale and minimum
+    uint8_t qs[QK / 2];    // x = d * q + m, q = 0..15
+};
+static_assert(sizeof(BlockQ4_1) == 20, "Q4_1 block must be 20 bytes");
+struct BlockQ5_0 {
+    uint16_t d;
+    uint8_t qh[4];
+    uint8_t qs[QK / 2];    // x = d * (q - 16), q = 0..31
+};
+static_assert(sizeof(BlockQ5_0) == 22, "Q5_0 block must be 22 bytes");
+struct BlockQ5_1 {
+    uint16_t d, m;
+    uint8_t qh[4];
+    uint8_t qs[QK / 2];    // x = d * q + m, q = 0..31
+};
+static_assert(sizeof(BlockQ5_1) == 24, "Q5_1 block must be 24 bytes");
+struct BlockIQ4_NL {
+    uint16_t d;
+    uint8_t qs[QK / 2];    // x = d * kIQ4NLValues[q]
+};
+static_assert(sizeof(BlockIQ4_NL) == 18, "IQ4_NL block must be 18 bytes");
+// IQ4_NL's non-linear levels (ggml's kvalues_iq4nl).
+inline constexpr int8_t kIQ4NLValues[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};
 
 // Q4_0 repacked at load time (not a file format): one block of 8 consecutive rows, so a kernel can hold one row
 // per 32-bit vector lane. qs[32 * p + 4 * i + m] = row i's qs[4 * p + m] (p = 0..3, m = 0..3): each 32-byte

@@ -718,6 +718,9 @@ void launch_get_rows(const uint8_t* table, int64_t cols, const int32_t* ids, int
 }  // namespace
 
 size_t weight_device_bytes(DType type, int64_t rows, int64_t cols) {
+    // Every weight passes here before anything is allocated or uploaded (make_resident, WeightOnDevice).
+    if (type != DType::F32 && type != DType::F16 && type != DType::BF16 && !is_quant(type))
+        throw Error(std::string("CUDA backend has no kernel for ") + dtype_name(type) + "; use the CPU");
     if (is_quant(type)) return size_t(rows) * size_t(quant_row_bytes(type, cols / QK));
     return size_t(rows) * size_t(cols) * elem_bytes(type);
 }
@@ -794,6 +797,7 @@ void get_rows(DType type, const void* table, int64_t cols, const int32_t* ids, i
         case DType::BF16: return launch_get_rows<DType::BF16>(t, cols, ids, n, out, stream);
         case DType::Q8_0: return launch_get_rows<DType::Q8_0>(t, cols, ids, n, out, stream);
         case DType::Q4_0: return launch_get_rows<DType::Q4_0>(t, cols, ids, n, out, stream);
+        default: break;
     }
     throw Error(std::string("get_rows: unsupported table type ") + dtype_name(type));
 }

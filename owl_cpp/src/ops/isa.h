@@ -92,6 +92,8 @@ struct Kernels {
     void (*store_f16)(const float* src, uint16_t* dst, int64_t n);
     bool q8_sums;  // the q8_0 kernel reads GemmArgs::xs
     GemmFn q8_0x16;  // BlockQ8_0x16 weights (WeightView::packed_q8x16) against quantize_q8 activations + xs; may be null
+    // Q4_1 / Q5_0 / Q5_1 / IQ4_NL weights (matmul_q32_*.h) against quantize_q4 activations (no xs).
+    GemmFn q4_1, q5_0, q5_1, iq4_nl;
 };
 
 // Entry points of the kernel files. Those whose file was not compiled for this target return nullptr.

@@ -15,6 +15,7 @@
 #include "isa.h"
 #include "owl/error.h"
 #include "owl/ops.h"
+#include "q32.h"
 
 namespace owl::ops {
 namespace {
@@ -102,6 +103,10 @@ void matmul(ThreadPool& pool, const WeightView& w, const float* x, int64_t T, co
         case DType::BF16: fn = k.bf16; break;
         case DType::Q8_0: fn = k.q8_0; break;
         case DType::Q4_0: fn = k.q4_0; break;
+        case DType::Q4_1: fn = k.q4_1; break;
+        case DType::Q5_0: fn = k.q5_0; break;
+        case DType::Q5_1: fn = k.q5_1; break;
+        case DType::IQ4_NL: fn = k.iq4_nl; break;
     }
     const bool q4x8 = w.type == DType::Q4_0 && w.packed_q4x8 && k.q4_0x8;
     if (q4x8) {
@@ -114,7 +119,8 @@ void matmul(ThreadPool& pool, const WeightView& w, const float* x, int64_t T, co
         a.w = static_cast<const uint8_t*>(w.packed_q8x16);
     }
     if (!fn) throw Error(std::string("matmul: no kernel for weight type ") + dtype_name(w.type));
-    if (w.type == DType::Q8_0 || w.type == DType::Q4_0) {
+    const bool q32 = is_q32_type(w.type);  // activations as for Q4_0
+    if (w.type == DType::Q8_0 || w.type == DType::Q4_0 || q32) {
         if (K % QK) throw Error("matmul: quantized rows must have a multiple of 32 columns");
         thread_local ActScratch scratch;
         const int64_t nb = K / QK;
@@ -122,7 +128,7 @@ void matmul(ThreadPool& pool, const WeightView& w, const float* x, int64_t T, co
         const size_t d_bytes = size_t(T * nb) * sizeof(float);
         const bool sums = q4x8 || q8x16 || (w.type == DType::Q8_0 && k.q8_sums);
         uint8_t* buf = scratch.get(q_bytes + d_bytes + (sums ? d_bytes : 0));
-        QuantJob q{w.type == DType::Q4_0 && !q4x8 ? k.quantize_q4 : k.quantize_q8, x, K, reinterpret_cast<int8_t*>(buf),
+        QuantJob q{(w.type == DType::Q4_0 && !q4x8) || q32 ? k.quantize_q4 : k.quantize_q8, x, K, reinterpret_cast<int8_t*>(buf),
                    reinterpret_cast<float*>(buf + q_bytes), sums ? reinterpret_cast<int32_t*>(buf + q_bytes + d_bytes) : nullptr};
         if (T < 8 || pool.size() == 1) {
             quantize_tokens(q, 0, T);

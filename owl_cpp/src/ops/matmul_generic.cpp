@@ -10,6 +10,7 @@
 #include "float_panels.h"
 #include "gemm_driver.h"
 #include "isa.h"
+#include "matmul_q32_generic.h"
 
 namespace owl::ops::isa {
 namespace {
@@ -192,6 +193,10 @@ const Kernels kGeneric = {
     store_f16_row,
     false,    // q8_sums
     nullptr,  // q8_0x16
+    drive<Q32Tiles<Q41Plain>>,
+    drive<Q32Tiles<Q50Plain>>,
+    drive<Q32Tiles<Q51Plain>>,
+    drive<Q32Tiles<IQ4Plain>>,
 };
 
 }  // namespace

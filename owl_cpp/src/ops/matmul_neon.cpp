@@ -176,6 +176,14 @@ struct QuantTiles {
     }
 };
 
+}  // namespace
+}  // namespace owl::ops::isa
+
+#include "matmul_q32_neon.h"
+
+namespace owl::ops::isa {
+namespace {
+
 const Kernels kKernels = {
     "neon",
     quantize_q8_neon,
@@ -191,6 +199,10 @@ const Kernels kKernels = {
     store_f16_row,
     false,    // q8_sums
     nullptr,  // q8_0x16
+    drive<Q32TilesNeon<Q41Neon>>,
+    drive<Q32TilesNeon<Q50Neon>>,
+    drive<Q32TilesNeon<Q51Neon>>,
+    drive<Q32TilesNeon<IQ4Neon>>,
 };
 
 }  // namespace

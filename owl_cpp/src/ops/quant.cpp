@@ -5,6 +5,7 @@
 
 #include "fp16_table.h"
 #include "owl/ops.h"
+#include "q32.h"
 
 namespace owl::ops {
 
@@ -42,6 +43,9 @@ void dequantize_row(DType t, const void* src, float* dst, int64_t n) {
             }
             return;
         }
+        case DType::Q4_1: case DType::Q5_0: case DType::Q5_1: case DType::IQ4_NL:
+            dequantize_row_q32(t, src, dst, n);
+            return;
     }
 }
 
