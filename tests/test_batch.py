@@ -177,3 +177,23 @@ def test_ctrl_c_leaves_a_valid_file_and_a_rerun_completes(tmp_path):
     recs = lines(out)
     assert len(recs) == 48 and len({(r["id"], r["prompt"]) for r in recs}) == 48
     assert all(r["error"] is None for r in recs)
+
+
+def test_an_int8_vision_tower_runs_each_image_alone(folder, tmp_path):
+    """A dynamically quantized (int8) tower takes its activation scale over the whole run, so a view's embedding
+    depends on what shares its run: by default each image's crops then run on their own, as chat() runs them
+    (one run per image, of at most its crops: crops seen before, plain background tiles, come from the cache)."""
+    from owl_export.cli import main as owl_export
+    from owl_export.owl3.fixtures import make_tiny_owl3_checkpoint
+
+    hf = make_tiny_owl3_checkpoint(tmp_path / "hf", "1b", seed=3)
+    assert owl_export([str(hf), "-o", str(tmp_path / "m"), "--quant", "f32", "--vision-quant", "int8", "-q"]) == 0
+    m = owl_cpp.load(tmp_path / "m", max_spare_contexts=2)
+    assert not m.vision.batch_invariant and owl_cpp.load("demo").vision.batch_invariant
+    m.vision.session = counting = CountingSession(m.vision.session)
+    out = tmp_path / "r.jsonl"
+    run_batch(folder, PROMPTS[:1], out, model=m, workers=2, max_tokens=12, progress=False)
+    ref = owl_cpp.load(tmp_path / "m")
+    views = {n: len(ref._expand([str(folder / n)], True)[0].views) for n in GOOD}
+    assert len(counting.sizes) == len(GOOD) and max(counting.sizes) <= max(views.values())
+    assert sum(r["error"] is None for r in lines(out)) == len(GOOD)

@@ -33,6 +33,11 @@ class VisionEncoder:
         self.path = path
         self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)   # owl-export writes owl3.*
         self.batch_size = max(1, int(batch_size))
+        # Whether a view's embedding is the same whatever else is in its run: not for dynamically quantized
+        # (int8) towers, whose activation scale is taken over the whole batch, nor on a GPU, where kernels may
+        # change with the batch size. Batch jobs run the crops of several images together only when it holds.
+        quantized = any(k.endswith("vision.quant") and v not in ("", "none") for k, v in self.metadata.items())
+        self.batch_invariant = not quantized and self.device == ["CPUExecutionProvider"]
         self.cache = ImageEmbeddingCache(cache_bytes)
         self._count_lock = threading.Lock()
         self.n_encoded = 0

@@ -30,6 +30,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", "-w", type=int, default=2, help="contexts answering at once on this machine "
                    "(default 2; their decode steps run batched)")
     p.add_argument("--vision-batch", type=int, default=16, help="image crops per vision-tower run (default 16)")
+    p.add_argument("--cross-image-vision", choices=("auto", "on", "off"), default="auto",
+                   help="run crops of several images through the vision tower together: auto (default) where the "
+                   "tower's numbers do not depend on what shares a run (fp32 on the CPU), so answers equal chat()'s; "
+                   "on: also for int8 / GPU towers (faster, answers may differ slightly)")
     p.add_argument("--max-tokens", type=int, default=256)
     p.add_argument("--temperature", type=float, default=0.0, help="0 (default): greedy, as chat()")
     p.add_argument("--seed", type=int, default=None)
@@ -55,7 +59,8 @@ def main(argv=None) -> int:
             raise ValueError("--workers, --vision-batch, --actors and --ray-batch-size must be >= 1")
         options = dict(model=args.model, vision_batch=args.vision_batch, max_tokens=args.max_tokens,
                        cut=not args.no_cut, retry_errors=args.retry_errors, progress=not args.no_progress,
-                       n_ctx=args.n_ctx, temperature=args.temperature, seed=args.seed)
+                       n_ctx=args.n_ctx, temperature=args.temperature, seed=args.seed,
+                       cross_image_vision={"auto": None, "on": True, "off": False}[args.cross_image_vision])
         if args.ray is not None:
             from .ray_engine import run_ray
             summary = run_ray(args.images, prompts, args.out, address=args.ray or None, actors=args.actors,

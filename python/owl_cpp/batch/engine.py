@@ -1,8 +1,8 @@
-"""Batch inference on one machine: one loaded model, three stages running at once.
+"""Batch inference on one machine: one loaded model, four stages running at once.
 
-  prep thread     reads and preprocesses images (cut into crops) and runs the vision tower over the crops of
-                  several images in one call (vision_batch views); the embeddings land in the model's image
-                  cache, where the answering step finds them
+  prep thread     reads and preprocesses images (cut into crops), in groups of about vision_batch crops
+  vision thread   runs the vision tower over a group's crops (several images) in one call; the embeddings land
+                  in the model's image cache, where the answering step finds them
   N workers       each with a context of its own (its KV cache): answers every prompt of an image in turn;
                   their decode steps run as one batched pass through the weights (step_batcher.py), and the
                   prompt prefix a context already holds (system prompt and chat header before the image; with
@@ -67,13 +67,15 @@ def check_prompt_markers(prompts: Sequence[str]) -> None:
 def run_batch(images, prompts: Optional[Sequence[str]] = None, out="results.jsonl", *, model=None, workers: int = 2,
               vision_batch: int = 16, max_tokens: int = 256, cut: bool = True, retry_errors: bool = False,
               progress: bool = True, threads: Optional[int] = None, n_ctx: Optional[int] = None,
-              device: str = "cpu", **chat_options) -> dict:
+              device: str = "cpu", cross_image_vision: Optional[bool] = None, **chat_options) -> dict:
     """Answers every prompt about every image and appends one JSON line per answer (or error) to `out`.
 
     images: a folder, an image list file, or a list of paths / (id, path) pairs (inputs.py); prompts: the
     questions (default "Describe the image."); model: a loaded model, a model directory, "demo", or None
     ($OWL_MODEL, else the demo model). workers: contexts answering at once (one thread each);
-    vision_batch: crops per vision-tower run; max_tokens and chat_options (temperature, stop, ...): as chat().
+    vision_batch: crops per vision-tower run; cross_image_vision: whether those crops come from several images
+    (None: where that leaves every embedding as chat() computes it, encode_together()); max_tokens and
+    chat_options (temperature, stop, ...): as chat().
     Work already in `out` is skipped (retry_errors=True: error lines are done again).
     Returns a summary: counts, wall time, answers/s and images/s, cache and batching statistics."""
     if workers < 1:
@@ -84,7 +86,8 @@ def run_batch(images, prompts: Optional[Sequence[str]] = None, out="results.json
     m = load_for_batch(model, workers=workers, threads=threads, n_ctx=n_ctx, device=device)
     existing = read_results(out, repair=True)
     items = work_items(refs, prompts, done_keys(existing, retry_errors))
-    job = _Job(m, _group(items), workers, vision_batch, cut, dict(chat_options, max_tokens=max_tokens))
+    job = _Job(m, _group(items), workers, vision_batch, cut, dict(chat_options, max_tokens=max_tokens),
+               cross_image_vision)
     bar = _progress_bar(len(items), len(prompts), progress, skipped=len(refs) * len(prompts) - len(items))
     n_err, t0, interrupted = 0, time.perf_counter(), False
     batches0, steps0 = m._batcher.batches, m._batcher.steps
@@ -117,7 +120,9 @@ def run_batch(images, prompts: Optional[Sequence[str]] = None, out="results.json
     return {"out": str(out), "images": len(refs), "prompts": len(prompts), "skipped": len(refs) * len(prompts) - len(items),
             "written": written, "errors": n_err, "wall_s": wall, "answers_per_s": written / wall if wall > 0 else 0.0,
             "images_per_s": n_images / wall if wall > 0 and written else 0.0, "workers": workers,
-            "vision_batch": vision_batch, "decode_batches": m._batcher.batches - batches0,
+            "vision_batch": vision_batch, "cross_image_vision": bool(getattr(m.vision, "batch_invariant", False)
+                                                                    if cross_image_vision is None else cross_image_vision),
+            "decode_batches": m._batcher.batches - batches0,
             "decode_steps": m._batcher.steps - steps0, **m.cache_stats()}
 
 
@@ -145,10 +150,12 @@ def _progress_bar(total: int, n_prompts: int, enabled: bool, skipped: int):
 
 
 class _Job:
-    def __init__(self, model, tasks: list[_Task], workers: int, vision_batch: int, cut: bool, options: dict):
-        self.model, self.tasks, self.n_workers = model, tasks, workers
+    def __init__(self, model, tasks: list[_Task], workers: int, vision_batch: int, cut: bool, options: dict,
+                 cross_image: Optional[bool]):
+        self.model, self.tasks, self.n_workers, self.cross_image = model, tasks, workers, cross_image
         self.vision_batch, self.cut, self.options = max(1, int(vision_batch)), cut, options
         self.stop_event = threading.Event()
+        self.grouped: queue.Queue = queue.Queue(maxsize=2)              # preprocessed images, a vision run's worth
         self.ready: queue.Queue = queue.Queue(maxsize=2 * workers)     # preprocessed images, embeddings cached
         self.done: queue.Queue = queue.Queue()                          # result records; _END per worker
         self.threads: list[threading.Thread] = []
@@ -156,9 +163,12 @@ class _Job:
 
     # ----- control ---------------------------------------------------------------------------------
     def start(self) -> None:
-        self.threads = [threading.Thread(target=self._guard, args=(self._prep,), name="owl-batch-prep", daemon=True)]
+        self.threads = [threading.Thread(target=self._guard, args=(self._prep, self.grouped), name="owl-batch-prep",
+                                         daemon=True),
+                        threading.Thread(target=self._guard, args=(self._vision, self.ready), name="owl-batch-vision",
+                                         daemon=True)]
         for i in range(self.n_workers):
-            self.threads.append(threading.Thread(target=self._guard, args=(self._work,), name=f"owl-batch-{i}",
+            self.threads.append(threading.Thread(target=self._guard, args=(self._work, None), name=f"owl-batch-{i}",
                                                  daemon=True))
         for t in self.threads:
             t.start()
@@ -193,18 +203,17 @@ class _Job:
             if rec is not _END:
                 out.append(rec)
 
-    def _guard(self, stage) -> None:
-        """A stage's unexpected failure (a bug, not a bad image) ends the job with that error, not a hang."""
+    def _guard(self, stage, downstream: Optional[queue.Queue]) -> None:
+        """A stage's unexpected failure (a bug, not a bad image) ends the job with that error, not a hang: the
+        stages after it are told there is no more (workers tell the caller thread themselves)."""
         try:
             stage()
         except BaseException as e:          # noqa: BLE001 - handed to the caller thread
             self.fatal.append(e)
             self.stop_event.set()
-            if stage == self._prep:
-                for _ in range(self.n_workers):
-                    self.ready.put(_END)
-            else:
-                self.done.put(_END)
+            if downstream is not None:
+                for _ in range(self.n_workers if downstream is self.ready else 1):
+                    downstream.put(_END)
 
     def _put(self, q: queue.Queue, x) -> bool:
         while not self.stop_event.is_set():
@@ -217,6 +226,8 @@ class _Job:
 
     # ----- stages ----------------------------------------------------------------------------------
     def _prep(self) -> None:
+        """Images read and preprocessed, in groups of about vision_batch crops (while the vision thread runs the
+        previous group)."""
         group: list[_Task] = []
         n_views = 0
         for task in self.tasks:
@@ -229,21 +240,26 @@ class _Job:
                 task.error = e
             group.append(task)
             if n_views >= self.vision_batch:
-                if not self._flush(group):
+                if not self._put(self.grouped, group):
                     break
                 group, n_views = [], 0
-        if group and not self.stop_event.is_set():
-            self._flush(group)
+        if group:
+            self._put(self.grouped, group)
+        self.grouped.put(_END)
+
+    def _vision(self) -> None:
+        """Each group's crops through the vision tower in one run (into the image cache), then to the workers."""
+        while True:
+            group = self.grouped.get()
+            if group is _END:
+                break
+            if not self.stop_event.is_set():
+                encode_together(self.model, [t.expanded for t in group if t.expanded is not None], self.vision_batch,
+                                self.cross_image)
+            for t in group:
+                self._put(self.ready, t)
         for _ in range(self.n_workers):
             self.ready.put(_END)                # the workers take what is queued, then end
-
-    def _flush(self, group: list[_Task]) -> bool:
-        """The group's crops through the vision tower in one run (into the image cache), then to the workers."""
-        encode_together(self.model, [t.expanded for t in group if t.expanded is not None], self.vision_batch)
-        for t in group:
-            if not self._put(self.ready, t):
-                return False
-        return True
 
     def _work(self) -> None:
         slot = self.model._contexts.new_slot()         # this worker's context: its cache serves its next prompt
@@ -266,16 +282,24 @@ class _Job:
         return answer_one(self.model, slot, ref.id, ref.path, task.expanded, it.prompt, it.prompt_index, self.options)
 
 
-def encode_together(model, expanded: list, vision_batch: int) -> None:
+def encode_together(model, expanded: list, vision_batch: int, cross_image: Optional[bool] = None) -> None:
     """The crops of several preprocessed images through the vision tower in as few runs as vision_batch allows;
     the embeddings go to the model's image cache, where answering finds them. If the run fails (one bad image
-    among them), nothing is cached and each image is encoded alone when answered, the failing one as its error."""
-    views = [v for ex in expanded for e in ex for v in e.views]
-    if views:
-        try:
-            model.vision.encode(np.stack(views), batch_size=vision_batch)
-        except Exception:                       # noqa: BLE001 - see above
-            pass
+    among them), nothing is cached and each image is encoded alone when answered, the failing one as its error.
+    cross_image None: only where the tower gives a view the same embedding whatever shares its run
+    (VisionEncoder.batch_invariant: fp32 on the CPU), so that answers stay exactly chat()'s; elsewhere each
+    image's crops run on their own, as chat() runs them. True / False: always / never across images."""
+    if cross_image is None:
+        cross_image = getattr(model.vision, "batch_invariant", False)
+    groups = [[v for e in ex for v in e.views] for ex in expanded]
+    if cross_image:
+        groups = [[v for g in groups for v in g]]
+    for views in groups:
+        if views:
+            try:
+                model.vision.encode(np.stack(views), batch_size=vision_batch if cross_image else None)
+            except Exception:                   # noqa: BLE001 - see above
+                pass
 
 
 def answer_one(model, slot, image_id: str, path: str, expanded, prompt: str, prompt_index: int,

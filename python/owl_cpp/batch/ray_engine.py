@@ -40,12 +40,12 @@ class OwlPredictor:
 
     def __init__(self, model: str = "demo", prompts: Optional[Sequence[str]] = None, *, threads: int = 1,
                  n_ctx: Optional[int] = None, vision_batch: int = 16, max_tokens: int = 256, cut: bool = True,
-                 **chat_options):
+                 cross_image_vision: Optional[bool] = None, **chat_options):
         self.model = load_for_batch(model, workers=1, threads=threads, n_ctx=n_ctx)
         self.prompts = check_prompts(prompts) if prompts is not None else [DEFAULT_PROMPT]
         check_prompt_markers(self.prompts)
         self.slot = self.model._contexts.new_slot()
-        self.vision_batch, self.cut = vision_batch, cut
+        self.vision_batch, self.cut, self.cross_image = vision_batch, cut, cross_image_vision
         self.options = dict(chat_options, max_tokens=max_tokens)
 
     def __call__(self, batch: dict) -> dict:
@@ -60,7 +60,7 @@ class OwlPredictor:
                 except Exception as e:                # noqa: BLE001 - its rows become error records
                     expanded[image_id] = e
         encode_together(self.model, [x for x in expanded.values() if not isinstance(x, Exception)],
-                        self.vision_batch)
+                        self.vision_batch, self.cross_image)
         out = {f: [] for f in RESULT_FIELDS}
         for r, (image_id, path, _) in zip(rows, images):
             if "prompt" in r:
@@ -103,12 +103,14 @@ def _plain(v):
 def run_ray(images, prompts: Optional[Sequence[str]] = None, out="results.jsonl", *, model=None,
             address: Optional[str] = None, actors: int = 2, batch_size: int = 4, threads: int = 1,
             n_ctx: Optional[int] = None, vision_batch: int = 16, max_tokens: int = 256, cut: bool = True,
-            retry_errors: bool = False, progress: bool = True, predictor=OwlPredictor, **chat_options) -> dict:
+            retry_errors: bool = False, progress: bool = True, cross_image_vision: Optional[bool] = None,
+            predictor=OwlPredictor, **chat_options) -> dict:
     """run_batch()'s job on Ray: `actors` actors of `threads` CPUs each, `batch_size` rows per call. Connects
     to the cluster at `address` ("auto", "ray://host:10001", ...) or, when Ray is not initialized and address
     is None, starts a local one. Same inputs, output file and resume as run_batch; rows come back in any order.
     model must be a path every node can read, or "demo" (None: $OWL_MODEL, else "demo").
-    predictor: the map_batches class (OwlPredictor or a subclass)."""
+    predictor: the map_batches class (OwlPredictor or a subclass). The summary's first_result_s: seconds until
+    the first result came back (actors started, models loaded)."""
     ray = _ray()
     if actors < 1 or batch_size < 1:
         raise ValueError(f"actors and batch_size must be >= 1, got {actors} and {batch_size}")
@@ -123,7 +125,7 @@ def run_ray(images, prompts: Optional[Sequence[str]] = None, out="results.jsonl"
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
-    t0, written, n_err, seen = time.perf_counter(), 0, 0, set()
+    t0, written, n_err, seen, first = time.perf_counter(), 0, 0, set(), None
     bar = None
     if progress:
         from .engine import _progress_bar
@@ -136,7 +138,7 @@ def run_ray(images, prompts: Optional[Sequence[str]] = None, out="results.jsonl"
                 ds = ray.data.from_items(rows).map_batches(
                     predictor, fn_constructor_kwargs=dict(model=model, prompts=prompts, threads=threads, n_ctx=n_ctx,
                                                           vision_batch=vision_batch, max_tokens=max_tokens, cut=cut,
-                                                          **chat_options),
+                                                          cross_image_vision=cross_image_vision, **chat_options),
                     batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=threads,
                     batch_format="numpy")
                 for row in ds.iter_rows():
@@ -145,6 +147,8 @@ def run_ray(images, prompts: Optional[Sequence[str]] = None, out="results.jsonl"
                         continue
                     seen.add(result_key(rec))
                     writer.write(rec)
+                    if first is None:
+                        first = time.perf_counter() - t0
                     n_err += rec["error"] is not None
                     if bar is not None:
                         bar.update(1)
@@ -161,4 +165,5 @@ def run_ray(images, prompts: Optional[Sequence[str]] = None, out="results.jsonl"
     return {"out": str(out), "images": len(refs), "prompts": len(prompts),
             "skipped": len(refs) * len(prompts) - len(items), "written": written, "errors": n_err, "wall_s": wall,
             "answers_per_s": written / wall if wall > 0 else 0.0,
-            "images_per_s": n_images / wall if wall > 0 and written else 0.0, "actors": actors}
+            "images_per_s": n_images / wall if wall > 0 and written else 0.0, "actors": actors,
+            "first_result_s": first}
