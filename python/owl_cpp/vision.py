@@ -33,14 +33,22 @@ class VisionEncoder:
         self.path = path
         self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)   # owl-export writes owl3.*
         self.batch_size = max(1, int(batch_size))
+        # Whether a view's embedding is the same whatever else is in its run: not for dynamically quantized
+        # (int8) towers, whose activation scale is taken over the whole batch, nor on a GPU, where kernels may
+        # change with the batch size. Batch jobs run the crops of several images together only when it holds.
+        quantized = any(k.endswith("vision.quant") and v not in ("", "none") for k, v in self.metadata.items())
+        self.batch_invariant = not quantized and self.device == ["CPUExecutionProvider"]
         self.cache = ImageEmbeddingCache(cache_bytes)
         self._count_lock = threading.Lock()
         self.n_encoded = 0
 
-    def encode(self, views: np.ndarray, keys: Optional[list] = None, stats: Optional[dict] = None) -> list:
+    def encode(self, views: np.ndarray, keys: Optional[list] = None, stats: Optional[dict] = None,
+               batch_size: Optional[int] = None) -> list:
         """views [N, 3, S, S] -> N embeddings [P, n_embd] float32 (read-only); cached views are not run again.
         keys: content_key of each view, when the caller has them already. stats, when given, gets
-        "encoded" (views run through the network) and "reused" (views taken from the cache)."""
+        "encoded" (views run through the network) and "reused" (views taken from the cache). batch_size:
+        views per network run (default self.batch_size; a batch job runs the crops of several images at once)."""
+        step = max(1, int(batch_size)) if batch_size else self.batch_size
         keys = [content_key(v) for v in views] if keys is None else list(keys)
         found = {}
         for k in dict.fromkeys(keys):
@@ -49,8 +57,8 @@ class VisionEncoder:
                 found[k] = emb
         todo = {k: v for k, v in zip(keys, views) if k not in found}      # distinct misses, in order
         todo_keys, todo_views = list(todo), list(todo.values())
-        for b in range(0, len(todo_keys), self.batch_size):
-            batch = np.stack(todo_views[b:b + self.batch_size]).astype(self.input_dtype, copy=False)
+        for b in range(0, len(todo_keys), step):
+            batch = np.stack(todo_views[b:b + step]).astype(self.input_dtype, copy=False)
             out = self.session.run([OUTPUT], {INPUT: batch})[0]
             if not np.isfinite(out).all():        # NaN/inf would spread through the decoder: a broken export
                 rows = np.nonzero(~np.isfinite(out.reshape(len(out), -1)).all(1))[0]
@@ -59,7 +67,7 @@ class VisionEncoder:
                                  f"{bad}; the model file (or its fp16 export) is broken")
             with self._count_lock:
                 self.n_encoded += len(batch)
-            for k, e in zip(todo_keys[b:b + self.batch_size], out):
+            for k, e in zip(todo_keys[b:b + step], out):
                 found[k] = np.ascontiguousarray(e, dtype=np.float32)
                 self.cache.put(k, found[k])
         if stats is not None:
