@@ -5,6 +5,7 @@ namespace owl {
 bool dtype_supported(uint32_t id) {
     switch (DType(id)) {
         case DType::F32: case DType::F16: case DType::BF16: case DType::Q8_0: case DType::Q4_0: return true;
+        case DType::Q2_K: case DType::Q3_K: case DType::Q4_K: case DType::Q5_K: case DType::Q6_K: return true;
     }
     return false;
 }
@@ -16,11 +17,17 @@ const char* dtype_name(DType t) {
         case DType::BF16: return "BF16";
         case DType::Q8_0: return "Q8_0";
         case DType::Q4_0: return "Q4_0";
+        case DType::Q2_K: return "Q2_K";
+        case DType::Q3_K: return "Q3_K";
+        case DType::Q4_K: return "Q4_K";
+        case DType::Q5_K: return "Q5_K";
+        case DType::Q6_K: return "Q6_K";
     }
     return "?";
 }
 
 int64_t dtype_block_elems(DType t) {
+    if (dtype_is_kquant(t)) return QK_K;
     return (t == DType::Q8_0 || t == DType::Q4_0) ? QK : 1;
 }
 
@@ -30,6 +37,11 @@ int64_t dtype_block_bytes(DType t) {
         case DType::F16: case DType::BF16: return 2;
         case DType::Q8_0: return sizeof(BlockQ8_0);
         case DType::Q4_0: return sizeof(BlockQ4_0);
+        case DType::Q2_K: return sizeof(BlockQ2_K);
+        case DType::Q3_K: return sizeof(BlockQ3_K);
+        case DType::Q4_K: return sizeof(BlockQ4_K);
+        case DType::Q5_K: return sizeof(BlockQ5_K);
+        case DType::Q6_K: return sizeof(BlockQ6_K);
     }
     return 0;
 }

@@ -15,6 +15,7 @@
 #include "isa.h"
 #include "owl/error.h"
 #include "owl/ops.h"
+#include "quant_k.h"
 
 namespace owl::ops {
 namespace {
@@ -102,6 +103,11 @@ void matmul(ThreadPool& pool, const WeightView& w, const float* x, int64_t T, co
         case DType::BF16: fn = k.bf16; break;
         case DType::Q8_0: fn = k.q8_0; break;
         case DType::Q4_0: fn = k.q4_0; break;
+        case DType::Q2_K: fn = k.q2_k; break;
+        case DType::Q3_K: fn = k.q3_k; break;
+        case DType::Q4_K: fn = k.q4_k; break;
+        case DType::Q5_K: fn = k.q5_k; break;
+        case DType::Q6_K: fn = k.q6_k; break;
     }
     const bool q4x8 = w.type == DType::Q4_0 && w.packed_q4x8 && k.q4_0x8;
     if (q4x8) {
@@ -132,6 +138,10 @@ void matmul(ThreadPool& pool, const WeightView& w, const float* x, int64_t T, co
         a.xq = q.qs;
         a.xd = q.d;
         a.xs = q.sums;
+        act_bytes = 1;
+    }
+    if (dtype_is_kquant(w.type)) {  // Q8_K activations: int8 in blocks of 256 with a float scale
+        a.xk = quantize_q8_k_tokens(pool, k.quantize_q8_k, x, T, K);
         act_bytes = 1;
     }
     a.tb = kTokenBlock;

@@ -10,6 +10,7 @@
 #include "float_panels.h"
 #include "gemm_driver.h"
 #include "isa.h"
+#include "kquant_decode.h"
 
 namespace owl::ops::isa {
 namespace {
@@ -177,6 +178,8 @@ struct Q4x8Tiles {
     }
 };
 
+#include "matmul_kquant_generic.inc"
+
 const Kernels kGeneric = {
     "generic",
     quantize_generic,
@@ -192,6 +195,12 @@ const Kernels kGeneric = {
     store_f16_row,
     false,    // q8_sums
     nullptr,  // q8_0x16
+    drive<KQuantTiles<DType::Q2_K>>,
+    drive<KQuantTiles<DType::Q3_K>>,
+    drive<KQuantTiles<DType::Q4_K>>,
+    drive<KQuantTiles<DType::Q5_K>>,
+    drive<KQuantTiles<DType::Q6_K>>,
+    quantize_q8_k_generic,
 };
 
 }  // namespace

@@ -12,6 +12,7 @@
 #include "attention_kernel.h"
 #include "float_panels.h"
 #include "gemm_driver.h"
+#include "kquant_decode.h"
 
 namespace owl::ops::isa {
 namespace {
@@ -176,6 +177,8 @@ struct QuantTiles {
     }
 };
 
+#include "matmul_kquant_neon.inc"
+
 const Kernels kKernels = {
     "neon",
     quantize_q8_neon,
@@ -191,6 +194,12 @@ const Kernels kKernels = {
     store_f16_row,
     false,    // q8_sums
     nullptr,  // q8_0x16
+    drive<KQuantTiles<DType::Q2_K>>,
+    drive<KQuantTiles<DType::Q3_K>>,
+    drive<KQuantTiles<DType::Q4_K>>,
+    drive<KQuantTiles<DType::Q5_K>>,
+    drive<KQuantTiles<DType::Q6_K>>,
+    quantize_q8_k_neon,
 };
 
 }  // namespace

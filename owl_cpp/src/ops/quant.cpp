@@ -5,6 +5,7 @@
 
 #include "fp16_table.h"
 #include "owl/ops.h"
+#include "quant_k.h"
 
 namespace owl::ops {
 
@@ -42,6 +43,9 @@ void dequantize_row(DType t, const void* src, float* dst, int64_t n) {
             }
             return;
         }
+        case DType::Q2_K: case DType::Q3_K: case DType::Q4_K: case DType::Q5_K: case DType::Q6_K:
+            dequantize_row_k(t, src, dst, n);
+            return;
     }
 }
 
