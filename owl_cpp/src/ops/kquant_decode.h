@@ -147,6 +147,57 @@ inline void decode_k(DType t, const uint8_t* row, int64_t b, const float* f16, K
     }
 }
 
+// Only the scales of super-block b: sc[k] per 16 elements, and the term subtracted per 16 elements as an
+// integer multiple of dmin_out: the min m[k] (Q2_K, Q4_K, Q5_K; dmin_out = dmin), or the offset times the scale
+// (Q3_K 4 sc[k], Q6_K 32 sc[k]; dmin_out = d), with the quants then read unsigned (q + 4, q + 32).
+inline void decode_k_scales(DType t, const uint8_t* row, int64_t b, const float* f16, int16_t* sc, int16_t* m,
+                            float& d, float& dmin_out) {
+    switch (t) {
+        case DType::Q2_K: {
+            const BlockQ2_K& k = reinterpret_cast<const BlockQ2_K*>(row)[b];
+            d = f16[k.d];
+            dmin_out = f16[k.dmin];
+            for (int i = 0; i < 16; ++i) {
+                sc[i] = int16_t(k.scales[i] & 0x0f);
+                m[i] = int16_t(k.scales[i] >> 4);
+            }
+            return;
+        }
+        case DType::Q3_K: {
+            const BlockQ3_K& k = reinterpret_cast<const BlockQ3_K*>(row)[b];
+            d = dmin_out = f16[k.d];
+            uint8_t s[16];
+            k3_scales(k.scales, s);
+            for (int i = 0; i < 16; ++i) {
+                sc[i] = int16_t(int(s[i]) - 32);
+                m[i] = int16_t(4 * sc[i]);
+            }
+            return;
+        }
+        case DType::Q6_K: {
+            const BlockQ6_K& k = reinterpret_cast<const BlockQ6_K*>(row)[b];
+            d = dmin_out = f16[k.d];
+            for (int i = 0; i < 16; ++i) {
+                sc[i] = k.scales[i];
+                m[i] = int16_t(32 * sc[i]);
+            }
+            return;
+        }
+        default: {  // Q4_K, Q5_K: the same header
+            const BlockQ4_K& k = *reinterpret_cast<const BlockQ4_K*>(row + b * (t == DType::Q4_K ? sizeof(BlockQ4_K) : sizeof(BlockQ5_K)));
+            d = f16[k.d];
+            dmin_out = f16[k.dmin];
+            uint8_t s8[8], m8[8];
+            k4_scales(k.scales, s8, m8);
+            for (int i = 0; i < 16; ++i) {
+                sc[i] = s8[i / 2];
+                m[i] = m8[i / 2];
+            }
+            return;
+        }
+    }
+}
+
 inline bool k_has_min(DType t) { return t == DType::Q2_K || t == DType::Q4_K || t == DType::Q5_K; }
 
 }  // namespace
