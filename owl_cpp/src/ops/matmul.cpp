@@ -3,7 +3,8 @@
 //
 // For Q8_0 / Q4_0 weights the activations are first quantized to int8 blocks of 32 (ggml's Q8_0 rule, scales kept
 // in fp32) once per call, and the kernels take integer dot products per block, as llama.cpp does; this adds a
-// relative error of a few 1e-3 to each product. F32 / F16 / BF16 weights dot float activations.
+// relative error of a few 1e-3 to each product. K-quant weights (Q2_K .. Q6_K) take Q8_K activations (int8 per
+// 256 with int16 sums per 16, quant_k.h), as llama.cpp does. F32 / F16 / BF16 weights dot float activations.
 //
 // Threads split the rows in chunks of a multiple of kRowAlign rows. Every (row, token) result is computed by the
 // same instruction sequence whatever the split, so the thread count never changes the output. Decode (T == 1)
