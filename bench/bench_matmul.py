@@ -37,7 +37,7 @@ def encode(w: np.ndarray, type_name: str) -> np.ndarray:
     if type_name in K_TYPES:  # the numpy K-quant quantizer of the tests (ggml's layouts)
         import sys
         sys.path.insert(0, str(HERE.parent / "tests"))
-        from kquant_reference import quantize
+        from kquant_blocks import quantize
 
         return quantize(w, type_name)
     # Quantize with our own (ggml bit-compatible) quantizers: the gguf package is slow at these sizes.

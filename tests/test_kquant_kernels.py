@@ -19,7 +19,7 @@ from gguf import quants
 
 import owl_cpp
 from owl_cpp import _core, _testing
-from kquant_reference import BLOCK, BLOCK_BYTES, QK_K, TYPE_IDS, q8_k_activations, quantize, quantize_q8_k, random_blocks
+from kquant_blocks import BLOCK, BLOCK_BYTES, QK_K, TYPE_IDS, q8_k_activations, quantize, quantize_q8_k, random_blocks
 
 ops = _testing.ops
 KTYPES = list(TYPE_IDS)
@@ -69,7 +69,7 @@ def test_block_sizes_and_shape_checks(type_name):
 
 
 def test_our_quantizer_is_close():
-    """The tests' numpy quantizer (kquant_reference.quantize) writes valid blocks: relative RMS error of the
+    """The tests' numpy quantizer (kquant_blocks.quantize) writes valid blocks: relative RMS error of the
     round trip through gguf.quants on standard-normal rows, per type, as expected of 2..6 bits."""
     x = np.random.default_rng(1).standard_normal((16, 512)).astype(np.float32)
     bound = {"Q2_K": 0.4, "Q3_K": 0.2, "Q4_K": 0.1, "Q5_K": 0.05, "Q6_K": 0.025}
@@ -230,7 +230,7 @@ def _matrices(rng):
 
 
 def write_model(path, types):
-    """A tiny llama GGUF (hidden 256, 2 layers) whose matrices are quantized by kquant_reference.quantize to
+    """A tiny llama GGUF (hidden 256, 2 layers) whose matrices are quantized by kquant_blocks.quantize to
     types[name] (a K type; "F32" keeps them float), and the same model with those matrices dequantized by
     gguf.quants to F32 at path.f32.gguf."""
     rng = np.random.default_rng(0)
