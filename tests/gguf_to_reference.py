@@ -1,6 +1,7 @@
 """Builds the PyTorch reference from a GGUF's own (dequantized) weights, so quantized kernels can be checked
 exactly (against the weights they really use) apart from the quantization error itself. Matrix products with
-Q8_0 / Q4_0 weights round their input to int8 blocks first, as the runtime's kernels (and llama.cpp's) do."""
+Q8_0 / Q4_0 weights round their input to int8 blocks first, as the runtime's kernels (and llama.cpp's) do; with
+K-quant weights (Q2_K..Q6_K) to llama.cpp's Q8_K blocks of 256."""
 from __future__ import annotations
 
 import re
@@ -12,7 +13,7 @@ import torch
 from owl_export.checkpoint import TextConfig, load_config
 from owl_export.convert_text import llama_unpermute
 from owl_export.reference.decoder import TextDecoder, _linear
-from quant_reference import quantized_activations
+from quant_reference import q8k_activations, quantized_activations
 
 _NAMES = {
     "token_embd.weight": "model.embed_tokens.weight",
@@ -35,7 +36,8 @@ def reference_from_gguf(gguf_path, hf_dir, dtype=torch.float64) -> TextDecoder:
     cfg = TextConfig.from_dict(load_config(hf_dir))
     reader = gguf.GGUFReader(str(gguf_path))
     arch = str(bytes(reader.fields["general.architecture"].parts[-1]), "utf-8")
-    tensors, int8_inputs = {}, set()
+    tensors, int8_inputs, q8k_inputs = {}, set(), set()
+    k_types = {gguf.GGMLQuantizationType[f"Q{b}_K"] for b in range(2, 7)}
     for t in reader.tensors:
         shape = tuple(int(n) for n in reversed(t.shape.tolist()))  # ggml order -> row-major
         w = gguf.quants.dequantize(t.data, t.tensor_type).reshape(shape).astype(np.float32)
@@ -46,12 +48,17 @@ def reference_from_gguf(gguf_path, hf_dir, dtype=torch.float64) -> TextDecoder:
         tensors[name] = torch.from_numpy(np.ascontiguousarray(w))
         if t.tensor_type in (gguf.GGMLQuantizationType.Q8_0, gguf.GGMLQuantizationType.Q4_0):
             int8_inputs.add(name)
+        elif t.tensor_type in k_types:
+            q8k_inputs.add(name)
     ref = TextDecoder(cfg, tensors, dtype)
     quantized = {id(ref.w[_ref_key(n)]) for n in int8_inputs}
+    quantized_k = {id(ref.w[_ref_key(n)]) for n in q8k_inputs}
 
     def linear(x, w, b=None):
         if id(w) in quantized:
             x = torch.from_numpy(quantized_activations(x.numpy())).to(x.dtype)
+        elif id(w) in quantized_k:
+            x = torch.from_numpy(q8k_activations(x.numpy())).to(x.dtype)
         return _linear(x, w, b)
 
     ref.linear = linear

@@ -183,7 +183,7 @@ def test_llama3_stops_at_eot_id(files, script):
     assert info["tokens"] == answer and info["text"] == "Paris is nice" and info["finish_reason"] == "stop"
 
 
-def test_eog_texts_count_only_as_control_tokens(files):
+def test_special_token_ids_finds_control_tokens_only(files):  # (Owl3 names its terminators this way)
     m = load(files["chatml"])
     from owl_cpp.stops import EOG_TEXTS, special_token_ids
     assert special_token_ids(m.tokenizer, EOG_TEXTS) == {special(m, "<|im_end|>"), special(m, "<|endoftext|>")}

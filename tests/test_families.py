@@ -41,7 +41,7 @@ def test_families_by_architecture(owl3_dir, tiny_gguf, tmp_path):
 
 def test_unsupported_architecture_names_it_and_the_supported_ones(owl3_dir, tmp_path):
     d = copy_dir(owl3_dir, tmp_path / "m", set_keys={"general.architecture": (STRING, "mplug3")})
-    with pytest.raises(owl_cpp.FormatError, match=r"'mplug3' is not supported \(supported: llama, mplug2, owl2, owl3, qwen2\)"):
+    with pytest.raises(owl_cpp.FormatError, match=r"'mplug3' is not supported \(supported: llama, mplug2, owl2, owl3, qwen2;"):
         owl_cpp.load(d)
 
 
@@ -108,3 +108,18 @@ def test_a_family_class_refuses_another_architecture(owl3_dir):
     from owl_cpp.families.owl2 import Owl2Model
     with pytest.raises(ValueError, match=r"architecture 'owl3' is not an mPLUG-Owl2 / mPLUG-Owl decoder \('owl2'\)"):
         Owl2Model(owl3_dir)
+
+
+@pytest.mark.parametrize("arch", ["gemma", "phi3", "gemma2", "mistral3"])
+def test_plain_gguf_of_an_unknown_architecture_is_refused_at_load(tiny_gguf, tmp_path, arch):
+    # A text GGUF as downloaded for an architecture the runtime does not run: refused before any weight is read,
+    # by owl_cpp.load and by TextModel / the C++ loader alike, naming it and what is supported.
+    p = rewrite(tiny_gguf("qwen2", "f32"), tmp_path / f"{arch}.gguf", {"general.architecture": (STRING, arch)})
+    with pytest.raises(owl_cpp.FormatError, match=rf"model architecture '{arch}' is not supported \(supported: "
+                                                  r"llama, mplug2, owl2, owl3, qwen2; as a plain \.gguf text model: "
+                                                  r"llama, qwen2\)"):
+        owl_cpp.load(p)
+    for load in (lambda: owl_cpp.TextModel(p), lambda: owl_cpp._core.Model.load(str(p))):
+        with pytest.raises(owl_cpp.FormatError, match=rf"architecture '{arch}' is not supported \(supported: "
+                                                      r"llama, qwen2, owl3, owl2, mplug2\)"):
+            load()

@@ -1,6 +1,6 @@
 """Generation ends at the model's terminators, not at every control token: Owl3 at <|im_end|> and
 <|endoftext|> (the official generate()); text models at EOS, the GGUF's EOT/EOM tokens and llama.cpp's
-end-of-generation control tokens (<|im_end|>, <|endoftext|>, <|eot_id|>, ...). ignore_eos=True runs on to max_tokens. The sampler is scripted so
+end-of-generation tokens (<|im_end|>, <|endoftext|>, <|eot_id|>, <|fim_pad|>, ... whatever their type). ignore_eos=True runs on to max_tokens. The sampler is scripted so
 each test knows which tokens come."""
 from __future__ import annotations
 
@@ -8,7 +8,11 @@ import numpy as np
 import pytest
 
 import owl_cpp
-from gguf_edit import UINT32, rewrite
+import gguf
+
+from gguf_edit import ARRAY, INT32, STRING, UINT32, rewrite
+
+NORMAL, CONTROL, USER_DEFINED = 1, 3, 4
 
 
 
@@ -40,6 +44,47 @@ def test_gguf_end_of_turn_and_message_tokens(tiny_gguf, tmp_path):
         "tokenizer.ggml.eot_token_id": (UINT32, 100), "tokenizer.ggml.eom_token_id": (UINT32, 101)})
     m = owl_cpp.load(path, n_ctx=64, threads=1)
     assert {100, 101} <= m.terminators
+
+
+def with_tokens(src, dst, named: dict, **keys):
+    """src's vocabulary with padding rows renamed: text -> token type; returns (path, text -> id)."""
+    r = gguf.GGUFReader(str(src))
+    tokens = list(r.fields["tokenizer.ggml.tokens"].contents())
+    types = list(r.fields["tokenizer.ggml.token_type"].contents())
+    ids = {}
+    for k, (text, kind) in enumerate(named.items()):
+        i = tokens.index(f"[PAD{1003 + k}]")
+        tokens[i], types[i], ids[text] = text, kind, i
+    set_keys = {"tokenizer.ggml.tokens": (ARRAY, tokens, STRING), "tokenizer.ggml.token_type": (ARRAY, types, INT32)}
+    set_keys.update({k: (UINT32, v) for k, v in keys.items()})
+    return rewrite(src, dst, set_keys=set_keys), ids
+
+
+def test_llama_cpp_end_of_generation_set(tiny_gguf, tmp_path):
+    # llama-vocab.cpp: EOG texts of any token type, the FIM pad / repo / file-separator tokens, EOS / EOT / EOM.
+    named = {"<|eot_id|>": CONTROL, "<|eom_id|>": USER_DEFINED, "<end_of_turn>": NORMAL, "<|fim_pad|>": NORMAL,
+             "<|repo_name|>": CONTROL, "<|file_sep|>": CONTROL, "<\uff5cend\u2581of\u2581sentence\uff5c>": CONTROL,
+             "<|fim_prefix|>": CONTROL, "<|start_header_id|>": CONTROL, "<|end|>": CONTROL}
+    path, ids = with_tokens(tiny_gguf("qwen2", "f32"), tmp_path / "m.gguf", named)
+    m = owl_cpp.load(path, n_ctx=64, threads=1)
+    im_end, eot = special(m, "<|im_end|>"), special(m, "<|endoftext|>")
+    not_ends = {ids["<|fim_prefix|>"], ids["<|start_header_id|>"]}
+    assert m.terminators == {im_end, eot} | {i for t, i in ids.items() if ids[t] not in not_ends}
+    # A GGUF key names the FIM pad token: that one, not the one found by text.
+    path, ids = with_tokens(tiny_gguf("qwen2", "f32"), tmp_path / "k.gguf", {"<|fim_pad|>": CONTROL, "<PAD>": CONTROL},
+                            **{"tokenizer.ggml.fim_pad_token_id": 40})
+    assert owl_cpp.load(path, n_ctx=64, threads=1).terminators == {im_end, eot, 40}
+
+
+@pytest.mark.parametrize("pair", [("<|return|>", "<|call|>"), ("<|calls|>", "<|flush|>")])
+def test_end_is_no_terminator_beside_return_and_call(tiny_gguf, tmp_path, pair):
+    # gpt-oss (and Solar Open): <|end|> closes a message inside an answer; llama.cpp drops it from the set.
+    path, ids = with_tokens(tiny_gguf("qwen2", "f32"), tmp_path / "m.gguf", dict.fromkeys(("<|end|>",) + pair, CONTROL))
+    m = owl_cpp.load(path, n_ctx=64, threads=1)
+    assert ids["<|end|>"] not in m.terminators and {ids[t] for t in pair} <= m.terminators
+    path, ids = with_tokens(tiny_gguf("qwen2", "f32"), tmp_path / "s.gguf", {"</s>": CONTROL, "<|tool_response>": CONTROL})
+    m = owl_cpp.load(path, n_ctx=64, threads=1)
+    assert ids["</s>"] not in m.terminators and ids["<|tool_response>"] in m.terminators
 
 
 def test_text_generation_stops_at_terminators_only(qwen2, script):

@@ -300,7 +300,7 @@ def test_gguf_round_trip(tok_dirs, tmp_path, arch):
     ({"bos_id": 4}, "bos_token_id"),
     ({"eos_id": -7}, "eos_token_id"),
     ({"add_bos": True}, "bos_token_id"),
-    ({"pre": "falcon"}, "falcon"),
+    ({"pre": "no-such-pre"}, r"unsupported pre-tokenizer .no-such-pre. .*supported: default, gpt2, gpt-2, .*smollm.*llama-bpe.*tekken\)"),
     ({"tokens": []}, "empty"),
     ({"model": "llama", "merges": [], "scores": []}, "scores"),
 ])

@@ -1,6 +1,7 @@
 """`owl-export`: Hugging Face checkpoint directory -> GGUF file or model directory.
 
-  owl-export HF_DIR -o OUT.gguf --quant f32|f16|bf16|q8_0|q4_0                   (qwen2, llama)
+  owl-export HF_DIR -o OUT.gguf --quant f32|f16|bf16|q8_0|q4_0|q2_k|q3_k_m|q4_k_s|q4_k_m|q5_k_m|q6_k
+                                                                                 (qwen2, llama)
   owl-export HF_DIR -o MODEL_DIR --quant ... [--vision-dtype fp32|fp16] [--vision-quant none|int8]
                                                               (mplugowl3, mplug_owl2, mplug_owl2_1, mplug-owl)
   owl-export MPLUG2_DIR -o MODEL_DIR --quant ... [--vision-quant none|int8]
@@ -21,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 # quantize.QUANT_NAMES, written out here because quantize.py needs gguf (a test keeps the two equal)
-QUANT_NAMES = ("f32", "f16", "bf16", "q8_0", "q4_0")
+QUANT_NAMES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q2_k", "q3_k_m", "q4_k_s", "q4_k_m", "q5_k_m", "q6_k")
 
 # The modules of pyproject.toml's `export` extra: a missing one gets the install hint, not a traceback.
 EXPORT_EXTRA_MODULES = frozenset({"torch", "gguf", "safetensors", "tokenizers", "sentencepiece", "onnx",
@@ -87,7 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("hf_dir", type=Path, help="Hugging Face checkpoint directory (config.json + weights + tokenizer)")
     p.add_argument("-o", "--out", type=Path, required=True,
                    help="output path: a .gguf file for text models, a directory for vision-language models")
-    p.add_argument("--quant", choices=QUANT_NAMES, default="f16", help="weight storage type (default f16)")
+    p.add_argument("--quant", choices=QUANT_NAMES, default="f16", help="weight storage type (default f16); q2_k .. q6_k are llama.cpp's K-quant mixes "
+                        "(docs/quantization.md), for the llama/qwen2-style decoders, not mPLUG-2")
     # None = not given, so text exporters can refuse them instead of ignoring them
     p.add_argument("--vision-dtype", choices=("fp32", "fp16"), default=None,
                    help="vision.onnx weights: fp32 (default) or fp16 (for GPUs)")

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from .checkpoint import CheckpointError, TextConfig, load_checkpoint, tensor_shape
-from .quantize import FILE_TYPES, QT, check_quant, quantize_array, tensor_nbytes, tensor_qtype
+from .quantize import FILE_TYPES, QT, check_quant, plan_qtypes, quantize_array, tensor_nbytes
 
 # ------------------------------------------------------------------------------------------- tensors
 
@@ -193,11 +193,12 @@ class _Progress:
 
 def write_gguf(out_path: str | Path, writer_setup: Callable[[gguf.GGUFWriter], None], arch: str,
                plan: list[PlannedTensor], quant: str, *, tied_embeddings: bool, progress: bool,
-               keep_f32: frozenset[str] = frozenset()) -> dict:
+               keep_f32: frozenset[str] = frozenset(), n_gqa: int = 1) -> dict:
     """Write header, metadata (via writer_setup) and the planned tensors, one tensor in memory at a time.
 
     Goes through a temporary file renamed at the end, so a failed export never leaves a truncated GGUF.
-    Tensors named in keep_f32 stay F32 whatever the quant (mPLUG-2's position table).
+    Tensors named in keep_f32 stay F32 whatever the quant (mPLUG-2's position table). n_gqa (attention heads
+    per KV head) steers one rule of the q2_k mix.
     """
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -205,8 +206,8 @@ def write_gguf(out_path: str | Path, writer_setup: Callable[[gguf.GGUFWriter], N
     writer = gguf.GGUFWriter(tmp, arch)
     writer_setup(writer)
 
-    qtypes = [QT.F32 if t.name in keep_f32 else tensor_qtype(t.name, t.shape, quant, tied_embeddings=tied_embeddings)
-              for t in plan]
+    planned = plan_qtypes([(t.name, t.shape) for t in plan], quant, tied_embeddings=tied_embeddings, n_gqa=n_gqa)
+    qtypes = [QT.F32 if t.name in keep_f32 else q for t, q in zip(plan, planned)]
     sizes = [tensor_nbytes(t.shape, q) for t, q in zip(plan, qtypes)]
     for t, q, n in zip(plan, qtypes, sizes):
         # logical shape + raw_dtype: the writer then records the element shape, not the byte shape
@@ -218,6 +219,7 @@ def write_gguf(out_path: str | Path, writer_setup: Callable[[gguf.GGUFWriter], N
         writer.write_kv_data_to_file()
         writer.write_ti_data_to_file()
         for t, q in zip(plan, qtypes):
+            bar.update(0, f"{t.name} ({q.name})")        # K types take seconds per big matrix: say which
             data = quantize_array(t.load(), q)
             writer.write_tensor_data(data)
             bar.update(data.nbytes, t.name)
@@ -275,8 +277,8 @@ def convert_text_model(hf_dir: str | Path, out_path: str | Path, quant: str = "f
         if template is not None:        # as llama.cpp's converter: chat() then renders it (chat_template.py)
             writer.add_chat_template(template)
 
-    summary = write_gguf(out_path, setup, cfg.arch, plan, quant,
-                         tied_embeddings=cfg.tie_word_embeddings, progress=progress)
+    summary = write_gguf(out_path, setup, cfg.arch, plan, quant, tied_embeddings=cfg.tie_word_embeddings,
+                         progress=progress, n_gqa=cfg.num_heads // cfg.num_kv_heads)
     if progress:
         print(format_summary(summary), file=sys.stderr)
     return summary

@@ -7,14 +7,21 @@ Rules (they follow llama.cpp's converter and llama-quantize, so files compare li
   q4_0         2-D weights Q4_0, except the output matrix (output.weight, or token_embd.weight when the
                embeddings are tied, since it is then the output matrix) which gets Q8_0: the logits are the
                most quantization-sensitive product in the model
-Block formats need the row length to be a multiple of 32; other rows fall back to F16.
-Quantization goes through gguf.quants.quantize so blocks are bit-identical to ggml's.
+  q2_k, q3_k_m, q4_k_s, q4_k_m, q5_k_m, q6_k
+               llama.cpp's K-quant mixes: the type depends on the tensor's role and layer (quant_mix.py,
+               docs/quantization.md), so these are planned over the whole tensor list (plan_qtypes)
+Block formats need the row length to be a multiple of 32; other rows fall back to F16 (K types: quant_mix's
+fallbacks first). Q4_0/Q5_0/Q5_1/Q8_0 go through gguf.quants.quantize so blocks are bit-identical to ggml's;
+the K types and IQ4_NL through our own quantizers (kquants.py).
 """
 from __future__ import annotations
 
 import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as QT, LlamaFileType
 from gguf.quants import quantize
+
+from . import kquants
+from .quant_mix import MIXES, plan_mix
 
 QUANT_TYPES: dict[str, QT] = {"f32": QT.F32, "f16": QT.F16, "bf16": QT.BF16, "q8_0": QT.Q8_0, "q4_0": QT.Q4_0}
 
@@ -26,11 +33,17 @@ FILE_TYPES: dict[str, LlamaFileType] = {
     "q4_0": LlamaFileType.MOSTLY_Q4_0,
 }
 
-QUANT_NAMES = tuple(QUANT_TYPES)
+FILE_TYPES.update({name: mix.file_type for name, mix in MIXES.items()})
+
+QUANT_NAMES = tuple(QUANT_TYPES) + tuple(MIXES)
 
 
-def check_quant(quant: str) -> str:
-    if quant not in QUANT_TYPES:
+def check_quant(quant: str, *, k_mixes: bool = True) -> str:
+    """quant, if it is one of QUANT_NAMES (k_mixes=False: one of the plain types) else a ValueError."""
+    if quant in MIXES and not k_mixes:
+        raise ValueError(f"--quant {quant}: the K-quant mixes are for the llama/qwen2-style decoders; this model "
+                         f"takes {', '.join(QUANT_TYPES)}")
+    if quant not in QUANT_TYPES and quant not in MIXES:
         raise ValueError(f"unknown quant {quant!r}; choose one of {', '.join(QUANT_NAMES)}")
     return quant
 
@@ -40,8 +53,11 @@ def is_output_matrix(name: str, tied_embeddings: bool) -> bool:
 
 
 def tensor_qtype(name: str, shape: tuple[int, ...], quant: str, *, tied_embeddings: bool = False) -> QT:
-    """Storage type of GGUF tensor `name` with numpy shape `shape` (rows, cols) under `quant`."""
+    """Storage type of GGUF tensor `name` with numpy shape `shape` (rows, cols) under `quant` (not a K mix:
+    those depend on the other tensors, see plan_qtypes)."""
     check_quant(quant)
+    if quant in MIXES:
+        raise ValueError(f"{quant} types depend on the whole tensor list: use plan_qtypes")
     if quant == "f32" or len(shape) < 2:
         return QT.F32
     want = QUANT_TYPES[quant]
@@ -51,6 +67,16 @@ def tensor_qtype(name: str, shape: tuple[int, ...], quant: str, *, tied_embeddin
     if shape[-1] % block != 0:
         return QT.F16
     return want
+
+
+def plan_qtypes(tensors: list[tuple[str, tuple[int, ...]]], quant: str, *, tied_embeddings: bool = False,
+                n_gqa: int = 1) -> list[QT]:
+    """Storage type of each (GGUF name, numpy shape) under `quant`, in the given order."""
+    check_quant(quant)
+    if quant in MIXES:
+        plan = plan_mix(tensors, quant, n_gqa=n_gqa, tied_embeddings=tied_embeddings)
+        return [plan[name] for name, _ in tensors]
+    return [tensor_qtype(name, shape, quant, tied_embeddings=tied_embeddings) for name, shape in tensors]
 
 
 def tensor_nbytes(shape: tuple[int, ...], qtype: QT) -> int:
@@ -63,6 +89,8 @@ def tensor_nbytes(shape: tuple[int, ...], qtype: QT) -> int:
 def quantize_array(data: np.ndarray, qtype: QT) -> np.ndarray:
     """float32 array -> the array GGUFWriter takes: float32/float16 as is, block types as uint8 rows."""
     data = np.ascontiguousarray(data, dtype=np.float32)
+    if qtype in kquants.TYPES:
+        return kquants.quantize(data, qtype)
     out = quantize(data, qtype)
     if qtype == QT.BF16:            # gguf returns BF16 as raw bytes; keep the element shape readable
         out = out.view(np.uint16)

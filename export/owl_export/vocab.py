@@ -1,7 +1,9 @@
 """Tokenizer vocabularies: Hugging Face checkpoint files -> Vocab -> GGUF tokenizer.ggml.* keys (and back).
 
 `Vocab` mirrors owl::VocabData field for field. `load_hf_vocab` follows llama.cpp's convert_hf_to_gguf.py:
-  - Qwen2 style (tokenizer.json, or vocab.json + merges.txt): model "gpt2", pre "qwen2", a dense token
+  - byte-level BPE (tokenizer.json, or Qwen2's vocab.json + merges.txt): model "gpt2", pre from the
+    tokenizer.json's normalizer and pre_tokenizer (pretokenizers.detect_pre: "qwen2", "llama-bpe", "smollm",
+    "deepseek-llm", "gpt-2", ...; "qwen2" for the slow-tokenizer files), a dense token
     list (ids nobody uses become "[PAD{id}]" of type UNUSED), added special tokens CONTROL, other added
     tokens USER_DEFINED, no BOS added.
   - LLaMA style (tokenizer.model): model "llama", pieces/scores/types from sentencepiece, BOS added,
@@ -21,13 +23,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from .pretokenizers import GPT2, QWEN2, detect_pre
+
 # ggml token types (tokenizer.ggml.token_type); sentencepiece's piece types use the same numbers.
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
 
-QWEN2_PATTERN = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
-GPT2_PATTERN = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
+QWEN2_PATTERN, GPT2_PATTERN = QWEN2, GPT2
 SPECIAL_KINDS = ("bos", "eos", "unk", "pad")
 
 
@@ -98,28 +99,6 @@ def load_hf_vocab(hf_dir) -> Vocab:
     raise FileNotFoundError(f"{d}: no tokenizer.model, tokenizer.json or vocab.json")
 
 
-def _detect_pre(pre_tokenizer, where: Path) -> str:
-    """'qwen2' for Qwen2's Split regex, 'gpt2' for plain ByteLevel with its built-in regex."""
-    def walk(node):
-        if isinstance(node, dict):
-            yield node
-            for v in node.values():
-                yield from walk(v)
-        elif isinstance(node, list):
-            for v in node:
-                yield from walk(v)
-
-    nodes = list(walk(pre_tokenizer))
-    patterns = [n["pattern"].get("Regex") for n in nodes if n.get("type") == "Split" and isinstance(n.get("pattern"), dict)]
-    if patterns == [QWEN2_PATTERN]:
-        return "qwen2"
-    if patterns == [GPT2_PATTERN] or (not patterns and any(n.get("type") == "ByteLevel" and n.get("use_regex", True)
-                                                           for n in nodes)):
-        return "gpt2"
-    raise ValueError(f"{where}: unsupported pre_tokenizer (only Qwen2's and GPT-2's byte-level splits are "
-                     f"supported): {json.dumps(pre_tokenizer)[:200]}")
-
-
 def _merge_text(m, where: Path) -> str:
     if isinstance(m, str):
         return m
@@ -141,7 +120,7 @@ def _load_bpe(d: Path) -> Vocab:
             raise ValueError(f"{tj_path}: model.vocab is missing")
         merges = [_merge_text(m, tj_path) for m in model.get("merges", [])]
         added = [(int(a["id"]), a["content"], bool(a.get("special"))) for a in tj.get("added_tokens", [])]
-        pre = _detect_pre(tj.get("pre_tokenizer"), tj_path)
+        pre = detect_pre(tj, tj_path)
     else:  # the slow-tokenizer files
         vocab = _read_json(d / "vocab.json", required=True)
         merges_path = d / "merges.txt"

@@ -1,121 +1,136 @@
-// The pre-tokenizer regexes as explicit scans. At each position the alternatives are tried in the
-// regex's order and the first that matches wins (leftmost-first, with the backtracking results
-// worked out by hand in the comments). Every character is matched by some alternative, so the
-// pieces tile the input.
+// The pre-tokenizers by name (llama.cpp's llama-vocab.cpp names and regex lists) and the engine that runs
+// a list of split rules.
 #include "pretokenize.h"
 
-#include "unicode.h"
+#include "pretokenize_rules.h"
 
 namespace owl::detail {
 
-using unicode::CharClass;
-
 namespace {
 
-std::vector<CharClass> classes_of(const std::vector<uint32_t>& cps) {
-    std::vector<CharClass> k(cps.size());
-    for (size_t i = 0; i < cps.size(); ++i) k[i] = unicode::char_class(cps[i]);
-    return k;
-}
+namespace r = rules;
 
-bool is_newline(uint32_t c) { return c == '\r' || c == '\n'; }
-
-// Length of a contraction 's 't 're 've 'm 'll 'd at pos (0 if none). Oniguruma's (?i) folds
-// ASCII case and U+017F LATIN SMALL LETTER LONG S to 's'.
-size_t contraction(const std::vector<uint32_t>& cps, size_t pos, bool ignore_case) {
-    const size_t n = cps.size();
-    if (cps[pos] != '\'' || pos + 1 >= n) return 0;
-    auto fold = [&](uint32_t c) -> uint32_t {
-        if (!ignore_case) return c;
-        if (c >= 'A' && c <= 'Z') return c + 32;
-        return c == 0x17F ? 's' : c;
+// HF configurations these stand for (what the tests build their references from):
+//   default             llama.cpp's own fallback (no HF tokenizer has it)
+//   gpt-2 ..            ByteLevel with its regex
+//   starcoder ..        Digits(individual) + ByteLevel with its regex (command-r: after an NFC normalizer)
+//   falcon              Punctuation + ByteLevel + Digits + Split [0-9]{3}
+//   the rest            Split(regex) for each regex in the list, then ByteLevel without its regex
+const std::vector<PreTokenizer>& table() {
+    static const std::vector<PreTokenizer> t = {
+        {{"default", ""}, {r::punct_default, r::gpt2, r::digits, r::ascii_digits_3}},
+        {{"gpt2", "gpt-2", "mpt", "olmo", "phi-2"}, {r::gpt2}},
+        {{"starcoder", "smollm", "refact", "codeshell"}, {r::digit, r::gpt2}},
+        {{"command-r"}, {r::digit, r::gpt2}, /*nfc=*/true},
+        {{"falcon"}, {r::punct_falcon, r::gpt2}, false, false, /*byte_digits=*/true},
+        {{"llama3", "llama-v3", "llama-bpe", "falcon3", "pixtral"}, {r::llama3}, false, /*ignore_merges=*/true, false,
+         /*add_bos=*/true},
+        {{"dbrx", "smaug-bpe"}, {r::llama3}},
+        {{"qwen2", "deepseek-r1-qwen"}, {r::qwen2}, /*nfc=*/true},
+        {{"stablelm2"}, {r::qwen2}},
+        {{"deepseek-llm"},
+         {r::newline, r::deepseek_letters, r::deepseek_punct, r::trailing_space, r::deepseek_cjk, r::digits}},
+        {{"deepseek-coder"}, {r::newline, r::space_letters, r::space_punct, r::deepseek_cjk, r::digit}},
+        {{"deepseek-v3"}, {r::digits_1_3, r::deepseek3_cjk, r::deepseek3}},
+        {{"gpt-4o", "llama4"}, {r::gpt4o}},
+        {{"tekken"}, {r::tekken}, false, /*ignore_merges=*/true, false, /*add_bos=*/true},
     };
-    const uint32_t a = fold(cps[pos + 1]);
-    if (a == 's' || a == 't' || a == 'm' || a == 'd') return 2;
-    if (pos + 2 >= n) return 0;
-    const uint32_t b = fold(cps[pos + 2]);
-    if ((a == 'r' && b == 'e') || (a == 'v' && b == 'e') || (a == 'l' && b == 'l')) return 3;
-    return 0;
+    return t;
 }
 
-// End of the whitespace run at pos, for \s+(?!\S) | \s+ : a run followed by a non-space gives its
-// last space to the next piece (so " word" stays together), unless the run is a single space.
-size_t space_run_end(const std::vector<CharClass>& k, size_t pos) {
-    size_t e = pos;
-    while (e < k.size() && k[e] == CharClass::Space) ++e;
-    return (e - pos > 1 && e < k.size()) ? e - 1 : e;
+// Splits every piece of `in` by one rule: matches and the text between them are pieces.
+void apply_rule(SplitRule rule, const PreText& t, const std::vector<Span>& in, std::vector<Span>& out) {
+    out.clear();
+    for (const Span& piece : in) {
+        size_t gap = piece.first, pos = piece.first;
+        while (pos < piece.second) {
+            const size_t n = rule(t, pos, piece.second);
+            if (n == 0) {
+                ++pos;
+                continue;
+            }
+            if (gap < pos) out.emplace_back(gap, pos);
+            out.emplace_back(pos, pos + n);
+            pos += n;
+            gap = pos;
+        }
+        if (gap < piece.second) out.emplace_back(gap, piece.second);
+    }
+}
+
+bool byte_is_numeric(unsigned char b) {  // its byte-level character is \p{N}
+    return (b >= '0' && b <= '9') || b == 0xB2 || b == 0xB3 || b == 0xB9 || b == 0xBC || b == 0xBD || b == 0xBE;
 }
 
 }  // namespace
 
-void split_qwen2(const std::vector<uint32_t>& cps, std::vector<Span>& out) {
-    const std::vector<CharClass> k = classes_of(cps);
-    const size_t n = cps.size();
-    size_t pos = 0;
-    auto emit = [&](size_t end) {
-        out.emplace_back(pos, end);
-        pos = end;
-    };
-    while (pos < n) {
-        const uint32_t c = cps[pos];
-        // (?i:'s|'t|'re|'ve|'m|'ll|'d)
-        if (const size_t len = contraction(cps, pos, true)) {
-            emit(pos + len);
-            continue;
-        }
-        // [^\r\n\p{L}\p{N}]?\p{L}+
-        if (k[pos] == CharClass::Letter ||
-            (!is_newline(c) && k[pos] != CharClass::Number && pos + 1 < n && k[pos + 1] == CharClass::Letter)) {
-            size_t e = pos + 1;
-            while (e < n && k[e] == CharClass::Letter) ++e;
-            emit(e);
-            continue;
-        }
-        // \p{N}  (one digit at a time)
-        if (k[pos] == CharClass::Number) {
-            emit(pos + 1);
-            continue;
-        }
-        // " ?[^\s\p{L}\p{N}]+[\r\n]*"
-        const size_t s = (c == ' ' && pos + 1 < n && k[pos + 1] == CharClass::Other) ? pos + 1 : pos;
-        if (k[s] == CharClass::Other) {
-            size_t e = s + 1;
-            while (e < n && k[e] == CharClass::Other) ++e;
-            while (e < n && is_newline(cps[e])) ++e;
-            emit(e);
-            continue;
-        }
-        // Only whitespace is left. \s*[\r\n]+ : up to and including the run's last newline.
-        size_t e = pos, after_newline = 0;
-        for (; e < n && k[e] == CharClass::Space; ++e)
-            if (is_newline(cps[e])) after_newline = e + 1;
-        if (after_newline) {
-            emit(after_newline);
-            continue;
-        }
-        // \s+(?!\S) | \s+
-        emit(space_run_end(k, pos));
+PreText make_pre_text(std::vector<uint32_t> cps) {
+    PreText t;
+    fill_pre_text(t, std::move(cps));
+    return t;
+}
+
+void fill_pre_text(PreText& t, std::vector<uint32_t>&& cps) {
+    t.cps = std::move(cps);
+    const size_t n = t.cps.size();
+    t.cls.resize(n);
+    t.cat.resize(n);
+    t.space_end.resize(n);
+    for (size_t i = 0; i < n; ++i) {
+        t.cat[i] = unicode::category(t.cps[i]);
+        t.cls[i] = unicode::char_class(t.cps[i], t.cat[i]);
+    }
+    for (size_t i = n; i-- > 0;)
+        t.space_end[i] = static_cast<uint32_t>(t.cls[i] != unicode::CharClass::Space ? i : (i + 1 < n ? t.space_end[i + 1] : n));
+}
+
+const PreTokenizer* find_pre_tokenizer(std::string_view name) {
+    for (const PreTokenizer& p : table())
+        for (const std::string& n : p.names)
+            if (n == name) return &p;
+    return nullptr;
+}
+
+std::string pre_tokenizer_names() {
+    std::string out;
+    for (const PreTokenizer& p : table())
+        for (const std::string& n : p.names)
+            if (!n.empty()) out += (out.empty() ? "" : ", ") + n;
+    return out;
+}
+
+void pre_split(const PreTokenizer& p, const PreText& t, std::vector<Span>& out) {
+    out.clear();
+    if (t.cps.empty()) return;
+    out.emplace_back(0, t.cps.size());
+    std::vector<Span> next;
+    for (SplitRule rule : p.rules) {
+        apply_rule(rule, t, out, next);
+        out.swap(next);
     }
 }
 
-void split_gpt2(const std::vector<uint32_t>& cps, std::vector<Span>& out) {
-    const std::vector<CharClass> k = classes_of(cps);
-    const size_t n = cps.size();
-    size_t pos = 0;
-    while (pos < n) {
-        size_t end;
-        if (const size_t len = contraction(cps, pos, false)) {
-            end = pos + len;
-        } else if (k[pos] != CharClass::Space || (cps[pos] == ' ' && pos + 1 < n && k[pos + 1] != CharClass::Space)) {
-            // " ?\p{L}+ | ?\p{N}+ | ?[^\s\p{L}\p{N}]+": an optional space, then a run of one class.
-            const size_t s = k[pos] == CharClass::Space ? pos + 1 : pos;
-            end = s + 1;
-            while (end < n && k[end] == k[s]) ++end;
-        } else {
-            end = space_run_end(k, pos);
+void split_byte_digits(std::string_view word, std::vector<Span>& out) {
+    out.clear();
+    const size_t n = word.size();
+    auto digit = [&](size_t i) { return word[i] >= '0' && word[i] <= '9'; };
+    for (size_t b = 0; b < n;) {
+        const bool numeric = byte_is_numeric(static_cast<unsigned char>(word[b]));
+        size_t e = b + 1;
+        while (e < n && byte_is_numeric(static_cast<unsigned char>(word[e])) == numeric) ++e;
+        // [0-9][0-9][0-9] inside the run (only a numeric run has ASCII digits)
+        size_t gap = b;
+        for (size_t i = b; numeric && i + 3 <= e;) {
+            if (digit(i) && digit(i + 1) && digit(i + 2)) {
+                if (gap < i) out.emplace_back(gap, i);
+                out.emplace_back(i, i + 3);
+                gap = i += 3;
+            } else {
+                ++i;
+            }
         }
-        out.emplace_back(pos, end);
-        pos = end;
+        if (gap < e) out.emplace_back(gap, e);
+        b = e;
     }
 }
 

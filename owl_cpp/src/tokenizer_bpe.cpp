@@ -1,6 +1,7 @@
-// Byte-level BPE (tokenizer.ggml.model "gpt2"), matching HF `tokenizers` on Qwen2's tokenizer.json:
-// special tokens split out of the raw text, NFC, the pre-tokenizer regex, GPT-2's byte->unicode map,
-// then merges applied lowest rank first (ties: leftmost) with a priority queue over a linked list.
+// Byte-level BPE (tokenizer.ggml.model "gpt2"), matching HF `tokenizers` on the published tokenizer.json
+// files: special tokens split out of the raw text, NFC where the model has it, the pre-tokenizer named by
+// tokenizer.ggml.pre (pretokenize.h), GPT-2's byte->unicode map, then merges applied lowest rank first
+// (ties: leftmost) with a priority queue over a linked list.
 #include <algorithm>
 #include <array>
 #include <unordered_map>
@@ -43,16 +44,13 @@ bool bytes_from_byte_level(const std::string& text, std::string& out) {
     return true;
 }
 
-enum class Pre { Qwen2, Gpt2 };
-
 class BpeTokenizer final : public Tokenizer {
 public:
     explicit BpeTokenizer(const VocabData& v) : v_(v), specials_(v_) {
-        if (v_.pre == "qwen2") pre_ = Pre::Qwen2;
-        else if (v_.pre == "default" || v_.pre == "gpt2" || v_.pre.empty()) pre_ = Pre::Gpt2;
-        else
+        pre_ = find_pre_tokenizer(v_.pre);
+        if (!pre_)
             throw FormatError("tokenizer.ggml.pre: unsupported pre-tokenizer '" + unicode::sanitize_utf8(v_.pre) +
-                              "' for tokenizer model 'gpt2' (supported: qwen2, default, gpt2)");
+                              "' for tokenizer model 'gpt2' (supported: " + pre_tokenizer_names() + ")");
         build_lookup();
         build_pieces();
     }
@@ -95,7 +93,9 @@ private:
     struct Work {  // scratch reused across the words of one encode call
         std::vector<Symbol> syms;
         std::vector<Candidate> heap;
-        std::vector<Span> spans;
+        std::vector<Span> spans, parts;
+        std::string level;  // a piece in byte-level characters
+        PreText text;
     };
 
     static uint64_t key(int32_t a, int32_t b) { return (uint64_t(uint32_t(a)) << 32) | uint32_t(b); }
@@ -107,11 +107,14 @@ private:
 
         const auto b2c = byte_to_codepoint();
         for (int b = 0; b < 256; ++b) {
-            std::string s;
+            std::string& s = byte_char_[b];
             unicode::append_utf8(s, b2c[b]);
             const auto it = ids.find(s);
             byte_token_[b] = it == ids.end() ? -1 : it->second;
         }
+        if (pre_->ignore_merges)
+            for (const auto& [text, id] : ids)
+                if (detail::token_type(v_, id) == TokenType::Normal) whole_words_.emplace(text, id);
 
         merges_.reserve(v_.merges.size());
         std::string joined;
@@ -148,16 +151,34 @@ private:
 
     void encode_text(std::string_view text, std::vector<int32_t>& out, Work& w) const {
         std::vector<uint32_t> cps = unicode::decode_utf8(text);
-        if (pre_ == Pre::Qwen2) cps = unicode::nfc(cps);
-        w.spans.clear();
-        if (pre_ == Pre::Qwen2) split_qwen2(cps, w.spans);
-        else split_gpt2(cps, w.spans);
+        if (pre_->nfc) cps = unicode::nfc(cps);
+        fill_pre_text(w.text, std::move(cps));
+        const PreText& t = w.text;
+        pre_split(*pre_, t, w.spans);
         std::string word;
         for (const Span& s : w.spans) {
             word.clear();
-            for (size_t i = s.first; i < s.second; ++i) unicode::append_utf8(word, cps[i]);
-            bpe_word(word, out, w);
+            for (size_t i = s.first; i < s.second; ++i) unicode::append_utf8(word, t.cps[i]);
+            if (!pre_->byte_digits) {
+                encode_piece(word, out, w);
+                continue;
+            }
+            split_byte_digits(word, w.parts);
+            for (const Span& p : w.parts) encode_piece(word.substr(p.first, p.second - p.first), out, w);
         }
+    }
+
+    void encode_piece(const std::string& piece, std::vector<int32_t>& out, Work& w) const {
+        if (!whole_words_.empty()) {  // ignore_merges: a piece that is a token is that token
+            w.level.clear();
+            for (unsigned char b : piece) w.level += byte_char_[b];
+            const auto it = whole_words_.find(w.level);
+            if (it != whole_words_.end()) {
+                out.push_back(it->second);
+                return;
+            }
+        }
+        bpe_word(piece, out, w);
     }
 
     void bpe_word(const std::string& word, std::vector<int32_t>& out, Work& w) const {
@@ -207,7 +228,9 @@ private:
 
     VocabData v_;
     SpecialMatcher specials_;
-    Pre pre_ = Pre::Qwen2;
+    const PreTokenizer* pre_ = nullptr;
+    std::array<std::string, 256> byte_char_;           // each byte's byte-level character (UTF-8)
+    std::unordered_map<std::string, int32_t> whole_words_;  // ignore_merges: normal token text -> id
     std::array<int32_t, 256> byte_token_{};            // token of each byte's byte-level character
     std::unordered_map<uint64_t, Merge> merges_;       // (left id, right id) -> rank, merged id
     std::vector<std::string> pieces_;                  // raw bytes of every token

@@ -137,15 +137,24 @@ bool is_white_space(uint32_t cp) {
 
 }  // namespace
 
-CharClass char_class(uint32_t cp) {
-    if (cp >= kInvalidByteBase) return CharClass::Other;
-    if (cp < 0x80) {  // ASCII fast path
-        if ((cp | 0x20) >= 'a' && (cp | 0x20) <= 'z') return CharClass::Letter;
-        if (cp >= '0' && cp <= '9') return CharClass::Number;
-        return is_white_space(cp) ? CharClass::Space : CharClass::Other;
-    }
+CharClass char_class(uint32_t cp) { return char_class(cp, category(cp)); }
+
+CharClass char_class(uint32_t cp, Category c) {
     if (is_white_space(cp)) return CharClass::Space;
-    return static_cast<CharClass>(run_value(detail::kCategoryRuns, detail::kCategoryRuns_size, cp, 2));
+    return is_letter_category(c) ? CharClass::Letter : c == Category::Number ? CharClass::Number : CharClass::Other;
+}
+
+Category category(uint32_t cp) {
+    // The BMP from a flat table (the pre-tokenizers look up every character), the rest from the runs.
+    static const std::vector<uint8_t> bmp = [] {
+        std::vector<uint8_t> t(0x10000);
+        for (uint32_t c = 0; c < t.size(); ++c)
+            t[c] = static_cast<uint8_t>(run_value(detail::kCategoryRuns, detail::kCategoryRuns_size, c, 4));
+        return t;
+    }();
+    if (cp < 0x10000) return static_cast<Category>(bmp[cp]);
+    if (cp >= kInvalidByteBase) return Category::Other;
+    return static_cast<Category>(run_value(detail::kCategoryRuns, detail::kCategoryRuns_size, cp, 4));
 }
 
 uint8_t combining_class(uint32_t cp) {

@@ -1,6 +1,7 @@
 // GGUF tokenizer.ggml.* keys -> VocabData -> Tokenizer.
 #include "owl/error.h"
 #include "owl/model.h"
+#include "pretokenize.h"
 
 namespace owl {
 
@@ -31,8 +32,11 @@ std::unique_ptr<Tokenizer> tokenizer_from_gguf(const GGUFFile& f) {
     v.unk_id = id("tokenizer.ggml.unknown_token_id");
     v.pad_id = id("tokenizer.ggml.padding_token_id");
     const bool spm = v.model == "llama";
-    // Absent key: sentencepiece adds BOS, and BERT starts every sequence with [CLS] (llama.cpp's defaults).
-    v.add_bos = f.get_bool("tokenizer.ggml.add_bos_token", spm || (v.model == "bert" && v.bos_id >= 0));
+    // Absent key: sentencepiece adds BOS, BERT starts every sequence with [CLS], and so do the Llama 3 and
+    // Tekken BPE vocabularies (llama.cpp's defaults).
+    const detail::PreTokenizer* pre = v.model == "gpt2" ? detail::find_pre_tokenizer(v.pre) : nullptr;
+    const bool bpe_bos = pre && pre->add_bos && v.bos_id >= 0;
+    v.add_bos = f.get_bool("tokenizer.ggml.add_bos_token", spm || (v.model == "bert" && v.bos_id >= 0) || bpe_bos);
     v.add_eos = f.get_bool("tokenizer.ggml.add_eos_token", false);
     v.add_space_prefix = f.get_bool("tokenizer.ggml.add_space_prefix", spm);
     try {

@@ -62,4 +62,5 @@ def load(path: Union[str, os.PathLike], *, n_ctx: Optional[int] = None, threads:
         from .text_model import TextModel
         return TextModel(gguf, **opts)
     raise _core.FormatError(f"{gguf}: model architecture {arch!r} is not supported "
-                            f"(supported: {', '.join(SUPPORTED)})")
+                            f"(supported: {', '.join(SUPPORTED)}; as a plain .gguf text model: "
+                            f"{', '.join(TEXT_ARCHITECTURES)})")

@@ -26,7 +26,7 @@ def export_mplug2(ckpt_dir: str | Path, out_dir: str | Path, quant: str = "f16",
 
     if vision_dtype != "fp32":
         raise ValueError(f"--vision-dtype {vision_dtype}: mPLUG-2's video encoder is exported in fp32 only")
-    check_quant(quant)
+    check_quant(quant, k_mixes=False)             # its BERT decoder is not in llama.cpp's mixes
     sd, cfg = load_checkpoint(ckpt_dir, task)             # every check before the first file is written
     tokens = read_vocab_tokens(ckpt_dir)
     out_dir = make_model_dir(out_dir)

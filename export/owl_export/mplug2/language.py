@@ -155,7 +155,7 @@ def read_vocab_tokens(ckpt_dir: str | Path) -> list[str]:
 def write_decoder_gguf(sd: dict, cfg: Mplug2Config, tokens: list[str], out_path: str | Path, quant: str = "f16",
                        name: str = "mplug2", progress: bool = False) -> dict:
     """decoder.gguf from a state dict + config + the WordPiece tokens; returns write_gguf's summary."""
-    check_quant(quant)
+    check_quant(quant, k_mixes=False)             # its BERT decoder is not in llama.cpp's mixes
     if len(tokens) > cfg.vocab_size:
         raise Mplug2CheckpointError(f"vocab.txt has {len(tokens)} tokens but the word embeddings only {cfg.vocab_size} rows")
     plan = mplug2_tensor_plan(sd, cfg)

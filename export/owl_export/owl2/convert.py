@@ -189,7 +189,8 @@ class PreparedOwl2Decoder:
 
     def write(self, out_path: str | Path, progress: bool = True) -> dict:
         summary = write_gguf(out_path, self.setup, ARCH, self.plan, self.quant,
-                             tied_embeddings=self.cfg.text.tie_word_embeddings, progress=progress)
+                             tied_embeddings=self.cfg.text.tie_word_embeddings, progress=progress,
+                             n_gqa=self.cfg.text.num_heads // self.cfg.text.num_kv_heads)
         summary["variant"] = self.cfg.variant
         if progress:
             print(format_summary(summary), file=sys.stderr)

@@ -136,7 +136,8 @@ class PreparedDecoder:
 
     def write(self, out_path: str | Path, progress: bool = True) -> dict:
         summary = write_gguf(out_path, self.setup, ARCH, self.plan, self.quant,
-                             tied_embeddings=self.cfg.tie_word_embeddings, progress=progress)
+                             tied_embeddings=self.cfg.tie_word_embeddings, progress=progress,
+                             n_gqa=self.cfg.num_heads // self.cfg.num_kv_heads)
         summary["variant"] = self.variant.name
         return summary
 

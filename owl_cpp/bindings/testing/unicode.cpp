@@ -6,6 +6,8 @@
 #include <string>
 #include <vector>
 
+#include "owl/error.h"
+#include "pretokenize.h"
 #include "testing.h"
 #include "tokenizer_impl.h"
 #include "unicode.h"
@@ -33,6 +35,20 @@ void bind_unicode(py::module_& parent) {
         for (const auto& w : detail::bert_basic_tokens(s)) out.push_back(utf8(w));
         return out;
     }, py::arg("text"), "the words BERT's BasicTokenizer hands to WordPiece");
+    m.def("category", [](uint32_t cp) { return static_cast<int>(unicode::category(cp)); }, py::arg("cp"),
+          "0 other, 1 Lu, 2 Ll, 3 Lt, 4 Lm, 5 Lo, 6 M, 7 N, 8 P, 9 S");
+    m.def("pre_tokenize", [](const std::string& pre, const std::string& s) {
+        const detail::PreTokenizer* p = detail::find_pre_tokenizer(pre);
+        if (!p) throw FormatError("unknown pre-tokenizer '" + pre + "'");
+        std::vector<uint32_t> cps = unicode::decode_utf8(s);
+        if (p->nfc) cps = unicode::nfc(cps);
+        const detail::PreText t = detail::make_pre_text(std::move(cps));
+        std::vector<detail::Span> spans;
+        detail::pre_split(*p, t, spans);
+        std::vector<std::string> out;
+        for (const auto& [b, e] : spans) out.push_back(unicode::encode_utf8(t.cps.data() + b, e - b));
+        return out;
+    }, py::arg("pre"), py::arg("text"), "the pieces a tokenizer.ggml.pre splits text into (after its NFC, if any)");
     m.attr("bert_unicode_version") = unicode::bert_unicode_version();
 }
 
