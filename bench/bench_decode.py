@@ -10,6 +10,11 @@ interleaved; the memory read bandwidth measured in the same run and decode as a 
     python bench/bench_decode.py --quants q4_1 q5_0 q5_1 iq4_nl --sizes qwen2-tiny --reps 1   # checks the rows
     python bench/bench_decode.py --baseline /tmp/owl_old --kv-f32   # vs an older build (a copy of its python/
                                                                     # owl_cpp package dir), and with an F32 KV cache
+    python bench/bench_decode.py --llama-python ~/llama-env/bin/python --sizes qwen2-1.5b --quants q4_k_m q6_k
+
+K-quant names (q4_k_m, q5_k_m, q6_k, q3_k_m, q2_k, ...) with --llama-python are llama.cpp's own quantizer's
+output from the f16 file ({size}-{quant}-llama.gguf), so both engines run the file people download; without it
+the pure types q2_k .. q6_k are random blocks (make_random_gguf.py).
 """
 from __future__ import annotations
 
@@ -24,7 +29,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from make_random_gguf import QTYPES, SIZES, ensure  # noqa: E402
+from make_random_gguf import LLAMA_FTYPES, QTYPES, SIZES, ensure, llama_quantized  # noqa: E402
 
 
 def run_engine(python: str, engine: str, model: Path, threads: int, extra=(), pythonpath=None, tg_after=128) -> dict:
@@ -57,7 +62,8 @@ def median_of(runs: list[dict], key) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", nargs="+", default=["qwen2-0.5b", "qwen2-1.5b"], choices=list(SIZES))
-    ap.add_argument("--quants", nargs="+", default=["q4_0", "q8_0", "f16"], choices=list(QTYPES))
+    ap.add_argument("--quants", nargs="+", default=["q4_0", "q8_0", "f16"],
+                    choices=sorted(set(QTYPES) | set(LLAMA_FTYPES)))
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--workdir", default=str(HERE / "models"), help="where the random GGUFs are cached")
@@ -84,7 +90,12 @@ def main() -> None:
     rows = []
     for size in a.sizes:
         for quant in a.quants:
-            model = ensure(Path(a.workdir), size, quant)
+            if quant in LLAMA_FTYPES and a.llama_python:
+                model = llama_quantized(Path(a.workdir), size, quant, a.llama_python, a.threads)
+            elif quant in QTYPES:
+                model = ensure(Path(a.workdir), size, quant)
+            else:
+                raise SystemExit(f"{quant} is a llama.cpp mix: give --llama-python to make it with llama.cpp's quantizer")
             runs = {e: [] for e in engines}
             for _ in range(a.reps):
                 for e in engines:  # interleaved so slow drifts of a shared machine hit both alike

@@ -24,7 +24,8 @@ import numpy as np
 from owl_cpp import _testing, system_info
 
 HERE = Path(__file__).resolve().parent
-TYPES = {"F32": 0, "F16": 1, "Q4_0": 2, "Q8_0": 8}
+TYPES = {"F32": 0, "F16": 1, "Q4_0": 2, "Q8_0": 8, "Q2_K": 10, "Q3_K": 11, "Q4_K": 12, "Q5_K": 13, "Q6_K": 14}
+K_TYPES = ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")
 SHAPES = [(8960, 1536), (1536, 8960)]  # rows x cols (output x input features)
 
 
@@ -33,6 +34,12 @@ def encode(w: np.ndarray, type_name: str) -> np.ndarray:
         return w.astype(np.float32).view(np.uint8).reshape(-1)
     if type_name == "F16":
         return w.astype(np.float16).view(np.uint8).reshape(-1)
+    if type_name in K_TYPES:  # the numpy K-quant quantizer of the tests (ggml's layouts)
+        import sys
+        sys.path.insert(0, str(HERE.parent / "tests"))
+        from kquant_blocks import quantize
+
+        return quantize(w, type_name)
     # Quantize with our own (ggml bit-compatible) quantizers: the gguf package is slow at these sizes.
     q = getattr(_testing.ops, f"quantize_{type_name.lower()}")(w.reshape(-1))
     return np.frombuffer(q, dtype=np.uint8)

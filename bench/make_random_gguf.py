@@ -1,11 +1,16 @@
 """Random-weight GGUF decoders at the real model sizes, for benchmarks (the values do not affect speed).
 
 Quantized blocks are written directly as random bytes with small fixed scales (quantizing gigabytes of
-floats in numpy would take minutes); the files open in llama.cpp as well as in owl_cpp.
+floats in numpy would take minutes); the files open in llama.cpp as well as in owl_cpp. The K-quant types
+(q2_k .. q6_k: every matrix in that type) need row lengths that are multiples of 256 (not qwen2-0.5b's 896).
+
+llama.cpp's own K-quant mixes (q4_k_m, q5_k_m, q6_k, ...) are made from the f16 file by its quantizer instead
+(llama_quantized(): bench/llama_quantize.py under the llama-cpp-python environment's interpreter).
 """
 from __future__ import annotations
 
 import argparse
+import subprocess
 from pathlib import Path
 
 import gguf
@@ -24,12 +29,18 @@ SIZES = {
 OWL3_HYPER = {"owl3-1b": [5, 12, 19, 21]}  # 0-based (docs/owl3.md 1.1)
 QT = gguf.GGMLQuantizationType
 QTYPES = {"q4_0": QT.Q4_0, "q8_0": QT.Q8_0, "f16": QT.F16, "q4_1": QT.Q4_1, "q5_0": QT.Q5_0, "q5_1": QT.Q5_1,
-          "iq4_nl": QT.IQ4_NL}
-FILE_TYPE = {"q4_0": 2, "q8_0": 7, "f16": 1, "q4_1": 3, "q5_0": 8, "q5_1": 9, "iq4_nl": 25}  # llama_ftype
+          "iq4_nl": QT.IQ4_NL, "q2_k": QT.Q2_K, "q3_k": QT.Q3_K, "q4_k": QT.Q4_K, "q5_k": QT.Q5_K, "q6_k": QT.Q6_K}
+FILE_TYPE = {"q4_0": 2, "q8_0": 7, "f16": 1, "q4_1": 3, "q5_0": 8, "q5_1": 9, "iq4_nl": 25,
+             "q2_k": 10, "q3_k": 12, "q4_k": 15, "q5_k": 17, "q6_k": 18}  # llama_ftype
 # Blocks of 32 written as random bytes after their fp16 fields: bytes per block, then (scale, minimum) as multiples
 # of the matrix's scale 1/sqrt(cols), chosen so the values span about +-scale (the minimum None: no such field).
 RANDOM_BLOCKS = {"q8_0": (34, 1 / 64, None), "q4_0": (18, 1 / 4, None), "q4_1": (20, 1 / 8, -1.0),
                  "q5_0": (22, 1 / 16, None), "q5_1": (24, 1 / 16, -1.0), "iq4_nl": (18, 1 / 128, None)}
+# K-quant super-blocks of 256: bytes, and the byte offsets of the fp16 scale d and (where there is one) dmin.
+K_BLOCKS = {"q2_k": (84, 80, 82), "q3_k": (110, 108, None), "q4_k": (144, 0, 2), "q5_k": (176, 0, 2),
+            "q6_k": (210, 208, None)}
+# llama.cpp file types made by its quantizer from the f16 file (bench/llama_quantize.py).
+LLAMA_FTYPES = ["q2_k", "q3_k_s", "q3_k_m", "q3_k_l", "q4_k_s", "q4_k_m", "q5_k_s", "q5_k_m", "q6_k"]
 
 
 def random_matrix(rng, rows: int, cols: int, quant: str) -> tuple[np.ndarray, gguf.GGMLQuantizationType]:
@@ -37,6 +48,15 @@ def random_matrix(rng, rows: int, cols: int, quant: str) -> tuple[np.ndarray, gg
     if quant == "f16":  # random bits: sign, 10 mantissa bits, exponent of 2^-7 or 2^-6 (no float maths: 7B in seconds)
         bits = (rng.integers(0, 1 << 16, (rows, cols), dtype=np.uint16) & np.uint16(0x87FF)) | np.uint16(0x2000)
         return bits.view(np.float16), QTYPES[quant]
+    if quant in K_BLOCKS:
+        size, d_at, dmin_at = K_BLOCKS[quant]
+        if cols % 256:
+            raise SystemExit(f"{quant}: a row of {cols} columns is not a whole number of 256-element super-blocks")
+        blocks = rng.integers(0, 256, (rows, cols // 256, size), dtype=np.uint8)
+        for at, v in ((d_at, scale / 64), (dmin_at, scale / 256)):
+            if at is not None:
+                blocks[..., at:at + 2] = np.frombuffer(np.float16(v).tobytes(), np.uint8)
+        return blocks.reshape(rows, -1), QTYPES[quant]
     nb = cols // 32
     nbytes, d, m = RANDOM_BLOCKS[quant]
     head = 2 if m is None else 4
@@ -150,10 +170,28 @@ def ensure(workdir: Path, size: str, quant: str) -> Path:
     return path
 
 
+def llama_quantized(workdir: Path, size: str, ftype: str, llama_python: str, threads: int = 2) -> Path:
+    """{size}-{ftype}-llama.gguf: the f16 random model quantized by llama.cpp's own quantizer (cached)."""
+    path = Path(workdir) / f"{size}-{ftype}-llama.gguf"
+    if not path.exists():
+        src = ensure(Path(workdir), size, "f16")
+        tmp = path.with_suffix(".tmp")
+        subprocess.run([llama_python, str(Path(__file__).resolve().parent / "llama_quantize.py"), str(src), str(tmp), ftype,
+                        "--threads", str(threads)], check=True, capture_output=True)
+        tmp.rename(path)
+    return path
+
+
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("size", choices=list(SIZES))
-    ap.add_argument("quant", choices=list(QTYPES))
+    ap.add_argument("quant", choices=sorted(set(QTYPES) | set(LLAMA_FTYPES)))
     ap.add_argument("-o", "--workdir", default="bench/models")
+    ap.add_argument("--llama-python", help="quantize the f16 file with llama.cpp's quantizer (K-quant mixes)")
     a = ap.parse_args()
-    print(ensure(Path(a.workdir), a.size, a.quant))
+    if a.llama_python:
+        print(llama_quantized(Path(a.workdir), a.size, a.quant, a.llama_python))
+    elif a.quant not in QTYPES:
+        raise SystemExit(f"{a.quant} is a llama.cpp mix: give --llama-python")
+    else:
+        print(ensure(Path(a.workdir), a.size, a.quant))

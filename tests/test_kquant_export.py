@@ -164,10 +164,16 @@ def test_runtime_logits_match_reference_on_dequantized_weights(quant, text_expor
     got = model.logits(ids)
     want = reference_from_gguf(path, text_exports.hf["qwen2"]).forward(ids).numpy()
     exact = TextDecoder.from_pretrained(text_exports.hf["qwen2"], dtype=torch.float64).forward(ids).numpy()
+    # This random model amplifies a flipped activation rounding (one int8 step of one Q8_K value) to logit changes
+    # of tenths: the same reference evaluated in float32 is up to 0.28 away from float64 (q6_k, measured), the
+    # runtime's kernels 0.23-0.49 depending on their (fp32) summation order. So the bound is also never below
+    # twice that float32 floor; exact Q8_K rounding is pinned down by tests/test_kquant_kernels.py.
+    fp32_floor = np.abs(reference_from_gguf(path, text_exports.hf["qwen2"], dtype=torch.float32).forward(ids).numpy()
+                        - want).max()
     for t in range(len(ids)):
         kernel_err = np.abs(got[t] - want[t]).max()
         quant_err = np.abs(exact[t] - want[t]).max()
-        assert kernel_err < 0.1 * quant_err, (t, kernel_err, quant_err)
+        assert kernel_err < max(0.1 * quant_err, 2 * fp32_floor), (t, kernel_err, quant_err, fp32_floor)
 
 
 @pytest.mark.parametrize("quant", list(RUNTIME_BOUNDS))

@@ -9,6 +9,8 @@
 //   attention (F32 and F16 KV caches) and SwiGLU against their references (1e-5); the F16 cache bit-identical to an
 //           F32 cache holding the same values.
 //   kv_store (F32 / F16) bit-identical to kv_store_ref (NaNs: both NaN), nothing written outside its rows.
+//   K-quants (Q2_K .. Q6_K, random valid blocks): matmul against the generic set (1e-5) and matmul_ref (3e-2: the
+//           activations are rounded to Q8_K); each set's Q8_K quantizer bit-identical to quantize_row_q8_k_ref.
 //   Argument errors of attention (a KV cache type other than F32 / F16) and kv_store throw owl::Error.
 #include <cmath>
 #include <cstdint>
@@ -22,6 +24,8 @@
 #include "owl/error.h"
 #include "owl/ops.h"
 #include "owl/threadpool.h"
+#include "ops/isa.h"
+#include "ops/quant_k.h"
 
 using namespace owl;
 
@@ -128,6 +132,62 @@ void check_matmul(const std::string& isa, std::mt19937& rng) {
             }
         }
     }
+}
+
+// Random bytes with finite, small fp16 super-block scales: valid K-quant blocks of any content.
+std::vector<uint8_t> random_k_blocks(DType t, int64_t rows, int64_t cols, std::mt19937& rng) {
+    std::vector<uint8_t> raw(size_t(rows * dtype_row_bytes(t, cols)));
+    for (uint8_t& b : raw) b = uint8_t(rng());
+    const int64_t bytes = dtype_block_bytes(t);
+    int d_at = 0, dmin_at = 2;  // Q4_K / Q5_K
+    if (t == DType::Q2_K) d_at = 80, dmin_at = 82;
+    if (t == DType::Q3_K) d_at = 108, dmin_at = -1;
+    if (t == DType::Q6_K) d_at = 208, dmin_at = -1;
+    std::uniform_real_distribution<float> u(0.005f, 0.015f);
+    for (size_t at = 0; at < raw.size(); at += size_t(bytes)) {
+        for (int off : {d_at, dmin_at}) {
+            if (off < 0) continue;
+            const uint16_t h = fp32_to_fp16(u(rng));
+            std::memcpy(&raw[at + size_t(off)], &h, 2);
+        }
+    }
+    return raw;
+}
+
+void check_kquants(const std::string& isa, std::mt19937& rng) {
+    const DType types[] = {DType::Q2_K, DType::Q3_K, DType::Q4_K, DType::Q5_K, DType::Q6_K};
+    const int64_t shapes[][2] = {{7, 256}, {13, 768}, {5, 4352}};
+    for (DType t : types) {
+        for (const auto& sh : shapes) {
+            const int64_t rows = sh[0], cols = sh[1];
+            const std::vector<uint8_t> raw = random_k_blocks(t, rows, cols, rng);
+            const WeightView w{t, rows, cols, raw.data()};
+            for (int64_t T : {1, 3, 17, 64}) {
+                const std::vector<float> x = randn(rng, size_t(T * cols));
+                std::vector<float> want(size_t(T * rows)), ref(want.size()), got(want.size());
+                ops::set_isa("generic");
+                ThreadPool one(1);
+                ops::matmul(one, w, x.data(), T, nullptr, want.data());
+                ops::matmul_ref(w, x.data(), T, nullptr, ref.data());
+                ops::set_isa(isa);
+                const std::string what = isa + " matmul " + dtype_name(t) + " " + std::to_string(rows) + "x" +
+                                         std::to_string(cols) + " T=" + std::to_string(T);
+                for (int threads : {1, 2}) {
+                    ThreadPool pool(threads);
+                    ops::matmul(pool, w, x.data(), T, nullptr, got.data());
+                    const double err = rel_err(got, want);
+                    check(err < 1e-5, what + " threads=" + std::to_string(threads), err);
+                }
+                if (rows * T >= 32) check(rel_err(got, ref) < 3e-2, what + " vs matmul_ref", rel_err(got, ref));
+            }
+        }
+    }
+    ops::set_isa(isa);
+    const std::vector<float> x = randn(rng, 4 * QK_K);
+    std::vector<BlockQ8_K> want(4), got(4);
+    ops::quantize_row_q8_k_ref(x.data(), want.data(), 4 * QK_K);
+    ops::isa::active().quantize_q8_k(x.data(), 4 * QK_K, got.data());
+    check(std::memcmp(want.data(), got.data(), want.size() * sizeof(BlockQ8_K)) == 0, isa + " quantize_q8_k", 0.0);
 }
 
 std::vector<uint16_t> to_f16(const std::vector<float>& x) {
@@ -274,6 +334,7 @@ int main() {
     for (const std::string& isa : ops::supported_isas()) {
         isas += " " + isa;
         check_matmul(isa, rng);
+        check_kquants(isa, rng);
         check_attention(isa, rng);
         check_kv_store(isa, rng);
         check_swiglu(isa, rng);

@@ -11,6 +11,8 @@
 #include "arrays.h"
 #include "testing.h"
 #include "owl/ops.h"
+#include "ops/isa.h"
+#include "ops/quant_k.h"
 
 namespace py = pybind11;
 
@@ -74,6 +76,15 @@ void bind_ops(py::module_& parent) {
         ops::quantize_row_q4_0(x.data(), reinterpret_cast<BlockQ4_0*>(&out[0]), x.size());
         return py::bytes(out);
     });
+    // Q8_K activations (bytes of BlockQ8_K) by the active kernels' quantizer, or by the reference (ref=True).
+    m.def("quantize_q8_k", [](const F32& x, bool ref) {
+        if (x.size() % QK_K) throw py::value_error("length must be a multiple of 256");
+        std::string out(size_t(x.size() / QK_K) * sizeof(BlockQ8_K), '\0');
+        auto* o = reinterpret_cast<BlockQ8_K*>(&out[0]);
+        if (ref) ops::quantize_row_q8_k_ref(x.data(), o, x.size());
+        else ops::isa::active().quantize_q8_k(x.data(), x.size(), o);
+        return py::bytes(out);
+    }, py::arg("x"), py::arg("ref") = false);
     m.def("matmul", [](const U8& wdata, int dtype, int64_t rows, int64_t cols, const F32& x, py::object bias, int threads, bool ref,
                        bool packed) {
         WeightView w = weight(wdata, dtype, rows, cols);

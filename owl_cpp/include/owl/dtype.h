@@ -15,6 +15,11 @@ enum class DType : uint32_t {
     Q5_0 = 6,
     Q5_1 = 7,
     Q8_0 = 8,
+    Q2_K = 10,
+    Q3_K = 11,
+    Q4_K = 12,
+    Q5_K = 13,
+    Q6_K = 14,
     IQ4_NL = 20,
     BF16 = 30,
 };
@@ -79,6 +84,58 @@ struct BlockQ8_0x16 {
     uint16_t d[kQ8x16Rows];
 };
 static_assert(sizeof(BlockQ8_0x16) == kQ8x16Rows * sizeof(BlockQ8_0), "Q8_0x16 block must hold 16 Q8_0 blocks");
+
+// ---- K-quants: super-blocks of QK_K = 256 elements (ggml's layouts; values in quant_k.cpp's comments) ----
+constexpr int QK_K = 256;
+
+struct BlockQ2_K {
+    uint8_t scales[QK_K / 16];  // per 16 elements: low nibble scale, high nibble min
+    uint8_t qs[QK_K / 4];       // 2-bit quants
+    uint16_t d, dmin;           // fp16 super-block scales of the scales and of the mins
+};
+static_assert(sizeof(BlockQ2_K) == 84, "Q2_K block must be 84 bytes");
+
+struct BlockQ3_K {
+    uint8_t hmask[QK_K / 8];    // high bit of each 3-bit quant
+    uint8_t qs[QK_K / 4];       // low 2 bits
+    uint8_t scales[12];         // 16 signed 6-bit scales (stored + 32)
+    uint16_t d;
+};
+static_assert(sizeof(BlockQ3_K) == 110, "Q3_K block must be 110 bytes");
+
+struct BlockQ4_K {
+    uint16_t d, dmin;
+    uint8_t scales[12];         // 8 scales and 8 mins, 6 bits each
+    uint8_t qs[QK_K / 2];       // 4-bit quants
+};
+static_assert(sizeof(BlockQ4_K) == 144, "Q4_K block must be 144 bytes");
+
+struct BlockQ5_K {
+    uint16_t d, dmin;
+    uint8_t scales[12];
+    uint8_t qh[QK_K / 8];       // fifth bit
+    uint8_t qs[QK_K / 2];
+};
+static_assert(sizeof(BlockQ5_K) == 176, "Q5_K block must be 176 bytes");
+
+struct BlockQ6_K {
+    uint8_t ql[QK_K / 2];       // low 4 bits
+    uint8_t qh[QK_K / 4];       // high 2 bits
+    int8_t scales[QK_K / 16];
+    uint16_t d;
+};
+static_assert(sizeof(BlockQ6_K) == 210, "Q6_K block must be 210 bytes");
+
+// Activations for K-quant weights (ggml's Q8_K; not a file type): x = d * qs, and bsums[j] = sum of qs[16j..16j+15]
+// for the min / offset terms of the weight formats.
+struct BlockQ8_K {
+    float d;
+    int8_t qs[QK_K];
+    int16_t bsums[QK_K / 16];
+};
+static_assert(sizeof(BlockQ8_K) == 292, "Q8_K block must be 292 bytes");
+
+inline bool dtype_is_kquant(DType t) { return t >= DType::Q2_K && t <= DType::Q6_K; }
 
 // True when `id` is one of the types above.
 bool dtype_supported(uint32_t id);

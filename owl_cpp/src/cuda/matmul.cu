@@ -717,16 +717,23 @@ void launch_get_rows(const uint8_t* table, int64_t cols, const int32_t* ids, int
 
 }  // namespace
 
+// Types the CUDA kernels run; any other (the K-quants, say) is refused here, at load, before a byte is copied.
+static void check_device_type(DType type) {
+    if (is_quant(type) || type == DType::F32 || type == DType::F16 || type == DType::BF16) return;
+    throw Error(std::string("CUDA backend has no kernel for ") + dtype_name(type) +
+                "; use the CPU (F32, F16, BF16, Q8_0 and Q4_0 run on the GPU)");
+}
+
 size_t weight_device_bytes(DType type, int64_t rows, int64_t cols) {
     // Every weight passes here before anything is allocated or uploaded (make_resident, WeightOnDevice).
-    if (type != DType::F32 && type != DType::F16 && type != DType::BF16 && !is_quant(type))
-        throw Error(std::string("CUDA backend has no kernel for ") + dtype_name(type) + "; use the CPU");
+    check_device_type(type);
     if (is_quant(type)) return size_t(rows) * size_t(quant_row_bytes(type, cols / QK));
     return size_t(rows) * size_t(cols) * elem_bytes(type);
 }
 
 namespace {
 void upload_weight_rows(DType type, const void* host, int64_t rows, int64_t cols, void* dev) {
+    check_device_type(type);
     if (!is_quant(type)) {
         const size_t bytes = weight_device_bytes(type, rows, cols);
         if (bytes) OWL_CUDA_CHECK(cudaMemcpy(dev, host, bytes, cudaMemcpyHostToDevice));

@@ -39,6 +39,7 @@ struct GemmArgs {
     // Float weights with T >= kPanelMinTokens run on packed panels (float_panels.h) and need kPanelScratchFloats
     // floats of work space, 64-byte aligned, of the calling thread's own.
     float* scratch = nullptr;
+    const BlockQ8_K* xk = nullptr;  // [T][K / 256] Q8_K activations (K-quant weights), token stride K / 256 blocks
 };
 constexpr int64_t kPanelMinTokens = 16;
 constexpr int64_t kPanelScratchFloats = (192 + 6) * 256 + 16 * 256;  // a token block's activations + a weight panel
@@ -94,6 +95,10 @@ struct Kernels {
     GemmFn q8_0x16;  // BlockQ8_0x16 weights (WeightView::packed_q8x16) against quantize_q8 activations + xs; may be null
     // Q4_1 / Q5_0 / Q5_1 / IQ4_NL weights (matmul_q32_*.h) against quantize_q4 activations (no xs).
     GemmFn q4_1, q5_0, q5_1, iq4_nl;
+    // K-quant weights (matmul_kquant_*.inc) against Q8_K activations (GemmArgs::xk) from quantize_q8_k, which
+    // gives the same bytes as quantize_row_q8_k_ref (quant_k.h) in every variant.
+    GemmFn q2_k, q3_k, q4_k, q5_k, q6_k;
+    void (*quantize_q8_k)(const float* x, int64_t K, BlockQ8_K* out);
 };
 
 // Entry points of the kernel files. Those whose file was not compiled for this target return nullptr.

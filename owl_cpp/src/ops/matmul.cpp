@@ -3,7 +3,8 @@
 //
 // For Q8_0 / Q4_0 weights the activations are first quantized to int8 blocks of 32 (ggml's Q8_0 rule, scales kept
 // in fp32) once per call, and the kernels take integer dot products per block, as llama.cpp does; this adds a
-// relative error of a few 1e-3 to each product. F32 / F16 / BF16 weights dot float activations.
+// relative error of a few 1e-3 to each product. K-quant weights (Q2_K .. Q6_K) take Q8_K activations (int8 per
+// 256 with int16 sums per 16, quant_k.h), as llama.cpp does. F32 / F16 / BF16 weights dot float activations.
 //
 // Threads split the rows in chunks of a multiple of kRowAlign rows. Every (row, token) result is computed by the
 // same instruction sequence whatever the split, so the thread count never changes the output. Decode (T == 1)
@@ -16,6 +17,7 @@
 #include "owl/error.h"
 #include "owl/ops.h"
 #include "q32.h"
+#include "quant_k.h"
 
 namespace owl::ops {
 namespace {
@@ -107,6 +109,11 @@ void matmul(ThreadPool& pool, const WeightView& w, const float* x, int64_t T, co
         case DType::Q5_0: fn = k.q5_0; break;
         case DType::Q5_1: fn = k.q5_1; break;
         case DType::IQ4_NL: fn = k.iq4_nl; break;
+        case DType::Q2_K: fn = k.q2_k; break;
+        case DType::Q3_K: fn = k.q3_k; break;
+        case DType::Q4_K: fn = k.q4_k; break;
+        case DType::Q5_K: fn = k.q5_k; break;
+        case DType::Q6_K: fn = k.q6_k; break;
     }
     const bool q4x8 = w.type == DType::Q4_0 && w.packed_q4x8 && k.q4_0x8;
     if (q4x8) {
@@ -138,6 +145,10 @@ void matmul(ThreadPool& pool, const WeightView& w, const float* x, int64_t T, co
         a.xq = q.qs;
         a.xd = q.d;
         a.xs = q.sums;
+        act_bytes = 1;
+    }
+    if (dtype_is_kquant(w.type)) {  // Q8_K activations: int8 in blocks of 256 with a float scale
+        a.xk = quantize_q8_k_tokens(pool, k.quantize_q8_k, x, T, K);
         act_bytes = 1;
     }
     a.tb = kTokenBlock;

@@ -11,6 +11,7 @@
 #include "gemm_driver.h"
 #include "isa.h"
 #include "matmul_q32_generic.h"
+#include "kquant_decode.h"
 
 namespace owl::ops::isa {
 namespace {
@@ -178,6 +179,8 @@ struct Q4x8Tiles {
     }
 };
 
+#include "matmul_kquant_generic.inc"
+
 const Kernels kGeneric = {
     "generic",
     quantize_generic,
@@ -197,6 +200,12 @@ const Kernels kGeneric = {
     drive<Q32Tiles<Q50Plain>>,
     drive<Q32Tiles<Q51Plain>>,
     drive<Q32Tiles<IQ4Plain>>,
+    drive<KQuantTiles<DType::Q2_K>>,
+    drive<KQuantTiles<DType::Q3_K>>,
+    drive<KQuantTiles<DType::Q4_K>>,
+    drive<KQuantTiles<DType::Q5_K>>,
+    drive<KQuantTiles<DType::Q6_K>>,
+    quantize_q8_k_generic,
 };
 
 }  // namespace

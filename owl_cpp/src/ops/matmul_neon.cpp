@@ -12,6 +12,7 @@
 #include "attention_kernel.h"
 #include "float_panels.h"
 #include "gemm_driver.h"
+#include "kquant_decode.h"
 
 namespace owl::ops::isa {
 namespace {
@@ -183,6 +184,7 @@ struct QuantTiles {
 
 namespace owl::ops::isa {
 namespace {
+#include "matmul_kquant_neon.inc"
 
 const Kernels kKernels = {
     "neon",
@@ -203,6 +205,12 @@ const Kernels kKernels = {
     drive<Q32TilesNeon<Q50Neon>>,
     drive<Q32TilesNeon<Q51Neon>>,
     drive<Q32TilesNeon<IQ4Neon>>,
+    drive<KQuantTiles<DType::Q2_K>>,
+    drive<KQuantTiles<DType::Q3_K>>,
+    drive<KQuantTiles<DType::Q4_K>>,
+    drive<KQuantTiles<DType::Q5_K>>,
+    drive<KQuantTiles<DType::Q6_K>>,
+    quantize_q8_k_neon,
 };
 
 }  // namespace

@@ -6,6 +6,7 @@
 #include "fp16_table.h"
 #include "owl/ops.h"
 #include "q32.h"
+#include "quant_k.h"
 
 namespace owl::ops {
 
@@ -45,6 +46,9 @@ void dequantize_row(DType t, const void* src, float* dst, int64_t n) {
         }
         case DType::Q4_1: case DType::Q5_0: case DType::Q5_1: case DType::IQ4_NL:
             dequantize_row_q32(t, src, dst, n);
+            return;
+        case DType::Q2_K: case DType::Q3_K: case DType::Q4_K: case DType::Q5_K: case DType::Q6_K:
+            dequantize_row_k(t, src, dst, n);
             return;
     }
 }
