@@ -27,13 +27,20 @@ import torch
 HERE = Path(__file__).resolve().parent
 
 
-def so400m_reference():
-    from owl_export.owl3.variant import VisionConfig
+def so400m_reference(layers: int | None = None, outliers: float = 0.0):
+    """SigLIP-so400m at 384 px with random weights projected to the Owl3-1B width. layers: encoder layers
+    (default the real 27, of which 26 run); outliers > 0 scales 8 fixed channels of every LayerNorm weight by
+    that factor, imitating the few very large activation channels of trained ViTs (static int8's hard case)."""
+    from owl_export.owl3.variant import DEFAULT_VISION_CONFIG, VisionConfig
     from owl_export.owl3.vision import Owl3VisionReference
 
-    cfg = VisionConfig.from_dict({})  # no vision_config: the so400m / 384 px tower of docs/owl3.md 1.2
+    vc = dict(DEFAULT_VISION_CONFIG, **({"num_hidden_layers": layers} if layers else {}))
+    cfg = VisionConfig.from_dict({"vision_config": vc})  # the so400m / 384 px tower of docs/owl3.md 1.2
     g = torch.Generator().manual_seed(0)
     Hv, I, H = cfg.hidden_size, cfg.intermediate_size, 896
+    ln_weight = torch.ones(Hv)
+    if outliers:
+        ln_weight[torch.randperm(Hv, generator=g)[:8]] = outliers
     t = {"vision_model.embeddings.patch_embedding.weight": torch.randn(Hv, 3, cfg.patch_size, cfg.patch_size, generator=g) * 0.02,
          "vision_model.embeddings.patch_embedding.bias": torch.zeros(Hv),
          "vision_model.embeddings.position_embedding.weight": torch.randn(cfg.num_patches, Hv, generator=g) * 0.02,
@@ -41,7 +48,7 @@ def so400m_reference():
     for i in range(cfg.num_layers - 1):
         p = f"vision_model.encoder.layers.{i}."
         for n in ("layer_norm1", "layer_norm2"):
-            t[p + n + ".weight"], t[p + n + ".bias"] = torch.ones(Hv), torch.zeros(Hv)
+            t[p + n + ".weight"], t[p + n + ".bias"] = ln_weight.clone(), torch.zeros(Hv)
         for n in ("q_proj", "k_proj", "v_proj", "out_proj"):
             t[p + f"self_attn.{n}.weight"] = torch.randn(Hv, Hv, generator=g) / Hv ** 0.5
             t[p + f"self_attn.{n}.bias"] = torch.zeros(Hv)

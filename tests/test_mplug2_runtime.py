@@ -33,7 +33,7 @@ def ckpt(tmp_path_factory):
 @pytest.fixture(scope="module")
 def model_dir(ckpt, tmp_path_factory):
     out = tmp_path_factory.mktemp("m2") / "model"
-    assert export_cli.main([str(ckpt), "-o", str(out), "--quant", "f32", "-q"]) == 0
+    assert export_cli.main([str(ckpt), "-o", str(out), "--quant", "f32", "--vision-quant", "none", "-q"]) == 0
     return out
 
 

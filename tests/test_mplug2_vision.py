@@ -35,7 +35,7 @@ def model(tmp_path_factory):
     root = tmp_path_factory.mktemp("mplug2-vision")
     sd, cfg = load_checkpoint(make_tiny_mplug2_checkpoint(root / "ckpt", seed=11))
     out = {q: (root / f"vision-{q}.onnx", export_video_encoder(sd, cfg, root / f"vision-{q}.onnx", q))
-           for q in ("none", "int8")}
+           for q in ("none", "dynamic", "static")}
     return sd, cfg, R.Mplug2CaptionReference(sd, cfg), out
 
 
@@ -66,7 +66,7 @@ def test_fp32_matches_reference(model, T):
 def test_int8_close_to_reference(model, T):
     sd, cfg, ref, out = model
     frames = random_frames(cfg, T, seed=200 + T)
-    got = _run(out["int8"][0], frames)
+    got = _run(out["dynamic"][0], frames)
     want = ref.encode_video(torch.from_numpy(frames)).numpy()
     assert got.shape == want.shape
     err = compare(got, want)
@@ -75,9 +75,9 @@ def test_int8_close_to_reference(model, T):
 
 def test_int8_is_quantized(model):
     out = model[3]
-    ops = {n.op_type for n in onnx.load(str(out["int8"][0])).graph.node}
+    ops = {n.op_type for n in onnx.load(str(out["dynamic"][0])).graph.node}
     assert "MatMulInteger" in ops and "DynamicQuantizeLinear" in ops
-    assert out["int8"][1]["file_size"] < 0.7 * out["none"][1]["file_size"]
+    assert out["dynamic"][1]["file_size"] < 0.7 * out["none"][1]["file_size"]
 
 
 def test_frames_are_mixed_in_time(model):
