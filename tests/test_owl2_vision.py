@@ -488,6 +488,22 @@ def test_onnx_int8_is_quantized_and_close(vision, setups, variant):
     assert {p.key: p.value for p in model.metadata_props}["owl2.vision.quant"] == "dynamic"   # "int8" is the quant's old name
 
 
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_onnx_static_int8_is_qdq_and_close(vision, setups, variant):
+    """Static int8 (QDQ), calibrated on synthetic pictures through the Owl2 preprocessing: close to the fp32
+    reference on other synthetic pictures (a broken calibration lands far below: tests/test_vision_quant.py)."""
+    path, summary = vision(variant, "fp32", "static")
+    model = onnx.load(str(path))
+    ops = {n.op_type for n in model.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops and "DynamicQuantizeLinear" not in ops
+    cfg, _, ref, _ = setups(variant)
+    views = onnx_export.calibration_views(cfg, 3, first_seed=300)
+    cos = [compare(onnx_export.run_onnx(path, views[i:i + 1]), ref(views[i:i + 1]).numpy())["cosine"]
+           for i in range(len(views))]
+    assert min(cos) > 0.997 and summary["views_cosine_min"] > 0.997, (cos, summary)
+    assert {p.key: p.value for p in model.metadata_props}["owl2.vision.quant"] == "static"
+
+
 def test_onnx_check_failure_leaves_no_file(ckpt, tmp_path, monkeypatch):
     monkeypatch.setattr(onnx_export, "FP32_TOLERANCE", 0.0)     # no graph can pass: the failure path runs
     with pytest.raises(VisionCheckError, match="relative error"):
