@@ -138,7 +138,6 @@ def test_runtime_loads_the_default_and_the_one_asked_for(exported):
                       "none": ("none", "vision.onnx"), "fp32": ("none", "vision.onnx")}
     # a GPU prefers the float file; without one the CPU default
     assert pick_vision_file(d, None, "cuda")[1] == "none"
-    m = json.loads((d / "vision.json").read_text())
 
 
 def test_runtime_static_embeddings_match_the_file(exported, held_out):
@@ -206,3 +205,17 @@ def test_directory_without_vision_json_runs_vision_onnx(exported, tmp_path):
 def test_vision_option_refused_for_text_models(tiny_gguf):
     with pytest.raises(ValueError, match="vision-language model directories"):
         owl_cpp.load(tiny_gguf("qwen2"), vision="static")
+
+
+def test_owl_run_picks_the_vision_file(exported, tmp_path, capsys):
+    from owl_cpp import cli as run_cli
+    from owl_export.calibration_images import synthetic_image
+
+    _, d = exported
+    synthetic_image(7).save(tmp_path / "a.png")
+    args = ["--model", str(d), "--image", str(tmp_path / "a.png"), "-p", "What is it?", "-n", "4", "-t", "1"]
+    assert run_cli.main(args + ["--vision", "dynamic"]) == 0
+    want = owl_cpp.load(d, threads=1, vision="dynamic").chat(str(tmp_path / "a.png"), "What is it?", max_tokens=4)
+    assert capsys.readouterr().out.strip() == want.strip()
+    with pytest.raises(SystemExit):                         # argparse refuses an unknown name
+        run_cli.main(args + ["--vision", "int4"])
