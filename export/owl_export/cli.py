@@ -108,8 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="vision files to write, the first being the one a CPU runs by default: none (fp32/fp16 "
                         "vision.onnx), dynamic (int8 weights, activations quantized per call: vision.int8.onnx; "
                         "'int8' is its old name), static (int8 QDQ calibrated on synthetic pictures: "
-                        "vision.qdq.onnx). Default: the family's measured best int8 file plus fp32 "
-                        "(docs/runtime.md); fp16 alone with --vision-dtype fp16")
+                        "vision.qdq.onnx). Default: what measured best per family (Owl3 static,none; Owl2 none; "
+                        "mPLUG-2 dynamic,none; docs/vision_quant.md); fp16 alone with --vision-dtype fp16")
     p.add_argument("--task", choices=("caption", "qa"), default=None,
                    help="mPLUG-2 only: what the .pth was trained for (default: told by its saved config, its file "
                         "name or its momentum weights; captioning when none says)")

@@ -3,14 +3,15 @@
   quantize_static_qdq(src, dst, views)   the fp32 graph at src -> the QDQ graph at dst; views: float32
                                          [N, 3, S, S] pixels through the family's own preprocessing
   STATIC_OPTIONS                         the chosen settings (bench/vision_quant_sweep.py measured the others;
-                                         docs/runtime.md "Vision tower quantization" has the table)
+                                         docs/vision_quant.md has the table)
 
 Dynamic int8 (onnx_common.quantize_int8) stores MatMul weights in int8 and quantizes each activation on every
 call (a pass over it for its range, then the integer GEMM). Static int8 measures each activation's range once,
-here, on calibration views and stores the scales in the graph: onnxruntime fuses each
-DequantizeLinear -> MatMul -> QuantizeLinear into one integer MatMul with no range pass, and can also run the
-attention's activation x activation MatMuls in int8, which dynamic quantization leaves in float.
-LayerNorm, Softmax, GELU (Tanh/Pow) and the residual Adds stay float: their outputs are what int8 loses most on.
+here, on calibration views and stores the scales in the graph (weights: one scale per output channel).
+onnxruntime fuses each QuantizeLinear -> DequantizeLinear -> MatMul (float output) into MatMulIntegerToFloat,
+the kernel dynamic int8 ends in, without the per-call range pass. Only the MatMuls with a weight operand are
+quantized: int8 softmax probabilities (scale 1/255) erase most of 729 tokens' attention weights, and the
+patch Conv, LayerNorm, GELU and the residual Adds cost accuracy in int8 without a measured gain (the sweep).
 """
 from __future__ import annotations
 
