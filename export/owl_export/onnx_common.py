@@ -234,12 +234,16 @@ def write_checked_variants(outputs: dict, trace: Callable[[Path], None], *, dtyp
             if q == "dynamic":
                 quantize_int8(tmp_trace, tmp)
             elif q == "static":
-                quantize_static_qdq(tmp_trace, tmp, calibration.views(), batch=calibration.batch)
-            if q != "none":
+                views, seen = calibration.views(), [0]
+
+                def calibrated(n, total=len(views)):      # minutes at the real sizes: say where it is
+                    seen[0] += n
+                    bar.update(0, f"calibrating (static) {seen[0]}/{total} views")
+
+                quantize_static_qdq(tmp_trace, tmp, views, batch=calibration.batch, progress=calibrated)
+            if q != "none":               # the trace says "none"; the quantizers keep the metadata they read
                 set_quant_metadata(tmp, q)
                 bar.update(1, f"quantized ({q})")
-        if "none" in tmps:
-            set_quant_metadata(tmp_trace, "none")
         for q, tmp in tmps.items():
             got = run_onnx(tmp, pixels)
             where = outputs[q]
