@@ -57,7 +57,8 @@ def tiny_gguf(tmp_path_factory, tiny_qwen2_dir, tiny_llama_dir):
 @pytest.fixture(scope="session")
 def tiny_owl3_model(tmp_path_factory):
     """tiny_owl3_model(variant) -> (hf_dir, model_dir): a tiny mPLUG-Owl3 checkpoint ("1b", "7b-240728",
-    "7b-241101") and its f32 export by owl-export, built once per session."""
+    "7b-241101") and its f32 export by owl-export (the fp32 vision file alone: the tests compare it with the
+    PyTorch reference), built once per session."""
     from owl_export.cli import main as owl_export
     from owl_export.owl3.fixtures import make_tiny_owl3_checkpoint
 
@@ -67,7 +68,8 @@ def tiny_owl3_model(tmp_path_factory):
         if variant not in cache:
             root = tmp_path_factory.mktemp(f"owl3-{variant}")
             hf = make_tiny_owl3_checkpoint(root / "hf", variant, seed=3)   # a seed whose greedy answers vary
-            assert owl_export([str(hf), "-o", str(root / "model"), "--quant", "f32", "-q"]) == 0
+            assert owl_export([str(hf), "-o", str(root / "model"), "--quant", "f32", "--vision-quant", "none",
+                                "-q"]) == 0
             cache[variant] = (hf, root / "model")
         return cache[variant]
 

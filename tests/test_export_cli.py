@@ -114,6 +114,16 @@ def test_quant_names_match_the_quantizer():
     assert cli.QUANT_NAMES == quantize.QUANT_NAMES
 
 
+def test_vision_quant_names_match_the_exporter_and_runtime():
+    onnx_common = pytest.importorskip("owl_export.onnx_common")     # needs torch
+    from owl_cpp import vision_files
+    assert cli.VISION_QUANT_NAMES == onnx_common.VISION_QUANTS == vision_files.QUANTS
+    assert cli.VISION_QUANT_ALIASES == onnx_common.QUANT_ALIASES
+    assert cli.vision_quants("static, int8,static") == ("static", "dynamic")
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["x", "-o", "y", "--vision-quant", "int4"])
+
+
 def test_missing_extra_module_follows_causes():
     try:
         try:

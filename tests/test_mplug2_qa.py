@@ -56,7 +56,7 @@ def ref(ckpt):
 @pytest.fixture(scope="module")
 def model_dir(ckpt, tmp_path_factory):
     out = tmp_path_factory.mktemp("qa") / "model"
-    assert export_cli.main([str(ckpt), "-o", str(out), "--quant", "f32", "-q"]) == 0
+    assert export_cli.main([str(ckpt), "-o", str(out), "--quant", "f32", "--vision-quant", "none", "-q"]) == 0
     return out
 
 
@@ -327,7 +327,7 @@ def test_errors(model, ckpt, tmp_path):
 def test_caption_directory_refuses_questions_and_qa_keeps_apart(ckpt, model_dir, tmp_path):
     cap_ckpt = make_tiny_mplug2_checkpoint(tmp_path / "cap", seed=2)
     cap_dir = tmp_path / "cap_model"
-    assert export_cli.main([str(cap_ckpt), "-o", str(cap_dir), "--quant", "f32", "-q"]) == 0
+    assert export_cli.main([str(cap_ckpt), "-o", str(cap_dir), "--quant", "f32", "--vision-quant", "none", "-q"]) == 0
     assert not (cap_dir / "question.onnx").exists()
     cap = owl_cpp.load(cap_dir, threads=2)
     assert cap.task == "caption" and cap.metadata("mplug2.task") == "caption"

@@ -33,7 +33,7 @@ def ckpt(tmp_path_factory):
 @pytest.fixture(scope="module")
 def model_dir(ckpt, tmp_path_factory):
     out = tmp_path_factory.mktemp("m2") / "model"
-    assert export_cli.main([str(ckpt), "-o", str(out), "--quant", "f32", "-q"]) == 0
+    assert export_cli.main([str(ckpt), "-o", str(out), "--quant", "f32", "--vision-quant", "none", "-q"]) == 0
     return out
 
 
@@ -105,6 +105,10 @@ def test_q8_0_export_captions(ckpt, tmp_path):
     assert export_cli.main([str(ckpt), "-o", str(out), "--quant", "q8_0", "-q"]) == 0
     q8 = owl_cpp.load(out, threads=2)
     assert q8.metadata("general.file_type") == 7                 # MOSTLY_Q8_0
+    # the default export: the family's int8 video encoder runs, the fp32 one is there to pick
+    from owl_export.model_dir import DEFAULT_VISION_QUANTS
+    assert q8.vision_quant == DEFAULT_VISION_QUANTS["mplug2"][0]
+    assert owl_cpp.load(out, threads=2, vision="none").vision.path.endswith("vision.onnx")
     info = q8.caption(random_video(0), return_info=True)
     assert 1 <= len(info["ids"]) <= 20 and all(0 <= i < q8.n_vocab for i in info["ids"])
 

@@ -22,7 +22,7 @@ from owl_cpp.families.mplug2 import preprocess as pre  # noqa: E402
 from owl_export.mplug2 import reference as R  # noqa: E402
 from owl_export.mplug2.config import load_checkpoint  # noqa: E402
 from owl_export.mplug2.fixtures import make_tiny_mplug2_checkpoint  # noqa: E402
-from owl_export.mplug2.onnx_export import export_video_encoder, random_frames  # noqa: E402
+from owl_export.mplug2.onnx_export import calibration_videos, export_video_encoder, random_frames  # noqa: E402
 from owl_export.onnx_common import compare  # noqa: E402
 
 FP32_REL = 1e-5           # measured ~5e-7 on the tiny model
@@ -35,7 +35,7 @@ def model(tmp_path_factory):
     root = tmp_path_factory.mktemp("mplug2-vision")
     sd, cfg = load_checkpoint(make_tiny_mplug2_checkpoint(root / "ckpt", seed=11))
     out = {q: (root / f"vision-{q}.onnx", export_video_encoder(sd, cfg, root / f"vision-{q}.onnx", q))
-           for q in ("none", "int8")}
+           for q in ("none", "dynamic", "static")}
     return sd, cfg, R.Mplug2CaptionReference(sd, cfg), out
 
 
@@ -66,7 +66,7 @@ def test_fp32_matches_reference(model, T):
 def test_int8_close_to_reference(model, T):
     sd, cfg, ref, out = model
     frames = random_frames(cfg, T, seed=200 + T)
-    got = _run(out["int8"][0], frames)
+    got = _run(out["dynamic"][0], frames)
     want = ref.encode_video(torch.from_numpy(frames)).numpy()
     assert got.shape == want.shape
     err = compare(got, want)
@@ -75,9 +75,22 @@ def test_int8_close_to_reference(model, T):
 
 def test_int8_is_quantized(model):
     out = model[3]
-    ops = {n.op_type for n in onnx.load(str(out["int8"][0])).graph.node}
+    ops = {n.op_type for n in onnx.load(str(out["dynamic"][0])).graph.node}
     assert "MatMulInteger" in ops and "DynamicQuantizeLinear" in ops
-    assert out["int8"][1]["file_size"] < 0.7 * out["none"][1]["file_size"]
+    assert out["dynamic"][1]["file_size"] < 0.7 * out["none"][1]["file_size"]
+
+
+@pytest.mark.parametrize("T", [8, 2])
+def test_static_int8_close_to_reference(model, T):
+    """Static int8 (QDQ), calibrated on synthetic 4-frame videos: close to the reference on another synthetic
+    video of T frames (a broken calibration lands far below: tests/test_vision_quant.py)."""
+    sd, cfg, ref, out = model
+    frames = calibration_videos(cfg, 1, T, first_seed=300)
+    err = compare(_run(out["static"][0], frames), ref.encode_video(torch.from_numpy(frames)).numpy())
+    assert err["cosine"] >= INT8_COSINE, err
+    assert out["static"][1]["views_cosine_min"] >= INT8_COSINE
+    ops = {n.op_type for n in onnx.load(str(out["static"][0])).graph.node}
+    assert "QuantizeLinear" in ops and "DynamicQuantizeLinear" not in ops
 
 
 def test_frames_are_mixed_in_time(model):

@@ -485,7 +485,23 @@ def test_onnx_int8_is_quantized_and_close(vision, setups, variant):
     # measured ~2.5% relative, cosine 0.9997 (dynamic per-tensor int8); the bounds leave room for other CPUs
     assert err["cosine"] > 0.995 and 1e-4 < err["rel_err"] < 0.1, err
     assert summary["cosine"] > 0.995 and 1e-4 < summary["rel_err"] < 0.1
-    assert {p.key: p.value for p in model.metadata_props}["owl2.vision.quant"] == "int8"
+    assert {p.key: p.value for p in model.metadata_props}["owl2.vision.quant"] == "dynamic"   # "int8" is the quant's old name
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_onnx_static_int8_is_qdq_and_close(vision, setups, variant):
+    """Static int8 (QDQ), calibrated on synthetic pictures through the Owl2 preprocessing: close to the fp32
+    reference on other synthetic pictures (a broken calibration lands far below: tests/test_vision_quant.py)."""
+    path, summary = vision(variant, "fp32", "static")
+    model = onnx.load(str(path))
+    ops = {n.op_type for n in model.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops and "DynamicQuantizeLinear" not in ops
+    cfg, _, ref, _ = setups(variant)
+    views = onnx_export.calibration_views(cfg, 3, first_seed=300)
+    cos = [compare(onnx_export.run_onnx(path, views[i:i + 1]), ref(views[i:i + 1]).numpy())["cosine"]
+           for i in range(len(views))]
+    assert min(cos) > 0.997 and summary["views_cosine_min"] > 0.997, (cos, summary)
+    assert {p.key: p.value for p in model.metadata_props}["owl2.vision.quant"] == "static"
 
 
 def test_onnx_check_failure_leaves_no_file(ckpt, tmp_path, monkeypatch):

@@ -254,16 +254,26 @@ def test_vision_options_are_checked(ckpt, tmp_path):
 
 def test_cli_writes_model_dir(ckpt, tmp_path, capsys):
     out = tmp_path / "owl3-tiny"
-    rc = cli.main([str(ckpt("7b-241101")), "-o", str(out), "--quant", "q8_0", "--vision-quant", "int8"])
+    # "int8" is dynamic's old name; the first quant listed is the directory's default
+    rc = cli.main([str(ckpt("7b-241101")), "-o", str(out), "--quant", "q8_0", "--vision-quant", "static,int8"])
     assert rc == 0
-    assert sorted(p.name for p in out.iterdir()) == ["decoder.gguf", "vision.onnx"]
+    assert sorted(p.name for p in out.iterdir()) == ["decoder.gguf", "vision.int8.onnx", "vision.json",
+                                                     "vision.qdq.onnx"]
     err = capsys.readouterr().err
-    assert "241101" in err and "decoder.gguf" in err and "vision.onnx" in err and "cosine" in err
+    assert "241101" in err and "decoder.gguf" in err and "vision.qdq.onnx" in err and "cosine" in err
     r = gguf.GGUFReader(out / "decoder.gguf")
     assert r.fields["owl3.variant"].contents() == "241101"
     assert {t.name: t.tensor_type for t in r.tensors}["blk.1.hyper_kv.weight"] == QT.Q8_0
-    sess = ort.InferenceSession(str(out / "vision.onnx"), providers=["CPUExecutionProvider"])
-    assert sess.run(None, {"pixel_values": np.zeros((2, 3, 28, 28), np.float32)})[0].shape == (2, 49, 64)
+    manifest = json.loads((out / "vision.json").read_text())
+    assert manifest["default"] == "static"
+    assert {q: e["file"] for q, e in manifest["files"].items()} == {"static": "vision.qdq.onnx",
+                                                                    "dynamic": "vision.int8.onnx"}
+    for name in ("vision.qdq.onnx", "vision.int8.onnx"):
+        sess = ort.InferenceSession(str(out / name), providers=["CPUExecutionProvider"])
+        assert sess.run(None, {"pixel_values": np.zeros((2, 3, 28, 28), np.float32)})[0].shape == (2, 49, 64)
+    # a later export of fewer files leaves no stale one behind
+    assert cli.main([str(ckpt("7b-241101")), "-o", str(out), "--quant", "q8_0", "--vision-quant", "none", "-q"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["decoder.gguf", "vision.json", "vision.onnx"]
 
 
 def test_export_owl3_summary(ckpt, tmp_path):

@@ -58,7 +58,7 @@ def serve(model, **kw):
 
 
 def export(ckpt, out):
-    assert export_cli.main([str(ckpt), "-o", str(out), "--quant", "f32", "-q"]) == 0
+    assert export_cli.main([str(ckpt), "-o", str(out), "--quant", "f32", "--vision-quant", "none", "-q"]) == 0
     return out
 
 

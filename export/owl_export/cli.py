@@ -2,9 +2,9 @@
 
   owl-export HF_DIR -o OUT.gguf --quant f32|f16|bf16|q8_0|q4_0|q2_k|q3_k_m|q4_k_s|q4_k_m|q5_k_m|q6_k
                                                                                  (qwen2, llama)
-  owl-export HF_DIR -o MODEL_DIR --quant ... [--vision-dtype fp32|fp16] [--vision-quant none|int8]
+  owl-export HF_DIR -o MODEL_DIR --quant ... [--vision-dtype fp32|fp16] [--vision-quant Q[,Q...]]
                                                               (mplugowl3, mplug_owl2, mplug_owl2_1, mplug-owl)
-  owl-export MPLUG2_DIR -o MODEL_DIR --quant ... [--vision-quant none|int8]
+  owl-export MPLUG2_DIR -o MODEL_DIR --quant ... [--vision-quant Q[,Q...]]
                                   (mPLUG-2 captioning: the official .pth + config_bert*.json + vocab.txt)
 
 The checkpoint's config.json model_type picks the exporter from EXPORTERS. Text decoders (qwen2, llama)
@@ -23,6 +23,9 @@ from pathlib import Path
 
 # quantize.QUANT_NAMES, written out here because quantize.py needs gguf (a test keeps the two equal)
 QUANT_NAMES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q2_k", "q3_k_m", "q4_k_s", "q4_k_m", "q5_k_m", "q6_k")
+# onnx_common.VISION_QUANTS and QUANT_ALIASES, written out for the same reason (a test keeps them equal)
+VISION_QUANT_NAMES = ("none", "dynamic", "static")
+VISION_QUANT_ALIASES = {"int8": "dynamic"}
 
 # The modules of pyproject.toml's `export` extra: a missing one gets the install hint, not a traceback.
 EXPORT_EXTRA_MODULES = frozenset({"torch", "gguf", "safetensors", "tokenizers", "sentencepiece", "onnx",
@@ -83,6 +86,16 @@ def pick_exporter(hf_dir: Path):
     return EXPORTERS[model_type]
 
 
+def vision_quants(text: str) -> tuple:
+    """--vision-quant's value: comma-separated names -> canonical names in order (argparse's type=)."""
+    names = [VISION_QUANT_ALIASES.get(q.strip(), q.strip()) for q in text.split(",")]
+    bad = [q for q in names if q not in VISION_QUANT_NAMES]
+    if bad or not names:
+        raise argparse.ArgumentTypeError(f"{text!r}: choose from {', '.join(VISION_QUANT_NAMES)} (comma-separated, "
+                                         "the first is the default)")
+    return tuple(dict.fromkeys(names))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="owl-export", description=__doc__.split("\n\n")[0])
     p.add_argument("hf_dir", type=Path, help="Hugging Face checkpoint directory (config.json + weights + tokenizer)")
@@ -93,8 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
     # None = not given, so text exporters can refuse them instead of ignoring them
     p.add_argument("--vision-dtype", choices=("fp32", "fp16"), default=None,
                    help="vision.onnx weights: fp32 (default) or fp16 (for GPUs)")
-    p.add_argument("--vision-quant", choices=("none", "int8"), default=None,
-                   help="int8: onnxruntime dynamic quantization of vision.onnx, the CPU-fast file (default none)")
+    p.add_argument("--vision-quant", type=vision_quants, default=None, metavar="Q[,Q...]",
+                   help="vision files to write, the first being the one a CPU runs by default: none (fp32/fp16 "
+                        "vision.onnx), dynamic (int8 weights, activations quantized per call: vision.int8.onnx; "
+                        "'int8' is its old name), static (int8 QDQ calibrated on synthetic pictures: "
+                        "vision.qdq.onnx). Default: what measured best per family (Owl3 static,none; Owl2 none; "
+                        "mPLUG-2 dynamic,none; docs/vision_quant.md); fp16 alone with --vision-dtype fp16")
     p.add_argument("--task", choices=("caption", "qa"), default=None,
                    help="mPLUG-2 only: what the .pth was trained for (default: told by its saved config, its file "
                         "name or its momentum weights; captioning when none says)")

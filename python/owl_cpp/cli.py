@@ -61,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="where the model runs: cpu, cuda or cuda:N (default cpu)")
     p.add_argument("--kv-type", choices=("f16", "f32"), default=None,
                    help="KV cache storage (default f16: half the memory of f32)")
+    p.add_argument("--vision", choices=("none", "dynamic", "static", "int8", "fp32", "fp16"), default=None,
+                   help="which vision file of the model directory runs: none (fp32/fp16), dynamic or static int8 "
+                        "(default: the one its vision.json names for CPUs)")
     p.add_argument("--no-cut", action="store_true", help="Owl3: do not cut images into tiles (global view only)")
     p.add_argument("--image-mode", choices=("resize", "pad", "crop"), default=None,
                    help="Owl2 / Owl v1: how an image becomes square: stretch (resize, the default), pad with the "
@@ -210,7 +213,8 @@ def main(argv: Optional[list[str]] = None, stdin=None, stdout=None) -> int:
         # --demo ignores $OWL_MODEL (its questions are for the demo model) and needs no notice
         path = model_or_demo(args.model, use_env=not args.demo, announce=not args.demo)
         from . import load
-        model = load(path, n_ctx=args.n_ctx, threads=args.threads, device=args.device, kv_type=args.kv_type)
+        model = load(path, n_ctx=args.n_ctx, threads=args.threads, device=args.device, kv_type=args.kv_type,
+                     vision=args.vision)
         if not hasattr(model, "vision"):
             return _text_model(model, path, args, stdin, out)
         if hasattr(model, "caption"):

@@ -31,14 +31,17 @@ def architecture(gguf_path: Union[str, os.PathLike]) -> str:
 
 
 def load(path: Union[str, os.PathLike], *, n_ctx: Optional[int] = None, threads: Optional[int] = None,
-         device: str = "cpu", kv_type: Optional[str] = None, max_spare_contexts: int = 1):
+         device: str = "cpu", kv_type: Optional[str] = None, max_spare_contexts: int = 1,
+         vision: Optional[str] = None):
     """Loads a model: a model directory from owl-export or a .gguf file; the family comes from the file.
     "demo" loads the small demo model shipped in the package (pictures of coloured shapes only), unless a file
     or directory named "demo" exists in the current directory.
     n_ctx: positions per context (default: the training context, at most 4096); threads: CPU threads
     (default: physical cores); device "cuda" (or "cuda:N") runs the decoder on the GPU, and the vision tower on
     onnxruntime's CUDA provider where installed; kv_type: KV cache storage, "f16" or "f32" (default: the runtime's);
-    max_spare_contexts: idle contexts kept for concurrent calls (a server keeps one per slot)."""
+    max_spare_contexts: idle contexts kept for concurrent calls (a server keeps one per slot); vision: which
+    vision file of a model directory runs, "none" (fp32/fp16) | "dynamic" | "static" (int8), default the one
+    its vision.json names for CPUs (vision_files.py)."""
     path = os.fspath(demo.resolve(path))
     check_device(device)
     if os.path.isdir(path):
@@ -57,7 +60,10 @@ def load(path: Union[str, os.PathLike], *, n_ctx: Optional[int] = None, threads:
         if gguf.name != DECODER_FILE:
             raise ValueError(f"{gguf}: an {arch!r} decoder works inside its model directory (named "
                              f"{DECODER_FILE}, beside vision.onnx); load that directory")
-        return media_model_class(arch)(gguf.parent, **opts)
+        return media_model_class(arch)(gguf.parent, vision=vision, **opts)
+    if vision is not None:
+        raise ValueError(f"{gguf}: vision={vision!r} is for vision-language model directories; this is a "
+                         f"{arch!r} text model")
     if arch in TEXT_ARCHITECTURES:
         from .text_model import TextModel
         return TextModel(gguf, **opts)

@@ -23,6 +23,7 @@ from .research import ContinuationScore, PromptHiddenStates, PromptLogits, promp
 from .session import Session
 from .streaming import StrippedText
 from .vision import VisionEncoder
+from .vision_files import check_file_quant, pick_vision_file
 
 EXPORT_HINT = "create one with `owl-export HF_CHECKPOINT_DIR -o MODEL_DIR`"
 
@@ -40,20 +41,29 @@ def model_directory(model_dir, files, hint: str) -> Path:
 
 
 class VisionLanguageModel(DecoderModel):
-    """A model directory: decoder.gguf + vision.onnx. Options as DecoderModel, plus device ("cpu" | "cuda" |
-    "cuda:N": where the decoder and onnxruntime's vision tower run)."""
+    """A model directory: decoder.gguf + vision files. Options as DecoderModel, plus device ("cpu" | "cuda" |
+    "cuda:N": where the decoder and onnxruntime's vision tower run) and vision: which vision file ("none" |
+    "dynamic" | "static", vision_files.py; default: the directory's vision.json default, its fp32/fp16 file on a
+    GPU). vision_file names a file in the directory directly (bypassing vision.json)."""
 
     SPLICED = False
 
     def __init__(self, model_dir, *, n_ctx: Optional[int] = None, threads: Optional[int] = None,
-                 device: str = "cpu", vision_file: str = "vision.onnx", kv_type: Optional[str] = None,
-                 max_spare_contexts: int = 1):
-        d = model_directory(model_dir, ("decoder.gguf", vision_file), EXPORT_HINT)
+                 device: str = "cpu", vision: Optional[str] = None, vision_file: Optional[str] = None,
+                 kv_type: Optional[str] = None, max_spare_contexts: int = 1):
+        d = model_directory(model_dir, ("decoder.gguf",), EXPORT_HINT)
+        if vision_file is not None:
+            if vision is not None:
+                raise ValueError("give vision (a quant from vision.json) or vision_file (a file name), not both")
+            path, self.vision_quant = model_directory(d, (vision_file,), EXPORT_HINT) / vision_file, None
+        else:
+            path, self.vision_quant = pick_vision_file(d, vision, device.split(":")[0])
         super().__init__(d / "decoder.gguf", n_ctx=n_ctx, threads=threads, kv_type=kv_type, device=device,
                          max_spare_contexts=max_spare_contexts)
         self.model_dir = d
         self._read_config()
-        self.vision = VisionEncoder(d / vision_file, threads=self.threads, device=device.split(":")[0])
+        self.vision = VisionEncoder(path, threads=self.threads, device=device.split(":")[0])
+        check_file_quant(path, self.vision.metadata, self.vision_quant)
         self._check_vision_matches()
 
     def _read_config(self) -> None:

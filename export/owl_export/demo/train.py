@@ -199,7 +199,8 @@ def save_checkpoint(out: Path, model: DemoOwl3, s: DemoSizes, tok_dir: Path, tok
 
 def export_model(checkpoint: Path, model_dir: Path) -> None:
     from ..cli import main as owl_export
-    rc = owl_export([str(checkpoint), "-o", str(model_dir), "--quant", "q8_0", "--quiet"])
+    # the demo's tower is tiny: fp32 alone, as the package ships it (a directory without vision.json)
+    rc = owl_export([str(checkpoint), "-o", str(model_dir), "--quant", "q8_0", "--vision-quant", "none", "--quiet"])
     if rc:
         raise RuntimeError(f"owl-export {checkpoint} failed with status {rc}")
 

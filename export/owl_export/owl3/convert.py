@@ -26,7 +26,8 @@ import gguf
 from ..checkpoint import CheckpointError, PrefixView, TextConfig, load_checkpoint
 from ..convert_text import (PlannedTensor, add_text_hparams, pad_vocab, plan_tensor, read_chat_template,
                             text_tensor_plan, write_gguf)
-from ..model_dir import make_model_dir, summary_text
+from ..model_dir import (default_vision_quants, make_model_dir, summary_text, vision_outputs,
+                         write_vision_manifest)
 from ..quantize import FILE_TYPES, check_quant
 from .variant import LM_PREFIX, Owl3Variant, detect_variant, text_config
 
@@ -149,21 +150,25 @@ def convert_owl3_decoder(hf_dir: str | Path, out_path: str | Path, quant: str = 
 
 
 def export_owl3(hf_dir: str | Path, out_dir: str | Path, quant: str = "f16", *, vision_dtype: str = "fp32",
-                vision_quant: str = "none", progress: bool = True) -> dict:
-    """HF checkpoint -> model directory out_dir/{decoder.gguf, vision.onnx}; prints a summary unless
-    progress is False; returns {"path", "variant", "gate", "hyper_layers", "decoder": {...}, "vision": {...}}."""
-    from .onnx_export import check_vision_options, export_vision_onnx
+                vision_quant=None, progress: bool = True) -> dict:
+    """HF checkpoint -> model directory out_dir/{decoder.gguf, vision files, vision.json}; prints a summary
+    unless progress is False. vision_quant: "static,none", a sequence, or None (default_vision_quants); the
+    first is the CPU default. Returns {"path", "variant", "gate", "hyper_layers", "decoder": {...},
+    "vision": {the default file's summary}, "vision_files": {quant: summary}, "vision_manifest": {...}}."""
+    from .onnx_export import check_vision_options, export_vision_files
 
-    check_vision_options(vision_dtype, vision_quant)
+    quants = default_vision_quants("owl3", vision_dtype) if vision_quant is None else vision_quant
+    check_vision_options(vision_dtype, quants)
     decoder = PreparedDecoder(hf_dir, quant)                # all checks before the first file is written
     out_dir = make_model_dir(out_dir)
     # vision first: its export-time check is the step left that can fail on a good checkpoint
-    vision = export_vision_onnx(hf_dir, out_dir / "vision.onnx", dtype=vision_dtype, quant=vision_quant,
-                                progress=progress)
+    files = export_vision_files(hf_dir, vision_outputs(out_dir, quants), dtype=vision_dtype, progress=progress)
+    manifest = write_vision_manifest(out_dir, files)
     written = decoder.write(out_dir / "decoder.gguf", progress)
     v = decoder.variant
     summary = {"path": str(out_dir), "variant": v.name, "gate": v.gate, "hyper_layers": list(v.hyper_layers),
-               "decoder": written, "vision": vision}
+               "decoder": written, "vision": files[manifest["default"]], "vision_files": files,
+               "vision_manifest": manifest}
     if progress:
         print(format_owl3_summary(summary), file=sys.stderr)
     return summary
@@ -171,4 +176,4 @@ def export_owl3(hf_dir: str | Path, out_dir: str | Path, quant: str = "f16", *, 
 
 def format_owl3_summary(s: dict) -> str:
     return summary_text(f"{s['path']}: mPLUG-Owl3 {s['variant']} (gate {s['gate']}, hyper layers {s['hyper_layers']})",
-                        s["decoder"], s["vision"])
+                        s["decoder"], s.get("vision_files", s["vision"]))

@@ -7,8 +7,11 @@
                         PyTorch reference on a random batch to a relative error < 1e-4.
   --vision-dtype fp16   weights and arithmetic in fp16 (meant for GPUs); a Cast at each end keeps the
                         input and output float32, so the runtime feeds both files the same way.
-  --vision-quant int8   onnxruntime dynamic quantization of the fp32 graph (the CPU-fast file).
-For fp16 and int8 the error against the fp32 reference is measured and reported, not bounded.
+  --vision-quant dynamic  onnxruntime dynamic int8 quantization of the fp32 graph ("int8" is its old name).
+  --vision-quant static   int8 QDQ, calibrated on synthetic pictures through the runtime's Owl3 preprocessing
+                          (calibration_views; owl_export/vision_quant.py).
+For fp16 and the int8 files the error against the fp32 reference is measured and reported, not bounded.
+export_vision_files writes several of them from one trace (the model directory's vision.json says which).
 
 The file's interface, tracing, int8 quantization and the check are shared with the Owl2 exporter
 (owl_export/onnx_common.py).
@@ -22,8 +25,9 @@ import torch
 
 from ..checkpoint import load_checkpoint
 from ..onnx_common import (CHECK_BATCH, FP32_TOLERANCE, INPUT_NAME, OPSET, OUTPUT_NAME, VISION_DTYPES,  # noqa: F401
-                           VISION_QUANTS, VisionCheckError, check_vision_options, compare, onnx_modules,
-                           quantize_int8, run_onnx, trace_to_onnx, write_checked_onnx)
+                           VISION_QUANTS, Calibration, VisionCheckError, check_vision_options, compare,
+                           onnx_modules, quantize_int8, run_onnx, trace_to_onnx, vision_quant_list,
+                           write_checked_variants)
 from .variant import VisionConfig, detect_variant
 from .vision import Owl3VisionReference
 
@@ -69,7 +73,17 @@ def export_vision_onnx(hf_dir: str | Path, out_path: str | Path, *, dtype: str =
     """Write vision.onnx for an mPLUG-Owl3 checkpoint; returns a summary with the measured errors.
 
     Writes through temporary files renamed at the end: a failed trace or check leaves no vision.onnx."""
-    check_vision_options(dtype, quant)
+    (summary,) = export_vision_files(hf_dir, {quant: out_path}, dtype=dtype, progress=progress,
+                                     seed=seed).values()
+    return summary
+
+
+def export_vision_files(hf_dir: str | Path, outputs: dict, *, dtype: str = "fp32", progress: bool = True,
+                        seed: int = 0) -> dict:
+    """outputs: quant -> path. One trace, one file per quant; returns {quant: summary}."""
+    quants = vision_quant_list(list(outputs))
+    check_vision_options(dtype, quants)
+    outputs = dict(zip(quants, (Path(p) for p in outputs.values())))
     onnx_modules()                                    # fail early and clearly when they are missing
     config, tensors, _ = load_checkpoint(hf_dir)
     variant = detect_variant(config, tensors.keys())
@@ -82,11 +96,37 @@ def export_vision_onnx(hf_dir: str | Path, out_path: str | Path, *, dtype: str =
     metadata = {"owl.family": "owl3", "owl3.variant": variant.name,
                 "owl3.vision.image_size": str(vcfg.image_size), "owl3.vision.num_patches": str(vcfg.num_patches),
                 "owl3.embedding_length": str(hidden), "owl3.vision.dtype": dtype,
-                "owl3.vision.quant": quant}                                          # of the final file
-    out_path = Path(out_path)
-    errors = write_checked_onnx(out_path, lambda tmp: trace_vision(traced, tmp, metadata), dtype=dtype,
-                                quant=quant, pixels=pixels, want=want, fp32_tolerance=FP32_TOLERANCE,
-                                progress=progress)
-    return {"path": str(out_path), "dtype": dtype, "quant": quant, "opset": OPSET,
-            "image_size": vcfg.image_size, "num_patches": vcfg.num_patches, "hidden_size": hidden,
-            "file_size": out_path.stat().st_size, "check_batch": CHECK_BATCH, **errors}
+                "owl3.vision.quant": "none"}                  # each quantized file gets its own
+    calibration = Calibration(lambda: calibration_views(vcfg.image_size),
+                              lambda: calibration_views(vcfg.image_size, HELD_OUT_VIEWS, first_seed=1000))
+    errors = write_checked_variants(outputs, lambda tmp: trace_vision(traced, tmp, metadata), dtype=dtype,
+                                    pixels=pixels, want=want, fp32_tolerance=FP32_TOLERANCE, progress=progress,
+                                    calibration=calibration)
+    return {q: {"path": str(path), "dtype": dtype, "quant": q, "opset": OPSET,
+                "image_size": vcfg.image_size, "num_patches": vcfg.num_patches, "hidden_size": hidden,
+                "file_size": path.stat().st_size, "check_batch": CHECK_BATCH, **errors[q]}
+            for q, path in outputs.items()}
+
+
+# ------------------------------------------------------------------------------------------- calibration
+
+CALIBRATION_VIEWS = 8            # static int8's calibration set: a few cut pictures' tiles and global views
+HELD_OUT_VIEWS = 4               # other pictures' views: the quantized files' cosine with the fp32 graph
+
+
+def calibration_views(image_size: int, n: int = CALIBRATION_VIEWS, first_seed: int = 0) -> np.ndarray:
+    """n views float32 [n, 3, S, S] of synthetic pictures (calibration_images.py) through the runtime's own
+    Owl3 preprocessing: the adaptive cut, bicubic resize, (x/255 - 0.5) / 0.5, as owl_cpp feeds vision.onnx."""
+    from owl_cpp.families.owl3.image_config import ImagePreprocessing
+    from owl_cpp.families.owl3.preprocess import preprocess_image
+
+    from ..calibration_images import synthetic_image
+    from ..vision_quant import stack_views
+    from .convert import preprocessing_metadata
+
+    prep = ImagePreprocessing.from_metadata(preprocessing_metadata(image_size, "v2_global"), "calibration")
+    parts = []
+    for seed in range(first_seed, first_seed + max(1, (n + 1) // 2)):   # half as many pictures as views
+        pixels = preprocess_image(synthetic_image(seed), prep).pixels
+        parts.append(np.concatenate([pixels[-1:], pixels[:-1]]))         # its global view first, then tiles
+    return stack_views(parts, n)

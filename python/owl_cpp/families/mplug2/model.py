@@ -32,6 +32,7 @@ import numpy as np
 
 from ... import _core
 from ...decoder_model import DecoderModel
+from ...vision_files import check_file_quant, pick_vision_file
 from ...vision_language import model_directory
 from .beam_search import beam_search, greedy_search
 from .preprocess import VideoConfig, load_video_frames, preprocess_frames
@@ -49,14 +50,17 @@ CAPTION_ONLY = ("this mPLUG-2 model directory captions videos: use caption(video
 
 class Mplug2Model(DecoderModel):
     """An exported mPLUG-2 model directory: captioning, or VideoQA when it holds question.onnx (task "qa").
-    Options as DecoderModel."""
+    Options as DecoderModel, plus vision: which video encoder file ("none" | "dynamic" | "static";
+    vision_files.py; default vision.json's)."""
 
     ARCH = "mplug2"
     FAMILY = "mPLUG-2"
 
     def __init__(self, model_dir, *, n_ctx: Optional[int] = None, threads: Optional[int] = None,
-                 device: str = "cpu", kv_type: Optional[str] = None, max_spare_contexts: int = 1):
-        d = model_directory(model_dir, ("decoder.gguf", "vision.onnx"), EXPORT_HINT)
+                 device: str = "cpu", vision: Optional[str] = None, kv_type: Optional[str] = None,
+                 max_spare_contexts: int = 1):
+        d = model_directory(model_dir, ("decoder.gguf",), EXPORT_HINT)
+        vision_path, self.vision_quant = pick_vision_file(d, vision, device.split(":")[0])
         super().__init__(d / "decoder.gguf", n_ctx=n_ctx, threads=threads, kv_type=kv_type, device=device,
                          max_spare_contexts=max_spare_contexts)
         self.model_dir = d
@@ -70,7 +74,8 @@ class Mplug2Model(DecoderModel):
                                     f"({EXPORT_HINT})")
         defaults = QA_DEFAULTS if self.task == "qa" else DEFAULTS
         self.options = {k: self._option(k, v) for k, v in defaults.items()}
-        self.vision = VideoEncoder(d / "vision.onnx", threads=self.threads, device=device.split(":")[0])
+        self.vision = VideoEncoder(vision_path, threads=self.threads, device=device.split(":")[0])
+        check_file_quant(vision_path, self.vision.metadata, self.vision_quant)
         self.video_config = VideoConfig.from_metadata(self.vision.metadata, self.vision.path)
         for width in (self.vision.width, self.video_config.embedding_length):
             if width != self.hparams["n_embd"]:
