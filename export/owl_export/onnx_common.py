@@ -117,8 +117,9 @@ def trace_to_onnx(module: torch.nn.Module, example: torch.Tensor, path: Path, ou
 
 
 @contextmanager
-def _quiet_root_logger():
-    """onnxruntime's quantizer logs a pre-processing hint through the root logger; it does not apply here."""
+def quiet_root_logger():
+    """onnxruntime's quantizer logs hints (pre-processing, symbolic shape inference) through the root logger;
+    they do not apply here."""
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)
@@ -138,7 +139,7 @@ def quantize_int8(src: Path, dst: Path) -> None:
     were less accurate than per-tensor, so these are onnxruntime's defaults, deliberately."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    with _quiet_root_logger():
+    with quiet_root_logger():
         quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=False,
                          reduce_range=False, op_types_to_quantize=["MatMul"])
 

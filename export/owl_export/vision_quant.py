@@ -15,9 +15,7 @@ patch Conv, LayerNorm, GELU and the residual Adds cost accuracy in int8 without 
 """
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -37,18 +35,6 @@ STATIC_OPTIONS = {
     "float_outputs": True,              # MatMul outputs stay float: onnxruntime runs MatMulIntegerToFloat, the
                                         # kernel dynamic int8 uses, minus the range pass (no requantization)
 }
-
-
-@contextmanager
-def _quiet_root_logger():
-    """onnxruntime's quantizer logs hints (pre-processing, symbolic shape inference) through the root logger."""
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        root.setLevel(level)
 
 
 class _Views:
@@ -108,7 +94,9 @@ def quantize_static_qdq(src: Path, dst: Path, views: np.ndarray, *, batch: int =
         extra["CalibTensorRangeSymmetric"] = bool(o["activation_symmetric"])
     # onnxruntime's MatMulConstBOnly is not honoured by the QDQ quantizer (1.32): name the nodes instead
     exclude = [] if o["attention"] else activation_matmuls(src)
-    with _quiet_root_logger():
+    from .onnx_common import quiet_root_logger
+
+    with quiet_root_logger():
         quantize_static(str(src), str(dst), _Views(views, batch, progress), quant_format=QuantFormat.QDQ,
                         op_types_to_quantize=list(o["op_types"]), per_channel=bool(o["per_channel"]),
                         nodes_to_exclude=exclude,
