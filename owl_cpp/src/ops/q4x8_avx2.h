@@ -57,9 +57,21 @@ struct Q4x8Tiles {
         __m256 acc[NG_][NT];
         for (int gi = 0; gi < NG_; ++gi)
             for (int j = 0; j < NT; ++j) acc[gi][j] = _mm256_setzero_ps();
+        // One token reads NG_ groups side by side. When a group is short (<= 4 KB: rows of <= 910 columns) those
+        // are short streams the hardware prefetchers follow badly, so the next tile's bytes (contiguous with this
+        // tile's) are requested front to back at the rate this tile consumes its own: 0.5B Q4_0 decode went from
+        // ~80 to ~95-100 t/s. Longer groups measured slower with it (1536 x 8960: 31-38 -> 20-27 GB/s).
+        const char* next = reinterpret_cast<const char*>(w[0]) + NG_ * kQ4x8Rows * a.row_bytes;
+        const bool walk = NT == 1 && kQ4x8Rows * a.row_bytes <= 4096;
         for (int64_t b = b0; b < b1; ++b) {
             for (int gi = 0; gi < NG_; ++gi) {
                 const BlockQ4_0x8& blk = w[gi][b];
+                if (walk) {
+                    const char* p = next + ((b - b0) * NG_ + gi) * int64_t(sizeof(BlockQ4_0x8));
+                    _mm_prefetch(p, _MM_HINT_T0);
+                    _mm_prefetch(p + 64, _MM_HINT_T0);
+                    _mm_prefetch(p + 128, _MM_HINT_T0);
+                }
                 __m256i s[NT];
                 for (int j = 0; j < NT; ++j) {
 #if OWL_VNNI
