@@ -93,7 +93,9 @@ inline void decode_q3_k(const BlockQ3_K& b, const float* f16, KBlock& o) {
     }
 }
 
-inline void decode_q4_k(const BlockQ4_K& b, const float* f16, KBlock& o) {
+// Q4_K and Q5_K share their header: d, dmin and eight 6-bit (scale, min) pairs, one pair per 32 elements.
+template <class B>
+inline void decode_k4_header(const B& b, const float* f16, KBlock& o) {
     o.d = f16[b.d];
     o.dmin = f16[b.dmin];
     uint8_t sc[8], m[8];
@@ -102,18 +104,15 @@ inline void decode_q4_k(const BlockQ4_K& b, const float* f16, KBlock& o) {
         o.sc[k] = sc[k / 2];
         o.m[k] = m[k / 2];
     }
+}
+
+inline void decode_q4_k(const BlockQ4_K& b, const float* f16, KBlock& o) {
+    decode_k4_header(b, f16, o);
     for (int e = 0; e < QK_K; ++e) o.q[e] = int8_t((b.qs[32 * (e / 64) + e % 32] >> (4 * ((e / 32) % 2))) & 0x0f);
 }
 
 inline void decode_q5_k(const BlockQ5_K& b, const float* f16, KBlock& o) {
-    o.d = f16[b.d];
-    o.dmin = f16[b.dmin];
-    uint8_t sc[8], m[8];
-    k4_scales(b.scales, sc, m);
-    for (int k = 0; k < 16; ++k) {
-        o.sc[k] = sc[k / 2];
-        o.m[k] = m[k / 2];
-    }
+    decode_k4_header(b, f16, o);
     for (int e = 0; e < QK_K; ++e) {
         const int lo = (b.qs[32 * (e / 64) + e % 32] >> (4 * ((e / 32) % 2))) & 0x0f;
         const int hi = (b.qh[e % 32] >> (e / 32)) & 1;
