@@ -72,6 +72,8 @@ def main() -> None:
     ap.add_argument("--baseline", help="a directory holding an older build's owl_cpp package, timed as 'base'")
     ap.add_argument("--kv-f32", action="store_true", help="also time owl with an F32 KV cache ('owl-f32')")
     ap.add_argument("--tg-after", type=int, default=128, help="decode after a prompt of this many tokens")
+    ap.add_argument("--llama-src", default="f16", choices=["f16", "q8_0"],
+                    help="the file llama.cpp's quantizer makes the K-quant mixes from (q8_0 for 7B: no 13.5 GB f16)")
     ap.add_argument("--out", default=str(HERE / "results" / "decode.json"))
     a = ap.parse_args()
 
@@ -91,7 +93,7 @@ def main() -> None:
     for size in a.sizes:
         for quant in a.quants:
             if quant in LLAMA_FTYPES and a.llama_python:
-                model = llama_quantized(Path(a.workdir), size, quant, a.llama_python, a.threads)
+                model = llama_quantized(Path(a.workdir), size, quant, a.llama_python, a.threads, a.llama_src)
             elif quant in QTYPES:
                 model = ensure(Path(a.workdir), size, quant)
             else:

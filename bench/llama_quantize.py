@@ -1,7 +1,7 @@
 """Quantize a GGUF with llama.cpp's own quantizer (llama-cpp-python's llama_model_quantize), run by the Python of
 an environment that has llama-cpp-python (bench/make_random_gguf.py calls it through --llama-python).
 
-    ~/llama-env/bin/python bench/llama_quantize.py SRC.gguf DST.gguf q4_k_m [--threads 2]
+    ~/llama-env/bin/python bench/llama_quantize.py SRC.gguf DST.gguf q4_k_m [--threads 2] [--allow-requantize]
 """
 import argparse
 import ctypes
@@ -18,10 +18,12 @@ def main() -> None:
     ap.add_argument("dst")
     ap.add_argument("ftype", choices=FTYPES)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--allow-requantize", action="store_true", help="the source is already quantized (e.g. Q8_0)")
     a = ap.parse_args()
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{a.ftype.upper()}")
     params.nthread = a.threads
+    params.allow_requantize = a.allow_requantize
     rc = llama_cpp.llama_model_quantize(a.src.encode(), a.dst.encode(), ctypes.byref(params))
     if rc != 0:
         raise SystemExit(f"llama_model_quantize failed ({rc}) on {a.src} -> {a.ftype}")

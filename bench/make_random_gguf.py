@@ -170,14 +170,16 @@ def ensure(workdir: Path, size: str, quant: str) -> Path:
     return path
 
 
-def llama_quantized(workdir: Path, size: str, ftype: str, llama_python: str, threads: int = 2) -> Path:
-    """{size}-{ftype}-llama.gguf: the f16 random model quantized by llama.cpp's own quantizer (cached)."""
+def llama_quantized(workdir: Path, size: str, ftype: str, llama_python: str, threads: int = 2, src: str = "f16") -> Path:
+    """{size}-{ftype}-llama.gguf: the random model quantized by llama.cpp's own quantizer (cached), from the f16 file
+    or, where that is too big to keep (a 7B f16 file is 13.5 GB), requantized from src (e.g. q8_0)."""
     path = Path(workdir) / f"{size}-{ftype}-llama.gguf"
     if not path.exists():
-        src = ensure(Path(workdir), size, "f16")
+        source = ensure(Path(workdir), size, src)
         tmp = path.with_suffix(".tmp")
-        subprocess.run([llama_python, str(Path(__file__).resolve().parent / "llama_quantize.py"), str(src), str(tmp), ftype,
-                        "--threads", str(threads)], check=True, capture_output=True)
+        extra = [] if src == "f16" else ["--allow-requantize"]
+        subprocess.run([llama_python, str(Path(__file__).resolve().parent / "llama_quantize.py"), str(source), str(tmp), ftype,
+                        "--threads", str(threads), *extra], check=True, capture_output=True)
         tmp.rename(path)
     return path
 
@@ -188,9 +190,10 @@ if __name__ == "__main__":
     ap.add_argument("quant", choices=sorted(set(QTYPES) | set(LLAMA_FTYPES)))
     ap.add_argument("-o", "--workdir", default="bench/models")
     ap.add_argument("--llama-python", help="quantize the f16 file with llama.cpp's quantizer (K-quant mixes)")
+    ap.add_argument("--llama-src", default="f16", choices=["f16", "q8_0"], help="the file llama.cpp quantizes from")
     a = ap.parse_args()
     if a.llama_python:
-        print(llama_quantized(Path(a.workdir), a.size, a.quant, a.llama_python))
+        print(llama_quantized(Path(a.workdir), a.size, a.quant, a.llama_python, src=a.llama_src))
     elif a.quant not in QTYPES:
         raise SystemExit(f"{a.quant} is a llama.cpp mix: give --llama-python")
     else:
