@@ -72,6 +72,8 @@ def load_imatrix(args, hf_dir: Path, progress: bool):
         im = imatrix.collect(hf_dir, text, chunk=args.imatrix_chunk, progress=progress, dataset=name)
     if args.imatrix_out is not None:
         imatrix.write(im, args.imatrix_out)
+        im = imatrix.read(args.imatrix_out)     # quantize with the values as stored (float32), so that
+                                                # requantize / llama-quantize with the file give these bytes
     return im
 
 
