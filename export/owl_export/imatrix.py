@@ -248,8 +248,8 @@ _GGUF_OF = {"q_proj": "attn_q", "k_proj": "attn_k", "v_proj": "attn_v", "o_proj"
             "gate_proj": "ffn_gate", "up_proj": "ffn_up", "down_proj": "ffn_down"}
 
 
-def collect(hf_dir: str | Path, text: str, *, chunk: int = 512, progress: bool = False, dataset: str = "") -> Imatrix:
-    """Run the checkpoint's decoder (qwen2 / llama) over `text` in chunks of `chunk` tokens and gather the
+def collect(hf_dir: str | Path, text, *, chunk: int = 512, progress: bool = False, dataset: str = "") -> Imatrix:
+    """Run the checkpoint's decoder (qwen2 / llama) over `text` (a string, or token ids) in chunks of `chunk` tokens and gather the
     imatrix of every matrix the GGUF stores quantized (output.weight, or token_embd.weight when tied, for the
     output product). Each chunk starts with BOS where the model wants one (llama), as llama-imatrix's do.
     The model is held in float32: for models too big for that, use llama.cpp's llama-imatrix and --imatrix."""
@@ -263,7 +263,7 @@ def collect(hf_dir: str | Path, text: str, *, chunk: int = 512, progress: bool =
 
     config, tensors, _ = load_checkpoint(hf_dir)
     cfg = TextConfig.from_dict(config)
-    ids = tokenize(hf_dir, text)
+    ids = tokenize(hf_dir, text) if isinstance(text, str) else [int(i) for i in text]
     if not ids:
         raise ValueError("the calibration text gives no tokens")
     if chunk < 2:
