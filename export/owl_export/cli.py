@@ -6,6 +6,8 @@
                                                               (mplugowl3, mplug_owl2, mplug_owl2_1, mplug-owl)
   owl-export MPLUG2_DIR -o MODEL_DIR --quant ... [--vision-quant Q[,Q...]]
                                   (mPLUG-2 captioning: the official .pth + config_bert*.json + vocab.txt)
+  owl-export HF_DIR -o OUT.gguf --quant q4_k_m --imatrix-text [CALIB.txt] | --imatrix IMATRIX.gguf|.dat
+                                  (text models: quantize with an importance matrix, docs/quantization.md)
 
 The checkpoint's config.json model_type picks the exporter from EXPORTERS. Text decoders (qwen2, llama)
 become one GGUF file; vision-language models a model directory (decoder.gguf + vision.onnx).
