@@ -12,7 +12,8 @@ Rules (they follow llama.cpp's converter and llama-quantize, so files compare li
                docs/quantization.md), so these are planned over the whole tensor list (plan_qtypes)
 Block formats need the row length to be a multiple of 32; other rows fall back to F16 (K types: quant_mix's
 fallbacks first). Q4_0/Q5_0/Q5_1/Q8_0 go through gguf.quants.quantize so blocks are bit-identical to ggml's;
-the K types and IQ4_NL through our own quantizers (kquants.py).
+the K types and IQ4_NL through our own quantizers (kquants.py). Given an importance matrix, the types with a
+weighted form in ggml (Q2_K..Q6_K, Q4_0, Q4_1, Q5_0, Q5_1) go through imatrix_quants.py instead.
 """
 from __future__ import annotations
 
