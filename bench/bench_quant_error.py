@@ -17,6 +17,12 @@ two quantizers compare, not what a real model loses.
     python bench/bench_quant_error.py --llama-python ~/llama-env/bin/python                        # synthetic
     python bench/bench_quant_error.py --llama-python ~/llama-env/bin/python --demo
     python bench/bench_quant_error.py --llama-python ~/llama-env/bin/python --hf /models/Qwen2-0.5B-Instruct
+
+--imatrix adds a row per mix: our quantizers with an importance matrix collected by owl_export.imatrix on
+calibration data that is not the evaluation data (synthetic: other random ids; demo: other generated
+conversations; --hf: --imatrix-text FILE, else imatrix.BUILTIN_TEXT). llama.cpp's quantizer with an imatrix
+cannot be driven from llama-cpp-python (the imatrix is a C++ map in llama_model_quantize_params), so there is
+no llama.cpp+imatrix row: tests/test_imatrix_quants.py holds our weighted quantizers to ggml's, tensor by tensor.
 """
 from __future__ import annotations
 
@@ -161,6 +167,34 @@ def same_tensors(a: Path, b: Path) -> tuple[int, int]:
     return sum(ta[n] == tb.get(n) for n in ta), len(ta)
 
 
+def print_row(row: dict) -> None:
+    print(f"{row['quant']:7} {row['quantizer']:9} {row['file_mib']:7.2f} MiB  rel err {row['rel_logit_err']:.4f}  "
+          f"KL {row['kl_mean']:.5f} (p99 {row['kl_p99']:.4f})  top-1 {row['top1']:.3f}  "
+          f"quantize {row['quantize_s']:.1f} s", flush=True)
+
+
+def calibration_imatrix(a, hf: Path, n_vocab: int, work: Path):
+    """An importance matrix from data other than the evaluation's (saved in work/imatrix.gguf)."""
+    from owl_export import imatrix
+    if a.demo:
+        from owl_export.demo.config import DemoSizes
+        from owl_export.demo.data import tokenizer_corpus
+        data = "".join(tokenizer_corpus(DemoSizes(), seed=7, n_scenes=40)).replace("<|image|>", "")
+        chunk, name = 512, "demo conversations (seed 7)"
+    elif a.hf:
+        data = a.imatrix_text.read_text(encoding="utf-8") if a.imatrix_text else imatrix.BUILTIN_TEXT
+        chunk, name = 512, str(a.imatrix_text or "built-in text")
+    else:
+        rng = np.random.default_rng(1)                  # the evaluation's prompts use seed 0
+        data = [int(v) for v in rng.integers(0, min(int(n_vocab), 1000), a.prompts * a.prompt_len)]
+        chunk, name = a.prompt_len, "random ids (seed 1)"
+    im = imatrix.collect(hf, data, chunk=chunk, dataset=name)
+    imatrix.write(im, work / "imatrix.gguf")
+    print(f"imatrix: {sum(im.counts.values()) // max(len(im.counts), 1)} tokens of {name}, {len(im.sums)} matrices",
+          flush=True)
+    return imatrix.read(work / "imatrix.gguf")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--llama-python", required=True, help="python of an environment with llama-cpp-python")
@@ -174,6 +208,8 @@ def main() -> None:
     p.add_argument("--prompt-len", type=int, default=128)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--work", type=Path, help="keep the files here (default: a temporary directory)")
+    p.add_argument("--imatrix", action="store_true", help="add rows quantized with an importance matrix")
+    p.add_argument("--imatrix-text", type=Path, help="calibration text for --hf (default: the built-in text)")
     p.add_argument("--out", type=Path, default=HERE / "results" / "quant_error.json")
     a = p.parse_args()
     from owl_export.convert_text import convert_text_model
@@ -202,6 +238,7 @@ def main() -> None:
     llama(a.llama_python, {**evaluate, "model": str(f16), "out": str(work / "f16.npz")})
     ref = np.load(work / "f16.npz")
 
+    im = calibration_imatrix(a, hf, n_vocab, work) if a.imatrix else None
     rows = []
     for quant in a.quants:
         ours, theirs = work / f"ours-{quant}.gguf", work / f"llama-{quant}.gguf"
@@ -220,12 +257,21 @@ def main() -> None:
                    "tensors_identical_to_llama_cpp": f"{same}/{total}",
                    "quantize_s": secs, **compare(ref, np.load(work / f"{path.stem}.npz"))}
             rows.append(row)
-            print(f"{quant:7} {who:9} {row['file_mib']:7.2f} MiB  rel err {row['rel_logit_err']:.4f}  "
-                  f"KL {row['kl_mean']:.5f} (p99 {row['kl_p99']:.4f})  top-1 {row['top1']:.3f}  "
-                  f"quantize {secs:.1f} s", flush=True)
+            print_row(row)
+        if im is not None:
+            path = work / f"ours-imatrix-{quant}.gguf"
+            t0 = time.time()
+            requantize_gguf(f16, path, quant, imatrix=im)
+            secs = time.time() - t0
+            llama(a.llama_python, {**evaluate, "model": str(path), "out": str(work / f"{path.stem}.npz")})
+            row = {"quant": quant, "quantizer": "ours+imx", "file_mib": path.stat().st_size / 2**20,
+                   "tensors_identical_to_llama_cpp": "-", "quantize_s": secs,
+                   **compare(ref, np.load(work / f"{path.stem}.npz"))}
+            rows.append(row)
+            print_row(row)
 
     a.out.parent.mkdir(parents=True, exist_ok=True)
-    result = {"model": model_desc, "f16_mib": f16.stat().st_size / 2**20, "positions": rows[0]["positions"],
+    result = {"model": model_desc, "imatrix_data": im.datasets if im is not None else None, "f16_mib": f16.stat().st_size / 2**20, "positions": rows[0]["positions"],
               "threads": a.threads, "rows": rows, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     a.out.write_text(json.dumps(result, indent=1))
     print(f"\n{model_desc}; F16 {result['f16_mib']:.1f} MiB; {result['positions']} positions; -> {a.out}")

@@ -6,6 +6,8 @@
                                                               (mplugowl3, mplug_owl2, mplug_owl2_1, mplug-owl)
   owl-export MPLUG2_DIR -o MODEL_DIR --quant ... [--vision-quant Q[,Q...]]
                                   (mPLUG-2 captioning: the official .pth + config_bert*.json + vocab.txt)
+  owl-export HF_DIR -o OUT.gguf --quant q4_k_m --imatrix-text [CALIB.txt] | --imatrix IMATRIX.gguf|.dat
+                                  (text models: quantize with an importance matrix, docs/quantization.md)
 
 The checkpoint's config.json model_type picks the exporter from EXPORTERS. Text decoders (qwen2, llama)
 become one GGUF file; vision-language models a model directory (decoder.gguf + vision.onnx).
@@ -33,12 +35,48 @@ EXPORT_EXTRA_MODULES = frozenset({"torch", "gguf", "safetensors", "tokenizers", 
 INSTALL_HINT = 'pip install "owl_cpp[export]"'
 
 
-def _export_text(hf_dir: Path, out: Path, quant: str, progress: bool, **vision) -> dict:
+def _export_text(hf_dir: Path, out: Path, quant: str, progress: bool, imatrix=None, **vision) -> dict:
     if vision:
         raise ExportError(f"{', '.join('--' + k.replace('_', '-') for k in vision)}: only for vision-language "
                           f"models; {hf_dir} is a text model")
     from .convert_text import convert_text_model
-    return convert_text_model(hf_dir, out, quant=quant, progress=progress)
+    return convert_text_model(hf_dir, out, quant=quant, progress=progress, imatrix=imatrix)
+
+
+BUILTIN_TEXT = "builtin"        # --imatrix-text with no file: imatrix.BUILTIN_TEXT
+# the quants with a weighted quantizer somewhere in their mix (q8_0 and the float types have none)
+IMATRIX_QUANTS = ("q4_0", "q2_k", "q3_k_m", "q4_k_s", "q4_k_m", "q5_k_m", "q6_k")
+
+
+def load_imatrix(args, hf_dir: Path, progress: bool):
+    """The imatrix.Imatrix that --imatrix / --imatrix-text ask for (written to --imatrix-out), or None."""
+    if args.imatrix is None and args.imatrix_text is None:
+        if args.imatrix_out is not None:
+            raise ExportError("--imatrix-out needs --imatrix-text (the imatrix to write is collected from text)")
+        return None
+    if args.imatrix is not None and args.imatrix_text is not None:
+        raise ExportError("--imatrix and --imatrix-text: give one (a file made by llama-imatrix, or text to "
+                          "collect one from)")
+    if args.quant not in IMATRIX_QUANTS:
+        raise ExportError(f"--quant {args.quant} does not use an importance matrix; it helps "
+                          f"{', '.join(IMATRIX_QUANTS)}")
+    from . import imatrix
+    if args.imatrix is not None:
+        im = imatrix.read(args.imatrix)
+    else:
+        if args.imatrix_text == BUILTIN_TEXT:
+            text, name = imatrix.BUILTIN_TEXT, "owl-export built-in text"
+        else:
+            path = Path(args.imatrix_text)
+            if not path.is_file():
+                raise ExportError(f"--imatrix-text {path}: file not found")
+            text, name = path.read_text(encoding="utf-8"), path.name
+        im = imatrix.collect(hf_dir, text, chunk=args.imatrix_chunk, progress=progress, dataset=name)
+    if args.imatrix_out is not None:
+        imatrix.write(im, args.imatrix_out)
+        im = imatrix.read(args.imatrix_out)     # quantize with the values as stored (float32), so that
+                                                # requantize / llama-quantize with the file give these bytes
+    return im
 
 
 def _export_owl3(hf_dir: Path, out: Path, quant: str, progress: bool, **vision) -> dict:
@@ -115,6 +153,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", choices=("caption", "qa"), default=None,
                    help="mPLUG-2 only: what the .pth was trained for (default: told by its saved config, its file "
                         "name or its momentum weights; captioning when none says)")
+    p.add_argument("--imatrix", type=Path, default=None, metavar="FILE",
+                   help="text models: quantize with llama.cpp's importance matrix FILE (llama-imatrix's GGUF or "
+                        "legacy .dat), as llama-quantize --imatrix does (docs/quantization.md)")
+    p.add_argument("--imatrix-text", nargs="?", const=BUILTIN_TEXT, default=None, metavar="FILE",
+                   help="text models: collect an importance matrix by running the model over the UTF-8 text in "
+                        "FILE (alone: a short built-in text) and quantize with it")
+    p.add_argument("--imatrix-chunk", type=int, default=512, metavar="N",
+                   help="tokens per forward pass when collecting (default 512, llama-imatrix's)")
+    p.add_argument("--imatrix-out", type=Path, default=None, metavar="FILE",
+                   help="also save the collected importance matrix (.dat: legacy format, else GGUF), for "
+                        "requantize --imatrix or llama-quantize")
     p.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
     return p
 
@@ -143,6 +192,11 @@ def main(argv: list[str] | None = None) -> int:
             if exporter is not _export_mplug2:
                 raise ExportError(f"--task is for mPLUG-2 checkpoints; {args.hf_dir} is not one")
             vision["task"] = args.task
+        if exporter is _export_text:
+            vision["imatrix"] = load_imatrix(args, args.hf_dir, not args.quiet)
+        elif args.imatrix is not None or args.imatrix_text is not None or args.imatrix_out is not None:
+            raise ExportError("--imatrix / --imatrix-text: only for text models (qwen2, llama) today; "
+                              f"{args.hf_dir} is a vision-language model")
         exporter(args.hf_dir, args.out, args.quant, not args.quiet, **vision)   # prints its summary unless quiet
     # ValueError covers CheckpointError, UnsupportedModelError, Owl3LayoutError, the vision export's check
     # and vocab.py's bad-tokenizer errors, all of which name the offending file; ImportError a missing

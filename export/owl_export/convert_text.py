@@ -193,12 +193,13 @@ class _Progress:
 
 def write_gguf(out_path: str | Path, writer_setup: Callable[[gguf.GGUFWriter], None], arch: str,
                plan: list[PlannedTensor], quant: str, *, tied_embeddings: bool, progress: bool,
-               keep_f32: frozenset[str] = frozenset(), n_gqa: int = 1) -> dict:
+               keep_f32: frozenset[str] = frozenset(), n_gqa: int = 1, imatrix=None) -> dict:
     """Write header, metadata (via writer_setup) and the planned tensors, one tensor in memory at a time.
 
     Goes through a temporary file renamed at the end, so a failed export never leaves a truncated GGUF.
     Tensors named in keep_f32 stay F32 whatever the quant (mPLUG-2's position table). n_gqa (attention heads
-    per KV head) steers one rule of the q2_k mix.
+    per KV head) steers one rule of the q2_k mix. imatrix (imatrix.Imatrix) weights the quantizers of the
+    tensors it has an entry for, as llama-quantize --imatrix does; the others are quantized without.
     """
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -209,6 +210,13 @@ def write_gguf(out_path: str | Path, writer_setup: Callable[[gguf.GGUFWriter], N
     planned = plan_qtypes([(t.name, t.shape) for t in plan], quant, tied_embeddings=tied_embeddings, n_gqa=n_gqa)
     qtypes = [QT.F32 if t.name in keep_f32 else q for t, q in zip(plan, planned)]
     sizes = [tensor_nbytes(t.shape, q) for t, q in zip(plan, qtypes)]
+    weights = {}
+    if imatrix is not None:
+        weights = {t.name: imatrix.for_tensor(t.name, t.shape[-1]) for t in plan if t.name in imatrix.sums}
+        if not weights:
+            raise ValueError(f"the imatrix has no entry for any tensor of this model (it has e.g. "
+                             f"{', '.join(sorted(imatrix.sums)[:3])}): made for another model?")
+        imatrix.add_metadata(writer, len(weights))
     for t, q, n in zip(plan, qtypes, sizes):
         # logical shape + raw_dtype: the writer then records the element shape, not the byte shape
         writer.add_tensor_info(t.name, t.shape, np.dtype(np.float32), n, raw_dtype=q)
@@ -220,7 +228,7 @@ def write_gguf(out_path: str | Path, writer_setup: Callable[[gguf.GGUFWriter], N
         writer.write_ti_data_to_file()
         for t, q in zip(plan, qtypes):
             bar.update(0, f"{t.name} ({q.name})")        # K types take seconds per big matrix: say which
-            data = quantize_array(t.load(), q)
+            data = quantize_array(t.load(), q, weights.get(t.name))
             writer.write_tensor_data(data)
             bar.update(data.nbytes, t.name)
         writer.close()
@@ -256,8 +264,10 @@ def read_chat_template(hf_dir: Path):
 
 
 def convert_text_model(hf_dir: str | Path, out_path: str | Path, quant: str = "f16",
-                       progress: bool = True) -> dict:
-    """Convert a qwen2 / llama HF checkpoint directory to one GGUF file; returns a summary dict."""
+                       progress: bool = True, imatrix=None) -> dict:
+    """Convert a qwen2 / llama HF checkpoint directory to one GGUF file; returns a summary dict.
+
+    imatrix: an imatrix.Imatrix to quantize with (read from a file or collected with imatrix.collect)."""
     from .vocab import load_hf_vocab, write_vocab   # the tokenizer side lives in vocab.py
 
     check_quant(quant)
@@ -278,7 +288,7 @@ def convert_text_model(hf_dir: str | Path, out_path: str | Path, quant: str = "f
             writer.add_chat_template(template)
 
     summary = write_gguf(out_path, setup, cfg.arch, plan, quant, tied_embeddings=cfg.tie_word_embeddings,
-                         progress=progress, n_gqa=cfg.num_heads // cfg.num_kv_heads)
+                         progress=progress, n_gqa=cfg.num_heads // cfg.num_kv_heads, imatrix=imatrix)
     if progress:
         print(format_summary(summary), file=sys.stderr)
     return summary

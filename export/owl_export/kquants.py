@@ -116,14 +116,14 @@ def _min_search(x, w, nmax: int, rmin: float, rdelta: float, nstep: int, use_mad
     return np.where(flat, _F(0), scale).astype(np.float32), (-mn).astype(np.float32), L
 
 
-def _symmetric_search(x, nmax: int):
-    """Symmetric quantization x ~ scale*l, l in [-nmax, nmax-1], with weights x^2: the round-to-nearest scale
-    nmax/max and 18 neighbours (nmax +- 0.1k)/max, each refitted by least squares; the best fit wins (ggml's
-    make_qx_quants, rmse_type 1). Returns scale and L = l + nmax."""
+def _symmetric_search(x, nmax: int, w=None):
+    """Symmetric quantization x ~ scale*l, l in [-nmax, nmax-1], with weights w (default x^2): the
+    round-to-nearest scale nmax/max and 18 neighbours (nmax +- 0.1k)/max, each refitted by least squares; the
+    best fit wins (ggml's make_qx_quants, rmse_type 1). Returns scale and L = l + nmax."""
     v, amax = _signed_absmax(x, axis=0)
     zero = amax < _EPS
     v = _safe(v, zero)
-    w = x * x
+    w = x * x if w is None else w
     wx = w * x
 
     def attempt(iscale):

@@ -12,7 +12,8 @@ Rules (they follow llama.cpp's converter and llama-quantize, so files compare li
                docs/quantization.md), so these are planned over the whole tensor list (plan_qtypes)
 Block formats need the row length to be a multiple of 32; other rows fall back to F16 (K types: quant_mix's
 fallbacks first). Q4_0/Q5_0/Q5_1/Q8_0 go through gguf.quants.quantize so blocks are bit-identical to ggml's;
-the K types and IQ4_NL through our own quantizers (kquants.py).
+the K types and IQ4_NL through our own quantizers (kquants.py). Given an importance matrix, the types with a
+weighted form in ggml (Q2_K..Q6_K, Q4_0, Q4_1, Q5_0, Q5_1) go through imatrix_quants.py instead.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as QT, LlamaFileType
 from gguf.quants import quantize
 
-from . import kquants
+from . import imatrix_quants, kquants
 from .quant_mix import MIXES, plan_mix
 
 QUANT_TYPES: dict[str, QT] = {"f32": QT.F32, "f16": QT.F16, "bf16": QT.BF16, "q8_0": QT.Q8_0, "q4_0": QT.Q4_0}
@@ -86,9 +87,14 @@ def tensor_nbytes(shape: tuple[int, ...], qtype: QT) -> int:
     return n // block * type_size
 
 
-def quantize_array(data: np.ndarray, qtype: QT) -> np.ndarray:
-    """float32 array -> the array GGUFWriter takes: float32/float16 as is, block types as uint8 rows."""
+def quantize_array(data: np.ndarray, qtype: QT, imatrix: np.ndarray | None = None) -> np.ndarray:
+    """float32 array -> the array GGUFWriter takes: float32/float16 as is, block types as uint8 rows.
+
+    imatrix: the importance of each column (imatrix.py); used, as llama-quantize does, by the types that have
+    a weighted quantizer (imatrix_quants.TYPES) and ignored by the others (Q8_0, F16, ...)."""
     data = np.ascontiguousarray(data, dtype=np.float32)
+    if imatrix is not None and qtype in imatrix_quants.TYPES:
+        return imatrix_quants.quantize(data, qtype, imatrix)
     if qtype in kquants.TYPES:
         return kquants.quantize(data, qtype)
     out = quantize(data, qtype)
