@@ -69,7 +69,7 @@ else:
     for i, ids in enumerate(seqs):
         llm.reset()
         llm.eval(ids)
-        out[f"p{i}"] = np.asarray(llm.scores[:len(ids)], np.float32)
+        out[f"p{i}"] = np.array(llm.scores[:len(ids)], np.float32)  # a copy: scores is reused
         out[f"ids{i}"] = np.asarray(ids, np.int64)
     np.savez(req["out"], **out)
     json.dump({"n": len(seqs)}, sys.stdout)
