@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -123,7 +124,6 @@ DEMO_TEXTS = [
 def demo_text_checkpoint(out: Path) -> Path:
     """The demo model's trained decoder (export/owl3-demo) as a plain qwen2 checkpoint: its language_model
     tensors without the hyper-attention's image projections, i.e. what Owl3 runs for a text-only prompt."""
-    import shutil
     from safetensors.torch import load_file, save_file
 
     src = HERE.parent / "export" / "owl3-demo"
@@ -207,7 +207,7 @@ def main() -> None:
     p.add_argument("--prompts", type=int, default=8, help="random-id prompts for the synthetic model")
     p.add_argument("--prompt-len", type=int, default=128)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--work", type=Path, help="keep the files here (default: a temporary directory)")
+    p.add_argument("--work", type=Path, help="keep the files here (default: a temporary directory, removed)")
     p.add_argument("--imatrix", action="store_true", help="add rows quantized with an importance matrix")
     p.add_argument("--imatrix-text", type=Path, help="calibration text for --hf (default: the built-in text)")
     p.add_argument("--out", type=Path, default=HERE / "results" / "quant_error.json")
@@ -274,6 +274,8 @@ def main() -> None:
     result = {"model": model_desc, "imatrix_data": im.datasets if im is not None else None, "f16_mib": f16.stat().st_size / 2**20, "positions": rows[0]["positions"],
               "threads": a.threads, "rows": rows, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     a.out.write_text(json.dumps(result, indent=1))
+    if not a.work:
+        shutil.rmtree(work, ignore_errors=True)  # real-size files and logits take gigabytes
     print(f"\n{model_desc}; F16 {result['f16_mib']:.1f} MiB; {result['positions']} positions; -> {a.out}")
     print(f"{'quant':8}{'quantizer':11}{'MiB':>8}{'rel err':>9}{'KL':>10}{'top-1':>7}")
     for r in rows:

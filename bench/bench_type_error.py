@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -91,7 +92,7 @@ def main() -> None:
     p.add_argument("--prompts", type=int, default=4)
     p.add_argument("--prompt-len", type=int, default=64)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--work", type=Path, help="keep the files here (default: a temporary directory)")
+    p.add_argument("--work", type=Path, help="keep the files here (default: a temporary directory, removed)")
     p.add_argument("--out", type=Path, default=HERE / "results" / "type_error.json")
     a = p.parse_args()
     import gguf
@@ -145,9 +146,11 @@ def main() -> None:
               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
               "command": "python bench/bench_type_error.py " + " ".join(sys.argv[1:])}
     a.out.write_text(json.dumps(result, indent=1))
+    if not a.work:
+        shutil.rmtree(work, ignore_errors=True)  # real-size files and logits take gigabytes
     print(f"\n{desc}; {result['positions']} positions; -> {a.out}")
-    print(f"| type | MiB | owl rel err | owl KL | owl top-1 | llama.cpp rel err | llama.cpp KL | llama.cpp top-1 | "
-          f"owl vs llama.cpp |\n|---|---|---|---|---|---|---|---|---|")
+    print("| type | MiB | owl rel err | owl KL | owl top-1 | llama.cpp rel err | llama.cpp KL | llama.cpp top-1 | "
+          "owl vs llama.cpp |\n|---|---|---|---|---|---|---|---|---|")
     for r in rows[1:]:
         o, l = r["owl"], r["llama"]
         print(f"| {r['quant']} | {r['file_mib']:.1f} | {o['rel_logit_err']:.4f} | {o['kl_mean']:.5f} | {o['top1']:.3f} | "
