@@ -1,7 +1,8 @@
 """owl-batch on one machine (owl_cpp/batch): every good image answered exactly as a per-image chat() call
-answers it (greedy, demo model), every broken file one error line, the crops of several images in one vision
-run, decode steps of the workers batched, the cached prompt prefix reused, resume after a finished run, a
-half-written last line and Ctrl-C."""
+answers it (greedy, demo model) in both layouts, every broken file one error line; lanes: each image's crops in
+a run of its own, one thread per lane; stages: the crops of several images in one vision run, decode steps of
+the workers batched; the cached prompt prefix reused, resume after a finished run, a half-written last line,
+Ctrl-C, and a stop that comes promptly (between decode steps, a vision run ended)."""
 from __future__ import annotations
 
 import json
@@ -44,16 +45,21 @@ class CountingSession:
     def __init__(self, session):
         self.session, self.sizes = session, []
 
-    def run(self, outputs, feeds):
+    def run(self, outputs, feeds, *run_options):
         self.sizes.append(len(next(iter(feeds.values()))))
-        return self.session.run(outputs, feeds)
+        return self.session.run(outputs, feeds, *run_options)
 
 
-def test_every_image_answered_as_chat_answers_it(folder, reference, tmp_path):
-    m = owl_cpp.load("demo", max_spare_contexts=2)
+@pytest.mark.parametrize("layout,threads", [("lanes", 1), ("lanes", 2), ("stages", None)])
+def test_every_image_answered_as_chat_answers_it(folder, reference, tmp_path, layout, threads):
+    """The reference ran on a model of the default threads (2 on the CI machine): lanes of one thread (their
+    contexts and, for a model loaded with more, a vision session of their own) give the same answers."""
+    m = owl_cpp.load("demo", max_spare_contexts=2, threads=threads)
     m.vision.session = counting = CountingSession(m.vision.session)
     out = tmp_path / "results.jsonl"
-    summary = run_batch(folder, PROMPTS, out, model=m, workers=2, vision_batch=12, progress=False)
+    summary = run_batch(folder, PROMPTS, out, model=m, workers=2, vision_batch=12, progress=False, layout=layout,
+                        threads=1 if layout == "lanes" else None)
+    assert (summary["layout"], summary["workers"], summary["threads"]) == (layout, 2, 1 if layout == "lanes" else m.threads)
     recs = lines(out)
     assert sorted((r["id"], r["prompt"]) for r in recs) == sorted((n, q) for n in GOOD + list(BROKEN) for q in PROMPTS)
     for r in recs:
@@ -64,8 +70,17 @@ def test_every_image_answered_as_chat_answers_it(folder, reference, tmp_path):
             assert r["prompt_index"] == PROMPTS.index(r["prompt"]) and r["completion_tokens"] >= 1
             assert r["finish_reason"] == "stop" and r["total_ms"] > 0 and r["image"] == str(folder / r["id"])
     assert summary["written"] == len(recs) and summary["errors"] == 2 * len(BROKEN)
-    # crops of several images went through the vision tower together (a demo image is at most 5 views)
-    assert max(counting.sizes) > 5 and sum(counting.sizes) == m.vision.n_encoded
+    if layout == "stages":
+        # crops of several images went through the vision tower together (a demo image is at most 5 views)
+        assert max(counting.sizes) > 5 and sum(counting.sizes) == m.vision.n_encoded
+    elif threads == 1:
+        # lanes on the model's own session: one run per image (none twice: the second prompt finds the cache)
+        views = {n: len(m._expand([str(folder / n)], True)[0].views) for n in GOOD}
+        assert len(counting.sizes) == len(GOOD) and max(counting.sizes) <= max(views.values())
+        assert sum(counting.sizes) == m.vision.n_encoded
+    else:
+        # a model of 2 threads: the lanes ran a 1-thread session of their own, sharing the image cache
+        assert counting.sizes == [] and m.vision.cache.misses > 0
 
 
 def test_the_workers_decode_steps_run_batched(folder, tmp_path):
@@ -74,7 +89,7 @@ def test_the_workers_decode_steps_run_batched(folder, tmp_path):
     m = owl_cpp.load("demo", max_spare_contexts=2)
     out = tmp_path / "long.jsonl"
     opts = dict(max_tokens=40, ignore_eos=True)
-    summary = run_batch(folder, PROMPTS[:1], out, model=m, workers=2, progress=False, **opts)
+    summary = run_batch(folder, PROMPTS[:1], out, model=m, workers=2, progress=False, layout="stages", **opts)
     assert summary["decode_steps"] > summary["decode_batches"]
     ref = owl_cpp.load("demo")
     for r in lines(out):
@@ -197,7 +212,7 @@ def test_an_int8_vision_tower_runs_each_image_alone(folder, tmp_path):
     assert not m.vision.batch_invariant and owl_cpp.load("demo").vision.batch_invariant
     m.vision.session = counting = CountingSession(m.vision.session)
     out = tmp_path / "r.jsonl"
-    run_batch(folder, PROMPTS[:1], out, model=m, workers=2, max_tokens=12, progress=False)
+    run_batch(folder, PROMPTS[:1], out, model=m, workers=2, max_tokens=12, progress=False, layout="stages")
     ref = owl_cpp.load(tmp_path / "m")
     views = {n: len(ref._expand([str(folder / n)], True)[0].views) for n in GOOD}
     assert len(counting.sizes) == len(GOOD) and max(counting.sizes) <= max(views.values())
