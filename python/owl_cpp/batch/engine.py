@@ -65,7 +65,8 @@ def run_batch(images, prompts: Optional[Sequence[str]] = None, out="results.json
     whether those crops come from several images (None: where that leaves every embedding as chat()
     computes it, encode_together()). max_tokens and chat_options (temperature, stop, ...): as chat().
     Work already in `out` is skipped (retry_errors=True: error lines are done again).
-    Returns a summary: counts, wall time, answers/s and images/s, the layout, cache and batching statistics."""
+    Returns a summary: counts, wall time, CPU time (this process, all threads), answers/s and images/s, the
+    layout (workers, threads per worker), cache and batching statistics."""
     shape = plan(workers, threads, device, layout)
     refs = collect_images(images)
     prompts = check_prompts(prompts if prompts is not None else [DEFAULT_PROMPT])
@@ -81,7 +82,7 @@ def run_batch(images, prompts: Optional[Sequence[str]] = None, out="results.json
         from .stages import StagesJob
         job = StagesJob(m, group_items(items), shape.workers, vision_batch, cut, options, cross_image_vision)
     bar = _progress_bar(len(items), len(prompts), progress, skipped=len(refs) * len(prompts) - len(items))
-    n_err, t0, interrupted = 0, time.perf_counter(), False
+    n_err, t0, c0, interrupted = 0, time.perf_counter(), time.process_time(), False
     batches0, steps0 = m._batcher.batches, m._batcher.steps
     with ResultsWriter(out) as writer:
         job.start()
@@ -104,14 +105,14 @@ def run_batch(images, prompts: Optional[Sequence[str]] = None, out="results.json
             if bar is not None:
                 bar.close()
         written = writer.written
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     if interrupted:
         print(f"owl-batch: interrupted; {written} results written to {out}; run again to resume", file=sys.stderr)
         raise KeyboardInterrupt
     n_images = len({it.image.id for it in items})
     stages = shape.layout == "stages"
     return {"out": str(out), "images": len(refs), "prompts": len(prompts), "skipped": len(refs) * len(prompts) - len(items),
-            "written": written, "errors": n_err, "wall_s": wall, "answers_per_s": written / wall if wall > 0 else 0.0,
+            "written": written, "errors": n_err, "wall_s": wall, "cpu_s": cpu, "answers_per_s": written / wall if wall > 0 else 0.0,
             "images_per_s": n_images / wall if wall > 0 and written else 0.0, "layout": shape.layout,
             "workers": shape.workers, "threads": shape.threads or m.threads,
             "vision_batch": vision_batch if stages else None,
