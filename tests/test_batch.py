@@ -217,3 +217,79 @@ def test_an_int8_vision_tower_runs_each_image_alone(folder, tmp_path):
     views = {n: len(ref._expand([str(folder / n)], True)[0].views) for n in GOOD}
     assert len(counting.sizes) == len(GOOD) and max(counting.sizes) <= max(views.values())
     assert sum(r["error"] is None for r in lines(out)) == len(GOOD)
+
+
+def test_the_layout_plan():
+    from owl_cpp.batch.layout import plan
+
+    assert plan(cores=2) == plan(device="cpu", cores=2) and plan(cores=2).layout == "lanes"
+    assert (plan(cores=2).workers, plan(cores=2).threads) == (2, 1)            # one single-thread lane per core
+    assert (plan(2, cores=8).workers, plan(2, cores=8).threads) == (2, 4)      # the cores shared out
+    assert (plan(threads=2, cores=8).workers, plan(threads=3, cores=8).workers) == (4, 2)
+    assert (plan(cores=1).workers, plan(5, cores=2).threads) == (1, 1)
+    assert plan(device="cuda") == plan(layout="stages") and plan(device="cuda").workers == 2
+    assert plan(device="cuda").threads is None and plan(3, 2, layout="stages").threads == 2
+    for bad in (dict(layout="rows"), dict(workers=0), dict(threads=0)):
+        with pytest.raises(ValueError):
+            plan(**bad)
+
+
+class FlipsAfter:
+    """A stop event that is set from its n-th look on."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def is_set(self) -> bool:
+        self.n -= 1
+        return self.n < 0
+
+
+def test_a_stop_ends_an_answer_between_decode_steps(folder):
+    """answer_one looks at the stop event after the vision run and between decode steps: once set, the answer
+    is dropped (Stopped, no record) after a few steps of a long one, and its context is free again."""
+    from owl_cpp.batch.answer import answer_one
+    from owl_cpp.batch.job import Stopped
+
+    m = owl_cpp.load("demo")
+    slot = m._contexts.new_slot()
+    ex = m._expand([str(folder / GOOD[0])], True)
+    steps = m._batcher.steps
+    with pytest.raises(Stopped):
+        answer_one(m, slot, "a", "a.png", ex, PROMPTS[0], 0, dict(max_tokens=500, ignore_eos=True),
+                   cancel=FlipsAfter(6), batch_decode=True)
+    assert 0 < m._batcher.steps - steps < 10 and not slot.busy
+    with pytest.raises(Stopped):                  # set before: no decoding at all
+        answer_one(m, slot, "a", "a.png", ex, PROMPTS[0], 0, dict(max_tokens=5), cancel=FlipsAfter(0))
+    rec = answer_one(m, slot, "a", "a.png", ex, PROMPTS[0], 0, dict(max_tokens=500), cancel=FlipsAfter(10 ** 6))
+    assert rec["answer"] == m.chat(str(folder / GOOD[0]), PROMPTS[0])
+
+
+def test_stop_ends_vision_runs_and_waits_for_all_threads_together():
+    """stop() terminates the onnxruntime runs of the job (a run in flight raises; one started later too) and
+    gives its threads one deadline together: three threads that ignore it cost the timeout once, not thrice."""
+    import threading
+
+    from owl_cpp.batch.job import Job
+
+    job = Job(3)
+    ro = job.run_options()
+    release = threading.Event()
+    for i in range(3):
+        job._spawn(release.wait, f"stuck-{i}", 3.0)
+    job.start()
+    t0 = time.perf_counter()
+    assert job.stop(timeout=0.5) is False
+    assert time.perf_counter() - t0 < 1.5 and ro.terminate and job.run_options().terminate
+    release.set()
+    assert job.stop(timeout=5) is True
+
+    m = owl_cpp.load("demo")
+    views = m._expand([grey_image()], True)[0].views
+    with pytest.raises(Exception, match="terminate"):
+        m.vision.encode(views, run_options=ro)
+
+
+def grey_image():
+    import numpy as np
+    return np.full((64, 64, 3), 128, np.uint8)

@@ -73,8 +73,10 @@ class VisionEncoder:
                 found[k] = emb
         todo = {k: v for k, v in zip(keys, views) if k not in found}      # distinct misses, in order
         todo_keys, todo_views = list(todo), list(todo.values())
+        whole = isinstance(views, np.ndarray) and len(todo_keys) == len(views)    # every view, in order: no copy
         for b in range(0, len(todo_keys), step):
-            batch = np.stack(todo_views[b:b + step]).astype(self.input_dtype, copy=False)
+            batch = (views[b:b + step] if whole else np.stack(todo_views[b:b + step])).astype(self.input_dtype,
+                                                                                          copy=False)
             extra = () if run_options is None else (run_options,)
             out = self.session.run([OUTPUT], {INPUT: batch}, *extra)[0]
             if not np.isfinite(out).all():        # NaN/inf would spread through the decoder: a broken export
