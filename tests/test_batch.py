@@ -217,6 +217,13 @@ def test_an_int8_vision_tower_runs_each_image_alone(folder, tmp_path):
     views = {n: len(ref._expand([str(folder / n)], True)[0].views) for n in GOOD}
     assert len(counting.sizes) == len(GOOD) and max(counting.sizes) <= max(views.values())
     assert sum(r["error"] is None for r in lines(out)) == len(GOOD)
+    # lanes of one thread (their own 1-thread session of the int8 tower) answer as chat() on the default threads
+    lanes = tmp_path / "lanes.jsonl"
+    run_batch(folder, PROMPTS[:1], lanes, model=owl_cpp.load(tmp_path / "m"), workers=2, threads=1, max_tokens=12,
+              progress=False, layout="lanes")
+    answered = [r for r in lines(lanes) if r["error"] is None]
+    assert len(answered) == len(GOOD)
+    assert all(r["answer"] == ref.chat(str(folder / r["id"]), PROMPTS[0], max_tokens=12) for r in answered)
 
 
 def test_the_layout_plan():
