@@ -116,11 +116,11 @@ def main() -> None:
             results["models"][name] = {"ms_per_image": {str(t): med[t] for t in a.threads}}
             keys = list(med[a.threads[0]])
             print(f"{name}: ms per image (medians of {a.reps})")
-            print("  stage            " + "".join(f"{'t=' + str(t):>10}" for t in a.threads) + "   scaling")
+            print("  stage                  " + "".join(f"{'t=' + str(t):>10}" for t in a.threads) + "   scaling")
             for k in keys:
                 row = "".join(f"{med[t][k]:10.2f}" for t in a.threads)
                 sc = med[a.threads[0]][k] / med[a.threads[-1]][k] if med[a.threads[-1]][k] > 0 else float("nan")
-                print(f"  {k:<16} {row}   {sc:5.2f}x")
+                print(f"  {k:<22} {row}   {sc:5.2f}x")
             del models
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
