@@ -97,12 +97,18 @@ def test_the_workers_decode_steps_run_batched(folder, tmp_path):
             assert r["completion_tokens"] == 40 and r["answer"] == ref.chat(str(folder / r["id"]), PROMPTS[0], **opts)
 
 
-def test_the_cached_prompt_prefix_is_reused(folder, reference, tmp_path):
-    """One worker: an image's second prompt keeps the image and all before the question from the first; with
-    the question placed before the image (<|image|> marker), the next image keeps the question too."""
+def test_the_cached_prompt_prefix_is_reused(folder, reference, tmp_path, monkeypatch):
+    """One worker: an image's second prompt keeps the image and all before the question from the first (and
+    its crops are hashed once, not once per prompt); with the question placed before the image (<|image|>
+    marker), the next image keeps the question too."""
+    import owl_cpp.batch.lanes as lanes
+
+    hashed = []
+    monkeypatch.setattr(lanes, "content_key", lambda v, real=lanes.content_key: hashed.append(1) or real(v))
     m = owl_cpp.load("demo")
     out = tmp_path / "r.jsonl"
     run_batch(folder, PROMPTS, out, model=m, workers=1, progress=False)
+    assert len(hashed) == sum(len(m._expand([str(folder / n)], True)[0].views) for n in GOOD)
     by_key = {(r["id"], r["prompt"]): r for r in lines(out)}
     for name in GOOD:
         ids = [m._build_prompt(*m._conversation(q, [str(folder / name)], None, True)).ids for q in PROMPTS]

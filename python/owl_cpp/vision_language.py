@@ -108,8 +108,10 @@ class VisionLanguageModel(DecoderModel):
     def _encode(self, p, encoder=None) -> tuple[list[ImageAt], dict]:
         """The prompt's views through the vision tower (or the image cache) -> [ImageAt] at p's image starts."""
         t0, stats = time.perf_counter(), {}
-        keys = [content_key(v) for v in p.views]
-        embeds = (encoder or self.vision).encode(p.views, keys, stats) if keys else []
+        encoder = encoder or self.vision
+        # an encoder that remembers keys (a batch lane asking several prompts about one image) hashes once
+        keys = encoder.content_keys(p.views) if hasattr(encoder, "content_keys") else [content_key(v) for v in p.views]
+        embeds = encoder.encode(p.views, keys, stats) if keys else []
         vision = {"vision_s": time.perf_counter() - t0, "views": len(keys),
                   "views_encoded": stats.get("encoded", 0), "views_reused": stats.get("reused", 0)}
         return [ImageAt(s, k, e) for s, k, e in zip(p.image_starts, keys, embeds)], vision

@@ -12,15 +12,24 @@ from __future__ import annotations
 import threading
 
 from ..context_slot import ContextSlot
+from ..image_cache import content_key
 from .answer import Task, answer_task
 from .job import END, Job
 
 
 class _LaneEncoder:
-    """The vision tower as one lane runs it: its run options, so that stop() can end a run in flight."""
+    """The vision tower as one lane runs it: its run options, so that stop() can end a run in flight, and the
+    content keys of the image it is on (its views array, the same object for each of the image's prompts, is
+    hashed once, not once per prompt)."""
 
     def __init__(self, vision, run_options):
         self.vision, self.run_options = vision, run_options
+        self._views, self._keys = None, None
+
+    def content_keys(self, views) -> list:
+        if views is not self._views:
+            self._views, self._keys = views, [content_key(v) for v in views]
+        return list(self._keys)
 
     def encode(self, views, keys=None, stats=None):
         return self.vision.encode(views, keys, stats, run_options=self.run_options)
