@@ -173,7 +173,8 @@ def test_cli_runs_and_refuses_bad_arguments(folder, tmp_path, capsys):
     assert "appears twice" in capsys.readouterr().err
 
 
-def test_ctrl_c_leaves_a_valid_file_and_a_rerun_completes(tmp_path):
+@pytest.mark.parametrize("layout", ["lanes", "stages"])
+def test_ctrl_c_leaves_a_valid_file_and_a_rerun_completes(tmp_path, layout):
     folder = tmp_path / "many"
     from owl_cpp.demo import scenes
     import numpy as np
@@ -184,7 +185,7 @@ def test_ctrl_c_leaves_a_valid_file_and_a_rerun_completes(tmp_path):
     out = tmp_path / "r.jsonl"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
     cmd = [sys.executable, "-m", "owl_cpp.batch.cli", "--model", "demo", "--images", str(folder), "--out", str(out),
-           "--workers", "1", "--no-progress", "-p", PROMPTS[0], "-p", PROMPTS[1]]
+           "--workers", "1", "--no-progress", "-p", PROMPTS[0], "-p", PROMPTS[1], "--layout", layout]
     proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 240                    # a loaded CI machine is slow to import and load the model
     while time.time() < deadline and proc.poll() is None and (not out.exists() or out.read_text().count("\n") < 3):
