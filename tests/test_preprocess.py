@@ -114,6 +114,20 @@ def test_pixels_match_recomputation(w, h, S):
     assert out.pixels.min() >= -1 and out.pixels.max() <= 1
 
 
+@pytest.mark.parametrize("mean,std", [((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),
+                                      ((0.5,) * 3, (0.5,) * 3), ((0.0, 1.0, 0.25), (1.0, 0.1, 3.0))])
+def test_normalize_table_is_the_per_pixel_arithmetic_bit_for_bit(mean, std):
+    """normalize() looks each byte up in a per-channel table; it must equal ToTensor + Normalize done per pixel
+    in float32, every one of the 256 values of every channel and odd shapes included."""
+    rng = np.random.default_rng(1)
+    x = rng.integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    x.reshape(-1)[:768] = np.arange(768) % 256        # (channel p % 3, value p % 256): every pair once
+    want = ((x.astype(np.float32) / np.float32(255) - np.asarray(mean, np.float32)) / np.asarray(std, np.float32))
+    got = images.normalize(Image.fromarray(x), mean, std)
+    assert got.dtype == np.float32 and got.shape == (3, 37, 53) and got.flags.c_contiguous
+    assert np.array_equal(got.view(np.uint32), want.transpose(2, 0, 1).view(np.uint32))
+
+
 # Pillow 12.0.0, im.resize((S, S), BICUBIC) of synthetic(w, h): width grows while height shrinks, the case
 # Pillow 13 computes differently (docs/owl3.md §5.1). sha256 of the uint8 RGB bytes.
 PILLOW12_DIGESTS = {

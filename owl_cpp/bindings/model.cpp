@@ -223,6 +223,9 @@ void bind_model(py::module_& m) {
                  const int64_t V = c.model().hparams().n_vocab;
                  if (n_vocab < 1 || n_vocab > V)
                      throw py::value_error("n_vocab must be in [1, " + std::to_string(V) + "] (the model's vocabulary), got " + std::to_string(n_vocab));
+                 // Without the GIL: over a large vocabulary (top-k / top-p sorting) this is a decode step's
+                 // Python-side cost, and other threads (a batch job's lanes) run meanwhile.
+                 py::gil_scoped_release release;
                  return s.sample(c.last_logits(), n_vocab, history);
              }, py::arg("context"), py::arg("history"), py::arg("n_vocab"))
         .def("sample_logits", [](Sampler& s, py::array_t<float, py::array::c_style | py::array::forcecast> logits, const std::vector<int32_t>& history) {

@@ -86,8 +86,10 @@ class DecoderModel:
         """A family's limit on the context length (self.path, self._gguf and self.hparams are set); raise
         ValueError to refuse. Default: any length."""
 
-    def _make_context(self):
-        return _core.Context(self._model, *self._context_args, **self._context_kwargs)
+    def _make_context(self, threads: Optional[int] = None):
+        """A new context (KV cache) of this model; threads: its CPU threads (default the model's)."""
+        n_ctx, n_threads, n_batch = self._context_args
+        return _core.Context(self._model, n_ctx, int(threads) if threads else n_threads, n_batch, **self._context_kwargs)
 
     def _terminators(self) -> frozenset:
         return text_model_terminators(self.tokenizer, self._gguf)
@@ -168,13 +170,15 @@ class DecoderModel:
     # ----- generation --------------------------------------------------------------------------
     def _stream(self, prompt: PreparedPrompt, *, slot: Optional[ContextSlot] = None, max_tokens: int, sampler,
                 stop=None, ignore_eos: bool = False, logprobs: Optional[list] = None,
-                top_logprobs: int = 0, json: Optional[str] = None) -> Iterator[tuple[str, dict]]:
+                top_logprobs: int = 0, json: Optional[str] = None,
+                batch_decode: Optional[bool] = None) -> Iterator[tuple[str, dict]]:
         """generate_tokens on a context of the pool (or `slot`), held until the generator ends; json: a
-        json_mode kind (the answer constrained to JSON) or None."""
+        json_mode kind (the answer constrained to JSON) or None; batch_decode: whether its decode steps join
+        other generations' (step_batcher.py; None: self.batch_decode)."""
         terminators = frozenset() if ignore_eos else self.terminators
         constraint = make_constraint(self, json, terminators)
         stops = normalize_stop(stop)
-        batcher = self._batcher if self.batch_decode else None
+        batcher = self._batcher if (self.batch_decode if batch_decode is None else batch_decode) else None
         with self._contexts.borrow(slot, prompt=prompt) as s:
             yield from generate_tokens(s, prompt, self.tokenizer, max_tokens=max_tokens, sampler=sampler,
                                        stops=stops, terminators=terminators, batcher=batcher, logprobs=logprobs,
@@ -223,28 +227,28 @@ class DecoderModel:
              stream: bool = False, return_info: bool = False, max_tokens: int = 512, temperature: float = 0.0,
              top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05, repeat_penalty: float = 1.0,
              seed: Optional[int] = None, stop=None, ignore_eos: bool = False, on_done=None,
-             logprobs: Optional[int] = None, response_format=None):
+             logprobs: Optional[int] = None, response_format=None, batch_decode: Optional[bool] = None):
         """The answer to a prepared chat prompt (chat() and Session build these), as chat() returns it.
         on_done(raw_text, tokens or None) is called when the answer ends (tokens None: stopped early).
-        response_format: as generate()'s."""
+        response_format: as generate()'s; batch_decode: as _stream's."""
         sampler = SamplingOptions(temperature, top_k, top_p, min_p, repeat_penalty, seed=seed).make_sampler()
         json = parse_response_format(response_format)
         check_max_tokens(max_tokens)
         top, entries = self._logprobs(logprobs)
         run = self._answer_stream(prepared, vision, slot=slot, max_tokens=max_tokens, sampler=sampler, stop=stop,
                                   ignore_eos=ignore_eos, on_done=on_done, logprobs=entries, top_logprobs=top,
-                                  json=json)
+                                  json=json, batch_decode=batch_decode)
         return finish(run, stream, return_info, entries)
 
     def _answer_stream(self, prepared: PreparedPrompt, vision: Optional[dict], *, slot, max_tokens, sampler, stop,
                        ignore_eos, on_done=None, logprobs=None, top_logprobs=0,
-                       json=None) -> Iterator[tuple[str, dict]]:
+                       json=None, batch_decode=None) -> Iterator[tuple[str, dict]]:
         """_stream's pieces, the text joined into the final info; on_done as _run's (families add vision)."""
         pieces, ended = [], False
         try:
             for piece, info in self._stream(prepared, slot=slot, max_tokens=max_tokens, sampler=sampler, stop=stop,
                                             ignore_eos=ignore_eos, logprobs=logprobs, top_logprobs=top_logprobs,
-                                            json=json):
+                                            json=json, batch_decode=batch_decode):
                 pieces.append(piece)
                 if info:
                     info["text"], ended = "".join(pieces), True

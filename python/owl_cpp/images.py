@@ -24,6 +24,7 @@ Choices (the official processors leave them to their callers or to library versi
 """
 from __future__ import annotations
 
+import functools
 import io
 import os
 from typing import Optional, Sequence, Tuple
@@ -150,7 +151,22 @@ def resize(im: Image.Image, size: Tuple[int, int], resample: str = "bicubic",
 
 
 def normalize(im: Image.Image, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
-    """RGB PIL -> [3, h, w] float32: ToTensor (x / 255) then Normalize(mean, std), both in float32."""
-    x = np.asarray(im, dtype=np.uint8).astype(np.float32) / np.float32(255)
-    x = (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
-    return np.ascontiguousarray(x.transpose(2, 0, 1))
+    """RGB PIL -> [3, h, w] float32: ToTensor (x / 255) then Normalize(mean, std), both in float32.
+    Through a 256-entry table per channel: the same float32 arithmetic, done once per byte value instead of
+    once per pixel (bit-identical; several times faster, and numpy's take releases the GIL)."""
+    x = np.asarray(im, dtype=np.uint8)
+    planes = np.ascontiguousarray(x.transpose(2, 0, 1))          # [3, h, w] bytes: contiguous indices for take
+    lut = _normalize_table(tuple(map(float, mean)), tuple(map(float, std)))
+    out = np.empty(planes.shape, np.float32)
+    for c in range(3):
+        np.take(lut[c], planes[c], out=out[c])
+    return out
+
+
+@functools.lru_cache(maxsize=16)
+def _normalize_table(mean: tuple, std: tuple) -> np.ndarray:
+    """[3, 256] float32: (v / 255 - mean[c]) / std[c] for every byte value v, as normalize's definition computes it."""
+    v = np.arange(256, dtype=np.uint8).astype(np.float32) / np.float32(255)
+    lut = (v[None, :] - np.asarray(mean, np.float32)[:, None]) / np.asarray(std, np.float32)[:, None]
+    lut.setflags(write=False)
+    return lut

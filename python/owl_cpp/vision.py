@@ -2,6 +2,7 @@
 onnxruntime, in front of an ImageEmbeddingCache: views seen before are not run again."""
 from __future__ import annotations
 
+import copy
 import os
 import threading
 import warnings
@@ -23,6 +24,8 @@ class VisionEncoder:
                  cache_bytes: int = DEFAULT_MAX_BYTES):
         path = os.fspath(path)
         self.session, self.device = open_onnx_session(path, threads, device, "vision model")
+        self.threads = int(threads) if threads else _default_threads()    # onnxruntime's intra-op threads
+        self._device_name = device
         inputs = {i.name: i for i in self.session.get_inputs()}
         outputs = [o.name for o in self.session.get_outputs()]
         if INPUT not in inputs or OUTPUT not in outputs:
@@ -42,12 +45,25 @@ class VisionEncoder:
         self._count_lock = threading.Lock()
         self.n_encoded = 0
 
+    def with_threads(self, threads: int) -> "VisionEncoder":
+        """This tower with its own onnxruntime session of `threads` intra-op threads (the model file loaded
+        again) and the same embedding cache: for callers that run the tower from several threads at once, one
+        thread each (owl-batch's lanes). Itself when it already has that many."""
+        if int(threads) == self.threads:
+            return self
+        twin = copy.copy(self)
+        twin.session, _ = open_onnx_session(self.path, int(threads), self._device_name, "vision model")
+        twin.threads, twin._count_lock, twin.n_encoded = int(threads), threading.Lock(), 0
+        return twin
+
     def encode(self, views: np.ndarray, keys: Optional[list] = None, stats: Optional[dict] = None,
-               batch_size: Optional[int] = None) -> list:
+               batch_size: Optional[int] = None, run_options=None) -> list:
         """views [N, 3, S, S] -> N embeddings [P, n_embd] float32 (read-only); cached views are not run again.
         keys: content_key of each view, when the caller has them already. stats, when given, gets
         "encoded" (views run through the network) and "reused" (views taken from the cache). batch_size:
-        views per network run (default self.batch_size; a batch job runs the crops of several images at once)."""
+        views per network run (default self.batch_size; a batch job runs the crops of several images at once).
+        run_options: an onnxruntime.RunOptions for the runs (another thread setting its .terminate = True ends
+        a run early, with an exception: how a batch job stops promptly)."""
         step = max(1, int(batch_size)) if batch_size else self.batch_size
         keys = [content_key(v) for v in views] if keys is None else list(keys)
         found = {}
@@ -57,9 +73,12 @@ class VisionEncoder:
                 found[k] = emb
         todo = {k: v for k, v in zip(keys, views) if k not in found}      # distinct misses, in order
         todo_keys, todo_views = list(todo), list(todo.values())
+        whole = isinstance(views, np.ndarray) and len(todo_keys) == len(views)    # every view, in order: no copy
         for b in range(0, len(todo_keys), step):
-            batch = np.stack(todo_views[b:b + step]).astype(self.input_dtype, copy=False)
-            out = self.session.run([OUTPUT], {INPUT: batch})[0]
+            batch = (views[b:b + step] if whole else np.stack(todo_views[b:b + step])).astype(self.input_dtype,
+                                                                                          copy=False)
+            extra = () if run_options is None else (run_options,)
+            out = self.session.run([OUTPUT], {INPUT: batch}, *extra)[0]
             if not np.isfinite(out).all():        # NaN/inf would spread through the decoder: a broken export
                 rows = np.nonzero(~np.isfinite(out.reshape(len(out), -1)).all(1))[0]
                 bad = [keys.index(todo_keys[b + int(i)]) for i in rows]          # index in `views`
@@ -100,6 +119,11 @@ def open_onnx_session(path: str, threads: Optional[int], device: str, what: str)
         return ort.InferenceSession(path, opts, providers=providers), providers
     except Exception as e:                          # onnxruntime raises its own types for a bad file
         raise ValueError(f"{path}: cannot load the {what} ({e})") from e
+
+
+def _default_threads() -> int:
+    from . import _core
+    return _core.default_threads()
 
 
 def _providers_for(ort, device: str) -> list:

@@ -95,20 +95,23 @@ class VisionLanguageModel(DecoderModel):
             msgs, media = conversation(None, images, videos, prompt_or_messages)
         return msgs, self._expand(media, cut)
 
-    def _prepare(self, messages: Sequence[dict], expanded: Sequence):
-        """-> the family's prompt, what the runtime evaluates (ids + image embeddings), vision stats."""
+    def _prepare(self, messages: Sequence[dict], expanded: Sequence, encoder=None):
+        """-> the family's prompt, what the runtime evaluates (ids + image embeddings), vision stats.
+        encoder: what runs the vision tower (default self.vision; a batch job's lanes pass their own)."""
         p = self._build_prompt(messages, expanded)
         if len(p.ids) > self.n_ctx:    # before the vision tower spends any time
             raise ValueError(f"prompt of {len(p.ids)} tokens exceeds the context of {self.n_ctx} tokens "
                              f"(load with a larger n_ctx)")
-        images, vision = self._encode(p)
+        images, vision = self._encode(p, encoder)
         return p, PreparedPrompt(p.ids, images, self.SPLICED), vision
 
-    def _encode(self, p) -> tuple[list[ImageAt], dict]:
+    def _encode(self, p, encoder=None) -> tuple[list[ImageAt], dict]:
         """The prompt's views through the vision tower (or the image cache) -> [ImageAt] at p's image starts."""
         t0, stats = time.perf_counter(), {}
-        keys = [content_key(v) for v in p.views]
-        embeds = self.vision.encode(p.views, keys, stats) if keys else []
+        encoder = encoder or self.vision
+        # an encoder that remembers keys (a batch lane asking several prompts about one image) hashes once
+        keys = encoder.content_keys(p.views) if hasattr(encoder, "content_keys") else [content_key(v) for v in p.views]
+        embeds = encoder.encode(p.views, keys, stats) if keys else []
         vision = {"vision_s": time.perf_counter() - t0, "views": len(keys),
                   "views_encoded": stats.get("encoded", 0), "views_reused": stats.get("reused", 0)}
         return [ImageAt(s, k, e) for s, k, e in zip(p.image_starts, keys, embeds)], vision

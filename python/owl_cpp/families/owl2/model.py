@@ -81,10 +81,10 @@ class Owl2Model(VisionLanguageModel):
         S = self.image_config.image_size
         return np.stack(views) if views else np.zeros((0, 3, S, S), np.float32)
 
-    def _encode(self, p):
+    def _encode(self, p, encoder=None):
         """VisionLanguageModel's, plus a check that each image gives the rows its placeholders hold: a vision.onnx
         from another export (without the metadata _check_vision_matches reads) would leave placeholders unfilled."""
-        images, vision = super()._encode(p)
+        images, vision = super()._encode(p, encoder)
         n = self.image_config.image_tokens
         for k, im in enumerate(images):
             if im.embeds.shape != (n, self.hparams["n_embd"]):

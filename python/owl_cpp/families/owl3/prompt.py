@@ -111,7 +111,10 @@ def question_prompt(tokenizer, message: dict, expanded: Sequence[Expanded]) -> O
 
 def _prompt(tokenizer, chunks: list, expanded: Sequence[Expanded]) -> Owl3Prompt:
     ids, starts = tokenize_chunks(tokenizer, chunks)
-    views = np.concatenate([e.views for e in expanded]) if expanded else np.zeros((0, 3, 1, 1), np.float32)
+    if len(expanded) == 1:
+        views = expanded[0].views                   # one image (a chat about it, a batch job): no copy
+    else:
+        views = np.concatenate([e.views for e in expanded]) if expanded else np.zeros((0, 3, 1, 1), np.float32)
     if len(starts) != len(views):
         raise ValueError(f"the prompt has {len(starts)} {IMAGE_MARKER} placeholders for {len(views)} image views")
     return Owl3Prompt(ids, starts, views, chunks)
