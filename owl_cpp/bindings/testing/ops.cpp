@@ -119,6 +119,10 @@ void bind_ops(py::module_& parent) {
        py::arg("threads") = 1, py::arg("ref") = false, py::arg("packed") = false);
     m.def("kernels_use_q4x8", &ops::kernels_use_q4x8, "whether the active kernels have a repacked Q4_0 path");
     m.def("kernels_use_q8x16", &ops::kernels_use_q8x16, "whether the active kernels have a repacked Q8_0 path");
+    m.def("kernels_use_q32x8", [](int dtype) {
+        if (!dtype_supported(uint32_t(dtype))) throw py::value_error("unsupported dtype " + std::to_string(dtype));
+        return ops::kernels_use_q32x8(DType(dtype));
+    }, py::arg("dtype"), "whether the active kernels have an x8 path for this Q4_1 / Q5_0 / Q5_1 / IQ4_NL type");
     m.def("supported_isas", &ops::supported_isas, "matmul kernel variants this CPU and build can run");
     m.def("active_isa", &ops::active_isa, "the matmul kernel variant in use");
     m.def("set_isa", &ops::set_isa, py::arg("name"),
