@@ -130,11 +130,10 @@ struct Q32x8Tiles {
         __m256 acc[NG_][NT];
         for (int gi = 0; gi < NG_; ++gi)
             for (int j = 0; j < NT; ++j) acc[gi][j] = _mm256_setzero_ps();
-        // Short groups: walk the next tile's bytes front to back, as Q4x8Tiles does. Measured here (one token, one
-        // thread, Zen 4) up to groups of 12 KB: 896 and 1536 columns went from 13-15 to 17-21 GB/s with it, while
-        // 4864 and 8960 columns (22-48 KB groups) went from 20-24 down to 15-18 GB/s.
+        // Short groups: walk the next tile's bytes front to back, as Q4x8Tiles does (kWalkGroupBytes). For these
+        // types (one token, one thread, Zen 4) 896 and 1536 columns went from 13-15 to 17-21 GB/s with it.
         const char* next = reinterpret_cast<const char*>(w[0]) + NG_ * kQ32x8Rows * a.row_bytes;
-        const bool walk = NT == 1 && kQ32x8Rows * a.row_bytes <= 12288;
+        const bool walk = NT == 1 && kQ32x8Rows * a.row_bytes <= kWalkGroupBytes;
         for (int64_t b = b0; b < b1; ++b) {
             const int8_t* x[NT];
             for (int j = 0; j < NT; ++j) x[j] = xq[j] + b * QK;
