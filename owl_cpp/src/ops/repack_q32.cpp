@@ -13,6 +13,19 @@ namespace owl::ops {
 namespace {
 
 // Row i's block `src` into lane i of `o`. Fields are copied as bytes: a caller's buffer need not be aligned.
+// qh reordered (q32x8_high_bit): the contribution of each value of byte j of qh, so a block takes 4 lookups.
+struct HighBitTable {
+    uint32_t t[4][256];
+    HighBitTable() {
+        for (int j = 0; j < 4; ++j)
+            for (int v = 0; v < 256; ++v) {
+                uint32_t r = 0;
+                for (int e = 0; e < 8; ++e) r |= uint32_t((v >> e) & 1) << q32x8_high_bit(8 * j + e);
+                t[j][v] = r;
+            }
+    }
+};
+
 // kMin: the blocks carry a minimum m; kFive: 32 high bits qh.
 template <class Dst, class Src, bool kMin, bool kFive>
 void put_row(Dst& o, int i, const uint8_t* src) {
@@ -21,10 +34,8 @@ void put_row(Dst& o, int i, const uint8_t* src) {
     o.d[i] = s.d;
     if constexpr (kMin) o.m[i] = s.m;
     if constexpr (kFive) {
-        uint32_t h, r = 0;
-        std::memcpy(&h, s.qh, 4);
-        for (int e = 0; e < QK; ++e) r |= ((h >> e) & 1u) << q32x8_high_bit(e);
-        o.qh[i] = r;
+        static const HighBitTable high;
+        o.qh[i] = high.t[0][s.qh[0]] | high.t[1][s.qh[1]] | high.t[2][s.qh[2]] | high.t[3][s.qh[3]];
     }
     for (int p = 0; p < 4; ++p) std::memcpy(o.qs + 4 * kQ32x8Rows * p + 4 * i, s.qs + 4 * p, 4);
 }
