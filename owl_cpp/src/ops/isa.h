@@ -7,8 +7,8 @@
 // could be the AVX-512 one called from generic code. Kernel files therefore include only this header, dtype.h's
 // block structs (no calls to its inline helpers), <cstdint>/<cstring> and intrinsics headers, and the shared
 // kernel headers that follow the same rule (gemm_driver.h, attention_kernel.h, vec_math.h, q4x8_avx2.h,
-// quant_act_avx2.h); and they keep everything they define in an unnamed namespace, apart from their one
-// kernels_*() entry point.
+// q32x8_avx2.h, quant_act_avx2.h); and they keep everything they define in an unnamed namespace, apart from their
+// one kernels_*() entry point.
 #pragma once
 #include <cstdint>
 
