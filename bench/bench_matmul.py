@@ -4,12 +4,16 @@ GEMV (decode, one token) on the matrices of a 1.5B-sized layer (ffn_up/gate 8960
 Q4_0, Q8_0 and F16, with 1 and 2 threads: time per call and GB/s of weights streamed. Calls cycle through enough
 copies of the matrix (>= --stream-mb in all) that the weights come from memory, not from the last-level cache.
 Optionally prefill (--prefill T tokens per call) in GFLOP/s, batched decode (--tokens 1 2 4 8), and the load-time
-repacked layouts (--packed). Each number is the median of --reps calls, timed in
+repacked layouts (--packed, or --both-layouts for each side by side; Q4_1 / Q5_0 / Q5_1 / IQ4_NL are valid random
+blocks, as speed does not depend on the values). Each number is the median of --reps calls, timed in
 C++ on one persistent thread pool (ops.bench_matmul), taken in --rounds bursts interleaved across configurations.
 Prints a table and writes JSON (bench/results/matmul.json).
 
     PYTHONPATH=python python bench/bench_matmul.py
     PYTHONPATH=python python bench/bench_matmul.py --isas avx2 --threads 1 2 4 --prefill 64
+    # old (file layout) vs new (load-time x8 layout) for the other blocks of 32, at qwen2 shapes:
+    PYTHONPATH=python python bench/bench_matmul.py --isas avx512_vnni --types IQ4_NL Q5_0 Q4_1 Q5_1 --threads 1 \
+        --shapes 896x896 4864x896 896x4864 1536x8960 --tokens 1 --prefill 128 --both-layouts
 """
 from __future__ import annotations
 
