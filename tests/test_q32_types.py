@@ -175,3 +175,103 @@ def test_extreme_levels_do_not_saturate(type_name, isa_restore):
         ops.set_isa(isa)
         got = ops.matmul(raw, TYPES[type_name], rows, cols, x)
         assert rel_err(got, ref) < 1e-6, isa
+
+
+# ---- the load-time x8 layouts (repack_q32.cpp, q32x8_avx2.h) ----
+
+LANE_ISAS = ("avx2", "avx2_vnni", "avx512", "avx512_vnni")  # variants with x8 kernels; the others read the file's copy
+# Rows not a multiple of 8 (a padded last group) and fewer than 8; an odd block count; more columns than one cache
+# chunk at T = 100 (1920 int8 columns).
+PACKED_SHAPES = [(1, 32), (5, 96), (13, 160), (29, 224), (67, 2080)]
+PACKED_TOKENS = [1, 3, 16, 100]
+
+
+def test_x8_kernels_exist_where_expected(isa_restore):
+    for isa in SUPPORTED:
+        ops.set_isa(isa)
+        for name, tid in TYPES.items():
+            assert ops.kernels_use_q32x8(tid) == (isa in LANE_ISAS), (isa, name)
+        assert not ops.kernels_use_q32x8(2)  # Q4_0 has its own layout
+
+
+@pytest.mark.parametrize("isa", ALL_ISAS)
+@pytest.mark.parametrize("type_name", list(TYPES))
+def test_packed_matches_reference(isa, type_name, isa_restore):
+    """The x8 copy against the emulation (exact integer block dots, fp32 sums), the file-layout kernel (the same
+    numbers up to the fp32 summation order), and itself under any thread split."""
+    if isa not in SUPPORTED:
+        pytest.skip(f"this CPU / build cannot run {isa}")
+    ops.set_isa(isa)
+    assert ops.kernels_use_q32x8(TYPES[type_name]) == (isa in LANE_ISAS)
+    rng = np.random.default_rng(zlib.crc32(f"x8 {isa} {type_name}".encode()))
+    for rows, cols in PACKED_SHAPES:
+        raw = quantize(rng.standard_normal((rows, cols)).astype(np.float32) + 0.3, type_name)
+        w = dequantize(raw, type_name, rows, cols).astype(np.float64)
+        bias = rng.standard_normal(rows).astype(np.float32)
+        for T in PACKED_TOKENS:
+            x = rng.standard_normal((T, cols)).astype(np.float32)
+            b = bias if T % 2 else None
+            xq = quantized_activations(x)
+            scale = (np.abs(xq) @ np.abs(w).T).max()
+            plain = ops.matmul(raw, TYPES[type_name], rows, cols, x, b)
+            first = None
+            for threads in (1, 2, 3):
+                got = ops.matmul(raw, TYPES[type_name], rows, cols, x, b, threads=threads, packed=True)
+                e = emulation_err(got, raw, type_name, rows, cols, x, b)
+                assert e < 1e-6, (isa, type_name, rows, cols, T, threads, e)
+                assert np.abs(got - plain).max() < 2e-6 * scale, (isa, type_name, rows, cols, T, threads)
+                if first is None:
+                    first = got
+                else:
+                    np.testing.assert_array_equal(got, first, err_msg=f"{isa} {type_name} {rows}x{cols} T={T}")
+
+
+@pytest.mark.parametrize("type_name", list(TYPES))
+def test_packed_token_does_not_depend_on_batch(type_name, isa_restore):
+    rng = np.random.default_rng(11)
+    rows, cols = 21, 288
+    raw = quantize(rng.standard_normal((rows, cols)).astype(np.float32), type_name)
+    x = rng.standard_normal((9, cols)).astype(np.float32)
+    for isa in SUPPORTED:
+        ops.set_isa(isa)
+        batch = ops.matmul(raw, TYPES[type_name], rows, cols, x, threads=2, packed=True)
+        for t in range(9):
+            one = ops.matmul(raw, TYPES[type_name], rows, cols, x[t:t + 1], threads=2, packed=True)
+            np.testing.assert_array_equal(one[0], batch[t], err_msg=f"{isa} {type_name} token {t}")
+        mid = ops.matmul(raw, TYPES[type_name], rows, cols, x[2:7], threads=3, packed=True)
+        np.testing.assert_array_equal(mid, batch[2:7], err_msg=f"{isa} {type_name} tokens 2..6")
+
+
+@pytest.mark.parametrize("type_name", list(TYPES))
+def test_packed_random_bytes_and_extremes(type_name, isa_restore):
+    """Every qh / nibble pattern through the reordered high bits, and the largest levels against +-127 activations
+    (the int16 bounds of the vpmaddubsw forms), in the x8 layout."""
+    rng = np.random.default_rng(5 + zlib.crc32(type_name.encode()))
+    rows, cols = 19, 32 * 37
+    raw = random_blocks(rng, type_name, rows, cols, scale=0.05)
+    x = rng.standard_normal((5, cols)).astype(np.float32)
+    exact = emulate(raw, type_name, rows, cols, x, None)
+    scale = (np.abs(quantized_activations(x)) @ np.abs(dequantize(raw, type_name, rows, cols)).T.astype(np.float64)).max()
+    rows2, cols2 = 11, 96
+    ext = np.zeros((rows2, cols2 // 32, {"Q4_1": 20, "Q5_0": 22, "Q5_1": 24, "IQ4_NL": 18}[type_name]), np.uint8)
+    ext[..., 0:2] = np.frombuffer(np.float16(0.25).tobytes(), np.uint8)
+    if type_name in ("Q4_1", "Q5_1"):
+        ext[..., 2:4] = np.frombuffer(np.float16(-1.5).tobytes(), np.uint8)
+    ext[0::2, :, -16:] = 0xFF
+    if type_name in ("Q5_0", "Q5_1"):
+        off = 2 if type_name == "Q5_0" else 4
+        ext[0::2, :, off:off + 4] = 0xFF
+    ext = ext.reshape(rows2, -1)
+    x2 = np.stack([np.ones(cols2), -np.ones(cols2), np.where(np.arange(cols2) % 3, 1.0, -1.0)]).astype(np.float32)
+    ref2 = ops.matmul(ext, TYPES[type_name], rows2, cols2, x2, ref=True)
+    for isa in SUPPORTED:
+        ops.set_isa(isa)
+        for T in (1, 5):
+            got = ops.matmul(raw, TYPES[type_name], rows, cols, x[:T], threads=2, packed=True)
+            assert np.abs(got - exact[:T]).max() < 1e-6 * scale, (isa, T)
+        assert rel_err(ops.matmul(ext, TYPES[type_name], rows2, cols2, x2, packed=True), ref2) < 1e-6, isa
+
+
+def test_packed_refuses_other_types():
+    with pytest.raises(ValueError, match="packed=True needs"):
+        ops.matmul(np.zeros(34 * 2, np.uint8), 1, 2, 17, np.zeros((1, 17), np.float32), packed=True)

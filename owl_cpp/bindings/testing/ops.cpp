@@ -12,6 +12,7 @@
 #include "testing.h"
 #include "owl/ops.h"
 #include "ops/isa.h"
+#include "ops/q32.h"
 #include "ops/quant_k.h"
 
 namespace py = pybind11;
@@ -37,7 +38,7 @@ KVArray kv_array(const py::handle& obj) {
     return {f, DType::F32};
 }
 
-// The load-time copy of a Q4_0 (BlockQ4_0x8) or Q8_0 (BlockQ8_0x16) matrix, as Model::pack_weights makes it,
+// The load-time copy of a Q4_0 (BlockQ4_0x8), Q8_0 (BlockQ8_0x16) or Q4_1 / Q5_0 / Q5_1 / IQ4_NL (x8) matrix, as Model::pack_weights makes it,
 // into `buf`, and w pointed at it.
 void pack(WeightView& w, std::vector<uint8_t>& buf) {
     if (w.type == DType::Q4_0) {
@@ -48,8 +49,12 @@ void pack(WeightView& w, std::vector<uint8_t>& buf) {
         buf.resize(size_t(ops::q8x16_bytes(w.rows, w.cols)));
         ops::repack_q8x16(w, buf.data(), 0, w.rows);
         w.packed_q8x16 = buf.data();
+    } else if (ops::is_q32_type(w.type)) {
+        buf.resize(size_t(ops::q32x8_bytes(w.type, w.rows, w.cols)));
+        ops::repack_q32x8(w, buf.data(), 0, w.rows);
+        w.packed_q32x8 = buf.data();
     } else {
-        throw py::value_error("packed=True needs Q4_0 or Q8_0 weights");
+        throw py::value_error("packed=True needs Q4_0, Q8_0, Q4_1, Q5_0, Q5_1 or IQ4_NL weights");
     }
 }
 
@@ -114,6 +119,10 @@ void bind_ops(py::module_& parent) {
        py::arg("threads") = 1, py::arg("ref") = false, py::arg("packed") = false);
     m.def("kernels_use_q4x8", &ops::kernels_use_q4x8, "whether the active kernels have a repacked Q4_0 path");
     m.def("kernels_use_q8x16", &ops::kernels_use_q8x16, "whether the active kernels have a repacked Q8_0 path");
+    m.def("kernels_use_q32x8", [](int dtype) {
+        if (!dtype_supported(uint32_t(dtype))) throw py::value_error("unsupported dtype " + std::to_string(dtype));
+        return ops::kernels_use_q32x8(DType(dtype));
+    }, py::arg("dtype"), "whether the active kernels have an x8 path for this Q4_1 / Q5_0 / Q5_1 / IQ4_NL type");
     m.def("supported_isas", &ops::supported_isas, "matmul kernel variants this CPU and build can run");
     m.def("active_isa", &ops::active_isa, "the matmul kernel variant in use");
     m.def("set_isa", &ops::set_isa, py::arg("name"),

@@ -85,6 +85,36 @@ struct BlockQ8_0x16 {
 };
 static_assert(sizeof(BlockQ8_0x16) == kQ8x16Rows * sizeof(BlockQ8_0), "Q8_0x16 block must hold 16 Q8_0 blocks");
 
+// Q4_1 / Q5_0 / Q5_1 / IQ4_NL repacked at load time for the lane-per-row kernels (q32x8_avx2.h), as Q4_0x8: block b
+// of 8 consecutive rows, qs interleaved exactly as in BlockQ4_0x8, then each row's d (and m). The Q5 types keep their
+// 32 high bits per row, reordered so that the bit of element 16h + 4p + e (h: high nibble half, p: quarter, e = 0..3)
+// sits at bit 8e + 2p + h: then one shift by a constant and one mask put the high bits of quarter p's nibbles in
+// place for all 8 rows at once (q32x8_high_bit). Padding rows past the matrix's end are zero blocks (scale 0).
+constexpr int kQ32x8Rows = 8;
+constexpr int q32x8_high_bit(int element) { return 8 * (element % 4) + 2 * ((element % 16) / 4) + element / 16; }
+struct BlockQ4_1x8 {
+    uint16_t d[kQ32x8Rows], m[kQ32x8Rows];
+    uint8_t qs[kQ32x8Rows * QK / 2];
+};
+struct BlockQ5_0x8 {
+    uint16_t d[kQ32x8Rows];
+    uint32_t qh[kQ32x8Rows];  // reordered high bits, see above
+    uint8_t qs[kQ32x8Rows * QK / 2];
+};
+struct BlockQ5_1x8 {
+    uint16_t d[kQ32x8Rows], m[kQ32x8Rows];
+    uint32_t qh[kQ32x8Rows];
+    uint8_t qs[kQ32x8Rows * QK / 2];
+};
+struct BlockIQ4_NLx8 {
+    uint16_t d[kQ32x8Rows];
+    uint8_t qs[kQ32x8Rows * QK / 2];
+};
+static_assert(sizeof(BlockQ4_1x8) == kQ32x8Rows * sizeof(BlockQ4_1) && sizeof(BlockQ5_0x8) == kQ32x8Rows * sizeof(BlockQ5_0) &&
+                  sizeof(BlockQ5_1x8) == kQ32x8Rows * sizeof(BlockQ5_1) && sizeof(BlockIQ4_NLx8) == kQ32x8Rows * sizeof(BlockIQ4_NL),
+              "an x8 block holds 8 blocks");
+static_assert(kQ32x8Rows == kQ4x8Rows, "the x8 layouts share Q4_0x8's driver (gemm_driver.h)");
+
 // ---- K-quants: super-blocks of QK_K = 256 elements (ggml's layouts; values in quant_k.cpp's comments) ----
 constexpr int QK_K = 256;
 

@@ -1,6 +1,7 @@
 // Load-time repacking: Q4_0 matrices are copied into the BlockQ4_0x8 layout (dtype.h) when the active kernels
-// have a lane-per-row path for it (AVX2 and up: 1.5x the prefill throughput of the file's layout), and Q8_0
-// matrices into BlockQ8_0x16 likewise (AVX-512 VNNI: no in-register transposes, see matmul_avx512.inc). The file stays
+// have a lane-per-row path for it (AVX2 and up: 1.5x the prefill throughput of the file's layout), Q8_0
+// matrices into BlockQ8_0x16 likewise (AVX-512 VNNI: no in-register transposes, see matmul_avx512.inc), and
+// Q4_1 / Q5_0 / Q5_1 / IQ4_NL into their x8 layouts (AVX2 and up, q32x8_avx2.h). The file stays
 // mapped (embedding lookups read it, and so would a kernel variant chosen later), but the pages of every
 // repacked tensor are released, so resident memory holds one copy of the weights.
 #include <cstdlib>
@@ -8,6 +9,7 @@
 #include <string>
 
 #include "architecture.h"
+#include "ops/q32.h"
 #include "owl/threadpool.h"
 
 namespace owl {
@@ -18,10 +20,12 @@ void Model::pack_weights() {
     const char* env = std::getenv("OWL_REPACK");  // OWL_REPACK=0 keeps the file's layout (A/B benchmarks)
     if (env && std::string(env) == "0") return;
     const bool q4 = ops::kernels_use_q4x8(), q8 = ops::kernels_use_q8x16();
-    if (!q4 && !q8) return;
+    auto packs = [&](DType t) {
+        return (q4 && t == DType::Q4_0) || (q8 && t == DType::Q8_0) || (ops::is_q32_type(t) && ops::kernels_use_q32x8(t));
+    };
     std::vector<WeightView*> views;
     auto want = [&](WeightView& w) {
-        if (w.data && w.rows > 0 && ((q4 && w.type == DType::Q4_0) || (q8 && w.type == DType::Q8_0))) views.push_back(&w);
+        if (w.data && w.rows > 0 && packs(w.type)) views.push_back(&w);
     };
     for (DecoderLayer& l : layers_)
         for (WeightView* w : {&l.wq, &l.wk, &l.wv, &l.wo, &l.ffn_gate, &l.ffn_up, &l.ffn_down}) want(*w);
@@ -35,7 +39,9 @@ void Model::pack_weights() {
 
     constexpr size_t kAlign = 64;
     auto bytes = [](const WeightView& w) {
-        return size_t(w.type == DType::Q4_0 ? ops::q4x8_bytes(w.rows, w.cols) : ops::q8x16_bytes(w.rows, w.cols));
+        if (w.type == DType::Q4_0) return size_t(ops::q4x8_bytes(w.rows, w.cols));
+        if (w.type == DType::Q8_0) return size_t(ops::q8x16_bytes(w.rows, w.cols));
+        return size_t(ops::q32x8_bytes(w.type, w.rows, w.cols));
     };
     std::vector<size_t> offset;
     size_t total = 0;
@@ -51,18 +57,23 @@ void Model::pack_weights() {
     for (size_t i = 0; i < views.size(); ++i) {
         WeightView& w = *views[i];
         uint8_t* dst = packed_.get() + offset[i];
-        const int64_t rows = w.type == DType::Q4_0 ? kQ4x8Rows : kQ8x16Rows;
+        const int64_t rows = w.type == DType::Q4_0 ? kQ4x8Rows : w.type == DType::Q8_0 ? kQ8x16Rows : kQ32x8Rows;
         const int64_t groups = (w.rows + rows - 1) / rows;
         pool.parallel_for(groups, [&](int64_t g0, int64_t g1, int) {
+            const int64_t r0 = g0 * rows, r1 = std::min(w.rows, g1 * rows);
             if (w.type == DType::Q4_0)
-                ops::repack_q4x8(w, dst, g0 * rows, std::min(w.rows, g1 * rows));
+                ops::repack_q4x8(w, dst, r0, r1);
+            else if (w.type == DType::Q8_0)
+                ops::repack_q8x16(w, dst, r0, r1);
             else
-                ops::repack_q8x16(w, dst, g0 * rows, std::min(w.rows, g1 * rows));
+                ops::repack_q32x8(w, dst, r0, r1);
         });
         if (w.type == DType::Q4_0)
             w.packed_q4x8 = dst;
-        else
+        else if (w.type == DType::Q8_0)
             w.packed_q8x16 = dst;
+        else
+            w.packed_q32x8 = dst;
         file_->release_pages(w.data, size_t(w.rows * w.row_bytes()));
     }
 }

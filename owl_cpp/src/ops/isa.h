@@ -7,8 +7,8 @@
 // could be the AVX-512 one called from generic code. Kernel files therefore include only this header, dtype.h's
 // block structs (no calls to its inline helpers), <cstdint>/<cstring> and intrinsics headers, and the shared
 // kernel headers that follow the same rule (gemm_driver.h, attention_kernel.h, vec_math.h, q4x8_avx2.h,
-// quant_act_avx2.h); and they keep everything they define in an unnamed namespace, apart from their one
-// kernels_*() entry point.
+// q32x8_avx2.h, quant_act_avx2.h); and they keep everything they define in an unnamed namespace, apart from their
+// one kernels_*() entry point.
 #pragma once
 #include <cstdint>
 
@@ -27,7 +27,7 @@ struct GemmArgs {
     const float* x = nullptr;     // [T][K] float activations (F32 / F16 / BF16 weights)
     const int8_t* xq = nullptr;   // [T][K] activations quantized to int8 (Q8_0 / Q4_0 weights), token stride K
     const float* xd = nullptr;    // [T][K / 32] their per-block scales (fp32, not rounded to fp16)
-    const int32_t* xs = nullptr;  // [T][K / 32] per-block sums of xq (Q4_0x8 kernels, and Q8_0 where Kernels::q8_sums)
+    const int32_t* xs = nullptr;  // [T][K / 32] per-block sums of xq (x8 / x16 kernels, and Q8_0 where Kernels::q8_sums)
     const float* f16 = nullptr;   // fp16 -> fp32 table (65536 entries) for the block scales
     const float* bias = nullptr;  // [N] or null
     float* y = nullptr;           // [T][N]
@@ -99,6 +99,8 @@ struct Kernels {
     // gives the same bytes as quantize_row_q8_k_ref (quant_k.h) in every variant.
     GemmFn q2_k, q3_k, q4_k, q5_k, q6_k;
     void (*quantize_q8_k)(const float* x, int64_t K, BlockQ8_K* out);
+    // Their x8 layouts (WeightView::packed_q32x8, q32x8_avx2.h) against quantize_q8 activations + xs; may be null.
+    GemmFn q4_1x8, q5_0x8, q5_1x8, iq4_nlx8;
 };
 
 // Entry points of the kernel files. Those whose file was not compiled for this target return nullptr.

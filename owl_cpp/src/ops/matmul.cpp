@@ -52,7 +52,7 @@ struct QuantJob {
     int64_t K;
     int8_t* qs;
     float* d;
-    int32_t* sums;  // per-block sums of qs, for the BlockQ4_0x8 kernels; null when not needed
+    int32_t* sums;  // per-block sums of qs, for the x8 / x16 kernels; null when not needed
 };
 
 void quantize_tokens(const QuantJob& q, int64_t t0, int64_t t1) {
@@ -125,6 +125,17 @@ void matmul(ThreadPool& pool, const WeightView& w, const float* x, int64_t T, co
         fn = k.q8_0x16;
         a.w = static_cast<const uint8_t*>(w.packed_q8x16);
     }
+    // A Q4_1 / Q5_0 / Q5_1 / IQ4_NL matrix repacked at load, when the active kernels read its x8 layout (else the
+    // file's copy, as for Q4_0).
+    isa::GemmFn x8 = nullptr;
+    if (w.packed_q32x8) {
+        x8 = w.type == DType::Q4_1 ? k.q4_1x8 : w.type == DType::Q5_0 ? k.q5_0x8 : w.type == DType::Q5_1 ? k.q5_1x8
+           : w.type == DType::IQ4_NL ? k.iq4_nlx8 : nullptr;
+        if (x8) {
+            fn = x8;
+            a.w = static_cast<const uint8_t*>(w.packed_q32x8);
+        }
+    }
     if (!fn) throw Error(std::string("matmul: no kernel for weight type ") + dtype_name(w.type));
     const bool q32 = is_q32_type(w.type);  // activations as for Q4_0
     if (w.type == DType::Q8_0 || w.type == DType::Q4_0 || q32) {
@@ -133,9 +144,9 @@ void matmul(ThreadPool& pool, const WeightView& w, const float* x, int64_t T, co
         const int64_t nb = K / QK;
         const size_t q_bytes = size_t(T * K + 63) / 64 * 64;
         const size_t d_bytes = size_t(T * nb) * sizeof(float);
-        const bool sums = q4x8 || q8x16 || (w.type == DType::Q8_0 && k.q8_sums);
+        const bool sums = q4x8 || q8x16 || x8 || (w.type == DType::Q8_0 && k.q8_sums);
         uint8_t* buf = scratch.get(q_bytes + d_bytes + (sums ? d_bytes : 0));
-        QuantJob q{(w.type == DType::Q4_0 && !q4x8) || q32 ? k.quantize_q4 : k.quantize_q8, x, K, reinterpret_cast<int8_t*>(buf),
+        QuantJob q{(w.type == DType::Q4_0 && !q4x8) || (q32 && !x8) ? k.quantize_q4 : k.quantize_q8, x, K, reinterpret_cast<int8_t*>(buf),
                    reinterpret_cast<float*>(buf + q_bytes), sums ? reinterpret_cast<int32_t*>(buf + q_bytes + d_bytes) : nullptr};
         if (T < 8 || pool.size() == 1) {
             quantize_tokens(q, 0, T);

@@ -38,6 +38,12 @@ inline __m256i q4x8_dp(__m256i acc, __m256i u, __m256i s) {
 }
 #endif
 
+// Single-token tiles walk the next tile's bytes when an 8-row group is at most this long. Groups <= 4 KB (rows of
+// <= 910 Q4_0 columns): 0.5B Q4_0 decode went from ~80 to ~95-100 t/s. 1536 columns (6.8 KB Q4_0 groups; one
+// thread, Zen 4): 15-16 -> 22 GB/s. Longer groups measured slower with it (1536 x 8960, 40 KB: 31-38 -> 20-27 GB/s;
+// 4864 columns, 22-27 KB groups of the x8 types: 20-24 -> 15-18 GB/s).
+constexpr int64_t kWalkGroupBytes = 12288;
+
 struct Q4x8Tiles {
     static constexpr int NG = 4, TT = 4;  // groups per single-token tile; tokens per one-group tile
     template <int NG_, int NT>
@@ -57,12 +63,11 @@ struct Q4x8Tiles {
         __m256 acc[NG_][NT];
         for (int gi = 0; gi < NG_; ++gi)
             for (int j = 0; j < NT; ++j) acc[gi][j] = _mm256_setzero_ps();
-        // One token reads NG_ groups side by side. When a group is short (<= 4 KB: rows of <= 910 columns) those
-        // are short streams the hardware prefetchers follow badly, so the next tile's bytes (contiguous with this
-        // tile's) are requested front to back at the rate this tile consumes its own: 0.5B Q4_0 decode went from
-        // ~80 to ~95-100 t/s. Longer groups measured slower with it (1536 x 8960: 31-38 -> 20-27 GB/s).
+        // One token reads NG_ groups side by side. When a group is short (kWalkGroupBytes) those are short streams
+        // the hardware prefetchers follow badly, so the next tile's bytes (contiguous with this tile's) are
+        // requested front to back at the rate this tile consumes its own.
         const char* next = reinterpret_cast<const char*>(w[0]) + NG_ * kQ4x8Rows * a.row_bytes;
-        const bool walk = NT == 1 && kQ4x8Rows * a.row_bytes <= 4096;
+        const bool walk = NT == 1 && kQ4x8Rows * a.row_bytes <= kWalkGroupBytes;
         for (int64_t b = b0; b < b1; ++b) {
             for (int gi = 0; gi < NG_; ++gi) {
                 const BlockQ4_0x8& blk = w[gi][b];
