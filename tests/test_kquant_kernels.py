@@ -150,19 +150,19 @@ def test_token_does_not_depend_on_batch_and_isas_agree(type_name, isa_restore):
 def test_long_batches_do_not_depend_on_batch(type_name, isa_restore):
     """From 16 tokens on, avx512_vnni runs the rows-in-lanes prefill (other variants their tiles): a token's result
     is the same inside any batch of 16 or more, whatever its position, the thread split, the partial 16-row
-    group (37 rows) or the 128-token passes (150 tokens); and it matches the exact emulation. (2048 columns: one
+    group (37 rows) or the 512-token passes (530 tokens); and it matches the exact emulation. (2048 columns: one
     column chunk at every batch size; the chunking, which depends on the batch, is covered by the tests above.)"""
     rng = np.random.default_rng(13)
     rows, cols = 37, 2048
     raw = random_blocks(type_name, rows * cols // QK_K, rng)
     bias = rng.standard_normal(rows).astype(np.float32)
-    x = rng.standard_normal((150, cols)).astype(np.float32)
+    x = rng.standard_normal((530, cols)).astype(np.float32)
     exact = emulate(raw, type_name, rows, cols, x, bias)
     for isa in SUPPORTED:
         ops.set_isa(isa)
         whole = ops.matmul(raw, TYPE_IDS[type_name], rows, cols, x, bias, threads=2)
         assert rel_err(whole, exact) < 1e-5, isa
-        for t0, t1, threads in ((0, 16, 1), (5, 22, 3), (100, 150, 2), (3, 140, 1)):
+        for t0, t1, threads in ((0, 16, 1), (5, 22, 3), (500, 530, 2), (3, 520, 1)):
             part = ops.matmul(raw, TYPE_IDS[type_name], rows, cols, x[t0:t1], bias, threads=threads)
             np.testing.assert_array_equal(part, whole[t0:t1], err_msg=f"{isa} {type_name} tokens {t0}:{t1}")
 
