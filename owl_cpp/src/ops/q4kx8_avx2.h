@@ -27,6 +27,10 @@
 namespace owl::ops::isa {
 namespace {
 
+// Four activation bytes in every 32-bit lane, as one broadcast load (vpbroadcastd from memory; bcast4's set1 can
+// become a move to a general register and a broadcast from it, port 5 work on AVX-512 targets).
+inline __m256i kx8_bcast4(const int8_t* p) { return _mm256_broadcastd_epi32(_mm_loadu_si32(p)); }
+
 template <int TTT>
 struct Q4Kx8Tiles {
     static constexpr int NG = 4, TT = TTT;  // groups per single-token tile; tokens per one-group tile
@@ -72,7 +76,7 @@ struct Q4Kx8Tiles {
                         const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk.qs + 256 * (c / 2) + 32 * q));
                         const __m256i u = _mm256_and_si256(c % 2 ? _mm256_srli_epi16(v, 4) : v, m4);
                         OWL_UNROLL for (int j = 0; j < NT; ++j) {
-                            const __m256i xv = bcast4(xk[j][b].qs + 32 * c + 4 * q);
+                            const __m256i xv = kx8_bcast4(xk[j][b].qs + 32 * c + 4 * q);
 #if OWL_VNNI
                             s[j] = q4x8_dp(s[j], u, xv);
 #else
