@@ -21,7 +21,7 @@ from test_kquant_kernels import emulate, q4_k_m_mix, rel_err, write_model
 ops = _testing.ops
 Q4_K = 12
 ALL_ISAS = ["generic", "avx2", "avx2_vnni", "avx512", "avx512_vnni", "neon"]
-LANE_ISAS = {"avx2", "avx2_vnni", "avx512", "avx512_vnni"}
+LANE_ISAS = {"avx2", "avx2_vnni", "avx512_vnni"}  # avx512 without VNNI keeps the file layout (matmul_avx512.inc)
 SUPPORTED = ops.supported_isas()
 # Odd row counts (partial 8-row groups, and 16-row prefill groups with one 8-row half), one super-block, odd
 # super-block counts, and a second column chunk at T = 100 (4352 columns: chunks of 4096 + 256).

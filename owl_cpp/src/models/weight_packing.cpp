@@ -1,8 +1,8 @@
 // Load-time repacking: Q4_0 matrices are copied into the BlockQ4_0x8 layout (dtype.h) when the active kernels
 // have a lane-per-row path for it (AVX2 and up: 1.5x the prefill throughput of the file's layout), Q8_0
 // matrices into BlockQ8_0x16 likewise (AVX-512 VNNI: no in-register transposes, see matmul_avx512.inc), and
-// Q4_1 / Q5_0 / Q5_1 / IQ4_NL into their x8 layouts (AVX2 and up, q32x8_avx2.h), Q4_K into BlockQ4_Kx8 (AVX2 and
-// up, q4kx8_avx2.h). The file stays
+// Q4_1 / Q5_0 / Q5_1 / IQ4_NL into their x8 layouts (AVX2 and up, q32x8_avx2.h), Q4_K into BlockQ4_Kx8 (AVX2,
+// AVX-VNNI, AVX512-VNNI; q4kx8_avx2.h). The file stays
 // mapped (embedding lookups read it, and so would a kernel variant chosen later), but the pages of every
 // repacked tensor are released, so resident memory holds one copy of the weights.
 #include <cstdlib>
