@@ -165,6 +165,24 @@ struct BlockQ8_K {
 };
 static_assert(sizeof(BlockQ8_K) == 292, "Q8_K block must be 292 bytes");
 
+// Q4_K repacked at load time for the lane-per-row kernels (q4kx8_avx2.h; not a file format): super-block b of 8
+// consecutive rows, row i in 32-bit lane i. qs[256 c2 + 32 q + 4 i + e] = row i's qs[32 c2 + 4 q + e] (c2 = 0..3,
+// q = 0..7, e = 0..3): each 32-byte vector holds four bytes of every row, whose low nibbles are elements
+// 64 c2 + 4 q .. + 3 (sub-block 2 c2) and high nibbles 32 more (sub-block 2 c2 + 1). The 6-bit scales and mins
+// are unpacked to bytes: sc[8 c + i] = row i's scale of sub-block c (one 8-byte load per sub-block gives all 8
+// rows); m[16 p + 2 i + h] = row i's min of sub-block 2 p + h (each row's pair of mins next to each other, for one
+// vpmaddwd against the activations' pair of 32-sums). 1184 bytes for 8 rows' 1152: the unpacked scales cost
+// 2.8% more bytes and save every row's 6-bit unpacking. Padding rows past the matrix's end are zero.
+constexpr int kQ4Kx8Rows = 8;
+struct BlockQ4_Kx8 {
+    uint16_t d[kQ4Kx8Rows], dmin[kQ4Kx8Rows];
+    uint8_t sc[8 * kQ4Kx8Rows];
+    uint8_t m[8 * kQ4Kx8Rows];
+    uint8_t qs[kQ4Kx8Rows * QK_K / 2];
+};
+static_assert(sizeof(BlockQ4_Kx8) == 1184, "Q4_Kx8 block: 32 bytes of d / dmin, 128 of scales and mins, 1024 of quants");
+static_assert(kQ4Kx8Rows == kQ4x8Rows, "the x8 layouts share Q4_0x8's driver (gemm_driver.h)");
+
 inline bool dtype_is_kquant(DType t) { return t >= DType::Q2_K && t <= DType::Q6_K; }
 
 // True when `id` is one of the types above.

@@ -136,6 +136,12 @@ void matmul(ThreadPool& pool, const WeightView& w, const float* x, int64_t T, co
             a.w = static_cast<const uint8_t*>(w.packed_q32x8);
         }
     }
+    // A Q4_K matrix repacked at load (BlockQ4_Kx8): its kernels step over 8-row groups of q4kx8_bytes(8, K) bytes.
+    if (w.type == DType::Q4_K && w.packed_kx8 && k.q4_kx8) {
+        fn = k.q4_kx8;
+        a.w = static_cast<const uint8_t*>(w.packed_kx8);
+        a.row_bytes = q4kx8_bytes(kQ4Kx8Rows, K) / kQ4Kx8Rows;
+    }
     if (!fn) throw Error(std::string("matmul: no kernel for weight type ") + dtype_name(w.type));
     const bool q32 = is_q32_type(w.type);  // activations as for Q4_0
     if (w.type == DType::Q8_0 || w.type == DType::Q4_0 || q32) {

@@ -1,0 +1,120 @@
+// BlockQ4_Kx8 weights (dtype.h) x Q8_K activations with 256-bit integer instructions; included by matmul_avx2.inc
+// and matmul_avx512.inc after q4x8_avx2.h (whose bcast4 / q4x8_dp / kWalkGroupBytes it shares; OWL_VNNI says
+// whether vpdpbusd exists, OWL_UNROLL comes from the including file). See isa.h for the rules.
+//
+// The tile is Q4x8Tiles' shape: one 8-row group x NT tokens (or NG groups x one token), one row per 32-bit lane,
+// no horizontal sums. Per super-block and sub-block c of 32 elements, the eight 32-byte vectors that hold the
+// rows' nibbles of c (low nibbles for even c, high for odd) against broadcasts of the token's 4 matching
+// activation bytes give each row's exact dot of sub-block c:
+//   vpdpbusd:   nibble (u8) x x (s8) straight into int32; times the rows' scales of c by vpmulld;
+//   vpmaddubsw: pair sums <= 2 * 15 * 127, eight of them <= 30480 in int16; vpmaddwd against (sc, sc) pairs.
+// isum = sum over c of sc[c] * dot[c] (exact, < 2^31), and the min term msum = sum over c of m[c] * (sum of the
+// token's 32 activations of c) is one vpmaddwd per pair of sub-blocks against the Q8_K bsums added in pairs
+// (vphaddw). Then acc += (isum * d - msum * dmin) * dx in fp32, as KQuantTiles' epilogue does per row. The
+// integers are those of the file-layout kernels; only the fp32 rounding order differs (KQuantTiles splits each
+// row's sum over 8 lanes). A (row, token) result is the same instruction sequence for any tile shape, thread
+// split or batch position.
+#pragma once
+#include <immintrin.h>
+
+#include <cstdint>
+#include <cstring>
+
+#include "gemm_driver.h"
+#include "isa.h"
+#include "q4x8_avx2.h"
+
+namespace owl::ops::isa {
+namespace {
+
+// Four activation bytes in every 32-bit lane, as one broadcast load (vpbroadcastd from memory; bcast4's set1 can
+// become a move to a general register and a broadcast from it, port 5 work on AVX-512 targets).
+inline __m256i kx8_bcast4(const int8_t* p) { return _mm256_broadcastd_epi32(_mm_loadu_si32(p)); }
+
+template <int TTT>
+struct Q4Kx8Tiles {
+    static constexpr int NG = 4, TT = TTT;  // groups per single-token tile; tokens per one-group tile
+
+    // Groups g..g+NG_-1 x tokens t..t+NT-1 over blocks of 32 [b0, b1) (drive_q4x8's units; whole super-blocks,
+    // since column chunks are multiples of 256).
+    template <int NG_, int NT>
+    static void run(const GemmArgs& a, int64_t g, int64_t t, int64_t b0, int64_t b1, bool first) {
+        const int64_t nb = a.K / QK_K;
+        const BlockQ4_Kx8* w[NG_];
+        for (int gi = 0; gi < NG_; ++gi) w[gi] = reinterpret_cast<const BlockQ4_Kx8*>(a.w + (g + gi) * kQ4Kx8Rows * a.row_bytes);
+        const BlockQ8_K* xk[NT];
+        for (int j = 0; j < NT; ++j) xk[j] = a.xk + (t + j) * nb;
+        const __m256i m4 = _mm256_set1_epi8(0x0f);
+        __m256 acc[NG_][NT];
+        for (int gi = 0; gi < NG_; ++gi)
+            for (int j = 0; j < NT; ++j) acc[gi][j] = _mm256_setzero_ps();
+        // Short groups: walk the next tile's bytes front to back, as Q4x8Tiles does.
+        const char* next = reinterpret_cast<const char*>(w[0]) + NG_ * kQ4Kx8Rows * a.row_bytes;
+        const bool walk = NT == 1 && kQ4Kx8Rows * a.row_bytes <= kWalkGroupBytes;
+        const int64_t s0 = b0 * QK / QK_K, s1 = b1 * QK / QK_K;
+        for (int64_t b = s0; b < s1; ++b) {
+            // Per token: (sum of sub-block 2p, sum of 2p + 1) as int16 pairs in int32 p = 0..3 (|sum| <= 32 * 127).
+            alignas(16) int32_t bs[NT][4];
+            for (int j = 0; j < NT; ++j) {
+                const int16_t* s = xk[j][b].bsums;
+                _mm_store_si128(reinterpret_cast<__m128i*>(bs[j]),
+                                _mm_hadd_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(s)),
+                                               _mm_loadu_si128(reinterpret_cast<const __m128i*>(s + 8))));
+            }
+            for (int gi = 0; gi < NG_; ++gi) {
+                const BlockQ4_Kx8& blk = w[gi][b];
+                if (walk) {
+                    const char* p = next + ((b - s0) * NG_ + gi) * int64_t(sizeof(BlockQ4_Kx8));
+                    for (int o = 0; o < int(sizeof(BlockQ4_Kx8)); o += 64) _mm_prefetch(p + o, _MM_HINT_T0);
+                }
+                __m256i isum[NT];
+                OWL_UNROLL for (int j = 0; j < NT; ++j) isum[j] = _mm256_setzero_si256();
+                OWL_UNROLL for (int c = 0; c < 8; ++c) {
+                    __m256i s[NT];
+                    OWL_UNROLL for (int j = 0; j < NT; ++j) s[j] = _mm256_setzero_si256();
+                    OWL_UNROLL for (int q = 0; q < 8; ++q) {
+                        const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk.qs + 256 * (c / 2) + 32 * q));
+                        const __m256i u = _mm256_and_si256(c % 2 ? _mm256_srli_epi16(v, 4) : v, m4);
+                        OWL_UNROLL for (int j = 0; j < NT; ++j) {
+                            const __m256i xv = kx8_bcast4(xk[j][b].qs + 32 * c + 4 * q);
+#if OWL_VNNI
+                            s[j] = q4x8_dp(s[j], u, xv);
+#else
+                            s[j] = _mm256_add_epi16(s[j], _mm256_maddubs_epi16(u, xv));
+#endif
+                        }
+                    }
+                    const __m256i sc = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(blk.sc + 8 * c)));
+#if OWL_VNNI
+                    OWL_UNROLL for (int j = 0; j < NT; ++j) isum[j] = _mm256_add_epi32(isum[j], _mm256_mullo_epi32(s[j], sc));
+#else
+                    const __m256i sc2 = _mm256_or_si256(sc, _mm256_slli_epi32(sc, 16));  // (sc, sc) int16 pairs
+                    OWL_UNROLL for (int j = 0; j < NT; ++j) isum[j] = _mm256_add_epi32(isum[j], _mm256_madd_epi16(s[j], sc2));
+#endif
+                }
+                __m256i msum[NT];
+                OWL_UNROLL for (int j = 0; j < NT; ++j) msum[j] = _mm256_setzero_si256();
+                OWL_UNROLL for (int p = 0; p < 4; ++p) {
+                    const __m256i mp = _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk.m + 16 * p)));
+                    OWL_UNROLL for (int j = 0; j < NT; ++j)
+                        msum[j] = _mm256_add_epi32(msum[j], _mm256_madd_epi16(mp, _mm256_set1_epi32(bs[j][p])));
+                }
+                const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk.d)));
+                const __m256 mw = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk.dmin)));
+                OWL_UNROLL for (int j = 0; j < NT; ++j) {
+                    const __m256 v = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(msum[j]), mw, _mm256_mul_ps(_mm256_cvtepi32_ps(isum[j]), dw));
+                    acc[gi][j] = _mm256_fmadd_ps(v, _mm256_broadcast_ss(&xk[j][b].d), acc[gi][j]);
+                }
+            }
+        }
+        for (int gi = 0; gi < NG_; ++gi)
+            for (int j = 0; j < NT; ++j) {
+                float out[kQ4Kx8Rows];
+                _mm256_storeu_ps(out, acc[gi][j]);
+                put_group(a, g + gi, t + j, out, first);
+            }
+    }
+};
+
+}  // namespace
+}  // namespace owl::ops::isa
