@@ -24,8 +24,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as QT
 
-from .kquants import (_EPS, _F, _f16, _groups, _min_search, _pack_2bit, _pack_scale_min_k4, _requantize, _safe,
-                      _signed_absmax, _symmetric_search, _ungroup, _unpack_scale_min_k4, _u8)
+from .kquants import (_EPS, _F, _f16, _groups, _min_search, _pack_2bit, _pack_scale_min_k4, _quantize_q6_k,
+                      _requantize, _safe, _symmetric_search, _ungroup, _unpack_scale_min_k4, _u8)
 
 
 def _seq_sum(a: np.ndarray) -> np.ndarray:
@@ -169,24 +169,7 @@ def _q5_k(x, qw):
 
 
 def _q6_k(x, qw):
-    nb = x.shape[0]
-    scales, L = _symmetric_search(_groups(x, 16), 32, _groups(qw, 16))
-    scales, L = scales.reshape(nb, 16), _ungroup(L, nb, 16)
-    max_scale, amax = _signed_absmax(scales)
-    zero = amax < _EPS
-    iscale = _F(-128) / _safe(max_scale, zero)
-    d = _f16(np.where(zero, 0, _F(1) / iscale))
-    sc = np.minimum(127, np.rint(iscale[:, None] * scales))
-    sc = np.where(zero[:, None], 0, sc).astype(np.int8)
-    dl = d.astype(np.float32)[:, None] * sc
-    fresh = np.clip(np.rint(x.reshape(nb, 16, 16) / _safe(dl, dl == 0)[..., None]), -32, 31) + 32
-    L = np.where((dl != 0)[..., None], fresh, L)
-    L = np.where(zero[:, None, None], 0, L).astype(np.uint8).reshape(nb, 2, 4, 32)
-    ql = np.concatenate([(L[:, :, 0] & 15) | ((L[:, :, 2] & 15) << 4),
-                         (L[:, :, 1] & 15) | ((L[:, :, 3] & 15) << 4)], axis=2).reshape(nb, 128)
-    qh = ((L[:, :, 0] >> 4) | ((L[:, :, 1] >> 4) << 2) | ((L[:, :, 2] >> 4) << 4)
-          | ((L[:, :, 3] >> 4) << 6)).reshape(nb, 64)
-    return np.concatenate([ql, qh, sc.view(np.uint8), _u8(d)], axis=1)
+    return _quantize_q6_k(x, qw)
 
 
 # ------------------------------------------------------------------------------------------- 32-blocks

@@ -306,9 +306,10 @@ def _quantize_q5_k(x: np.ndarray) -> np.ndarray:
     return np.concatenate([_u8(d), _u8(dmin), sc, qh, qs], axis=1)
 
 
-def _quantize_q6_k(x: np.ndarray) -> np.ndarray:
+def _quantize_q6_k(x: np.ndarray, qw: np.ndarray | None = None) -> np.ndarray:
+    """qw: importance weights per element (imatrix_quants); ggml's Q6_K uses them alone in its scale search."""
     nb = x.shape[0]
-    scales, L = _symmetric_search(_groups(x, 16), 32)
+    scales, L = _symmetric_search(_groups(x, 16), 32, None if qw is None else _groups(qw, 16))
     scales, L = scales.reshape(nb, 16), _ungroup(L, nb, 16)
     max_scale, amax = _signed_absmax(scales)
     zero = amax < _EPS
