@@ -64,7 +64,7 @@ if req["op"] == "quantize":
     json.dump({"rc": rc, "seconds": __import__("time").time() - t}, sys.stdout)
 else:
     llm = llama_cpp.Llama(model_path=req["model"], n_ctx=req["n_ctx"], n_threads=req["threads"], n_batch=512,
-                          logits_all=True, verbose=False, type_k=0, type_v=0)
+                          logits_all=True, verbose=False, type_k=req.get("kv_type", 0), type_v=req.get("kv_type", 0))
     seqs = req.get("ids") or [llm.tokenize(t.encode(), add_bos=True, special=True) for t in req["texts"]]
     out = {}
     for i, ids in enumerate(seqs):

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,40 +33,11 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "export"))
 sys.path.insert(0, str(HERE.parent / "python"))
 
-from bench_quant_error import compare, synthetic_checkpoint  # noqa: E402
+from bench_quant_error import compare, llama, synthetic_checkpoint  # noqa: E402
 
 # llama_ftype of each file type llama.cpp's quantizer makes (llama.h); the K names are its usual mixes.
 FTYPES = {"q8_0": 7, "q6_k": 18, "q5_k_m": 17, "q5_1": 9, "q5_0": 8, "q4_k_m": 15, "q4_1": 3, "q4_0": 2,
           "iq4_nl": 25, "q3_k_m": 12, "q2_k": 10}
-LLAMA_RUNNER = r"""
-import ctypes, json, sys
-import numpy as np
-import llama_cpp
-req = json.load(sys.stdin)
-if req["op"] == "quantize":
-    p = llama_cpp.llama_model_quantize_default_params()
-    p.ftype, p.nthread = req["ftype"], req["threads"]
-    rc = llama_cpp.llama_model_quantize(req["src"].encode(), req["dst"].encode(), ctypes.byref(p))
-    json.dump({"rc": rc}, sys.stdout)
-else:
-    llm = llama_cpp.Llama(model_path=req["model"], n_ctx=req["n_ctx"], n_threads=req["threads"], n_batch=512,
-                          logits_all=True, verbose=False, type_k=1, type_v=1)
-    out = {}
-    for i, ids in enumerate(req["ids"]):
-        llm.reset()
-        llm.eval(ids)
-        out[f"p{i}"] = np.array(llm.scores[:len(ids)], np.float32)  # a copy: scores is reused
-    np.savez(req["out"], **out)
-    json.dump({"n": len(req["ids"])}, sys.stdout)
-"""
-
-
-def llama(python: str, req: dict) -> dict:
-    res = subprocess.run([python, "-c", LLAMA_RUNNER], input=json.dumps(req), capture_output=True, text=True,
-                         timeout=7200)
-    if res.returncode != 0:
-        raise RuntimeError(f"llama-cpp-python failed: {res.stderr[-2000:]}")
-    return json.loads(res.stdout)
 
 
 def owl_logits(path: Path, ids: list[list[int]], n_ctx: int, threads: int, out: Path) -> None:
@@ -117,7 +87,7 @@ def main() -> None:
         owl_out, llama_out = work / f"{path.stem}.owl.npz", work / f"{path.stem}.llama.npz"
         owl_logits(path, ids, n_ctx, a.threads, owl_out)
         llama(a.llama_python, dict(op="eval", model=str(path), n_ctx=n_ctx, threads=a.threads, ids=ids,
-                                   out=str(llama_out)))
+                                   kv_type=1, out=str(llama_out)))  # an F16 KV cache, as owl's default
         return np.load(owl_out), np.load(llama_out)
 
     ref_owl, ref_llama = evaluate(f16)
