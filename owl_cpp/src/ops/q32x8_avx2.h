@@ -130,18 +130,17 @@ struct Q32x8Tiles {
         __m256 acc[NG_][NT];
         for (int gi = 0; gi < NG_; ++gi)
             for (int j = 0; j < NT; ++j) acc[gi][j] = _mm256_setzero_ps();
-        // Short groups: walk the next tile's bytes front to back, as Q4x8Tiles does (kWalkGroupBytes). For these
-        // types (one token, one thread, Zen 4) 896 and 1536 columns went from 13-15 to 17-21 GB/s with it.
+        // Walk the next tile's bytes front to back, as Q4x8Tiles does (kWalkGroupBytes). For these types (one token,
+        // one thread, Zen 4) 896 and 1536 columns went from 13-15 to 17-21 GB/s with it.
         const char* next = reinterpret_cast<const char*>(w[0]) + NG_ * kQ32x8Rows * a.row_bytes;
-        const bool walk = NT == 1 && kQ32x8Rows * a.row_bytes <= kWalkGroupBytes;
+        const bool walk = NT == 1, walk_l1 = kQ32x8Rows * a.row_bytes <= kWalkGroupBytes;
         for (int64_t b = b0; b < b1; ++b) {
             const int8_t* x[NT];
             for (int j = 0; j < NT; ++j) x[j] = xq[j] + b * QK;
             for (int gi = 0; gi < NG_; ++gi) {
                 const Block& blk = w[gi][b];
                 if (walk) {
-                    const char* p = next + ((b - b0) * NG_ + gi) * int64_t(sizeof(Block));
-                    for (int o = 0; o < int(sizeof(Block)); o += 64) _mm_prefetch(p + o, _MM_HINT_T0);
+                    walk_block<Block>(next + ((b - b0) * NG_ + gi) * int64_t(sizeof(Block)), walk_l1);
                 }
                 __m256i s[NT], s16[NT];
                 for (int j = 0; j < NT; ++j) {

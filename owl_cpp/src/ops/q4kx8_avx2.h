@@ -48,9 +48,9 @@ struct Q4Kx8Tiles {
         __m256 acc[NG_][NT];
         for (int gi = 0; gi < NG_; ++gi)
             for (int j = 0; j < NT; ++j) acc[gi][j] = _mm256_setzero_ps();
-        // Short groups: walk the next tile's bytes front to back, as Q4x8Tiles does.
+        // Walk the next tile's bytes front to back, as Q4x8Tiles does (kWalkGroupBytes).
         const char* next = reinterpret_cast<const char*>(w[0]) + NG_ * kQ4Kx8Rows * a.row_bytes;
-        const bool walk = NT == 1 && kQ4Kx8Rows * a.row_bytes <= kWalkGroupBytes;
+        const bool walk = NT == 1, walk_l1 = kQ4Kx8Rows * a.row_bytes <= kWalkGroupBytes;
         const int64_t s0 = b0 * QK / QK_K, s1 = b1 * QK / QK_K;
         for (int64_t b = s0; b < s1; ++b) {
             // Per token: (sum of sub-block 2p, sum of 2p + 1) as int16 pairs in int32 p = 0..3 (|sum| <= 32 * 127).
@@ -64,8 +64,7 @@ struct Q4Kx8Tiles {
             for (int gi = 0; gi < NG_; ++gi) {
                 const BlockQ4_Kx8& blk = w[gi][b];
                 if (walk) {
-                    const char* p = next + ((b - s0) * NG_ + gi) * int64_t(sizeof(BlockQ4_Kx8));
-                    for (int o = 0; o < int(sizeof(BlockQ4_Kx8)); o += 64) _mm_prefetch(p + o, _MM_HINT_T0);
+                    walk_block<BlockQ4_Kx8>(next + ((b - s0) * NG_ + gi) * int64_t(sizeof(BlockQ4_Kx8)), walk_l1);
                 }
                 __m256i isum[NT];
                 OWL_UNROLL for (int j = 0; j < NT; ++j) isum[j] = _mm256_setzero_si256();

@@ -38,11 +38,24 @@ inline __m256i q4x8_dp(__m256i acc, __m256i u, __m256i s) {
 }
 #endif
 
-// Single-token tiles walk the next tile's bytes when an 8-row group is at most this long. Groups <= 4 KB (rows of
-// <= 910 Q4_0 columns): 0.5B Q4_0 decode went from ~80 to ~95-100 t/s. 1536 columns (6.8 KB Q4_0 groups; one
-// thread, Zen 4): 15-16 -> 22 GB/s. Longer groups measured slower with it (1536 x 8960, 40 KB: 31-38 -> 20-27 GB/s;
-// 4864 columns, 22-27 KB groups of the x8 types: 20-24 -> 15-18 GB/s).
+// Single-token tiles walk the next tile's bytes (contiguous with their own) front to back, at the rate they consume
+// their own: NG groups read side by side are short streams that the hardware prefetchers follow badly. Groups of
+// at most kWalkGroupBytes are walked into L1: groups <= 4 KB (rows of <= 910 Q4_0 columns): 0.5B Q4_0 decode went
+// from ~80 to ~95-100 t/s; 1536 columns (6.8 KB Q4_0 groups; one thread, Zen 4): 15-16 -> 22 GB/s. Longer groups
+// measured slower walked into L1 (1536 x 8960, 40 KB: 31-38 -> 20-27 GB/s) but faster walked into L2 (Q4_K x8,
+// Zen 4, one thread: 4096 columns 14-16 -> 22-24 GB/s; two threads, 4096 and 11008 columns: 24-33 -> 33-45).
 constexpr int64_t kWalkGroupBytes = 12288;
+
+// One block's share of the walk: sizeof(Block) bytes from p, into L1 (short groups) or L2.
+// (Inlined: a call inside the tiles would spill their accumulators.)
+template <class Block>
+__attribute__((always_inline)) inline void walk_block(const char* p, bool l1) {
+    if (l1) {
+        for (int o = 0; o < int(sizeof(Block)); o += 64) _mm_prefetch(p + o, _MM_HINT_T0);
+    } else {
+        for (int o = 0; o < int(sizeof(Block)); o += 64) _mm_prefetch(p + o, _MM_HINT_T1);
+    }
+}
 
 struct Q4x8Tiles {
     static constexpr int NG = 4, TT = 4;  // groups per single-token tile; tokens per one-group tile
@@ -63,19 +76,14 @@ struct Q4x8Tiles {
         __m256 acc[NG_][NT];
         for (int gi = 0; gi < NG_; ++gi)
             for (int j = 0; j < NT; ++j) acc[gi][j] = _mm256_setzero_ps();
-        // One token reads NG_ groups side by side. When a group is short (kWalkGroupBytes) those are short streams
-        // the hardware prefetchers follow badly, so the next tile's bytes (contiguous with this tile's) are
-        // requested front to back at the rate this tile consumes its own.
+        // One token reads NG_ groups side by side: walk the next tile's bytes (kWalkGroupBytes).
         const char* next = reinterpret_cast<const char*>(w[0]) + NG_ * kQ4x8Rows * a.row_bytes;
-        const bool walk = NT == 1 && kQ4x8Rows * a.row_bytes <= kWalkGroupBytes;
+        const bool walk = NT == 1, walk_l1 = kQ4x8Rows * a.row_bytes <= kWalkGroupBytes;
         for (int64_t b = b0; b < b1; ++b) {
             for (int gi = 0; gi < NG_; ++gi) {
                 const BlockQ4_0x8& blk = w[gi][b];
                 if (walk) {
-                    const char* p = next + ((b - b0) * NG_ + gi) * int64_t(sizeof(BlockQ4_0x8));
-                    _mm_prefetch(p, _MM_HINT_T0);
-                    _mm_prefetch(p + 64, _MM_HINT_T0);
-                    _mm_prefetch(p + 128, _MM_HINT_T0);
+                    walk_block<BlockQ4_0x8>(next + ((b - b0) * NG_ + gi) * int64_t(sizeof(BlockQ4_0x8)), walk_l1);
                 }
                 __m256i s[NT];
                 for (int j = 0; j < NT; ++j) {
