@@ -59,22 +59,26 @@ void put_row(BlockQ6_Kx8& o, int i, const uint8_t* src) {
         o.sc[16 * p + 2 * i] = s.scales[2 * p];
         o.sc[16 * p + 2 * i + 1] = s.scales[2 * p + 1];
     }
-    // File (ggml): element 128 h + 32 k + l (k = 0..3, l = 0..31) has low 4 bits in ql[64 h + 32 (k % 2) + l]
-    // (nibble k / 2) and top 2 bits at bit 2 k of qh[32 h + l].
-    uint8_t u[QK_K];
-    for (int e = 0; e < QK_K; ++e) {
-        const int h = e / 128, k = (e % 128) / 32, l = e % 32;
-        const int lo = (s.ql[64 * h + 32 * (k % 2) + l] >> (4 * (k / 2))) & 0x0f;
-        const int hi = (s.qh[32 * h + l] >> (2 * k)) & 3;
-        u[e] = uint8_t(lo | (hi << 4));
+    // File (ggml): element 128 h + 32 k + l (k = 0..3, l = 0..31) has its low 4 bits in nibble k / 2 of
+    // ql[64 h + 32 (k % 2) + l] and its top 2 bits at bit 2 k of qh[32 h + l]. Here sub-block c = 4 h + k, l = 4 q + e:
+    // the top bits keep their places (qh word q of half h as it is), and the nibbles of sub-blocks 2 c2 and 2 c2 + 1
+    // (k % 2 = 0, 1; the same nibble c2 % 2) pair up in one byte. Four elements at a time, as 32-bit words.
+    auto word = [](const uint8_t* p) {
+        uint32_t v;
+        std::memcpy(&v, p, 4);
+        return v;
+    };
+    for (int h = 0; h < 2; ++h)
+        for (int q = 0; q < 8; ++q) std::memcpy(o.qh + 256 * h + 32 * q + 4 * i, s.qh + 32 * h + 4 * q, 4);
+    for (int c2 = 0; c2 < 4; ++c2) {
+        const int h = c2 / 2, shift = 4 * (c2 % 2);
+        for (int q = 0; q < 8; ++q) {
+            const uint32_t lo = (word(s.ql + 64 * h + 4 * q) >> shift) & 0x0f0f0f0fu;
+            const uint32_t hi = (word(s.ql + 64 * h + 32 + 4 * q) >> shift) & 0x0f0f0f0fu;
+            const uint32_t v = lo | (hi << 4);
+            std::memcpy(o.ql + 256 * c2 + 32 * q + 4 * i, &v, 4);
+        }
     }
-    for (int c = 0; c < 8; ++c)
-        for (int q = 0; q < 8; ++q)
-            for (int e = 0; e < 4; ++e) {
-                const uint8_t v = u[32 * c + 4 * q + e];
-                o.ql[256 * (c / 2) + 32 * q + 4 * i + e] |= uint8_t((v & 0x0f) << (4 * (c % 2)));
-                o.qh[256 * (c / 4) + 32 * q + 4 * i + e] |= uint8_t((v >> 4) << (2 * (c % 4)));
-            }
 }
 
 template <class Out, class In>
@@ -84,7 +88,7 @@ void repack_rows(const WeightView& w, void* dst, int64_t r0, int64_t r1) {
     for (int64_t g = r0 / kQ4Kx8Rows; g * kQ4Kx8Rows < r1; ++g)
         for (int64_t b = 0; b < nb; ++b) {
             Out& o = out[g * nb + b];
-            std::memset(&o, 0, sizeof o);  // padding rows stay zero (scale 0); Q6_K's bits are ORed in
+            std::memset(&o, 0, sizeof o);  // padding rows stay zero (scale 0)
             for (int i = 0; i < kQ4Kx8Rows && g * kQ4Kx8Rows + i < w.rows; ++i)
                 put_row(o, i, w.row(g * kQ4Kx8Rows + i) + b * int64_t(sizeof(In)));
         }
