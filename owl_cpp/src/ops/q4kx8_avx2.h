@@ -38,7 +38,6 @@ __attribute__((always_inline)) inline __m256i kx8_fifth_bit(const BlockQ5_Kx8& b
     const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk.qh + 32 * q));
     return _mm256_and_si256(c <= 4 ? _mm256_slli_epi16(h, 4 - c) : _mm256_srli_epi16(h, c - 4), _mm256_set1_epi8(0x10));
 }
-__attribute__((always_inline)) inline __m256i kx8_fifth_bit(const BlockQ4_Kx8&, int, int) { return _mm256_setzero_si256(); }
 
 // The rows' scales of sub-block c as (sc, sc) int16 pairs, for vpmaddwd.
 template <class Block>
