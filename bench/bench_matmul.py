@@ -14,8 +14,8 @@ Prints a table and writes JSON (bench/results/matmul.json).
     # old (file layout) vs new (load-time x8 layout) for the other blocks of 32, at qwen2 shapes:
     PYTHONPATH=python python bench/bench_matmul.py --isas avx512_vnni --types IQ4_NL Q5_0 Q4_1 Q5_1 --threads 1 \
         --shapes 896x896 4864x896 896x4864 1536x8960 --tokens 1 --prefill 128 --both-layouts
-    # Q4_K in the file's layout vs BlockQ4_Kx8 (decode and prefill):
-    PYTHONPATH=python python bench/bench_matmul.py --isas avx512_vnni avx2 --types Q4_K --threads 1 \
+    # Q4_K / Q5_K / Q6_K in the file's layout vs BlockQ4_Kx8 / BlockQ5_Kx8 / BlockQ6_Kx8 (decode and prefill):
+    PYTHONPATH=python python bench/bench_matmul.py --isas avx512_vnni avx2 --types Q4_K Q5_K Q6_K --threads 1 \
         --shapes 1536x8960 8960x1536 1536x1536 --tokens 1 --prefill 128 --both-layouts
 """
 from __future__ import annotations
@@ -35,7 +35,7 @@ TYPES = {"F32": 0, "F16": 1, "Q4_0": 2, "Q8_0": 8, "Q2_K": 10, "Q3_K": 11, "Q4_K
          "Q4_1": 3, "Q5_0": 6, "Q5_1": 7, "IQ4_NL": 20}
 K_TYPES = ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")
 Q32_TYPES = ("Q4_1", "Q5_0", "Q5_1", "IQ4_NL")
-PACKABLE = ("Q4_0", "Q8_0", "Q4_K") + Q32_TYPES  # types with a load-time layout (ops.matmul(..., packed=True))
+PACKABLE = ("Q4_0", "Q8_0", "Q4_K", "Q5_K", "Q6_K") + Q32_TYPES  # types with a load-time layout (ops.matmul(..., packed=True))
 SHAPES = [(8960, 1536), (1536, 8960)]  # rows x cols (output x input features)
 
 
@@ -77,7 +77,7 @@ def main() -> None:
     ap.add_argument("--tokens", nargs="+", type=int, default=[1],
                     help="tokens per call for the timed calls (batched decode: 1 2 4 8), each with --reps calls")
     ap.add_argument("--packed", action="store_true",
-                    help="Q4_0 / Q8_0 / Q4_K / Q4_1 / Q5_0 / Q5_1 / IQ4_NL in the layout a model repacks them into at load "
+                    help="Q4_0 / Q8_0 / Q4_K / Q5_K / Q6_K / Q4_1 / Q5_0 / Q5_1 / IQ4_NL in the layout a model repacks them into at load "
                          "(where the kernels have one)")
     ap.add_argument("--both-layouts", action="store_true",
                     help="time each packable type in the file's layout and in the load-time one (old vs new)")

@@ -38,7 +38,7 @@ KVArray kv_array(const py::handle& obj) {
     return {f, DType::F32};
 }
 
-// The load-time copy of a Q4_0 (BlockQ4_0x8), Q8_0 (BlockQ8_0x16), Q4_1 / Q5_0 / Q5_1 / IQ4_NL (x8) or Q4_K (BlockQ4_Kx8) matrix, as Model::pack_weights makes it,
+// The load-time copy of a Q4_0 (BlockQ4_0x8), Q8_0 (BlockQ8_0x16), Q4_1 / Q5_0 / Q5_1 / IQ4_NL (x8) or Q4_K / Q5_K / Q6_K (BlockQ4_Kx8 ...) matrix, as Model::pack_weights makes it,
 // into `buf`, and w pointed at it.
 void pack(WeightView& w, std::vector<uint8_t>& buf) {
     if (w.type == DType::Q4_0) {
@@ -53,12 +53,12 @@ void pack(WeightView& w, std::vector<uint8_t>& buf) {
         buf.resize(size_t(ops::q32x8_bytes(w.type, w.rows, w.cols)));
         ops::repack_q32x8(w, buf.data(), 0, w.rows);
         w.packed_q32x8 = buf.data();
-    } else if (w.type == DType::Q4_K) {
-        buf.resize(size_t(ops::q4kx8_bytes(w.rows, w.cols)));
-        ops::repack_q4kx8(w, buf.data(), 0, w.rows);
+    } else if (ops::is_kx8_type(w.type)) {
+        buf.resize(size_t(ops::kx8_bytes(w.type, w.rows, w.cols)));
+        ops::repack_kx8(w, buf.data(), 0, w.rows);
         w.packed_kx8 = buf.data();
     } else {
-        throw py::value_error("packed=True needs Q4_0, Q8_0, Q4_1, Q5_0, Q5_1, IQ4_NL or Q4_K weights");
+        throw py::value_error("packed=True needs Q4_0, Q8_0, Q4_1, Q5_0, Q5_1, IQ4_NL, Q4_K, Q5_K or Q6_K weights");
     }
 }
 
@@ -127,7 +127,15 @@ void bind_ops(py::module_& parent) {
         if (!dtype_supported(uint32_t(dtype))) throw py::value_error("unsupported dtype " + std::to_string(dtype));
         return ops::kernels_use_q32x8(DType(dtype));
     }, py::arg("dtype"), "whether the active kernels have an x8 path for this Q4_1 / Q5_0 / Q5_1 / IQ4_NL type");
-    m.def("kernels_use_q4kx8", &ops::kernels_use_q4kx8, "whether the active kernels have a repacked Q4_K path");
+    m.def("kernels_use_kx8", [](int dtype) { return ops::kernels_use_kx8(DType(dtype)); }, py::arg("dtype"),
+          "whether the active kernels have a repacked (8-row) path for this K-quant type id");
+    m.def("repack_kx8", [](const U8& data, int dtype, int64_t rows, int64_t cols) {
+        const WeightView w = weight(data, dtype, rows, cols);
+        if (!ops::is_kx8_type(w.type)) throw py::value_error("repack_kx8 needs Q4_K, Q5_K or Q6_K (type 12, 13 or 14)");
+        py::array_t<uint8_t> out(size_t(ops::kx8_bytes(w.type, rows, cols)));
+        ops::repack_kx8(w, out.mutable_data(), 0, rows);
+        return out;
+    }, py::arg("data"), py::arg("dtype"), py::arg("rows"), py::arg("cols"), "the load-time 8-row layout of a K-quant matrix (bytes)");
     m.def("supported_isas", &ops::supported_isas, "matmul kernel variants this CPU and build can run");
     m.def("active_isa", &ops::active_isa, "the matmul kernel variant in use");
     m.def("set_isa", &ops::set_isa, py::arg("name"),

@@ -183,6 +183,30 @@ struct BlockQ4_Kx8 {
 static_assert(sizeof(BlockQ4_Kx8) == 1184, "Q4_Kx8 block: 32 bytes of d / dmin, 128 of scales and mins, 1024 of quants");
 static_assert(kQ4Kx8Rows == kQ4x8Rows, "the x8 layouts share Q4_0x8's driver (gemm_driver.h)");
 
+// Q5_K likewise: BlockQ4_Kx8's fields for the low nibbles, scales and mins, plus the fifth bits in the order of one
+// 32-byte nibble vector: bit c of qh[32 q + 4 i + e] is the fifth bit (value 16) of row i's element 32 c + 4 q + e,
+// so sub-block c's high bits for [4 elements x 8 rows] are one shift and one mask of vector q. 1440 bytes for 1408.
+struct BlockQ5_Kx8 {
+    uint16_t d[kQ4Kx8Rows], dmin[kQ4Kx8Rows];
+    uint8_t sc[8 * kQ4Kx8Rows];
+    uint8_t m[8 * kQ4Kx8Rows];
+    uint8_t qh[kQ4Kx8Rows * QK_K / 8];
+    uint8_t qs[kQ4Kx8Rows * QK_K / 2];
+};
+static_assert(sizeof(BlockQ5_Kx8) == 1440, "Q5_Kx8 block: Q4_Kx8's fields and 256 bytes of fifth bits");
+
+// Q6_K likewise (no extra bytes: 8 x 210). sc[16 p + 2 i + e] = row i's signed scale 2 p + e (p = 0..7): one
+// 16-byte load sign-extended to int16 gives every row's pair (sc[2p], sc[2p+1]) in its 32-bit lane. The 6-bit
+// quant u (weight = d * sc * (u - 32)) of row i's element 32 c + 4 q + e: low 4 bits in ql[256 (c/2) + 32 q + 4 i + e]
+// (low nibble for even c, high for odd, as BlockQ4_Kx8::qs), top 2 bits at bit 2 (c%4) of qh[256 (c/4) + 32 q + 4 i + e].
+struct BlockQ6_Kx8 {
+    uint16_t d[kQ4Kx8Rows];
+    int8_t sc[16 * kQ4Kx8Rows];
+    uint8_t ql[kQ4Kx8Rows * QK_K / 2];
+    uint8_t qh[kQ4Kx8Rows * QK_K / 4];
+};
+static_assert(sizeof(BlockQ6_Kx8) == kQ4Kx8Rows * sizeof(BlockQ6_K), "Q6_Kx8 block must hold 8 Q6_K blocks");
+
 inline bool dtype_is_kquant(DType t) { return t >= DType::Q2_K && t <= DType::Q6_K; }
 
 // True when `id` is one of the types above.

@@ -24,7 +24,8 @@ struct WeightView {
     const void* packed_q8x16 = nullptr;
     // Likewise a Q4_1 / Q5_0 / Q5_1 / IQ4_NL matrix in its x8 layout (BlockQ4_1x8 ..., rows padded to a multiple of 8).
     const void* packed_q32x8 = nullptr;
-    // Likewise a Q4_K matrix in the BlockQ4_Kx8 layout (rows padded to a multiple of 8).
+    // Likewise a Q4_K / Q5_K / Q6_K matrix in its x8 layout (BlockQ4_Kx8 / BlockQ5_Kx8 / BlockQ6_Kx8 as `type`
+    // says; rows padded to a multiple of 8).
     const void* packed_kx8 = nullptr;
     int64_t row_bytes() const { return dtype_row_bytes(type, cols); }
     const uint8_t* row(int64_t r) const { return static_cast<const uint8_t*>(data) + r * row_bytes(); }
@@ -52,10 +53,12 @@ bool kernels_use_q8x16();
 int64_t q32x8_bytes(DType t, int64_t rows, int64_t cols);
 void repack_q32x8(const WeightView& w, void* dst, int64_t r0, int64_t r1);
 bool kernels_use_q32x8(DType t);
-// Q4_K -> BlockQ4_Kx8, the same way (whole groups of 8 rows, or r1 = rows).
-int64_t q4kx8_bytes(int64_t rows, int64_t cols);
-void repack_q4kx8(const WeightView& w, void* dst, int64_t r0, int64_t r1);
-bool kernels_use_q4kx8();
+// Q4_K / Q5_K / Q6_K -> BlockQ4_Kx8 / BlockQ5_Kx8 / BlockQ6_Kx8, the same way (whole groups of 8 rows, or
+// r1 = rows). kernels_use_kx8 is false for any other type.
+bool is_kx8_type(DType t);
+int64_t kx8_bytes(DType t, int64_t rows, int64_t cols);
+void repack_kx8(const WeightView& w, void* dst, int64_t r0, int64_t r1);
+bool kernels_use_kx8(DType t);
 
 // y[t][r] = sum_k x[t][k] * W[r][k]  (+ bias[r] when bias != nullptr); x: [T][cols], y: [T][rows].
 void matmul(ThreadPool& pool, const WeightView& w, const float* x, int64_t T, const float* bias, float* y);

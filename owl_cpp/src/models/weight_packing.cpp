@@ -1,8 +1,8 @@
 // Load-time repacking: Q4_0 matrices are copied into the BlockQ4_0x8 layout (dtype.h) when the active kernels
 // have a lane-per-row path for it (AVX2 and up: 1.5x the prefill throughput of the file's layout), Q8_0
 // matrices into BlockQ8_0x16 likewise (AVX-512 VNNI: no in-register transposes, see matmul_avx512.inc), and
-// Q4_1 / Q5_0 / Q5_1 / IQ4_NL into their x8 layouts (AVX2 and up, q32x8_avx2.h), Q4_K into BlockQ4_Kx8 (AVX2,
-// AVX-VNNI, AVX512-VNNI; q4kx8_avx2.h). The file stays
+// Q4_1 / Q5_0 / Q5_1 / IQ4_NL into their x8 layouts (AVX2 and up, q32x8_avx2.h), Q4_K / Q5_K / Q6_K into
+// BlockQ4_Kx8 / BlockQ5_Kx8 / BlockQ6_Kx8 (AVX2, AVX-VNNI, AVX512-VNNI; q4kx8_avx2.h, q6kx8_avx2.h). The file stays
 // mapped (embedding lookups read it, and so would a kernel variant chosen later), but the pages of every
 // repacked tensor are released, so resident memory holds one copy of the weights.
 #include <cstdlib>
@@ -20,10 +20,10 @@ void Model::FreeAligned::operator()(uint8_t* p) const { std::free(p); }
 void Model::pack_weights() {
     const char* env = std::getenv("OWL_REPACK");  // OWL_REPACK=0 keeps the file's layout (A/B benchmarks)
     if (env && std::string(env) == "0") return;
-    const bool q4 = ops::kernels_use_q4x8(), q8 = ops::kernels_use_q8x16(), q4k = ops::kernels_use_q4kx8();
+    const bool q4 = ops::kernels_use_q4x8(), q8 = ops::kernels_use_q8x16();
     auto packs = [&](DType t) {
         return (q4 && t == DType::Q4_0) || (q8 && t == DType::Q8_0) || (ops::is_q32_type(t) && ops::kernels_use_q32x8(t)) ||
-               (q4k && t == DType::Q4_K);
+               ops::kernels_use_kx8(t);
     };
     std::vector<WeightView*> views;
     auto want = [&](WeightView& w) {
@@ -43,7 +43,7 @@ void Model::pack_weights() {
     auto bytes = [](const WeightView& w) {
         if (w.type == DType::Q4_0) return size_t(ops::q4x8_bytes(w.rows, w.cols));
         if (w.type == DType::Q8_0) return size_t(ops::q8x16_bytes(w.rows, w.cols));
-        if (w.type == DType::Q4_K) return size_t(ops::q4kx8_bytes(w.rows, w.cols));
+        if (ops::is_kx8_type(w.type)) return size_t(ops::kx8_bytes(w.type, w.rows, w.cols));
         return size_t(ops::q32x8_bytes(w.type, w.rows, w.cols));
     };
     std::vector<size_t> offset;
@@ -68,8 +68,8 @@ void Model::pack_weights() {
                 ops::repack_q4x8(w, dst, r0, r1);
             else if (w.type == DType::Q8_0)
                 ops::repack_q8x16(w, dst, r0, r1);
-            else if (w.type == DType::Q4_K)
-                ops::repack_q4kx8(w, dst, r0, r1);
+            else if (ops::is_kx8_type(w.type))
+                ops::repack_kx8(w, dst, r0, r1);
             else
                 ops::repack_q32x8(w, dst, r0, r1);
         });
@@ -77,7 +77,7 @@ void Model::pack_weights() {
             w.packed_q4x8 = dst;
         else if (w.type == DType::Q8_0)
             w.packed_q8x16 = dst;
-        else if (w.type == DType::Q4_K)
+        else if (ops::is_kx8_type(w.type))
             w.packed_kx8 = dst;
         else
             w.packed_q32x8 = dst;

@@ -7,7 +7,7 @@
 // could be the AVX-512 one called from generic code. Kernel files therefore include only this header, dtype.h's
 // block structs (no calls to its inline helpers), <cstdint>/<cstring> and intrinsics headers, and the shared
 // kernel headers that follow the same rule (gemm_driver.h, attention_kernel.h, vec_math.h, q4x8_avx2.h,
-// q32x8_avx2.h, q4kx8_avx2.h, quant_act_avx2.h); and they keep everything they define in an unnamed namespace, apart from their
+// q32x8_avx2.h, q4kx8_avx2.h, q6kx8_avx2.h, quant_act_avx2.h); and they keep everything they define in an unnamed namespace, apart from their
 // one kernels_*() entry point.
 #pragma once
 #include <cstdint>
@@ -102,8 +102,10 @@ struct Kernels {
     // Their x8 layouts (WeightView::packed_q32x8, q32x8_avx2.h) against quantize_q8 activations + xs; may be null.
     GemmFn q4_1x8, q5_0x8, q5_1x8, iq4_nlx8;
     // Q4_K in BlockQ4_Kx8 (WeightView::packed_kx8, q4kx8_avx2.h) against Q8_K activations (GemmArgs::xk), with
-    // GemmArgs::row_bytes = q4kx8_bytes(8, K) / 8; may be null.
+    // GemmArgs::row_bytes = kx8_bytes(Q4_K, 8, K) / 8; may be null.
     GemmFn q4_kx8;
+    // Q5_K in BlockQ5_Kx8 (q4kx8_avx2.h) and Q6_K in BlockQ6_Kx8 (q6kx8_avx2.h), the same way; may be null.
+    GemmFn q5_kx8, q6_kx8;
 };
 
 // Entry points of the kernel files. Those whose file was not compiled for this target return nullptr.

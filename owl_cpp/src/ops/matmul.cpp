@@ -136,11 +136,15 @@ void matmul(ThreadPool& pool, const WeightView& w, const float* x, int64_t T, co
             a.w = static_cast<const uint8_t*>(w.packed_q32x8);
         }
     }
-    // A Q4_K matrix repacked at load (BlockQ4_Kx8): its kernels step over 8-row groups of q4kx8_bytes(8, K) bytes.
-    if (w.type == DType::Q4_K && w.packed_kx8 && k.q4_kx8) {
-        fn = k.q4_kx8;
-        a.w = static_cast<const uint8_t*>(w.packed_kx8);
-        a.row_bytes = q4kx8_bytes(kQ4Kx8Rows, K) / kQ4Kx8Rows;
+    // A Q4_K / Q5_K / Q6_K matrix repacked at load (BlockQ4_Kx8 ...): its kernels step over 8-row groups of
+    // kx8_bytes(type, 8, K) bytes.
+    if (w.packed_kx8) {
+        const isa::GemmFn kx8 = w.type == DType::Q4_K ? k.q4_kx8 : w.type == DType::Q5_K ? k.q5_kx8 : w.type == DType::Q6_K ? k.q6_kx8 : nullptr;
+        if (kx8) {
+            fn = kx8;
+            a.w = static_cast<const uint8_t*>(w.packed_kx8);
+            a.row_bytes = kx8_bytes(w.type, kQ4Kx8Rows, K) / kQ4Kx8Rows;
+        }
     }
     if (!fn) throw Error(std::string("matmul: no kernel for weight type ") + dtype_name(w.type));
     const bool q32 = is_q32_type(w.type);  // activations as for Q4_0

@@ -212,7 +212,7 @@ const Kernels kKernels = {
     drive<KQuantTiles<DType::Q6_K>>,
     quantize_q8_k_neon,
     nullptr, nullptr, nullptr, nullptr,  // no x8 kernels for Q4_1 / Q5_0 / Q5_1 / IQ4_NL
-    nullptr,  // q4_kx8: Q4_K stays in the file's layout
+    nullptr, nullptr, nullptr,  // q4_kx8, q5_kx8, q6_kx8: the K-quants stay in the file's layout
 };
 
 }  // namespace

@@ -1,13 +1,14 @@
-// BlockQ4_Kx8 weights (dtype.h) x Q8_K activations with 256-bit integer instructions; included by matmul_avx2.inc
-// and matmul_avx512.inc after q4x8_avx2.h (whose bcast4 / q4x8_dp / kWalkGroupBytes it shares; OWL_VNNI says
-// whether vpdpbusd exists, OWL_UNROLL comes from the including file). See isa.h for the rules.
+// BlockQ4_Kx8 / BlockQ5_Kx8 weights (dtype.h) x Q8_K activations with 256-bit integer instructions; included by
+// matmul_avx2.inc and matmul_avx512.inc after q4x8_avx2.h (whose bcast4 / q4x8_dp / kWalkGroupBytes it shares;
+// OWL_VNNI says whether vpdpbusd exists, OWL_UNROLL comes from the including file). See isa.h for the rules.
 //
 // The tile is Q4x8Tiles' shape: one 8-row group x NT tokens (or NG groups x one token), one row per 32-bit lane,
 // no horizontal sums. Per super-block and sub-block c of 32 elements, the eight 32-byte vectors that hold the
-// rows' nibbles of c (low nibbles for even c, high for odd) against broadcasts of the token's 4 matching
-// activation bytes give each row's exact dot of sub-block c:
-//   vpdpbusd:   nibble (u8) x x (s8) straight into int32; times the rows' scales of c by vpmulld;
-//   vpmaddubsw: pair sums <= 2 * 15 * 127, eight of them <= 30480 in int16; vpmaddwd against (sc, sc) pairs.
+// rows' nibbles of c (low nibbles for even c, high for odd; Q5_K ORs in the fifth bit from its qh vector) against
+// broadcasts of the token's 4 matching activation bytes give each row's exact dot of sub-block c:
+//   vpdpbusd:   quant (u8) x x (s8) straight into int32; times the rows' scales of c by vpmulld;
+//   vpmaddubsw: pair sums <= 2 * 15 * 127, eight of them <= 30480 in int16 (Q5_K: 2 * 31 * 127, so four at a
+//               time, 31496); vpmaddwd against (sc, sc) pairs.
 // isum = sum over c of sc[c] * dot[c] (exact, < 2^31), and the min term msum = sum over c of m[c] * (sum of the
 // token's 32 activations of c) is one vpmaddwd per pair of sub-blocks against the Q8_K bsums added in pairs
 // (vphaddw). Then acc += (isum * d - msum * dmin) * dx in fp32, as KQuantTiles' epilogue does per row. The
@@ -31,8 +32,24 @@ namespace {
 // become a move to a general register and a broadcast from it, port 5 work on AVX-512 targets).
 inline __m256i kx8_bcast4(const int8_t* p) { return _mm256_broadcastd_epi32(_mm_loadu_si32(p)); }
 
-template <int TTT>
-struct Q4Kx8Tiles {
+// Sub-block c's fifth bits (value 16) for the 4 elements x 8 rows of nibble vector q (BlockQ5_Kx8::qh); c is a
+// constant once the callers' loops unroll. 16-bit shifts: the 0x10 mask keeps only bits from the same byte.
+__attribute__((always_inline)) inline __m256i kx8_fifth_bit(const BlockQ5_Kx8& blk, int c, int q) {
+    const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk.qh + 32 * q));
+    return _mm256_and_si256(c <= 4 ? _mm256_slli_epi16(h, 4 - c) : _mm256_srli_epi16(h, c - 4), _mm256_set1_epi8(0x10));
+}
+
+// The rows' scales of sub-block c as (sc, sc) int16 pairs, for vpmaddwd.
+template <class Block>
+__attribute__((always_inline)) inline __m256i kx8_scale_pairs(const Block& blk, int c) {
+    const __m256i sc = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(blk.sc + 8 * c)));
+    return _mm256_or_si256(sc, _mm256_slli_epi32(sc, 16));
+}
+
+// Q4_K (Block = BlockQ4_Kx8) and Q5_K (BlockQ5_Kx8): the same header, scales and nibbles.
+template <class Block, int TTT>
+struct KMinx8Tiles {
+    static constexpr bool kQ5 = sizeof(Block) == sizeof(BlockQ5_Kx8);
     static constexpr int NG = 4, TT = TTT;  // groups per single-token tile; tokens per one-group tile
 
     // Groups g..g+NG_-1 x tokens t..t+NT-1 over blocks of 32 [b0, b1) (drive_q4x8's units; whole super-blocks,
@@ -40,8 +57,8 @@ struct Q4Kx8Tiles {
     template <int NG_, int NT>
     static void run(const GemmArgs& a, int64_t g, int64_t t, int64_t b0, int64_t b1, bool first) {
         const int64_t nb = a.K / QK_K;
-        const BlockQ4_Kx8* w[NG_];
-        for (int gi = 0; gi < NG_; ++gi) w[gi] = reinterpret_cast<const BlockQ4_Kx8*>(a.w + (g + gi) * kQ4Kx8Rows * a.row_bytes);
+        const Block* w[NG_];
+        for (int gi = 0; gi < NG_; ++gi) w[gi] = reinterpret_cast<const Block*>(a.w + (g + gi) * kQ4Kx8Rows * a.row_bytes);
         const BlockQ8_K* xk[NT];
         for (int j = 0; j < NT; ++j) xk[j] = a.xk + (t + j) * nb;
         const __m256i m4 = _mm256_set1_epi8(0x0f);
@@ -62,9 +79,9 @@ struct Q4Kx8Tiles {
                                                _mm_loadu_si128(reinterpret_cast<const __m128i*>(s + 8))));
             }
             for (int gi = 0; gi < NG_; ++gi) {
-                const BlockQ4_Kx8& blk = w[gi][b];
+                const Block& blk = w[gi][b];
                 if (walk) {
-                    walk_block<BlockQ4_Kx8>(next + ((b - s0) * NG_ + gi) * int64_t(sizeof(BlockQ4_Kx8)), walk_l1);
+                    walk_block<Block>(next + ((b - s0) * NG_ + gi) * int64_t(sizeof(Block)), walk_l1);
                 }
                 __m256i isum[NT];
                 OWL_UNROLL for (int j = 0; j < NT; ++j) isum[j] = _mm256_setzero_si256();
@@ -73,7 +90,8 @@ struct Q4Kx8Tiles {
                     OWL_UNROLL for (int j = 0; j < NT; ++j) s[j] = _mm256_setzero_si256();
                     OWL_UNROLL for (int q = 0; q < 8; ++q) {
                         const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk.qs + 256 * (c / 2) + 32 * q));
-                        const __m256i u = _mm256_and_si256(c % 2 ? _mm256_srli_epi16(v, 4) : v, m4);
+                        __m256i u = _mm256_and_si256(c % 2 ? _mm256_srli_epi16(v, 4) : v, m4);
+                        if constexpr (kQ5) u = _mm256_or_si256(u, kx8_fifth_bit(blk, c, q));
                         OWL_UNROLL for (int j = 0; j < NT; ++j) {
                             const __m256i xv = kx8_bcast4(xk[j][b].qs + 32 * c + 4 * q);
 #if OWL_VNNI
@@ -82,12 +100,21 @@ struct Q4Kx8Tiles {
                             s[j] = _mm256_add_epi16(s[j], _mm256_maddubs_epi16(u, xv));
 #endif
                         }
+#if !OWL_VNNI
+                        if (kQ5 && q == 3) {  // four Q5_K pair sums fill int16: take them out half-way
+                            const __m256i sc2 = kx8_scale_pairs(blk, c);
+                            OWL_UNROLL for (int j = 0; j < NT; ++j) {
+                                isum[j] = _mm256_add_epi32(isum[j], _mm256_madd_epi16(s[j], sc2));
+                                s[j] = _mm256_setzero_si256();
+                            }
+                        }
+#endif
                     }
-                    const __m256i sc = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(blk.sc + 8 * c)));
 #if OWL_VNNI
+                    const __m256i sc = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(blk.sc + 8 * c)));
                     OWL_UNROLL for (int j = 0; j < NT; ++j) isum[j] = _mm256_add_epi32(isum[j], _mm256_mullo_epi32(s[j], sc));
 #else
-                    const __m256i sc2 = _mm256_or_si256(sc, _mm256_slli_epi32(sc, 16));  // (sc, sc) int16 pairs
+                    const __m256i sc2 = kx8_scale_pairs(blk, c);
                     OWL_UNROLL for (int j = 0; j < NT; ++j) isum[j] = _mm256_add_epi32(isum[j], _mm256_madd_epi16(s[j], sc2));
 #endif
                 }
@@ -114,6 +141,11 @@ struct Q4Kx8Tiles {
             }
     }
 };
+
+template <int TT>
+using Q4Kx8Tiles = KMinx8Tiles<BlockQ4_Kx8, TT>;
+template <int TT>
+using Q5Kx8Tiles = KMinx8Tiles<BlockQ5_Kx8, TT>;
 
 }  // namespace
 }  // namespace owl::ops::isa
