@@ -148,7 +148,7 @@ struct QuantTiles {
 // BlockQ4_0x8 weights: the plain form of the lane-per-row kernels (see dtype.h for the layout). The nibble
 // products are summed unsigned and corrected by 8 * sum(x) (GemmArgs::xs), which is exactly the signed dot.
 struct Q4x8Tiles {
-    static constexpr int NG = 1, TT = 4;
+    static constexpr int NG = 1, NG_LONG = 1, TT = 4;
     template <int NG_, int NT>
     static void run(const GemmArgs& a, int64_t g, int64_t t, int64_t b0, int64_t b1, bool first) {
         for (int gi = 0; gi < NG_; ++gi) group<NT>(a, g + gi, t, b0, b1, first);

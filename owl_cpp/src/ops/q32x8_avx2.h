@@ -82,6 +82,7 @@ struct IQ4x8 {
 template <class D, int TTT>
 struct Q32x8Tiles {
     static constexpr int NG = 4, TT = TTT;  // groups per single-token tile as Q4x8Tiles; tokens per one-group tile
+    static constexpr int NG_LONG = NG;      // the same for groups longer than kWalkGroupBytes
     using Block = typename D::Block;
 
     // One quarter's products for NT tokens, added to s (int32) / s16 (int16, vpmaddubsw without VNNI).

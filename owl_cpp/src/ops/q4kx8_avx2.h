@@ -51,6 +51,9 @@ template <class Block, int TTT>
 struct KMinx8Tiles {
     static constexpr bool kQ5 = sizeof(Block) == sizeof(BlockQ5_Kx8);
     static constexpr int NG = 4, TT = TTT;  // groups per single-token tile; tokens per one-group tile
+    // Groups longer than kWalkGroupBytes one at a time: one linear stream, as the file layout reads (two threads,
+    // 7B and 1.5B shapes: Q4_K 31-32 -> 32-33 GB/s, Q6_K 27-31 -> 31-33; no gain measured for the 32-blocks).
+    static constexpr int NG_LONG = 1;
 
     // Groups g..g+NG_-1 x tokens t..t+NT-1 over blocks of 32 [b0, b1) (drive_q4x8's units; whole super-blocks,
     // since column chunks are multiples of 256).

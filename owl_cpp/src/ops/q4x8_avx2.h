@@ -40,11 +40,12 @@ inline __m256i q4x8_dp(__m256i acc, __m256i u, __m256i s) {
 
 // Single-token tiles walk the next tile's bytes (contiguous with their own) front to back, at the rate they consume
 // their own: NG groups read side by side are short streams that the hardware prefetchers follow badly. Groups of
-// at most kWalkGroupBytes are walked into L1: groups <= 4 KB (rows of <= 910 Q4_0 columns): 0.5B Q4_0 decode went
-// from ~80 to ~95-100 t/s; 1536 columns (6.8 KB Q4_0 groups; one thread, Zen 4): 15-16 -> 22 GB/s. Longer groups
-// measured slower walked into L1 (1536 x 8960, 40 KB: 31-38 -> 20-27 GB/s) but faster walked into L2 (Q4_K x8,
-// Zen 4, one thread: 4096 columns 14-16 -> 22-24 GB/s; two threads, 4096 and 11008 columns: 24-33 -> 33-45).
-constexpr int64_t kWalkGroupBytes = 12288;
+// at most kWalkGroupBytes (rows of <= 910 Q4_0 columns) are walked into L1: 0.5B Q4_0 decode went from ~80 to
+// ~95-100 t/s. Longer groups are walked into L2: the next tile's NG groups must not crowd L1 (Zen 4, 32 KB: Q6_K x8
+// at 1536 columns, 10 KB groups, read 16 GB/s walked into L1 and 30-32 into L2, two threads; Q4_K x8 at 1536
+// columns, 6.9 KB, 27 -> 33), and long groups, not walked at all before, gained most (Q4_K x8, one thread: 4096
+// columns 14-16 -> 22-24 GB/s; two threads, 4096 and 11008 columns: 24-33 -> 33-45).
+// (kWalkGroupBytes itself is in gemm_driver.h, whose drive_q4x8 also reads it.)
 
 // One block's share of the walk: sizeof(Block) bytes from p, into L1 (short groups) or L2.
 // (Inlined: a call inside the tiles would spill their accumulators.)
@@ -59,6 +60,7 @@ __attribute__((always_inline)) inline void walk_block(const char* p, bool l1) {
 
 struct Q4x8Tiles {
     static constexpr int NG = 4, TT = 4;  // groups per single-token tile; tokens per one-group tile
+    static constexpr int NG_LONG = NG;    // the same for groups longer than kWalkGroupBytes
     template <int NG_, int NT>
     static void run(const GemmArgs& a, int64_t g, int64_t t, int64_t b0, int64_t b1, bool first) {
         const BlockQ4_0x8* w[NG_];

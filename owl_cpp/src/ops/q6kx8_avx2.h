@@ -44,6 +44,7 @@ __attribute__((always_inline)) inline __m256i q6x8_scale_pairs(const BlockQ6_Kx8
 template <int TTT>
 struct Q6Kx8Tiles {
     static constexpr int NG = 4, TT = TTT;
+    static constexpr int NG_LONG = 1;  // as Q4Kx8Tiles
 
     template <int NG_, int NT>
     static void run(const GemmArgs& a, int64_t g, int64_t t, int64_t b0, int64_t b1, bool first) {
