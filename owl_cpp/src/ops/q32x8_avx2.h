@@ -163,12 +163,7 @@ struct Q32x8Tiles {
                 }
             }
         }
-        for (int gi = 0; gi < NG_; ++gi)
-            for (int j = 0; j < NT; ++j) {
-                float out[kQ32x8Rows];
-                _mm256_storeu_ps(out, acc[gi][j]);
-                put_group(a, g + gi, t + j, out, first);
-            }
+        put_groups<NG_, NT>(a, g, t, acc, first);
     }
 };
 

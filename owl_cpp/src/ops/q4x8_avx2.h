@@ -58,6 +58,17 @@ __attribute__((always_inline)) inline void walk_block(const char* p, bool l1) {
     }
 }
 
+// A tile's accumulators (one row per fp32 lane) into y: stored or added for the rows of groups g.. that exist.
+template <int NG_, int NT>
+inline void put_groups(const GemmArgs& a, int64_t g, int64_t t, const __m256 (&acc)[NG_][NT], bool first) {
+    for (int gi = 0; gi < NG_; ++gi)
+        for (int j = 0; j < NT; ++j) {
+            float out[kQ4x8Rows];
+            _mm256_storeu_ps(out, acc[gi][j]);
+            put_group(a, g + gi, t + j, out, first);
+        }
+}
+
 struct Q4x8Tiles {
     static constexpr int NG = 4, TT = 4;  // groups per single-token tile; tokens per one-group tile
     static constexpr int NG_LONG = NG;    // the same for groups longer than kWalkGroupBytes
@@ -121,12 +132,7 @@ struct Q4x8Tiles {
                 }
             }
         }
-        for (int gi = 0; gi < NG_; ++gi)
-            for (int j = 0; j < NT; ++j) {
-                float out[kQ4x8Rows];
-                _mm256_storeu_ps(out, acc[gi][j]);
-                put_group(a, g + gi, t + j, out, first);
-            }
+        put_groups<NG_, NT>(a, g, t, acc, first);
     }
 };
 
