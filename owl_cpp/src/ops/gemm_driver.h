@@ -63,14 +63,14 @@ void drive(const GemmArgs& a, int64_t r0, int64_t r1) {
     });
 }
 
+// 8-row groups up to this long are "short" for the single-token tiles (their prefetching: q4x8_avx2.h).
+constexpr int64_t kWalkGroupBytes = 4096;
+
 // The same loop nest for BlockQ4_0x8 weights, with 8-row groups for rows. Tiles::run<NG, NT>(a, g, t, b0, b1,
 // first) computes groups g..g+NG-1 (rows 8g.., those below N) x tokens t..t+NT-1 over blocks [b0, b1). A single
 // token (decode) takes Tiles::NG groups per tile, so each thread reads that many weight streams at once (one
 // stream left the memory system idle: 20% slower decode), or Tiles::NG_LONG (1 or NG) when groups are longer
 // than kWalkGroupBytes; more tokens take one group per tile.
-// 8-row groups up to this long are "short" for the single-token tiles (their prefetching: q4x8_avx2.h).
-constexpr int64_t kWalkGroupBytes = 4096;
-
 template <class Tiles>
 void drive_q4x8(const GemmArgs& a, int64_t r0, int64_t r1) {
     const int64_t g0 = r0 / kQ4x8Rows, g1 = (r1 + kQ4x8Rows - 1) / kQ4x8Rows;
