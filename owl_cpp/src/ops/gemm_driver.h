@@ -66,6 +66,38 @@ void drive(const GemmArgs& a, int64_t r0, int64_t r1) {
 // 8-row groups up to this long are "short" for the single-token tiles (their prefetching: q4x8_avx2.h).
 constexpr int64_t kWalkGroupBytes = 4096;
 
+// What an x8 tile reads of the weights: the blocks of groups g..g+NG_-1 (each group kQ4x8Rows * a.row_bytes
+// bytes, contiguous), where the next tile's bytes start, and whether the groups are short (the single-token walk:
+// q4x8_avx2.h).
+template <class Block, int NG_>
+struct GroupBlocks {
+    const Block* w[NG_];
+    const char* next;
+    bool short_groups;
+    GroupBlocks(const GemmArgs& a, int64_t g) {
+        const int64_t group_bytes = kQ4x8Rows * a.row_bytes;
+        for (int gi = 0; gi < NG_; ++gi) w[gi] = reinterpret_cast<const Block*>(a.w + (g + gi) * group_bytes);
+        next = reinterpret_cast<const char*>(a.w + (g + NG_) * group_bytes);
+        short_groups = group_bytes <= kWalkGroupBytes;
+    }
+};
+
+// Tokens t..t+NT-1 of Q8_0-rounded activations: quants (GemmArgs::xq), block scales (xd) and block sums (xs).
+template <int NT>
+struct Q8Tokens {
+    const int8_t* q[NT];
+    const float* d[NT];
+    const int32_t* s[NT];
+    Q8Tokens(const GemmArgs& a, int64_t t) {
+        const int64_t nb = a.K / QK;
+        for (int j = 0; j < NT; ++j) {
+            q[j] = a.xq + (t + j) * a.K;
+            d[j] = a.xd + (t + j) * nb;
+            s[j] = a.xs + (t + j) * nb;
+        }
+    }
+};
+
 // The same loop nest for BlockQ4_0x8 weights, with 8-row groups for rows. Tiles::run<NG, NT>(a, g, t, b0, b1,
 // first) computes groups g..g+NG-1 (rows 8g.., those below N) x tokens t..t+NT-1 over blocks [b0, b1). A single
 // token (decode) takes Tiles::NG groups per tile, so each thread reads that many weight streams at once (one

@@ -117,35 +117,25 @@ struct Q32x8Tiles {
 
     template <int NG_, int NT>
     static void run(const GemmArgs& a, int64_t g, int64_t t, int64_t b0, int64_t b1, bool first) {
-        const Block* w[NG_];
-        for (int gi = 0; gi < NG_; ++gi) w[gi] = reinterpret_cast<const Block*>(a.w + (g + gi) * kQ32x8Rows * a.row_bytes);
-        const int64_t nb = a.K / QK;
-        const int8_t* xq[NT];
-        const float* xd[NT];
-        const int32_t* xs[NT];
-        for (int j = 0; j < NT; ++j) {
-            xq[j] = a.xq + (t + j) * a.K;
-            xd[j] = a.xd + (t + j) * nb;
-            xs[j] = a.xs + (t + j) * nb;
-        }
+        const GroupBlocks<Block, NG_> gb(a, g);
+        const Q8Tokens<NT> tok(a, t);
         __m256 acc[NG_][NT];
         for (int gi = 0; gi < NG_; ++gi)
             for (int j = 0; j < NT; ++j) acc[gi][j] = _mm256_setzero_ps();
         // Walk the next tile's bytes front to back, as Q4x8Tiles does (kWalkGroupBytes). For these types (one token,
         // one thread, Zen 4) 896 and 1536 columns went from 13-15 to 17-21 GB/s with it.
-        const char* next = reinterpret_cast<const char*>(w[0]) + NG_ * kQ32x8Rows * a.row_bytes;
-        const bool walk = NT == 1, walk_l1 = kQ32x8Rows * a.row_bytes <= kWalkGroupBytes;
+        const bool walk = NT == 1;
         for (int64_t b = b0; b < b1; ++b) {
             const int8_t* x[NT];
-            for (int j = 0; j < NT; ++j) x[j] = xq[j] + b * QK;
+            for (int j = 0; j < NT; ++j) x[j] = tok.q[j] + b * QK;
             for (int gi = 0; gi < NG_; ++gi) {
-                const Block& blk = w[gi][b];
+                const Block& blk = gb.w[gi][b];
                 if (walk) {
-                    walk_block<Block>(next + ((b - b0) * NG_ + gi) * int64_t(sizeof(Block)), walk_l1);
+                    walk_block<Block>(gb.next + ((b - b0) * NG_ + gi) * int64_t(sizeof(Block)), gb.short_groups);
                 }
                 __m256i s[NT], s16[NT];
                 for (int j = 0; j < NT; ++j) {
-                    s[j] = OWL_VNNI && D::kOffset ? _mm256_set1_epi32(-D::kOffset * xs[j][b]) : _mm256_setzero_si256();
+                    s[j] = OWL_VNNI && D::kOffset ? _mm256_set1_epi32(-D::kOffset * tok.s[j][b]) : _mm256_setzero_si256();
                     s16[j] = _mm256_setzero_si256();
                 }
                 quarter<0, NT>(blk, x, s, s16);
@@ -157,9 +147,9 @@ struct Q32x8Tiles {
                 if constexpr (D::kMin) mw = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk.m)));
                 for (int j = 0; j < NT; ++j) {
                     __m256i dot = s[j];
-                    if constexpr (!OWL_VNNI && D::kOffset != 0) dot = _mm256_sub_epi32(dot, _mm256_set1_epi32(D::kOffset * xs[j][b]));
-                    acc[gi][j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_mul_ps(dw, _mm256_set1_ps(xd[j][b])), acc[gi][j]);
-                    if constexpr (D::kMin) acc[gi][j] = _mm256_fmadd_ps(mw, _mm256_set1_ps(float(xs[j][b]) * xd[j][b]), acc[gi][j]);
+                    if constexpr (!OWL_VNNI && D::kOffset != 0) dot = _mm256_sub_epi32(dot, _mm256_set1_epi32(D::kOffset * tok.s[j][b]));
+                    acc[gi][j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_mul_ps(dw, _mm256_set1_ps(tok.d[j][b])), acc[gi][j]);
+                    if constexpr (D::kMin) acc[gi][j] = _mm256_fmadd_ps(mw, _mm256_set1_ps(float(tok.s[j][b]) * tok.d[j][b]), acc[gi][j]);
                 }
             }
         }

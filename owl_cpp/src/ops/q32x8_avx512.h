@@ -72,26 +72,18 @@ struct Q32x8Tiles512 {
     static void run(const GemmArgs& a, int64_t g, int64_t t, int64_t b0, int64_t b1, bool first) {
         const Block* w0 = reinterpret_cast<const Block*>(a.w + g * kQ32x8Rows * a.row_bytes);
         const Block* w1 = reinterpret_cast<const Block*>(a.w + (g + 1) * kQ32x8Rows * a.row_bytes);
-        const int64_t nb = a.K / QK;
-        const int8_t* xq[NT];
-        const float* xd[NT];
-        const int32_t* xs[NT];
-        for (int j = 0; j < NT; ++j) {
-            xq[j] = a.xq + (t + j) * a.K;
-            xd[j] = a.xd + (t + j) * nb;
-            xs[j] = a.xs + (t + j) * nb;
-        }
+        const Q8Tokens<NT> tok(a, t);
         __m512 acc[NT];
         for (int j = 0; j < NT; ++j) acc[j] = _mm512_setzero_ps();
         for (int64_t b = b0; b < b1; ++b) {
             __m512i s[NT];
-            for (int j = 0; j < NT; ++j) s[j] = D::kOffset ? _mm512_set1_epi32(-D::kOffset * xs[j][b]) : _mm512_setzero_si512();
+            for (int j = 0; j < NT; ++j) s[j] = D::kOffset ? _mm512_set1_epi32(-D::kOffset * tok.s[j][b]) : _mm512_setzero_si512();
             auto quarter = [&](auto pc) {
                 constexpr int p = decltype(pc)::value;
                 __m512i lo, hi;
                 Q32x8Wide<D>::template quarter<p>(w0[b], w1[b], lo, hi);
                 OWL_UNROLL for (int j = 0; j < NT; ++j) {
-                    const int8_t* x = xq[j] + b * QK + 4 * p;
+                    const int8_t* x = tok.q[j] + b * QK + 4 * p;
                     int32_t v0, v1;
                     std::memcpy(&v0, x, 4);
                     std::memcpy(&v1, x + 16, 4);
@@ -106,8 +98,8 @@ struct Q32x8Tiles512 {
             __m512 mw = _mm512_setzero_ps();
             if constexpr (D::kMin) mw = q32x8_halves(w0[b].m, w1[b].m);
             for (int j = 0; j < NT; ++j) {
-                acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s[j]), _mm512_mul_ps(dw, _mm512_set1_ps(xd[j][b])), acc[j]);
-                if constexpr (D::kMin) acc[j] = _mm512_fmadd_ps(mw, _mm512_set1_ps(float(xs[j][b]) * xd[j][b]), acc[j]);
+                acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s[j]), _mm512_mul_ps(dw, _mm512_set1_ps(tok.d[j][b])), acc[j]);
+                if constexpr (D::kMin) acc[j] = _mm512_fmadd_ps(mw, _mm512_set1_ps(float(tok.s[j][b]) * tok.d[j][b]), acc[j]);
             }
         }
         for (int j = 0; j < NT; ++j) {

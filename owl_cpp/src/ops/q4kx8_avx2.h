@@ -60,8 +60,7 @@ struct KMinx8Tiles {
     template <int NG_, int NT>
     static void run(const GemmArgs& a, int64_t g, int64_t t, int64_t b0, int64_t b1, bool first) {
         const int64_t nb = a.K / QK_K;
-        const Block* w[NG_];
-        for (int gi = 0; gi < NG_; ++gi) w[gi] = reinterpret_cast<const Block*>(a.w + (g + gi) * kQ4Kx8Rows * a.row_bytes);
+        const GroupBlocks<Block, NG_> gb(a, g);
         const BlockQ8_K* xk[NT];
         for (int j = 0; j < NT; ++j) xk[j] = a.xk + (t + j) * nb;
         const __m256i m4 = _mm256_set1_epi8(0x0f);
@@ -69,8 +68,7 @@ struct KMinx8Tiles {
         for (int gi = 0; gi < NG_; ++gi)
             for (int j = 0; j < NT; ++j) acc[gi][j] = _mm256_setzero_ps();
         // Walk the next tile's bytes front to back, as Q4x8Tiles does (kWalkGroupBytes).
-        const char* next = reinterpret_cast<const char*>(w[0]) + NG_ * kQ4Kx8Rows * a.row_bytes;
-        const bool walk = NT == 1, walk_l1 = kQ4Kx8Rows * a.row_bytes <= kWalkGroupBytes;
+        const bool walk = NT == 1;
         const int64_t s0 = b0 * QK / QK_K, s1 = b1 * QK / QK_K;
         for (int64_t b = s0; b < s1; ++b) {
             // Per token: (sum of sub-block 2p, sum of 2p + 1) as int16 pairs in int32 p = 0..3 (|sum| <= 32 * 127).
@@ -82,9 +80,9 @@ struct KMinx8Tiles {
                                                _mm_loadu_si128(reinterpret_cast<const __m128i*>(s + 8))));
             }
             for (int gi = 0; gi < NG_; ++gi) {
-                const Block& blk = w[gi][b];
+                const Block& blk = gb.w[gi][b];
                 if (walk) {
-                    walk_block<Block>(next + ((b - s0) * NG_ + gi) * int64_t(sizeof(Block)), walk_l1);
+                    walk_block<Block>(gb.next + ((b - s0) * NG_ + gi) * int64_t(sizeof(Block)), gb.short_groups);
                 }
                 __m256i isum[NT];
                 OWL_UNROLL for (int j = 0; j < NT; ++j) isum[j] = _mm256_setzero_si256();

@@ -74,34 +74,24 @@ struct Q4x8Tiles {
     static constexpr int NG_LONG = NG;    // the same for groups longer than kWalkGroupBytes
     template <int NG_, int NT>
     static void run(const GemmArgs& a, int64_t g, int64_t t, int64_t b0, int64_t b1, bool first) {
-        const BlockQ4_0x8* w[NG_];
-        for (int gi = 0; gi < NG_; ++gi) w[gi] = reinterpret_cast<const BlockQ4_0x8*>(a.w + (g + gi) * kQ4x8Rows * a.row_bytes);
-        const int64_t nb = a.K / QK;
-        const int8_t* xq[NT];
-        const float* xd[NT];
-        const int32_t* xs[NT];
-        for (int j = 0; j < NT; ++j) {
-            xq[j] = a.xq + (t + j) * a.K;
-            xd[j] = a.xd + (t + j) * nb;
-            xs[j] = a.xs + (t + j) * nb;
-        }
+        const GroupBlocks<BlockQ4_0x8, NG_> gb(a, g);
+        const Q8Tokens<NT> tok(a, t);
         const __m256i m4 = _mm256_set1_epi8(0x0f);
         __m256 acc[NG_][NT];
         for (int gi = 0; gi < NG_; ++gi)
             for (int j = 0; j < NT; ++j) acc[gi][j] = _mm256_setzero_ps();
         // One token reads NG_ groups side by side: walk the next tile's bytes (kWalkGroupBytes).
-        const char* next = reinterpret_cast<const char*>(w[0]) + NG_ * kQ4x8Rows * a.row_bytes;
-        const bool walk = NT == 1, walk_l1 = kQ4x8Rows * a.row_bytes <= kWalkGroupBytes;
+        const bool walk = NT == 1;
         for (int64_t b = b0; b < b1; ++b) {
             for (int gi = 0; gi < NG_; ++gi) {
-                const BlockQ4_0x8& blk = w[gi][b];
+                const BlockQ4_0x8& blk = gb.w[gi][b];
                 if (walk) {
-                    walk_block<BlockQ4_0x8>(next + ((b - b0) * NG_ + gi) * int64_t(sizeof(BlockQ4_0x8)), walk_l1);
+                    walk_block<BlockQ4_0x8>(gb.next + ((b - b0) * NG_ + gi) * int64_t(sizeof(BlockQ4_0x8)), gb.short_groups);
                 }
                 __m256i s[NT];
                 for (int j = 0; j < NT; ++j) {
 #if OWL_VNNI
-                    s[j] = _mm256_set1_epi32(-8 * xs[j][b]);
+                    s[j] = _mm256_set1_epi32(-8 * tok.s[j][b]);
 #else
                     s[j] = _mm256_setzero_si256();
 #endif
@@ -111,7 +101,7 @@ struct Q4x8Tiles {
                     const __m256i lo = _mm256_and_si256(c, m4);
                     const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(c, 4), m4);
                     for (int j = 0; j < NT; ++j) {
-                        const int8_t* x = xq[j] + b * QK + 4 * p;
+                        const int8_t* x = tok.q[j] + b * QK + 4 * p;
 #if OWL_VNNI
                         s[j] = q4x8_dp(q4x8_dp(s[j], lo, bcast4(x)), hi, bcast4(x + 16));
 #else
@@ -126,9 +116,9 @@ struct Q4x8Tiles {
                     const __m256i dot = s[j];
 #else
                     const __m256i dot = _mm256_sub_epi32(_mm256_madd_epi16(s[j], _mm256_set1_epi16(1)),
-                                                         _mm256_set1_epi32(8 * xs[j][b]));
+                                                         _mm256_set1_epi32(8 * tok.s[j][b]));
 #endif
-                    acc[gi][j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_mul_ps(dw, _mm256_set1_ps(xd[j][b])), acc[gi][j]);
+                    acc[gi][j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_mul_ps(dw, _mm256_set1_ps(tok.d[j][b])), acc[gi][j]);
                 }
             }
         }

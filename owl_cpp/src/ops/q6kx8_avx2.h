@@ -49,20 +49,18 @@ struct Q6Kx8Tiles {
     template <int NG_, int NT>
     static void run(const GemmArgs& a, int64_t g, int64_t t, int64_t b0, int64_t b1, bool first) {
         const int64_t nb = a.K / QK_K;
-        const BlockQ6_Kx8* w[NG_];
-        for (int gi = 0; gi < NG_; ++gi) w[gi] = reinterpret_cast<const BlockQ6_Kx8*>(a.w + (g + gi) * kQ4Kx8Rows * a.row_bytes);
+        const GroupBlocks<BlockQ6_Kx8, NG_> gb(a, g);
         const BlockQ8_K* xk[NT];
         for (int j = 0; j < NT; ++j) xk[j] = a.xk + (t + j) * nb;
         __m256 acc[NG_][NT];
         for (int gi = 0; gi < NG_; ++gi)
             for (int j = 0; j < NT; ++j) acc[gi][j] = _mm256_setzero_ps();
-        const char* next = reinterpret_cast<const char*>(w[0]) + NG_ * kQ4Kx8Rows * a.row_bytes;
-        const bool walk = NT == 1, walk_l1 = kQ4Kx8Rows * a.row_bytes <= kWalkGroupBytes;
+        const bool walk = NT == 1;
         const int64_t s0 = b0 * QK / QK_K, s1 = b1 * QK / QK_K;
         for (int64_t b = s0; b < s1; ++b) {
             for (int gi = 0; gi < NG_; ++gi) {
-                const BlockQ6_Kx8& blk = w[gi][b];
-                if (walk) walk_block<BlockQ6_Kx8>(next + ((b - s0) * NG_ + gi) * int64_t(sizeof(BlockQ6_Kx8)), walk_l1);
+                const BlockQ6_Kx8& blk = gb.w[gi][b];
+                if (walk) walk_block<BlockQ6_Kx8>(gb.next + ((b - s0) * NG_ + gi) * int64_t(sizeof(BlockQ6_Kx8)), gb.short_groups);
                 __m256i isum[NT];  // sum of sc * u * x, less the offset term as it goes (exact either way)
                 OWL_UNROLL for (int j = 0; j < NT; ++j) isum[j] = _mm256_setzero_si256();
                 OWL_UNROLL for (int c = 0; c < 8; ++c) {
