@@ -65,7 +65,7 @@ def test_threads_and_chunks_give_the_same_bytes(monkeypatch):
     x, qw = weights(48, 512, seed=2), importances("gamma", 512)
     for qt in (QT.Q4_K, QT.Q5_0):
         one = imatrix_quants.quantize(x, qt, qw, threads=1)
-        monkeypatch.setattr(imatrix_quants, "_CHUNK_BLOCKS", 7)
+        monkeypatch.setattr(kquants, "_CHUNK_BLOCKS", 7)  # the chunking both quantizers share
         np.testing.assert_array_equal(imatrix_quants.quantize(x, qt, qw, threads=3), one)
         monkeypatch.undo()
 

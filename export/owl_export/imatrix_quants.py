@@ -18,14 +18,11 @@ the bytes equal ggml_quantize_chunk's with the same imatrix (tests/test_imatrix_
 """
 from __future__ import annotations
 
-import os
-from concurrent.futures import ThreadPoolExecutor
-
 import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as QT
 
 from .kquants import (_EPS, _F, _f16, _groups, _min_search, _pack_2bit, _pack_scale_min_k4, _quantize_q6_k,
-                      _requantize, _safe, _symmetric_search, _ungroup, _unpack_scale_min_k4, _u8)
+                      _requantize, _safe, _symmetric_search, _ungroup, _unpack_scale_min_k4, _u8, map_block_chunks)
 
 
 def _seq_sum(a: np.ndarray) -> np.ndarray:
@@ -216,7 +213,6 @@ def _q5_1(x, w):
 _K = {QT.Q2_K: _q2_k, QT.Q3_K: _q3_k, QT.Q4_K: _q4_k, QT.Q5_K: _q5_k, QT.Q6_K: _q6_k}
 _ROW = {QT.Q4_0: _q4_0, QT.Q4_1: _q4_1, QT.Q5_0: _q5_0, QT.Q5_1: _q5_1}
 TYPES = tuple(_K) + tuple(_ROW)
-_CHUNK_BLOCKS = 512
 
 
 def quantize(data: np.ndarray, qtype: QT, quant_weights: np.ndarray, *, threads: int | None = None) -> np.ndarray:
@@ -247,16 +243,5 @@ def quantize(data: np.ndarray, qtype: QT, quant_weights: np.ndarray, *, threads:
     blocks = rows.reshape(-1, block)
     second = np.ascontiguousarray(second).reshape(-1, block)
     out = np.empty((blocks.shape[0], size), np.uint8)
-    starts = range(0, blocks.shape[0], _CHUNK_BLOCKS)
-
-    def run(s):
-        out[s:s + _CHUNK_BLOCKS] = fn(blocks[s:s + _CHUNK_BLOCKS], second[s:s + _CHUNK_BLOCKS])
-
-    n_threads = threads or min(os.cpu_count() or 1, 16)
-    if n_threads == 1 or len(starts) == 1:
-        for s in starts:
-            run(s)
-    else:
-        with ThreadPoolExecutor(n_threads) as pool:
-            list(pool.map(run, starts))
+    map_block_chunks(blocks.shape[0], lambda s, e: fn(blocks[s:e], second[s:e]), out, threads)
     return out.reshape(*data.shape[:-1], cols // block * size)

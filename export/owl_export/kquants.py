@@ -378,11 +378,18 @@ def quantize(data: np.ndarray, qtype: QT, *, threads: int | None = None) -> np.n
         raise ValueError(f"cannot quantize to {qtype.name}: the tensor has NaN or infinite values")
     blocks = np.ascontiguousarray(data).reshape(-1, block)
     out = np.empty((blocks.shape[0], size), np.uint8)
-    starts = range(0, blocks.shape[0], _CHUNK_BLOCKS)
     fn = _QUANTIZERS[qtype]
+    map_block_chunks(blocks.shape[0], lambda s, e: fn(blocks[s:e]), out, threads)
+    return out.reshape(*data.shape[:-1], data.shape[-1] // block * size)
+
+
+def map_block_chunks(n_blocks: int, quantize_range, out: np.ndarray, threads: int | None) -> None:
+    """out[s:e] = quantize_range(s, e) over chunks of _CHUNK_BLOCKS blocks, on a thread pool (numpy releases the
+    GIL) unless one thread or one chunk."""
+    starts = range(0, n_blocks, _CHUNK_BLOCKS)
 
     def run(s):
-        out[s:s + _CHUNK_BLOCKS] = fn(blocks[s:s + _CHUNK_BLOCKS])
+        out[s:s + _CHUNK_BLOCKS] = quantize_range(s, min(s + _CHUNK_BLOCKS, n_blocks))
 
     n_threads = threads or min(os.cpu_count() or 1, 16)
     if n_threads == 1 or len(starts) == 1:
@@ -391,7 +398,6 @@ def quantize(data: np.ndarray, qtype: QT, *, threads: int | None = None) -> np.n
     else:
         with ThreadPoolExecutor(n_threads) as pool:
             list(pool.map(run, starts))
-    return out.reshape(*data.shape[:-1], data.shape[-1] // block * size)
 
 
 # ------------------------------------------------------------------------------------------- decoders
