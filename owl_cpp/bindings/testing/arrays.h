@@ -20,7 +20,9 @@ inline WeightView weight(const U8& data, int dtype, int64_t rows, int64_t cols) 
     if (!dtype_supported(uint32_t(dtype))) throw pybind11::value_error("unsupported dtype " + std::to_string(dtype));
     WeightView w{DType(dtype), rows, cols, data.data()};
     if (rows < 1 || cols < 1 || cols % dtype_block_elems(w.type) != 0) throw pybind11::value_error("bad matrix shape");
-    if (data.size() != rows * w.row_bytes()) throw pybind11::value_error("weight buffer has the wrong size for its shape and type");
+    int64_t bytes = 0;  // overflow-checked: rows and cols come from the caller
+    if (__builtin_mul_overflow(rows, w.row_bytes(), &bytes) || int64_t(data.size()) != bytes)
+        throw pybind11::value_error("weight buffer has the wrong size for its shape and type");
     return w;
 }
 

@@ -148,7 +148,9 @@ void bind_ops(py::module_& parent) {
         if (!dtype_supported(uint32_t(dtype))) throw py::value_error("unsupported dtype " + std::to_string(dtype));
         WeightView w0{DType(dtype), rows, cols, wdata.data()};
         if (rows < 1 || cols < 1 || cols % dtype_block_elems(w0.type) != 0) throw py::value_error("bad matrix shape");
-        if (copies < 1 || wdata.size() != copies * rows * w0.row_bytes())
+        int64_t one = 0, all = 0;  // overflow-checked: the sizes come from the caller
+        if (copies < 1 || __builtin_mul_overflow(rows, w0.row_bytes(), &one) || __builtin_mul_overflow(copies, one, &all) ||
+            int64_t(wdata.size()) != all)
             throw py::value_error("weight buffer must hold `copies` matrices of the given shape and type");
         if (x.ndim() != 2 || x.shape(1) != cols) throw py::value_error("x must be [T, cols]");
         const int64_t T = x.shape(0);
