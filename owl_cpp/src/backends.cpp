@@ -32,6 +32,17 @@ float* Tensor::f32() const {
     return static_cast<float*>(data);
 }
 
+void Backend::matmul_many(const Tensor& x, const Projection* p, int n) {
+    for (int i = 0; i < n; ++i) matmul(*p[i].w, x, p[i].bias, p[i].y);
+}
+
+void Backend::matmul_swiglu(const WeightView& w_gate, const WeightView& w_up, const Tensor& x, const Tensor& gate,
+                            const Tensor& up) {
+    matmul(w_gate, x, nullptr, gate);
+    matmul(w_up, x, nullptr, up);
+    swiglu(gate, up, gate);
+}
+
 CudaInfo cuda_info() {
 #ifdef OWL_HAVE_CUDA
     return cuda::info();

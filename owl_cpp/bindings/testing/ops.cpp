@@ -121,6 +121,63 @@ void bind_ops(py::module_& parent) {
         return y;
     }, py::arg("w"), py::arg("dtype"), py::arg("rows"), py::arg("cols"), py::arg("x"), py::arg("bias") = py::none(),
        py::arg("threads") = 1, py::arg("ref") = false, py::arg("packed") = false);
+    // Products of one x in one job: each of `weights` is (data, dtype, rows, cols, bias or None); returns the ys.
+    m.def("matmul_many", [](const py::list& weights, const F32& x, int threads, bool packed) {
+        const int n = int(weights.size());
+        if (n > ops::kMatmulManyMax) throw py::value_error("at most " + std::to_string(ops::kMatmulManyMax) + " weights");
+        if (x.ndim() != 2) throw py::value_error("x must be [T, cols]");
+        const int64_t T = x.shape(0);
+        const size_t count = weights.size();
+        std::vector<U8> data(count);
+        std::vector<F32> biases(count), ys(count);
+        std::vector<WeightView> ws(count);
+        std::vector<std::vector<uint8_t>> packed_copies(count);
+        ops::MatmulTarget t[ops::kMatmulManyMax];
+        for (int i = 0; i < n; ++i) {
+            const py::tuple e = weights[size_t(i)].cast<py::tuple>();
+            if (e.size() != 5) throw py::value_error("each weight is (data, dtype, rows, cols, bias)");
+            data[size_t(i)] = e[0].cast<U8>();
+            const int64_t rows = e[2].cast<int64_t>(), cols = e[3].cast<int64_t>();
+            ws[size_t(i)] = weight(data[size_t(i)], e[1].cast<int>(), rows, cols);
+            if (packed) pack(ws[size_t(i)], packed_copies[size_t(i)]);
+            if (x.shape(1) != cols) throw py::value_error("x must be [T, cols] for every weight");
+            if (!e[4].is_none()) {
+                biases[size_t(i)] = e[4].cast<F32>();
+                if (biases[size_t(i)].size() != rows) throw py::value_error("bias must have `rows` elements");
+            }
+            ys[size_t(i)] = empty_like({py::ssize_t(T), py::ssize_t(rows)});
+            t[i] = {&ws[size_t(i)], e[4].is_none() ? nullptr : biases[size_t(i)].data(), ys[size_t(i)].mutable_data()};
+        }
+        {
+            py::gil_scoped_release release;
+            ThreadPool pool(threads);
+            ops::matmul_many(pool, t, n, x.data(), T);
+        }
+        return py::list(py::cast(ys));
+    }, py::arg("weights"), py::arg("x"), py::arg("threads") = 1, py::arg("packed") = false);
+    // silu(W_gate x) * (W_up x) in one job; gate / up are (data, dtype, rows, cols). Returns (out, W_up x).
+    m.def("matmul_swiglu", [](const py::tuple& gate, const py::tuple& up, const F32& x, int threads, bool packed) {
+        if (gate.size() != 4 || up.size() != 4) throw py::value_error("gate and up are (data, dtype, rows, cols)");
+        const U8 gd = gate[0].cast<U8>(), ud = up[0].cast<U8>();
+        WeightView g = weight(gd, gate[1].cast<int>(), gate[2].cast<int64_t>(), gate[3].cast<int64_t>());
+        WeightView u = weight(ud, up[1].cast<int>(), up[2].cast<int64_t>(), up[3].cast<int64_t>());
+        std::vector<uint8_t> gp, upk;
+        if (packed) {
+            pack(g, gp);
+            pack(u, upk);
+        }
+        if (x.ndim() != 2 || x.shape(1) != g.cols) throw py::value_error("x must be [T, cols]");
+        const int64_t T = x.shape(0);
+        F32 out = empty_like({py::ssize_t(T), py::ssize_t(g.rows)}), up_out = empty_like({py::ssize_t(T), py::ssize_t(g.rows)});
+        float* op = out.mutable_data();
+        float* upp = up_out.mutable_data();
+        {
+            py::gil_scoped_release release;
+            ThreadPool pool(threads);
+            ops::matmul_swiglu(pool, g, u, x.data(), T, op, upp);
+        }
+        return py::make_tuple(out, up_out);
+    }, py::arg("gate"), py::arg("up"), py::arg("x"), py::arg("threads") = 1, py::arg("packed") = false);
     m.def("kernels_use_q4x8", &ops::kernels_use_q4x8, "whether the active kernels have a repacked Q4_0 path");
     m.def("kernels_use_q8x16", &ops::kernels_use_q8x16, "whether the active kernels have a repacked Q8_0 path");
     m.def("kernels_use_q32x8", [](int dtype) {

@@ -78,6 +78,18 @@ public:
     virtual void get_rows(const WeightView& w, const int32_t* ids, const Tensor& out) = 0;
     // y[t] = W x[t] (+ bias); x: [T][w.cols], y: [T][w.rows].
     virtual void matmul(const WeightView& w, const Tensor& x, const float* bias, const Tensor& y) = 0;
+    // Products of one input, y_i = W_i x (+ bias_i), for n <= ops::kMatmulManyMax matrices (a layer's Q / K / V).
+    // The default runs one matmul each; the CPU backend runs them as one job (ops::matmul_many).
+    struct Projection {
+        const WeightView* w;
+        const float* bias;  // or null
+        Tensor y;
+    };
+    virtual void matmul_many(const Tensor& x, const Projection* p, int n);
+    // gate = silu(W_gate x) * (W_up x), up = W_up x (x: [T][cols]; gate, up: [T][rows]). The default runs two
+    // matmuls and swiglu; the CPU backend one job (ops::matmul_swiglu).
+    virtual void matmul_swiglu(const WeightView& w_gate, const WeightView& w_up, const Tensor& x, const Tensor& gate,
+                               const Tensor& up);
     // y[t] = x[t] / rms(x[t]) * w; y may be x.
     virtual void rms_norm(const Tensor& x, const float* w, float eps, const Tensor& y) = 0;
     // y[t] = (x[t] - mean) / sqrt(var + eps) * w + b (LayerNorm with bias, BERT's); y may be x.

@@ -63,6 +63,21 @@ bool kernels_use_kx8(DType t);
 // y[t][r] = sum_k x[t][k] * W[r][k]  (+ bias[r] when bias != nullptr); x: [T][cols], y: [T][rows].
 void matmul(ThreadPool& pool, const WeightView& w, const float* x, int64_t T, const float* bias, float* y);
 void matmul_ref(const WeightView& w, const float* x, int64_t T, const float* bias, float* y);
+// Several products of one input x [T][cols] (a layer's Q / K / V), each bit-identical to its own matmul, run as
+// one parallel job: the input is quantized once per activation format, and the threads meet once instead of
+// once per product, which is a good part of a small model's decode step. At most kMatmulManyMax products.
+constexpr int kMatmulManyMax = 4;
+struct MatmulTarget {
+    const WeightView* w;
+    const float* bias;  // or null
+    float* y;           // [T][w->rows]
+};
+void matmul_many(ThreadPool& pool, const MatmulTarget* targets, int n, const float* x, int64_t T);
+// out = silu(W_gate x) * (W_up x) (the SwiGLU FFN's first half) in one parallel job: each thread combines the gate
+// and up rows it has just computed. up_out [T][rows] receives W_up x; out [T][rows]. Bit-identical to two matmuls
+// and swiglu.
+void matmul_swiglu(ThreadPool& pool, const WeightView& gate, const WeightView& up, const float* x, int64_t T, float* out,
+                   float* up_out);
 
 // matmul's instruction-set variants: "generic", "avx2", "avx2_vnni", "avx512", "avx512_vnni", "neon". By default
 // the best one this build has and this CPU supports runs; the environment variable OWL_CPU_ISA (read at the first

@@ -36,14 +36,18 @@ void Architecture::attend(ForwardPass& p, int64_t il, int64_t skip) const { bloc
 namespace blocks {
 namespace {
 const float* bias(const std::vector<float>& b) { return b.empty() ? nullptr : b.data(); }
+
+// The three projections of one normed input, as one job where the backend can.
+void qkv(Backend& be, const DecoderLayer& l, const Tensor& h, const Tensor& q, const Tensor& k, const Tensor& v) {
+    const Backend::Projection p[3] = {{&l.wq, bias(l.bq), q}, {&l.wk, bias(l.bk), k}, {&l.wv, bias(l.bv), v}};
+    be.matmul_many(h, p, 3);
+}
 }  // namespace
 
 void attention_inputs(ForwardPass& p, const DecoderLayer& l, int64_t il) {
     const HParams& hp = p.hp;
     p.be.rms_norm(p.x, l.attn_norm.data(), hp.rms_eps, p.h);
-    p.be.matmul(l.wq, p.h, bias(l.bq), p.q);
-    p.be.matmul(l.wk, p.h, bias(l.bk), p.k);
-    p.be.matmul(l.wv, p.h, bias(l.bv), p.v);
+    qkv(p.be, l, p.h, p.q, p.k, p.v);
     p.be.rope(p.q, hp.n_head, hp.head_dim, p.pos, hp.rope_base, hp.rope_mode);
     p.be.rope(p.k, hp.n_head_kv, hp.head_dim, p.pos, hp.rope_base, hp.rope_mode);
     p.be.kv_store(p.k, hp.n_head_kv, hp.head_dim, p.k_cache(il), p.n_ctx, p.n_past);
@@ -68,9 +72,7 @@ void swiglu_ffn(ForwardPass& p, const DecoderLayer& l, int64_t skip) {
     const int64_t R = p.T - skip;
     const Tensor x = p.x.slice(skip, R), h = p.h.slice(0, R), gate = p.gate.slice(0, R), up = p.up.slice(0, R);
     p.be.rms_norm(x, l.ffn_norm.data(), p.hp.rms_eps, h);
-    p.be.matmul(l.ffn_gate, h, nullptr, gate);
-    p.be.matmul(l.ffn_up, h, nullptr, up);
-    p.be.swiglu(gate, up, gate);
+    p.be.matmul_swiglu(l.ffn_gate, l.ffn_up, h, gate, up);
     p.be.matmul(l.ffn_down, gate, nullptr, h);
     p.be.add(x, h);
 }
@@ -92,9 +94,7 @@ void stacked_layer(ForwardPass& all, std::vector<ForwardPass>& one, const Archit
     Backend& be = all.be;
     const DecoderLayer& l = arch.layer(all.m, il, Modality::Text);
     be.rms_norm(all.x, l.attn_norm.data(), hp.rms_eps, all.h);
-    be.matmul(l.wq, all.h, bias(l.bq), all.q);
-    be.matmul(l.wk, all.h, bias(l.bk), all.k);
-    be.matmul(l.wv, all.h, bias(l.bv), all.v);
+    qkv(be, l, all.h, all.q, all.k, all.v);
     be.rope(all.q, hp.n_head, hp.head_dim, all.pos, hp.rope_base, hp.rope_mode);
     be.rope(all.k, hp.n_head_kv, hp.head_dim, all.pos, hp.rope_base, hp.rope_mode);
     for (ForwardPass& p : one) {

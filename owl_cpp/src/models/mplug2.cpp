@@ -134,9 +134,9 @@ Mplug2State& state_of(const ForwardPass& p) {
 // The layer's pieces, over whichever rows they are given: a piece's rows (run_layer) or one row per context
 // (step_layer, decode_step); the cache writes and both attentions are per context.
 void self_qkv(Backend& be, const DecoderLayer& l, const Tensor& x, const Tensor& q, const Tensor& k, const Tensor& v) {
-    be.matmul(l.wq, x, l.bq.data(), q);  // no rope: positions are in the embedding
-    be.matmul(l.wk, x, l.bk.data(), k);
-    be.matmul(l.wv, x, l.bv.data(), v);
+    // No rope: positions are in the embedding.
+    const Backend::Projection p[3] = {{&l.wq, l.bq.data(), q}, {&l.wk, l.bk.data(), k}, {&l.wv, l.bv.data(), v}};
+    be.matmul_many(x, p, 3);
 }
 
 void store_kv(ForwardPass& p, int64_t il) {

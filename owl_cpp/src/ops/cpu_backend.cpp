@@ -70,6 +70,24 @@ public:
         same_rows(x, y, "matmul");
         ops::matmul(pool_, w, f32(x), x.rows, bias, f32(y));
     }
+    void matmul_many(const Tensor& x, const Projection* p, int n) override {
+        if (n < 0 || n > ops::kMatmulManyMax) throw Error("matmul_many: " + std::to_string(n) + " products; at most " + std::to_string(ops::kMatmulManyMax));
+        ops::MatmulTarget t[ops::kMatmulManyMax];
+        for (int i = 0; i < n; ++i) {
+            expect_cols(x, p[i].w->cols, "matmul input");
+            expect_cols(p[i].y, p[i].w->rows, "matmul output");
+            same_rows(x, p[i].y, "matmul");
+            t[i] = {p[i].w, p[i].bias, f32(p[i].y)};
+        }
+        ops::matmul_many(pool_, t, n, f32(x), x.rows);
+    }
+    void matmul_swiglu(const WeightView& w_gate, const WeightView& w_up, const Tensor& x, const Tensor& gate, const Tensor& up) override {
+        expect_cols(x, w_gate.cols, "matmul_swiglu input");
+        expect_cols(gate, w_gate.rows, "matmul_swiglu gate");
+        same_shape(gate, up, "matmul_swiglu");
+        same_rows(x, gate, "matmul_swiglu");
+        ops::matmul_swiglu(pool_, w_gate, w_up, f32(x), x.rows, f32(gate), f32(up));
+    }
     void rms_norm(const Tensor& x, const float* w, float eps, const Tensor& y) override {
         same_shape(x, y, "rms_norm");
         ops::rms_norm(pool_, f32(x), w, x.rows, x.cols, eps, f32(y));

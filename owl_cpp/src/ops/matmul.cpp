@@ -25,6 +25,7 @@ namespace {
 constexpr int64_t kRowAlign = 8;           // rows per unit of work handed to threads (a multiple of every tile's R)
 constexpr int64_t kTokenBlock = 48;        // tokens per cache block (a multiple of every tile's TT: 1, 2, 3, 4)
 constexpr int64_t kActBudget = 192 << 10;  // bytes of activations one token block x column chunk may span (fits L2)
+constexpr int kMaxProducts = kMatmulManyMax;
 
 // A 64-byte-aligned per-thread buffer (quantized activations, float-panel scratch); only grows.
 struct ActScratch {
@@ -75,19 +76,28 @@ float* panel_scratch() {
     return reinterpret_cast<float*>(scratch.get(size_t(isa::kPanelScratchFloats) * sizeof(float)));
 }
 
-struct GemmJob {
-    const isa::GemmArgs* a;
-    isa::GemmFn fn;
-    bool panels;  // each thread passes its own GemmArgs::scratch
+// How a product's activations reach its kernel. Products of one input with equal formats share one
+// quantization (matmul_many).
+struct ActFormat {
+    enum Kind { Float, Blocks32, Q8K } kind = Float;
+    isa::QuantizeFn fn = nullptr;  // Blocks32: quantize_q8, or quantize_q4's byte order
+    bool sums = false;             // Blocks32: per-block sums for the x8 / x16 kernels
+    bool operator==(const ActFormat& o) const { return kind == o.kind && fn == o.fn && sums == o.sums; }
 };
 
-}  // namespace
-
-void matmul(ThreadPool& pool, const WeightView& w, const float* x, int64_t T, const float* bias, float* y) {
-    const isa::Kernels& k = isa::active();
-    const int64_t K = w.cols, N = w.rows;
-    if (T <= 0 || N <= 0) return;
+// One product W x, ready to run once its activations are in place (quantize_activations).
+struct Product {
     isa::GemmArgs a;
+    isa::GemmFn fn = nullptr;
+    ActFormat act;
+    bool panels = false;  // float weights on packed panels: each thread passes its own GemmArgs::scratch
+    int64_t units = 0;    // units of kRowAlign rows
+};
+
+Product plan_product(const isa::Kernels& k, const WeightView& w, const float* x, int64_t T, const float* bias, float* y) {
+    const int64_t K = w.cols, N = w.rows;
+    Product p;
+    isa::GemmArgs& a = p.a;
     a.w = static_cast<const uint8_t*>(w.data);
     a.row_bytes = w.row_bytes();
     a.K = K;
@@ -98,7 +108,6 @@ void matmul(ThreadPool& pool, const WeightView& w, const float* x, int64_t T, co
     a.bias = bias;
     a.y = y;
     isa::GemmFn fn = nullptr;
-    int64_t act_bytes = 4;
     switch (w.type) {
         case DType::F32: fn = k.f32; break;
         case DType::F16: fn = k.f16; break;
@@ -147,49 +156,147 @@ void matmul(ThreadPool& pool, const WeightView& w, const float* x, int64_t T, co
         }
     }
     if (!fn) throw Error(std::string("matmul: no kernel for weight type ") + dtype_name(w.type));
+    p.fn = fn;
     const bool q32 = is_q32_type(w.type);  // activations as for Q4_0
     if (w.type == DType::Q8_0 || w.type == DType::Q4_0 || q32) {
         if (K % QK) throw Error("matmul: quantized rows must have a multiple of 32 columns");
-        thread_local ActScratch scratch;
-        const int64_t nb = K / QK;
-        const size_t q_bytes = size_t(T * K + 63) / 64 * 64;
-        const size_t d_bytes = size_t(T * nb) * sizeof(float);
-        const bool sums = q4x8 || q8x16 || x8 || (w.type == DType::Q8_0 && k.q8_sums);
-        uint8_t* buf = scratch.get(q_bytes + d_bytes + (sums ? d_bytes : 0));
-        QuantJob q{(w.type == DType::Q4_0 && !q4x8) || (q32 && !x8) ? k.quantize_q4 : k.quantize_q8, x, K, reinterpret_cast<int8_t*>(buf),
-                   reinterpret_cast<float*>(buf + q_bytes), sums ? reinterpret_cast<int32_t*>(buf + q_bytes + d_bytes) : nullptr};
-        if (T < 8 || pool.size() == 1) {
-            quantize_tokens(q, 0, T);
-        } else {
-            pool.parallel_for(T, [p = &q](int64_t t0, int64_t t1, int) { quantize_tokens(*p, t0, t1); });
-        }
-        a.xq = q.qs;
-        a.xd = q.d;
-        a.xs = q.sums;
-        act_bytes = 1;
+        p.act.kind = ActFormat::Blocks32;
+        p.act.fn = (w.type == DType::Q4_0 && !q4x8) || (q32 && !x8) ? k.quantize_q4 : k.quantize_q8;
+        p.act.sums = q4x8 || q8x16 || x8 || (w.type == DType::Q8_0 && k.q8_sums);
     }
-    if (dtype_is_kquant(w.type)) {  // Q8_K activations: int8 in blocks of 256 with a float scale
-        a.xk = quantize_q8_k_tokens(pool, k.quantize_q8_k, x, T, K);
-        act_bytes = 1;
-    }
+    if (dtype_is_kquant(w.type)) p.act.kind = ActFormat::Q8K;  // int8 in blocks of 256 with a float scale
+    const int64_t act_bytes = p.act.kind == ActFormat::Float ? 4 : 1;
     a.tb = kTokenBlock;
     a.kc = column_chunk(K, T, act_bytes);
+    p.panels = act_bytes == 4 && T >= isa::kPanelMinTokens;
+    p.units = (N + kRowAlign - 1) / kRowAlign;
+    return p;
+}
 
-    const bool panels = act_bytes == 4 && T >= isa::kPanelMinTokens;
-    const int64_t units = (N + kRowAlign - 1) / kRowAlign;
-    if (units == 1 || pool.size() == 1) {
-        if (panels) a.scratch = panel_scratch();
-        fn(a, 0, N);
+// Quantizes the activations of ps[i] into scratch slot i, or takes those of an earlier product of the same format.
+void quantize_activations(ThreadPool& pool, const isa::Kernels& k, Product* ps, int i) {
+    Product& p = ps[i];
+    for (int j = 0; j < i; ++j) {
+        if (!(ps[j].act == p.act)) continue;
+        p.a.xq = ps[j].a.xq;
+        p.a.xd = ps[j].a.xd;
+        p.a.xs = ps[j].a.xs;
+        p.a.xk = ps[j].a.xk;
         return;
     }
+    const int64_t K = p.a.K, T = p.a.T;
+    if (p.act.kind == ActFormat::Q8K) {
+        p.a.xk = quantize_q8_k_tokens(pool, k.quantize_q8_k, p.a.x, T, K);  // one Q8_K format: one buffer suffices
+        return;
+    }
+    if (p.act.kind != ActFormat::Blocks32) return;
+    thread_local ActScratch scratch[kMaxProducts];
+    const int64_t nb = K / QK;
+    const size_t q_bytes = size_t(T * K + 63) / 64 * 64;
+    const size_t d_bytes = size_t(T * nb) * sizeof(float);
+    uint8_t* buf = scratch[i].get(q_bytes + d_bytes + (p.act.sums ? d_bytes : 0));
+    QuantJob q{p.act.fn, p.a.x, K, reinterpret_cast<int8_t*>(buf), reinterpret_cast<float*>(buf + q_bytes),
+               p.act.sums ? reinterpret_cast<int32_t*>(buf + q_bytes + d_bytes) : nullptr};
+    if (T < 8 || pool.size() == 1) {
+        quantize_tokens(q, 0, T);
+    } else {
+        pool.parallel_for(T, [j = &q](int64_t t0, int64_t t1, int) { quantize_tokens(*j, t0, t1); });
+    }
+    p.a.xq = q.qs;
+    p.a.xd = q.d;
+    p.a.xs = q.sums;
+}
+
+// Rows [r0, r1) of one product, on the calling thread.
+void run_rows(const Product& p, int64_t r0, int64_t r1) {
+    if (!p.panels) return p.fn(p.a, r0, r1);
+    isa::GemmArgs own = p.a;
+    own.scratch = panel_scratch();
+    p.fn(own, r0, r1);
+}
+
+// Units [u0, u1) of `n` products laid end to end.
+struct ProductsJob {
+    const Product* ps;
+    int n;
+    void run(int64_t u0, int64_t u1) const {
+        int64_t base = 0;
+        for (int i = 0; i < n && base < u1; base += ps[i].units, ++i) {
+            const int64_t b = u0 > base ? u0 - base : 0, e = u1 - base < ps[i].units ? u1 - base : ps[i].units;
+            if (b >= e) continue;
+            const int64_t N = ps[i].a.N;
+            run_rows(ps[i], b * kRowAlign, e * kRowAlign < N ? e * kRowAlign : N);
+        }
+    }
+};
+
+void run_products(ThreadPool& pool, const Product* ps, int n) {
+    int64_t units = 0;
+    for (int i = 0; i < n; ++i) units += ps[i].units;
+    const ProductsJob job{ps, n};
+    if (units == 1 || pool.size() == 1) return job.run(0, units);
     // One pointer captured: std::function keeps it in place, no allocation.
-    GemmJob job{&a, fn, panels};
-    pool.parallel_for(units, [p = &job](int64_t u0, int64_t u1, int) {
-        const int64_t r1 = u1 * kRowAlign < p->a->N ? u1 * kRowAlign : p->a->N;
-        isa::GemmArgs own = *p->a;
-        if (p->panels) own.scratch = panel_scratch();
-        p->fn(own, u0 * kRowAlign, r1);
-    });
+    pool.parallel_for(units, [j = &job](int64_t u0, int64_t u1, int) { j->run(u0, u1); });
+}
+
+}  // namespace
+
+void matmul(ThreadPool& pool, const WeightView& w, const float* x, int64_t T, const float* bias, float* y) {
+    if (T <= 0 || w.rows <= 0) return;
+    const isa::Kernels& k = isa::active();
+    Product p = plan_product(k, w, x, T, bias, y);
+    quantize_activations(pool, k, &p, 0);
+    run_products(pool, &p, 1);
+}
+
+void matmul_many(ThreadPool& pool, const MatmulTarget* targets, int n, const float* x, int64_t T) {
+    if (n < 0 || n > kMaxProducts) throw Error("matmul_many: " + std::to_string(n) + " products; at most " + std::to_string(kMaxProducts));
+    if (T <= 0) return;
+    const isa::Kernels& k = isa::active();
+    Product ps[kMaxProducts];
+    int m = 0;
+    for (int i = 0; i < n; ++i) {
+        const WeightView& w = *targets[i].w;
+        if (i > 0 && w.cols != targets[0].w->cols)
+            throw Error("matmul_many: product " + std::to_string(i) + " has " + std::to_string(w.cols) + " columns, product 0 " +
+                        std::to_string(targets[0].w->cols) + ": they share one input");
+        if (w.rows <= 0) continue;
+        ps[m] = plan_product(k, w, x, T, targets[i].bias, targets[i].y);
+        quantize_activations(pool, k, ps, m);
+        ++m;
+    }
+    run_products(pool, ps, m);
+}
+
+void matmul_swiglu(ThreadPool& pool, const WeightView& gate, const WeightView& up, const float* x, int64_t T, float* out,
+                   float* up_out) {
+    if (gate.rows != up.rows || gate.cols != up.cols)
+        throw Error("matmul_swiglu: gate is " + std::to_string(gate.rows) + "x" + std::to_string(gate.cols) + ", up " +
+                    std::to_string(up.rows) + "x" + std::to_string(up.cols) + ": they must match");
+    const int64_t N = gate.rows;
+    if (T <= 0 || N <= 0) return;
+    const isa::Kernels& k = isa::active();
+    Product ps[2] = {plan_product(k, gate, x, T, nullptr, out), plan_product(k, up, x, T, nullptr, up_out)};
+    quantize_activations(pool, k, ps, 0);
+    quantize_activations(pool, k, ps, 1);
+    // Each thread combines the gate and up rows it has just computed: no third pass over them, no third wait.
+    struct Job {
+        const Product* ps;
+        const isa::Kernels* k;
+        void run(int64_t u0, int64_t u1) const {
+            const int64_t N = ps[0].a.N, T = ps[0].a.T;
+            const int64_t r0 = u0 * kRowAlign, r1 = u1 * kRowAlign < N ? u1 * kRowAlign : N;
+            run_rows(ps[0], r0, r1);
+            run_rows(ps[1], r0, r1);
+            for (int64_t t = 0; t < T; ++t) {
+                float* g = ps[0].a.y + t * N + r0;
+                k->swiglu(g, ps[1].a.y + t * N + r0, g, r1 - r0);
+            }
+        }
+    } job{ps, &k};
+    const int64_t units = ps[0].units;
+    if (units == 1 || pool.size() == 1) return job.run(0, units);
+    pool.parallel_for(units, [j = &job](int64_t u0, int64_t u1, int) { j->run(u0, u1); });
 }
 
 bool kernels_use_q4x8() { return isa::active().q4_0x8 != nullptr; }
