@@ -58,6 +58,7 @@ struct Q32x8Linear {
         }
     }
 };
+using Q40x8 = Q32x8Linear<BlockQ4_0x8, false, false, 8>;  // Q4_0's prompts on 512-bit tiles (q32x8_avx512.h)
 using Q41x8 = Q32x8Linear<BlockQ4_1x8, false, true, 0>;
 using Q50x8 = Q32x8Linear<BlockQ5_0x8, true, false, 16>;
 using Q51x8 = Q32x8Linear<BlockQ5_1x8, true, true, 0>;
