@@ -7,9 +7,6 @@
 // repacked tensor are released, so resident memory holds one copy of the weights.
 #include <cstdlib>
 #include <new>
-#if defined(__linux__)
-#include <sys/mman.h>
-#endif
 #include <string>
 
 #include "architecture.h"
@@ -19,24 +16,6 @@
 namespace owl {
 
 void Model::FreeAligned::operator()(uint8_t* p) const { std::free(p); }
-
-namespace {
-// Memory that decode streams through once per token. On Linux it is asked for in 2 MiB pages (transparent huge
-// pages, where the system leaves them to madvise): with 4 KiB pages a decode step crosses a page, and misses the
-// TLB, every 4 KiB of weights.
-uint8_t* alloc_streamed(size_t bytes) {
-    constexpr size_t kHuge = size_t(2) << 20;
-    const bool huge = bytes >= kHuge;
-    const size_t align = huge ? kHuge : 64;
-    const size_t size = (bytes + align - 1) / align * align;
-    auto* p = static_cast<uint8_t*>(std::aligned_alloc(align, size));
-    if (!p) throw std::bad_alloc();
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-    if (huge) madvise(p, size, MADV_HUGEPAGE);  // advice only: without THP the pages stay small
-#endif
-    return p;
-}
-}  // namespace
 
 void Model::pack_weights() {
     const char* env = std::getenv("OWL_REPACK");  // OWL_REPACK=0 keeps the file's layout (A/B benchmarks)
@@ -73,7 +52,8 @@ void Model::pack_weights() {
         offset.push_back(total);
         total += (bytes(*w) + kAlign - 1) / kAlign * kAlign;
     }
-    packed_.reset(alloc_streamed(total));
+    packed_.reset(static_cast<uint8_t*>(std::aligned_alloc(kAlign, total)));
+    if (!packed_) throw std::bad_alloc();
     packed_bytes_ = total;
 
     ThreadPool pool(ThreadPool::default_threads());
