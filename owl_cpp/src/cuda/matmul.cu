@@ -5,7 +5,8 @@
 //   to a multiple of 16 bytes (nb = cols / 32),
 // so rows are 16-byte aligned: a thread reads one Q4_0 block or half a Q8_0 block with a single 16-byte load and a
 // warp reads 512 contiguous bytes of a row. The scales stay in their row (not in a plane after all rows) because
-// get_rows is not told the row count.
+// get_rows is not told the row count. Q4_K / Q5_K / Q6_K: kquant_block.h's layout, their kernels in
+// matmul_kquant.cu (dispatched from here).
 //
 // Q8_0 / Q4_0 products first round the activations to int8 blocks of 32 (ggml's rule, quantize_x_kernel): quants
 // [T][cols] plus one {d (fp32 bits), sum of q} per block. Block products are exact integer dot products (dp4a),
@@ -19,8 +20,10 @@
 #include <string>
 #include <vector>
 
+#include "kquant_block.h"
 #include "matmul.cuh"
 #include "matmul_common.cuh"
+#include "matmul_kquant.cuh"
 #include "owl/error.h"
 
 namespace owl {
@@ -531,8 +534,13 @@ void matvec(const MvArgs& a, int64_t T, cudaStream_t stream) {
 
 bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
 
-void matmul_quant(DType type, const uint8_t* w, int64_t rows, int64_t cols, const float* x, int64_t T,
-                  const float* bias, float* y, Workspace& ws, bool x_quantized, cudaStream_t stream) {
+// The activations rounded to int8 blocks of 32 in the workspace: quants [T][cols], then {d, sum} per block.
+struct QuantizedX {
+    const int8_t* xq;
+    const int2* xs;
+};
+QuantizedX quantize_activations(const float* x, int64_t T, int64_t cols, Workspace& ws, bool x_quantized,
+                                cudaStream_t stream) {
     const int64_t nb = cols / QK;
     const size_t xq_bytes = align_up(size_t(T) * size_t(cols), kScratchAlign);
     uint8_t* scratch = static_cast<uint8_t*>(ws.get(xq_bytes + size_t(T) * size_t(nb) * sizeof(int2)));
@@ -545,6 +553,15 @@ void matmul_quant(DType type, const uint8_t* w, int64_t rows, int64_t cols, cons
                                                                   reinterpret_cast<uint32_t*>(xq), xs);
         OWL_CUDA_LAUNCHED("quantize_x_kernel");
     }
+    return {xq, xs};
+}
+
+void matmul_quant(DType type, const uint8_t* w, int64_t rows, int64_t cols, const float* x, int64_t T,
+                  const float* bias, float* y, Workspace& ws, bool x_quantized, cudaStream_t stream) {
+    const int64_t nb = cols / QK;
+    const QuantizedX qx = quantize_activations(x, T, cols, ws, x_quantized, stream);
+    const int8_t* xq = qx.xq;
+    const int2* xs = qx.xs;
 
     if (T <= kDecodeT) {
         MvArgs a{};
@@ -571,6 +588,15 @@ void matmul_quant(DType type, const uint8_t* w, int64_t rows, int64_t cols, cons
         gemm_q_kernel<DType::Q8_0><<<blocks, kGemmThreads, 0, stream>>>(w, rows, int(nb), xq, xs, T, bias, y);
         OWL_CUDA_LAUNCHED("gemm_q_kernel<Q8_0>");
     }
+}
+
+// Q4_K / Q5_K / Q6_K (matmul_kquant.cu): decode rounds the activations as matmul_quant does; prefill runs on the
+// fp32 activations (so x_quantized only matters for decode, see quantizes_activations).
+void matmul_kquant(DType type, const uint8_t* w, int64_t rows, int64_t cols, const float* x, int64_t T,
+                   const float* bias, float* y, Workspace& ws, bool x_quantized, cudaStream_t stream) {
+    if (T > kDecodeT) return kquant_gemm(type, w, rows, cols, x, T, bias, y, stream);
+    const QuantizedX qx = quantize_activations(x, T, cols, ws, x_quantized, stream);
+    kquant_matvec(type, w, int(rows), cols, qx.xq, qx.xs, int(T), bias, y, stream);
 }
 
 template <DType TY>
@@ -606,23 +632,50 @@ void launch_get_rows(const uint8_t* table, int64_t cols, const int32_t* ids, int
 
 }  // namespace
 
-// Types the CUDA kernels run; any other (the K-quants, say) is refused here, at load, before a byte is copied.
+// Types the CUDA kernels run; any other (Q2_K, Q3_K, Q4_1, Q5_0, Q5_1, IQ4_NL) is refused here, at load, before a
+// byte is copied.
 static void check_device_type(DType type) {
-    if (is_quant(type) || type == DType::F32 || type == DType::F16 || type == DType::BF16) return;
+    if (is_quant(type) || kq::is_kq(type) || type == DType::F32 || type == DType::F16 || type == DType::BF16) return;
     throw Error(std::string("CUDA backend has no kernel for ") + dtype_name(type) +
-                "; use the CPU (F32, F16, BF16, Q8_0 and Q4_0 run on the GPU)");
+                "; use the CPU (F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q5_K and Q6_K run on the GPU)");
 }
 
 size_t weight_device_bytes(DType type, int64_t rows, int64_t cols) {
     // Every weight passes here before anything is allocated or uploaded (make_resident, WeightOnDevice).
     check_device_type(type);
     if (is_quant(type)) return size_t(rows) * size_t(quant_row_bytes(type, cols / QK));
+    if (kq::is_kq(type)) return size_t(rows) * size_t(kq::row_bytes(type, cols / QK_K));
     return size_t(rows) * size_t(cols) * elem_bytes(type);
 }
 
+bool quantizes_activations(DType type, int64_t T) { return is_quant(type) || (kq::is_kq(type) && T <= kDecodeT); }
+
 namespace {
+// K-quant rows into the device layout (kquant_block.h: Q4_K / Q5_K as in the file, Q6_K's d's moved to the row's
+// end), a run of rows at a time through bounded host staging.
+void upload_kquant_rows(DType type, const void* host, int64_t rows, int64_t cols, void* dev) {
+    const int64_t nb = cols / QK_K;
+    if (rows <= 0 || nb == 0) return;
+    const size_t src_row = size_t(dtype_row_bytes(type, cols)), dst_row = size_t(kq::row_bytes(type, nb));
+    const auto* src = static_cast<const uint8_t*>(host);
+    if (type != DType::Q6_K) {  // same bytes
+        OWL_CUDA_CHECK(cudaMemcpy(dev, host, size_t(rows) * src_row, cudaMemcpyHostToDevice));
+        return;
+    }
+    const size_t chunk_rows = std::max<size_t>(1, (size_t(64) << 20) / dst_row);
+    std::vector<uint8_t> buf;
+    for (size_t r0 = 0; r0 < size_t(rows); r0 += chunk_rows) {
+        const size_t nr = std::min(chunk_rows, size_t(rows) - r0);
+        buf.resize(nr * dst_row);
+        for (size_t r = 0; r < nr; ++r) kq::pack_row(type, src + (r0 + r) * src_row, nb, buf.data() + r * dst_row);
+        OWL_CUDA_CHECK(cudaMemcpy(static_cast<uint8_t*>(dev) + r0 * dst_row, buf.data(), nr * dst_row,
+                                  cudaMemcpyHostToDevice));
+    }
+}
+
 void upload_weight_rows(DType type, const void* host, int64_t rows, int64_t cols, void* dev) {
     check_device_type(type);
+    if (kq::is_kq(type)) return upload_kquant_rows(type, host, rows, cols, dev);
     if (!is_quant(type)) {
         const size_t bytes = weight_device_bytes(type, rows, cols);
         if (bytes) OWL_CUDA_CHECK(cudaMemcpy(dev, host, bytes, cudaMemcpyHostToDevice));
@@ -673,6 +726,12 @@ void matmul(DType type, const void* w, int64_t rows, int64_t cols, const float* 
             if (cols % QK != 0) throw Error("matmul: quantized rows must be a multiple of 32 columns");
             if (cols == 0) break;
             return matmul_quant(type, wb, rows, cols, x, T, bias, y, ws, x_quantized, stream);
+        case DType::Q4_K:
+        case DType::Q5_K:
+        case DType::Q6_K:
+            if (cols % QK_K != 0) throw Error("matmul: K-quant rows must be a multiple of 256 columns");
+            if (cols == 0) break;
+            return matmul_kquant(type, wb, rows, cols, x, T, bias, y, ws, x_quantized, stream);
         case DType::F32: return matmul_float<DType::F32>(wb, rows, cols, x, T, bias, y, stream);
         case DType::F16: return matmul_float<DType::F16>(wb, rows, cols, x, T, bias, y, stream);
         case DType::BF16: return matmul_float<DType::BF16>(wb, rows, cols, x, T, bias, y, stream);
@@ -693,6 +752,9 @@ void get_rows(DType type, const void* table, int64_t cols, const int32_t* ids, i
         case DType::BF16: return launch_get_rows<DType::BF16>(t, cols, ids, n, out, stream);
         case DType::Q8_0: return launch_get_rows<DType::Q8_0>(t, cols, ids, n, out, stream);
         case DType::Q4_0: return launch_get_rows<DType::Q4_0>(t, cols, ids, n, out, stream);
+        case DType::Q4_K:
+        case DType::Q5_K:
+        case DType::Q6_K: return kquant_get_rows(type, t, cols, ids, n, out, stream);
         default: break;
     }
     throw Error(std::string("get_rows: unsupported table type ") + dtype_name(type));
