@@ -140,7 +140,12 @@ OWL_KQ_HD float fma_rn(float a, float b, float c) {
 
 // Bytes 0..63 -> value - 32 as int8 in every byte, without borrows between bytes.
 OWL_KQ_HD uint32_t bytes_minus32(uint32_t v) { return ((v | 0x80808080u) - 0x20202020u) ^ 0x80808080u; }
-OWL_KQ_HD int byte_of(const uint32_t (&s)[4], int i) { return int((s[i >> 2] >> (8 * (i & 3))) & 0xffu); }
+// Byte i of the 16 bytes s; selects rather than indexes, so a run-time i keeps s in registers (no local memory).
+OWL_KQ_HD int byte_of(const uint32_t (&s)[4], int i) {
+    const int k = i >> 2;
+    const uint32_t w = k == 0 ? s[0] : k == 1 ? s[1] : k == 2 ? s[2] : s[3];
+    return int((w >> (8 * (i & 3))) & 0xffu);
+}
 
 // ---- one sub-block ----
 
