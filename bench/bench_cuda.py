@@ -8,6 +8,7 @@ of weights one decode step reads).
 
     python bench/bench_cuda.py                                   # Owl3 1B/2B/7B and Owl2 7B decoders, all types
     python bench/bench_cuda.py --sizes qwen2-7b --quants q4_0 --no-torch
+    python bench/bench_cuda.py --sizes qwen2-1.5b qwen2-7b --quants q4_k q6_k --no-torch   # the K-quant kernels
 """
 from __future__ import annotations
 
@@ -131,7 +132,9 @@ def time_torch(size: str, prompt: int, tg_after: int, gen: int, reps: int) -> di
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", nargs="+", default=["qwen2-0.5b", "qwen2-1.5b", "qwen2-7b", "llama-7b"], choices=list(SIZES))
-    ap.add_argument("--quants", nargs="+", default=["q4_0", "q8_0", "f16"], choices=["q4_0", "q8_0", "f16"])
+    # q4_k / q5_k / q6_k: every matrix in that type (make_random_gguf.py), so not qwen2-0.5b (896 columns)
+    ap.add_argument("--quants", nargs="+", default=["q4_0", "q8_0", "f16"],
+                    choices=["q4_0", "q8_0", "f16", "q4_k", "q5_k", "q6_k"])
     ap.add_argument("--prompt", type=int, default=512)
     ap.add_argument("--tg-after", type=int, default=128)
     ap.add_argument("--gen", type=int, default=64)

@@ -5,6 +5,9 @@ import numpy as np
 import pytest
 
 from owl_cpp import _testing
+from kquant_blocks import TYPE_IDS as KTYPE_IDS
+from kquant_blocks import q8_k_activations
+from kquant_blocks import quantize as kquantize
 from quant_reference import quantized_activations
 from test_ops import TYPES, decode, encode, numpy_rope
 
@@ -21,6 +24,10 @@ def rel(a, b):
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     assert not np.isnan(a).any(), "the op left elements unwritten (NaN poison) or produced NaN"
     return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30))
+
+
+def decode_kq(raw, type_name, shape):
+    return _testing.ops.dequantize(raw, KTYPE_IDS[type_name], int(np.prod(shape))).reshape(shape)
 
 
 def rnd(*shape, scale=1.0):
@@ -41,6 +48,35 @@ def test_matmul(be, type_name, rows, cols, T):
     got = be.matmul(raw.reshape(-1), TYPES[type_name], rows, cols, x, bias)
     assert rel(got, want) < 1e-5
     assert rel(be.matmul(raw.reshape(-1), TYPES[type_name], rows, cols, x), want - bias) < 1e-5
+
+
+# K-quant weights: each backend rounds the activations its own way, the CPU to Q8_K blocks of 256 (as llama.cpp),
+# the CUDA kernels to int8 blocks of 32 for T <= 8 (the Q4_0 / Q8_0 rounding) and not at all for more tokens; the
+# reference takes the same activations, so what remains is fp32 accumulation.
+def kquant_activations(be, x):
+    if be.name.startswith("cuda"):
+        return quantized_activations(x) if x.shape[0] <= 8 else x.astype(np.float64)
+    return q8_k_activations(x)
+
+
+@pytest.mark.parametrize("type_name", ["Q4_K", "Q5_K", "Q6_K"])
+@pytest.mark.parametrize("rows,cols,T", [(1, 256, 1), (13, 512, 3), (37, 768, 8), (70, 1280, 9), (33, 256, 64),
+                                         (300, 2048, 1), (129, 4096, 2), (65, 1024, 67)])
+def test_matmul_kquant(be, type_name, rows, cols, T):
+    raw = kquantize(rnd(rows, cols, scale=0.05), type_name)
+    wd = decode_kq(raw, type_name, (rows, cols)).astype(np.float64)
+    x, bias = rnd(T, cols), rnd(rows)
+    want = kquant_activations(be, x) @ wd.T + bias
+    assert rel(be.matmul(raw, KTYPE_IDS[type_name], rows, cols, x, bias), want) < 1e-5
+    assert rel(be.matmul(raw, KTYPE_IDS[type_name], rows, cols, x), want - bias) < 1e-5
+
+
+@pytest.mark.parametrize("type_name", ["Q4_K", "Q5_K", "Q6_K"])
+def test_get_rows_kquant(be, type_name):
+    raw = kquantize(rnd(11, 512), type_name)
+    ids = np.array([10, 0, 3, 3, 7], np.int32)
+    want = decode_kq(raw, type_name, (11, 512))[ids]
+    assert rel(be.get_rows(raw, KTYPE_IDS[type_name], 11, 512, ids), want) == 0
 
 
 @pytest.mark.parametrize("type_name", ["F32", "F16", "Q8_0", "Q4_0"])

@@ -26,4 +26,5 @@ PYBIND11_MODULE(_testing, m) {
     owl::testing::bind_ops(m);
     owl::testing::bind_bench(m);
     owl::testing::bind_unicode(m);
+    owl::testing::bind_cuda_kquant(m);
 }

@@ -7,4 +7,5 @@ void bind_backend(pybind11::module_& m);
 void bind_ops(pybind11::module_& m);    // the submodule _testing.ops
 void bind_bench(pybind11::module_& m);  // measure_read_bandwidth and the submodule _testing.bench
 void bind_unicode(pybind11::module_& m);  // the submodule _testing.unicode
+void bind_cuda_kquant(pybind11::module_& m);  // the submodule _testing.cuda_kquant
 }  // namespace owl::testing

@@ -296,7 +296,7 @@ public:
         float* xo = f32(x);
         float* yo = f32(y);
         // The op right before was a quantized matmul of this very input (Q then K then V): reuse its rounding.
-        const bool quant = w.type == DType::Q4_0 || w.type == DType::Q8_0;
+        const bool quant = cuda::quantizes_activations(w.type, x.rows);
         const bool reuse = quant && ops_ == quantized_.op && quantized_.x == xo && quantized_.rows == x.rows &&
                            quantized_.cols == x.cols;
         OpScope scope(*this);

@@ -5,7 +5,8 @@
 //   to a multiple of 16 bytes (nb = cols / 32),
 // so rows are 16-byte aligned: a thread reads one Q4_0 block or half a Q8_0 block with a single 16-byte load and a
 // warp reads 512 contiguous bytes of a row. The scales stay in their row (not in a plane after all rows) because
-// get_rows is not told the row count.
+// get_rows is not told the row count. Q4_K / Q5_K / Q6_K: kquant_block.h's layout, their kernels in
+// matmul_kquant.cu (dispatched from here).
 //
 // Q8_0 / Q4_0 products first round the activations to int8 blocks of 32 (ggml's rule, quantize_x_kernel): quants
 // [T][cols] plus one {d (fp32 bits), sum of q} per block. Block products are exact integer dot products (dp4a),
@@ -19,14 +20,17 @@
 #include <string>
 #include <vector>
 
+#include "kquant_block.h"
 #include "matmul.cuh"
+#include "matmul_common.cuh"
+#include "matmul_kquant.cuh"
 #include "owl/error.h"
 
 namespace owl {
 namespace cuda {
 namespace {
 
-constexpr int kDecodeT = 8;           // largest token count of the matrix-vector path
+using namespace mm;  // matmul_common.cuh
 constexpr size_t kScratchAlign = 256;  // offset of the block scales after the int8 activations in the workspace
 
 inline size_t align_up(size_t n, size_t a) { return (n + a - 1) / a * a; }
@@ -39,9 +43,6 @@ inline bool is_quant(DType t) { return t == DType::Q4_0 || t == DType::Q8_0; }
 inline size_t elem_bytes(DType t) { return t == DType::F32 ? 4 : 2; }
 
 // ---- device helpers ----
-
-// Streaming weight load: read once per call, so it should not push activations out of L1 / L2.
-__device__ __forceinline__ uint4 ld_stream(const uint4* p) { return __ldcs(p); }
 
 __device__ __forceinline__ float2 f16x2_to_float2(uint32_t w) {
     return __half22float2(*reinterpret_cast<const __half2*>(&w));
@@ -107,13 +108,7 @@ __global__ void __launch_bounds__(256) quantize_x_kernel(const float4* __restric
 // all rows, are read through L1 (__ldg) once per R rows. Partial sums are reduced with shuffles, then across
 // warps through shared memory when tpr > 32.
 
-constexpr int kMvThreads = 128;
 constexpr int kMvRows = 4;  // R
-// Blocks per SM for __launch_bounds__, i.e. a register budget that fits each T's accumulators. Without it ptxas
-// aimed at fewer registers by issuing each row's weight load just before its use (one load in flight per thread
-// instead of R); with these budgets all R loads of a step are issued together and nothing spills (sm_75..sm_90).
-__host__ __device__ constexpr int mv_min_blocks(int T) { return T == 1 ? 7 : T <= 4 ? 4 : T <= 6 ? 3 : 2; }
-
 struct MvArgs {
     const uint8_t* w;     // device layout
     int rows;             // < 2^31 (checked by the caller): 32-bit row arithmetic saves registers
@@ -248,82 +243,10 @@ __global__ void __launch_bounds__(kMvThreads, mv_min_blocks(T)) matvec_kernel(co
         mv_unit<TY, T, R>(a, u, q, d, acc);
     }
 
-    // Sum over the group's threads: shuffles within a warp (groups of <= 32 lanes are aligned segments of it).
-    const int width = min(tpr, 32);
-#pragma unroll
-    for (int i = 0; i < R; ++i)
-#pragma unroll
-        for (int t = 0; t < T; ++t)
-#pragma unroll
-            for (int o = 16; o > 0; o >>= 1)
-                if (o < width) acc[i][t] += __shfl_xor_sync(0xffffffffu, acc[i][t], o);
-
-    if (tpr <= 32) {
-        if (l == 0) {
-#pragma unroll
-            for (int i = 0; i < R; ++i) {
-                if (r0 + i >= a.rows) break;
-                const float b = a.bias ? a.bias[r0 + i] : 0.0f;
-#pragma unroll
-                for (int t = 0; t < T; ++t) a.y[int64_t(t) * a.rows + r0 + i] = acc[i][t] + b;
-            }
-        }
-        return;
-    }
-    // tpr = 64 or 128: a group spans tpr / 32 warps.
-    __shared__ float red[kMvThreads / 32][R * T];
-    const int warp = threadIdx.x >> 5;
-    if ((threadIdx.x & 31) == 0) {
-#pragma unroll
-        for (int i = 0; i < R; ++i)
-#pragma unroll
-            for (int t = 0; t < T; ++t) red[warp][i * T + t] = acc[i][t];
-    }
-    __syncthreads();
-    const int per_group = tpr >> 5, groups = kMvThreads >> a.tpr_shift;
-    if (int(threadIdx.x) < groups * R * T) {
-        const int gg = threadIdx.x / (R * T), k = threadIdx.x % (R * T);
-        float s = 0.0f;
-        for (int w = 0; w < per_group; ++w) s += red[gg * per_group + w][k];
-        const int r = (int(blockIdx.x) * groups + gg) * R + k / T;
-        if (r < a.rows) a.y[int64_t(k % T) * a.rows + r] = s + (a.bias ? a.bias[r] : 0.0f);
-    }
+    mv_reduce_store<R, T>(acc, a.tpr_shift, r0, a.rows, a.bias, a.y);
 }
 
-// ---- prefill: tiled GEMM, 64 rows x 64 tokens per block of 256 threads ----
-//
-// Warps form a 2 (rows) x 4 (tokens) grid of 32 x 16 tiles; in a warp, lane & 7 picks the row and lane >> 3 the
-// token, and each thread owns rows tx + 8i and tokens ty + 4j (i, j < 4). Eight lanes reading eight consecutive
-// rows of a shared tile hit disjoint banks thanks to the row padding (80 or 144 bytes: 20 or 36 words, 8 rows
-// cover all 32 banks once), and the y stores of a warp are 32-byte runs of 8 consecutive rows.
-// Tiles are staged through registers: global loads of stage s + 1 are issued before computing stage s.
-
-constexpr int kGemmThreads = 256;
-constexpr int kTileR = 64, kTileT = 64;
-
-// Tile (row0, tok0) of a 1-D grid; consecutive blocks share a weight tile (read from DRAM once, reused in L2).
-__device__ __forceinline__ void gemm_tile(int64_t T, int64_t& row0, int64_t& tok0) {
-    const int64_t tok_tiles = (T + kTileT - 1) / kTileT;
-    row0 = int64_t(blockIdx.x) / tok_tiles * kTileR;
-    tok0 = int64_t(blockIdx.x) % tok_tiles * kTileT;
-}
-
-__device__ __forceinline__ void gemm_store(const float (&acc)[4][4], int64_t row0, int64_t tok0, int64_t rows,
-                                           int64_t T, const float* bias, float* y) {
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const int64_t rb = row0 + (warp & 1) * 32 + (lane & 7), tb = tok0 + (warp >> 1) * 16 + (lane >> 3);
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-        const int64_t r = rb + 8 * i;
-        if (r >= rows) continue;
-        const float b = bias ? bias[r] : 0.0f;
-#pragma unroll
-        for (int j = 0; j < 4; ++j) {
-            const int64_t t = tb + 4 * j;
-            if (t < T) y[t * rows + r] = acc[i][j] + b;
-        }
-    }
-}
+// ---- prefill: tiled GEMM, 64 rows x 64 tokens per block of 256 threads (tile walk in matmul_common.cuh) ----
 
 // Quant GEMM: a stage is two blocks (64 columns). Shared tiles hold int8 values (Q4_0 expanded to q - 8), 16 words
 // per row plus 4 of padding, and fp32 scales per (block, row) and (block, token). A block past the end of the row
@@ -459,9 +382,9 @@ __global__ void __launch_bounds__(kGemmThreads) gemm_f_kernel(const uint8_t* __r
                                                               int64_t cols, bool wvec, const float* __restrict__ x,
                                                               bool xvec, int64_t T, const float* __restrict__ bias,
                                                               float* __restrict__ y) {
-    constexpr int kK = 32, kStride = 36;
-    __shared__ __align__(16) float sw[2][kTileR][kStride];
-    __shared__ __align__(16) float sx[2][kTileT][kStride];
+    constexpr int kK = kFK;
+    __shared__ __align__(16) float sw[2][kTileR][kFStride];
+    __shared__ __align__(16) float sx[2][kTileT][kFStride];
 
     int64_t row0, tok0;
     gemm_tile(T, row0, tok0);
@@ -541,25 +464,7 @@ __global__ void __launch_bounds__(kGemmThreads) gemm_f_kernel(const uint8_t* __r
     for (int64_t s = 0; s < stages; ++s) {
         const int buf = int(s & 1);
         if (s + 1 < stages) load(int(s + 1));
-#pragma unroll
-        for (int c = 0; c < kK; c += 4) {
-            float4 a[4], b[4];
-#pragma unroll
-            for (int i = 0; i < 4; ++i) a[i] = *reinterpret_cast<const float4*>(&sw[buf][rl + 8 * i][c]);
-#pragma unroll
-            for (int j = 0; j < 4; ++j) b[j] = *reinterpret_cast<const float4*>(&sx[buf][tl + 4 * j][c]);
-#pragma unroll
-            for (int i = 0; i < 4; ++i)
-#pragma unroll
-                for (int j = 0; j < 4; ++j) {
-                    float v = acc[i][j];
-                    v = fmaf(a[i].x, b[j].x, v);
-                    v = fmaf(a[i].y, b[j].y, v);
-                    v = fmaf(a[i].z, b[j].z, v);
-                    v = fmaf(a[i].w, b[j].w, v);
-                    acc[i][j] = v;
-                }
-        }
+        gemm_f_stage(sw[buf], sx[buf], rl, tl, acc);
         if (s + 1 < stages) store(buf ^ 1);
         __syncthreads();
     }
@@ -603,13 +508,6 @@ __global__ void __launch_bounds__(256) get_rows_kernel(const uint8_t* __restrict
 
 // ---- host side ----
 
-// Threads per row group of the matrix-vector kernel: one unit per thread and step where the row allows, 8..128.
-int mv_tpr_shift(int64_t units) {
-    int shift = 3;
-    while (shift < 7 && (int64_t(1) << shift) < units) ++shift;
-    return shift;
-}
-
 template <DType TY, int T>
 void launch_matvec(const MvArgs& a, cudaStream_t stream) {
     MvArgs b = a;
@@ -634,16 +532,15 @@ void matvec(const MvArgs& a, int64_t T, cudaStream_t stream) {
     }
 }
 
-unsigned gemm_blocks(int64_t rows, int64_t T) {
-    const int64_t n = ((rows + kTileR - 1) / kTileR) * ((T + kTileT - 1) / kTileT);
-    if (n > 0x7fffffff) throw Error("matmul: too many tiles");
-    return unsigned(n);
-}
-
 bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
 
-void matmul_quant(DType type, const uint8_t* w, int64_t rows, int64_t cols, const float* x, int64_t T,
-                  const float* bias, float* y, Workspace& ws, bool x_quantized, cudaStream_t stream) {
+// The activations rounded to int8 blocks of 32 in the workspace: quants [T][cols], then {d, sum} per block.
+struct QuantizedX {
+    const int8_t* xq;
+    const int2* xs;
+};
+QuantizedX quantize_activations(const float* x, int64_t T, int64_t cols, Workspace& ws, bool x_quantized,
+                                cudaStream_t stream) {
     const int64_t nb = cols / QK;
     const size_t xq_bytes = align_up(size_t(T) * size_t(cols), kScratchAlign);
     uint8_t* scratch = static_cast<uint8_t*>(ws.get(xq_bytes + size_t(T) * size_t(nb) * sizeof(int2)));
@@ -656,6 +553,15 @@ void matmul_quant(DType type, const uint8_t* w, int64_t rows, int64_t cols, cons
                                                                   reinterpret_cast<uint32_t*>(xq), xs);
         OWL_CUDA_LAUNCHED("quantize_x_kernel");
     }
+    return {xq, xs};
+}
+
+void matmul_quant(DType type, const uint8_t* w, int64_t rows, int64_t cols, const float* x, int64_t T,
+                  const float* bias, float* y, Workspace& ws, bool x_quantized, cudaStream_t stream) {
+    const int64_t nb = cols / QK;
+    const QuantizedX qx = quantize_activations(x, T, cols, ws, x_quantized, stream);
+    const int8_t* xq = qx.xq;
+    const int2* xs = qx.xs;
 
     if (T <= kDecodeT) {
         MvArgs a{};
@@ -682,6 +588,15 @@ void matmul_quant(DType type, const uint8_t* w, int64_t rows, int64_t cols, cons
         gemm_q_kernel<DType::Q8_0><<<blocks, kGemmThreads, 0, stream>>>(w, rows, int(nb), xq, xs, T, bias, y);
         OWL_CUDA_LAUNCHED("gemm_q_kernel<Q8_0>");
     }
+}
+
+// Q4_K / Q5_K / Q6_K (matmul_kquant.cu): decode rounds the activations as matmul_quant does; prefill runs on the
+// fp32 activations (so x_quantized only matters for decode, see quantizes_activations).
+void matmul_kquant(DType type, const uint8_t* w, int64_t rows, int64_t cols, const float* x, int64_t T,
+                   const float* bias, float* y, Workspace& ws, bool x_quantized, cudaStream_t stream) {
+    if (T > kDecodeT) return kquant_gemm(type, w, rows, cols, x, T, bias, y, stream);
+    const QuantizedX qx = quantize_activations(x, T, cols, ws, x_quantized, stream);
+    kquant_matvec(type, w, int(rows), cols, qx.xq, qx.xs, int(T), bias, y, stream);
 }
 
 template <DType TY>
@@ -717,23 +632,50 @@ void launch_get_rows(const uint8_t* table, int64_t cols, const int32_t* ids, int
 
 }  // namespace
 
-// Types the CUDA kernels run; any other (the K-quants, say) is refused here, at load, before a byte is copied.
+// Types the CUDA kernels run; any other (Q2_K, Q3_K, Q4_1, Q5_0, Q5_1, IQ4_NL) is refused here, at load, before a
+// byte is copied.
 static void check_device_type(DType type) {
-    if (is_quant(type) || type == DType::F32 || type == DType::F16 || type == DType::BF16) return;
+    if (is_quant(type) || kq::is_kq(type) || type == DType::F32 || type == DType::F16 || type == DType::BF16) return;
     throw Error(std::string("CUDA backend has no kernel for ") + dtype_name(type) +
-                "; use the CPU (F32, F16, BF16, Q8_0 and Q4_0 run on the GPU)");
+                "; use the CPU (F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q5_K and Q6_K run on the GPU)");
 }
 
 size_t weight_device_bytes(DType type, int64_t rows, int64_t cols) {
     // Every weight passes here before anything is allocated or uploaded (make_resident, WeightOnDevice).
     check_device_type(type);
     if (is_quant(type)) return size_t(rows) * size_t(quant_row_bytes(type, cols / QK));
+    if (kq::is_kq(type)) return size_t(rows) * size_t(kq::row_bytes(type, cols / QK_K));
     return size_t(rows) * size_t(cols) * elem_bytes(type);
 }
 
+bool quantizes_activations(DType type, int64_t T) { return is_quant(type) || (kq::is_kq(type) && T <= kDecodeT); }
+
 namespace {
+// K-quant rows into the device layout (kquant_block.h: Q4_K / Q5_K as in the file, Q6_K's d's moved to the row's
+// end), a run of rows at a time through bounded host staging.
+void upload_kquant_rows(DType type, const void* host, int64_t rows, int64_t cols, void* dev) {
+    const int64_t nb = cols / QK_K;
+    if (rows <= 0 || nb == 0) return;
+    const size_t src_row = size_t(dtype_row_bytes(type, cols)), dst_row = size_t(kq::row_bytes(type, nb));
+    const auto* src = static_cast<const uint8_t*>(host);
+    if (type != DType::Q6_K) {  // same bytes
+        OWL_CUDA_CHECK(cudaMemcpy(dev, host, size_t(rows) * src_row, cudaMemcpyHostToDevice));
+        return;
+    }
+    const size_t chunk_rows = std::max<size_t>(1, (size_t(64) << 20) / dst_row);
+    std::vector<uint8_t> buf;
+    for (size_t r0 = 0; r0 < size_t(rows); r0 += chunk_rows) {
+        const size_t nr = std::min(chunk_rows, size_t(rows) - r0);
+        buf.resize(nr * dst_row);
+        for (size_t r = 0; r < nr; ++r) kq::pack_row(type, src + (r0 + r) * src_row, nb, buf.data() + r * dst_row);
+        OWL_CUDA_CHECK(cudaMemcpy(static_cast<uint8_t*>(dev) + r0 * dst_row, buf.data(), nr * dst_row,
+                                  cudaMemcpyHostToDevice));
+    }
+}
+
 void upload_weight_rows(DType type, const void* host, int64_t rows, int64_t cols, void* dev) {
     check_device_type(type);
+    if (kq::is_kq(type)) return upload_kquant_rows(type, host, rows, cols, dev);
     if (!is_quant(type)) {
         const size_t bytes = weight_device_bytes(type, rows, cols);
         if (bytes) OWL_CUDA_CHECK(cudaMemcpy(dev, host, bytes, cudaMemcpyHostToDevice));
@@ -784,6 +726,12 @@ void matmul(DType type, const void* w, int64_t rows, int64_t cols, const float* 
             if (cols % QK != 0) throw Error("matmul: quantized rows must be a multiple of 32 columns");
             if (cols == 0) break;
             return matmul_quant(type, wb, rows, cols, x, T, bias, y, ws, x_quantized, stream);
+        case DType::Q4_K:
+        case DType::Q5_K:
+        case DType::Q6_K:
+            if (cols % QK_K != 0) throw Error("matmul: K-quant rows must be a multiple of 256 columns");
+            if (cols == 0) break;
+            return matmul_kquant(type, wb, rows, cols, x, T, bias, y, ws, x_quantized, stream);
         case DType::F32: return matmul_float<DType::F32>(wb, rows, cols, x, T, bias, y, stream);
         case DType::F16: return matmul_float<DType::F16>(wb, rows, cols, x, T, bias, y, stream);
         case DType::BF16: return matmul_float<DType::BF16>(wb, rows, cols, x, T, bias, y, stream);
@@ -804,6 +752,9 @@ void get_rows(DType type, const void* table, int64_t cols, const int32_t* ids, i
         case DType::BF16: return launch_get_rows<DType::BF16>(t, cols, ids, n, out, stream);
         case DType::Q8_0: return launch_get_rows<DType::Q8_0>(t, cols, ids, n, out, stream);
         case DType::Q4_0: return launch_get_rows<DType::Q4_0>(t, cols, ids, n, out, stream);
+        case DType::Q4_K:
+        case DType::Q5_K:
+        case DType::Q6_K: return kquant_get_rows(type, t, cols, ids, n, out, stream);
         default: break;
     }
     throw Error(std::string("get_rows: unsupported table type ") + dtype_name(type));
