@@ -519,17 +519,7 @@ void launch_matvec(const MvArgs& a, cudaStream_t stream) {
 
 template <DType TY>
 void matvec(const MvArgs& a, int64_t T, cudaStream_t stream) {
-    switch (T) {
-        case 1: return launch_matvec<TY, 1>(a, stream);
-        case 2: return launch_matvec<TY, 2>(a, stream);
-        case 3: return launch_matvec<TY, 3>(a, stream);
-        case 4: return launch_matvec<TY, 4>(a, stream);
-        case 5: return launch_matvec<TY, 5>(a, stream);
-        case 6: return launch_matvec<TY, 6>(a, stream);
-        case 7: return launch_matvec<TY, 7>(a, stream);
-        case 8: return launch_matvec<TY, 8>(a, stream);
-        default: throw Error("matvec: bad token count " + std::to_string(T));
-    }
+    mm::with_decode_tokens(T, "matvec", [&](auto t) { launch_matvec<TY, decltype(t)::value>(a, stream); });
 }
 
 bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }

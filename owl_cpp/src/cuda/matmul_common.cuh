@@ -2,6 +2,8 @@
 // groups and their final reduction, and the tiled GEMMs' tile walk, fp32 inner step and output stores.
 #pragma once
 #include <cstdint>
+#include <string>
+#include <type_traits>
 
 #include "cuda_util.cuh"
 #include "owl/error.h"
@@ -22,6 +24,24 @@ constexpr int kMvThreads = 128;
 // aimed at fewer registers by issuing each row's weight load just before its use (one load in flight per thread
 // instead of R); with these budgets all R loads of a step are issued together and nothing spills (sm_75..sm_90).
 __host__ __device__ constexpr int mv_min_blocks(int T) { return T == 1 ? 7 : T <= 4 ? 4 : T <= 6 ? 3 : 2; }
+
+// f(std::integral_constant<int, T>{}) for a run-time token count T in 1..kDecodeT: the matrix-vector kernels are
+// compiled per T (their accumulators are registers).
+template <class F>
+void with_decode_tokens(int64_t T, const char* what, F&& f) {
+    switch (T) {
+        case 1: return f(std::integral_constant<int, 1>{});
+        case 2: return f(std::integral_constant<int, 2>{});
+        case 3: return f(std::integral_constant<int, 3>{});
+        case 4: return f(std::integral_constant<int, 4>{});
+        case 5: return f(std::integral_constant<int, 5>{});
+        case 6: return f(std::integral_constant<int, 6>{});
+        case 7: return f(std::integral_constant<int, 7>{});
+        case 8: return f(std::integral_constant<int, 8>{});
+        default: throw Error(std::string(what) + ": bad token count " + std::to_string(T));
+    }
+}
+static_assert(kDecodeT == 8, "with_decode_tokens covers 1..8");
 
 // Threads per row group: one unit per thread and step where the row allows, 8..128.
 inline int mv_tpr_shift(int64_t units) {

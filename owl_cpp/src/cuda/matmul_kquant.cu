@@ -212,17 +212,7 @@ void launch_matvec(const KqMvArgs& a, cudaStream_t stream) {
 
 template <DType TY>
 void matvec(const KqMvArgs& a, int T, cudaStream_t stream) {
-    switch (T) {
-        case 1: return launch_matvec<TY, 1>(a, stream);
-        case 2: return launch_matvec<TY, 2>(a, stream);
-        case 3: return launch_matvec<TY, 3>(a, stream);
-        case 4: return launch_matvec<TY, 4>(a, stream);
-        case 5: return launch_matvec<TY, 5>(a, stream);
-        case 6: return launch_matvec<TY, 6>(a, stream);
-        case 7: return launch_matvec<TY, 7>(a, stream);
-        case 8: return launch_matvec<TY, 8>(a, stream);
-        default: throw Error("kquant_matvec: bad token count " + std::to_string(T));
-    }
+    mm::with_decode_tokens(T, "kquant_matvec", [&](auto t) { launch_matvec<TY, decltype(t)::value>(a, stream); });
 }
 
 void check_kquant(DType type, int64_t cols, const char* what) {
