@@ -230,13 +230,18 @@ struct ProductsJob {
     }
 };
 
-void run_products(ThreadPool& pool, const Product* ps, int n) {
-    int64_t units = 0;
-    for (int i = 0; i < n; ++i) units += ps[i].units;
-    const ProductsJob job{ps, n};
+// job.run(u0, u1) over [0, units), on the pool unless one thread would do it all anyway.
+template <class Job>
+void run_units(ThreadPool& pool, int64_t units, const Job& job) {
     if (units == 1 || pool.size() == 1) return job.run(0, units);
     // One pointer captured: std::function keeps it in place, no allocation.
     pool.parallel_for(units, [j = &job](int64_t u0, int64_t u1, int) { j->run(u0, u1); });
+}
+
+void run_products(ThreadPool& pool, const Product* ps, int n) {
+    int64_t units = 0;
+    for (int i = 0; i < n; ++i) units += ps[i].units;
+    run_units(pool, units, ProductsJob{ps, n});
 }
 
 }  // namespace
@@ -294,9 +299,7 @@ void matmul_swiglu(ThreadPool& pool, const WeightView& gate, const WeightView& u
             }
         }
     } job{ps, &k};
-    const int64_t units = ps[0].units;
-    if (units == 1 || pool.size() == 1) return job.run(0, units);
-    pool.parallel_for(units, [j = &job](int64_t u0, int64_t u1, int) { j->run(u0, u1); });
+    run_units(pool, ps[0].units, job);
 }
 
 bool kernels_use_q4x8() { return isa::active().q4_0x8 != nullptr; }
