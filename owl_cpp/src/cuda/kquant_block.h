@@ -24,6 +24,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #include "owl/dtype.h"
 
@@ -37,6 +38,14 @@ namespace owl {
 namespace kq {
 
 OWL_KQ_HD constexpr bool is_kq(DType t) { return t == DType::Q4_K || t == DType::Q5_K || t == DType::Q6_K; }
+// Host side: f(std::integral_constant<DType, TY>{}) with TY = t (Q4_K, Q5_K, anything else as Q6_K: callers check
+// is_kq first), so code templated on the type is picked at run time in one place.
+template <class F>
+inline void with_type(DType t, F&& f) {
+    if (t == DType::Q4_K) f(std::integral_constant<DType, DType::Q4_K>{});
+    else if (t == DType::Q5_K) f(std::integral_constant<DType, DType::Q5_K>{});
+    else f(std::integral_constant<DType, DType::Q6_K>{});
+}
 // Bytes of one super-block in the device layout (Q6_K: without its d).
 OWL_KQ_HD constexpr int block_bytes(DType t) { return t == DType::Q4_K ? 144 : t == DType::Q5_K ? 176 : 208; }
 OWL_KQ_HD constexpr int64_t d_plane_bytes(DType t, int64_t nb) { return t == DType::Q6_K ? (nb * 2 + 15) / 16 * 16 : 0; }

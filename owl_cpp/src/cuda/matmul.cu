@@ -455,19 +455,7 @@ __global__ void __launch_bounds__(kGemmThreads) gemm_f_kernel(const uint8_t* __r
 #pragma unroll
         for (int j = 0; j < 4; ++j) acc[i][j] = 0.0f;
 
-    const int64_t stages = (cols + kK - 1) / kK;
-    if (stages > 0) {
-        load(0);
-        store(0);
-    }
-    __syncthreads();
-    for (int64_t s = 0; s < stages; ++s) {
-        const int buf = int(s & 1);
-        if (s + 1 < stages) load(int(s + 1));
-        gemm_f_stage(sw[buf], sx[buf], rl, tl, acc);
-        if (s + 1 < stages) store(buf ^ 1);
-        __syncthreads();
-    }
+    gemm_f_stages((cols + kK - 1) / kK, load, store, sw, sx, rl, tl, acc);
     gemm_store(acc, row0, tok0, rows, T, bias, y);
 }
 
@@ -641,26 +629,33 @@ size_t weight_device_bytes(DType type, int64_t rows, int64_t cols) {
 bool quantizes_activations(DType type, int64_t T) { return is_quant(type) || (kq::is_kq(type) && T <= kDecodeT); }
 
 namespace {
-// K-quant rows into the device layout (kquant_block.h: Q4_K / Q5_K as in the file, Q6_K's d's moved to the row's
-// end), a run of rows at a time through bounded host staging.
+// Rows into the device layout through bounded host staging: pack(r, dst) writes row r's dst_row bytes (zeroed
+// first, so padding stays zero) for a run of rows at a time, then one copy per run.
+template <class Pack>
+void upload_staged(int64_t rows, size_t dst_row, void* dev, Pack&& pack) {
+    const size_t chunk_rows = std::max<size_t>(1, (size_t(64) << 20) / dst_row);
+    std::vector<uint8_t> buf;
+    for (size_t r0 = 0; r0 < size_t(rows); r0 += chunk_rows) {
+        const size_t nr = std::min(chunk_rows, size_t(rows) - r0);
+        buf.assign(nr * dst_row, 0);
+        for (size_t r = 0; r < nr; ++r) pack(r0 + r, buf.data() + r * dst_row);
+        OWL_CUDA_CHECK(cudaMemcpy(static_cast<uint8_t*>(dev) + r0 * dst_row, buf.data(), nr * dst_row,
+                                  cudaMemcpyHostToDevice));
+    }
+}
+
+// K-quant rows (kquant_block.h: Q4_K / Q5_K as in the file, Q6_K's d's moved to the row's end).
 void upload_kquant_rows(DType type, const void* host, int64_t rows, int64_t cols, void* dev) {
     const int64_t nb = cols / QK_K;
     if (rows <= 0 || nb == 0) return;
-    const size_t src_row = size_t(dtype_row_bytes(type, cols)), dst_row = size_t(kq::row_bytes(type, nb));
+    const size_t src_row = size_t(dtype_row_bytes(type, cols));
     const auto* src = static_cast<const uint8_t*>(host);
     if (type != DType::Q6_K) {  // same bytes
         OWL_CUDA_CHECK(cudaMemcpy(dev, host, size_t(rows) * src_row, cudaMemcpyHostToDevice));
         return;
     }
-    const size_t chunk_rows = std::max<size_t>(1, (size_t(64) << 20) / dst_row);
-    std::vector<uint8_t> buf;
-    for (size_t r0 = 0; r0 < size_t(rows); r0 += chunk_rows) {
-        const size_t nr = std::min(chunk_rows, size_t(rows) - r0);
-        buf.resize(nr * dst_row);
-        for (size_t r = 0; r < nr; ++r) kq::pack_row(type, src + (r0 + r) * src_row, nb, buf.data() + r * dst_row);
-        OWL_CUDA_CHECK(cudaMemcpy(static_cast<uint8_t*>(dev) + r0 * dst_row, buf.data(), nr * dst_row,
-                                  cudaMemcpyHostToDevice));
-    }
+    upload_staged(rows, size_t(kq::row_bytes(type, nb)), dev,
+                  [&](size_t r, uint8_t* dst) { kq::pack_row(type, src + r * src_row, nb, dst); });
 }
 
 void upload_weight_rows(DType type, const void* host, int64_t rows, int64_t cols, void* dev) {
@@ -671,30 +666,21 @@ void upload_weight_rows(DType type, const void* host, int64_t rows, int64_t cols
         if (bytes) OWL_CUDA_CHECK(cudaMemcpy(dev, host, bytes, cudaMemcpyHostToDevice));
         return;
     }
-    // Rearrange the blocks of a run of rows at a time (bounded host staging), then one copy per run.
+    // Q4_0 / Q8_0: each row's quants first, then its scales (the top of the file).
     const size_t nb = size_t(cols / QK);
     const size_t qbytes = type == DType::Q4_0 ? 16 : 32;       // quant bytes per block
     const size_t bbytes = size_t(dtype_block_bytes(type));      // file block: {uint16 d; qs[]}
     const size_t src_row = nb * bbytes, dst_row = size_t(quant_row_bytes(type, int64_t(nb)));
     if (rows <= 0 || nb == 0) return;
-    const size_t chunk_rows = std::max<size_t>(1, (size_t(64) << 20) / dst_row);
-    std::vector<uint8_t> buf;
     const auto* src = static_cast<const uint8_t*>(host);
-    for (size_t r0 = 0; r0 < size_t(rows); r0 += chunk_rows) {
-        const size_t nr = std::min(chunk_rows, size_t(rows) - r0);
-        buf.assign(nr * dst_row, 0);  // zero padding after the scales
-        for (size_t r = 0; r < nr; ++r) {
-            const uint8_t* s = src + (r0 + r) * src_row;
-            uint8_t* q = buf.data() + r * dst_row;
-            uint8_t* d = q + nb * qbytes;
-            for (size_t b = 0; b < nb; ++b) {
-                std::memcpy(d + 2 * b, s + b * bbytes, 2);
-                std::memcpy(q + b * qbytes, s + b * bbytes + 2, qbytes);
-            }
+    upload_staged(rows, dst_row, dev, [&](size_t r, uint8_t* q) {
+        const uint8_t* s = src + r * src_row;
+        uint8_t* d = q + nb * qbytes;
+        for (size_t b = 0; b < nb; ++b) {
+            std::memcpy(d + 2 * b, s + b * bbytes, 2);
+            std::memcpy(q + b * qbytes, s + b * bbytes + 2, qbytes);
         }
-        OWL_CUDA_CHECK(cudaMemcpy(static_cast<uint8_t*>(dev) + r0 * dst_row, buf.data(), nr * dst_row,
-                                  cudaMemcpyHostToDevice));
-    }
+    });
 }
 }  // namespace
 

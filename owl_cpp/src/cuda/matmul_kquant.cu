@@ -168,20 +168,7 @@ __global__ void __launch_bounds__(kGemmThreads) kq_gemm_kernel(const uint8_t* __
 #pragma unroll
         for (int j = 0; j < 4; ++j) acc[i][j] = 0.0f;
 
-    const int stages = nb * (QK_K / kFK);
-    if (stages > 0) {
-        load(0);
-        store(0);
-    }
-    __syncthreads();
-    for (int s = 0; s < stages; ++s) {
-        const int buf = s & 1;
-        if (s + 1 < stages) load(s + 1);
-        gemm_f_stage(sw[buf], sx[buf], rl, tl, acc);
-        // Double buffering: buf ^ 1 was last read in iteration s - 1, before the barrier that ended it.
-        if (s + 1 < stages) store(buf ^ 1);
-        __syncthreads();
-    }
+    gemm_f_stages(nb * (QK_K / kFK), load, store, sw, sx, rl, tl, acc);
     gemm_store(acc, row0, tok0, rows, T, bias, y);
 }
 
@@ -239,11 +226,7 @@ void kquant_matvec(DType type, const uint8_t* w, int rows, int64_t cols, const i
     a.bias = bias;
     a.y = y;
     a.tpr_shift = mv_tpr_shift(a.units);
-    switch (type) {
-        case DType::Q4_K: return matvec<DType::Q4_K>(a, T, stream);
-        case DType::Q5_K: return matvec<DType::Q5_K>(a, T, stream);
-        default: return matvec<DType::Q6_K>(a, T, stream);
-    }
+    kq::with_type(type, [&](auto tag) { matvec<decltype(tag)::value>(a, T, stream); });
 }
 
 void kquant_gemm(DType type, const uint8_t* w, int64_t rows, int64_t cols, const float* x, int64_t T,
@@ -253,11 +236,9 @@ void kquant_gemm(DType type, const uint8_t* w, int64_t rows, int64_t cols, const
     if (reinterpret_cast<uintptr_t>(x) & 15) throw Error("matmul: activations must be 16-byte aligned");
     const unsigned blocks = gemm_blocks(rows, T);
     const int nb = int(cols / QK_K);
-    switch (type) {
-        case DType::Q4_K: kq_gemm_kernel<DType::Q4_K><<<blocks, kGemmThreads, 0, stream>>>(w, rows, nb, x, T, bias, y); break;
-        case DType::Q5_K: kq_gemm_kernel<DType::Q5_K><<<blocks, kGemmThreads, 0, stream>>>(w, rows, nb, x, T, bias, y); break;
-        default: kq_gemm_kernel<DType::Q6_K><<<blocks, kGemmThreads, 0, stream>>>(w, rows, nb, x, T, bias, y); break;
-    }
+    kq::with_type(type, [&](auto tag) {
+        kq_gemm_kernel<decltype(tag)::value><<<blocks, kGemmThreads, 0, stream>>>(w, rows, nb, x, T, bias, y);
+    });
     OWL_CUDA_LAUNCHED("kq_gemm_kernel");
 }
 
@@ -266,11 +247,9 @@ void kquant_get_rows(DType type, const uint8_t* table, int64_t cols, const int32
     check_kquant(type, cols, "get_rows");
     if (n <= 0) return;
     const unsigned blocks = unsigned(std::min<int64_t>((n * (cols / 4) + 255) / 256, 1 << 16));
-    switch (type) {
-        case DType::Q4_K: kq_get_rows_kernel<DType::Q4_K><<<blocks, 256, 0, stream>>>(table, cols, ids, n, out); break;
-        case DType::Q5_K: kq_get_rows_kernel<DType::Q5_K><<<blocks, 256, 0, stream>>>(table, cols, ids, n, out); break;
-        default: kq_get_rows_kernel<DType::Q6_K><<<blocks, 256, 0, stream>>>(table, cols, ids, n, out); break;
-    }
+    kq::with_type(type, [&](auto tag) {
+        kq_get_rows_kernel<decltype(tag)::value><<<blocks, 256, 0, stream>>>(table, cols, ids, n, out);
+    });
     OWL_CUDA_LAUNCHED("kq_get_rows_kernel");
 }
 
