@@ -148,6 +148,12 @@ def test_bad_arguments_are_value_errors():
         kq.pack(raw, TYPE_IDS["Q4_K"], 1, 128)
     with pytest.raises(ValueError, match="wrong size"):
         kq.pack(raw, TYPE_IDS["Q4_K"], 2, 256)
+    with pytest.raises(ValueError, match="overflows"):  # rows x row bytes past int64: refused, not wrapped
+        kq.pack(raw, TYPE_IDS["Q4_K"], 2**62, 256)
+    with pytest.raises(ValueError, match="overflows"):
+        kq.dequantize(raw, TYPE_IDS["Q4_K"], 2**62, 256)
+    with pytest.raises(ValueError, match="rows must be positive"):
+        kq.pack(raw, TYPE_IDS["Q4_K"], 0, 256)
     with pytest.raises(ValueError, match="wrong size"):
         kq.dequantize(raw[:-1], TYPE_IDS["Q4_K"], 1, 256)
     with pytest.raises(ValueError, match="wrong size"):

@@ -31,12 +31,12 @@ int64_t super_blocks(int64_t cols) {
 void expect_size(py::ssize_t got, int64_t want, const char* what) {
     if (int64_t(got) != want) throw py::value_error(std::string(what) + " has the wrong size");
 }
-
-template <class F>
-void with_type(DType t, F&& f) {
-    if (t == DType::Q4_K) f(std::integral_constant<DType, DType::Q4_K>{});
-    else if (t == DType::Q5_K) f(std::integral_constant<DType, DType::Q5_K>{});
-    else f(std::integral_constant<DType, DType::Q6_K>{});
+// rows * row_bytes for caller-given rows, overflow-checked.
+int64_t matrix_bytes(int64_t rows, int64_t row_bytes) {
+    int64_t n = 0;
+    if (rows < 1) throw py::value_error("rows must be positive");
+    if (__builtin_mul_overflow(rows, row_bytes, &n)) throw py::value_error("rows x row bytes overflows");
+    return n;
 }
 
 // The matrix-vector kernel's walk over one row (kq_matvec_kernel, kq_load_unit): units of two sub-blocks, their
@@ -89,9 +89,8 @@ void bind_cuda_kquant(py::module_& parent) {
     m.def("pack", [](const U8& data, int dtype, int64_t rows, int64_t cols) {
         const DType t = kq_type(dtype);
         const int64_t nb = super_blocks(cols), src_row = dtype_row_bytes(t, cols), dst_row = kq::row_bytes(t, nb);
-        if (rows < 1) throw py::value_error("rows must be positive");
-        expect_size(data.size(), rows * src_row, "weight buffer");
-        U8 out(py::ssize_t(rows * dst_row));
+        expect_size(data.size(), matrix_bytes(rows, src_row), "weight buffer");
+        U8 out(py::ssize_t(matrix_bytes(rows, dst_row)));
         for (int64_t r = 0; r < rows; ++r) kq::pack_row(t, data.data() + r * src_row, nb, out.mutable_data() + r * dst_row);
         return out;
     }, py::arg("data"), py::arg("dtype"), py::arg("rows"), py::arg("cols"),
@@ -100,11 +99,10 @@ void bind_cuda_kquant(py::module_& parent) {
     m.def("dequantize", [](const U8& dev, int dtype, int64_t rows, int64_t cols) {
         const DType t = kq_type(dtype);
         const int64_t nb = super_blocks(cols), row_bytes = kq::row_bytes(t, nb);
-        if (rows < 1) throw py::value_error("rows must be positive");
-        expect_size(dev.size(), rows * row_bytes, "device-layout buffer");
+        expect_size(dev.size(), matrix_bytes(rows, row_bytes), "device-layout buffer");
         F32 out({py::ssize_t(rows), py::ssize_t(cols)});
         float* o = out.mutable_data();
-        with_type(t, [&](auto tag) {
+        kq::with_type(t, [&](auto tag) {
             constexpr DType TY = decltype(tag)::value;
             for (int64_t r = 0; r < rows; ++r)
                 for (int64_t c = 0; c < cols; c += 4) {
@@ -125,7 +123,7 @@ void bind_cuda_kquant(py::module_& parent) {
         expect_size(xq.size(), cols, "xq");
         expect_size(xd.size(), cols / 32, "xd");
         F32 out(py::ssize_t(cols / 32));
-        with_type(t, [&](auto tag) {
+        kq::with_type(t, [&](auto tag) {
             row_sub_dots<decltype(tag)::value>(dev.data(), nb, xq.data(), xd.data(), out.mutable_data());
         });
         return out;
