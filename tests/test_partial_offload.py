@@ -8,7 +8,7 @@ context's; any difference means the hand-off, a span's cache indexing or its pie
 -1 and 99: prefill in pieces (n_batch 5), all_logits, greedy decode, truncate + re-eval, copy_state_from,
 decode_step (which runs split contexts one by one); owl2's image pieces; owl3 refusing a split; the residency
 ranges a device would upload (each weight once across the spans); the errors and the Python plumbing. The CUDA
-side (a GPU span) is tests/test_cuda.py::test_partial_offload_matches_cpu."""
+side (a GPU span) is tests/test_cuda_offload.py."""
 from __future__ import annotations
 
 import numpy as np
