@@ -198,7 +198,7 @@ def test_bad_n_gpu_layers(model, gguf):
     for bad in (-2, -100):
         with pytest.raises(ValueError, match=rf"n_gpu_layers must be -1 .* got {bad}"):
             owl_cpp.load(path, n_gpu_layers=bad)
-    for bad in ("3", 1.5, True, None.__class__):
+    for bad in ("3", 1.5, 2.0, True):
         with pytest.raises(ValueError, match="n_gpu_layers must be an integer"):
             owl_cpp.load(path, n_gpu_layers=bad)
 

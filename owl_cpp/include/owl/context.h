@@ -86,7 +86,7 @@ public:
     // a path, throw Error.
     void add_image(const float* embeds, int64_t n_tokens, int64_t start);
     int64_t n_images() const;
-    // Makes this context equal to `other` (same Model, same device and KV type; n_ctx may differ but must hold
+    // Makes this context equal to `other` (same Model, device, split and KV type; n_ctx may differ but must hold
     // other's positions): its KV cache prefix [0, other.n_past()), n_past, last logits / hidden states and its
     // architecture's state (mplug2: the video's cross-attention K/V, shared, not recomputed). For beam search:
     // fork a hypothesis without re-evaluating its prefix. Throws Error naming the mismatch; `other` unchanged.
