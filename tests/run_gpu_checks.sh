@@ -24,7 +24,7 @@ python3 -c "import owl_cpp, json; print(json.dumps(owl_cpp.system_info()['cuda']
 
 step "CUDA tests"
 timeout "${TEST_TIMEOUT:-400}" python3 -m pytest -q -rf tests/test_cuda.py tests/test_backend_equivalence.py \
-    tests/test_cuda_kquant.py tests/test_owl2_runtime.py tests/test_owl21_decoder.py tests/test_mplug2_decoder.py -k "cuda or test_cuda" \
+    tests/test_cuda_kquant.py tests/test_cuda_offload.py tests/test_owl2_runtime.py tests/test_owl21_decoder.py tests/test_mplug2_decoder.py -k "cuda or test_cuda" \
     2>&1 | tee "$OUT/tests.log" | tail -60 || status=1
 
 if command -v compute-sanitizer >/dev/null && [ "${SANITIZER:-1}" = 1 ]; then

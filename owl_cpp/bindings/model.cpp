@@ -74,12 +74,13 @@ void bind_model(py::module_& m) {
 
     py::class_<Context>(m, "Context")
         .def(py::init([](std::shared_ptr<Model> model, int64_t n_ctx, int n_threads, int64_t n_batch, const std::string& kv_type,
-                         const std::string& backend) {
+                         const std::string& backend, int64_t n_gpu_layers) {
                  ContextParams p;
                  p.n_ctx = n_ctx;
                  p.n_threads = n_threads;
                  p.n_batch = n_batch;
                  p.backend = backend;
+                 p.n_gpu_layers = n_gpu_layers;
                  if (kv_type == "f16") p.kv_type = DType::F16;
                  else if (kv_type == "f32") p.kv_type = DType::F32;
                  else throw py::value_error("kv_type must be 'f16' or 'f32', got '" + kv_type + "'");
@@ -87,7 +88,9 @@ void bind_model(py::module_& m) {
                  return new Context(std::move(model), p);
              }),
              py::arg("model"), py::arg("n_ctx"), py::arg("n_threads"), py::arg("n_batch") = 256, py::arg("kv_type") = "f16",
-             py::arg("backend") = "cpu")
+             py::arg("backend") = "cpu", py::arg("n_gpu_layers") = -1,
+             "A context (KV cache) of `model`. n_gpu_layers: layers [0, n) on `backend`, the rest and the output head on the "
+             "CPU (-1: all on `backend`; with backend 'cpu', a split between two CPU backends)")
         .def("eval", [](Context& c, py::object tokens_obj, bool all_logits, bool return_logits) {
                  const std::vector<int32_t> tokens = int32_list(tokens_obj, "tokens");
                  const Batch b = Batch::of_ids(tokens.data(), int64_t(tokens.size()));
@@ -145,7 +148,17 @@ void bind_model(py::module_& m) {
         .def_property_readonly("n_ctx", &Context::n_ctx)
         .def_property_readonly("n_threads", &Context::n_threads)
         .def_property_readonly("kv_type", [](const Context& c) { return c.kv_type() == DType::F16 ? "f16" : "f32"; })
-        .def_property_readonly("backend", [](const Context& c) { return c.backend().name(); })
+        .def_property_readonly("backend", [](const Context& c) {
+            // One backend's name; a split context's spans joined: "cuda:0 (...) + cpu (...)".
+            std::string out;
+            for (const LayerSpan& s : c.spans()) out += (out.empty() ? "" : " + ") + s.backend;
+            return out;
+        })
+        .def_property_readonly("spans", [](const Context& c) {
+            py::list out;
+            for (const LayerSpan& s : c.spans()) out.append(py::make_tuple(s.backend, s.first_layer, s.end_layer));
+            return out;
+        }, "Where the layers run: [(backend name, first layer, end layer)], in layer order; the last also runs the output head")
         .def("truncate", &Context::truncate, py::arg("n"), py::call_guard<py::gil_scoped_release>())
         .def("add_image", [](Context& c, py::array_t<float, py::array::c_style | py::array::forcecast> embeds, int64_t start) {
                  const int64_t E = c.model().hparams().n_embd;

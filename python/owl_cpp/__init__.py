@@ -32,7 +32,7 @@ __all__ = ["BusyError", "ContinuationScore", "FormatError", "Owl2Model", "OwlErr
            "system_info"]
 __version__ = "0.1.0"
 
-LOAD_OPTIONS = ("n_ctx", "threads", "device", "kv_type")
+LOAD_OPTIONS = ("n_ctx", "threads", "device", "kv_type", "n_gpu_layers")
 
 _loaded: dict = {}     # (path, options) -> model: chat() loads a model once per process
 _loading = threading.Lock()
@@ -42,7 +42,7 @@ def chat(image=None, prompt: Optional[str] = None, *, model=None, **opts):
     """One answer about `image` (a path, PIL image, array, bytes, or a list of them) from `model` (a loaded
     model or a model directory) or, by default, the model directory in $OWL_MODEL, else the small demo model
     shipped in the package (trained only on pictures of coloured shapes; a line on stderr says so, once).
-    opts: load options (n_ctx, threads, device, kv_type) and the model's chat options (stream, max_tokens, ...)."""
+    opts: load options (n_ctx, threads, device, kv_type, n_gpu_layers) and the model's chat options (stream, max_tokens, ...)."""
     load_opts = {k: opts.pop(k) for k in LOAD_OPTIONS if k in opts}
     if model is None or isinstance(model, (str, os.PathLike)):
         try:

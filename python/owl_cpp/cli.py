@@ -59,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-t", "--threads", type=int, default=None, help="CPU threads (default: physical cores)")
     p.add_argument("-c", "--n-ctx", type=int, default=None, help="context length in tokens (default 4096)")
     p.add_argument("--device", default="cpu", help="where the model runs: cpu, cuda or cuda:N (default cpu)")
+    p.add_argument("-ngl", "--n-gpu-layers", type=int, default=None, metavar="N",
+                   help="with --device cuda: run only the first N decoder layers on the GPU and the rest on the CPU, "
+                        "for a GPU smaller than the model (default: all layers on the GPU)")
     p.add_argument("--kv-type", choices=("f16", "f32"), default=None,
                    help="KV cache storage (default f16: half the memory of f32)")
     p.add_argument("--vision", choices=("none", "dynamic", "static", "int8", "fp32", "fp16"), default=None,
@@ -214,7 +217,7 @@ def main(argv: Optional[list[str]] = None, stdin=None, stdout=None) -> int:
         path = model_or_demo(args.model, use_env=not args.demo, announce=not args.demo)
         from . import load
         model = load(path, n_ctx=args.n_ctx, threads=args.threads, device=args.device, kv_type=args.kv_type,
-                     vision=args.vision)
+                     vision=args.vision, n_gpu_layers=args.n_gpu_layers)
         if not hasattr(model, "vision"):
             return _text_model(model, path, args, stdin, out)
         if hasattr(model, "caption"):

@@ -3,6 +3,7 @@ on (context_pool.py), generation and research access over prepared prompts. Fami
 conversation becomes a prepared prompt (text_model.py; families/<family>/model.py)."""
 from __future__ import annotations
 
+import numbers
 import os
 import re
 from typing import Iterator, Optional, Sequence, Union
@@ -36,11 +37,25 @@ def check_device(device: str) -> str:
                      f"{info['driver_version'] or 'none'})")
 
 
+def check_n_gpu_layers(n_gpu_layers) -> int:
+    """None or -1: every layer on the device; N >= 0: the first N layers there, the rest on the CPU (N >= the
+    model's layer count: all). -1 for None; else a ValueError naming the bad value."""
+    if n_gpu_layers is None:
+        return -1
+    if isinstance(n_gpu_layers, bool) or not isinstance(n_gpu_layers, numbers.Integral):
+        raise ValueError(f"n_gpu_layers must be an integer (-1: every layer on the GPU), got {n_gpu_layers!r}")
+    if n_gpu_layers < -1:
+        raise ValueError(f"n_gpu_layers must be -1 (every layer on the GPU) or a layer count >= 0, got {n_gpu_layers}")
+    return int(n_gpu_layers)
+
+
 class DecoderModel:
     """A GGUF decoder and its contexts. n_ctx: positions per context (default: the training context, at
     most 4096); threads: CPU threads (default: physical cores); kv_type: KV cache storage "f16" | "f32"
     (default f16: half the memory of f32, as llama.cpp); device: where the decoder runs, "cpu" or "cuda" (the
-    first GPU; "cuda:N" the N-th); max_spare_contexts: idle extra contexts kept for concurrent calls."""
+    first GPU; "cuda:N" the N-th); n_gpu_layers: on a GPU, how many of the first layers run there, the rest and
+    the output head on the CPU (partial offload for a GPU smaller than the model, as llama.cpp's; None or -1:
+    all; ignored on the CPU); max_spare_contexts: idle extra contexts kept for concurrent calls."""
 
     SPLICED = False     # how images enter its prompts (context_slot.PreparedPrompt); text models have none
     ARCH = ""           # a family's general.architecture (checked at load), and its name for messages
@@ -48,9 +63,10 @@ class DecoderModel:
 
     def __init__(self, path: Union[str, os.PathLike], *, n_ctx: Optional[int] = None, threads: Optional[int] = None,
                  n_batch: int = 256, kv_type: Optional[str] = None, device: str = "cpu",
-                 max_spare_contexts: int = 1):
+                 n_gpu_layers: Optional[int] = None, max_spare_contexts: int = 1):
         path = os.fspath(path)
         self.device = check_device(device)
+        self.n_gpu_layers = check_n_gpu_layers(n_gpu_layers)
         if not os.path.exists(path):
             raise FileNotFoundError(f"model file not found: {path}")
         self.path = path
@@ -73,6 +89,8 @@ class DecoderModel:
             self._context_kwargs["kv_type"] = kv_type
         self.kv_type = kv_type
         self._context_kwargs["backend"] = self.device
+        if self.device != "cpu":     # on the CPU every layer is there already
+            self._context_kwargs["n_gpu_layers"] = self.n_gpu_layers
         self.tokenizer = self._model.tokenizer
         self.terminators = self._terminators()
         # The pool makes its default context now, so on a GPU the weights are copied at load: a model too large

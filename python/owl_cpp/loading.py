@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Optional, Union
 
 from . import _core
-from .decoder_model import check_device
+from .decoder_model import check_device, check_n_gpu_layers
 from .demo import model_dir as demo
 from .families import MEDIA_FAMILIES, SUPPORTED, TEXT_ARCHITECTURES, media_model_class
 
@@ -32,18 +32,21 @@ def architecture(gguf_path: Union[str, os.PathLike]) -> str:
 
 def load(path: Union[str, os.PathLike], *, n_ctx: Optional[int] = None, threads: Optional[int] = None,
          device: str = "cpu", kv_type: Optional[str] = None, max_spare_contexts: int = 1,
-         vision: Optional[str] = None):
+         vision: Optional[str] = None, n_gpu_layers: Optional[int] = None):
     """Loads a model: a model directory from owl-export or a .gguf file; the family comes from the file.
     "demo" loads the small demo model shipped in the package (pictures of coloured shapes only), unless a file
     or directory named "demo" exists in the current directory.
     n_ctx: positions per context (default: the training context, at most 4096); threads: CPU threads
     (default: physical cores); device "cuda" (or "cuda:N") runs the decoder on the GPU, and the vision tower on
-    onnxruntime's CUDA provider where installed; kv_type: KV cache storage, "f16" or "f32" (default: the runtime's);
+    onnxruntime's CUDA provider where installed; n_gpu_layers: with a GPU device, only the first n layers run on
+    it and the rest (and the output head) on the CPU, for a GPU smaller than the model (None or -1: all layers;
+    mPLUG-Owl3 and mPLUG-2 keep image / video state on one device and take only -1 or 0); kv_type: KV cache storage, "f16" or "f32" (default: the runtime's);
     max_spare_contexts: idle contexts kept for concurrent calls (a server keeps one per slot); vision: which
     vision file of a model directory runs, "none" (fp32/fp16) | "dynamic" | "static" (int8), default the one
     its vision.json names for CPUs (vision_files.py)."""
     path = os.fspath(demo.resolve(path))
     check_device(device)
+    check_n_gpu_layers(n_gpu_layers)
     if os.path.isdir(path):
         gguf = Path(path) / DECODER_FILE
         if not gguf.is_file():
@@ -55,7 +58,8 @@ def load(path: Union[str, os.PathLike], *, n_ctx: Optional[int] = None, threads:
         raise FileNotFoundError(f"model not found: {path} (expected a model directory or a .gguf file; "
                                 + EXPORT_HINT.format(path=path) + ")")
     arch = architecture(gguf)
-    opts = dict(n_ctx=n_ctx, threads=threads, kv_type=kv_type, device=device, max_spare_contexts=max_spare_contexts)
+    opts = dict(n_ctx=n_ctx, threads=threads, kv_type=kv_type, device=device, max_spare_contexts=max_spare_contexts,
+                n_gpu_layers=n_gpu_layers)
     if arch in MEDIA_FAMILIES:
         if gguf.name != DECODER_FILE:
             raise ValueError(f"{gguf}: an {arch!r} decoder works inside its model directory (named "

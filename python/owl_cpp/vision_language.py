@@ -50,7 +50,7 @@ class VisionLanguageModel(DecoderModel):
 
     def __init__(self, model_dir, *, n_ctx: Optional[int] = None, threads: Optional[int] = None,
                  device: str = "cpu", vision: Optional[str] = None, vision_file: Optional[str] = None,
-                 kv_type: Optional[str] = None, max_spare_contexts: int = 1):
+                 kv_type: Optional[str] = None, max_spare_contexts: int = 1, n_gpu_layers: Optional[int] = None):
         d = model_directory(model_dir, ("decoder.gguf",), EXPORT_HINT)
         if vision_file is not None:
             if vision is not None:
@@ -59,7 +59,7 @@ class VisionLanguageModel(DecoderModel):
         else:
             path, self.vision_quant = pick_vision_file(d, vision, device.split(":")[0])
         super().__init__(d / "decoder.gguf", n_ctx=n_ctx, threads=threads, kv_type=kv_type, device=device,
-                         max_spare_contexts=max_spare_contexts)
+                         n_gpu_layers=n_gpu_layers, max_spare_contexts=max_spare_contexts)
         self.model_dir = d
         self._read_config()
         self.vision = VisionEncoder(path, threads=self.threads, device=device.split(":")[0])

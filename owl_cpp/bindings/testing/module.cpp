@@ -27,4 +27,5 @@ PYBIND11_MODULE(_testing, m) {
     owl::testing::bind_bench(m);
     owl::testing::bind_unicode(m);
     owl::testing::bind_cuda_kquant(m);
+    owl::testing::bind_offload(m);
 }

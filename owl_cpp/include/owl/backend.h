@@ -15,6 +15,7 @@
 namespace owl {
 
 class Model;
+struct WeightRange;  // owl/model.h
 
 enum class Device { CPU, CUDA };
 const char* device_name(Device d);
@@ -55,9 +56,14 @@ public:
     virtual Device device() const = 0;
     virtual std::string name() const = 0;  // e.g. "cpu (avx2, 2 threads)"
     virtual int n_threads() const = 0;
-    // Called by each Context before its first op: a device backend makes the model's weights resident on the
-    // device (one copy per model and device, shared by its contexts). Throws Error when they do not fit.
-    virtual void attach(const Model& m) { (void)m; }
+    // Called by each Context before its first op: a device backend makes the model's weights within `range`
+    // resident on the device (one copy per model, device and range, shared by the contexts that ask for the
+    // same; a partially offloaded context asks for its device layers only). Throws Error when they do not fit,
+    // saying how many bytes were needed.
+    virtual void attach(const Model& m, const WeightRange& range) {
+        (void)m;
+        (void)range;
+    }
     // Waits for queued work (a device backend runs ops asynchronously; download() already waits).
     virtual void synchronize() {}
     // Graphs: the ops issued between begin_graph() and end_graph() are recorded and then run as one graph (a

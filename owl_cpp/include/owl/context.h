@@ -23,7 +23,8 @@ class Context;
 // All contexts must share one Model and be distinct; an empty list, a null context, a token id out of range, a
 // full context or a context in use by another thread throws Error naming the index, with no context changed.
 // Every context is marked busy for the call. The step runs on the first context's backend (its thread pool);
-// contexts that are not all on the CPU are decoded one after another (same results, no batching yet).
+// contexts that are not all on the CPU, or split between backends (n_gpu_layers), are decoded one after another
+// (same results, no batching yet).
 void decode_step(const std::vector<Context*>& contexts, const std::vector<int32_t>& tokens);
 
 struct ContextParams {
@@ -32,6 +33,19 @@ struct ContextParams {
     int64_t n_batch = 256;        // tokens per forward piece (longer batches are evaluated in pieces)
     DType kv_type = DType::F16;   // KV cache storage: F16 (half the memory, as llama.cpp) or F32
     std::string backend = "cpu";
+    // Partial offload (llama.cpp's n_gpu_layers): layers [0, n_gpu_layers) run on `backend`, the later layers
+    // and the output head on a CPU backend of n_threads threads, the hidden state copied between them. -1 (or
+    // n_layer and more): every layer on `backend`; 0: everything on the CPU. With backend "cpu" a split gives
+    // two CPU backends (the same results: how the hand-off is tested without a GPU). Architectures that keep
+    // per-conversation state on one device (owl3's images, mplug2's video) refuse a split.
+    int64_t n_gpu_layers = -1;
+};
+
+// Where a context's layers run: [first_layer, end_layer) on `backend` (its name()); the last span also runs the
+// output head.
+struct LayerSpan {
+    std::string backend;
+    int64_t first_layer = 0, end_layer = 0;
 };
 
 class Context {
@@ -57,9 +71,11 @@ public:
     const float* last_logits() const;
     int64_t n_past() const { return n_past_; }
     int64_t n_ctx() const { return n_ctx_; }
-    int n_threads() const { return backend_->n_threads(); }
+    int n_threads() const;  // the CPU threads it uses (the most of any of its backends)
     DType kv_type() const { return kv_type_; }
-    const Backend& backend() const { return *backend_; }
+    // The backend of layer 0 (the device one of a split context); spans() says where every layer runs.
+    const Backend& backend() const;
+    std::vector<LayerSpan> spans() const;
     // Forget cached positions from n onwards (prefix reuse across turns); images starting there go too.
     void truncate(int64_t n);
 
@@ -70,7 +86,7 @@ public:
     // a path, throw Error.
     void add_image(const float* embeds, int64_t n_tokens, int64_t start);
     int64_t n_images() const;
-    // Makes this context equal to `other` (same Model, same device and KV type; n_ctx may differ but must hold
+    // Makes this context equal to `other` (same Model, device, split and KV type; n_ctx may differ but must hold
     // other's positions): its KV cache prefix [0, other.n_past()), n_past, last logits / hidden states and its
     // architecture's state (mplug2: the video's cross-attention K/V, shared, not recomputed). For beam search:
     // fork a hypothesis without re-evaluating its prefix. Throws Error naming the mismatch; `other` unchanged.
@@ -79,7 +95,8 @@ public:
     size_t kv_bytes_per_token() const;  // text KV cache memory per position
     const Model& model() const { return *model_; }
 
-    // What architectures' forward code reads and writes (src/models/forward.h). Not for callers.
+    // One span of layers on one backend: the backend, its layers' KV caches and the scratch of a piece
+    // (src/models/forward.h: what architectures' forward code reads and writes). Not for callers.
     struct Impl;
 
 private:
@@ -87,14 +104,15 @@ private:
     class Use;  // marks the context busy for one call (one thread at a time)
     const std::vector<float>& decode_locked(const Batch& batch, bool all_logits);  // decode, the caller holds Use
     void forward(const Batch& piece, int64_t offset, int64_t T, bool all_logits, float* logits_out, float* hidden_out);
+    void add_span(const std::string& backend, int n_threads, int64_t first, int64_t end);
 
     std::shared_ptr<const Model> model_;
     int64_t n_ctx_, n_batch_;
     DType kv_type_;
     int64_t n_past_ = 0;
-    std::unique_ptr<Backend> backend_;
-    std::unique_ptr<Impl> impl_;
-    std::unique_ptr<ArchState> state_;
+    std::vector<std::unique_ptr<Impl>> spans_;  // in layer order; one unless the context is split
+    std::vector<float> hand_off_;               // the hidden state between two device spans
+    std::unique_ptr<ArchState> state_;          // on the first span's backend
     std::vector<float> logits_, hidden_;
     std::atomic<bool> busy_{false};
 };

@@ -4,6 +4,7 @@
 #pragma once
 #include <cstdint>
 #include <functional>
+#include <limits>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -44,6 +45,16 @@ struct DecoderLayer {
     WeightView ffn_gate, ffn_up, ffn_down;
 };
 
+// Which of a model's weights one device holds (partial offload: the first layers on a GPU, the rest on the CPU):
+// layers [first, end), the input side (token embeddings and what an architecture adds to them) and the output
+// side (output norm, output matrix and head). The default is the whole model.
+struct WeightRange {
+    int64_t first = 0, end = std::numeric_limits<int64_t>::max();
+    bool input = true, output = true;
+    bool has_layer(int64_t il) const { return il >= first && il < end; }
+    bool whole(const HParams& hp) const { return first <= 0 && end >= hp.n_layer && input && output; }
+};
+
 // Architecture-specific facts for reports and bindings (e.g. owl3's variant and hyper layers).
 using ArchValue = std::variant<bool, int64_t, double, std::string, std::vector<int64_t>>;
 using ArchInfo = std::vector<std::pair<std::string, ArchValue>>;
@@ -73,10 +84,10 @@ public:
     uint64_t weight_bytes() const;  // bytes of all tensors in the file
     uint64_t packed_bytes() const { return packed_bytes_; }  // load-time repacked copies (weight_packing.cpp)
 
-    // Every weight matrix and float vector (norms, biases, gates) the forward pass reads, each once: what a
-    // device backend copies to its memory.
+    // Every weight matrix and float vector (norms, biases, gates) the forward pass reads within `range`, each
+    // once: what a device backend copies to its memory.
     void for_each_weight(const std::function<void(const WeightView&)>& matrix,
-                         const std::function<void(const std::vector<float>&)>& vector) const;
+                         const std::function<void(const std::vector<float>&)>& vector, const WeightRange& range = {}) const;
     // What a backend keeps per model (a GPU's copy of the weights), made by the first context that asks with
     // `key` and shared by every later one; freed with the model. Thread-safe.
     std::shared_ptr<void> backend_state(const std::string& key, const std::function<std::shared_ptr<void>()>& make) const;

@@ -50,7 +50,47 @@ struct Resident {
     }
 };
 
-std::shared_ptr<Resident> make_resident(const Model& m, int device) {
+// What a range of the model is called in messages and in the per-model state key.
+std::string range_words(const Model& m, const WeightRange& r) {
+    const int64_t L = m.hparams().n_layer;
+    if (r.whole(m.hparams())) return "the model's weights";
+    const int64_t a = r.first < 0 ? 0 : r.first, b = r.end > L ? L : r.end;
+    std::string s = "the weights of layers " + std::to_string(a) + "-" + std::to_string(b - 1);
+    if (r.input) s += " and the token embeddings";
+    if (r.output) s += std::string(r.input ? "," : " and") + " the output head";
+    return s;
+}
+std::string range_key(const Model& m, const WeightRange& r, int device) {
+    std::string key = "cuda:" + std::to_string(device);
+    if (r.whole(m.hparams())) return key;  // the whole model: the key contexts without a split always used
+    return key + "/layers " + std::to_string(r.first) + "-" + std::to_string(r.end) + (r.input ? "+in" : "") + (r.output ? "+out" : "");
+}
+size_t device_bytes(const Model& m, const WeightRange& r) {
+    size_t total = 0;
+    m.for_each_weight([&](const WeightView& w) { total += aligned(weight_device_bytes(w.type, w.rows, w.cols)); },
+                      [&](const std::vector<float>& v) { total += aligned(v.size() * sizeof(float)); }, r);
+    return total;
+}
+
+// The out-of-memory message: what was needed, what is free, and how many layers would fit in that.
+std::string no_room(const Model& m, const WeightRange& r, size_t need, size_t free_bytes, size_t total_bytes, int device) {
+    const int64_t L = m.hparams().n_layer;
+    const int64_t a = r.first < 0 ? 0 : r.first, b = r.end > L ? L : r.end;
+    WeightRange ends = r;  // the range's embeddings / head without its layers
+    ends.first = ends.end = 0;
+    const size_t fixed = device_bytes(m, ends);
+    std::string msg = range_words(m, r) + " need " + mib(need) + " of GPU memory, but GPU " + std::to_string(device) + " has " +
+                      mib(free_bytes) + " free of " + mib(total_bytes);
+    if (b > a && need > fixed) {
+        const size_t per_layer = (need - fixed) / size_t(b - a);
+        const int64_t fit = free_bytes > fixed + per_layer ? int64_t((free_bytes - fixed) / per_layer) : 0;
+        msg += " (about " + mib(per_layer) + " per layer): offload fewer layers with n_gpu_layers (--n-gpu-layers); the weights of " +
+               std::to_string(fit < b - a ? fit : b - a) + " layers fit in what is free, before the KV cache and scratch";
+    }
+    return msg;
+}
+
+std::shared_ptr<Resident> make_resident(const Model& m, const WeightRange& range, int device) {
     struct Item {
         const WeightView* w;
         const std::vector<float>* v;
@@ -66,20 +106,19 @@ std::shared_ptr<Resident> make_resident(const Model& m, int device) {
         [&](const std::vector<float>& v) {
             items.push_back({nullptr, &v, total});
             total += aligned(v.size() * sizeof(float));
-        });
+        },
+        range);
     DeviceScope scope(device);
     size_t free_bytes = 0, total_bytes = 0;
     check(cudaMemGetInfo(&free_bytes, &total_bytes), "cudaMemGetInfo");
-    if (total > free_bytes)
-        throw Error("the model's weights need " + mib(total) + " of GPU memory, but GPU " + std::to_string(device) + " has " +
-                    mib(free_bytes) + " free of " + mib(total_bytes));
+    if (total > free_bytes) throw Error(no_room(m, range, total, free_bytes, total_bytes, device));
     auto r = std::make_shared<Resident>();
     r->device = device;
     r->bytes = total;
-    if (cudaMalloc(&r->base, total) != cudaSuccess) {
+    if (total && cudaMalloc(&r->base, total) != cudaSuccess) {
         cudaGetLastError();
         r->base = nullptr;
-        throw Error("out of GPU memory: the model's weights need " + mib(total) + " on GPU " + std::to_string(device));
+        throw Error("out of GPU memory: " + no_room(m, range, total, free_bytes, total_bytes, device));
     }
     for (const Item& it : items) {
         void* dst = static_cast<uint8_t*>(r->base) + it.offset;
@@ -194,10 +233,10 @@ public:
     std::string name() const override { return "cuda:" + std::to_string(device_) + " (" + gpu_name_ + ")"; }
     int n_threads() const override { return 1; }
 
-    void attach(const Model& m) override {
+    void attach(const Model& m, const WeightRange& range) override {
         OpScope scope(*this);
-        resident_ = std::static_pointer_cast<Resident>(
-            m.backend_state("cuda:" + std::to_string(device_), [&] { return std::shared_ptr<void>(make_resident(m, device_)); }));
+        resident_ = std::static_pointer_cast<Resident>(m.backend_state(
+            range_key(m, range, device_), [&] { return std::shared_ptr<void>(make_resident(m, range, device_)); }));
     }
     void synchronize() override {
         check(cudaStreamSynchronize(stream_), "cudaStreamSynchronize");

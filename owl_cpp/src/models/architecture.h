@@ -19,10 +19,12 @@ struct ForwardPass;
 struct ArchWeights {
     virtual ~ArchWeights() = default;
     virtual void matrices(std::vector<WeightView*>& out) { (void)out; }  // for load-time repacking
-    // Every matrix and float vector, read-only (what a device backend uploads).
-    virtual void weights(std::vector<const WeightView*>& m, std::vector<const std::vector<float>*>& v) const {
+    // Every matrix and float vector within `r` (a layer's own weights when r has the layer; the input or output
+    // side's with r.input / r.output), read-only: what a device backend uploads.
+    virtual void weights(std::vector<const WeightView*>& m, std::vector<const std::vector<float>*>& v, const WeightRange& r) const {
         (void)m;
         (void)v;
+        (void)r;
     }
     // Once the model is loaded and its matrices repacked (Model::pack_weights): views an architecture copies
     // from the shared layers (owl2's image-branch layers) are taken here, so they see the final data.

@@ -11,6 +11,16 @@
 
 namespace owl {
 
+namespace {
+// "cuda:0 (...) layers 0-11, cpu (...) layers 12-23" for messages.
+std::string describe(const std::vector<LayerSpan>& spans) {
+    std::string out;
+    for (const LayerSpan& s : spans)
+        out += (out.empty() ? "" : ", ") + s.backend + " layers " + std::to_string(s.first_layer) + "-" + std::to_string(s.end_layer - 1);
+    return out;
+}
+}  // namespace
+
 // One call at a time: a second thread entering while the first is inside gets a clear error, not a corrupted cache.
 class Context::Use {
 public:
@@ -38,25 +48,66 @@ Context::Context(std::shared_ptr<const Model> model, const ContextParams& params
     if (kv_bytes > double(std::numeric_limits<int64_t>::max() / 4))
         throw Error("a KV cache of " + std::to_string(n_ctx_) + " positions does not fit in memory (" + std::to_string(kv_bytes / 1e9) + " GB)");
     n_batch_ = std::min(n_batch_, n_ctx_);
-    backend_ = make_backend(params.backend, params.n_threads);
-    backend_->attach(*model_);
-    impl_ = std::make_unique<Impl>();
-    Backend& be = *backend_;
-    for (int64_t il = 0; il < hp.n_layer; ++il) {
-        impl_->k_cache.push_back(be.alloc(kv_type_, hp.n_head_kv * n_ctx_, hp.head_dim));
-        impl_->v_cache.push_back(be.alloc(kv_type_, hp.n_head_kv * n_ctx_, hp.head_dim));
+    // Where the layers run: all on the backend, or (n_gpu_layers) the first ones there and the rest on the CPU.
+    const int64_t L = hp.n_layer;
+    if (params.n_gpu_layers < -1)
+        throw Error("n_gpu_layers must be -1 (every layer on the backend) or a layer count >= 0 (the first layers on '" + params.backend +
+                    "', the rest on the CPU), got " + std::to_string(params.n_gpu_layers));
+    const int64_t on_device = params.n_gpu_layers < 0 ? L : std::min(params.n_gpu_layers, L);
+    if (on_device == L) add_span(params.backend, params.n_threads, 0, L);
+    else if (on_device == 0) add_span("cpu", params.n_threads, 0, L);
+    else {
+        add_span(params.backend, params.n_threads, 0, on_device);
+        add_span("cpu", params.n_threads, on_device, L);
     }
-    const int64_t B = n_batch_, Q = hp.n_head * hp.head_dim, KV = hp.n_head_kv * hp.head_dim;
-    impl_->x = be.alloc(DType::F32, B, hp.n_embd);
-    impl_->h = be.alloc(DType::F32, B, hp.n_embd);
-    impl_->q = be.alloc(DType::F32, B, Q);
-    impl_->k = be.alloc(DType::F32, B, KV);
-    impl_->v = be.alloc(DType::F32, B, KV);
-    impl_->attn = be.alloc(DType::F32, B, Q);
-    impl_->gate = be.alloc(DType::F32, B, hp.n_ff);
-    impl_->up = be.alloc(DType::F32, B, hp.n_ff);
-    impl_->pos.resize(size_t(B));
-    state_ = model_->architecture().new_state(*model_, be, n_ctx_, n_batch_);
+    // The architecture's state lives on one backend, beside layers it reads in forward and add_image: refused
+    // before any weight is copied when the layers are split.
+    state_ = model_->architecture().new_state(*model_, *spans_[0]->be, n_ctx_, n_batch_);
+    if (state_ && spans_.size() > 1)
+        throw Error("n_gpu_layers " + std::to_string(params.n_gpu_layers) + ": the '" + hp.arch +
+                    "' architecture keeps per-conversation state (attached images or video) on one device, so its layers "
+                    "cannot be split between '" + params.backend + "' and the CPU yet: use n_gpu_layers -1 (all " +
+                    std::to_string(L) + " layers on '" + params.backend + "') or 0 (all on the CPU)");
+    for (size_t s = 0; s < spans_.size(); ++s) {
+        Impl& c = *spans_[s];
+        Backend& be = *c.be;
+        WeightRange range;
+        range.first = c.first;
+        range.end = c.end;
+        range.input = s == 0;
+        range.output = s + 1 == spans_.size();
+        be.attach(*model_, range);
+        const size_t kv_layer_bytes = 2 * size_t(dtype_row_bytes(kv_type_, hp.n_head_kv * hp.head_dim)) * size_t(n_ctx_);
+        try {
+            for (int64_t il = c.first; il < c.end; ++il) {
+                c.k_cache.push_back(be.alloc(kv_type_, hp.n_head_kv * n_ctx_, hp.head_dim));
+                c.v_cache.push_back(be.alloc(kv_type_, hp.n_head_kv * n_ctx_, hp.head_dim));
+            }
+        } catch (const Error& e) {
+            if (be.device() == Device::CPU) throw;
+            throw Error(std::string(e.what()) + ": the KV cache of layers " + std::to_string(c.first) + "-" + std::to_string(c.end - 1) + " needs " +
+                        std::to_string(((c.end - c.first) * kv_layer_bytes + (1 << 20) - 1) >> 20) + " MiB for " + std::to_string(n_ctx_) +
+                        " positions: use a smaller n_ctx, or fewer layers on the GPU (n_gpu_layers)");
+        }
+        const int64_t B = n_batch_, Q = hp.n_head * hp.head_dim, KV = hp.n_head_kv * hp.head_dim;
+        c.x = be.alloc(DType::F32, B, hp.n_embd);
+        c.h = be.alloc(DType::F32, B, hp.n_embd);
+        c.q = be.alloc(DType::F32, B, Q);
+        c.k = be.alloc(DType::F32, B, KV);
+        c.v = be.alloc(DType::F32, B, KV);
+        c.attn = be.alloc(DType::F32, B, Q);
+        c.gate = be.alloc(DType::F32, B, hp.n_ff);
+        c.up = be.alloc(DType::F32, B, hp.n_ff);
+    }
+    spans_[0]->pos.resize(size_t(n_batch_));
+}
+
+void Context::add_span(const std::string& backend, int n_threads, int64_t first, int64_t end) {
+    auto c = std::make_unique<Impl>();
+    c->be = make_backend(backend, n_threads);
+    c->first = first;
+    c->end = end;
+    spans_.push_back(std::move(c));
 }
 
 Context::~Context() = default;
@@ -92,9 +143,16 @@ void Context::copy_state_from(const Context& other) {
         throw Error("copy_state_from: the source context runs another model (a copy needs the same loaded model)");
     Use use(*this);
     Use use_other(const_cast<Context&>(other));  // the source must not change while it is read
-    if (other.backend_->device() != backend_->device())
-        throw Error(std::string("copy_state_from: the source context is on ") + device_name(other.backend_->device()) + ", this one on " +
-                    device_name(backend_->device()));
+    if (other.spans_.size() == 1 && spans_.size() == 1 && other.spans_[0]->be->device() != spans_[0]->be->device())
+        throw Error(std::string("copy_state_from: the source context is on ") + device_name(other.spans_[0]->be->device()) + ", this one on " +
+                    device_name(spans_[0]->be->device()));
+    bool same_spans = other.spans_.size() == spans_.size();
+    for (size_t s = 0; same_spans && s < spans_.size(); ++s)
+        same_spans = other.spans_[s]->first == spans_[s]->first && other.spans_[s]->end == spans_[s]->end &&
+                     other.spans_[s]->be->device() == spans_[s]->be->device();
+    if (!same_spans)
+        throw Error("copy_state_from: the source context places its layers as " + describe(other.spans()) + ", this one as " +
+                    describe(spans()) + " (a copy needs the same split, n_gpu_layers)");
     if (other.kv_type_ != kv_type_)
         throw Error(std::string("copy_state_from: the source's KV cache is ") + dtype_name(other.kv_type_) + ", this one's " + dtype_name(kv_type_));
     if (other.n_past_ > n_ctx_)
@@ -102,20 +160,36 @@ void Context::copy_state_from(const Context& other) {
                     std::to_string(n_ctx_));
     const HParams& hp = model_->hparams();
     if (state_) state_->copy_from(*other.state_);  // first: an architecture that refuses leaves everything as it was
-    other.backend_->synchronize();  // its queued writes to the cache are done before another stream reads it
     const int64_t n = other.n_past_;
-    if (n > 0)
-        for (int64_t il = 0; il < hp.n_layer; ++il)
-            for (int64_t kh = 0; kh < hp.n_head_kv; ++kh) {  // cache rows [head][ctx]: each head's first n positions
-                backend_->copy(other.impl_->k_cache[size_t(il)]->tensor().slice(kh * other.n_ctx_, n),
-                               impl_->k_cache[size_t(il)]->tensor().slice(kh * n_ctx_, n));
-                backend_->copy(other.impl_->v_cache[size_t(il)]->tensor().slice(kh * other.n_ctx_, n),
-                               impl_->v_cache[size_t(il)]->tensor().slice(kh * n_ctx_, n));
-            }
+    for (size_t s = 0; s < spans_.size(); ++s) {
+        const Impl& from = *other.spans_[s];
+        Impl& to = *spans_[s];
+        from.be->synchronize();  // its queued writes to the cache are done before another stream reads it
+        if (n > 0)
+            for (size_t l = 0; l < to.k_cache.size(); ++l)
+                for (int64_t kh = 0; kh < hp.n_head_kv; ++kh) {  // cache rows [head][ctx]: each head's first n positions
+                    to.be->copy(from.k_cache[l]->tensor().slice(kh * other.n_ctx_, n), to.k_cache[l]->tensor().slice(kh * n_ctx_, n));
+                    to.be->copy(from.v_cache[l]->tensor().slice(kh * other.n_ctx_, n), to.v_cache[l]->tensor().slice(kh * n_ctx_, n));
+                }
+        to.be->synchronize();
+    }
     n_past_ = n;
     logits_ = other.logits_;
     hidden_ = other.hidden_;
-    backend_->synchronize();
+}
+
+const Backend& Context::backend() const { return *spans_[0]->be; }
+
+int Context::n_threads() const {
+    int n = 1;
+    for (const auto& c : spans_) n = std::max(n, c->be->n_threads());
+    return n;
+}
+
+std::vector<LayerSpan> Context::spans() const {
+    std::vector<LayerSpan> out;
+    for (const auto& c : spans_) out.push_back({c->be->name(), c->first, c->end});
+    return out;
 }
 
 int64_t Context::n_images() const { return state_ ? state_->n_images() : 0; }
@@ -170,61 +244,97 @@ const std::vector<float>& Context::decode_locked(const Batch& b, bool all_logits
     return logits_;
 }
 
-void Context::forward(const Batch& b, int64_t offset, int64_t T, bool all_logits, float* logits_out, float* hidden_out) {
-    const Model& m = *model_;
+namespace {
+// The pass of one piece through one span: its backend, its scratch rows, the attention shape over its caches.
+ForwardPass make_pass(const Model& m, Context::Impl& c, ArchState* state, Modality modality, int64_t T, int64_t n_past,
+                      int64_t n_ctx, const int32_t* pos) {
     const HParams& hp = m.hparams();
-    Backend& be = *backend_;
-    Impl& c = *impl_;
-    const Modality modality = b.modality ? b.modality[offset] : Modality::Text;
-    for (int64_t t = 0; t < T; ++t) c.pos[size_t(t)] = b.pos ? b.pos[offset + t] : int32_t(n_past_ + t);
-    ForwardPass p{m, hp, be, c, state_.get(), modality, T, n_past_, n_ctx_, c.pos.data(),
+    ForwardPass p{m, hp, *c.be, c, state, modality, T, n_past, n_ctx, pos,
                   c.x->tensor().slice(0, T), c.h->tensor().slice(0, T), c.q->tensor().slice(0, T),
                   c.k->tensor().slice(0, T), c.v->tensor().slice(0, T), c.attn->tensor().slice(0, T),
                   c.gate->tensor().slice(0, T), c.up->tensor().slice(0, T), {}};
     p.shape.T = T;
-    p.shape.n_past = n_past_;
+    p.shape.n_past = n_past;
     p.shape.n_head = hp.n_head;
     p.shape.n_head_kv = hp.n_head_kv;
     p.shape.head_dim = hp.head_dim;
-    p.shape.ctx_stride = n_ctx_;
+    p.shape.ctx_stride = n_ctx;
     p.shape.scale = 1.0f / std::sqrt(float(hp.head_dim));
+    return p;
+}
 
+// Rows [0, T) of the hidden state x from one span's backend to the next's: straight into the destination when
+// either side is the host, else through `host`.
+void hand_off(Context::Impl& from, Context::Impl& to, int64_t T, std::vector<float>& host) {
+    const Tensor src = from.x->tensor().slice(0, T), dst = to.x->tensor().slice(0, T);
+    if (dst.device == Device::CPU) {
+        from.be->download(src, dst.data);
+    } else if (src.device == Device::CPU) {
+        to.be->upload(src.data, dst);
+    } else {
+        host.resize(size_t(T * src.cols));
+        from.be->download(src, host.data());
+        to.be->upload(host.data(), dst);
+    }
+}
+}  // namespace
+
+void Context::forward(const Batch& b, int64_t offset, int64_t T, bool all_logits, float* logits_out, float* hidden_out) {
+    const Model& m = *model_;
+    const HParams& hp = m.hparams();
     const Architecture& arch = m.architecture();
+    const Modality modality = b.modality ? b.modality[offset] : Modality::Text;
+    int32_t* pos = spans_[0]->pos.data();
+    for (int64_t t = 0; t < T; ++t) pos[t] = b.pos ? b.pos[offset + t] : int32_t(n_past_ + t);
+
     // The last layer only needs the rows whose logits are wanted: none for a middle piece, the last row unless
     // all logits are asked for. Only those go through the final norm and the (large) output matrix.
     const int64_t keep_last = !logits_out ? T : (all_logits ? 0 : T - 1);
     const int64_t first = all_logits ? 0 : T - 1, rows = T - first;
-    const Tensor h = p.h.slice(first, rows);
-    const bool on_host = be.device() == Device::CPU;
-    if (logits_out && !on_host && (!c.out || c.out->tensor().rows < rows)) c.out = be.alloc(DType::F32, rows, hp.n_vocab);
-    auto run = [&] {
-        if (b.ids) arch.embed(p, b.ids + offset);
-        else be.upload(b.embeds + offset * hp.n_embd, p.x);
-        for (int64_t il = 0; il < hp.n_layer; ++il) arch.run_layer(p, il, il == hp.n_layer - 1 ? keep_last : 0);
-        if (!logits_out) return;
-        arch.final_norm(p, p.x.slice(first, rows), h);
-        if (!on_host) be.matmul(m.output(), h, arch.output_bias(m), c.out->tensor().slice(0, rows));
-    };
-    // A device backend runs a decode step (one token) as one recorded graph; a step that cannot be recorded
-    // (a scratch buffer had to grow, say) runs op by op, which also surfaces any real error.
-    if (T == 1 && b.ids && logits_out && !on_host && be.begin_graph()) {
-        try {
-            run();
-            be.end_graph();
-        } catch (const std::exception&) {
-            be.abort_graph();
+    Impl& head = *spans_.back();  // the span that runs the output head
+    const bool head_on_host = head.be->device() == Device::CPU;
+    Tensor h;
+    for (size_t s = 0; s < spans_.size(); ++s) {
+        Impl& c = *spans_[s];
+        Backend& be = *c.be;
+        const bool is_head = &c == &head, on_host = be.device() == Device::CPU;
+        ForwardPass p = make_pass(m, c, state_.get(), modality, T, n_past_, n_ctx_, pos);
+        if (s > 0) hand_off(*spans_[s - 1], c, T, hand_off_);
+        if (is_head) h = p.h.slice(first, rows);
+        if (is_head && logits_out && !on_host && (!c.out || c.out->tensor().rows < rows)) c.out = be.alloc(DType::F32, rows, hp.n_vocab);
+        auto run = [&] {
+            if (s == 0) {
+                if (b.ids) arch.embed(p, b.ids + offset);
+                else be.upload(b.embeds + offset * hp.n_embd, p.x);
+            }
+            for (int64_t il = c.first; il < c.end; ++il) arch.run_layer(p, il, il == hp.n_layer - 1 ? keep_last : 0);
+            if (!is_head || !logits_out) return;
+            arch.final_norm(p, p.x.slice(first, rows), h);
+            if (!on_host) be.matmul(m.output(), h, arch.output_bias(m), c.out->tensor().slice(0, rows));
+        };
+        // A device backend runs a decode step (one token) as one recorded graph: the whole step, or a split
+        // context's first span (what follows a hand-off starts with a copy from the host, not recorded). A step
+        // that cannot be recorded (a scratch buffer had to grow, say) runs op by op, which also surfaces any
+        // real error.
+        if (T == 1 && b.ids && logits_out && !on_host && s == 0 && be.begin_graph()) {
+            try {
+                run();
+                be.end_graph();
+            } catch (const std::exception&) {
+                be.abort_graph();
+                run();
+            }
+        } else {
             run();
         }
-    } else {
-        run();
     }
     n_past_ += T;
     if (!logits_out) return;
-    be.download(h, hidden_out);
-    if (on_host)  // straight into the caller's array
-        be.matmul(m.output(), h, arch.output_bias(m), Tensor{logits_out, DType::F32, Device::CPU, rows, hp.n_vocab});
+    head.be->download(h, hidden_out);
+    if (head_on_host)  // straight into the caller's array
+        head.be->matmul(m.output(), h, arch.output_bias(m), Tensor{logits_out, DType::F32, Device::CPU, rows, hp.n_vocab});
     else
-        be.download(c.out->tensor().slice(0, rows), logits_out);
+        head.be->download(head.out->tensor().slice(0, rows), logits_out);
 }
 
 void decode_step(const std::vector<Context*>& ctxs, const std::vector<int32_t>& tokens) {
@@ -266,9 +376,10 @@ void decode_step(const std::vector<Context*>& ctxs, const std::vector<int32_t>& 
                         " cached positions = its context length): context overflow");
     }
     bool all_cpu = true;
-    for (const Context* c : ctxs) all_cpu = all_cpu && c->backend_->device() == Device::CPU;
+    for (const Context* c : ctxs) all_cpu = all_cpu && c->spans_.size() == 1 && c->spans_[0]->be->device() == Device::CPU;
     if (!all_cpu) {
-        // Device contexts have their own streams and copies of the cache: no batched path for them yet.
+        // Device contexts have their own streams and copies of the cache, split ones their spans: no batched
+        // path for them yet.
         for (size_t i = 0; i < N; ++i) ctxs[i]->decode_locked(Batch::of_ids(&tokens[i], 1), false);
         return;
     }
@@ -276,8 +387,8 @@ void decode_step(const std::vector<Context*>& ctxs, const std::vector<int32_t>& 
     // One backend (the first context's thread pool) runs the step over N stacked rows. Scratch: the first
     // context's when its n_batch rows suffice, else buffers for this call.
     Context& lead = *ctxs[0];
-    Backend& be = *lead.backend_;
-    Context::Impl& L = *lead.impl_;
+    Context::Impl& L = *lead.spans_[0];
+    Backend& be = *L.be;
     std::vector<std::unique_ptr<DeviceBuffer>> owned;
     auto rows_of = [&](const std::unique_ptr<DeviceBuffer>& buf) {
         if (buf->tensor().rows >= n) return buf->tensor().slice(0, n);
@@ -296,7 +407,7 @@ void decode_step(const std::vector<Context*>& ctxs, const std::vector<int32_t>& 
     for (size_t i = 0; i < N; ++i) {
         Context& c = *ctxs[i];
         const int64_t r = int64_t(i);
-        one.push_back(ForwardPass{m, hp, be, *c.impl_, c.state_.get(), Modality::Text, 1, c.n_past_, c.n_ctx_, &pos[i],
+        one.push_back(ForwardPass{m, hp, be, *c.spans_[0], c.state_.get(), Modality::Text, 1, c.n_past_, c.n_ctx_, &pos[i],
                                   X.slice(r, 1), H.slice(r, 1), Q.slice(r, 1), K.slice(r, 1), Vv.slice(r, 1), A.slice(r, 1),
                                   G.slice(r, 1), U.slice(r, 1), {}});
         ops::AttentionShape& s = one.back().shape;

@@ -10,9 +10,12 @@
 
 namespace owl {
 
-// A context's device memory: the KV cache and the scratch activations of one piece.
+// One span of a context's layers: its backend, the KV cache of layers [first, end) and the scratch activations
+// of one piece on that backend. A context that is not split has one span of every layer.
 struct Context::Impl {
-    std::vector<std::unique_ptr<DeviceBuffer>> k_cache, v_cache;  // per layer [n_head_kv * n_ctx][head_dim]
+    std::unique_ptr<Backend> be;  // first member: destroyed after the buffers it made
+    int64_t first = 0, end = 0;
+    std::vector<std::unique_ptr<DeviceBuffer>> k_cache, v_cache;  // per layer of the span [n_head_kv * n_ctx][head_dim]
     std::unique_ptr<DeviceBuffer> x, h, q, k, v, attn, gate, up, out;  // [n_batch][...]; out: logits when not on the host
     std::vector<int32_t> pos;
 };
@@ -29,8 +32,8 @@ struct ForwardPass {
     Tensor x, h, q, k, v, attn, gate, up;  // this piece's rows of the scratch buffers
     ops::AttentionShape shape;             // causal attention of the piece over the cache
 
-    const Tensor& k_cache(int64_t il) const { return c.k_cache[size_t(il)]->tensor(); }
-    const Tensor& v_cache(int64_t il) const { return c.v_cache[size_t(il)]->tensor(); }
+    const Tensor& k_cache(int64_t il) const { return c.k_cache[size_t(il - c.first)]->tensor(); }
+    const Tensor& v_cache(int64_t il) const { return c.v_cache[size_t(il - c.first)]->tensor(); }
 };
 
 namespace blocks {

@@ -128,14 +128,21 @@ std::shared_ptr<Model> Model::load(const std::string& path) { return ModelBuilde
 std::shared_ptr<Model> Model::load(std::unique_ptr<GGUFFile> file) { return ModelBuilder::load(std::move(file)); }
 
 void Model::for_each_weight(const std::function<void(const WeightView&)>& matrix,
-                            const std::function<void(const std::vector<float>&)>& vector) const {
-    std::vector<const WeightView*> ms{&token_embd_, &output_};
-    std::vector<const std::vector<float>*> vs{&output_norm_};
-    for (const DecoderLayer& l : layers_) {
+                            const std::function<void(const std::vector<float>&)>& vector, const WeightRange& range) const {
+    std::vector<const WeightView*> ms;
+    std::vector<const std::vector<float>*> vs;
+    if (range.input) ms.push_back(&token_embd_);
+    if (range.output) {
+        ms.push_back(&output_);
+        vs.push_back(&output_norm_);
+    }
+    for (size_t il = 0; il < layers_.size(); ++il) {
+        if (!range.has_layer(int64_t(il))) continue;
+        const DecoderLayer& l = layers_[il];
         for (const WeightView* w : {&l.wq, &l.wk, &l.wv, &l.wo, &l.ffn_gate, &l.ffn_up, &l.ffn_down}) ms.push_back(w);
         for (const std::vector<float>* v : {&l.attn_norm, &l.ffn_norm, &l.bq, &l.bk, &l.bv}) vs.push_back(v);
     }
-    if (arch_weights_) arch_weights_->weights(ms, vs);
+    if (arch_weights_) arch_weights_->weights(ms, vs, range);
     // Tied embeddings (output == token_embd) and absent parts (null data, empty vectors) are visited once / never.
     std::vector<const void*> seen;
     for (const WeightView* w : ms) {

@@ -45,11 +45,18 @@ struct Mplug2Weights : ArchWeights {
         for (Mplug2Layer& l : layers)
             for (WeightView* w : {&l.cq, &l.ck, &l.cv, &l.co}) out.push_back(w);
     }
-    void weights(std::vector<const WeightView*>& m, std::vector<const std::vector<float>*>& v) const override {
-        m.push_back(&position);
-        m.push_back(&transform);
-        for (const std::vector<float>* b : {&embd_norm_w, &embd_norm_b, &transform_b, &output_norm_b, &output_b}) v.push_back(b);
-        for (const Mplug2Layer& l : layers) {
+    void weights(std::vector<const WeightView*>& m, std::vector<const std::vector<float>*>& v, const WeightRange& r) const override {
+        if (r.input) {
+            m.push_back(&position);
+            for (const std::vector<float>* b : {&embd_norm_w, &embd_norm_b}) v.push_back(b);
+        }
+        if (r.output) {
+            m.push_back(&transform);
+            for (const std::vector<float>* b : {&transform_b, &output_norm_b, &output_b}) v.push_back(b);
+        }
+        for (size_t il = 0; il < layers.size(); ++il) {
+            if (!r.has_layer(int64_t(il))) continue;
+            const Mplug2Layer& l = layers[il];
             for (const WeightView* w : {&l.cq, &l.ck, &l.cv, &l.co}) m.push_back(w);
             for (const std::vector<float>* b : {&l.bo, &l.attn_norm_w, &l.attn_norm_b, &l.cbq, &l.cbk, &l.cbv, &l.cbo, &l.cross_norm_w,
                                                 &l.cross_norm_b, &l.b_up, &l.b_down, &l.out_norm_w, &l.out_norm_b})

@@ -40,8 +40,10 @@ struct Owl2Weights : ArchWeights {
             out.push_back(&l.wv);
         }
     }
-    void weights(std::vector<const WeightView*>& m, std::vector<const std::vector<float>*>& v) const override {
-        for (const DecoderLayer& l : image) {
+    void weights(std::vector<const WeightView*>& m, std::vector<const std::vector<float>*>& v, const WeightRange& r) const override {
+        for (size_t il = 0; il < image.size(); ++il) {
+            if (!r.has_layer(int64_t(il))) continue;
+            const DecoderLayer& l = image[il];
             if (own_q) m.push_back(&l.wq);
             m.push_back(&l.wk);
             m.push_back(&l.wv);

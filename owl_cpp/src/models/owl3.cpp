@@ -43,8 +43,10 @@ struct Owl3Weights : ArchWeights {
             out.push_back(&h.gate_proj);
         }
     }
-    void weights(std::vector<const WeightView*>& m, std::vector<const std::vector<float>*>& v) const override {
-        for (const HyperLayer& h : hyper) {
+    void weights(std::vector<const WeightView*>& m, std::vector<const std::vector<float>*>& v, const WeightRange& r) const override {
+        for (size_t i = 0; i < hyper.size(); ++i) {
+            if (!r.has_layer(layers[i])) continue;
+            const HyperLayer& h = hyper[i];
             for (const WeightView* w : {&h.kv, &h.gate_proj}) m.push_back(w);
             for (const std::vector<float>* b : {&h.kv_bias, &h.gate_proj_bias, &h.gate}) v.push_back(b);
         }

@@ -31,6 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-c", "--n-ctx", type=int, default=None)
     p.add_argument("-t", "--threads", type=int, default=None)
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("-ngl", "--n-gpu-layers", type=int, default=None, metavar="N",
+                   help="with a GPU device: the first N decoder layers on the GPU, the rest on the CPU (default: all)")
     p.add_argument("--vision", choices=("none", "dynamic", "static", "int8", "fp32", "fp16"), default=None,
                    help="which vision file runs (default: the model directory's vision.json default)")
     return p
@@ -64,7 +66,7 @@ def main(argv=None) -> int:
     name = demo.DEMO_MODEL_NAME if demo.is_demo_dir(path) else None
     # Each concurrent generation needs a context: keep as many ready as there are slots.
     model = load(path, n_ctx=args.n_ctx, threads=args.threads, device=args.device,
-                 max_spare_contexts=max(1, args.parallel - 1), vision=args.vision)
+                 max_spare_contexts=max(1, args.parallel - 1), vision=args.vision, n_gpu_layers=args.n_gpu_layers)
     if args.no_batch:
         model.batch_decode = False
     app = create_app(model, model_name=name, api_key=args.api_key, parallel=args.parallel, queue=args.queue,

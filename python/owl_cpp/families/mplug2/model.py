@@ -58,11 +58,11 @@ class Mplug2Model(DecoderModel):
 
     def __init__(self, model_dir, *, n_ctx: Optional[int] = None, threads: Optional[int] = None,
                  device: str = "cpu", vision: Optional[str] = None, kv_type: Optional[str] = None,
-                 max_spare_contexts: int = 1):
+                 max_spare_contexts: int = 1, n_gpu_layers: Optional[int] = None):
         d = model_directory(model_dir, ("decoder.gguf",), EXPORT_HINT)
         vision_path, self.vision_quant = pick_vision_file(d, vision, device.split(":")[0])
         super().__init__(d / "decoder.gguf", n_ctx=n_ctx, threads=threads, kv_type=kv_type, device=device,
-                         max_spare_contexts=max_spare_contexts)
+                         n_gpu_layers=n_gpu_layers, max_spare_contexts=max_spare_contexts)
         self.model_dir = d
         self.task = str(self._gguf["mplug2.task"]) if "mplug2.task" in self._gguf else "caption"
         if self.task not in ("caption", "qa"):
