@@ -63,22 +63,19 @@ void drive(const GemmArgs& a, int64_t r0, int64_t r1) {
     });
 }
 
-// 8-row groups up to this long are "short" for the single-token tiles (their prefetching: q4x8_avx2.h).
+// 8-row groups longer than this are "long": the single-token tiles with NG_LONG == 1 read them one at a time.
 constexpr int64_t kWalkGroupBytes = 4096;
 
 // What an x8 tile reads of the weights: the blocks of groups g..g+NG_-1 (each group kQ4x8Rows * a.row_bytes
-// bytes, contiguous), where the next tile's bytes start, and whether the groups are short (the single-token walk:
-// q4x8_avx2.h).
+// bytes, contiguous) and where the next tile's bytes start (the single-token walk: q4x8_avx2.h).
 template <class Block, int NG_>
 struct GroupBlocks {
     const Block* w[NG_];
     const char* next;
-    bool short_groups;
     GroupBlocks(const GemmArgs& a, int64_t g) {
         const int64_t group_bytes = kQ4x8Rows * a.row_bytes;
         for (int gi = 0; gi < NG_; ++gi) w[gi] = reinterpret_cast<const Block*>(a.w + (g + gi) * group_bytes);
         next = reinterpret_cast<const char*>(a.w + (g + NG_) * group_bytes);
-        short_groups = group_bytes <= kWalkGroupBytes;
     }
 };
 

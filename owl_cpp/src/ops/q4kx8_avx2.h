@@ -67,7 +67,7 @@ struct KMinx8Tiles {
         __m256 acc[NG_][NT];
         for (int gi = 0; gi < NG_; ++gi)
             for (int j = 0; j < NT; ++j) acc[gi][j] = _mm256_setzero_ps();
-        // Walk the next tile's bytes front to back, as Q4x8Tiles does (kWalkGroupBytes).
+        // Walk the next tile's bytes front to back into L2, as Q4x8Tiles does.
         const bool walk = NT == 1;
         const int64_t s0 = b0 * QK / QK_K, s1 = b1 * QK / QK_K;
         for (int64_t b = s0; b < s1; ++b) {
@@ -82,7 +82,7 @@ struct KMinx8Tiles {
             for (int gi = 0; gi < NG_; ++gi) {
                 const Block& blk = gb.w[gi][b];
                 if (walk) {
-                    walk_block<Block>(gb.next + ((b - s0) * NG_ + gi) * int64_t(sizeof(Block)), gb.short_groups);
+                    walk_block<Block>(gb.next + ((b - s0) * NG_ + gi) * int64_t(sizeof(Block)));
                 }
                 __m256i isum[NT];
                 OWL_UNROLL for (int j = 0; j < NT; ++j) isum[j] = _mm256_setzero_si256();

@@ -38,24 +38,19 @@ inline __m256i q4x8_dp(__m256i acc, __m256i u, __m256i s) {
 }
 #endif
 
-// Single-token tiles walk the next tile's bytes (contiguous with their own) front to back, at the rate they consume
-// their own: NG groups read side by side are short streams that the hardware prefetchers follow badly. Groups of
-// at most kWalkGroupBytes (rows of <= 910 Q4_0 columns) are walked into L1: 0.5B Q4_0 decode went from ~80 to
-// ~95-100 t/s. Longer groups are walked into L2: the next tile's NG groups must not crowd L1 (Zen 4, 32 KB: Q6_K x8
-// at 1536 columns, 10 KB groups, read 16 GB/s walked into L1 and 30-32 into L2, two threads; Q4_K x8 at 1536
-// columns, 6.9 KB, 27 -> 33), and long groups, not walked at all before, gained most (Q4_K x8, one thread: 4096
-// columns 14-16 -> 22-24 GB/s; two threads, 4096 and 11008 columns: 24-33 -> 33-45).
-// (kWalkGroupBytes itself is in gemm_driver.h, whose drive_q4x8 also reads it.)
+// Single-token tiles walk the next tile's bytes (contiguous with their own) front to back into L2, at the rate they
+// consume their own: NG groups read side by side are short streams that the hardware prefetchers follow badly.
+// Long groups, not walked at all before, gained most (Q4_K x8, one thread: 4096 columns 14-16 -> 22-24 GB/s; two
+// threads, 4096 and 11008 columns: 24-33 -> 33-45). Into L1 the next tile's NG groups crowd the current ones
+// (Zen 4, 32 KB: Q6_K x8 at 1536 columns, 10 KB groups, read 16 GB/s walked into L1 and 30-32 into L2, two
+// threads); short groups (<= 4 KB, rows of <= 910 Q4_0 columns) were walked into L1 until alternating runs of
+// 0.5B decode, two threads, showed L2 ahead there too: Q4_0 +12-15% (AVX-512 VNNI and AVX2 kernels), IQ4_NL +16%.
 
-// One block's share of the walk: sizeof(Block) bytes from p, into L1 (short groups) or L2.
+// One block's share of the walk: sizeof(Block) bytes from p, into L2.
 // (Inlined: a call inside the tiles would spill their accumulators.)
 template <class Block>
-__attribute__((always_inline)) inline void walk_block(const char* p, bool l1) {
-    if (l1) {
-        for (int o = 0; o < int(sizeof(Block)); o += 64) _mm_prefetch(p + o, _MM_HINT_T0);
-    } else {
-        for (int o = 0; o < int(sizeof(Block)); o += 64) _mm_prefetch(p + o, _MM_HINT_T1);
-    }
+__attribute__((always_inline)) inline void walk_block(const char* p) {
+    for (int o = 0; o < int(sizeof(Block)); o += 64) _mm_prefetch(p + o, _MM_HINT_T1);
 }
 
 // A tile's accumulators (one row per fp32 lane) into y: stored or added for the rows of groups g.. that exist.
@@ -80,13 +75,13 @@ struct Q4x8Tiles {
         __m256 acc[NG_][NT];
         for (int gi = 0; gi < NG_; ++gi)
             for (int j = 0; j < NT; ++j) acc[gi][j] = _mm256_setzero_ps();
-        // One token reads NG_ groups side by side: walk the next tile's bytes (kWalkGroupBytes).
+        // One token reads NG_ groups side by side: walk the next tile's bytes (walk_block).
         const bool walk = NT == 1;
         for (int64_t b = b0; b < b1; ++b) {
             for (int gi = 0; gi < NG_; ++gi) {
                 const BlockQ4_0x8& blk = gb.w[gi][b];
                 if (walk) {
-                    walk_block<BlockQ4_0x8>(gb.next + ((b - b0) * NG_ + gi) * int64_t(sizeof(BlockQ4_0x8)), gb.short_groups);
+                    walk_block<BlockQ4_0x8>(gb.next + ((b - b0) * NG_ + gi) * int64_t(sizeof(BlockQ4_0x8)));
                 }
                 __m256i s[NT];
                 for (int j = 0; j < NT; ++j) {

@@ -60,7 +60,7 @@ struct Q6Kx8Tiles {
         for (int64_t b = s0; b < s1; ++b) {
             for (int gi = 0; gi < NG_; ++gi) {
                 const BlockQ6_Kx8& blk = gb.w[gi][b];
-                if (walk) walk_block<BlockQ6_Kx8>(gb.next + ((b - s0) * NG_ + gi) * int64_t(sizeof(BlockQ6_Kx8)), gb.short_groups);
+                if (walk) walk_block<BlockQ6_Kx8>(gb.next + ((b - s0) * NG_ + gi) * int64_t(sizeof(BlockQ6_Kx8)));
                 __m256i isum[NT];  // sum of sc * u * x, less the offset term as it goes (exact either way)
                 OWL_UNROLL for (int j = 0; j < NT; ++j) isum[j] = _mm256_setzero_si256();
                 OWL_UNROLL for (int c = 0; c < 8; ++c) {
