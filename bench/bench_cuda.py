@@ -1,7 +1,8 @@
 """owl_cpp's CUDA backend on random-weight GGUFs at the real decoder sizes, against the GPU's memory roofline
 and a PyTorch bf16 reference (Hugging Face eager, same shapes) on the same GPU.
 
-Prints a table and writes JSON: prompt processing (t/s over --prompt tokens), decode (t/s over --gen tokens
+Prints a table and writes JSON: prompt processing (t/s over --prompt tokens; "pp simt" is the same prompt with
+the tensor-core GEMMs switched off, OWL_CUDA_TC=0, the A/B of the prefill kernels), decode (t/s over --gen tokens
 after --tg-after tokens of prompt), each the median of --reps; the device-to-device copy bandwidth measured in
 the same run (bytes read + written, through PyTorch) and decode as a fraction of the roofline (bandwidth / bytes
 of weights one decode step reads).
@@ -54,7 +55,7 @@ def copy_bandwidth(gib: float = 4.0) -> float | None:
     return 2 * n / statistics.median(times)
 
 
-def time_owl(path: Path, prompt: int, tg_after: int, gen: int, reps: int) -> dict:
+def time_owl(path: Path, prompt: int, tg_after: int, gen: int, reps: int, tc_ab: bool = False) -> dict:
     from owl_cpp import _core
 
     t0 = time.perf_counter()
@@ -63,12 +64,28 @@ def time_owl(path: Path, prompt: int, tg_after: int, gen: int, reps: int) -> dic
     load_s = time.perf_counter() - t0
     ids = np.random.default_rng(0).integers(0, 1000, max(prompt, tg_after)).tolist()
     ctx.eval(ids[:32])  # warm up (first launches, workspace)
-    pp = []
-    for _ in range(reps):
-        ctx.truncate(0)
-        t = time.perf_counter()
-        ctx.eval(ids[:prompt])
-        pp.append(prompt / (time.perf_counter() - t))
+
+    def prompt_rate() -> float:
+        pp = []
+        for _ in range(reps):
+            ctx.truncate(0)
+            t = time.perf_counter()
+            ctx.eval(ids[:prompt])
+            pp.append(prompt / (time.perf_counter() - t))
+        return statistics.median(pp)
+
+    pp = prompt_rate()
+    pp_simt = None
+    if tc_ab:  # the same prompt on the SIMT GEMMs (OWL_CUDA_TC=0 is read on every matmul)
+        old = os.environ.get("OWL_CUDA_TC")
+        os.environ["OWL_CUDA_TC"] = "0"
+        try:
+            pp_simt = prompt_rate()
+        finally:
+            if old is None:
+                del os.environ["OWL_CUDA_TC"]
+            else:
+                os.environ["OWL_CUDA_TC"] = old
     tg = []
     for _ in range(reps):
         ctx.truncate(0)
@@ -80,7 +97,7 @@ def time_owl(path: Path, prompt: int, tg_after: int, gen: int, reps: int) -> dic
             step.append(time.perf_counter() - t)
         tg.append(1.0 / statistics.median(step))
     del ctx, model
-    return {"load_s": load_s, "pp": statistics.median(pp), "tg": statistics.median(tg)}
+    return {"load_s": load_s, "pp": pp, "pp_simt": pp_simt, "tg": statistics.median(tg)}
 
 
 def time_torch(size: str, prompt: int, tg_after: int, gen: int, reps: int) -> dict | None:
@@ -141,6 +158,8 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--no-torch", action="store_true", help="skip the PyTorch bf16 reference")
     ap.add_argument("--no-graphs", action="store_true", help="launch every kernel on its own (OWL_CUDA_GRAPHS=0)")
+    ap.add_argument("--no-tc-ab", action="store_true",
+                    help="skip timing the prompt again on the SIMT GEMMs (OWL_CUDA_TC=0) next to the tensor cores")
     ap.add_argument("--workdir", default=str(HERE / "models"))
     ap.add_argument("--out", default=str(HERE / "results" / "cuda.json"))
     a = ap.parse_args()
@@ -156,21 +175,21 @@ def main() -> None:
     print(f"GPU: {gpu['name']} ({gpu['total_bytes'] / 2**30:.0f} GiB), copy bandwidth "
           f"{bw / 1e9:.0f} GB/s" if bw else f"GPU: {gpu['name']}, bandwidth not measured (no torch)", flush=True)
     rows = []
-    hdr = f"{'model':<12} {'type':<5} {'GB/tok':>7} {'pp t/s':>9} {'tg t/s':>8} {'roof t/s':>9} {'of roof':>8} {'torch pp':>9} {'torch tg':>9}"
+    hdr = f"{'model':<12} {'type':<5} {'GB/tok':>7} {'pp t/s':>9} {'pp simt':>9} {'tg t/s':>8} {'roof t/s':>9} {'of roof':>8} {'torch pp':>9} {'torch tg':>9}"
     print(hdr, flush=True)
     for size in a.sizes:
         ref = None if a.no_torch else time_torch(size, a.prompt, a.tg_after, a.gen, a.reps)
         for quant in a.quants:
             path = ensure(Path(a.workdir), size, quant)
             bpt = bytes_per_token(path)
-            r = time_owl(path, a.prompt, a.tg_after, a.gen, a.reps)
+            r = time_owl(path, a.prompt, a.tg_after, a.gen, a.reps, tc_ab=not a.no_tc_ab)
             roof = bw / bpt if bw else None
             row = {"size": size, "quant": quant, "bytes_per_token": bpt, **r, "roofline_tg": roof,
                    "fraction_of_roofline": r["tg"] / roof if roof else None,
                    "torch_bf16_pp": ref["pp"] if ref else None, "torch_bf16_tg": ref["tg"] if ref else None}
             rows.append(row)
             f = lambda v, fmt: format(v, fmt) if v is not None else "-"  # noqa: E731
-            print(f"{size:<12} {quant:<5} {bpt / 1e9:7.2f} {r['pp']:9.0f} {r['tg']:8.1f} {f(roof, '9.0f')} "
+            print(f"{size:<12} {quant:<5} {bpt / 1e9:7.2f} {r['pp']:9.0f} {f(r['pp_simt'], '9.0f')} {r['tg']:8.1f} {f(roof, '9.0f')} "
                   f"{f(row['fraction_of_roofline'], '8.2f')} {f(row['torch_bf16_pp'], '9.0f')} {f(row['torch_bf16_tg'], '9.1f')}",
                   flush=True)
     out = {"gpu": gpu, "cuda": {k: info[k] for k in ("runtime_version", "driver_version", "architectures")},
