@@ -1,12 +1,13 @@
 """The tensor-core prefill GEMMs of the CUDA backend (src/cuda/matmul_tc.cuh, mma.cuh), which every matmul of more
-than 8 tokens takes on sm_80+ unless OWL_CUDA_TC=0.
+than 8 tokens with Q4_0, Q8_0, F16 or K-quant weights takes on sm_80+ unless OWL_CUDA_TC=0.
 
 - Q4_0 / Q8_0 (int8 mma): the same integer block sums, scaled and summed in the same fp32 order as the SIMT GEMM,
   so the two must agree bit for bit, and both match the float64 reference of the int8-rounded activations.
-- F16 (fp16 mma, fp32 accumulation): activations scaled per token by a power of two and split into hi + lo fp16
-  parts (22 bits of the 24), so the result matches the fp32 product as closely as the SIMT kernel does (normalized
-  error 1e-5, the SIMT kernels' tolerance in test_backend_equivalence.py), also for tokens of 1e-20 or 1e20
-  (plain fp16 would flush or overflow those). The numpy model of that conversion runs without a GPU.
+- F16 and Q4_K / Q5_K / Q6_K (fp16 mma, fp32 accumulation): activations scaled per token by a power of two and
+  split into hi + lo fp16 parts (22 bits of the 24; K-quant weights, dequantized in fp32, split the same way), so
+  the result matches the fp32 product as closely as the SIMT kernel does (normalized error 1e-5, the SIMT kernels'
+  tolerance in test_backend_equivalence.py), also for tokens of 1e-20 or 1e20 (plain fp16 would flush or overflow
+  those). The numpy model of that conversion runs without a GPU.
 
 Outputs are poisoned (NaN) before every run by the _testing harness; a NaN never passes a comparison. The GPU
 tests skip without a GPU, and the kernels' tests skip on a GPU below sm_80 (where the SIMT GEMMs run)."""
@@ -15,8 +16,10 @@ import pytest
 
 import owl_cpp
 from owl_cpp import _testing
-from test_ops import TYPES, decode, encode
+from kquant_blocks import TYPE_IDS as KTYPE_IDS
+from kquant_blocks import quantize as kquantize
 from quant_reference import quantized_activations
+from test_ops import TYPES, decode, encode
 
 RNG = np.random.default_rng(15)
 HAS_CUDA = "cuda" in _testing.available_backends()
@@ -81,6 +84,28 @@ def test_f16_tensor_cores_match_fp32(be, monkeypatch, rows, cols, T):
     assert rel(got, want) < 1e-5
     assert rel(matmul(be, monkeypatch, False, raw, "F16", rows, cols, x, bias), want) < 1e-5
     assert rel(matmul(be, monkeypatch, True, raw, "F16", rows, cols, x), want - bias) < 1e-5
+
+
+# K-quant weights dequantized as the CPU does, then split into two fp16 parts like the activations: the fp32
+# product to ~2^-22 per term, so the SIMT kernel's tolerance (both take the fp32 activations for T > 8).
+@gpu
+@tc
+@pytest.mark.parametrize("type_name", ["Q4_K", "Q5_K", "Q6_K"])
+@pytest.mark.parametrize("rows,cols,T", [(37, 256, 9), (129, 1024, 64), (300, 2048, 200), (70, 512, 512),
+                                         (65, 768, 33)])
+def test_kquant_tensor_cores_match_fp32(be, monkeypatch, type_name, rows, cols, T):
+    raw = kquantize((RNG.standard_normal((rows, cols)) * 0.05).astype(np.float32), type_name)
+    wd = _testing.ops.dequantize(raw, KTYPE_IDS[type_name], rows * cols).reshape(rows, cols).astype(np.float64)
+    x, bias = RNG.standard_normal((T, cols)).astype(np.float32), RNG.standard_normal(rows).astype(np.float32)
+    want = x.astype(np.float64) @ wd.T + bias
+
+    def run(tensor_cores, b):
+        monkeypatch.setenv("OWL_CUDA_TC", "1" if tensor_cores else "0")
+        return be.matmul(raw, KTYPE_IDS[type_name], rows, cols, x, b)
+
+    assert rel(run(True, bias), want) < 1e-5
+    assert rel(run(False, bias), want) < 1e-5
+    assert rel(run(True, None), want - bias) < 1e-5
 
 
 def per_token_rel(got, want):
@@ -163,7 +188,7 @@ def test_plain_fp16_would_fail_the_tolerance():
     x = (RNG.standard_normal((2, 512)) * np.array([[1.0], [1e6]])).astype(np.float32)
     w = RNG.standard_normal((8, 512))
     want = x.astype(np.float64) @ w.T
-    with np.errstate(over="ignore"):
+    with np.errstate(over="ignore", invalid="ignore"):
         plain = x.astype(np.float16).astype(np.float64) @ w.T
     assert not np.isfinite(plain[1]).all()
     assert np.abs(plain[0] - want[0]).max() / np.abs(want[0]).max() > 1e-5

@@ -15,7 +15,8 @@
 //
 // T <= kDecodeT: matvec_kernel, every weight read once for all tokens (memory bound). Otherwise a 64 x 64 tiled
 // GEMM, double-buffered in shared memory: on the tensor cores where use_tensor_cores says so (sm_80+; Q4_0 / Q8_0
-// in gemm_q_kernel<TY, true>, F16 in matmul_tc.cu), else SIMT (gemm_q_kernel<TY, false>, gemm_f_kernel).
+// in gemm_q_kernel<TY, true>, F16 and the K-quants in matmul_tc.cu), else SIMT (gemm_q_kernel<TY, false>,
+// gemm_f_kernel, kq_gemm_kernel).
 #include <algorithm>
 #include <cstring>
 #include <string>
@@ -633,7 +634,10 @@ void matmul_quant(DType type, const uint8_t* w, int64_t rows, int64_t cols, cons
 // fp32 activations (so x_quantized only matters for decode, see quantizes_activations).
 void matmul_kquant(DType type, const uint8_t* w, int64_t rows, int64_t cols, const float* x, int64_t T,
                    const float* bias, float* y, Workspace& ws, bool x_quantized, cudaStream_t stream) {
-    if (T > kDecodeT) return kquant_gemm(type, w, rows, cols, x, T, bias, y, stream);
+    if (T > kDecodeT) {
+        if (use_tensor_cores(T) && aligned16(x)) return gemm_tc(type, w, rows, cols, x, T, bias, y, ws, stream);
+        return kquant_gemm(type, w, rows, cols, x, T, bias, y, stream);
+    }
     const QuantizedX qx = quantize_activations(x, T, cols, ws, x_quantized, stream);
     kquant_matvec(type, w, int(rows), cols, qx.xq, qx.xs, int(T), bias, y, stream);
 }
@@ -660,7 +664,7 @@ void matmul_float(const uint8_t* w, int64_t rows, int64_t cols, const float* x, 
     // F16 on the tensor cores where its 16-byte tile loads apply (matmul_tc.cuh); F32 / BF16 and odd widths stay
     // on the fp32 SIMT GEMM.
     if (TY == DType::F16 && wvec && xvec && cols % 8 == 0 && use_tensor_cores(T))
-        return gemm_f16_tc(w, rows, cols, x, T, bias, y, ws, stream);
+        return gemm_tc(TY, w, rows, cols, x, T, bias, y, ws, stream);
     gemm_f_kernel<TY><<<gemm_blocks(rows, T), kGemmThreads, 0, stream>>>(w, rows, cols, wvec, x, xvec, T, bias, y);
     OWL_CUDA_LAUNCHED("gemm_f_kernel");
 }

@@ -1,15 +1,18 @@
-// The F16 tensor-core GEMM and the tensor-core switch (contract in matmul_tc.cuh).
+// The F16 and K-quant tensor-core GEMMs and the tensor-core switch (contract in matmul_tc.cuh).
 //
 // Tiles as the SIMT GEMMs (matmul_common.cuh): 64 rows x 64 tokens per block of 256 threads, a stage of 32
-// columns, double-buffered. Shared tiles hold fp16: the weights as in the file, the activations as hi and lo
-// parts (scaled per token by token_shift_kernel's power of two); 16 words per row plus 4 of padding, so the 8
-// rows an mma fragment load touches fall on distinct banks. Each warp computes 32 rows x 16 tokens with
-// m16n8k16 mma (mma.cuh), two k-steps per stage and two products (lo, then hi) per step.
+// columns, double-buffered. Shared tiles hold fp16: F16 weights as in the file, K-quant weights dequantized and
+// split into hi and lo parts, the activations as hi and lo parts (scaled per token by token_shift_kernel's power
+// of two); 16 words per row plus 4 of padding, so the 8 rows an mma fragment load touches fall on distinct
+// banks. Each warp computes 32 rows x 16 tokens with m16n8k16 mma (mma.cuh), two k-steps per stage.
 #include <atomic>
 #include <cfloat>
 #include <cstdlib>
 #include <cstring>
+#include <string>
+#include <type_traits>
 
+#include "kquant_block.h"
 #include "matmul_common.cuh"
 #include "matmul_tc.cuh"
 #include "mma.cuh"
@@ -56,40 +59,68 @@ __device__ __forceinline__ void split_pair(float a, float b, float s, uint32_t& 
     lo = *reinterpret_cast<const uint32_t*>(&l);
 }
 
-__global__ void __launch_bounds__(kGemmThreads) gemm_f16_tc_kernel(const uint16_t* __restrict__ w, int64_t rows,
-                                                                   int64_t cols, const float* __restrict__ x,
-                                                                   const int* __restrict__ shift, int64_t T,
-                                                                   const float* __restrict__ bias,
-                                                                   float* __restrict__ y) {
+// A pair of floats -> hi = fp16 pair, lo = fp16 pair of the remainders, unscaled (weights).
+__device__ __forceinline__ void split_pair(float a, float b, uint32_t& hi, uint32_t& lo) { split_pair(a, b, 1.0f, hi, lo); }
+
+// TY = F16: the weights are fp16 already (one tile, two products per step: lo and hi activations). TY = Q4_K /
+// Q5_K / Q6_K: each stage is one sub-block, dequantized in fp32 exactly as the CPU does (kquant_block.h) and split
+// into hi and lo fp16 tiles like the activations; three products per step (w_hi x_lo, w_lo x_hi, w_hi x_hi; the
+// dropped w_lo x_lo is 2^-22 of the product).
+template <DType TY>
+__global__ void __launch_bounds__(kGemmThreads) gemm_tc_kernel(const uint8_t* __restrict__ w, int64_t rows,
+                                                               int64_t cols, const float* __restrict__ x,
+                                                               const int* __restrict__ shift, int64_t T,
+                                                               const float* __restrict__ bias, float* __restrict__ y) {
     constexpr int kK = 32;  // columns per stage
-    __shared__ __align__(16) uint32_t sw[2][kTileR][kStride];
+    constexpr bool kSplitW = TY != DType::F16;
+    __shared__ __align__(16) uint32_t swh[2][kTileR][kStride];
+    __shared__ __align__(16) uint32_t swl[kSplitW ? 2 : 1][kSplitW ? kTileR : 1][kStride];
     __shared__ __align__(16) uint32_t sxh[2][kTileT][kStride];
     __shared__ __align__(16) uint32_t sxl[2][kTileT][kStride];
 
     int64_t row0, tok0;
     gemm_tile(T, row0, tok0);
     const int tid = threadIdx.x;
-    // Loaders: 4 threads per weight row, 8 halves (16 bytes) each; 8 threads per token, 4 floats each, tokens
-    // xl and xl + 32. cols % 8 == 0, so a load is all inside the row or all past its end (zeros).
-    const int wl_r = tid >> 2, wl_k = (tid & 3) * 8;
+    // Loaders: 4 threads per weight row, 8 elements each (F16: one 16-byte load; K-quants: two dequantized words);
+    // 8 threads per token, 4 floats each, tokens xl and xl + 32. cols % 8 == 0, so a load is all inside the row
+    // or all past its end (zeros).
+    const int wl_r = tid >> 2, wp = tid & 3, wl_k = wp * 8;
     const int xl = tid >> 3, xl_k = (tid & 7) * 4;
-    const uint16_t* wrow = w + min(row0 + wl_r, rows - 1) * cols + wl_k;
+    const int64_t wr = min(row0 + wl_r, rows - 1);
+    const int64_t nb = cols / QK_K;  // K-quants: super-blocks per row
+    const uint8_t* wrow = kSplitW ? w + wr * kq::row_bytes(TY, nb) : w + (wr * cols + wl_k) * 2;
     const int64_t xt0 = min(tok0 + xl, T - 1), xt1 = min(tok0 + xl + 32, T - 1);
     const float* x0 = x + xt0 * cols + xl_k;
     const float* x1 = x + xt1 * cols + xl_k;
     const float s0 = pow2(shift[xt0]), s1 = pow2(shift[xt1]);
 
-    uint4 wq;
+    uint4 wq;              // F16: 8 halves
+    float wf0[4], wf1[4];  // K-quants: 8 dequantized elements
     float4 xv[2];
     auto load = [&](int s) {
         const int64_t k0 = int64_t(s) * kK;
-        wq = k0 + wl_k < cols ? *reinterpret_cast<const uint4*>(wrow + k0) : make_uint4(0, 0, 0, 0);
+        if constexpr (kSplitW) {
+            kq::dequant_row_word<TY>(wrow, nb, s >> 3, s & 7, 2 * wp, wf0);
+            kq::dequant_row_word<TY>(wrow, nb, s >> 3, s & 7, 2 * wp + 1, wf1);
+        } else {
+            wq = k0 + wl_k < cols ? *reinterpret_cast<const uint4*>(wrow + 2 * k0) : make_uint4(0, 0, 0, 0);
+        }
         const bool xin = k0 + xl_k < cols;
         xv[0] = xin ? *reinterpret_cast<const float4*>(x0 + k0) : make_float4(0.f, 0.f, 0.f, 0.f);
         xv[1] = xin ? *reinterpret_cast<const float4*>(x1 + k0) : make_float4(0.f, 0.f, 0.f, 0.f);
     };
     auto store = [&](int buf) {
-        *reinterpret_cast<uint4*>(&sw[buf][wl_r][wl_k / 2]) = wq;
+        if constexpr (kSplitW) {
+            uint4 hi, lo;
+            split_pair(wf0[0], wf0[1], hi.x, lo.x);
+            split_pair(wf0[2], wf0[3], hi.y, lo.y);
+            split_pair(wf1[0], wf1[1], hi.z, lo.z);
+            split_pair(wf1[2], wf1[3], hi.w, lo.w);
+            *reinterpret_cast<uint4*>(&swh[buf][wl_r][wl_k / 2]) = hi;
+            *reinterpret_cast<uint4*>(&swl[buf][wl_r][wl_k / 2]) = lo;
+        } else {
+            *reinterpret_cast<uint4*>(&swh[buf][wl_r][wl_k / 2]) = wq;
+        }
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
             const float s = h ? s1 : s0;
@@ -101,7 +132,7 @@ __global__ void __launch_bounds__(kGemmThreads) gemm_f16_tc_kernel(const uint16_
         }
     };
 
-    const int warp = tid >> 5, wr = (warp & 1) * 32, wt = (warp >> 1) * 16;
+    const int warp = tid >> 5, wr0 = (warp & 1) * 32, wt = (warp >> 1) * 16;
     float acc[2][2][4];
 #pragma unroll
     for (int mi = 0; mi < 2; ++mi)
@@ -113,9 +144,12 @@ __global__ void __launch_bounds__(kGemmThreads) gemm_f16_tc_kernel(const uint16_
     gemm_stages((cols + kK - 1) / kK, load, store, [&](int buf) {
 #pragma unroll
         for (int ks = 0; ks < 2; ++ks) {  // 16 columns = 8 words per mma
-            uint32_t a[2][4], bh[2][2], bl[2][2];
+            uint32_t ah[2][4], al[2][4], bh[2][2], bl[2][2];
 #pragma unroll
-            for (int mi = 0; mi < 2; ++mi) mma::load_a(sw[buf], wr + 16 * mi, 8 * ks, a[mi]);
+            for (int mi = 0; mi < 2; ++mi) {
+                mma::load_a(swh[buf], wr0 + 16 * mi, 8 * ks, ah[mi]);
+                if constexpr (kSplitW) mma::load_a(swl[buf], wr0 + 16 * mi, 8 * ks, al[mi]);
+            }
 #pragma unroll
             for (int ni = 0; ni < 2; ++ni) {
                 mma::load_b(sxh[buf], wt + 8 * ni, 8 * ks, bh[ni]);
@@ -124,9 +158,10 @@ __global__ void __launch_bounds__(kGemmThreads) gemm_f16_tc_kernel(const uint16_
 #pragma unroll
             for (int mi = 0; mi < 2; ++mi)
 #pragma unroll
-                for (int ni = 0; ni < 2; ++ni) {
-                    mma::f16_16x8x16(acc[mi][ni], a[mi], bl[ni]);
-                    mma::f16_16x8x16(acc[mi][ni], a[mi], bh[ni]);
+                for (int ni = 0; ni < 2; ++ni) {  // small terms first
+                    mma::f16_16x8x16(acc[mi][ni], ah[mi], bl[ni]);
+                    if constexpr (kSplitW) mma::f16_16x8x16(acc[mi][ni], al[mi], bh[ni]);
+                    mma::f16_16x8x16(acc[mi][ni], ah[mi], bh[ni]);
                 }
         }
     });
@@ -168,17 +203,24 @@ bool use_tensor_cores(int64_t T) {
     return mma_compiled(device);
 }
 
-void gemm_f16_tc(const uint8_t* w, int64_t rows, int64_t cols, const float* x, int64_t T, const float* bias,
-                 float* y, Workspace& ws, cudaStream_t stream) {
+void gemm_tc(DType type, const uint8_t* w, int64_t rows, int64_t cols, const float* x, int64_t T, const float* bias,
+             float* y, Workspace& ws, cudaStream_t stream) {
     if (rows <= 0 || T <= 0) return;
-    if (cols % 8 != 0 || (reinterpret_cast<uintptr_t>(w) & 15) || (reinterpret_cast<uintptr_t>(x) & 15))
-        throw Error("gemm_f16_tc: needs cols % 8 == 0 and 16-byte aligned weights and activations");
+    const bool kquant = kq::is_kq(type);
+    if (type != DType::F16 && !kquant) throw Error(std::string("gemm_tc: no tensor-core GEMM for ") + dtype_name(type));
+    if (cols % (kquant ? QK_K : 8) != 0 || (reinterpret_cast<uintptr_t>(w) & 15) ||
+        (reinterpret_cast<uintptr_t>(x) & 15))
+        throw Error("gemm_tc: needs whole blocks (F16: cols % 8 == 0) and 16-byte aligned weights and activations");
     auto* shift = static_cast<int*>(ws.get(size_t(T) * sizeof(int)));
     token_shift_kernel<<<unsigned(T), 256, 0, stream>>>(x, cols, shift);
     OWL_CUDA_LAUNCHED("token_shift_kernel");
-    gemm_f16_tc_kernel<<<gemm_blocks(rows, T), kGemmThreads, 0, stream>>>(reinterpret_cast<const uint16_t*>(w), rows,
-                                                                          cols, x, shift, T, bias, y);
-    OWL_CUDA_LAUNCHED("gemm_f16_tc_kernel");
+    const unsigned blocks = gemm_blocks(rows, T);
+    auto launch = [&](auto tag) {
+        gemm_tc_kernel<decltype(tag)::value><<<blocks, kGemmThreads, 0, stream>>>(w, rows, cols, x, shift, T, bias, y);
+    };
+    if (kquant) kq::with_type(type, launch);
+    else launch(std::integral_constant<DType, DType::F16>{});
+    OWL_CUDA_LAUNCHED("gemm_tc_kernel");
 }
 
 }  // namespace cuda
