@@ -23,14 +23,14 @@ export PYTHONPATH=$PWD/python:$PWD/export${PYTHONPATH:+:$PYTHONPATH}
 python3 -c "import owl_cpp, json; print(json.dumps(owl_cpp.system_info()['cuda']))"
 
 step "CUDA tests"
-timeout "${TEST_TIMEOUT:-400}" python3 -m pytest -q -rf tests/test_cuda.py tests/test_backend_equivalence.py \
-    tests/test_cuda_kquant.py tests/test_cuda_offload.py tests/test_owl2_runtime.py tests/test_owl21_decoder.py tests/test_mplug2_decoder.py -k "cuda or test_cuda" \
+timeout "${TEST_TIMEOUT:-400}" python3 -m pytest -q -rfs tests/test_cuda.py tests/test_backend_equivalence.py \
+    tests/test_cuda_tensor_core.py tests/test_sample_top.py tests/test_cuda_kquant.py tests/test_cuda_offload.py tests/test_owl2_runtime.py tests/test_owl21_decoder.py tests/test_mplug2_decoder.py -k "cuda or test_cuda" \
     2>&1 | tee "$OUT/tests.log" | tail -60 || status=1
 
 if command -v compute-sanitizer >/dev/null && [ "${SANITIZER:-1}" = 1 ]; then
     step "compute-sanitizer memcheck (op tests)"
     timeout "${SANITIZER_TIMEOUT:-200}" compute-sanitizer --tool memcheck --error-exitcode 3 --print-limit 20 \
-        python3 -m pytest -q -x tests/test_backend_equivalence.py tests/test_cuda.py -k "cuda and not text_model and not owl3 and not out_of_gpu" \
+        python3 -m pytest -q -x tests/test_backend_equivalence.py tests/test_cuda_tensor_core.py tests/test_sample_top.py tests/test_cuda.py -k "cuda and not text_model and not owl3 and not out_of_gpu" \
         >"$OUT/memcheck.log" 2>&1
     rc=$?
     tail -25 "$OUT/memcheck.log"

@@ -40,7 +40,9 @@ py::object run_decode(Context& c, const Batch& b, bool all_logits, bool return_l
     const std::vector<float>* logits;
     {
         py::gil_scoped_release release;
-        logits = &c.decode(b, all_logits);
+        // Logits nobody asked for stay on a device backend: the sampler selects its candidates there (Sampler.sample
+        // below), anything else reading last_logits() copies them then.
+        logits = &c.decode(b, all_logits, return_logits || all_logits);
     }
     if (!return_logits) return py::none();
     const int64_t V = c.model().hparams().n_vocab;
@@ -159,6 +161,8 @@ void bind_model(py::module_& m) {
             for (const LayerSpan& s : c.spans()) out.append(py::make_tuple(s.backend, s.first_layer, s.end_layer));
             return out;
         }, "Where the layers run: [(backend name, first layer, end layer)], in layer order; the last also runs the output head")
+        .def_property_readonly("logits_on_device", &Context::logits_on_device,
+                               "The last eval's logits are still on the device only (return_logits=False on a GPU)")
         .def("truncate", &Context::truncate, py::arg("n"), py::call_guard<py::gil_scoped_release>())
         .def("add_image", [](Context& c, py::array_t<float, py::array::c_style | py::array::forcecast> embeds, int64_t start) {
                  const int64_t E = c.model().hparams().n_embd;
@@ -231,7 +235,7 @@ void bind_model(py::module_& m) {
                      throw py::value_error(e.what());
                  }
              }), py::arg("params"))
-        .def("sample", [](Sampler& s, const Context& c, const std::vector<int32_t>& history, int64_t n_vocab) {
+        .def("sample", [](Sampler& s, Context& c, const std::vector<int32_t>& history, int64_t n_vocab) {
                  // Samples from the context's last logits without copying them to Python; they hold the model's n_vocab.
                  const int64_t V = c.model().hparams().n_vocab;
                  if (n_vocab < 1 || n_vocab > V)
@@ -239,12 +243,31 @@ void bind_model(py::module_& m) {
                  // Without the GIL: over a large vocabulary (top-k / top-p sorting) this is a decode step's
                  // Python-side cost, and other threads (a batch job's lanes) run meanwhile.
                  py::gil_scoped_release release;
+                 // Logits still on the device (eval with return_logits=False): when greedy or top-k covers what
+                 // sampling looks at, only those candidates come back (the same token, sample_top).
+                 const int64_t need = s.candidates_needed(n_vocab);
+                 if (need > 0 && c.logits_on_device()) {
+                     std::vector<Candidate> top;
+                     c.top_logits(n_vocab, need, top);
+                     return s.sample_top(top, n_vocab);
+                 }
                  return s.sample(c.last_logits(), n_vocab, history);
              }, py::arg("context"), py::arg("history"), py::arg("n_vocab"))
         .def("sample_logits", [](Sampler& s, py::array_t<float, py::array::c_style | py::array::forcecast> logits, const std::vector<int32_t>& history) {
                  if (logits.ndim() != 1) throw py::value_error("logits must be 1-D");
                  return s.sample(logits.data(), logits.shape(0), history);
-             }, py::arg("logits"), py::arg("history"));
+             }, py::arg("logits"), py::arg("history"))
+        .def("candidates_needed", &Sampler::candidates_needed, py::arg("n_vocab"),
+             "How many best logits sample_top needs (1 greedy, top_k); 0: sampling needs them all")
+        .def("sample_top", &Sampler::sample_top, py::arg("candidates"), py::arg("n_vocab"),
+             "The token sample() would pick, from the candidates_needed best (logit, id) pairs in top_logits' order");
+    m.def("top_logits", [](py::array_t<float, py::array::c_style | py::array::forcecast> logits, int64_t k) {
+              if (logits.ndim() != 1) throw py::value_error("logits must be 1-D");
+              std::vector<Candidate> out;
+              top_logits(logits.data(), logits.shape(0), k, out);
+              return out;
+          }, py::arg("logits"), py::arg("k"),
+          "The k best (logit, id) pairs, higher logit first, then lower id (what Backend.top_k returns)");
 }
 
 }  // namespace owl

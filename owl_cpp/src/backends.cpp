@@ -1,8 +1,10 @@
 // Backend-independent parts: tensor views, the list of backends this build and machine have, and the factory.
 #include <string>
+#include <vector>
 
 #include "owl/backend.h"
 #include "owl/error.h"
+#include "owl/sampler.h"
 #ifdef OWL_HAVE_CUDA
 #include "cuda/cuda_backend.cuh"
 #endif
@@ -41,6 +43,13 @@ void Backend::matmul_swiglu(const WeightView& w_gate, const WeightView& w_up, co
     matmul(w_gate, x, nullptr, gate);
     matmul(w_up, x, nullptr, up);
     swiglu(gate, up, gate);
+}
+
+void Backend::top_k(const Tensor& row, int64_t k, std::vector<std::pair<float, int32_t>>& out) {
+    if (row.type != DType::F32 || row.rows != 1) throw Error("top_k: expects one F32 row");
+    std::vector<float> host(size_t(row.cols));
+    download(row, host.data());
+    top_logits(host.data(), row.cols, k, out);
 }
 
 CudaInfo cuda_info() {

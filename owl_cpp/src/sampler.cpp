@@ -16,14 +16,48 @@ Sampler::Sampler(const SamplerParams& p) : p_(p), rng_(p.seed) {
     if (!(p.repeat_penalty > 0.0f) || !std::isfinite(p.repeat_penalty)) throw Error("repeat_penalty must be finite and > 0");
 }
 
+namespace {
+bool by_logit(const Candidate& a, const Candidate& b) {
+    return a.first > b.first || (a.first == b.first && a.second < b.second);
+}
+// A NaN would break the sort's ordering (undefined behaviour) and every probability after it.
+void load_candidates(const float* logits, int64_t n, std::vector<Candidate>& cand) {
+    cand.resize(size_t(n));
+    for (int64_t i = 0; i < n; ++i) {
+        if (std::isnan(logits[i])) throw Error("sampler: the logit of token " + std::to_string(i) + " is NaN (non-finite model output)");
+        cand[size_t(i)] = {logits[i], int32_t(i)};
+    }
+}
+}  // namespace
+
+void top_logits(const float* logits, int64_t n, int64_t k, std::vector<Candidate>& out) {
+    load_candidates(logits, n, out);
+    const size_t keep = size_t(std::max<int64_t>(0, std::min(k, n)));
+    std::partial_sort(out.begin(), out.begin() + long(keep), out.end(), by_logit);
+    out.resize(keep);
+}
+
+int64_t Sampler::candidates_needed(int64_t n_vocab) const {
+    if (p_.repeat_penalty != 1.0f && p_.repeat_last_n != 0) return 0;
+    if (p_.temperature <= 0.0f) return n_vocab > 0 ? 1 : 0;
+    return p_.top_k > 0 && p_.top_k < n_vocab ? p_.top_k : 0;
+}
+
+int32_t Sampler::sample_top(const std::vector<Candidate>& top, int64_t n_vocab) {
+    const int64_t need = candidates_needed(n_vocab);
+    if (need == 0 || int64_t(top.size()) != need)
+        throw Error("sampler: sample_top needs the " + std::to_string(need) + " best candidates, got " +
+                    std::to_string(top.size()));
+    for (const Candidate& c : top)
+        if (std::isnan(c.first) || c.second < 0 || c.second >= n_vocab) throw Error("sampler: bad candidate");
+    if (p_.temperature <= 0.0f) return top[0].second;
+    cand_.assign(top.begin(), top.end());
+    return finish(cand_.size());
+}
+
 int32_t Sampler::sample(const float* logits, int64_t n_vocab, const std::vector<int32_t>& history) {
     if (n_vocab <= 0) throw Error("sampler: empty vocabulary");
-    cand_.resize(size_t(n_vocab));
-    for (int64_t i = 0; i < n_vocab; ++i) {
-        // A NaN would break the sort's ordering (undefined behaviour) and every probability after it.
-        if (std::isnan(logits[i])) throw Error("sampler: the logit of token " + std::to_string(i) + " is NaN (non-finite model output)");
-        cand_[size_t(i)] = {logits[i], int32_t(i)};
-    }
+    load_candidates(logits, n_vocab, cand_);
 
     // Repetition penalty (llama.cpp / CTRL rule): shrink positive logits, grow negative ones.
     if (p_.repeat_penalty != 1.0f && p_.repeat_last_n != 0) {
@@ -36,9 +70,6 @@ int32_t Sampler::sample(const float* logits, int64_t n_vocab, const std::vector<
         }
     }
 
-    auto by_logit = [](const std::pair<float, int32_t>& a, const std::pair<float, int32_t>& b) {
-        return a.first > b.first || (a.first == b.first && a.second < b.second);
-    };
     if (p_.temperature <= 0.0f) return std::min_element(cand_.begin(), cand_.end(), by_logit)->second;
 
     size_t n = cand_.size();
@@ -48,6 +79,10 @@ int32_t Sampler::sample(const float* logits, int64_t n_vocab, const std::vector<
     } else {
         std::sort(cand_.begin(), cand_.end(), by_logit);
     }
+    return finish(n);
+}
+
+int32_t Sampler::finish(size_t n) {
     // Softmax over the survivors (sorted, so cand_[0] holds the max).
     std::vector<double>& prob = weight_;
     prob.resize(n);

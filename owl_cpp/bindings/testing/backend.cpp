@@ -137,6 +137,13 @@ void bind_backend(py::module_& m) {
             h.be->gate_mix(xb->tensor(), yb->tensor(), gb->tensor(), mask.is_none() ? nullptr : mk.data());
             return h.get(*xb);
         }, py::arg("x"), py::arg("y"), py::arg("gate"), py::arg("mask") = py::none())
+        .def("top_k", [](Harness& h, const F32& x, int64_t k) {  // x: one row; -> [(value, index), ...]
+            if (x.ndim() != 1) throw py::value_error("top_k takes one row");
+            auto xb = h.put(x);
+            std::vector<std::pair<float, int32_t>> out;
+            h.be->top_k(xb->tensor(), k, out);
+            return out;
+        })
         .def("copy", [](Harness& h, const F32& x) {
             auto xb = h.put(x);
             auto out = h.poisoned(DType::F32, xb->tensor().rows, xb->tensor().cols);

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "owl/dtype.h"
@@ -96,6 +97,11 @@ public:
     // matmuls and swiglu; the CPU backend one job (ops::matmul_swiglu).
     virtual void matmul_swiglu(const WeightView& w_gate, const WeightView& w_up, const Tensor& x, const Tensor& gate,
                                const Tensor& up);
+    // out = the k best (value, index) pairs of a one-row F32 tensor (a row of logits) in Sampler's order, higher
+    // value first, then lower index (owl::top_logits; k clamped to the row length); a NaN throws Error naming the
+    // first, as Sampler::sample does. The default downloads the row and selects on the host; the CUDA backend
+    // selects on the device and copies back only the k pairs.
+    virtual void top_k(const Tensor& row, int64_t k, std::vector<std::pair<float, int32_t>>& out);
     // y[t] = x[t] / rms(x[t]) * w; y may be x.
     virtual void rms_norm(const Tensor& x, const float* w, float eps, const Tensor& y) = 0;
     // y[t] = (x[t] - mean) / sqrt(var + eps) * w + b (LayerNorm with bias, BERT's); y may be x.

@@ -5,6 +5,7 @@
 #include <atomic>
 #include <cstdint>
 #include <memory>
+#include <utility>
 #include <vector>
 
 #include "owl/backend.h"
@@ -59,9 +60,12 @@ public:
     // ([n_vocab]) or, with all_logits, of every token ([batch.n][n_vocab]). Throws Error when the batch is
     // invalid (ids out of range, negative positions, NaN/inf embeddings, too long for the context); the cache is
     // unchanged then.
-    const std::vector<float>& decode(const Batch& batch, bool all_logits = false);
-    const std::vector<float>& eval(const std::vector<int32_t>& tokens, bool all_logits = false) {
-        return decode(Batch::of_ids(tokens.data(), int64_t(tokens.size())), all_logits);
+    // logits_to_host = false (a device backend, the last token's logits): they stay on the device and the returned
+    // vector is not updated; last_logits() copies them when first asked, top_logits() selects there.
+    const std::vector<float>& decode(const Batch& batch, bool all_logits = false, bool logits_to_host = true);
+    const std::vector<float>& eval(const std::vector<int32_t>& tokens, bool all_logits = false,
+                                   bool logits_to_host = true) {
+        return decode(Batch::of_ids(tokens.data(), int64_t(tokens.size())), all_logits, logits_to_host);
     }
     // Final hidden states (after the output norm) of the rows the last decode returned logits for:
     // [rows][n_embd], rows = 1 or batch.n.
@@ -69,6 +73,11 @@ public:
 
     // Logits of the last evaluated token ([n_vocab]); valid until the next decode.
     const float* last_logits() const;
+    // The k best (logit, id) pairs among the first n logits of the last evaluated token, in Sampler's order
+    // (owl::top_logits): selected by the backend when the logits stayed on the device (only k pairs come back,
+    // Backend::top_k), else from last_logits(). For Sampler::sample_top.
+    void top_logits(int64_t n, int64_t k, std::vector<std::pair<float, int32_t>>& out);
+    bool logits_on_device() const { return logits_pending_; }  // decoded with logits_to_host = false, not copied yet
     int64_t n_past() const { return n_past_; }
     int64_t n_ctx() const { return n_ctx_; }
     int n_threads() const;  // the CPU threads it uses (the most of any of its backends)
@@ -102,8 +111,9 @@ public:
 private:
     friend void decode_step(const std::vector<Context*>& contexts, const std::vector<int32_t>& tokens);
     class Use;  // marks the context busy for one call (one thread at a time)
-    const std::vector<float>& decode_locked(const Batch& batch, bool all_logits);  // decode, the caller holds Use
-    void forward(const Batch& piece, int64_t offset, int64_t T, bool all_logits, float* logits_out, float* hidden_out);
+    const std::vector<float>& decode_locked(const Batch& batch, bool all_logits, bool logits_to_host = true);  // the caller holds Use
+    void forward(const Batch& piece, int64_t offset, int64_t T, bool all_logits, float* logits_out, float* hidden_out,
+                 bool logits_to_host = true);
     void add_span(const std::string& backend, int n_threads, int64_t first, int64_t end);
 
     std::shared_ptr<const Model> model_;
@@ -113,7 +123,9 @@ private:
     std::vector<std::unique_ptr<Impl>> spans_;  // in layer order; one unless the context is split
     std::vector<float> hand_off_;               // the hidden state between two device spans
     std::unique_ptr<ArchState> state_;          // on the first span's backend
-    std::vector<float> logits_, hidden_;
+    mutable std::vector<float> logits_;         // filled by last_logits() while logits_pending_
+    std::vector<float> hidden_;
+    mutable bool logits_pending_ = false;       // the last token's logits are in the last span's out only
     std::atomic<bool> busy_{false};
 };
 

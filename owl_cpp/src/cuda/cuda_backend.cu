@@ -13,6 +13,7 @@
 #include "cuda_backend.cuh"
 #include "elementwise.cuh"
 #include "matmul.cuh"
+#include "topk.cuh"
 #include "owl/model.h"
 
 #ifndef OWL_CUDA_ARCHS
@@ -344,6 +345,13 @@ public:
         cuda::matmul(w.type, wd.data, w.rows, w.cols, xo, x.rows, b, yo, ws_, reuse, stream_);
         const bool overwrote = yo < xo + x.rows * x.cols && xo < yo + y.rows * y.cols;
         quantized_ = quant && !overwrote && !wd.temporary() ? Quantized{ops_, xo, x.rows, x.cols} : Quantized{};
+    }
+    void top_k(const Tensor& row, int64_t k, std::vector<std::pair<float, int32_t>>& out) override {
+        float* x = f32(row);
+        if (row.rows != 1) throw Error("top_k: expects one F32 row");
+        if (k > cuda::kTopKMax) return Backend::top_k(row, k, out);  // the host selection
+        OpScope scope(*this);
+        cuda::top_k(x, row.cols, k, ws_, stream_, out);
     }
     void rms_norm(const Tensor& x, const float* w, float eps, const Tensor& y) override {
         checks::same_shape(x, y, "rms_norm");

@@ -14,7 +14,9 @@
 // -8 * sum(q_x) (matrix-vector kernel) or is applied while expanding a tile into shared memory (GEMM).
 //
 // T <= kDecodeT: matvec_kernel, every weight read once for all tokens (memory bound). Otherwise a 64 x 64 tiled
-// SIMT GEMM, double-buffered in shared memory (gemm_q_kernel, gemm_f_kernel).
+// GEMM, double-buffered in shared memory: on the tensor cores where use_tensor_cores says so (sm_80+; Q4_0 / Q8_0
+// in gemm_q_kernel<TY, true>, F16 and the K-quants in matmul_tc.cu), else SIMT (gemm_q_kernel<TY, false>,
+// gemm_f_kernel, kq_gemm_kernel).
 #include <algorithm>
 #include <cstring>
 #include <string>
@@ -24,6 +26,8 @@
 #include "matmul.cuh"
 #include "matmul_common.cuh"
 #include "matmul_kquant.cuh"
+#include "matmul_tc.cuh"
+#include "mma.cuh"
 #include "owl/error.h"
 
 namespace owl {
@@ -248,10 +252,61 @@ __global__ void __launch_bounds__(kMvThreads, mv_min_blocks(T)) matvec_kernel(co
 
 // ---- prefill: tiled GEMM, 64 rows x 64 tokens per block of 256 threads (tile walk in matmul_common.cuh) ----
 
+// gemm_q_kernel's stage loop on the tensor cores: per block of 32 columns, each warp's 2 x 2 m16n8k32 products
+// of its 32 rows x 16 tokens (mma.cuh), then acc += d_w * d_x * sum, exactly gemm_q_kernel's SIMT arithmetic.
+template <int S, class Load, class Store>
+__device__ __forceinline__ void gemm_q_mma(const uint32_t (&sw)[2][kTileR][S], const uint32_t (&sx)[2][kTileT][S],
+                                           const float (&sdw)[2][2][kTileR], const float (&sdx)[2][2][kTileT],
+                                           int stages, Load&& load, Store&& store, int64_t row0, int64_t tok0,
+                                           int64_t rows, int64_t T, const float* bias, float* y) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, c = lane & 3;
+    const int wr = (warp & 1) * 32, wt = (warp >> 1) * 16;
+    float acc[2][2][4];
+#pragma unroll
+    for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+        for (int ni = 0; ni < 2; ++ni)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) acc[mi][ni][e] = 0.0f;
+
+    gemm_stages(stages, load, store, [&](int buf) {
+#pragma unroll
+        for (int blk = 0; blk < 2; ++blk) {
+            uint32_t a[2][4], b[2][2];
+#pragma unroll
+            for (int mi = 0; mi < 2; ++mi) mma::load_a(sw[buf], wr + 16 * mi, blk * 8, a[mi]);
+#pragma unroll
+            for (int ni = 0; ni < 2; ++ni) mma::load_b(sx[buf], wt + 8 * ni, blk * 8, b[ni]);
+            float dw[2][2], dx[2][2];  // [mi][h]: row wr + 16 mi + g + 8 h; [ni][k]: token wt + 8 ni + 2c + k
+#pragma unroll
+            for (int i = 0; i < 2; ++i)
+#pragma unroll
+                for (int h = 0; h < 2; ++h) {
+                    dw[i][h] = sdw[buf][blk][wr + 16 * i + g + 8 * h];
+                    dx[i][h] = sdx[buf][blk][wt + 8 * i + 2 * c + h];
+                }
+#pragma unroll
+            for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+                for (int ni = 0; ni < 2; ++ni) {
+                    int p[4];
+                    mma::s8_16x8x32(p, a[mi], b[ni]);
+#pragma unroll
+                    for (int e = 0; e < 4; ++e)
+                        acc[mi][ni][e] = fmaf(dw[mi][e >> 1] * dx[ni][e & 1], small_int_to_float(p[e]), acc[mi][ni][e]);
+                }
+        }
+    });
+    mma::store_warp_tile(acc, row0, tok0, rows, T, bias, y, [](float v, int64_t) { return v; });
+}
+
 // Quant GEMM: a stage is two blocks (64 columns). Shared tiles hold int8 values (Q4_0 expanded to q - 8), 16 words
 // per row plus 4 of padding, and fp32 scales per (block, row) and (block, token). A block past the end of the row
 // (odd nb) is loaded as zero quants with zero scales.
-template <DType TY>
+// kMma: the block products on the tensor cores (mma.cuh, sm_80+): one m16n8k32 int8 mma is one block of 32
+// columns for 16 rows x 8 tokens, its int32 sums as exact as dp4a's, scaled and accumulated in the same order with
+// the same fp32 operations, so both variants give the same bits.
+template <DType TY, bool kMma>
 __global__ void __launch_bounds__(kGemmThreads) gemm_q_kernel(const uint8_t* __restrict__ w, int64_t rows, int nb,
                                                               const int8_t* __restrict__ xq,
                                                               const int2* __restrict__ xs, int64_t T,
@@ -316,6 +371,10 @@ __global__ void __launch_bounds__(kGemmThreads) gemm_q_kernel(const uint8_t* __r
         if ((xp & 1) == 0) sdx[buf][xp >> 1][xt_l] = xd;
     };
 
+    if constexpr (kMma) {
+        gemm_q_mma(sw, sx, sdw, sdx, (nb + 1) / 2, load, store, row0, tok0, rows, T, bias, y);
+        return;
+    }
     const int lane = tid & 31, warp = tid >> 5;
     const int rl = (warp & 1) * 32 + (lane & 7), tl = (warp >> 1) * 16 + (lane >> 3);
     float acc[4][4];
@@ -559,11 +618,14 @@ void matmul_quant(DType type, const uint8_t* w, int64_t rows, int64_t cols, cons
         return;
     }
     const unsigned blocks = gemm_blocks(rows, T);
+    const bool tc = use_tensor_cores(T);  // same results either way (gemm_q_kernel)
     if (type == DType::Q4_0) {
-        gemm_q_kernel<DType::Q4_0><<<blocks, kGemmThreads, 0, stream>>>(w, rows, int(nb), xq, xs, T, bias, y);
+        if (tc) gemm_q_kernel<DType::Q4_0, true><<<blocks, kGemmThreads, 0, stream>>>(w, rows, int(nb), xq, xs, T, bias, y);
+        else gemm_q_kernel<DType::Q4_0, false><<<blocks, kGemmThreads, 0, stream>>>(w, rows, int(nb), xq, xs, T, bias, y);
         OWL_CUDA_LAUNCHED("gemm_q_kernel<Q4_0>");
     } else {
-        gemm_q_kernel<DType::Q8_0><<<blocks, kGemmThreads, 0, stream>>>(w, rows, int(nb), xq, xs, T, bias, y);
+        if (tc) gemm_q_kernel<DType::Q8_0, true><<<blocks, kGemmThreads, 0, stream>>>(w, rows, int(nb), xq, xs, T, bias, y);
+        else gemm_q_kernel<DType::Q8_0, false><<<blocks, kGemmThreads, 0, stream>>>(w, rows, int(nb), xq, xs, T, bias, y);
         OWL_CUDA_LAUNCHED("gemm_q_kernel<Q8_0>");
     }
 }
@@ -572,14 +634,17 @@ void matmul_quant(DType type, const uint8_t* w, int64_t rows, int64_t cols, cons
 // fp32 activations (so x_quantized only matters for decode, see quantizes_activations).
 void matmul_kquant(DType type, const uint8_t* w, int64_t rows, int64_t cols, const float* x, int64_t T,
                    const float* bias, float* y, Workspace& ws, bool x_quantized, cudaStream_t stream) {
-    if (T > kDecodeT) return kquant_gemm(type, w, rows, cols, x, T, bias, y, stream);
+    if (T > kDecodeT) {
+        if (use_tensor_cores(T) && aligned16(x)) return gemm_tc(type, w, rows, cols, x, T, bias, y, ws, stream);
+        return kquant_gemm(type, w, rows, cols, x, T, bias, y, stream);
+    }
     const QuantizedX qx = quantize_activations(x, T, cols, ws, x_quantized, stream);
     kquant_matvec(type, w, int(rows), cols, qx.xq, qx.xs, int(T), bias, y, stream);
 }
 
 template <DType TY>
 void matmul_float(const uint8_t* w, int64_t rows, int64_t cols, const float* x, int64_t T, const float* bias,
-                  float* y, cudaStream_t stream) {
+                  float* y, Workspace& ws, cudaStream_t stream) {
     const int64_t unit = TY == DType::F32 ? 4 : 8;  // elements per 16 bytes
     const bool wvec = cols % unit == 0 && aligned16(w);
     const bool xvec = cols % 4 == 0 && aligned16(x);
@@ -596,6 +661,10 @@ void matmul_float(const uint8_t* w, int64_t rows, int64_t cols, const float* x, 
         matvec<TY>(a, T, stream);
         return;
     }
+    // F16 on the tensor cores where its 16-byte tile loads apply (matmul_tc.cuh); F32 / BF16 and odd widths stay
+    // on the fp32 SIMT GEMM.
+    if (TY == DType::F16 && wvec && xvec && cols % 8 == 0 && use_tensor_cores(T))
+        return gemm_tc(TY, w, rows, cols, x, T, bias, y, ws, stream);
     gemm_f_kernel<TY><<<gemm_blocks(rows, T), kGemmThreads, 0, stream>>>(w, rows, cols, wvec, x, xvec, T, bias, y);
     OWL_CUDA_LAUNCHED("gemm_f_kernel");
 }
@@ -708,9 +777,9 @@ void matmul(DType type, const void* w, int64_t rows, int64_t cols, const float* 
             if (cols % QK_K != 0) throw Error("matmul: K-quant rows must be a multiple of 256 columns");
             if (cols == 0) break;
             return matmul_kquant(type, wb, rows, cols, x, T, bias, y, ws, x_quantized, stream);
-        case DType::F32: return matmul_float<DType::F32>(wb, rows, cols, x, T, bias, y, stream);
-        case DType::F16: return matmul_float<DType::F16>(wb, rows, cols, x, T, bias, y, stream);
-        case DType::BF16: return matmul_float<DType::BF16>(wb, rows, cols, x, T, bias, y, stream);
+        case DType::F32: return matmul_float<DType::F32>(wb, rows, cols, x, T, bias, y, ws, stream);
+        case DType::F16: return matmul_float<DType::F16>(wb, rows, cols, x, T, bias, y, ws, stream);
+        case DType::BF16: return matmul_float<DType::BF16>(wb, rows, cols, x, T, bias, y, ws, stream);
         default: throw Error(std::string("matmul: unsupported weight type ") + dtype_name(type));
     }
     // cols == 0: y is the bias (or zero); the float GEMM computes that directly.

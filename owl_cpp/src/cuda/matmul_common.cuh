@@ -141,14 +141,11 @@ __device__ __forceinline__ void gemm_f_stage(const float (&sw)[kTileR][kFStride]
     }
 }
 
-// The fp32 GEMMs' stage loop, double-buffered in shared memory: load(s) fetches stage s into registers and
-// store(buf) writes them to buffer buf, so stage s + 1 is in flight while stage s is multiplied from buffer s & 1.
+// The GEMMs' stage loop, double-buffered in shared memory: load(s) fetches stage s into registers and store(buf)
+// writes them to buffer buf, so stage s + 1 is in flight while compute(buf) multiplies stage s from buffer s & 1.
 // store(buf ^ 1) is safe: that buffer was last read in iteration s - 1, before the barrier that ended it.
-template <class I, class Load, class Store>
-__device__ __forceinline__ void gemm_f_stages(I stages, Load&& load, Store&& store,
-                                              const float (&sw)[2][kTileR][kFStride],
-                                              const float (&sx)[2][kTileT][kFStride], int rl, int tl,
-                                              float (&acc)[4][4]) {
+template <class I, class Load, class Store, class Compute>
+__device__ __forceinline__ void gemm_stages(I stages, Load&& load, Store&& store, Compute&& compute) {
     if (stages > 0) {
         load(0);
         store(0);
@@ -157,10 +154,19 @@ __device__ __forceinline__ void gemm_f_stages(I stages, Load&& load, Store&& sto
     for (I s = 0; s < stages; ++s) {
         const int buf = int(s & 1);
         if (s + 1 < stages) load(int(s + 1));
-        gemm_f_stage(sw[buf], sx[buf], rl, tl, acc);
+        compute(buf);
         if (s + 1 < stages) store(buf ^ 1);
         __syncthreads();
     }
+}
+
+// The fp32 GEMMs' stages (gemm_f_kernel, kq_gemm_kernel).
+template <class I, class Load, class Store>
+__device__ __forceinline__ void gemm_f_stages(I stages, Load&& load, Store&& store,
+                                              const float (&sw)[2][kTileR][kFStride],
+                                              const float (&sx)[2][kTileT][kFStride], int rl, int tl,
+                                              float (&acc)[4][4]) {
+    gemm_stages(stages, load, store, [&](int buf) { gemm_f_stage(sw[buf], sx[buf], rl, tl, acc); });
 }
 
 __device__ __forceinline__ void gemm_store(const float (&acc)[4][4], int64_t row0, int64_t tok0, int64_t rows,

@@ -11,8 +11,8 @@ namespace cuda {
 // quantize_x_kernel rounds them: xq int8 [T][cols], xs {d (fp32 bits), sum of q} per block of 32 ([T][cols / 32]).
 void kquant_matvec(DType type, const uint8_t* w, int rows, int64_t cols, const int8_t* xq, const int2* xs, int T,
                    const float* bias, float* y, cudaStream_t stream);
-// Tiled GEMM for any T from fp32 activations x [T][cols] (16-byte aligned): weight tiles are dequantized as the
-// CPU dequantizes, products accumulate in fp32.
+// Tiled SIMT GEMM for any T from fp32 activations x [T][cols] (16-byte aligned): weight tiles are dequantized as
+// the CPU dequantizes, products accumulate in fp32. (On sm_80+ matmul.cu takes the tensor-core gemm_tc instead.)
 void kquant_gemm(DType type, const uint8_t* w, int64_t rows, int64_t cols, const float* x, int64_t T,
                  const float* bias, float* y, cudaStream_t stream);
 // out[i][0..cols) = dequantized row ids[i] (bit-identical to the CPU's dequantize_row).

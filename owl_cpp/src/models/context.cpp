@@ -8,6 +8,7 @@
 
 #include "forward.h"
 #include "owl/error.h"
+#include "owl/sampler.h"
 
 namespace owl {
 
@@ -115,7 +116,23 @@ Context::~Context() = default;
 const float* Context::last_logits() const {
     const size_t V = size_t(model_->hparams().n_vocab);
     if (logits_.size() < V) throw Error("no logits yet: evaluate at least one token first");
+    if (logits_pending_) {  // left on the device by decode(.., logits_to_host = false): copy them now
+        const Impl& head = *spans_.back();
+        head.be->download(head.out->tensor().slice(0, 1), logits_.data() + (logits_.size() - V));
+        logits_pending_ = false;
+    }
     return logits_.data() + (logits_.size() - V);
+}
+
+void Context::top_logits(int64_t n, int64_t k, std::vector<std::pair<float, int32_t>>& out) {
+    Use use(*this);
+    const int64_t V = model_->hparams().n_vocab;
+    if (n < 1 || n > V) throw Error("top_logits: n must be in [1, " + std::to_string(V) + "], got " + std::to_string(n));
+    if (!logits_pending_) return owl::top_logits(last_logits(), n, k, out);
+    const Impl& head = *spans_.back();
+    Tensor row = head.out->tensor().slice(0, 1);
+    row.cols = n;  // the row's first n logits
+    head.be->top_k(row, k, out);
 }
 
 void Context::truncate(int64_t n) {
@@ -174,7 +191,9 @@ void Context::copy_state_from(const Context& other) {
         to.be->synchronize();
     }
     n_past_ = n;
+    if (other.logits_pending_) other.last_logits();  // copies them out of other's device buffer
     logits_ = other.logits_;
+    logits_pending_ = false;
     hidden_ = other.hidden_;
 }
 
@@ -200,12 +219,12 @@ size_t Context::kv_bytes_per_token() const {
     return size_t(2 * hp.n_layer) * size_t(dtype_row_bytes(kv_type_, hp.n_head_kv * hp.head_dim));
 }
 
-const std::vector<float>& Context::decode(const Batch& b, bool all_logits) {
+const std::vector<float>& Context::decode(const Batch& b, bool all_logits, bool logits_to_host) {
     Use use(*this);
-    return decode_locked(b, all_logits);
+    return decode_locked(b, all_logits, logits_to_host);
 }
 
-const std::vector<float>& Context::decode_locked(const Batch& b, bool all_logits) {
+const std::vector<float>& Context::decode_locked(const Batch& b, bool all_logits, bool logits_to_host) {
     const HParams& hp = model_->hparams();
     const int64_t T = b.n;
     if (T <= 0) throw Error("decode called with no tokens");
@@ -228,6 +247,7 @@ const std::vector<float>& Context::decode_locked(const Batch& b, bool all_logits
             if (b.modality[i] != Modality::Text && b.modality[i] != Modality::Image)
                 throw Error("modality at index " + std::to_string(i) + " is neither text nor image");
     const int64_t V = hp.n_vocab, E = hp.n_embd;
+    logits_pending_ = false;
     logits_.resize(size_t((all_logits ? T : 1) * V));
     hidden_.resize(size_t((all_logits ? T : 1) * E));
     for (int64_t start = 0; start < T;) {
@@ -238,7 +258,7 @@ const std::vector<float>& Context::decode_locked(const Batch& b, bool all_logits
         const bool last = start + n == T;
         float* logits = all_logits ? logits_.data() + start * V : (last ? logits_.data() : nullptr);
         float* hidden = all_logits ? hidden_.data() + start * E : (last ? hidden_.data() : nullptr);
-        forward(b, start, n, all_logits, logits, hidden);
+        forward(b, start, n, all_logits, logits, hidden, logits_to_host);
         start += n;
     }
     return logits_;
@@ -279,7 +299,8 @@ void hand_off(Context::Impl& from, Context::Impl& to, int64_t T, std::vector<flo
 }
 }  // namespace
 
-void Context::forward(const Batch& b, int64_t offset, int64_t T, bool all_logits, float* logits_out, float* hidden_out) {
+void Context::forward(const Batch& b, int64_t offset, int64_t T, bool all_logits, float* logits_out, float* hidden_out,
+                      bool logits_to_host) {
     const Model& m = *model_;
     const HParams& hp = m.hparams();
     const Architecture& arch = m.architecture();
@@ -333,6 +354,8 @@ void Context::forward(const Batch& b, int64_t offset, int64_t T, bool all_logits
     head.be->download(h, hidden_out);
     if (head_on_host)  // straight into the caller's array
         head.be->matmul(m.output(), h, arch.output_bias(m), Tensor{logits_out, DType::F32, Device::CPU, rows, hp.n_vocab});
+    else if (!logits_to_host && !all_logits)  // one row, in head.out until last_logits() / top_logits()
+        logits_pending_ = true;
     else
         head.be->download(head.out->tensor().slice(0, rows), logits_out);
 }
@@ -427,6 +450,7 @@ void decode_step(const std::vector<Context*>& ctxs, const std::vector<int32_t>& 
     be.matmul(m.output(), H, arch.output_bias(m), Tensor{logits.data(), DType::F32, Device::CPU, n, V});
     for (size_t i = 0; i < N; ++i) {
         Context& c = *ctxs[i];
+        c.logits_pending_ = false;
         c.logits_.resize(size_t(V));
         c.hidden_.resize(size_t(E));
         std::memcpy(c.logits_.data(), logits.data() + i * size_t(V), size_t(V) * sizeof(float));
