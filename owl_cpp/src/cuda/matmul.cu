@@ -262,12 +262,7 @@ __device__ __forceinline__ void gemm_q_mma(const uint32_t (&sw)[2][kTileR][S], c
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, c = lane & 3;
     const int wr = (warp & 1) * 32, wt = (warp >> 1) * 16;
     float acc[2][2][4];
-#pragma unroll
-    for (int mi = 0; mi < 2; ++mi)
-#pragma unroll
-        for (int ni = 0; ni < 2; ++ni)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) acc[mi][ni][e] = 0.0f;
+    mma::zero(acc);
 
     gemm_stages(stages, load, store, [&](int buf) {
 #pragma unroll

@@ -134,12 +134,7 @@ __global__ void __launch_bounds__(kGemmThreads) gemm_tc_kernel(const uint8_t* __
 
     const int warp = tid >> 5, wr0 = (warp & 1) * 32, wt = (warp >> 1) * 16;
     float acc[2][2][4];
-#pragma unroll
-    for (int mi = 0; mi < 2; ++mi)
-#pragma unroll
-        for (int ni = 0; ni < 2; ++ni)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) acc[mi][ni][e] = 0.0f;
+    mma::zero(acc);
 
     gemm_stages((cols + kK - 1) / kK, load, store, [&](int buf) {
 #pragma unroll

@@ -24,6 +24,16 @@ namespace mma {
 #define OWL_MMA_SYNC 0
 #endif
 
+// A warp's 2 x 2 fp32 accumulator fragments (32 rows x 16 tokens of the GEMM tiles), zeroed.
+__device__ __forceinline__ void zero(float (&acc)[2][2][4]) {
+#pragma unroll
+    for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+        for (int ni = 0; ni < 2; ++ni)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) acc[mi][ni][e] = 0.0f;
+}
+
 // d = A . B over 32 k (int8 x int8, exact int32 sums).
 __device__ __forceinline__ void s8_16x8x32(int (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
 #if OWL_MMA_SYNC
