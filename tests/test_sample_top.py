@@ -107,6 +107,15 @@ def test_backend_top_k(be, n, k, distinct):
     assert_same_top([(0.0 if v == 0 else v, i) for v, i in got], reference_top(x, k))
 
 
+def test_backend_top_k_switch_selects_on_the_host(be, monkeypatch):
+    # OWL_CUDA_TOPK=0 (read per call) sends a device backend's selection to the host: the same pairs either way.
+    x = logits_with_ties(151936, 3)
+    want = reference_top(x, 40)
+    assert_same_top(be.top_k(x, 40), want)
+    monkeypatch.setenv("OWL_CUDA_TOPK", "0")
+    assert_same_top(be.top_k(x, 40), want)
+
+
 def test_backend_top_k_extremes(be):
     x = np.array([-np.inf, 3e38, -3e38, np.inf, 1e-45, -1e-45, 0.0, 5.0], np.float32)
     assert_same_top(be.top_k(x, 8), reference_top(x, 8))

@@ -28,10 +28,13 @@ std::string mib(size_t bytes) { return std::to_string((bytes + (1 << 20) - 1) >>
 
 size_t aligned(size_t n) { return (n + 255) / 256 * 256; }
 
-bool graphs_enabled() {  // OWL_CUDA_GRAPHS=0 launches every kernel on its own (A/B timing, debugging)
-    const char* env = std::getenv("OWL_CUDA_GRAPHS");
-    return !(env && std::string(env) == "0");
+bool env_off(const char* name) {  // the variable is "0"
+    const char* env = std::getenv(name);
+    return env && std::string(env) == "0";
 }
+bool graphs_enabled() { return !env_off("OWL_CUDA_GRAPHS"); }  // 0: every kernel launched on its own (A/B, debugging)
+// 0: greedy / top-k candidates selected on the host from every logit, as on the CPU (A/B, debugging)
+bool device_top_k_enabled() { return !env_off("OWL_CUDA_TOPK"); }
 
 class DeviceScope {  // the calling thread works on `device` for the scope (contexts may move between threads)
 public:
@@ -349,7 +352,7 @@ public:
     void top_k(const Tensor& row, int64_t k, std::vector<std::pair<float, int32_t>>& out) override {
         float* x = f32(row);
         if (row.rows != 1) throw Error("top_k: expects one F32 row");
-        if (k > cuda::kTopKMax) return Backend::top_k(row, k, out);  // the host selection
+        if (k > cuda::kTopKMax || !device_top_k_enabled()) return Backend::top_k(row, k, out);  // the host selection
         OpScope scope(*this);
         cuda::top_k(x, row.cols, k, ws_, stream_, out);
     }
