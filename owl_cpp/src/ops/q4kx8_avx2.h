@@ -16,12 +16,12 @@
 // row's sum over 8 lanes). A (row, token) result is the same instruction sequence for any tile shape, thread
 // split or batch position.
 //
-// A single token with vpdpbusd (decode) takes one_token(), shaped for instruction issue (the bound on Zen 4, see
+// A single token on AVX-512 VNNI (decode) takes one_token(), shaped for instruction issue (the bound on Zen 4, see
 // q6kx8_avx2.h): eight sub-block accumulators, each nibble vector loaded once for its two sub-blocks (Q5_K: each
 // fifth-bit vector once for all eight), activations broadcast inside vpdpbusd, the min term by vpdpwssd. Q4_K's odd
 // sub-blocks skip the nibble shift (16 u still fits a byte; isum_odd >> 4 is exact). Bit-identical results; one
-// thread, in cache (AVX-512 VNNI, Zen 4, alternating old and new): Q4_K 1.37-1.54x, Q5_K 1.27-1.5x. Unrolling the
-// walk's prefetches (kx8_walk) also helped the AVX2 tiles (GCC had kept that loop's end in memory).
+// thread, in cache (AVX-512 VNNI, Zen 4, alternating old and new): Q4_K 1.37-1.54x, Q5_K 1.27-1.5x. The AVX2 tiles
+// only got the unrolled walk (kx8_walk; GCC had kept that loop's end in memory): Q5_K 1.06-1.1x, Q4_K unchanged.
 #pragma once
 #include <immintrin.h>
 
@@ -42,6 +42,14 @@ inline __m256i kx8_bcast4(const int8_t* p) { return _mm256_broadcastd_epi32(_mm_
 // Keeps v in a register: GCC would otherwise fold each use of a loaded vector (or a constant) back into a memory
 // operand, and the single-token tiles are bound by loads (two per cycle on Zen 4).
 __attribute__((always_inline)) inline void kx8_in_reg(__m256i& v) { __asm__("" : "+v"(v)); }
+
+// The single-token one_token() paths: measured on AVX-512 VNNI only (32 registers; their 8 accumulators and pinned
+// vectors are not tuned for AVX-VNNI's 16), so the AVX2 / AVX-VNNI builds keep the general tile for one token.
+#if OWL_VNNI && defined(__AVX512VNNI__) && defined(__AVX512VL__)
+#define OWL_KX8_ONE_TOKEN 1
+#else
+#define OWL_KX8_ONE_TOKEN 0
+#endif
 
 #if OWL_VNNI
 // acc + the byte products of u with the 4 bytes at p in every lane. With AVX-512 VNNI the broadcast rides in the
@@ -100,7 +108,7 @@ struct KMinx8Tiles {
     // 7B and 1.5B shapes: Q4_K 31-32 -> 32-33 GB/s, Q6_K 27-31 -> 31-33; no gain measured for the 32-blocks).
     static constexpr int NG_LONG = 1;
 
-#if OWL_VNNI
+#if OWL_KX8_ONE_TOKEN
     // One token, sub-blocks c = 0..7 side by side (8 accumulators): each nibble vector is loaded once for its two
     // sub-blocks, and each fifth-bit vector once for all eight. An odd sub-block takes its high nibbles in place,
     // as 16 u (<= 240, still a byte): its sums are 16 times the true ones, and isum_odd >> 4 is exact.
@@ -178,7 +186,7 @@ struct KMinx8Tiles {
             for (int gi = 0; gi < NG_; ++gi) {
                 const Block& blk = gb.w[gi][b];
                 if (walk) kx8_walk<Block>(gb.next + ((b - s0) * NG_ + gi) * int64_t(sizeof(Block)));
-#if OWL_VNNI
+#if OWL_KX8_ONE_TOKEN
                 if constexpr (NT == 1) {
                     acc[gi][0] = one_token(blk, xk[0][b], bs[0], acc[gi][0]);
                     continue;

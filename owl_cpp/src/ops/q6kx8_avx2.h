@@ -13,7 +13,7 @@
 // groups of (32 sc[2c], 32 sc[2c+1]) against the Q8_K bsums pair. Then acc += (isum - offset) * d * dx in fp32, as
 // KQuantTiles' epilogue does per row; the integers are the file-layout kernels' own.
 //
-// A single token with vpdpbusd (decode) takes one_token(): the tile is bound by instructions issued (Zen 4: about
+// A single token on AVX-512 VNNI (decode) takes one_token(): the tile is bound by instructions issued (Zen 4: about
 // 4.5 a cycle, two of them loads), not by any one unit, so it loads each qh vector once for its four sub-blocks
 // and each ql vector once for its two (GCC re-loads them for every use unless kx8_in_reg pins them), broadcasts
 // the activations inside vpdpbusd ({1to8}), sums the offsets with vpdpwssd, and takes h = 0 scales by vpmaddwd
@@ -55,7 +55,7 @@ struct Q6Kx8Tiles {
     static constexpr int NG = 4, TT = TTT;
     static constexpr int NG_LONG = 1;  // as Q4Kx8Tiles
 
-#if OWL_VNNI
+#if OWL_KX8_ONE_TOKEN
     // One token: each vector of top bits serves four sub-blocks and each of low nibbles two, loaded once.
     __attribute__((always_inline)) static inline __m256 one_token(const BlockQ6_Kx8& blk, const BlockQ8_K& x, __m256 acc) {
         __m256i m4 = _mm256_set1_epi8(0x0f), m30 = _mm256_set1_epi8(0x30), one = _mm256_set1_epi32(1);
@@ -126,7 +126,7 @@ struct Q6Kx8Tiles {
             for (int gi = 0; gi < NG_; ++gi) {
                 const BlockQ6_Kx8& blk = gb.w[gi][b];
                 if (walk) kx8_walk<BlockQ6_Kx8>(gb.next + ((b - s0) * NG_ + gi) * int64_t(sizeof(BlockQ6_Kx8)));
-#if OWL_VNNI
+#if OWL_KX8_ONE_TOKEN
                 if constexpr (NT == 1) {
                     acc[gi][0] = one_token(blk, xk[0][b], acc[gi][0]);
                     continue;
