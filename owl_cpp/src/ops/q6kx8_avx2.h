@@ -12,15 +12,6 @@
 // The offset (u - 32) is 32 * sum over groups of sc * (sum of the token's 16 activations): one vpmaddwd per pair of
 // groups of (32 sc[2c], 32 sc[2c+1]) against the Q8_K bsums pair. Then acc += (isum - offset) * d * dx in fp32, as
 // KQuantTiles' epilogue does per row; the integers are the file-layout kernels' own.
-//
-// A single token on AVX-512 VNNI (decode) takes one_token(): the tile is bound by instructions issued (Zen 4: about
-// 4.5 a cycle, two of them loads), not by any one unit, so it loads each qh vector once for its four sub-blocks
-// and each ql vector once for its two (GCC re-loads them for every use unless kx8_in_reg pins them), broadcasts
-// the activations inside vpdpbusd ({1to8}), sums the offsets with vpdpwssd, and takes h = 0 scales by vpmaddwd
-// against (1, 0). Odd sub-blocks use 4 u (high nibble shifted to bits 2..5 under the top bits at 6..7: one shift
-// fewer each), their sums kept apart and divided by 4 at the end (exact). Same integers, summed in another order:
-// bit-identical results. One thread, in cache (AVX-512 VNNI, Zen 4, harness alternating old and new): 512x1536
-// and 512x4096 1.30-1.35x (each step: loads once 1.05x, pinned 1.12x, {1to8} 1.16x, 4 u 1.32x).
 #pragma once
 #include <immintrin.h>
 
@@ -55,62 +46,6 @@ struct Q6Kx8Tiles {
     static constexpr int NG = 4, TT = TTT;
     static constexpr int NG_LONG = 1;  // as Q4Kx8Tiles
 
-#if OWL_KX8_ONE_TOKEN
-    // One token: each vector of top bits serves four sub-blocks and each of low nibbles two, loaded once.
-    __attribute__((always_inline)) static inline __m256 one_token(const BlockQ6_Kx8& blk, const BlockQ8_K& x, __m256 acc) {
-        __m256i m4 = _mm256_set1_epi8(0x0f), m30 = _mm256_set1_epi8(0x30), one = _mm256_set1_epi32(1);
-        kx8_in_reg(m4);
-        kx8_in_reg(m30);
-        kx8_in_reg(one);
-        __m256i m3c = _mm256_set1_epi8(0x3c), mc0 = _mm256_set1_epi8(int8_t(0xc0));
-        kx8_in_reg(m3c);
-        kx8_in_reg(mc0);
-        // isum4: the odd sub-blocks' terms, 4 times over (|isum4| < 2^28; a multiple of 4, so >> 2 is exact)
-        __m256i isum = _mm256_setzero_si256(), isum4 = _mm256_setzero_si256(), off = _mm256_setzero_si256();
-        OWL_UNROLL for (int k = 0; k < 2; ++k) {  // sub-blocks 4k..4k+3
-            __m256i sp[4];
-            OWL_UNROLL for (int j = 0; j < 4; ++j) {
-                sp[j] = q6x8_scale_pairs(blk, 4 * k + j);
-                off = kx8_dpw2(off, sp[j], x.bsums + 2 * (4 * k + j));
-            }
-            OWL_UNROLL for (int h = 0; h < 2; ++h) {
-                __m256i s[4];
-                OWL_UNROLL for (int j = 0; j < 4; ++j) s[j] = _mm256_setzero_si256();
-                OWL_UNROLL for (int q = 4 * h; q < 4 * h + 4; ++q) {
-                    __m256i hb = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk.qh + 256 * k + 32 * q));
-                    __m256i l0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk.ql + 256 * (2 * k) + 32 * q));
-                    __m256i l1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk.ql + 256 * (2 * k + 1) + 32 * q));
-                    kx8_in_reg(hb);
-                    kx8_in_reg(l0);
-                    kx8_in_reg(l1);
-                    // Even j: u = low nibble | top bits at 4..5. Odd j: 4 u (<= 252) = high nibble at 2..5 | top
-                    // bits at 6..7, where j = 3's already are and j = 1's come from j = 0's shift.
-                    const __m256i h4 = _mm256_slli_epi16(hb, 4);
-                    const __m256i u0 = _mm256_or_si256(_mm256_and_si256(l0, m4), _mm256_and_si256(h4, m30));
-                    const __m256i u1 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 2), m3c), _mm256_and_si256(h4, mc0));
-                    const __m256i u2 = _mm256_or_si256(_mm256_and_si256(l1, m4), _mm256_and_si256(hb, m30));
-                    const __m256i u3 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 2), m3c), _mm256_and_si256(hb, mc0));
-                    s[0] = kx8_dp4(s[0], u0, x.qs + 32 * (4 * k) + 4 * q);
-                    s[1] = kx8_dp4(s[1], u1, x.qs + 32 * (4 * k + 1) + 4 * q);
-                    s[2] = kx8_dp4(s[2], u2, x.qs + 32 * (4 * k + 2) + 4 * q);
-                    s[3] = kx8_dp4(s[3], u3, x.qs + 32 * (4 * k + 3) + 4 * q);
-                }
-                OWL_UNROLL for (int j = 0; j < 4; ++j) {
-                    const __m256i sc = h ? _mm256_srai_epi32(sp[j], 16) : _mm256_madd_epi16(sp[j], one);
-                    __m256i& d = j % 2 ? isum4 : isum;
-                    d = _mm256_add_epi32(d, _mm256_mullo_epi32(s[j], sc));
-                }
-                // summed here, not reassociated to the end (the scales' and sums' registers spill)
-                kx8_in_reg(isum);
-                kx8_in_reg(isum4);
-            }
-        }
-        isum = _mm256_sub_epi32(_mm256_add_epi32(isum, _mm256_srai_epi32(isum4, 2)), _mm256_slli_epi32(off, 5));
-        const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk.d)));
-        return _mm256_fmadd_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(isum), dw), _mm256_broadcast_ss(&x.d), acc);
-    }
-#endif
-
     template <int NG_, int NT>
     static void run(const GemmArgs& a, int64_t g, int64_t t, int64_t b0, int64_t b1, bool first) {
         const int64_t nb = a.K / QK_K;
@@ -125,13 +60,7 @@ struct Q6Kx8Tiles {
         for (int64_t b = s0; b < s1; ++b) {
             for (int gi = 0; gi < NG_; ++gi) {
                 const BlockQ6_Kx8& blk = gb.w[gi][b];
-                if (walk) kx8_walk<BlockQ6_Kx8>(gb.next + ((b - s0) * NG_ + gi) * int64_t(sizeof(BlockQ6_Kx8)));
-#if OWL_KX8_ONE_TOKEN
-                if constexpr (NT == 1) {
-                    acc[gi][0] = one_token(blk, xk[0][b], acc[gi][0]);
-                    continue;
-                }
-#endif
+                if (walk) walk_block<BlockQ6_Kx8>(gb.next + ((b - s0) * NG_ + gi) * int64_t(sizeof(BlockQ6_Kx8)));
                 __m256i isum[NT];  // sum of sc * u * x, less the offset term as it goes (exact either way)
                 OWL_UNROLL for (int j = 0; j < NT; ++j) isum[j] = _mm256_setzero_si256();
                 OWL_UNROLL for (int c = 0; c < 8; ++c) {
