@@ -122,6 +122,7 @@ private:
     int64_t n_past_ = 0;
     std::vector<std::unique_ptr<Impl>> spans_;  // in layer order; one unless the context is split
     std::vector<float> hand_off_;               // the hidden state between two device spans
+    std::vector<int32_t> pos_;                  // the rotary positions of the piece in forward, shared by the spans
     std::unique_ptr<ArchState> state_;          // on the first span's backend
     mutable std::vector<float> logits_;         // filled by last_logits() while logits_pending_
     std::vector<float> hidden_;

@@ -100,7 +100,7 @@ Context::Context(std::shared_ptr<const Model> model, const ContextParams& params
         c.gate = be.alloc(DType::F32, B, hp.n_ff);
         c.up = be.alloc(DType::F32, B, hp.n_ff);
     }
-    spans_[0]->pos.resize(size_t(n_batch_));
+    pos_.resize(size_t(n_batch_));
 }
 
 void Context::add_span(const std::string& backend, int n_threads, int64_t first, int64_t end) {
@@ -305,7 +305,7 @@ void Context::forward(const Batch& b, int64_t offset, int64_t T, bool all_logits
     const HParams& hp = m.hparams();
     const Architecture& arch = m.architecture();
     const Modality modality = b.modality ? b.modality[offset] : Modality::Text;
-    int32_t* pos = spans_[0]->pos.data();
+    int32_t* pos = pos_.data();
     for (int64_t t = 0; t < T; ++t) pos[t] = b.pos ? b.pos[offset + t] : int32_t(n_past_ + t);
 
     // The last layer only needs the rows whose logits are wanted: none for a middle piece, the last row unless

@@ -17,7 +17,6 @@ struct Context::Impl {
     int64_t first = 0, end = 0;
     std::vector<std::unique_ptr<DeviceBuffer>> k_cache, v_cache;  // per layer of the span [n_head_kv * n_ctx][head_dim]
     std::unique_ptr<DeviceBuffer> x, h, q, k, v, attn, gate, up, out;  // [n_batch][...]; out: logits when not on the host
-    std::vector<int32_t> pos;
 };
 
 struct ForwardPass {
