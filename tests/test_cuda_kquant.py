@@ -6,7 +6,8 @@ tested without a GPU in test_cuda_kquant_blocks.py. Skips without a GPU.
 Activations: for T <= 8 the kernels round them to int8 blocks of 32 (the Q4_0 / Q8_0 rule, tests/quant_reference.py)
 and multiply exactly; for more tokens they use the fp32 activations. Against the float64 product with those
 activations the only differences are fp32 accumulation: 1e-5 of the largest output (as the other types in
-test_backend_equivalence.py). The CPU backend rounds K-quant activations to Q8_K blocks of 256 instead, so the
+test_backend_equivalence.py), and for more tokens on sm_80+ the tensor cores' accumulation drift
+(test_cuda_tensor_core.tensor_core_tol). The CPU backend rounds K-quant activations to Q8_K blocks of 256 instead, so the
 CPU and the GPU agree only to that rounding (~1e-2 of the largest logit on the tiny model)."""
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ import owl_cpp
 from owl_cpp import _core, _testing
 from kquant_blocks import QK_K, TYPE_IDS, quantize
 from quant_reference import quantized_activations
+from test_cuda_tensor_core import tensor_core_tol
 from test_kquant_kernels import LOGIT_TOL, q4_k_m_mix, write_model
 
 HAS_GPU = "cuda" in _core.available_backends()
@@ -45,9 +47,10 @@ def test_kq_matmul_matches_the_reference(cuda, type_name, T, rows, cols):
     x, bias = rng.standard_normal((T, cols)).astype(np.float32), rng.standard_normal(rows).astype(np.float32)
     xr = quantized_activations(x) if T <= 8 else x.astype(np.float64)
     want = xr @ wd.T
+    tol = 1e-5 if T <= 8 else tensor_core_tol(cols)  # (the SIMT GEMM of GPUs below sm_80 meets 1e-5 too)
     got = cuda.matmul(raw, TYPE_IDS[type_name], rows, cols, x, bias)
-    assert rel(got, want + bias) < 1e-5
-    assert rel(cuda.matmul(raw, TYPE_IDS[type_name], rows, cols, x), want) < 1e-5
+    assert rel(got, want + bias) < tol
+    assert rel(cuda.matmul(raw, TYPE_IDS[type_name], rows, cols, x), want) < tol
     # and the CPU's float64 reference with the unrounded activations: the int8 rounding's few 1e-3
     ref = ops.matmul(raw, TYPE_IDS[type_name], rows, cols, x, bias, ref=True)
     assert rel(got, ref) < 3e-2
@@ -93,12 +96,14 @@ def test_q4_k_m_model_matches_the_cpu(tmp_path):
     spread = np.abs(want).max()
     cpu = _core.Context(model, 128, 2, 256, kv_type="f32", backend="cpu").eval(ids, all_logits=True)
     noise = 0.0  # the largest GPU - CPU logit difference: the two activation roundings
-    for n_batch in (256, 1):
+    # n_batch 256: the 12-token prompt goes through the GEMMs, which take fp32 activations, so the GPU is the
+    # exact model to fp32 accuracy; n_batch 1: the matrix-vector kernels round activations to int8 blocks of 32.
+    # (Near-ties of this random model can flip between the GPU and the CPU's Q8_K rounding: no argmax check.)
+    for n_batch, tol in ((256, 1e-3), (1, LOGIT_TOL)):
         got = _core.Context(model, 128, 2, n_batch, kv_type="f32", backend="cuda").eval(ids, all_logits=True)
         assert np.isfinite(got).all()
-        assert np.abs(got - want).max() / spread < LOGIT_TOL, n_batch
+        assert np.abs(got - want).max() / spread < tol, (n_batch, np.abs(got - want).max() / spread)
         assert np.abs(got - cpu).max() / spread < 2 * LOGIT_TOL, n_batch
-        assert (got.argmax(-1) == cpu.argmax(-1)).mean() >= 0.8, n_batch
         noise = max(noise, np.abs(got - cpu).max())
     # Greedy decoding: the GPU's tokens, scored by the CPU along the GPU's own sequence, are the CPU's choices or
     # within twice the measured GPU - CPU difference of them (near ties may flip; a wrong kernel's picks do not).

@@ -49,7 +49,7 @@ __device__ __forceinline__ void s8_16x8x32(int (&d)[4], const uint32_t (&a)[4], 
 #endif
 }
 
-// d += A . B over 16 k (fp16 x fp16, fp32 accumulation).
+// d += A . B over 16 k (fp16 x fp16, fp32 accumulation; the tensor cores round that sum toward zero).
 __device__ __forceinline__ void f16_16x8x16(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
 #if OWL_MMA_SYNC
     asm volatile(
