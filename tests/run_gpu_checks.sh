@@ -29,8 +29,9 @@ timeout "${TEST_TIMEOUT:-400}" python3 -m pytest -q -rfs tests/test_cuda.py test
 
 if command -v compute-sanitizer >/dev/null && [ "${SANITIZER:-1}" = 1 ]; then
     step "compute-sanitizer memcheck (op tests)"
-    timeout "${SANITIZER_TIMEOUT:-200}" compute-sanitizer --tool memcheck --error-exitcode 3 --print-limit 20 \
-        python3 -m pytest -q -x tests/test_backend_equivalence.py tests/test_cuda_tensor_core.py tests/test_sample_top.py tests/test_cuda.py -k "cuda and not text_model and not owl3 and not out_of_gpu" \
+    timeout "${SANITIZER_TIMEOUT:-300}" compute-sanitizer --tool memcheck --error-exitcode 3 --print-limit 20 \
+        python3 -m pytest -q -x tests/test_backend_equivalence.py tests/test_cuda_tensor_core.py tests/test_sample_top.py tests/test_cuda.py \
+        tests/test_cuda_kquant.py tests/test_cuda_offload.py -k "cuda and not text_model and not owl3 and not out_of_gpu" \
         >"$OUT/memcheck.log" 2>&1
     rc=$?
     tail -25 "$OUT/memcheck.log"

@@ -187,6 +187,7 @@ public:
         return last_dev_;
     }
     void synchronized() { used_ = 0; }  // the stream is idle: every region is free again
+    bool fits(size_t bytes) const { return used_ + aligned(bytes ? bytes : 1) <= cap_; }  // put() needs no sync
     // Room for `bytes` more without a synchronisation (which a graph capture forbids); syncs now if needed.
     void reserve(size_t bytes, cudaStream_t s) {
         if (used_ + bytes <= cap_) return;
@@ -241,6 +242,7 @@ public:
         OpScope scope(*this);
         resident_ = std::static_pointer_cast<Resident>(m.backend_state(
             range_key(m, range, device_), [&] { return std::shared_ptr<void>(make_resident(m, range, device_)); }));
+        inv_freq(m.hparams().head_dim, m.hparams().rope_base);  // now, not inside the first recorded decode step
     }
     void synchronize() override {
         check(cudaStreamSynchronize(stream_), "cudaStreamSynchronize");
@@ -258,11 +260,13 @@ public:
         staging_.reserve(size_t(1) << 20, stream_);
         check(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal), "cudaStreamBeginCapture");
         capturing_ = true;
+        ws_.freeze(true);
         return true;
     }
     void end_graph() override {
         OpScope scope(*this);
         capturing_ = false;
+        ws_.freeze(false);
         cudaGraph_t graph = nullptr;
         check(cudaStreamEndCapture(stream_, &graph), "cudaStreamEndCapture");
         size_t nodes = 0;
@@ -288,6 +292,7 @@ public:
     void abort_graph() override {
         if (!capturing_) return;
         capturing_ = false;
+        ws_.freeze(false);
         cudaGraph_t graph = nullptr;
         cudaStreamEndCapture(stream_, &graph);
         if (graph) cudaGraphDestroy(graph);
@@ -296,6 +301,7 @@ public:
 
     std::unique_ptr<DeviceBuffer> alloc(DType type, int64_t rows, int64_t cols) override {
         OpScope scope(*this);
+        refuse_while_recording("a buffer is allocated");
         return std::make_unique<CudaBuffer>(type, rows, cols, device_);
     }
     void upload(const void* host, const Tensor& dst) override {
@@ -462,6 +468,7 @@ private:
                 return;
             }
             if (!w.data) throw Error("matmul: weight matrix has no data");
+            be.refuse_while_recording("a weight matrix that is not resident is uploaded");
             check(cudaMalloc(&temp_, aligned(weight_device_bytes(w.type, w.rows, w.cols))), "cudaMalloc (weight)");
             upload_weight(w.type, w.data, w.rows, w.cols, temp_);
             data = temp_;
@@ -486,6 +493,7 @@ private:
         auto it = rope_tables_.find(key);
         if (it != rope_tables_.end()) return static_cast<const double*>(it->second->tensor().data);
         const int64_t half = head_dim / 2;
+        refuse_while_recording("a rope table is made");
         std::vector<double> table(size_t(half > 0 ? half : 1));
         for (int64_t i = 0; i < half; ++i) table[size_t(i)] = std::pow(double(base), -2.0 * double(i) / double(head_dim));
         auto buf = std::make_unique<CudaBuffer>(DType::F32, 1, int64_t(2 * table.size()), device_);
@@ -494,6 +502,11 @@ private:
         const double* d = static_cast<const double*>(buf->tensor().data);
         rope_tables_.emplace(key, std::move(buf));
         return d;
+    }
+    // A graph capture may not allocate or synchronise (CUDA would invalidate it): such a step throws before the
+    // call, and the context runs it op by op (OWL_DEBUG_GRAPHS=1 prints why).
+    void refuse_while_recording(const char* what) const {
+        if (capturing_) throw Error(std::string("CUDA graph capture: ") + what + " while a decode step is recorded");
     }
     const void* resident(const void* host) const {
         if (!resident_) return nullptr;
@@ -507,6 +520,7 @@ private:
     const void* stage(const void* host, size_t bytes) {
         if (!host) throw Error("cuda backend: a host array argument is null");
         if (const void* d = staging_.repeat(host, bytes)) return d;
+        if (!staging_.fits(bytes)) refuse_while_recording("the staging area grows");
         return staging_.put(host, bytes, stream_);
     }
     static void here(const Tensor& t) { checks::on(Device::CUDA, t); }

@@ -20,6 +20,8 @@ Workspace::~Workspace() {
 
 void* Workspace::get(size_t bytes) {
     if (bytes <= n_ && p_) return p_;
+    if (frozen_)
+        throw Error("the CUDA workspace must grow to " + std::to_string(bytes) + " bytes while a graph is recorded");
     if (p_) {
         check(cudaDeviceSynchronize(), "workspace resize");  // kernels may still read the old buffer
         cudaFree(p_);

@@ -26,10 +26,13 @@ public:
     ~Workspace();
     void* get(size_t bytes);
     void reserve(size_t bytes) { get(bytes); }  // before a graph capture, where get() may not reallocate
+    // While frozen (a graph capture), get() throws instead of reallocating: a capture may not allocate or sync.
+    void freeze(bool frozen) { frozen_ = frozen; }
 
 private:
     void* p_ = nullptr;
     size_t n_ = 0;
+    bool frozen_ = false;
 };
 
 __device__ __forceinline__ float half_bits_to_float(uint16_t h) { return __half2float(__ushort_as_half(h)); }

@@ -2,6 +2,8 @@
 // pieces (split at modality boundaries and every n_batch tokens) and produces logits and hidden states.
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <unordered_map>
@@ -341,8 +343,10 @@ void Context::forward(const Batch& b, int64_t offset, int64_t T, bool all_logits
             try {
                 run();
                 be.end_graph();
-            } catch (const std::exception&) {
+            } catch (const std::exception& e) {
                 be.abort_graph();
+                if (const char* v = std::getenv("OWL_DEBUG_GRAPHS"); v && *v && std::strcmp(v, "0") != 0)
+                    std::fprintf(stderr, "owl: decode step not recorded as a graph, run op by op: %s\n", e.what());
                 run();
             }
         } else {
