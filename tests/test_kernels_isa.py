@@ -26,7 +26,9 @@ from quant_reference import quantized_activations
 
 ops = _testing.ops
 TYPES = {"F32": 0, "F16": 1, "Q4_0": 2, "Q8_0": 8, "BF16": 30}
-TOL = {"F32": 1e-5, "F16": 1e-5, "BF16": 1e-5, "Q8_0": 1e-2, "Q4_0": 1e-2}
+# Against the reference with unrounded activations: for Q8_0 / Q4_0 that is the int8 rounding's noise, which reached
+# 1.04e-2 on avx2_vnni's random draw (33 x 160, 17 tokens; the 1e-5 check against the rounded product passed).
+TOL = {"F32": 1e-5, "F16": 1e-5, "BF16": 1e-5, "Q8_0": 1.5e-2, "Q4_0": 1.5e-2}
 ALL_ISAS = ["generic", "avx2", "avx2_vnni", "avx512", "avx512_vnni", "neon"]
 SUPPORTED = ops.supported_isas()
 PACKED = {"Q4_0x8": "Q4_0", "Q8_0x16": "Q8_0"}  # load-time layouts (packed=True) of these types

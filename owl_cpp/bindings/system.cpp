@@ -28,9 +28,11 @@ void bind_system(py::module_& m) {
                       py::arg("runtime_version") = ci.runtime_version, py::arg("driver_version") = ci.driver_version,
                       py::arg("devices") = gpus);
         return py::dict(py::arg("kernels") = ops::active_isa(), py::arg("supported") = ops::supported_isas(),
+                        py::arg("amx") = ops::amx_active(),
                         py::arg("default_threads") = ThreadPool::default_threads(),
                         py::arg("backends") = available_backends(), py::arg("cuda") = cuda);
-    }, "kernels: the matmul kernel variant in use; supported: the variants this CPU and build can run; backends: "
+    }, "kernels: the matmul kernel variant in use; supported: the variants this CPU and build can run; amx: F16 / "
+       "BF16 prompts run on AMX tiles; backends: "
        "those this build can create here; cuda: whether the CUDA backend is compiled in, its architectures and GPUs");
 }
 }  // namespace owl

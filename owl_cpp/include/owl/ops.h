@@ -86,6 +86,9 @@ void matmul_swiglu(ThreadPool& pool, const WeightView& gate, const WeightView& u
 std::vector<std::string> supported_isas();  // runnable here, least to most preferred
 std::string active_isa();                   // the variant in use (throws Error when OWL_CPU_ISA is invalid)
 void set_isa(const std::string& name);      // process-wide; a matmul already running finishes on the old one
+// Whether F16 / BF16 products of 16 or more tokens run on AMX tiles here: a CPU with AMX-BF16 (Sapphire Rapids
+// and later) and the OS's permission, the avx512_vnni kernels active, and OWL_AMX not "0".
+bool amx_active();
 
 // out[i] = dequantized row ids[i] of the embedding table.
 void get_rows(const WeightView& table, const int32_t* ids, int64_t n, float* out);

@@ -14,6 +14,10 @@
 #include <cstdlib>
 #include <string>
 #include <vector>
+#if defined(__linux__) && (defined(__x86_64__) || defined(__i386__))
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 
 #include "isa.h"
 #include "owl/error.h"
@@ -52,6 +56,23 @@ bool cpu_avx512() { return false; }
 bool cpu_avx512_vnni() { return false; }
 #endif
 bool cpu_any() { return true; }
+
+#if defined(__linux__) && defined(__x86_64__)
+bool cpu_amx() {
+    unsigned a = 0, b = 0, c = 0, d = 0;
+    if (!cpu_avx512() || !__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
+    const bool tile = (d >> 24) & 1u, bf16 = (d >> 22) & 1u;  // CPUID.(7,0):EDX AMX-TILE, AMX-BF16
+    if (!tile || !bf16 || !__get_cpuid_count(7, 1, &a, &b, &c, &d) || !((a >> 5) & 1u)) return false;  // AVX512-BF16
+    unsigned lo = 0, hi = 0;
+    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    if ((lo & (3u << 17)) != (3u << 17)) return false;  // XCR0: the OS does not manage the tile state
+    // Linux also wants each process to ask before its first tile instruction (else SIGILL).
+    constexpr long kReqXcompPerm = 0x1023, kXtiledata = 18;
+    return syscall(SYS_arch_prctl, kReqXcompPerm, kXtiledata) == 0;
+}
+#else
+bool cpu_amx() { return false; }
+#endif
 
 struct Variant {
     const char* name;
@@ -110,6 +131,11 @@ const Kernels* resolve(const std::string& name, const std::string& what) {
 std::atomic<const Kernels*> g_active{nullptr};
 
 }  // namespace
+
+bool amx_usable() {
+    static const bool usable = amx_gemm(DType::F16) != nullptr && cpu_amx();
+    return usable;
+}
 
 const Kernels& active() {
     const Kernels* k = g_active.load(std::memory_order_acquire);

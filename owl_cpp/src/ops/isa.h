@@ -108,6 +108,16 @@ struct Kernels {
     GemmFn q5_kx8, q6_kx8;
 };
 
+// F16 / BF16 weights against kAmxMinTokens or more tokens on AMX tiles (matmul_amx.cpp; bf16 products of split
+// activations, see there), for any other type or where the file was not compiled: nullptr. Only for a CPU where
+// amx_usable(); it uses no GemmArgs::scratch (a work space of its own per thread).
+GemmFn amx_gemm(DType type);
+constexpr int64_t kAmxMinTokens = kPanelMinTokens;  // where the panels would run: a token's result is then the same
+                                                     // in every batch of 16 or more (test_kernels_isa.py)
+// The CPU has AMX-TILE, AMX-BF16 and AVX512-BF16 and the OS lets this process use the tile registers (on Linux,
+// permission is asked for once, process-wide). False where the build has no AMX kernels.
+bool amx_usable();
+
 // Entry points of the kernel files. Those whose file was not compiled for this target return nullptr.
 const Kernels* kernels_generic();
 const Kernels* kernels_avx2();

@@ -9,6 +9,7 @@
 // Threads split the rows in chunks of a multiple of kRowAlign rows. Every (row, token) result is computed by the
 // same instruction sequence whatever the split, so the thread count never changes the output. Decode (T == 1)
 // does not touch the heap once the calling thread's activation buffer has grown to size.
+#include <cstdlib>
 #include <cstring>
 #include <vector>
 
@@ -68,6 +69,14 @@ void quantize_tokens(const QuantJob& q, int64_t t0, int64_t t1) {
             q.sums[t * nb + b] = s;
         }
     }
+}
+
+// AMX tiles for F16 / BF16 prompts: where the CPU has them, with the kernel set they extend (avx512_vnni, the
+// default there: OWL_CPU_ISA naming another keeps that set's own kernels), unless OWL_AMX=0 (read at each product:
+// A/B benchmarks and the tests).
+bool use_amx(const isa::Kernels& k) {
+    const char* env = std::getenv("OWL_AMX");
+    return !(env && std::strcmp(env, "0") == 0) && std::strcmp(k.name, "avx512_vnni") == 0 && isa::amx_usable();
 }
 
 // The calling thread's work space for float-weight prefill (isa::GemmArgs::scratch); grows once.
@@ -155,6 +164,7 @@ Product plan_product(const isa::Kernels& k, const WeightView& w, const float* x,
             a.row_bytes = kx8_bytes(w.type, kQ4Kx8Rows, K) / kQ4Kx8Rows;
         }
     }
+    if ((w.type == DType::F16 || w.type == DType::BF16) && T >= isa::kAmxMinTokens && use_amx(k)) fn = isa::amx_gemm(w.type);
     if (!fn) throw Error(std::string("matmul: no kernel for weight type ") + dtype_name(w.type));
     p.fn = fn;
     const bool q32 = is_q32_type(w.type);  // activations as for Q4_0
@@ -302,6 +312,7 @@ void matmul_swiglu(ThreadPool& pool, const WeightView& gate, const WeightView& u
     run_units(pool, ps[0].units, job);
 }
 
+bool amx_active() { return use_amx(isa::active()); }
 bool kernels_use_q4x8() { return isa::active().q4_0x8 != nullptr; }
 bool kernels_use_q8x16() { return isa::active().q8_0x16 != nullptr; }
 
