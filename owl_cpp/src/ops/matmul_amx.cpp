@@ -202,6 +202,24 @@ void store_tiles(const GemmArgs& a, int64_t t, int64_t t_end, int64_t r, int64_t
         }
 }
 
+// tmm4-5: tokens t..t+15 and t+16..t+31 of step s of a converted activation block (x at token t).
+inline void load_tokens(const uint16_t* x, int s) {
+    _tile_loadd(4, x + s * 32, kChunk * 2);
+    _tile_loadd(5, x + 16 * kChunk + s * 32, kChunk * 2);
+}
+// tmm6-7: the two row tiles of step s, part 0 (hi) or 1 (lo).
+inline void load_weights(uint8_t* w, int part, int s) {
+    _tile_loadd(6, w_tile(w, part, 0, s), 64);
+    _tile_loadd(7, w_tile(w, part, 1, s), 64);
+}
+// The 2 x 2 C tiles (tokens x rows) += tmm4-5 x tmm6-7.
+inline void block_products() {
+    _tile_dpbf16ps(0, 4, 6);
+    _tile_dpbf16ps(1, 4, 7);
+    _tile_dpbf16ps(2, 5, 6);
+    _tile_dpbf16ps(3, 5, 7);
+}
+
 template <bool kF16>
 void gemm_amx(const GemmArgs& a, int64_t r0, int64_t r1) {
     const Work wk = work();
@@ -217,7 +235,6 @@ void gemm_amx(const GemmArgs& a, int64_t r0, int64_t r1) {
         return;
     }
     configure_tiles();
-    const int64_t x_stride = kChunk * 2;  // bytes per token row of the converted block
     for (int64_t t0 = 0; t0 < a.T; t0 += kTokenBlock) {
         const int64_t tb = a.T - t0 < kTokenBlock ? a.T - t0 : kTokenBlock, tb_pad = (tb + 31) / 32 * 32;
         for (int64_t k0 = 0; k0 < a.K; k0 += kChunk) {
@@ -235,29 +252,15 @@ void gemm_amx(const GemmArgs& a, int64_t r0, int64_t r1) {
                     const uint16_t* xh = wk.x_hi + t * kChunk;
                     const uint16_t* xl = wk.x_lo + t * kChunk;
                     for (int s = 0; s < steps; ++s) {
-                        _tile_loadd(4, xh + s * 32, x_stride);  // x_hi w_hi
-                        _tile_loadd(5, xh + 16 * kChunk + s * 32, x_stride);
-                        _tile_loadd(6, w_tile(wk.w, 0, 0, s), 64);
-                        _tile_loadd(7, w_tile(wk.w, 0, 1, s), 64);
-                        _tile_dpbf16ps(0, 4, 6);
-                        _tile_dpbf16ps(1, 4, 7);
-                        _tile_dpbf16ps(2, 5, 6);
-                        _tile_dpbf16ps(3, 5, 7);
-                        _tile_loadd(4, xl + s * 32, x_stride);  // x_lo w_hi
-                        _tile_loadd(5, xl + 16 * kChunk + s * 32, x_stride);
-                        _tile_dpbf16ps(0, 4, 6);
-                        _tile_dpbf16ps(1, 4, 7);
-                        _tile_dpbf16ps(2, 5, 6);
-                        _tile_dpbf16ps(3, 5, 7);
+                        load_tokens(xh, s);  // x_hi w_hi
+                        load_weights(wk.w, 0, s);
+                        block_products();
+                        load_tokens(xl, s);  // x_lo w_hi
+                        block_products();
                         if constexpr (kF16) {  // x_hi w_lo
-                            _tile_loadd(4, xh + s * 32, x_stride);
-                            _tile_loadd(5, xh + 16 * kChunk + s * 32, x_stride);
-                            _tile_loadd(6, w_tile(wk.w, 1, 0, s), 64);
-                            _tile_loadd(7, w_tile(wk.w, 1, 1, s), 64);
-                            _tile_dpbf16ps(0, 4, 6);
-                            _tile_dpbf16ps(1, 4, 7);
-                            _tile_dpbf16ps(2, 5, 6);
-                            _tile_dpbf16ps(3, 5, 7);
+                            load_tokens(xh, s);
+                            load_weights(wk.w, 1, s);
+                            block_products();
                         }
                     }
                     store_tiles(a, t0 + t, t0 + tb, r, r1, first);
