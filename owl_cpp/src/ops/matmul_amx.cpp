@@ -176,31 +176,49 @@ void pack_weights(const GemmArgs& a, int64_t r, int64_t r_end, int64_t k0, int64
         }
 }
 
-// y for tokens [t, t + 32) (those below t_end) x rows [r, r + 32) (below r_end): the C tiles, + bias on the first
-// chunk, else added to y.
-void store_tiles(const GemmArgs& a, int64_t t, int64_t t_end, int64_t r, int64_t r_end, bool first) {
-    alignas(64) float c[4][16][16];
-    _tile_stored(0, c[0], 64);
-    _tile_stored(1, c[1], 64);
-    _tile_stored(2, c[2], 64);
-    _tile_stored(3, c[3], 64);
-    for (int tt = 0; tt < 2; ++tt)
-        for (int rt = 0; rt < 2; ++rt) {
-            const int64_t r0 = r + rt * 16;
-            if (r0 >= r_end) continue;
-            const int64_t nr = r_end - r0;
-            const __mmask16 m = nr >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << nr) - 1);
-            const __m512 bias = a.bias && first ? _mm512_maskz_loadu_ps(m, a.bias + r0) : _mm512_setzero_ps();
-            for (int i = 0; i < 16; ++i) {
-                const int64_t tok = t + tt * 16 + i;
-                if (tok >= t_end) break;
-                float* dst = a.y + tok * a.N + r0;
-                const __m512 v = _mm512_load_ps(c[tt * 2 + rt][i]);
-                const __m512 base = first ? bias : _mm512_maskz_loadu_ps(m, dst);
-                _mm512_mask_storeu_ps(dst, m, _mm512_add_ps(base, v));
-            }
+// A C tile covers tokens [tok, tok + 16) x rows [r, r + 16) of y; only those below t_end / r_end exist. It starts
+// from y (a later chunk) or from the bias (the first chunk; zero without one) and is stored back to y, so each
+// (row, token) sums its bias, then its products in column order, chunk after chunk. A whole tile moves between y
+// and the tile register directly (rows N floats apart), a partial one through `buf`: the same arithmetic.
+struct TileSpan {
+    const GemmArgs& a;
+    int64_t tok, t_end, r, r_end;
+    bool exists() const { return tok < t_end && r < r_end; }
+    bool whole() const { return tok + 16 <= t_end && r + 16 <= r_end; }
+    __mmask16 rows() const { return r_end - r >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (r_end - r)) - 1); }
+    float* y() const { return a.y + tok * a.N + r; }
+    int64_t y_stride() const { return a.N * 4; }
+    // Where the tile's starting values are (null: zero): y, or buf filled with them.
+    const float* source(bool first, float (&buf)[16][16]) const {
+        if (!exists() || (first && !a.bias)) return nullptr;
+        if (whole() && !first) return y();
+        for (int i = 0; i < 16; ++i) {
+            const bool in = tok + i < t_end;
+            _mm512_store_ps(buf[i], !in ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(rows(), first ? a.bias + r : y() + i * a.N));
         }
-}
+        return &buf[0][0];
+    }
+    // After the tile was stored to buf (a partial tile): its rows into y.
+    void copy_out(const float (&buf)[16][16]) const {
+        for (int i = 0; i < 16 && tok + i < t_end; ++i) _mm512_mask_storeu_ps(y() + i * a.N, rows(), _mm512_load_ps(buf[i]));
+    }
+};
+// Tile register C (an immediate) from / to its span.
+#define OWL_TILE_START(C, span, first, buf)                              \
+    do {                                                                 \
+        const float* src_ = (span).source(first, buf);                   \
+        if (!src_) _tile_zero(C);                                        \
+        else if (src_ == (span).y()) _tile_loadd(C, src_, (span).y_stride()); \
+        else _tile_loadd(C, src_, 64);                                   \
+    } while (0)
+#define OWL_TILE_STORE(C, span, buf)                                     \
+    do {                                                                 \
+        if ((span).exists() && (span).whole()) _tile_stored(C, (span).y(), (span).y_stride()); \
+        else if ((span).exists()) {                                      \
+            _tile_stored(C, buf, 64);                                    \
+            (span).copy_out(buf);                                        \
+        }                                                                \
+    } while (0)
 
 // tmm4-5: tokens t..t+15 and t+16..t+31 of step s of a converted activation block (x at token t).
 inline void load_tokens(const uint16_t* x, int s) {
@@ -245,10 +263,14 @@ void gemm_amx(const GemmArgs& a, int64_t r0, int64_t r1) {
             for (int64_t r = r0; r < r1; r += 32) {
                 pack_weights<kF16>(a, r, r1, k0, kn, steps, wk.w);
                 for (int64_t t = 0; t < tb_pad; t += 32) {
-                    _tile_zero(0);
-                    _tile_zero(1);
-                    _tile_zero(2);
-                    _tile_zero(3);
+                    const int64_t tok = t0 + t, t_end = t0 + tb;
+                    const TileSpan c0{a, tok, t_end, r, r1}, c1{a, tok, t_end, r + 16, r1};
+                    const TileSpan c2{a, tok + 16, t_end, r, r1}, c3{a, tok + 16, t_end, r + 16, r1};
+                    alignas(64) float buf[4][16][16];
+                    OWL_TILE_START(0, c0, first, buf[0]);
+                    OWL_TILE_START(1, c1, first, buf[1]);
+                    OWL_TILE_START(2, c2, first, buf[2]);
+                    OWL_TILE_START(3, c3, first, buf[3]);
                     const uint16_t* xh = wk.x_hi + t * kChunk;
                     const uint16_t* xl = wk.x_lo + t * kChunk;
                     for (int s = 0; s < steps; ++s) {
@@ -263,13 +285,19 @@ void gemm_amx(const GemmArgs& a, int64_t r0, int64_t r1) {
                             block_products();
                         }
                     }
-                    store_tiles(a, t0 + t, t0 + tb, r, r1, first);
+                    OWL_TILE_STORE(0, c0, buf[0]);
+                    OWL_TILE_STORE(1, c1, buf[1]);
+                    OWL_TILE_STORE(2, c2, buf[2]);
+                    OWL_TILE_STORE(3, c3, buf[3]);
                 }
             }
         }
     }
     _tile_release();
 }
+
+#undef OWL_TILE_START
+#undef OWL_TILE_STORE
 
 }  // namespace
 
