@@ -40,7 +40,8 @@ def run_engine(python: str, engine: str, model: Path, threads: int, extra=(), py
         env["PYTHONPATH"] = os.pathsep.join([pythonpath] + [p for p in [env.get("PYTHONPATH")] if p])
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=3600, env=env)
     if res.returncode != 0:
-        raise RuntimeError(f"{engine} failed on {model.name}:\n{res.stderr[-3000:]}")
+        how = f"signal {-res.returncode}" if res.returncode < 0 else f"exit code {res.returncode}"
+        raise RuntimeError(f"{engine} failed on {model.name} ({how}):\n{res.stderr[-3000:]}")
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
@@ -99,14 +100,26 @@ def main() -> None:
             else:
                 raise SystemExit(f"{quant} is a llama.cpp mix: give --llama-python to make it with llama.cpp's quantizer")
             runs = {e: [] for e in engines}
+            failed = {}  # a comparison engine that crashed on this file (llama.cpp's AMX build does on some CPUs)
             for _ in range(a.reps):
                 for e in engines:  # interleaved so slow drifts of a shared machine hit both alike
+                    if e in failed:
+                        continue
                     python, engine, extra, path = spec[e]
-                    runs[e].append(run_engine(python, engine, model, a.threads, extra, path, a.tg_after))
+                    try:
+                        runs[e].append(run_engine(python, engine, model, a.threads, extra, path, a.tg_after))
+                    except RuntimeError as err:
+                        if e == "owl":
+                            raise
+                        failed[e] = str(err)
+                        print(f"note: {str(err).splitlines()[0]}; the row is kept without {e}", file=sys.stderr)
             bpt = bytes_per_token(model)
             row = {"model": size, "quant": quant, "bytes_per_token": bpt, "roofline_tg": bandwidth * 1e9 / bpt}
             for e in engines:
                 r = runs[e]
+                if e in failed:
+                    row[e] = {"failed": failed[e][-1000:]}
+                    continue
                 row[e] = {"pp128": median_of(r, lambda x: x["pp"]["128"]), "pp512": median_of(r, lambda x: x["pp"]["512"]),
                           "tg": median_of(r, lambda x: x["tg"]), "load_s": median_of(r, lambda x: x["load_s"]),
                           "peak_rss_mb": median_of(r, lambda x: x["peak_rss_mb"]),
@@ -135,14 +148,20 @@ def print_row(row: dict, engines: list[str], header: bool) -> None:
     o = row["owl"]
     vals = [row["model"], row["quant"], f"{row['bytes_per_token'] / 1e6:.0f}", f"{o['pp128']:.1f}", f"{o['pp512']:.1f}",
             f"{o['tg']:.2f}", f"{100 * o['tg'] / row['roofline_tg']:.0f}%"]
-    if "llama" in engines:
+    if "llama" in engines and "failed" in row["llama"]:
+        vals += ["failed", "-", "-", "-", "-"]
+    elif "llama" in engines:
         l = row["llama"]
         vals += [f"{l['pp128']:.1f}", f"{l['pp512']:.1f}", f"{l['tg']:.2f}", f"{o['tg'] / l['tg']:.2f}",
                  f"{o['pp512'] / l['pp512']:.2f}"]
-    if "base" in engines:
+    if "base" in engines and "failed" in row["base"]:
+        vals += ["failed", "-", "-", "-"]
+    elif "base" in engines:
         b = row["base"]
         vals += [f"{b['pp512']:.1f}", f"{b['tg']:.2f}", f"{o['tg'] / b['tg']:.2f}", f"{o['pp512'] / b['pp512']:.2f}"]
-    if "owl-f32" in engines:
+    if "owl-f32" in engines and "failed" in row["owl-f32"]:
+        vals += ["failed", "-", "-"]
+    elif "owl-f32" in engines:
         f = row["owl-f32"]
         vals += [f"{f['tg']:.2f}", f"{o['kv_bytes_per_token'] / 1024:.0f}", f"{f['kv_bytes_per_token'] / 1024:.0f}"]
     vals += [f"{o['load_s']:.2f}", f"{o['peak_rss_mb']:.0f}"]
