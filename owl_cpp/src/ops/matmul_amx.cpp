@@ -6,16 +6,16 @@
 // weight (11 bits) is exactly hi + lo in bf16, a BF16 weight exactly hi. Three products per step (x_hi w_hi, x_lo
 // w_hi, x_hi w_lo; BF16: two), the dropped x_lo w_lo being 2^-18 of the product; the sums are fp32, rounded to
 // nearest. AMX treats bf16 denormals (|x| < 1.2e-38) as zero, so a token whose values are all that small
-// computes as zero.
+// computes as zero; an infinite activation gives NaN (inf - inf in its split), where fp32 FMAs give inf or NaN.
 //
 // Layout: C tiles hold 16 tokens x 16 weight rows (a token's row of y is contiguous). A tiles are 16 tokens x 32
 // columns of activations in bf16, row-major; B tiles are 32 columns x 16 weight rows in the VNNI pair layout
 // (tile row p holds the pairs of columns 2p, 2p + 1 of each of the 16 rows), made from the weights by a 16 x 16
 // transpose of 32-bit pairs. Blocking: tokens in blocks of kTokenBlock, columns in chunks of kChunk; per chunk the
 // block's activations are converted once (for all rows of this call), then each 32-row group's weights once (for
-// all tokens of the block), then 2 x 2 C tiles (32 tokens x 32 rows) run over the chunk. Each (row, token) pair
-// sums its chunk in column order and the chunks into y in order, so any split of rows over threads gives
-// bit-identical results.
+// all tokens of the block), then 2 x 2 C tiles (32 tokens x 32 rows), started from y, run over the chunk. Each
+// (row, token) pair sums its bias, then its products in column order whatever tile it shares, so its result is the
+// same in any batch and any split of rows over threads.
 #include "isa.h"
 
 #if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AVX512BF16__) && defined(__AVX512F__) && \
@@ -23,12 +23,13 @@
 #include <immintrin.h>
 
 #include <cstdlib>
+#include <cstring>
+
 #if defined(__GNUC__) && !defined(__clang__)
 // GCC 12 reports its own intrinsics' _mm512_undefined_* placeholders as uninitialized once inlined here.
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #endif
-#include <cstring>
 
 namespace owl::ops::isa {
 namespace {
