@@ -10,6 +10,8 @@ C++ on one persistent thread pool (ops.bench_matmul), taken in --rounds bursts i
 Prints a table and writes JSON (bench/results/matmul.json).
 
     PYTHONPATH=python python bench/bench_matmul.py
+    # F16 prefill on a CPU with AMX-BF16 runs on the tiles (system_info()["amx"], in the JSON); the AVX-512 panels:
+    OWL_AMX=0 PYTHONPATH=python python bench/bench_matmul.py --isas avx512_vnni --types F16 --tokens 1 --prefill 512
     PYTHONPATH=python python bench/bench_matmul.py --isas avx2 --threads 1 2 4 --prefill 64
     # old (file layout) vs new (load-time x8 layout) for the other blocks of 32, at qwen2 shapes:
     PYTHONPATH=python python bench/bench_matmul.py --isas avx512_vnni --types IQ4_NL Q5_0 Q4_1 Q5_1 --threads 1 \
