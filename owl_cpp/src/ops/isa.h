@@ -110,7 +110,8 @@ struct Kernels {
 
 // F16 / BF16 weights against kAmxMinTokens or more tokens on AMX tiles (matmul_amx.cpp; bf16 products of split
 // activations, see there), for any other type or where the file was not compiled: nullptr. Only for a CPU where
-// amx_usable(); it uses no GemmArgs::scratch (a work space of its own per thread).
+// amx_usable() and the avx512_vnni kernels active; it has a work space of its own per thread, and where that cannot
+// be allocated it runs avx512_vnni's panels, which read GemmArgs::scratch.
 GemmFn amx_gemm(DType type);
 constexpr int64_t kAmxMinTokens = kPanelMinTokens;  // where the panels would run: a token's result is then the same
                                                      // in every batch of 16 or more (test_kernels_isa.py)

@@ -242,16 +242,9 @@ inline void block_products() {
 template <bool kF16>
 void gemm_amx(const GemmArgs& a, int64_t r0, int64_t r1) {
     const Work wk = work();
-    if (!wk.x_hi) {  // no memory for the 2 MB work space: a plain loop, slow but right
-        for (int64_t t = 0; t < a.T; ++t)
-            for (int64_t r = r0; r < r1; ++r) {
-                const uint16_t* w = reinterpret_cast<const uint16_t*>(a.w + r * a.row_bytes);
-                float s = 0.0f;
-                for (int64_t k = 0; k < a.K; ++k)
-                    s += a.x[t * a.K + k] * (kF16 ? _cvtsh_ss(w[k]) : _mm_cvtss_f32(_mm_castsi128_ps(_mm_cvtsi32_si128(int(w[k]) << 16))));
-                a.y[t * a.N + r] = s + (a.bias ? a.bias[r] : 0.0f);
-            }
-        return;
+    if (!wk.x_hi) {  // no memory for the 2 MB work space: the AVX-512 panels this path stands in for (a.scratch is set)
+        const Kernels* k = kernels_avx512_vnni();
+        return (kF16 ? k->f16 : k->bf16)(a, r0, r1);
     }
     configure_tiles();
     for (int64_t t0 = 0; t0 < a.T; t0 += kTokenBlock) {
