@@ -52,6 +52,12 @@ def rel(a, b):
     return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30))
 
 
+def random_weights(type_name, rows, cols):
+    """A random rows x cols matrix encoded as type_name, and its decoded values in float64."""
+    raw = encode(RNG.standard_normal((rows, cols)).astype(np.float32), type_name)
+    return raw, decode(raw, type_name, (rows, cols)).astype(np.float64)
+
+
 def matmul(be, monkeypatch, tensor_cores, raw, type_name, rows, cols, x, bias=None):
     monkeypatch.setenv("OWL_CUDA_TC", "1" if tensor_cores else "0")  # read by the backend on every matmul
     return be.matmul(raw.reshape(-1), TYPES[type_name], rows, cols, x, bias)
@@ -62,8 +68,7 @@ def matmul(be, monkeypatch, tensor_cores, raw, type_name, rows, cols, x, bias=No
 @pytest.mark.parametrize("type_name", ["Q4_0", "Q8_0"])
 @pytest.mark.parametrize("rows,cols,T", SHAPES)
 def test_quant_tensor_cores_give_the_simt_bits(be, monkeypatch, type_name, rows, cols, T):
-    raw = encode(RNG.standard_normal((rows, cols)).astype(np.float32), type_name)
-    wd = decode(raw, type_name, (rows, cols)).astype(np.float64)
+    raw, wd = random_weights(type_name, rows, cols)
     x, bias = RNG.standard_normal((T, cols)).astype(np.float32), RNG.standard_normal(rows).astype(np.float32)
     want = quantized_activations(x) @ wd.T + bias
     got = matmul(be, monkeypatch, True, raw, type_name, rows, cols, x, bias)
@@ -78,8 +83,7 @@ def test_quant_tensor_cores_give_the_simt_bits(be, monkeypatch, type_name, rows,
 @tc
 @pytest.mark.parametrize("rows,cols,T", SHAPES)
 def test_f16_tensor_cores_match_fp32(be, monkeypatch, rows, cols, T):
-    raw = encode(RNG.standard_normal((rows, cols)).astype(np.float32), "F16")
-    wd = decode(raw, "F16", (rows, cols)).astype(np.float64)
+    raw, wd = random_weights("F16", rows, cols)
     x, bias = RNG.standard_normal((T, cols)).astype(np.float32), RNG.standard_normal(rows).astype(np.float32)
     want = x.astype(np.float64) @ wd.T + bias
     got = matmul(be, monkeypatch, True, raw, "F16", rows, cols, x, bias)
@@ -127,8 +131,7 @@ def test_f16_tokens_of_any_magnitude(be, monkeypatch):
     # Per-token magnitudes from 1e-20 to 1e20, and one token of zeros: each token is scaled on its own, so every
     # token keeps the fp32 accuracy (plain fp16 would turn the large ones into inf and the small ones into 0).
     rows, cols, T = 100, 512, 40
-    raw = encode(RNG.standard_normal((rows, cols)).astype(np.float32), "F16")
-    wd = decode(raw, "F16", (rows, cols)).astype(np.float64)
+    raw, wd = random_weights("F16", rows, cols)
     mags = 10.0 ** np.linspace(-20, 20, T)
     x = (RNG.standard_normal((T, cols)) * mags[:, None]).astype(np.float32)
     x[7] = 0
@@ -142,8 +145,7 @@ def test_f16_tokens_of_any_magnitude(be, monkeypatch):
 @tc
 def test_f16_non_finite_activations_reach_only_their_token(be, monkeypatch):
     rows, cols, T = 70, 256, 20
-    raw = encode(RNG.standard_normal((rows, cols)).astype(np.float32), "F16")
-    wd = decode(raw, "F16", (rows, cols)).astype(np.float64)
+    raw, wd = random_weights("F16", rows, cols)
     x = RNG.standard_normal((T, cols)).astype(np.float32)
     x[3, 17], x[11, 200] = np.nan, np.inf
     got = np.asarray(matmul(be, monkeypatch, True, raw, "F16", rows, cols, x), np.float64)
@@ -156,8 +158,7 @@ def test_f16_non_finite_activations_reach_only_their_token(be, monkeypatch):
 def test_f16_widths_the_tensor_cores_skip_use_the_simt_gemm(be, monkeypatch):
     # cols % 8 != 0: no 16-byte tile loads, so the fp32 GEMM runs whatever OWL_CUDA_TC says.
     rows, cols, T = 13, 100, 33
-    raw = encode(RNG.standard_normal((rows, cols)).astype(np.float32), "F16")
-    wd = decode(raw, "F16", (rows, cols)).astype(np.float64)
+    raw, wd = random_weights("F16", rows, cols)
     x = RNG.standard_normal((T, cols)).astype(np.float32)
     assert rel(matmul(be, monkeypatch, True, raw, "F16", rows, cols, x), x.astype(np.float64) @ wd.T) < 1e-5
 
